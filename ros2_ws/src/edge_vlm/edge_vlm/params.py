@@ -1,0 +1,113 @@
+"""Parameter specifications of every node: the single source of truth.
+
+Nodes declare their ROS parameters from these specs (name, default, type,
+description); the local runner, the launch files and the README's parameter
+tables all read them from here (README tables are checked by a test).
+No rclpy here: this is plain data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    read_only: bool = False
+    choices: tuple = ()
+    min_value: float | None = None
+    max_value: float | None = None
+
+    @property
+    def type_name(self) -> str:
+        return type(self.default).__name__
+
+    def validate(self, value: Any) -> Any:
+        """Return ``value`` coerced to the spec's type or raise ValueError."""
+        want = type(self.default)
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ValueError(f"parameter '{self.name}' must be {want.__name__}, got {value!r}")
+        if self.choices and value not in self.choices:
+            raise ValueError(f"parameter '{self.name}' must be one of {list(self.choices)}, got {value!r}")
+        if self.min_value is not None and value < self.min_value:
+            raise ValueError(f"parameter '{self.name}' must be >= {self.min_value}, got {value!r}")
+        if self.max_value is not None and value > self.max_value:
+            raise ValueError(f"parameter '{self.name}' must be <= {self.max_value}, got {value!r}")
+        return value
+
+
+_COMMON = (
+    ParamSpec("frame_period_ms", 33.333333, "Length of one processing frame in sensor time (ms). All nodes cut "
+              "the event stream on the same absolute grid k*period, so their outputs share stamps.",
+              read_only=True, min_value=1.0, max_value=1000.0),
+    ParamSpec("model_width", 128, "Width of the model's input grid (px). Sensors of another size are "
+              "rescaled by integer coordinate scaling x*model_width//sensor_width.", read_only=True,
+              min_value=16, max_value=1024),
+    ParamSpec("model_height", 128, "Height of the model's input grid (px); see model_width.", read_only=True,
+              min_value=16, max_value=1024),
+    ParamSpec("patch_size", 8, "Side of one square patch/token in model pixels (128/8 -> 16x16 = 256 tokens).",
+              read_only=True, min_value=2, max_value=64),
+)
+
+_MASK = (
+    ParamSpec("mask_method", "event_count", "Change-mask rule: 'event_count' (a patch is active when its "
+              "denoised event histogram differs from the last propagated one).", choices=("event_count",)),
+    ParamSpec("event_count_threshold", 3, "Events a patch needs in one frame to count as changed; sparser "
+              "patches are treated as empty (noise filter).", min_value=1, max_value=10000),
+)
+
+NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
+    "sttf_perception": _COMMON + _MASK + (
+        ParamSpec("publish_mask_image", True, "Also publish the change mask as a mono8 image (255 = active patch)."),
+    ),
+    "anc_router": _COMMON + (
+        ParamSpec("compute_budget", 1.0, "Compute budget in (0, 1]: 1 allows the largest branch; lower values "
+                  "cap the routed branch and scale the channel gates. Can be changed at runtime.",
+                  min_value=0.01, max_value=1.0),
+        ParamSpec("low_density", 0.002, "Events per pixel per frame below which a frame is level 0 (tiny).",
+                  min_value=0.0),
+        ParamSpec("high_density", 0.02, "Events per pixel per frame above which a frame is level 2 (medium).",
+                  min_value=0.0),
+    ),
+    "vlm_captioner": _COMMON + _MASK + (
+        ParamSpec("checkpoint", "", "Path of the captioning checkpoint; empty = the checkpoint shipped with "
+                  "edge_vlm (edge_vlm/checkpoints/captioner.pt).", read_only=True),
+        ParamSpec("mask_source", "topic", "'topic': use sttf_perception's TokenMask for the same frame (falls "
+                  "back to a locally computed mask after mask_timeout_ms); 'local': always compute it here.",
+                  choices=("topic", "local")),
+        ParamSpec("mask_timeout_ms", 150.0, "How long a closed frame waits for its TokenMask before the local "
+                  "mask is used (counted in diagnostics).", min_value=0.0, max_value=10000.0),
+        ParamSpec("use_rgb", "auto", "'auto': fuse RGB frames when they arrive on the image topic; 'never': "
+                  "events only; 'always': wait for an RGB frame for every processed frame.",
+                  choices=("auto", "never", "always")),
+        ParamSpec("refresh_period", 30, "Force a dense re-encode of all tokens every N frames (0 = never).",
+                  min_value=0),
+        ParamSpec("decoding", "greedy", "Caption decoding: 'greedy' or 'beam'.", choices=("greedy", "beam")),
+        ParamSpec("beam_size", 3, "Beam width when decoding = 'beam'.", min_value=1, max_value=16),
+        ParamSpec("max_caption_tokens", 20, "Longest caption in tokens.", min_value=1, max_value=64),
+        ParamSpec("compute_budget", 1.0, "Compute budget in (0, 1] reported with the compute cost (routing "
+                  "follows anc_router's decision). Can be changed at runtime.", min_value=0.01, max_value=1.0),
+        ParamSpec("num_threads", 1, "torch intra-op threads of the model.", min_value=1, max_value=64),
+    ),
+}
+
+
+def defaults(node: str) -> dict[str, Any]:
+    """Default parameter values of ``node``."""
+    return {p.name: p.default for p in NODE_PARAMS[node]}
+
+
+def resolve(node: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Defaults of ``node`` updated with validated ``overrides`` (unknown names raise)."""
+    specs = {p.name: p for p in NODE_PARAMS[node]}
+    out = defaults(node)
+    for k, v in (overrides or {}).items():
+        if k not in specs:
+            raise ValueError(f"unknown parameter '{k}' for node {node} (known: {sorted(specs)})")
+        out[k] = specs[k].validate(v)
+    return out
