@@ -28,10 +28,11 @@ def moving_blob(frame, n=128):
 def test_forward_shapes():
     m, tok = tiny_model()
     c = m.cfg
-    frames = torch.rand(2, c.history, c.in_channels, 128, 128)
+    frames = torch.rand(2 * c.history, c.in_channels, 128, 128)
+    patches = patchify(frames, c.patch).view(2, c.history, c.num_tokens, c.patch_dim)
     active = torch.rand(2, c.history, c.num_tokens) > 0.8
     ids = torch.tensor([tok.encode("a person waves", c.max_len)] * 2)
-    g, logits = m(frames, active, torch.tensor([False, True]), ids[:, :-1])
+    g, logits = m(patches, active, torch.tensor([False, True]), ids[:, :-1])
     assert g.shape == (2, 11) and logits.shape == (2, c.max_len, len(tok.vocab))
 
 
@@ -98,3 +99,28 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot load"):
         load_checkpoint(str(bad))
+
+
+def test_training_batch_matches_streaming_input():
+    """make_batch lays out (denoised) patches exactly as the streaming engine does."""
+    from edge_vlm.model.data import FrameSet
+    from edge_vlm.model.train import TrainConfig, make_batch
+
+    m, tok = tiny_model()
+    c = m.cfg
+    rng = np.random.default_rng(0)
+    n = c.history + 2
+    hist = np.zeros((n, 4, 128, 128), dtype=np.uint8)
+    for f in range(n):
+        hist[f] = moving_blob(f).astype(np.uint8)
+        hist[f, 0, rng.integers(0, 128, 20), rng.integers(0, 128, 20)] += 1  # sparse noise
+    rgb = rng.integers(0, 255, (n, 128, 128, 3), dtype=np.uint8)
+    fs = FrameSet(hist, rgb, np.full(n, 3), ["a person waves"] * n, [[]] * n, [""] * n,
+                  np.zeros(n, dtype=np.int64), np.arange(n), np.arange(n))
+    idx = np.array([n - 1])
+    for use_rgb in (False, True):
+        patches, active, _, _, _ = make_batch(fs, idx, c, tok, TrainConfig(), rng, np.array([use_rgb]))
+        eng = StreamingCaptioner(m)
+        x, change = eng.input_tensor(hist[-1].astype(np.float32), rgb[-1] if use_rgb else None)
+        assert torch.allclose(patches[0, -1], patchify(x, c.patch)[0], atol=1e-6)
+        assert np.array_equal(active[0, -1].numpy(), change)

@@ -78,6 +78,11 @@ class PatchEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(cfg.num_tokens, cfg.dim) * 0.02)
         self.rgb_flag = nn.Parameter(torch.zeros(cfg.dim))
 
+    def empty_tokens(self, has_rgb: torch.Tensor) -> torch.Tensor:
+        """Tokens of all-zero patches for every position: ``(len(has_rgb), N, D)`` (exact, cheap)."""
+        base = self.fc2(F.gelu(self.fc1.bias)) + self.pos
+        return base[None] + has_rgb.to(base.dtype)[:, None, None] * self.rgb_flag
+
     def forward(self, patches: torch.Tensor, pos_index: torch.Tensor | None = None,
                 has_rgb: bool | torch.Tensor = False) -> torch.Tensor:
         """``patches (..., n, patch_dim)``; ``pos_index`` selects position rows (default all)."""
@@ -244,19 +249,26 @@ class CaptionModel(nn.Module):
         return self.gesture(fused.mean(dim=1))
 
     # -- training: a clip window of K frames, the last one captioned --
-    def forward(self, frames: torch.Tensor, active: torch.Tensor, has_rgb: torch.Tensor,
+    def forward(self, patches: torch.Tensor, active: torch.Tensor, has_rgb: torch.Tensor,
                 tokens_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B,K,C,H,W), active (B,K,N) bool, has_rgb (B,), tokens_in (B,T).
-
-        Returns (gesture logits (B,classes), caption logits (B,T,V)).
+        """patches (B,K,N,patch_dim) as :func:`patchify` lays them out, active (B,K,N) bool,
+        has_rgb (B,), tokens_in (B,T). Returns (gesture logits (B,classes), caption logits (B,T,V)).
         """
-        b, k = frames.shape[:2]
-        patches = patchify(frames.flatten(0, 1), self.cfg.patch)
-        rgb = has_rgb.repeat_interleave(k)
-        tok = self.encoder(patches, has_rgb=rgb)                      # (B*K, N, D)
-        act = active.flatten(0, 1)
-        summ = self.summarize(tok, act).view(b, k, self.cfg.summary_tokens, -1)
-        cur = tok.view(b, k, *tok.shape[1:])[:, -1]
+        b, k = patches.shape[:2]
+        # history frames are context only: encoded without gradients, and only their non-empty
+        # patches (denoised empty patches are exactly zero, so their token is the cheap empty token)
+        with torch.no_grad():
+            h_rgb = has_rgb.repeat_interleave(k - 1)
+            h_act = active[:, :-1].flatten(0, 1)
+            past = self.encoder.empty_tokens(h_rgb)
+            rows, cols = (h_act | h_rgb[:, None]).nonzero(as_tuple=True)
+            if len(rows):
+                hp = patches[:, :-1].flatten(0, 1)
+                past[rows, cols] = self.encoder(hp[rows, cols], pos_index=cols, has_rgb=h_rgb[rows])
+            past_summ = self.summarize(past, h_act)
+        cur = self.encoder(patches[:, -1], has_rgb=has_rgb)
+        cur_summ = self.summarize(cur, active[:, -1])
+        summ = torch.cat([past_summ.view(b, k - 1, self.cfg.summary_tokens, -1), cur_summ[:, None]], dim=1)
         fused = self.fuse(cur, active[:, -1], summ)
         return self.gesture_logits(fused), self.decoder(fused, tokens_in)
 

@@ -1,0 +1,1 @@
+"""anc_router: event frames -> complexity level -> route decision (thin node around edge_vlm.pipeline.RouterCore)."""

@@ -1,0 +1,70 @@
+"""anc_router node: EventPacket -> FrameClock -> RouterCore -> RouteDecision.
+
+Subscribes  ``/event_camera/events`` (event_camera_msgs/EventPacket, sensor QoS)
+Publishes   ``/edge_vlm/route``      (edge_vlm_msgs/RouteDecision, reliable keep last 10)
+``compute_budget`` can be changed at runtime (``SetParameters``); it applies
+from the next closed frame. ``header.stamp`` = frame end ``(k+1)*P``.
+"""
+from __future__ import annotations
+
+import sys
+
+from rclpy.node import Node
+
+from edge_vlm.pipeline import RouterCore
+from edge_vlm_msgs.msg import RouteDecision
+from edge_vlm_ros.common import (QOS_RELIABLE, TOPICS, FrameNode, add_param_validation,
+                                 declare_from_spec, ns_to_time, run_node)
+
+NAME = "anc_router"
+
+
+class RouterNode(FrameNode, Node):
+    def __init__(self):
+        super().__init__(NAME)
+        self.params = declare_from_spec(self, NAME)
+        self.core = RouterCore(self.params)
+        add_param_validation(self, NAME, self._on_params)
+        self.pub = self.create_publisher(RouteDecision, TOPICS["route"], QOS_RELIABLE)
+        self.setup_frames(self.params)
+        self.get_logger().info(f"ready: frame period {self.period} ns, compute_budget "
+                               f"{self.params['compute_budget']}")
+
+    def _on_params(self, changed: dict) -> None:
+        self.params.update(changed)
+        if "compute_budget" in changed:
+            self.core.set_budget(float(changed["compute_budget"]))
+            self.get_logger().info(f"compute_budget -> {changed['compute_budget']} (from the next frame)")
+        other = {k: v for k, v in changed.items() if k != "compute_budget"}
+        if other:
+            self.core.params = {**self.core.params, **other}
+
+    def on_frames(self, frames) -> None:
+        frame_id = self.input.frame_id
+        for f in frames:
+            r = self.core.process(f)
+            m = RouteDecision()
+            m.header.stamp = ns_to_time(f.t_end)
+            m.header.frame_id = frame_id
+            m.levels = [str(x) for x in r.levels]
+            probs = [float(p) for p in r.probabilities]
+            m.probabilities = probs
+            m.branches_run = [str(b) for b in r.branches]
+            m.branch_weights = [float(w) for w in r.weights]
+            m.complexity_level = int(r.level)
+            # scalar complexity in [0, 1]: probability-weighted level index / (number of levels - 1)
+            n = max(1, len(probs) - 1)
+            m.complexity_score = float(min(1.0, max(0.0, sum(i * p for i, p in enumerate(probs)) / n)))
+            m.compute_budget = float(r.budget)
+            # No FLOP estimate for the routed branches yet: left 0.0 on purpose.
+            m.estimated_flops = 0.0
+            m.estimated_flops_dense = 0.0
+            self.pub.publish(m)
+
+
+def main(args=None) -> int:
+    return run_node(RouterNode, args, NAME)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

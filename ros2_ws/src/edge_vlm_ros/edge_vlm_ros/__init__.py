@@ -1,0 +1,1 @@
+"""edge_vlm ROS 2 adapter code (imports rclpy)."""

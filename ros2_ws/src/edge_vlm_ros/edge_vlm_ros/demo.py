@@ -1,0 +1,297 @@
+"""edge_vlm_demo: run the node graph on a bag and report captions, compute and accuracy.
+
+Usage::
+
+    edge_vlm_demo BAG [--graph config/graph.yaml] [--checkpoint PATH] [-p [node.]name=value ...]
+                  [--rate R] [--drain S] [--every N] [--out-dir DIR] [--summary-json PATH]
+    edge_vlm_demo BAG --simulate [--labels 2,8] [--seed S]   # first write a small simulated bag at BAG
+
+Steps: start the graph (``edge_vlm_ros.runner``, node logs in OUT/logs), the
+recorder (``edge_vlm_record`` -> OUT/records.jsonl), wait until every node is
+ready, play the bag (``edge_vlm_play --wait-for-subscribers 1``), wait for the
+end of the bag and until no caption arrived for ``--drain`` seconds, stop
+everything (SIGINT), then print per-frame lines and a summary (also written as
+JSON). Exit code 1 when no caption arrived, 2 when the graph could not start.
+
+Latencies: ``processing`` = the captioner's per-frame ``total`` stage (decode +
+model); ``packet->caption`` = wall time from the arrival (at the recorder) of
+the newest EventPacket that fed a frame to the arrival of its caption (both
+seen by the recorder process, so the same clock).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from edge_vlm_ros.runner import (find_executable, load_graph, parse_overrides, start_graph, stop_graph)
+
+
+# ------------------------------------------------------------------------- helpers
+def make_sim_bag(path: str, labels=(2, 8), seed: int = 1, subject: int = 3, lighting: str = "lab",
+                 clip_duration_s: float = 1.0, gap_s: float = 0.3, with_frames: bool = True) -> str:
+    """Write a small simulated bag (events, RGB frames, ground truth) with ``edge_vlm.sim``."""
+    from edge_vlm.bag_writer import write_bag
+    from edge_vlm.sim import simulate_recording
+
+    rec = simulate_recording(subject, lighting, seed=seed, labels=list(labels), clip_duration_s=clip_duration_s,
+                             gap_s=gap_s, with_frames=with_frames)
+    write_bag(path, events=rec.events, frames=rec.frames if with_frames else None,
+              frame_stamps_ns=rec.frame_stamps_ns if with_frames else None,
+              ground_truth=[c.ground_truth() for c in rec.clips], overwrite=True)
+    return path
+
+
+def _tool(package: str, exe: str, module: str, env: dict) -> list[str]:
+    try:
+        return [find_executable(package, exe, env)]
+    except FileNotFoundError:
+        return [sys.executable, "-m", module]
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    out = []
+    if not os.path.exists(path):
+        return out
+    with open(path) as fh:
+        for line in fh:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out
+
+
+def _tail(path: str | None, n: int = 2000) -> str:
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as fh:
+        return fh.read()[-n:]
+
+
+def wait_ready(procs, recorder, recorder_log: str, timeout: float = 90.0) -> None:
+    """Wait until every node logged 'ready:' and the recorder subscribed; raise RuntimeError otherwise."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for p in procs + [recorder]:
+            if p.poll() is not None:
+                log = getattr(p, "log_path", None) or recorder_log
+                raise RuntimeError(f"{getattr(p, 'node_name', 'recorder')} exited with code {p.returncode}:\n"
+                                   f"{_tail(log)}")
+        nodes_ready = all("ready:" in _tail(p.log_path, 10**7) for p in procs)
+        if nodes_ready and "recording" in _tail(recorder_log, 10**7):
+            time.sleep(0.5)   # discovery between the nodes and the recorder
+            return
+        time.sleep(0.1)
+    missing = [p.node_name for p in procs if "ready:" not in _tail(p.log_path, 10**7)]
+    raise RuntimeError(f"graph not ready after {timeout:.0f} s (waiting for {missing or ['recorder']})")
+
+
+def run_on_bag(bag: str, out_dir: str, *, graph: str | None = None, overrides: dict | None = None,
+               rate: float = 1.0, drain: float = 3.0, env: dict | None = None, ready_timeout: float = 90.0,
+               play_timeout: float | None = None, log=print) -> dict:
+    """Start graph + recorder, play ``bag``, drain, stop. Returns paths and exit codes.
+
+    ``{"records": path, "logs": dir, "exit_codes": {...}, "player_rc": int}``; the
+    records are the recorder's JSON lines (see :mod:`edge_vlm_ros.recorder`).
+    """
+    env = dict(os.environ if env is None else env)
+    os.makedirs(out_dir, exist_ok=True)
+    logs = os.path.join(out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    records = os.path.join(out_dir, "records.jsonl")
+    rec_log = os.path.join(logs, "recorder.log")
+    procs, recorder, player = [], None, None
+    codes: dict = {}
+    try:
+        procs = start_graph(graph, overrides, env=env, log_dir=logs)
+        log(f"demo: started {', '.join(p.node_name for p in procs)} (logs in {logs})")
+        with open(rec_log, "wb") as fh:
+            recorder = subprocess.Popen(
+                _tool("edge_vlm_ros", "edge_vlm_record", "edge_vlm_ros.recorder", env)
+                + [records, "--topics", "caption", "compute_cost", "ground_truth", "route", "token_mask", "events"],
+                env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        recorder.node_name = "recorder"
+        wait_ready(procs, recorder, rec_log, ready_timeout)
+        log("demo: graph ready; playing " + bag)
+        play_log = os.path.join(logs, "player.log")
+        with open(play_log, "wb") as fh:
+            player = subprocess.Popen(
+                _tool("edge_vlm_ros", "edge_vlm_play", "edge_vlm_ros.player", env)
+                + [bag, "--rate", str(rate), "--wait-for-subscribers", "1"],
+                env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            player.wait(timeout=play_timeout)
+        except subprocess.TimeoutExpired:
+            log("demo: player timed out; stopping it")
+            player.name = "player"
+            stop_graph([player])
+        log(f"demo: bag played (player exit {player.returncode}); draining {drain:.1f} s")
+        # drain: until no new caption for `drain` seconds (at most 60 s)
+        last_n, last_change, hard_end = -1, time.monotonic(), time.monotonic() + 60.0
+        while time.monotonic() < hard_end:
+            n = sum(1 for r in _read_jsonl(records) if r.get("stream") == "caption")
+            if n != last_n:
+                last_n, last_change = n, time.monotonic()
+            elif time.monotonic() - last_change >= drain:
+                break
+            if all(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.2)
+    finally:
+        codes = stop_graph(procs) if procs else {}
+        if recorder is not None:
+            codes.update({"recorder": stop_graph([recorder])["recorder"]})
+    return {"records": records, "logs": logs, "exit_codes": codes,
+            "player_rc": None if player is None else player.returncode}
+
+
+def _pct(values, q) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def summarize(records: list[dict]) -> tuple[list[dict], dict]:
+    """Per-frame rows (caption joined with its compute cost) and the summary dict."""
+    caps = [r for r in records if r.get("stream") == "caption"]
+    costs = {r["stamp_ns"]: r for r in records if r.get("stream") == "compute_cost"}
+    gts = [r.get("json") or {} for r in records if r.get("stream") == "ground_truth"]
+    gts = [g for g in gts if "t_start_ns" in g and "t_end_ns" in g and "label" in g]
+    packets = {}
+    for r in records:
+        if r.get("stream") == "events" and r.get("stamp_ns") is not None:
+            packets.setdefault(r["stamp_ns"], r["recv_ns"])
+    rows = []
+    for c in sorted(caps, key=lambda r: r["recv_ns"]):
+        d = c["data"]
+        cost = (costs.get(c["stamp_ns"]) or {}).get("data") or {}
+        stages = dict(zip(cost.get("stage_names", []), cost.get("stage_latency_ms", [])))
+        arrivals = [packets[s] for s in d.get("input_stamps", []) if s in packets]
+        gt = next((g for g in gts if g["t_start_ns"] <= d["window_end"] <= g["t_end_ns"]), None)
+        rows.append({
+            "frame": d["frame_index"], "stamp_ns": c["stamp_ns"], "text": d["text"],
+            "label": d["gesture_label"], "name": d["gesture_name"], "confidence": d["gesture_confidence"],
+            "input_mode": d["input_mode"],
+            "active_tokens": cost.get("active_tokens"), "total_tokens": cost.get("total_tokens"),
+            "flops_executed": cost.get("flops_executed"), "flops_dense": cost.get("flops_dense"),
+            "branch": cost.get("branch"), "latency_ms": stages.get("total"),
+            "packet_to_caption_ms": (c["recv_ns"] - max(arrivals)) / 1e6 if arrivals else None,
+            "gt_label": gt["label"] if gt else None,
+        })
+    frac = [r["active_tokens"] / r["total_tokens"] for r in rows if r["total_tokens"]]
+    lat = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
+    p2c = [r["packet_to_caption_ms"] for r in rows if r["packet_to_caption_ms"] is not None]
+    fe = sum(r["flops_executed"] or 0.0 for r in rows)
+    fd = sum(r["flops_dense"] or 0.0 for r in rows)
+    scored = [r for r in rows if r["gt_label"] is not None]
+    correct = sum(1 for r in scored if r["label"] == r["gt_label"])
+    summary = {
+        "frames_processed": len(rows),
+        "compute_costs": len(costs),
+        "mean_active_token_fraction": float(np.mean(frac)) if frac else None,
+        "flops_executed_total": fe, "flops_dense_total": fd,
+        "flops_saved_fraction": (1.0 - fe / fd) if fd > 0 else None,
+        "latency_ms_p50": _pct(lat, 50), "latency_ms_p95": _pct(lat, 95),
+        "packet_to_caption_ms_p50": _pct(p2c, 50), "packet_to_caption_ms_p95": _pct(p2c, 95),
+        "ground_truth_segments": len(gts),
+        "gesture_frames_scored": len(scored), "gesture_frames_correct": correct,
+        "gesture_accuracy": (correct / len(scored)) if scored else None,
+        "input_modes": {m: sum(1 for r in rows if r["input_mode"] == m) for m in sorted({r["input_mode"] for r in rows})},
+        "distinct_captions": len({r["text"] for r in rows}),
+    }
+    return rows, summary
+
+
+def _fmt(v, spec: str, none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def print_report(rows: list[dict], summary: dict, every: int = 0, out=sys.stdout) -> None:
+    if every <= 0:
+        every = max(1, -(-len(rows) // 40))
+    w = out.write
+    w(f"{'frame':>7} {'gest':>4} {'gt':>3} {'tokens':>8} {'MFLOPs exec/dense':>19} {'lat ms':>7} {'p2c ms':>7}  caption\n")
+    for i, r in enumerate(rows):
+        if i % every and i != len(rows) - 1:
+            continue
+        tok = f"{r['active_tokens']}/{r['total_tokens']}" if r["total_tokens"] else "-"
+        fl = (f"{r['flops_executed'] / 1e6:.1f}/{r['flops_dense'] / 1e6:.1f}"
+              if r["flops_dense"] else "-")
+        w(f"{r['frame']:>7} {r['label']:>4} {_fmt(r['gt_label'], 'd'):>3} {tok:>8} {fl:>19} "
+          f"{_fmt(r['latency_ms'], '.1f'):>7} {_fmt(r['packet_to_caption_ms'], '.1f'):>7}  {r['text']}\n")
+    s = summary
+    w("\nsummary\n")
+    w(f"  frames processed          {s['frames_processed']} (compute-cost messages {s['compute_costs']})\n")
+    w(f"  mean active-token frac.   {_fmt(s['mean_active_token_fraction'], '.3f')}\n")
+    w(f"  FLOPs saved vs dense      {_fmt(s['flops_saved_fraction'], '.1%')}\n")
+    w(f"  latency/frame p50 / p95   {_fmt(s['latency_ms_p50'], '.1f')} / {_fmt(s['latency_ms_p95'], '.1f')} ms\n")
+    w(f"  packet->caption p50 / p95 {_fmt(s['packet_to_caption_ms_p50'], '.1f')} / "
+      f"{_fmt(s['packet_to_caption_ms_p95'], '.1f')} ms\n")
+    acc = s["gesture_accuracy"]
+    w(f"  gesture accuracy          {_fmt(acc, '.1%', 'n/a (no ground truth)')} "
+      f"({s['gesture_frames_correct']}/{s['gesture_frames_scored']} frames inside "
+      f"{s['ground_truth_segments']} ground-truth segments)\n")
+    w(f"  input modes               {s['input_modes']}; distinct captions {s['distinct_captions']}\n")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="edge_vlm_demo", description=__doc__.split("\n\n")[0])
+    ap.add_argument("bag", help="rosbag2 folder to play")
+    ap.add_argument("--simulate", action="store_true", help="first write a small simulated bag at BAG")
+    ap.add_argument("--labels", default="2,8", help="gesture labels of the simulated bag (default 2,8)")
+    ap.add_argument("--seed", type=int, default=1, help="seed of the simulated bag")
+    ap.add_argument("--graph", default=None, help="graph file (default config/graph.yaml)")
+    ap.add_argument("--checkpoint", default=None, help="captioner checkpoint (default: the shipped one)")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="[NODE.]NAME=VALUE")
+    ap.add_argument("--rate", type=float, default=1.0, help="playback rate (default 1)")
+    ap.add_argument("--drain", type=float, default=3.0, help="stop after no caption for SEC s (default 3)")
+    ap.add_argument("--every", type=int, default=0, help="print every Nth frame (default: about 40 lines)")
+    ap.add_argument("--out-dir", default=None, help="records, logs and summary (default: a temp dir)")
+    ap.add_argument("--summary-json", default=None, help="summary JSON path (default OUT/summary.json)")
+    args = ap.parse_args(argv)
+
+    try:
+        overrides = parse_overrides(args.param)
+        if args.checkpoint:
+            overrides["vlm_captioner.checkpoint"] = os.path.abspath(args.checkpoint)
+        load_graph(args.graph, overrides)          # validate before starting anything
+    except (ValueError, OSError) as exc:
+        print(f"edge_vlm_demo: error: {exc}", file=sys.stderr)
+        return 2
+    if args.simulate:
+        labels = [int(x) for x in args.labels.split(",") if x.strip()]
+        make_sim_bag(args.bag, labels, args.seed)
+        print(f"demo: wrote simulated bag {args.bag} (labels {labels})")
+    if not os.path.exists(args.bag):
+        print(f"edge_vlm_demo: error: bag {args.bag} not found", file=sys.stderr)
+        return 2
+    out_dir = args.out_dir or tempfile.mkdtemp(prefix="edge_vlm_demo_")
+    try:
+        res = run_on_bag(args.bag, out_dir, graph=args.graph, overrides=overrides, rate=args.rate,
+                         drain=args.drain)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        print(f"edge_vlm_demo: error: {exc}", file=sys.stderr)
+        return 2
+    rows, summary = summarize(_read_jsonl(res["records"]))
+    summary.update(bag=os.path.abspath(args.bag), exit_codes=res["exit_codes"], player_rc=res["player_rc"],
+                   records=res["records"], logs=res["logs"])
+    print()
+    print_report(rows, summary, args.every)
+    path = args.summary_json or os.path.join(out_dir, "summary.json")
+    with open(path, "w") as fh:
+        json.dump(summary, fh, indent=2)
+    print(f"  summary JSON              {path}")
+    if not rows:
+        print("edge_vlm_demo: error: no captions arrived (see the node logs in " + res["logs"] + ")",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""edge_vlm_run: start the node graph of ``config/graph.yaml`` without ``ros2 launch``.
+
+Each node runs as its own process::
+
+    <install>/<pkg>/lib/<pkg>/<exe> --ros-args -r __node:=<name> [-r __ns:=<ns>]
+                                    -p name:=value ... -r from:=to ...
+
+Usage::
+
+    edge_vlm_run [--graph config/graph.yaml] [--namespace NS] [--events-topic T]
+                 [-p [node.]name=value ...] [--keep-going]
+
+``-p compute_budget=0.5`` sets the parameter on every node that has it;
+``-p vlm_captioner.checkpoint=/x.pt`` on one node. SIGINT/SIGTERM are
+forwarded to the nodes; when a node dies the runner reports it and (unless
+``--keep-going``) stops the others and exits non-zero.
+
+Python API: :func:`load_graph` (also used by ``launch/edge_vlm.launch.py``),
+:func:`start_graph` -> list of ``subprocess.Popen`` (each with ``.node_name``),
+:func:`stop_graph`. This module does not import rclpy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from edge_vlm.params import NODE_PARAMS, resolve
+
+ROOT = os.environ.get("EDGE_VLM_ROOT") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__))))))
+
+
+def default_graph_path() -> str:
+    """config/graph.yaml of the repository (EDGE_VLM_ROOT, or relative to this source tree)."""
+    for base in (os.environ.get("EDGE_VLM_ROOT", ""), ROOT, os.getcwd()):
+        p = os.path.join(base, "config", "graph.yaml") if base else ""
+        if p and os.path.isfile(p):
+            return p
+    return os.path.join(ROOT, "config", "graph.yaml")
+
+
+#: node-relative input topic names (see edge_vlm_ros.common.TOPICS) -> graph.yaml ``inputs`` key
+INPUT_TOPICS = {"event_camera/events": "events", "camera/image_raw": "image"}
+
+
+@dataclass
+class NodeSpec:
+    name: str
+    package: str
+    executable: str
+    namespace: str = ""
+    parameters: dict[str, Any] = field(default_factory=dict)
+    remappings: dict[str, str] = field(default_factory=dict)
+
+
+def load_graph(path: str | None = None, overrides: dict[str, Any] | None = None,
+               namespace: str | None = None, inputs: dict[str, str] | None = None) -> list[NodeSpec]:
+    """Read graph.yaml -> validated node specs.
+
+    ``overrides``: ``{"name": v}`` applies to every node whose spec has
+    ``name``; ``{"node.name": v}`` or ``{"node": {"name": v}}`` to one node.
+    ``namespace`` replaces the graph's namespace; ``inputs`` the input topics.
+    Parameters are validated with ``edge_vlm.params.resolve`` (the node's
+    package name is its key in ``NODE_PARAMS``): unknown names or bad values
+    raise ValueError.
+    """
+    path = path or default_graph_path()
+    with open(path) as fh:
+        doc = yaml.safe_load(fh) or {}
+    topics = dict(doc.get("inputs") or {})
+    topics.update(inputs or {})
+    ns_all = doc.get("namespace") or ""
+    if namespace is not None:
+        ns_all = namespace
+    overrides = dict(overrides or {})
+    specs = []
+    for entry in doc.get("nodes") or []:
+        pkg = entry["package"]
+        if pkg not in NODE_PARAMS:
+            raise ValueError(f"{path}: node package '{pkg}' has no parameter spec in edge_vlm.params")
+        name = entry.get("name", pkg)
+        known = {p.name for p in NODE_PARAMS[pkg]}
+        params = dict(entry.get("parameters") or {})
+        for k, v in overrides.items():
+            if isinstance(v, dict) and k in (name, pkg):
+                params.update(v)
+            elif "." in k:
+                target, _, pname = k.partition(".")
+                if target in (name, pkg):
+                    params[pname] = v
+            elif not isinstance(v, dict) and k in known:
+                params[k] = v
+        validated = resolve(pkg, params)          # raises ValueError with a clear message
+        params = {k: validated[k] for k in params}
+        remaps = {frm: topics[key] for frm, key in INPUT_TOPICS.items() if topics.get(key)}
+        remaps.update({str(k): str(v) for k, v in (entry.get("remappings") or {}).items()})
+        ns = "/".join(s.strip("/") for s in (ns_all, entry.get("namespace") or "") if s and s.strip("/"))
+        specs.append(NodeSpec(name, pkg, entry.get("executable", pkg), "/" + ns if ns else "", params, remaps))
+    if not specs:
+        raise ValueError(f"{path}: no nodes")
+    names = {s.name for s in specs} | {s.package for s in specs}
+    all_params = {p.name for s in specs for p in NODE_PARAMS[s.package]}
+    for k, v in overrides.items():
+        target = k.partition(".")[0] if "." in k else (k if isinstance(v, dict) else None)
+        if target is not None and target not in names:
+            raise ValueError(f"override '{k}': no node '{target}' in {path} (nodes: {sorted(names)})")
+        if target is None and k not in all_params:
+            raise ValueError(f"unknown parameter '{k}': no node of {path} has it")
+    return specs
+
+
+def format_value(v: Any) -> str:
+    """A parameter value as ROS ``-p name:=value`` text (YAML, typed like the spec)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def node_command(spec: NodeSpec, executable: str) -> list[str]:
+    cmd = [executable, "--ros-args", "-r", f"__node:={spec.name}"]
+    if spec.namespace:
+        cmd += ["-r", f"__ns:={spec.namespace}"]
+    for k, v in spec.parameters.items():
+        cmd += ["-p", f"{k}:={format_value(v)}"]
+    for frm, to in spec.remappings.items():
+        cmd += ["-r", f"{frm}:={to}"]
+    return cmd
+
+
+def find_executable(package: str, executable: str, env: dict | None = None) -> str:
+    """``<prefix>/lib/<package>/<executable>`` via ament_index (AMENT_PREFIX_PATH of ``env``)."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    candidates = []
+    saved = os.environ.get("AMENT_PREFIX_PATH")
+    try:
+        if env is not None and env.get("AMENT_PREFIX_PATH"):
+            os.environ["AMENT_PREFIX_PATH"] = env["AMENT_PREFIX_PATH"]
+        try:
+            candidates.append(os.path.join(get_package_prefix(package), "lib", package, executable))
+        except (PackageNotFoundError, KeyError, ValueError, EnvironmentError):
+            pass
+    finally:
+        if saved is None:
+            os.environ.pop("AMENT_PREFIX_PATH", None)
+        else:
+            os.environ["AMENT_PREFIX_PATH"] = saved
+    candidates.append(os.path.join(ROOT, "ros2_ws", "install", package, "lib", package, executable))
+    for c in candidates:
+        if os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise FileNotFoundError(
+        f"executable '{executable}' of package '{package}' not found (looked in {candidates}); "
+        "build the workspace (bash scripts/setup.sh) and source env.sh")
+
+
+def start_graph(graph_path: str | None = None, overrides: dict[str, Any] | None = None, *,
+                namespace: str | None = None, inputs: dict[str, str] | None = None,
+                env: dict | None = None, log_dir: str | None = None,
+                extra_ros_args: list[str] | None = None) -> list[subprocess.Popen]:
+    """Start every node of the graph as its own process; return the Popen objects.
+
+    Each Popen has ``.node_name`` and ``.cmd``; with ``log_dir`` the output of
+    node N goes to ``log_dir/N.log`` (``.log_path``), else it is inherited.
+    """
+    specs = load_graph(graph_path, overrides, namespace, inputs)
+    env = dict(os.environ if env is None else env)
+    procs: list[subprocess.Popen] = []
+    try:
+        for spec in specs:
+            cmd = node_command(spec, find_executable(spec.package, spec.executable, env))
+            cmd += list(extra_ros_args or [])
+            out = None
+            log_path = None
+            if log_dir:
+                os.makedirs(log_dir, exist_ok=True)
+                log_path = os.path.join(log_dir, f"{spec.name}.log")
+                out = open(log_path, "wb")
+            p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+                                 start_new_session=True)
+            if out is not None:
+                out.close()
+            p.node_name, p.cmd, p.log_path = spec.name, cmd, log_path
+            procs.append(p)
+    except BaseException:
+        stop_graph(procs)
+        raise
+    return procs
+
+
+def stop_graph(procs: list[subprocess.Popen], timeout: float = 10.0) -> dict[str, int]:
+    """SIGINT every running node, wait, escalate to SIGTERM then SIGKILL; return exit codes."""
+    for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+        alive = [p for p in procs if p.poll() is None]
+        if not alive:
+            break
+        for p in alive:
+            try:
+                p.send_signal(sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        for p in alive:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+    return {getattr(p, "node_name", str(p.pid)): p.returncode for p in procs}
+
+
+def parse_overrides(items: list[str], graph_path: str | None = None) -> dict[str, Any]:
+    """``[node.]name=value`` strings -> overrides dict (values parsed as YAML scalars, then by spec type)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"bad parameter '{item}': expected [node.]name=value")
+        key, _, text = item.partition("=")
+        key = key.strip().replace(":", "")
+        value = yaml.safe_load(text) if text.strip() else ""
+        pname = key.rpartition(".")[2]
+        # a string parameter keeps the text as typed (e.g. a checkpoint path like "1.pt" or "007")
+        string_param = any(p.name == pname and isinstance(p.default, str)
+                           for specs in NODE_PARAMS.values() for p in specs)
+        out[key] = text if string_param else value
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="edge_vlm_run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--graph", default=None, help="graph file (default: config/graph.yaml)")
+    ap.add_argument("--namespace", default=None, help="namespace for every node (replaces the graph's)")
+    ap.add_argument("--events-topic", default=None, help="EventPacket input topic (replaces inputs.events)")
+    ap.add_argument("--image-topic", default=None, help="RGB image input topic (replaces inputs.image)")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="[NODE.]NAME=VALUE")
+    ap.add_argument("--log-dir", default=None, help="write each node's output to LOG_DIR/<node>.log")
+    ap.add_argument("--keep-going", action="store_true", help="keep the other nodes when one dies")
+    ap.add_argument("--print", action="store_true", help="print the node commands and exit")
+    args = ap.parse_args(argv)
+    inputs = {k: v for k, v in (("events", args.events_topic), ("image", args.image_topic)) if v}
+    try:
+        overrides = parse_overrides(args.param)
+        if args.print:
+            for spec in load_graph(args.graph, overrides, args.namespace, inputs):
+                print(" ".join(node_command(spec, f"{spec.package}/{spec.executable}")))
+            return 0
+        procs = start_graph(args.graph, overrides, namespace=args.namespace, inputs=inputs,
+                            log_dir=args.log_dir)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        print(f"edge_vlm_run: error: {exc}", file=sys.stderr)
+        return 2
+
+    stopping = {"sig": None}
+
+    def forward(sig, _frame):
+        stopping["sig"] = sig
+        for p in procs:
+            if p.poll() is None:
+                try:
+                    p.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    print("edge_vlm_run: started " + ", ".join(f"{p.node_name} (pid {p.pid})" for p in procs), flush=True)
+    code = 0
+    reported = set()
+    while True:
+        alive = [p for p in procs if p.poll() is None]
+        for p in procs:
+            if p.returncode is not None and p.pid not in reported:
+                reported.add(p.pid)
+                if stopping["sig"] is None:
+                    print(f"edge_vlm_run: node {p.node_name} exited with code {p.returncode}",
+                          file=sys.stderr, flush=True)
+                    code = code or (p.returncode or 1)
+                    if not args.keep_going:
+                        stopping["sig"] = signal.SIGINT
+                        stop_graph(procs)
+        if not alive:
+            break
+        time.sleep(0.2)
+    if stopping["sig"] is not None and code == 0:
+        bad = {p.node_name: p.returncode for p in procs if p.returncode not in (0, -signal.SIGINT, 130)}
+        if bad:
+            print(f"edge_vlm_run: nodes ended with {bad}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

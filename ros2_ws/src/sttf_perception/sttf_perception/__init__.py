@@ -1,0 +1,1 @@
+"""sttf_perception: event frames -> change mask / token mask (thin node around edge_vlm.pipeline.PerceptionCore)."""

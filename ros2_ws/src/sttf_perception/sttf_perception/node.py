@@ -1,0 +1,70 @@
+"""sttf_perception node: EventPacket -> FrameClock -> PerceptionCore -> TokenMask (+ mono8 change mask).
+
+Subscribes  ``/event_camera/events``  (event_camera_msgs/EventPacket, sensor QoS)
+Publishes   ``/edge_vlm/token_mask``  (edge_vlm_msgs/TokenMask, reliable keep last 10)
+            ``/edge_vlm/change_mask`` (sensor_msgs/Image mono8, sensor QoS; if publish_mask_image)
+Every output about frame k carries ``header.stamp`` = frame end ``(k+1)*P``.
+"""
+from __future__ import annotations
+
+import sys
+
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from edge_vlm.pipeline import PerceptionCore
+from edge_vlm_msgs.msg import TokenMask
+from edge_vlm_ros.common import (QOS_RELIABLE, QOS_SENSOR, TOPICS, FrameNode, add_param_validation,
+                                 declare_from_spec, ns_to_time, numpy_to_image, run_node)
+
+NAME = "sttf_perception"
+
+
+class PerceptionNode(FrameNode, Node):
+    def __init__(self):
+        super().__init__(NAME)
+        self.params = declare_from_spec(self, NAME)
+        self.core = PerceptionCore(self.params)
+        add_param_validation(self, NAME, self._on_params)
+        self.pub_mask = self.create_publisher(TokenMask, TOPICS["token_mask"], QOS_RELIABLE)
+        self.pub_image = self.create_publisher(Image, TOPICS["change_mask"], QOS_SENSOR)
+        self.setup_frames(self.params)
+        self.get_logger().info(f"ready: frame period {self.period} ns, patch {self.params['patch_size']}, "
+                               f"threshold {self.params['event_count_threshold']}")
+
+    def _on_params(self, changed: dict) -> None:
+        self.params.update(changed)
+        self.core = PerceptionCore({**self.core.params, **{k: v for k, v in changed.items()
+                                                           if k in self.core.params}})
+
+    def on_frames(self, frames) -> None:
+        frame_id = self.input.frame_id
+        for f in frames:
+            r = self.core.process(f)
+            m = TokenMask()
+            m.header.stamp = ns_to_time(f.t_end)
+            m.header.frame_id = frame_id
+            m.grid_width, m.grid_height = int(r.grid_width), int(r.grid_height)
+            m.patch_size = int(self.core.params["patch_size"])
+            # the patch grid lives on the model grid (sensor coordinates are rescaled to it)
+            m.image_width = int(self.core.params["model_width"])
+            m.image_height = int(self.core.params["model_height"])
+            m.active_indices = r.active_indices.astype("uint32").tolist()
+            m.scores = r.scores.astype("float32").tolist()
+            m.threshold = float(r.threshold)
+            m.total_tokens = int(r.total_tokens)
+            m.active_fraction = float(r.active_fraction)
+            m.method = str(r.method)
+            m.event_count = int(r.event_count)
+            m.window_start = ns_to_time(f.t_start)
+            self.pub_mask.publish(m)
+            if self.params["publish_mask_image"]:
+                self.pub_image.publish(numpy_to_image(r.mask_image, "mono8", f.t_end, frame_id))
+
+
+def main(args=None) -> int:
+    return run_node(PerceptionNode, args, NAME)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""vlm_captioner: token memory + captioning model -> captions and compute cost (thin node around edge_vlm.pipeline.CaptionerCore)."""

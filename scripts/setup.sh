@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# edge_vlm environment setup (called by `make setup`).
+#
+#   1. .venv with Python 3.11 (python3 -m venv)
+#   2. torch==2.13.0 FIRST (CPU build; any other torch spec pulls GBs of CUDA)
+#   3. requirements.txt (pinned ROS 2 Kilted wheels, colcon, libraries, test tools)
+#   4. CMake path fix for the ROS wheels (scripts/fix_cmake_paths.py)
+#   5. pip install -e ros2_ws/src/edge_vlm   (the `edge-vlm` console script)
+#   6. colcon build --symlink-install in ros2_ws (every package under ros2_ws/src)
+#
+# Idempotent. A stamp file (.setup-stamp) holds a hash of requirements.txt, this
+# script, the fix script and every package.xml / CMakeLists.txt / setup.py /
+# setup.cfg / .msg/.srv/.action file under ros2_ws/src: when nothing changed
+# and the workspace is installed, the script exits at once.
+#
+# Environment knobs: PYTHON (interpreter used to create the venv, default
+# python3.11 or python3), SETUP_FORCE=1 (ignore the stamp), COLCON_EXTRA_ARGS.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+WS="$ROOT/ros2_ws"
+STAMP="$ROOT/.setup-stamp"
+REQ="$ROOT/requirements.txt"
+REQ_STAMP="$VENV/.edge_vlm-requirements.sha256"
+T0=$SECONDS
+
+STEP="start"
+step() { STEP="$*"; printf '\n==> [setup %3ss] %s\n' "$((SECONDS - T0))" "$*"; }
+die() { printf '\nsetup.sh: ERROR: %s\n' "$*" >&2; exit 1; }
+trap 'rc=$?; [ $rc -eq 0 ] || printf "\nsetup.sh: FAILED (exit %s) during step: %s\n" "$rc" "$STEP" >&2' EXIT
+
+cd "$ROOT"
+[ -f "$REQ" ] || die "requirements.txt not found in $ROOT"
+
+# ---- stamp: hash of everything that affects the environment / the build -----
+compute_hash() {
+  {
+    for f in requirements.txt scripts/setup.sh scripts/fix_cmake_paths.py; do
+      printf '%s\n' "$f"; cat "$f"
+    done
+    if [ -d ros2_ws/src ]; then
+      find ros2_ws/src \( -name build -o -name install -o -name log -o -name '__pycache__' -o -name '*.egg-info' \) -prune -o \
+        -type f \( -name package.xml -o -name CMakeLists.txt -o -name setup.py -o -name setup.cfg \
+                   -o -name '*.msg' -o -name '*.srv' -o -name '*.action' \) -print | LC_ALL=C sort |
+      while IFS= read -r f; do printf '%s\n' "$f"; cat "$f"; done
+    fi
+  } | sha256sum | cut -d' ' -f1
+}
+
+# Every package under ros2_ws/src (directory holding a package.xml).
+list_packages() {
+  find ros2_ws/src -name package.xml -not -path '*/build/*' -not -path '*/install/*' -print 2>/dev/null |
+    while IFS= read -r f; do
+      sed -n 's:.*<name>[[:space:]]*\([^<[:space:]]*\)[[:space:]]*</name>.*:\1:p' "$f" | head -n1
+    done | LC_ALL=C sort
+}
+
+workspace_complete() {
+  [ -f "$WS/install/local_setup.bash" ] || return 1
+  [ -d "$WS/build" ] || return 1   # --symlink-install links into build/
+  local p
+  for p in $(list_packages); do
+    [ -d "$WS/install/$p" ] || return 1
+  done
+  return 0
+}
+
+HASH="$(compute_hash)"
+if [ "${SETUP_FORCE:-0}" != 1 ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] \
+   && [ "$(cat "$STAMP")" = "$HASH" ] && workspace_complete; then
+  echo "setup.sh: environment up to date (stamp $HASH); nothing to do."
+  echo "setup.sh: run 'source env.sh' to use it."
+  exit 0
+fi
+
+# ---- 1. venv ------------------------------------------------------------------
+step "1/6 Python 3.11 virtual environment at $VENV"
+if [ -n "${PYTHON:-}" ]; then
+  PY="$PYTHON"
+elif command -v python3.11 >/dev/null 2>&1; then
+  PY=python3.11
+else
+  PY=python3
+fi
+command -v "$PY" >/dev/null 2>&1 || die "$PY not found (need Python 3.11)"
+PYVER="$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+[ "$PYVER" = "3.11" ] || die "$PY is Python $PYVER; edge_vlm needs Python 3.11 (set PYTHON=/path/to/python3.11)"
+
+if [ -x "$VENV/bin/python" ]; then
+  VENVVER="$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo broken)"
+  if [ "$VENVVER" != "3.11" ]; then
+    echo "existing venv is '$VENVVER', recreating it"
+    rm -rf "$VENV"
+  else
+    echo "reusing existing venv ($("$VENV/bin/python" -V 2>&1))"
+  fi
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+  rm -f "$REQ_STAMP"
+  echo "created venv with $("$VENV/bin/python" -V 2>&1)"
+fi
+
+# Use the venv for everything below (same effect as activating it).
+export VIRTUAL_ENV="$VENV"
+export PATH="$VENV/bin:$PATH"
+unset PYTHONHOME || true
+VPY="$VENV/bin/python"
+PIP=("$VPY" -m pip --disable-pip-version-check)
+
+REQ_HASH="$(cat "$REQ" | sha256sum | cut -d' ' -f1)"
+if [ -f "$REQ_STAMP" ] && [ "$(cat "$REQ_STAMP")" = "$REQ_HASH" ]; then
+  step "2/6 torch==2.13.0: requirements unchanged since last install, skipping"
+  step "3/6 requirements.txt: unchanged since last install, skipping"
+else
+  # ---- 2. torch first ---------------------------------------------------------
+  step "2/6 torch==2.13.0 (CPU build; installed alone and first)"
+  "${PIP[@]}" install "torch==2.13.0"
+  "$VPY" -W ignore - <<'PYEOF'
+import torch, sys
+v = torch.__version__
+print("torch", v, "cuda:", torch.version.cuda)
+if not v.startswith("2.13.0"):
+    sys.exit(f"unexpected torch version {v}")
+PYEOF
+  # ---- 3. requirements --------------------------------------------------------
+  step "3/6 pinned requirements ($REQ)"
+  "${PIP[@]}" install -r "$REQ"
+  # torch must still be the one installed in step 2.
+  "$VPY" -W ignore -c 'import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith("2.13.0") else "torch changed to %s" % v)'
+  echo "$REQ_HASH" > "$REQ_STAMP"
+fi
+
+# ---- 4. CMake path fix --------------------------------------------------------
+step "4/6 fixing build-host paths in the ROS wheels' CMake files"
+"$VPY" "$ROOT/scripts/fix_cmake_paths.py" "$VENV"
+
+# ---- 5. core library, editable --------------------------------------------------
+step "5/6 pip install -e ros2_ws/src/edge_vlm (edge-vlm console script)"
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$WS/src/edge_vlm"
+[ -x "$VENV/bin/edge-vlm" ] || die "edge-vlm console script missing from $VENV/bin"
+
+# ---- 6. colcon build ------------------------------------------------------------
+step "6/6 colcon build --symlink-install in ros2_ws ($(list_packages | tr '\n' ' '))"
+# Build against the venv only (an already sourced workspace must not leak in).
+echo "(colcon's warning that $VENV has no 'local_setup.*' files is expected: the ROS wheels live there)"
+(
+  cd "$WS"
+  unset COLCON_PREFIX_PATH PYTHONPATH AMENT_CURRENT_PREFIX || true
+  export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
+  # shellcheck disable=SC2086
+  colcon build --symlink-install --base-paths src ${COLCON_EXTRA_ARGS:-} \
+    --event-handlers desktop_notification- \
+    --cmake-args -DBUILD_TESTING=OFF "-DPython3_EXECUTABLE=$VPY"
+)
+workspace_complete || die "colcon finished but ros2_ws/install lacks a package (see output above)"
+
+echo "$HASH" > "$STAMP"
+step "done in $((SECONDS - T0)) s. Use it with:  source env.sh"

@@ -1,0 +1,478 @@
+"""Each node alone, in its own process, driven by a test node in this process.
+
+The launch_pytest shape without ``launch``: the node processes are started
+with the same command lines the runner uses (``edge_vlm_ros.runner.node_command``),
+every node gets its own input topics (remapped) so the nodes do not feed each
+other, and all assertions wait with timeouts. The module uses its own
+ROS_DOMAIN_ID. An unbuilt workspace is a failure (WorkspaceNotBuilt), not a skip.
+"""
+from __future__ import annotations
+
+import array
+import os
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+import rosenv
+
+PKGS = ("edge_vlm_msgs", "event_camera_msgs", "edge_vlm_ros", "sttf_perception", "anc_router", "vlm_captioner")
+DOMAIN = 1 + os.getpid() % 115                    # test_integration uses 116..230
+P = 33_333_333                                    # frame period of the default parameters (ns)
+K0 = 3000                                         # first frame index of the synthetic stream
+W = H = 128
+GOOD_STAMP_OFFSET = 12_345                        # EventPacket header.stamp = time_base + this
+
+pytestmark = pytest.mark.timeout(120)
+
+
+# ----------------------------------------------------------------------------- helpers
+def make_test_checkpoint(path: str) -> str:
+    """An untrained captioner rigged to always say something (its last LayerNorm outputs a word embedding).
+
+    Untrained models usually emit <eos> first (empty captions); this one
+    deterministically repeats a vocabulary word, which is what the ROS tests
+    need (non-empty text) without a trained checkpoint.
+    """
+    import torch
+
+    from edge_vlm.model.captioner import CaptionModel, ModelConfig
+    from edge_vlm.model.engine import save_checkpoint
+    from edge_vlm.model.tokenizer import Tokenizer
+
+    tok = Tokenizer.build(["a person waves the right hand", "a person claps both hands"])
+    torch.manual_seed(0)
+    model = CaptionModel(ModelConfig(vocab=tok.vocab))
+    emb = model.decoder.tok.weight.detach()
+    specials = {tok.pad, tok.bos, tok.eos, tok.unk}
+    for wid in range(len(tok.vocab)):
+        if wid in specials:
+            continue
+        bias = emb[wid] * 50.0
+        if int(torch.argmax(emb @ bias)) == wid:
+            break
+    with torch.no_grad():
+        model.decoder.ln.weight.zero_()
+        model.decoder.ln.bias.copy_(bias)
+    save_checkpoint(path, model, extra={"model_id": "test-rigged"}, half=False)
+    return path
+
+
+def blob_events(k: int, n: int = 600, x0: int = 20, y0: int = 40, size: int = 16, seed: int = 0) -> np.ndarray:
+    """``n`` events of a square blob moving right, inside frame ``k``, time sorted."""
+    from edge_vlm.events import make_events
+
+    rng = np.random.default_rng(seed + k)
+    t = np.sort(rng.integers(k * P, (k + 1) * P, n))
+    x = (x0 + 3 * (k - K0)) % (W - size) + rng.integers(0, size, n)
+    y = y0 + rng.integers(0, size, n)
+    return make_events(t, x, y, rng.integers(0, 2, n))
+
+
+class Harness:
+    """The test node: publishers, collectors, spin helpers."""
+
+    def __init__(self):
+        import rclpy
+        from rclpy.node import Node
+
+        self.rclpy = rclpy
+        self.node = Node("edge_vlm_test_harness")
+        self.received: dict[str, list] = {}
+        self.pubs = {}
+        self.seq: dict[str, int] = {}
+
+    def publisher(self, msg_type, topic, qos):
+        if topic not in self.pubs:
+            self.pubs[topic] = self.node.create_publisher(msg_type, topic, qos)
+        return self.pubs[topic]
+
+    def collect(self, msg_type, topic, qos) -> list:
+        if topic not in self.received:
+            lst = self.received[topic] = []
+            self.node.create_subscription(msg_type, topic, lst.append, qos)
+        return self.received[topic]
+
+    def spin_for(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.rclpy.spin_once(self.node, timeout_sec=0.01)
+
+    def spin_until(self, pred, timeout: float, what: str = "condition") -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return
+            self.rclpy.spin_once(self.node, timeout_sec=0.02)
+        assert pred(), f"timed out after {timeout} s waiting for {what}"
+
+    def wait_subscribers(self, topic: str, proc=None, timeout: float = 40.0) -> None:
+        pub = self.pubs[topic]
+
+        def ready():
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"{proc.name} exited with {proc.returncode}:\n{proc.output()[-3000:]}")
+            return pub.get_subscription_count() >= 1
+
+        self.spin_until(ready, timeout, f"a subscriber on {topic}")
+        self.spin_for(0.3)   # let the subscriber side match too
+
+    def send_packet(self, topic: str, *, events=None, time_base: int = 0, encoding: str = "mono",
+                    width: int = W, height: int = H, payload: bytes | None = None, seq: int | None = None):
+        from edge_vlm.codecs.mono import encode_mono
+        from edge_vlm_ros.common import QOS_SENSOR, ns_to_time
+        from event_camera_msgs.msg import EventPacket
+
+        pub = self.publisher(EventPacket, topic, QOS_SENSOR)
+        s = self.seq.get(topic, 0) if seq is None else seq
+        self.seq[topic] = s + 1
+        m = EventPacket()
+        m.header.stamp = ns_to_time(time_base + GOOD_STAMP_OFFSET)
+        m.header.frame_id = "dvs_test"
+        m.width, m.height = width, height
+        m.seq = s
+        m.time_base = time_base
+        m.encoding = encoding
+        m.is_bigendian = False
+        data = payload if payload is not None else encode_mono(events, time_base)
+        m.events = array.array("B", data)
+        pub.publish(m)
+        return m
+
+    def send_frames(self, topic: str, k_from: int, k_to: int, n: int = 600, close: bool = True,
+                    between=None) -> list[int]:
+        """Events of frames k_from..k_to-1 in two packets per frame; an empty packet closes the last frame.
+
+        Returns the header stamps (ns) of the packets sent. ``between(k)`` runs before frame k.
+        """
+        stamps = []
+        for k in range(k_from, k_to):
+            if between is not None:
+                between(k)
+            ev = blob_events(k, n)
+            half = (k * P + P // 2)
+            for lo, hi in ((k * P, half), (half, (k + 1) * P)):
+                part = ev[(ev["t"] >= lo) & (ev["t"] < hi)]
+                m = self.send_packet(topic, events=part, time_base=lo)
+                stamps.append(lo + GOOD_STAMP_OFFSET)
+            self.spin_for(0.02)
+        if close:
+            self.send_packet(topic, events=blob_events(0, 0), time_base=k_to * P)
+        return stamps
+
+
+class NodeProc:
+    """One node executable in its own process, output to a log file."""
+
+    def __init__(self, package: str, log_dir, params=None, remaps=None, env=None):
+        from edge_vlm_ros.runner import NodeSpec, find_executable, node_command
+
+        self.name = package
+        self.env = env
+        exe = find_executable(package, package, env)
+        self.cmd = node_command(NodeSpec(package, package, package, "", dict(params or {}), dict(remaps or {})),
+                                exe)
+        self.log_path = os.path.join(str(log_dir), f"{package}.log")
+        with open(self.log_path, "wb") as out:
+            self.proc = subprocess.Popen(self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def poll(self):
+        return self.proc.poll()
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+    def output(self) -> str:
+        with open(self.log_path, errors="replace") as fh:
+            return fh.read()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        from edge_vlm_ros.runner import stop_graph
+        self.proc.name = self.name
+        stop_graph([self.proc], timeout)
+        return self.proc.returncode
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def env():
+    rosenv.require_workspace(*PKGS)   # raises WorkspaceNotBuilt: a failure with a clear message
+    rosenv.activate()
+    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN)
+    return rosenv.sourced_env(ROS_DOMAIN_ID=str(DOMAIN), RCUTILS_LOGGING_BUFFERED_STREAM="0",
+                              RCUTILS_COLORIZED_OUTPUT="0")
+
+
+@pytest.fixture(scope="module")
+def harness(env):
+    import rclpy
+
+    rclpy.init(domain_id=DOMAIN)
+    h = Harness()
+    yield h
+    h.node.destroy_node()
+    rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return make_test_checkpoint(str(tmp_path_factory.mktemp("ckpt") / "rigged.pt"))
+
+
+@pytest.fixture(scope="module")
+def nodes(env, harness, checkpoint, tmp_path_factory):
+    """The three nodes, isolated on their own input topics, started in parallel."""
+    logs = tmp_path_factory.mktemp("logs")
+    procs = {
+        "sttf_perception": NodeProc("sttf_perception", logs, {"publish_mask_image": True},
+                                    {"event_camera/events": "/t/sttf/events"}, env),
+        "anc_router": NodeProc("anc_router", logs, {"compute_budget": 1.0},
+                               {"event_camera/events": "/t/router/events"}, env),
+        "vlm_captioner": NodeProc("vlm_captioner", logs,
+                                  {"checkpoint": checkpoint, "mask_source": "topic", "mask_timeout_ms": 100.0},
+                                  {"event_camera/events": "/t/cap/events", "edge_vlm/token_mask": "/t/cap/mask",
+                                   "edge_vlm/route": "/t/cap/route", "camera/image_raw": "/t/cap/image"}, env),
+    }
+    yield procs
+    for p in procs.values():
+        p.stop()
+
+
+def _grid_ok(stamps_ns) -> bool:
+    return all(s % P == 0 for s in stamps_ns)
+
+
+# ----------------------------------------------------------------------------- sttf_perception
+def test_perception_publishes_token_masks(harness, nodes):
+    from sensor_msgs.msg import Image
+
+    from edge_vlm_msgs.msg import TokenMask
+    from edge_vlm_ros.common import QOS_RELIABLE, QOS_SENSOR, time_to_ns
+
+    masks = harness.collect(TokenMask, "/edge_vlm/token_mask", QOS_RELIABLE)
+    images = harness.collect(Image, "/edge_vlm/change_mask", QOS_SENSOR)
+    harness.send_packet("/t/sttf/events", events=blob_events(0, 0), time_base=(K0 - 10) * P)  # creates the publisher
+    harness.wait_subscribers("/t/sttf/events", nodes["sttf_perception"])
+    harness.send_frames("/t/sttf/events", K0, K0 + 6)
+    want = {(k + 1) * P for k in range(K0, K0 + 6)}
+    harness.spin_until(lambda: want <= {time_to_ns(m.header.stamp) for m in masks}, 15.0, "6 token masks")
+    harness.spin_until(lambda: len(images) >= 5, 5.0, "change mask images")
+    for m in masks:
+        stamp = time_to_ns(m.header.stamp)
+        if stamp not in want:
+            continue
+        assert stamp % P == 0 and time_to_ns(m.window_start) == stamp - P
+        assert (m.grid_width, m.grid_height, m.patch_size) == (16, 16, 8)
+        assert m.total_tokens == 256 and (m.image_width, m.image_height) == (W, H)
+        assert 0 < len(m.active_indices) <= 16, "the 16x16 blob covers at most 9 patches (+ edge)"
+        assert len(m.scores) == len(m.active_indices)
+        assert list(m.active_indices) == sorted(m.active_indices) and max(m.active_indices) < 256
+        assert all(0.0 < s <= 1.0 for s in m.scores)
+        assert m.active_fraction == pytest.approx(len(m.active_indices) / 256)
+        assert m.event_count == 600 and m.method == "event_count" and m.threshold == 3.0
+        assert m.header.frame_id == "dvs_test"
+    img = images[-1]
+    assert (img.encoding, img.width, img.height) == ("mono8", W, H)
+    px = np.frombuffer(bytes(img.data), dtype=np.uint8)
+    assert set(np.unique(px)) <= {0, 255} and (px == 255).any()
+    assert _grid_ok(time_to_ns(i.header.stamp) for i in images)
+
+
+def test_perception_rejects_malformed_packets_and_keeps_running(harness, nodes):
+    from edge_vlm_msgs.msg import TokenMask
+    from edge_vlm_ros.common import QOS_RELIABLE, time_to_ns
+
+    topic = "/t/sttf/events"
+    masks = harness.collect(TokenMask, "/edge_vlm/token_mask", QOS_RELIABLE)
+    if topic not in harness.pubs:
+        harness.send_packet(topic, events=blob_events(0, 0), time_base=(K0 - 10) * P)
+    harness.wait_subscribers(topic, nodes["sttf_perception"])
+    k = K0 + 20
+    good = blob_events(k)
+    tb = k * P
+    harness.send_packet(topic, events=good, time_base=tb, encoding="bogus_enc")                 # unknown encoding
+    harness.send_packet(topic, payload=b"\x01" * 13, time_base=tb)                               # truncated payload
+    bad = good.copy()
+    bad["x"][5] = 200
+    from edge_vlm.codecs.mono import encode_mono
+    harness.send_packet(topic, payload=encode_mono(bad, tb), time_base=tb)                       # x outside 128
+    harness.send_packet(topic, events=good, time_base=tb, width=0, height=0)                     # zero size
+    harness.spin_for(0.2)
+    proc = nodes["sttf_perception"]
+    harness.spin_until(lambda: proc.output().count("rejected packet seq=") >= 4, 10.0, "4 rejection log lines")
+    assert proc.poll() is None, "node died on malformed input"
+    out = proc.output()
+    assert "bogus_enc" in out and "truncated" in out and "outside sensor" in out and "0x0" in out
+    # good packets afterwards are still processed
+    n0 = len(masks)
+    harness.send_frames(topic, k + 1, k + 4)
+    want = {(j + 1) * P for j in range(k + 1, k + 4)}
+    harness.spin_until(lambda: want <= {time_to_ns(m.header.stamp) for m in masks[n0:]}, 10.0,
+                       "token masks after the malformed packets")
+    assert proc.poll() is None
+
+
+# ----------------------------------------------------------------------------- anc_router
+def test_router_decisions_and_runtime_budget(harness, nodes):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    from edge_vlm_msgs.msg import RouteDecision
+    from edge_vlm_ros.common import QOS_RELIABLE, time_to_ns
+
+    topic = "/t/router/events"
+    routes = harness.collect(RouteDecision, "/edge_vlm/route", QOS_RELIABLE)
+    harness.send_packet(topic, events=blob_events(0, 0), time_base=(K0 - 10) * P)
+    harness.wait_subscribers(topic, nodes["anc_router"])
+    harness.send_frames(topic, K0, K0 + 4, n=2000)          # 2000 ev / 128^2 px = 0.12 > high_density
+    want = {(k + 1) * P for k in range(K0, K0 + 4)}
+    harness.spin_until(lambda: want <= {time_to_ns(r.header.stamp) for r in routes}, 15.0, "4 route decisions")
+    for r in routes:
+        assert list(r.levels) == ["tiny", "small", "medium"]
+        assert sum(r.probabilities) == pytest.approx(1.0, abs=1e-4)
+        assert r.complexity_level == 2 and 0.0 <= r.complexity_score <= 1.0
+        assert r.compute_budget == pytest.approx(1.0)
+        assert list(r.branches_run) == ["medium"] and list(r.branch_weights) == [pytest.approx(1.0)]
+        assert r.estimated_flops == 0.0
+    assert _grid_ok(time_to_ns(r.header.stamp) for r in routes)
+
+    client = harness.node.create_client(SetParameters, "/anc_router/set_parameters")
+    assert client.wait_for_service(timeout_sec=10.0), "anc_router parameter service missing"
+
+    def set_param(name, value: float):
+        req = SetParameters.Request()
+        req.parameters = [Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
+                                                                    double_value=value))]
+        fut = client.call_async(req)
+        harness.spin_until(fut.done, 10.0, "SetParameters response")
+        return fut.result().results[0]
+
+    bad = set_param("compute_budget", 5.0)
+    assert not bad.successful and "compute_budget" in bad.reason
+    ro = set_param("frame_period_ms", 10.0)
+    assert not ro.successful
+    ok = set_param("compute_budget", 0.3)
+    assert ok.successful, ok.reason
+
+    n0 = len(routes)
+    harness.send_frames(topic, K0 + 10, K0 + 13, n=2000)
+    want = {(k + 1) * P for k in range(K0 + 10, K0 + 13)}
+    harness.spin_until(lambda: want <= {time_to_ns(r.header.stamp) for r in routes[n0:]}, 15.0,
+                       "route decisions after the budget change")
+    after = [r for r in routes[n0:] if time_to_ns(r.header.stamp) in want]
+    assert all(r.compute_budget == pytest.approx(0.3) for r in after)
+    assert all(list(r.branches_run) == ["tiny"] and r.complexity_level == 2 for r in after)
+
+
+# ----------------------------------------------------------------------------- vlm_captioner
+def test_captioner_captions_and_costs(harness, nodes):
+    from std_msgs.msg import String
+
+    from edge_vlm_msgs.msg import Caption, ComputeCost, RouteDecision, TokenMask
+    from edge_vlm_ros.common import QOS_RELIABLE, QOS_RELIABLE_50, QOS_SENSOR, ns_to_time, numpy_to_image, \
+        time_to_ns
+    from sensor_msgs.msg import Image
+
+    topic = "/t/cap/events"
+    caps = harness.collect(Caption, "/edge_vlm/caption", QOS_RELIABLE_50)
+    texts = harness.collect(String, "/edge_vlm/caption_text", QOS_RELIABLE_50)
+    costs = harness.collect(ComputeCost, "/edge_vlm/compute_cost", QOS_RELIABLE_50)
+    mask_pub = harness.publisher(TokenMask, "/t/cap/mask", QOS_RELIABLE)
+    route_pub = harness.publisher(RouteDecision, "/t/cap/route", QOS_RELIABLE)
+    image_pub = harness.publisher(Image, "/t/cap/image", QOS_SENSOR)
+    harness.send_packet(topic, events=blob_events(0, 0), time_base=(K0 - 10) * P)
+    harness.wait_subscribers(topic, nodes["vlm_captioner"], timeout=60.0)
+    harness.wait_subscribers("/t/cap/mask", nodes["vlm_captioner"])
+    harness.wait_subscribers("/t/cap/route", nodes["vlm_captioner"])
+    harness.wait_subscribers("/t/cap/image", nodes["vlm_captioner"])
+
+    k_mask, k_route, k_rgb = K0 + 1, K0 + 2, K0 + 3
+
+    def before(k):
+        end = (k + 1) * P
+        if k in (k_mask, K0 + 4):          # the mask for this frame arrives before the frame closes
+            m = TokenMask()
+            m.header.stamp = ns_to_time(end)
+            m.total_tokens, m.grid_width, m.grid_height, m.patch_size = 256, 16, 16, 8
+            m.active_indices = [1, 2, 3]
+            m.scores = [1.0, 1.0, 1.0]
+            mask_pub.publish(m)
+        if k == k_route:
+            r = RouteDecision()
+            r.header.stamp = ns_to_time(end)
+            r.levels, r.branches_run, r.branch_weights = ["tiny", "small", "medium"], ["small"], [1.0]
+            route_pub.publish(r)
+        if k == k_rgb:
+            image_pub.publish(numpy_to_image(np.full((64, 96, 3), 128, np.uint8), "rgb8", end))
+        harness.spin_for(0.05)
+
+    sent = harness.send_frames(topic, K0, K0 + 6, between=before)
+    want = [(k + 1) * P for k in range(K0, K0 + 6)]
+    harness.spin_until(lambda: set(want) <= {time_to_ns(c.header.stamp) for c in caps}
+                       and set(want) <= {time_to_ns(c.header.stamp) for c in costs}, 30.0, "6 captions + costs")
+    harness.spin_for(0.3)
+    by_stamp = {time_to_ns(c.header.stamp): c for c in caps}
+    cost_by_stamp = {time_to_ns(c.header.stamp): c for c in costs}
+    assert [time_to_ns(c.header.stamp) for c in caps] == sorted(time_to_ns(c.header.stamp) for c in caps), \
+        "captions out of order"
+    assert len(texts) >= len(want)
+    for k, stamp in zip(range(K0, K0 + 6), want):
+        c, cost = by_stamp[stamp], cost_by_stamp[stamp]
+        assert c.text.strip(), "empty caption"
+        assert 1 <= c.gesture_label <= 11 and c.gesture_name and 0.0 <= c.gesture_confidence <= 1.0
+        assert time_to_ns(c.window_start) == k * P and time_to_ns(c.window_end) == stamp
+        assert c.frame_index == k and cost.frame_index == k
+        assert c.model_id == "test-rigged" and c.header.frame_id == "dvs_test"
+        in_stamps = {time_to_ns(s) for s in c.input_stamps}
+        assert {k * P + GOOD_STAMP_OFFSET, k * P + P // 2 + GOOD_STAMP_OFFSET} <= in_stamps
+        assert c.input_mode == ("rgb+events" if k == k_rgb else "events")
+        assert 0 < cost.active_tokens <= cost.total_tokens == 256
+        assert 0 < cost.flops_executed <= cost.flops_dense
+        assert cost.flops_saved_fraction == pytest.approx(1 - cost.flops_executed / cost.flops_dense, abs=1e-6)
+        assert len(cost.stage_names) == len(cost.stage_latency_ms)
+        assert cost.stage_names[0] == "decode" and cost.stage_names[-1] == "total"
+        assert {"encoder", "decoder"} <= set(cost.stage_names)
+        assert all(v >= 0.0 for v in cost.stage_latency_ms)
+        assert cost.params_active > 0 and cost.compute_budget == pytest.approx(1.0)
+        assert cost.branch == ("small" if k == k_route else ("base" if k < k_route else "small"))
+    assert (k_rgb + 1) * P in {time_to_ns(s) for s in by_stamp[(k_rgb + 1) * P].input_stamps}
+    assert sent  # packet stamps were checked above
+
+    proc = nodes["vlm_captioner"]
+    assert proc.poll() is None
+    assert proc.stop() == 0
+    out = proc.output()
+    assert "shutdown:" in out and "masks_used=2" in out and "mask_fallbacks=" in out, out[-2000:]
+
+
+def test_captioner_missing_checkpoint_exits_clearly(env, tmp_path):
+    from edge_vlm_ros.runner import find_executable
+
+    exe = find_executable("vlm_captioner", "vlm_captioner", env)
+    missing = str(tmp_path / "no_such_checkpoint.pt")
+    r = subprocess.run([exe, "--ros-args", "-p", f"checkpoint:={missing}"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "checkpoint not found" in out and missing in out
+    assert "Traceback" not in out
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    r = subprocess.run([exe, "--ros-args", "-p", f"checkpoint:={corrupt}"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0 and "cannot load checkpoint" in r.stderr + r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_invalid_parameter_exits_clearly(env):
+    from edge_vlm_ros.runner import find_executable
+
+    exe = find_executable("sttf_perception", "sttf_perception", env)
+    r = subprocess.run([exe, "--ros-args", "-p", "event_count_threshold:=0"], env=env, capture_output=True,
+                       text=True, timeout=60)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "event_count_threshold" in out and "Traceback" not in out

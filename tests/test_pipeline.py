@@ -1,0 +1,72 @@
+"""Frame clock and the rule-based perception/router cores."""
+import numpy as np
+
+from edge_vlm.events import make_events
+from edge_vlm.pipeline import FrameClock, PerceptionCore, RouterCore
+from edge_vlm.repr import event_histogram, patch_counts
+
+P = 10_000_000  # 10 ms
+
+
+def ev(ts, x=5, y=5):
+    ts = np.asarray(ts, dtype=np.int64)
+    return make_events(ts, np.full(len(ts), x), np.full(len(ts), y), np.ones(len(ts)))
+
+
+def test_frame_clock_cuts_on_absolute_grid_and_is_chunking_invariant():
+    ts = np.sort(np.random.default_rng(0).integers(5 * P, 12 * P, 500))
+    whole = FrameClock(P)
+    a = whole.push(ev(ts), 128, 128) + whole.flush()
+    split = FrameClock(P)
+    b = []
+    for chunk in np.array_split(ts, 37):
+        b += split.push(ev(chunk), 128, 128)
+    b += split.flush()
+    assert [f.index for f in a] == [f.index for f in b] == list(range(5, 12))
+    for fa, fb in zip(a, b):
+        assert fa.t_start == fa.index * P and fa.t_end == (fa.index + 1) * P
+        assert np.array_equal(fa.events, fb.events)
+        assert ((fa.events["t"] >= fa.t_start) & (fa.events["t"] < fa.t_end)).all()
+    assert sum(len(f.events) for f in a) == 500
+
+
+def test_frame_clock_counts_late_events_and_restarts_on_jumps():
+    c = FrameClock(P, max_gap_frames=5)
+    c.push(ev([10 * P, 11 * P]), 128, 128)
+    c.push(ev([10 * P + 1]), 128, 128)          # older than the open frame 11
+    assert c.late_events == 1
+    out = c.push(ev([1000 * P]), 128, 128)       # forward jump: no 989 empty frames
+    assert c.resets == 1 and len(out) == 1 and out[0].index == 11
+    out = c.push(ev([3 * P]), 128, 128)          # backwards jump (bag loop)
+    assert c.resets == 2 and out == []
+
+
+def test_histogram_and_mask():
+    e = make_events(np.arange(8) * 1000, [0, 1, 2, 3, 9, 9, 9, 9], [0] * 4 + [20] * 4, [1, 0, 1, 0, 1, 1, 1, 1])
+    h = event_histogram(e, 0, 8000, 128, 128)
+    assert h.shape == (4, 128, 128) and h.sum() == 8
+    assert h[1, 0, 0] == 1 and h[0, 0, 1] == 1 and h[3, 20, 9] == 4   # later half, ON -> channel 3
+    pc = patch_counts(h, 8)
+    assert pc[0, 0] == 4 and pc[2, 1] == 4
+    core = PerceptionCore({"event_count_threshold": 4})
+    res = core.process(FrameClock(8000).push(np.concatenate([e, ev([9000])]), 128, 128)[0])
+    assert sorted(res.active_indices.tolist()) == [0, 2 * 16 + 1]
+    assert res.mask_image.shape == (128, 128) and res.mask_image[0, 0] == 255 and res.mask_image[100, 100] == 0
+    assert np.all((res.scores > 0) & (res.scores <= 1))
+
+
+def test_scaled_sensor_maps_to_model_grid():
+    e = make_events([0, 1], [639, 0], [479, 0], [1, 1])
+    h = event_histogram(e, 0, 10, 640, 480)
+    assert h[1, 127, 127] == 1 and h[1, 0, 0] == 1
+
+
+def test_router_levels_and_budget_cap():
+    r = RouterCore({"low_density": 0.001, "high_density": 0.01})
+    busy = FrameClock(P).push(ev(np.linspace(0, P - 1, 2000).astype(np.int64).tolist() + [P]), 128, 128)[0]
+    out = r.process(busy)
+    assert out.level == 2 and out.branches == ["medium"] and abs(out.probabilities.sum() - 1) < 1e-5
+    r.set_budget(0.3)
+    assert r.process(busy).branches == ["tiny"]
+    r.set_budget(0.6)
+    assert r.process(busy).branches == ["small"]
