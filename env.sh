@@ -32,6 +32,14 @@ else
     echo "env.sh: ros2_ws/install missing: run 'make setup' (bash scripts/setup.sh) to build the workspace" >&2
   fi
   export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
+  # node and tool executables (edge_vlm_run, edge_vlm_play, edge_vlm_demo, cameras, nodes) on PATH
+  for _d in "$_edge_vlm_root"/ros2_ws/install/*/; do
+    _d="${_d%/}/lib/$(basename "$_d")"
+    [ -d "$_d" ] || continue
+    case ":$PATH:" in *":$_d:"*) ;; *) PATH="$_d:$PATH" ;; esac
+  done
+  unset _d
+  export PATH
   export EDGE_VLM_ROOT="$_edge_vlm_root"
 fi
 [ "$_edge_vlm_nounset" = 1 ] && set -u

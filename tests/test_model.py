@@ -83,7 +83,7 @@ def test_flops_counter_matches_torch():
     with FlopCounterMode(display=False) as fc:
         fused = m.fuse(tok[None], act, hist)
         m.summarize(tok[None], act)
-        m.gesture_logits(fused)
+        m.gesture_logits(fused, tok[None], act)
     assert abs(fc.get_total_flops() - fusion_flops(c)) / fusion_flops(c) < 0.05
 
 
@@ -124,3 +124,12 @@ def test_training_batch_matches_streaming_input():
         x, change = eng.input_tensor(hist[-1].astype(np.float32), rgb[-1] if use_rgb else None)
         assert torch.allclose(patches[0, -1], patchify(x, c.patch)[0], atol=1e-6)
         assert np.array_equal(active[0, -1].numpy(), change)
+
+
+def test_rgb_at_half_frame_rate_does_not_force_dense_refresh():
+    m, _ = tiny_model()
+    eng = StreamingCaptioner(m, refresh_period=0)
+    rgb = np.full((128, 128, 3), 100, dtype=np.uint8)
+    res = [eng.process(moving_blob(f), rgb if f % 2 == 0 else None) for f in range(8)]
+    assert res[0].refreshed and not any(r.refreshed for r in res[1:])
+    assert all(r.active_tokens < r.total_tokens for r in res[1:])

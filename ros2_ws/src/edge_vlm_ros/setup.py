@@ -23,6 +23,10 @@ setup(
             "edge_vlm_record = edge_vlm_ros.recorder:main",
             "edge_vlm_run = edge_vlm_ros.runner:main",
             "edge_vlm_demo = edge_vlm_ros.demo:main",
+            # live sources (see README "Live cameras")
+            "edge_vlm_camera_dv = edge_vlm_ros.camera_dv:main",
+            "edge_vlm_camera_rgb = edge_vlm_ros.camera_rgb:main",
+            "edge_vlm_camera_metavision = edge_vlm_ros.camera_metavision:main",
         ],
     },
 )

@@ -2,12 +2,14 @@
 
 Subscribes  ``/event_camera/events`` (event_camera_msgs/EventPacket, sensor QoS)
 Publishes   ``/edge_vlm/route``      (edge_vlm_msgs/RouteDecision, reliable keep last 10)
+            ``/diagnostics``         (diagnostic_msgs/DiagnosticArray, 1 Hz, status ``edge_vlm/anc_router``)
 ``compute_budget`` can be changed at runtime (``SetParameters``); it applies
 from the next closed frame. ``header.stamp`` = frame end ``(k+1)*P``.
 """
 from __future__ import annotations
 
 import sys
+import time
 
 from rclpy.node import Node
 
@@ -42,7 +44,9 @@ class RouterNode(FrameNode, Node):
     def on_frames(self, frames) -> None:
         frame_id = self.input.frame_id
         for f in frames:
+            t0 = time.perf_counter()
             r = self.core.process(f)
+            self.record_frame((time.perf_counter() - t0) * 1e3)
             m = RouteDecision()
             m.header.stamp = ns_to_time(f.t_end)
             m.header.frame_id = frame_id

@@ -122,7 +122,9 @@ def cmd_train(args) -> int:
 
 def cmd_demo(args) -> int:
     bag = args.bag or demo_data()
-    argv = [bag] + (["--checkpoint", args.checkpoint] if args.checkpoint else []) + list(args.extra)
+    argv = [bag, "--out-dir", args.out_dir] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+    os.makedirs(args.out_dir, exist_ok=True)
+    argv += list(args.extra)
     return int(_ros_entry("demo")(argv) or 0)
 
 
@@ -154,8 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train the captioning model on simulated data")
     s.add_argument("--out", default="data/train/captioner.pt")
     s.add_argument("--subjects", type=int, default=20)
-    s.add_argument("--epochs", type=int, default=8)
-    s.add_argument("--steps", type=int, default=120, help="steps per epoch")
+    s.add_argument("--epochs", type=int, default=12)
+    s.add_argument("--steps", type=int, default=125, help="steps per epoch")
     s.add_argument("--batch", type=int, default=32)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--threads", type=int, default=2)
@@ -169,8 +171,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="replay a bag (default: the simulated demo bag) through the three nodes")
     s.add_argument("--bag", default="")
     s.add_argument("--checkpoint", default="")
+    s.add_argument("--out-dir", default=os.path.join(DEMO_DIR, "run"), help="records, node logs, summary.json")
     s.add_argument("extra", nargs=argparse.REMAINDER, help="more options for the demo runner")
     s.set_defaults(fn=cmd_demo)
+
+    from . import convert, eval_cli
+
+    eval_cli.add_parser(sub)
+    convert.add_parser(sub)
 
     s = sub.add_parser("play", help="bag player (ros2 bag play is not available here)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)

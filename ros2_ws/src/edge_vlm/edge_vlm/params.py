@@ -93,6 +93,41 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         ParamSpec("compute_budget", 1.0, "Compute budget in (0, 1] reported with the compute cost (routing "
                   "follows anc_router's decision). Can be changed at runtime.", min_value=0.01, max_value=1.0),
         ParamSpec("num_threads", 1, "torch intra-op threads of the model.", min_value=1, max_value=64),
+        ParamSpec("max_pending_frames", 30, "Backpressure: most closed frames waiting for the model; when "
+                  "full the oldest are dropped (counted in diagnostics) and the next processed frame is a "
+                  "dense token refresh. Can be changed at runtime.", min_value=1, max_value=10000),
+    ),
+
+    # ---- live sources (edge_vlm_ros camera_*.py): not part of config/graph.yaml's processing graph
+    "camera_dv": (
+        ParamSpec("serial_number", "", "iniVation camera to open (serial number); empty = the first one found.",
+                  read_only=True),
+        ParamSpec("aedat4_file", "", "Replay this AEDAT4 recording instead of a live camera (empty = live).",
+                  read_only=True),
+        ParamSpec("rate", 1.0, "Replay speed of aedat4_file (1 = real time, 0 = as fast as possible); "
+                  "ignored for live cameras.", read_only=True, min_value=0.0, max_value=1000.0),
+        ParamSpec("frame_id", "event_camera", "header.frame_id of the published EventPackets.", read_only=True),
+        ParamSpec("packet_period_ms", 2.0, "Longest sensor-time span of one EventPacket (ms); camera batches "
+                  "are split on this grid.", read_only=True, min_value=0.1, max_value=1000.0),
+    ),
+    "camera_metavision": (
+        ParamSpec("device", "", "Prophesee camera serial, or a RAW/HDF5 file to replay; empty = the first "
+                  "camera found.", read_only=True),
+        ParamSpec("frame_id", "event_camera", "header.frame_id of the published EventPackets.", read_only=True),
+        ParamSpec("packet_period_ms", 2.0, "Sensor-time span of one EventPacket (ms).", read_only=True,
+                  min_value=0.1, max_value=1000.0),
+    ),
+    "camera_rgb": (
+        ParamSpec("device", "0", "OpenCV VideoCapture source: a device index ('0'), a device path "
+                  "('/dev/video0'), a video file or a stream URL.", read_only=True),
+        ParamSpec("rate_hz", 0.0, "Publish rate (Hz); 0 = the source's own frame rate (30 if unknown).",
+                  read_only=True, min_value=0.0, max_value=1000.0),
+        ParamSpec("loop", False, "Restart a video file at its end (otherwise the node exits 0).", read_only=True),
+        ParamSpec("frame_id", "camera", "header.frame_id of the published images.", read_only=True),
+        ParamSpec("image_width", 0, "Resize to this width (px); 0 = native.", read_only=True, min_value=0,
+                  max_value=8192),
+        ParamSpec("image_height", 0, "Resize to this height (px); 0 = native.", read_only=True, min_value=0,
+                  max_value=8192),
     ),
 }
 

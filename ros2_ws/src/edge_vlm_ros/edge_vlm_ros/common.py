@@ -9,11 +9,14 @@
 * :class:`FrameInputs`: which packets (stamps, decode time) fed which frame;
 * stamps (ns <-> builtin_interfaces/Time), sensor_msgs/Image <-> numpy
   (rgb8/bgr8/mono8, numpy only), message -> plain dict (for the recorder);
-* :func:`run_node`: rclpy init/spin/shutdown with clean errors and exit codes.
+* :func:`run_node`: rclpy init/spin/shutdown with clean errors and exit codes;
+* diagnostics: every :class:`FrameNode` publishes ``diagnostic_msgs/DiagnosticArray``
+  on ``/diagnostics`` once per second (see :meth:`FrameNode.publish_diagnostics`).
 """
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -57,9 +60,23 @@ TOPICS = {
 #: last frame still gets the same stamp everywhere.
 IDLE_FLUSH_S = 1.0
 
+#: Diagnostics: publish period (s), absolute topic (as diagnostic_updater does) and
+#: how long without any EventPacket makes a node report WARN "no input".
+DIAGNOSTICS_PERIOD_S = 1.0
+DIAGNOSTICS_TOPIC = "/diagnostics"
+NO_INPUT_WARN_S = 5.0
+
 
 class ParameterError(ValueError):
     """An invalid parameter value (reported as a clean error, exit code 2)."""
+
+
+class DeviceError(RuntimeError):
+    """A camera / video source that cannot be opened or stopped working (clean error, exit code 4)."""
+
+
+class EndOfStream(Exception):
+    """A finite source (video or recording file) is over: the node exits with code 0."""
 
 
 # -------------------------------------------------------------------- parameters
@@ -83,17 +100,24 @@ def _descriptor(spec) -> ParameterDescriptor:
     return d
 
 
-def declare_from_spec(node, node_name: str) -> dict[str, Any]:
+def declare_from_spec(node, node_name: str, as_text: tuple[str, ...] = ()) -> dict[str, Any]:
     """Declare every parameter of ``NODE_PARAMS[node_name]`` on ``node``; return the validated values.
 
     Raises :class:`ParameterError` with a readable message for a value of the
     wrong type, out of range or not among the choices (from the command line
-    or a params file).
+    or a params file). String parameters named in ``as_text`` also accept a
+    number on the command line (``-p device:=0`` is the text "0").
     """
     values = {}
     for spec in NODE_PARAMS[node_name]:
         try:
-            p = node.declare_parameter(spec.name, spec.default, _descriptor(spec))
+            desc = _descriptor(spec)
+            if spec.name in as_text:
+                desc.dynamic_typing = True
+            p = node.declare_parameter(spec.name, spec.default, desc)
+            if spec.name in as_text and isinstance(p.value, (int, float)) and not isinstance(p.value, bool):
+                values[spec.name] = str(p.value)
+                continue
         except Exception as exc:  # InvalidParameterTypeException / InvalidParameterValueException
             raise ParameterError(f"invalid value for parameter '{spec.name}' of {node_name}: "
                                  f"{type(exc).__name__}: {exc}") from None
@@ -216,8 +240,12 @@ class EventInput:
     decoders such as evt3 keep their state across packets). A packet with an
     unknown encoding, a zero sensor size or a payload the decoder rejects is
     dropped: ``rejected`` is incremented and a throttled warning
-    ``rejected packet seq=N (encoding): reason`` is logged. Gaps in ``seq`` are
-    counted in ``seq_gaps`` (gap occurrences) and ``missing_packets``.
+    ``rejected packet seq=N (encoding): reason`` is logged.
+
+    Sequence gaps: ``missing_packets`` counts the *missing messages* (seq 0..9
+    then 20..29 -> 10), ``seq_gaps`` the gap *occurrences* (-> 1; a seq going
+    backwards, e.g. a restarted driver, is an occurrence with no missing
+    message). Diagnostics report ``missing_packets`` as ``seq_gaps``.
     """
 
     def __init__(self, logger, throttle_s: float = 2.0):
@@ -362,8 +390,10 @@ def msg_to_dict(msg) -> Any:
 def run_node(factory: Callable[[], Any], args=None, name: str = "node") -> int:
     """Init rclpy, build the node with ``factory()``, spin until SIGINT/SIGTERM; return an exit code.
 
-    Clean one-line errors (no traceback wall) for invalid parameters (exit 2)
-    and for a missing/corrupt checkpoint (exit 3).
+    Clean one-line errors (no traceback wall) for invalid parameters (exit 2),
+    a missing/corrupt checkpoint (exit 3) and a camera that cannot be opened
+    or a missing camera SDK (:class:`DeviceError`, exit 4). :class:`EndOfStream`
+    (a file source is over) ends the node normally (exit 0).
     """
     import signal
 
@@ -385,9 +415,14 @@ def run_node(factory: Callable[[], Any], args=None, name: str = "node") -> int:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except EndOfStream as exc:
+        print(f"[{name}] end of stream{': ' + str(exc) if str(exc) else ''}", file=sys.stderr, flush=True)
     except ParameterError as exc:
         print(f"[{name}] error: invalid parameter: {exc}", file=sys.stderr, flush=True)
         code = 2
+    except DeviceError as exc:
+        print(f"[{name}] error: {exc}", file=sys.stderr, flush=True)
+        code = 4
     except Exception as exc:
         from edge_vlm.model.engine import CheckpointError
         if isinstance(exc, CheckpointError):
@@ -428,13 +463,16 @@ class FrameNode:
         self.input = EventInput(self.get_logger())
         self.inputs = FrameInputs() if track_inputs else None
         self.frames_out = 0
+        self.dropped_frames = 0          # frames dropped by backpressure (vlm_captioner)
+        self.processing_errors = 0
         self._last_packet = None
         from event_camera_msgs.msg import EventPacket
         self.create_subscription(EventPacket, TOPICS["events"], self._on_packet, QOS_SENSOR)
         self.create_timer(0.25, self._idle_check)
+        self.setup_diagnostics()
 
     def _on_packet(self, msg) -> None:
-        self._last_packet = time.monotonic()
+        self._last_packet = self._last_input = time.monotonic()
         t0 = self.input.decode_s
         ev = self.input.decode(msg)
         if ev is None:
@@ -465,13 +503,106 @@ class FrameNode:
         try:
             self.on_frames(frames)
         except Exception as exc:
+            self.processing_errors += 1
             self.get_logger().error(f"processing frames {[f.index for f in frames]} failed: "
                                     f"{type(exc).__name__}: {exc}")
 
     def counters(self) -> dict:
         c = self.input.counters()
-        c.update(frames=self.frames_out, late_events=self.clock.late_events, clock_resets=self.clock.resets)
+        c.update(frames=self.frames_out, late_events=self.clock.late_events, clock_resets=self.clock.resets,
+                 dropped=self.dropped_frames, processing_errors=self.processing_errors)
         return c
+
+    # ------------------------------------------------------------ diagnostics
+    def setup_diagnostics(self, period_s: float = DIAGNOSTICS_PERIOD_S) -> None:
+        """Publish one DiagnosticStatus ``edge_vlm/<node name>`` on /diagnostics every ``period_s``."""
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self._diag_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, QOS_RELIABLE)
+        self._diag_lock = threading.Lock()
+        self._diag_latency: list[float] = []    # processing latency (ms) of the frames of this period
+        self._diag_active: list[float] = []     # active-token fraction of the frames of this period
+        self._diag_prev = dict(self.counters())
+        self._diag_t = self._diag_start = time.monotonic()
+        self._last_input: float | None = None
+        self.create_timer(float(period_s), self.publish_diagnostics)
+
+    def record_frame(self, latency_ms: float, active_fraction: float | None = None) -> None:
+        """Account one processed frame for the diagnostics of the current period (thread safe)."""
+        with self._diag_lock:
+            self._diag_latency.append(float(latency_ms))
+            if active_fraction is not None:
+                self._diag_active.append(float(active_fraction))
+
+    def diagnostic_values(self) -> dict[str, Any]:
+        """Node-specific key/values added to the status (override)."""
+        return {}
+
+    def diagnostic_status(self):
+        """The DiagnosticStatus of the period since the last call (also resets the period)."""
+        from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+
+        now = time.monotonic()
+        dt = max(1e-6, now - self._diag_t)
+        with self._diag_lock:
+            lat, self._diag_latency = self._diag_latency, []
+            act, self._diag_active = self._diag_active, []
+        c = dict(self.counters())
+        prev, self._diag_prev, self._diag_t = self._diag_prev, c, now
+
+        def delta(key):
+            return int(c.get(key, 0)) - int(prev.get(key, 0))
+
+        values: dict[str, Any] = {
+            "packet_rate_hz": round(delta("packets") / dt, 2),
+            "event_rate_hz": round(delta("events") / dt, 1),
+            "packets": c["packets"], "events": c["events"], "rejected": c["rejected"],
+            "seq_gaps": c["missing_packets"], "seq_gap_events": c["seq_gaps"],
+            "dropped": c["dropped"], "late_events": c["late_events"], "frames": c["frames"],
+            "clock_resets": c["clock_resets"], "processing_errors": c["processing_errors"],
+            "frames_in_period": len(lat),
+            "latency_p50_ms": round(float(np.percentile(lat, 50)), 3) if lat else "n/a",
+            "latency_p95_ms": round(float(np.percentile(lat, 95)), 3) if lat else "n/a",
+        }
+        if act:
+            values["active_token_fraction"] = round(float(np.mean(act)), 4)
+        since = now - (self._last_input if self._last_input is not None else self._diag_start)
+        values["last_input_age_s"] = round(since, 2) if self._last_input is not None else "never"
+        values.update(self.diagnostic_values())
+
+        level, reasons = DiagnosticStatus.OK, []
+        if delta("processing_errors") > 0:
+            level = DiagnosticStatus.ERROR
+            reasons.append(f"{delta('processing_errors')} processing errors")
+        warn = []
+        for key, text in (("rejected", "packets rejected"), ("dropped", "frames dropped (backpressure)"),
+                          ("missing_packets", "packets missing (seq gaps)"), ("late_events", "late events")):
+            if delta(key) > 0:
+                warn.append(f"{delta(key)} {text}")
+        if since > NO_INPUT_WARN_S:
+            warn.append(f"no input for {since:.0f} s")
+        if warn and level < DiagnosticStatus.WARN:
+            level = DiagnosticStatus.WARN
+        reasons += warn
+        st = DiagnosticStatus()
+        st.level = level
+        st.name = f"edge_vlm/{self.get_name()}"
+        st.hardware_id = self.input.frame_id or "event_camera"
+        st.message = "; ".join(reasons) if reasons else \
+            f"OK: {values['packet_rate_hz']} packets/s, {len(lat) / dt:.1f} frames/s"
+        st.values = [KeyValue(key=str(k), value=str(v)) for k, v in values.items()]
+        return st
+
+    def publish_diagnostics(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        try:
+            arr = DiagnosticArray()
+            arr.header.stamp = self.get_clock().now().to_msg()
+            arr.status = [self.diagnostic_status()]
+            self._diag_pub.publish(arr)
+        except Exception as exc:  # diagnostics must never take the node down
+            self.get_logger().warning(f"diagnostics failed: {type(exc).__name__}: {exc}",
+                                      throttle_duration_sec=10.0)
 
     def shutdown_report(self) -> None:
         text = " ".join(f"{k}={v}" for k, v in self.counters().items())

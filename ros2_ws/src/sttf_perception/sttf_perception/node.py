@@ -3,11 +3,13 @@
 Subscribes  ``/event_camera/events``  (event_camera_msgs/EventPacket, sensor QoS)
 Publishes   ``/edge_vlm/token_mask``  (edge_vlm_msgs/TokenMask, reliable keep last 10)
             ``/edge_vlm/change_mask`` (sensor_msgs/Image mono8, sensor QoS; if publish_mask_image)
+            ``/diagnostics``          (diagnostic_msgs/DiagnosticArray, 1 Hz, status ``edge_vlm/sttf_perception``)
 Every output about frame k carries ``header.stamp`` = frame end ``(k+1)*P``.
 """
 from __future__ import annotations
 
 import sys
+import time
 
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -40,7 +42,9 @@ class PerceptionNode(FrameNode, Node):
     def on_frames(self, frames) -> None:
         frame_id = self.input.frame_id
         for f in frames:
+            t0 = time.perf_counter()
             r = self.core.process(f)
+            self.record_frame((time.perf_counter() - t0) * 1e3, float(r.active_fraction))
             m = TokenMask()
             m.header.stamp = ns_to_time(f.t_end)
             m.header.frame_id = frame_id

@@ -7,11 +7,17 @@ Subscribes  ``/event_camera/events``   event_camera_msgs/EventPacket (sensor QoS
 Publishes   ``/edge_vlm/caption``      edge_vlm_msgs/Caption
             ``/edge_vlm/caption_text`` std_msgs/String (mirror of Caption.text)
             ``/edge_vlm/compute_cost`` edge_vlm_msgs/ComputeCost
+            ``/diagnostics``           diagnostic_msgs/DiagnosticArray (1 Hz, status ``edge_vlm/vlm_captioner``)
 
 Frames are processed strictly in order. With mask_source == 'topic' a closed
 frame waits for the TokenMask with the same stamp for at most
 mask_timeout_ms, then the local mask is used (counted as a fallback). With
 use_rgb == 'always' it also waits (same timeout) for an RGB frame.
+
+Backpressure: at most ``max_pending_frames`` closed frames wait for the
+model. When the queue is full the OLDEST waiting frames are dropped (counted
+as ``dropped``, WARN in diagnostics) and the next processed frame is a dense
+refresh of the token memory (a memory that skipped frames is never reused).
 
 ComputeCost stages: ``decode`` (EventPacket decoding attributed to the frame),
 ``wait`` (wall time from frame close to processing start: queue + mask wait),
@@ -74,7 +80,8 @@ class CaptionerNode(FrameNode, Node):
         self.latest_branch = "base"
         self.images: deque = deque(maxlen=150)     # (stamp_ns, msg); ~5 s at 30 fps covers a processing backlog
         self.stats = {"captions": 0, "masks_used": 0, "mask_fallbacks": 0, "masks_bad": 0,
-                      "rgb_frames": 0, "rgb_missing": 0, "images_rejected": 0}
+                      "rgb_frames": 0, "rgb_missing": 0, "images_rejected": 0, "forced_refreshes": 0}
+        self._refresh_needed = False     # set when frames were dropped: next processed frame is dense
 
         # inputs other than events exist always (cheap); parameters decide at processing time
         self.create_subscription(TokenMask, TOPICS["token_mask"], self._on_mask, QOS_RELIABLE)
@@ -160,11 +167,22 @@ class CaptionerNode(FrameNode, Node):
     def on_frames(self, frames) -> None:
         now = time.monotonic()
         timeout = float(self.params["mask_timeout_ms"]) / 1e3
+        limit = max(1, int(self.params["max_pending_frames"]))
+        dropped = []
         with self._cond:
             for f in frames:
                 stamps, decode_ms = self.inputs.pop(f.index)
                 self.pending.append(Pending(f, stamps, decode_ms, now, now + timeout))
+            while len(self.pending) > limit:      # backpressure: drop the OLDEST waiting frames
+                dropped.append(self.pending.popleft().frame.index)
+            if dropped:
+                self.dropped_frames += len(dropped)
+                self._refresh_needed = True
             self._cond.notify()
+        if dropped:
+            self.get_logger().warning(
+                f"backpressure: dropped {len(dropped)} frame(s) ({dropped[0]}..{dropped[-1]}; "
+                f"max_pending_frames={limit}, {self.dropped_frames} dropped in total)", throttle_duration_sec=2.0)
 
     def _next_ready(self):
         """Under the lock: pop the head frame if it may be processed now, with its inputs; else None."""
@@ -179,13 +197,14 @@ class CaptionerNode(FrameNode, Node):
         if waiting and p["use_rgb"] == "always" and self._pick_image(t_end) is None:
             return None
         self.pending.popleft()
+        refresh, self._refresh_needed = self._refresh_needed, False
         change = self.masks.pop(t_end, None) if p["mask_source"] == "topic" else None
         for old in [s for s in self.masks if s <= t_end]:
             self.masks.pop(old, None)
         picked = self._pick_image(t_end) if p["use_rgb"] != "never" else None
         while self.images and self.images[0][0] <= t_end - self.period:
             self.images.popleft()          # too old for this and every later frame
-        return head, change, picked, self._branch_for(t_end)
+        return head, change, picked, self._branch_for(t_end), refresh
 
     def _work(self) -> None:
         while True:
@@ -204,9 +223,10 @@ class CaptionerNode(FrameNode, Node):
             try:
                 self._process(*item)
             except Exception as exc:
+                self.processing_errors += 1
                 self.get_logger().error(f"frame {item[0].frame.index} failed: {type(exc).__name__}: {exc}")
 
-    def _process(self, item: Pending, change, picked, branch: str) -> None:
+    def _process(self, item: Pending, change, picked, branch: str, refresh: bool = False) -> None:
         f = item.frame
         p = self.params
         start = time.monotonic()
@@ -227,6 +247,11 @@ class CaptionerNode(FrameNode, Node):
                     self.get_logger().warning(f"image ignored: {exc}", throttle_duration_sec=5.0)
             if rgb is None and p["use_rgb"] == "always":
                 self.stats["rgb_missing"] += 1
+        if refresh:
+            # frames were dropped before this one: the token memory skipped them, re-encode every
+            # token now (checked by tests/test_faults.py)
+            self.core.engine.force_refresh()
+            self.stats["forced_refreshes"] += 1
         res = self.core.process(f, rgb, change)
         if rgb is not None:
             self.stats["rgb_frames"] += 1
@@ -274,6 +299,8 @@ class CaptionerNode(FrameNode, Node):
         cost.params_active = self.params_active
         self.pub_cost.publish(cost)
         self.stats["captions"] += 1
+        self.record_frame(item.decode_ms + model_total,
+                          float(res.active_tokens) / max(1, int(res.total_tokens)))
 
     def stop_worker(self, timeout: float = 5.0) -> None:
         with self._cond:
@@ -290,6 +317,13 @@ class CaptionerNode(FrameNode, Node):
         c.update(self.stats)
         c["pending"] = len(self.pending)
         return c
+
+    def diagnostic_values(self) -> dict:
+        s = self.stats
+        return {"captions": s["captions"], "mask_fallbacks": s["mask_fallbacks"], "masks_used": s["masks_used"],
+                "masks_bad": s["masks_bad"], "forced_refreshes": s["forced_refreshes"],
+                "rgb_frames": s["rgb_frames"], "pending": len(self.pending),
+                "max_pending_frames": int(self.params["max_pending_frames"])}
 
 
 def main(args=None) -> int:

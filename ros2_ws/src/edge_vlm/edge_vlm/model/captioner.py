@@ -231,9 +231,10 @@ class CaptionModel(nn.Module):
         self.encoder = PatchEncoder(cfg)
         self.pool = AttentionPool(cfg)
         self.fusion = Fusion(cfg)
-        self.mask_strength = nn.Parameter(torch.tensor(1.0))
+        # strong initial bias: dynamic (changed) tokens dominate attention from the start
+        self.mask_strength = nn.Parameter(torch.tensor(3.0))
         self.decoder = MicroGPT(cfg)
-        self.gesture = nn.Sequential(nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, cfg.num_classes))
+        self.gesture = nn.Sequential(nn.LayerNorm(2 * cfg.dim), nn.Linear(2 * cfg.dim, cfg.num_classes))
 
     # -- pieces used by both training and streaming inference --
     def mask_bias(self, active: torch.Tensor) -> torch.Tensor:
@@ -245,8 +246,11 @@ class CaptionModel(nn.Module):
     def fuse(self, tokens: torch.Tensor, active: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         return self.fusion(tokens, self.mask_bias(active), history)
 
-    def gesture_logits(self, fused: torch.Tensor) -> torch.Tensor:
-        return self.gesture(fused.mean(dim=1))
+    def gesture_logits(self, fused: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """Gesture from the fused queries plus a direct path: the mean of the frame's changed tokens."""
+        w = active.to(tokens.dtype)[..., None]
+        dyn = (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+        return self.gesture(torch.cat([fused.mean(dim=1), dyn], dim=-1))
 
     # -- training: a clip window of K frames, the last one captioned --
     def forward(self, patches: torch.Tensor, active: torch.Tensor, has_rgb: torch.Tensor,
@@ -270,7 +274,7 @@ class CaptionModel(nn.Module):
         cur_summ = self.summarize(cur, active[:, -1])
         summ = torch.cat([past_summ.view(b, k - 1, self.cfg.summary_tokens, -1), cur_summ[:, None]], dim=1)
         fused = self.fuse(cur, active[:, -1], summ)
-        return self.gesture_logits(fused), self.decoder(fused, tokens_in)
+        return self.gesture_logits(fused, cur, active[:, -1]), self.decoder(fused, tokens_in)
 
 
 def count_parameters(model: nn.Module) -> int:

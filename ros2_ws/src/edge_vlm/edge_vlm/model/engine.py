@@ -90,7 +90,7 @@ class StreamingCaptioner:
 
     def __init__(self, model: CaptionModel, *, event_count_threshold: int = 3, refresh_period: int = 30,
                  decoding: str = "greedy", beam_size: int = 3, max_caption_tokens: int = 20,
-                 sparse: bool = True):
+                 sparse: bool = True, rgb_hold_frames: int = 3):
         self.model = model
         self.cfg: ModelConfig = model.cfg
         self.tok = Tokenizer(self.cfg.vocab)
@@ -100,6 +100,7 @@ class StreamingCaptioner:
         self.beam_size = int(beam_size)
         self.max_tokens = min(int(max_caption_tokens), self.cfg.max_len)
         self.sparse = sparse
+        self.rgb_hold_frames = int(rgb_hold_frames)
         self.reset()
 
     def reset(self) -> None:
@@ -110,6 +111,13 @@ class StreamingCaptioner:
         self.history = torch.zeros(1, c.history, c.summary_tokens, c.dim)
         self.frames_seen = 0
         self.last_rgb: bool | None = None
+        self.held_rgb: np.ndarray | None = None
+        self.held_age = 0
+        self._force = False
+
+    def force_refresh(self) -> None:
+        """Re-encode every token on the next frame (e.g. after frames were dropped)."""
+        self._force = True
 
     def input_tensor(self, hist: np.ndarray, rgb: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray]:
         """Denoised model input ``(1, C, H, W)`` and the per-patch change mask (bool, N)."""
@@ -135,11 +143,21 @@ class StreamingCaptioner:
         """
         t0 = time.perf_counter()
         c = self.cfg
+        # An RGB camera slower than the frame rate must not flip the input mode (and force a dense
+        # refresh) every other frame: the last image is held for up to rgb_hold_frames frames.
+        if rgb is not None:
+            self.held_rgb, self.held_age = rgb, 0
+        elif self.held_rgb is not None and self.held_age < self.rgb_hold_frames:
+            rgb = self.held_rgb
+            self.held_age += 1
+        else:
+            self.held_rgb = None
         x, local_change = self.input_tensor(hist, rgb)
         change = local_change if change_mask is None else np.asarray(change_mask, dtype=bool)
         has_rgb = rgb is not None
-        refresh = (not self.sparse or self.frames_seen == 0 or self.last_rgb != has_rgb
+        refresh = (not self.sparse or self._force or self.frames_seen == 0 or self.last_rgb != has_rgb
                    or (self.refresh_period > 0 and self.frames_seen % self.refresh_period == 0))
+        self._force = False
         if refresh:
             active = np.ones(c.num_tokens, dtype=bool)
         else:
@@ -158,7 +176,7 @@ class StreamingCaptioner:
         summary = self.model.summarize(tokens, act_t)
         self.history = torch.cat([self.history[:, 1:], summary[:, None]], dim=1)
         fused = self.model.fuse(tokens, act_t, self.history)
-        probs = torch.softmax(self.model.gesture_logits(fused), dim=-1)[0]
+        probs = torch.softmax(self.model.gesture_logits(fused, tokens, act_t), dim=-1)[0]
         t3 = time.perf_counter()
         if self.decoding == "beam":
             ids, score = decode_beam(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens, self.beam_size)

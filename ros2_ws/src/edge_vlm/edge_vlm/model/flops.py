@@ -36,7 +36,7 @@ def fusion_flops(cfg: ModelConfig) -> float:
     pool = cross_attention(cfg, cfg.summary_tokens, n)
     fuse = cross_attention(cfg, cfg.fusion_queries, n + hist)
     mlp = linear(cfg.fusion_queries, cfg.dim, 4 * cfg.dim) + linear(cfg.fusion_queries, 4 * cfg.dim, cfg.dim)
-    head = linear(1, cfg.dim, cfg.num_classes)
+    head = linear(1, 2 * cfg.dim, cfg.num_classes)
     return pool + fuse + mlp + head
 
 

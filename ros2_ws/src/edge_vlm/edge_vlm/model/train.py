@@ -32,9 +32,9 @@ class TrainConfig:
     test_subjects: int = 3
     clip_s: float = 1.5
     gap_s: float = 0.3
-    epochs: int = 8
+    epochs: int = 12
     batch: int = 32
-    steps_per_epoch: int = 120
+    steps_per_epoch: int = 125
     lr: float = 2e-3
     weight_decay: float = 0.05
     seed: int = 0
@@ -177,8 +177,8 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            loss_sum += float(lg)
-            acc_sum += float((g.argmax(-1) == labels).float().mean())
+            loss_sum += float(lg.detach())
+            acc_sum += float((g.detach().argmax(-1) == labels).float().mean())
             if progress and tqdm is not None:
                 it.set_postfix(gesture=f"{float(lg):.3f}", caption=f"{float(lc):.3f}")
         val = evaluate(model, fs_val, tok, tc, use_rgb=False)
