@@ -133,3 +133,20 @@ def test_rgb_at_half_frame_rate_does_not_force_dense_refresh():
     res = [eng.process(moving_blob(f), rgb if f % 2 == 0 else None) for f in range(8)]
     assert res[0].refreshed and not any(r.refreshed for r in res[1:])
     assert all(r.active_tokens < r.total_tokens for r in res[1:])
+
+
+def test_caption_period_reuses_text_and_reports_no_decoder_flops():
+    m, _ = tiny_model()
+    eng = StreamingCaptioner(m, caption_period=3, refresh_period=0)
+    res = [eng.process(moving_blob(f)) for f in range(7)]
+    fresh = [r.caption_fresh for r in res]
+    labels = [r.label for r in res]
+    assert fresh[0] and fresh[3] and fresh[6]
+    # off-period frames reuse the text unless the gesture changed
+    expect = [i % 3 == 0 or labels[i] != labels[i - 1] for i in range(7)]
+    assert fresh == expect and not all(fresh)
+    for r, prev in zip(res[1:], res[:-1]):
+        if not r.caption_fresh:
+            assert r.text == prev.text and r.flops["decoder"] == 0.0
+        else:
+            assert r.flops["decoder"] > 0

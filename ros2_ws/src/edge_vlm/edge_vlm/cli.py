@@ -40,7 +40,7 @@ def cmd_stats(args) -> int:
 
 
 def synth(out: str, *, subjects: list[int], lightings: list[str], seed: int, clip_s: float, gap_s: float,
-          with_frames: bool, fmt: str, storage: str) -> dict:
+          with_frames: bool, fmt: str, storage: str, packet_ms: float = 10.0) -> dict:
     """Simulate recordings and write them as a DVS128 Gesture directory and/or one ROS 2 bag."""
     import numpy as np
 
@@ -80,10 +80,10 @@ def synth(out: str, *, subjects: list[int], lightings: list[str], seed: int, cli
             stamps = np.concatenate([r.frame_stamps_ns for r in recs])
         path = os.path.join(out, "bag")
         write_bag(path, events=concat_events([r.events for r in recs]), frames=frames, frame_stamps_ns=stamps,
-                  ground_truth=gt, storage=storage)
+                  ground_truth=gt, storage=storage, packet_ns=int(round(packet_ms * 1e6)))
         written["bag"] = path
     meta = {"subjects": subjects, "lightings": lightings, "seed": seed, "clip_s": clip_s, "gap_s": gap_s,
-            "with_frames": with_frames, "recordings": [r.name for r in recs], **written}
+            "with_frames": with_frames, "packet_ms": packet_ms, "recordings": [r.name for r in recs], **written}
     with open(os.path.join(out, "synth.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
@@ -104,7 +104,8 @@ def demo_data(out: str = DEMO_DIR) -> str:
 
 def cmd_synth(args) -> int:
     meta = synth(args.out, subjects=args.subjects, lightings=args.lightings, seed=args.seed, clip_s=args.clip_s,
-                 gap_s=args.gap_s, with_frames=not args.no_frames, fmt=args.format, storage=args.storage)
+                 gap_s=args.gap_s, with_frames=not args.no_frames, fmt=args.format, storage=args.storage,
+                 packet_ms=args.packet_ms)
     print(json.dumps(meta, indent=1))
     return 0
 
@@ -151,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-frames", action="store_true", help="events only (like a DVS128)")
     s.add_argument("--format", choices=["bag", "dvs128", "both"], default="both")
     s.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
+    s.add_argument("--packet-ms", type=float, default=10.0, help="EventPacket length in sensor time (ms)")
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("train", help="train the captioning model on simulated data")

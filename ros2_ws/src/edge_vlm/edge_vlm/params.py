@@ -90,6 +90,10 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         ParamSpec("decoding", "greedy", "Caption decoding: 'greedy' or 'beam'.", choices=("greedy", "beam")),
         ParamSpec("beam_size", 3, "Beam width when decoding = 'beam'.", min_value=1, max_value=16),
         ParamSpec("max_caption_tokens", 20, "Longest caption in tokens.", min_value=1, max_value=64),
+        ParamSpec("caption_period", 1, "Run the text decoder every N frames (and whenever the recognised "
+                  "gesture changes or the memory is refreshed); frames in between republish the last text "
+                  "and report zero decoder FLOPs. Gesture and compute cost are computed every frame. "
+                  "1 = decode every frame.", min_value=1, max_value=1000),
         ParamSpec("compute_budget", 1.0, "Compute budget in (0, 1] reported with the compute cost (routing "
                   "follows anc_router's decision). Can be changed at runtime.", min_value=0.01, max_value=1.0),
         ParamSpec("num_threads", 1, "torch intra-op threads of the model.", min_value=1, max_value=64),

@@ -216,7 +216,8 @@ class CaptionerCore:
         self.engine = StreamingCaptioner(
             self.model, event_count_threshold=int(p["event_count_threshold"]),
             refresh_period=int(p["refresh_period"]), decoding=str(p["decoding"]),
-            beam_size=int(p["beam_size"]), max_caption_tokens=int(p["max_caption_tokens"]))
+            beam_size=int(p["beam_size"]), max_caption_tokens=int(p["max_caption_tokens"]),
+            caption_period=int(p["caption_period"]))
 
     def process(self, frame: Frame, rgb: np.ndarray | None = None, change_indices=None):
         """Caption one frame; ``change_indices``: active patch indices from an external mask."""

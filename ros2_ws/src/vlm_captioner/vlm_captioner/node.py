@@ -112,6 +112,8 @@ class CaptionerNode(FrameNode, Node):
             eng.beam_size = int(changed["beam_size"])
         if "max_caption_tokens" in changed:
             eng.max_tokens = min(int(changed["max_caption_tokens"]), eng.cfg.max_len)
+        if "caption_period" in changed:
+            eng.caption_period = max(1, int(changed["caption_period"]))
         if "num_threads" in changed:
             import torch
             torch.set_num_threads(int(changed["num_threads"]))
