@@ -3,11 +3,12 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 RUN := set -o pipefail; source env.sh &&
 
-.PHONY: help setup demo test train synth clean
+.PHONY: help setup demo test bench train synth clean
 
 help:
 	@echo "make demo   - set up (idempotent), then replay the simulated demo bag through the three nodes"
 	@echo "make test   - set up (idempotent), then run the test suite"
+	@echo "make bench  - benchmarks (writes docs/benchmarks.md)"
 	@echo "make train  - retrain the shipped captioning checkpoint (CPU, ~15 min)"
 	@echo "make setup  - create .venv, install pinned dependencies, build the ROS 2 workspace"
 
@@ -19,6 +20,10 @@ demo: setup
 
 test: setup
 	@$(RUN) python -m pytest -q -p no:cacheprovider tests
+
+# Benchmarks (decode throughput, STTF vs dense, end-to-end latency); writes docs/benchmarks.md
+bench: setup
+	@$(RUN) edge-vlm bench all --json
 
 # The exact command that produced ros2_ws/src/edge_vlm/edge_vlm/checkpoints/captioner.pt
 train: setup

@@ -177,10 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("extra", nargs=argparse.REMAINDER, help="more options for the demo runner")
     s.set_defaults(fn=cmd_demo)
 
-    from . import convert, eval_cli
+    from . import bench_cli, convert, eval_cli
 
     eval_cli.add_parser(sub)
     convert.add_parser(sub)
+    bench_cli.add_parser(sub)
 
     s = sub.add_parser("play", help="bag player (ros2 bag play is not available here)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)

@@ -1,0 +1,754 @@
+"""Benchmarks of the core library (no rclpy; the end-to-end run imports the ROS adapter lazily).
+
+* :func:`bench_decode` -- EventPacket decode + frame binning throughput (Mev/s, one
+  thread): ``mono`` on simulated streams (2 ms packets, as the bag writer cuts them),
+  ``evt3`` on the real Prophesee bags packet by packet as recorded, and on simulated
+  streams encoded with :func:`encode_evt3`. "decode + bin" is what a node does per
+  packet: one stateful decoder, :class:`~edge_vlm.pipeline.FrameClock` and
+  :func:`~edge_vlm.repr.event_histogram` of every closed frame on the 128x128 model grid.
+* :func:`bench_sttf` -- the token memory (``StreamingCaptioner(sparse=True)``) against
+  the dense baseline (``sparse=False``) on the same frames of a simulated held-out
+  recording: encoder time (first frame / steady state), speedups, active-token
+  fraction, FLOPs, caption agreement, per-frame gesture accuracy, token deviation.
+* :func:`bench_e2e` -- the node graph on a simulated DVS128 bag played at 1x
+  (``edge_vlm_ros.demo.run_on_bag``): per-frame processing and packet->caption latency,
+  and whether a backlog builds up.
+* :func:`bench_all` -- all three, flattened into one dict (:data:`SUMMARY_KEYS`), and
+  :func:`markdown` for ``docs/benchmarks.md``.
+
+Timings: a warm-up run first, then ``repeats`` runs; the median is reported.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+
+__all__ = ["machine_info", "encode_evt3", "packetize_mono", "packetize_evt3", "real_evt3_bags",
+           "decode_bin", "bench_decode", "bench_sttf", "bench_e2e", "bench_all", "markdown",
+           "SUMMARY_KEYS", "PACKET_NS"]
+
+#: packet length of simulated streams (the bag writer's default)
+PACKET_NS = 2_000_000
+#: seed of the simulated recordings (this one holds a low-motion gesture)
+SIM_SEED = 1
+#: time compression of the "dense" simulated stream: the simulator's ~10 kev/s become
+#: ~200 kev/s, the event rate of the real 640x480 Prophesee bag (165 kev/s)
+DENSE_FACTOR = 20
+_ROOT = Path(__file__).resolve().parents[4]
+#: the flat figures of :func:`bench_all` (``edge-vlm bench all --json``), in table order
+SUMMARY_KEYS = ("mono_mev_per_s", "evt3_mev_per_s", "evt3_sim_mev_per_s", "mono_dense_mev_per_s",
+                "evt3_sim_dense_mev_per_s", "evt3_decode_us_per_packet",
+                "frame_latency_ms_p95", "caption_latency_ms_p50", "caption_latency_ms_p95", "backlog_grows",
+                "accuracy_dense", "accuracy_sparse", "active_token_fraction", "active_token_fraction_low_motion",
+                "speedup_steady", "speedup_limit", "flops_ratio", "caption_agreement", "token_deviation_max",
+                "encoder_ms_first_sparse", "encoder_ms_first_dense", "encoder_ms_steady_sparse",
+                "encoder_ms_steady_dense")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(threads: int | None = None) -> dict:
+    """CPU model, cores, threads used, library versions, timestamp (UTC)."""
+    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads,
+            "python": platform.python_version(), "numpy": np.__version__,
+            "platform": platform.platform(), "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover
+        info["torch"] = None
+    try:
+        info["load_avg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover
+        pass
+    return info
+
+
+def _median(xs):
+    return float(statistics.median(xs)) if xs else None
+
+
+def _mean(xs):
+    xs = [float(x) for x in xs if x is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def _timed(fn, repeats: int, warmup: int = 1) -> tuple[list[float], list[float], object]:
+    """(wall times, CPU times of this thread) in s of ``repeats`` calls of ``fn`` after ``warmup``
+    calls, and the last result. The CPU time is what one core spent: on a busy machine it
+    excludes the time the thread waited for a core."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        c0, t0 = time.thread_time(), time.perf_counter()
+        out = fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
+    return wall, cpu, out
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        try:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        except ImportError:  # pragma: no cover
+            pass
+
+
+# ----------------------------------------------------------------------------- streams
+def simulated_events(labels=range(1, 12), clip_s: float = 1.5, gap_s: float = 0.3, seed: int = 1,
+                     lighting: str = "lab", subject: int | None = None):
+    """A simulated DVS128 recording (events only) of a held-out subject: ``Recording``."""
+    from .sim import simulate_recording, split_subjects
+
+    if subject is None:
+        _, held_out = split_subjects(20, 6, 0)
+        subject = int(held_out[-1])
+    return simulate_recording(subject, lighting, seed=seed, labels=list(labels), clip_duration_s=clip_s,
+                              gap_s=gap_s, with_frames=False)
+
+
+def _packet_bounds(t: np.ndarray, packet_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """(packet start times, event index bounds) of the absolute ``packet_ns`` grid, empty packets included."""
+    if len(t) == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
+    k0, k1 = int(t[0]) // packet_ns, int(t[-1]) // packet_ns
+    starts = np.arange(k0, k1 + 1, dtype=np.int64) * packet_ns
+    bounds = np.searchsorted(t, np.append(starts, (k1 + 1) * packet_ns), side="left")
+    return starts, bounds
+
+
+def compress_time(events: np.ndarray, factor: int) -> np.ndarray:
+    """The same events played ``factor`` times faster (a denser stream with the same content)."""
+    out = np.array(events, copy=True)
+    if len(out):
+        t0 = int(out["t"][0])
+        out["t"] = t0 + (out["t"] - t0) // int(factor)
+    return out
+
+
+def packetize_mono(events: np.ndarray, width: int = 128, height: int = 128,
+                   packet_ns: int = PACKET_NS) -> list[tuple]:
+    """``(payload, width, height, time_base)`` mono packets of ``packet_ns`` (as the bag writer cuts them)."""
+    from .codecs import encode_mono
+
+    starts, bounds = _packet_bounds(events["t"], packet_ns)
+    return [(encode_mono(events[bounds[i]:bounds[i + 1]], int(s)), width, height, int(s))
+            for i, s in enumerate(starts)]
+
+
+def encode_evt3(events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Encode time-ordered events as EVT 3.0 words (single CD events, like the real bags).
+
+    Per event: EVT_TIME_HIGH when the high 12 bits of the microsecond time changed,
+    EVT_TIME_LOW when the time changed, EVT_ADDR_Y when y changed, then EVT_ADDR_X with
+    the polarity. Times are truncated to microseconds (EVT 3.0's resolution) and must
+    not decrease. Returns ``(words <u2, end)`` where ``end[i]`` is the word index
+    after event ``i`` (to cut packets at event boundaries).
+    """
+    ev = np.asarray(events)
+    n = len(ev)
+    if n == 0:
+        return np.zeros(0, dtype="<u2"), np.zeros(0, dtype=np.int64)
+    us = ev["t"].astype(np.int64) // 1000
+    if (np.diff(us) < 0).any():
+        raise ValueError("encode_evt3: event times must not decrease")
+    hi, lo = (us >> 12) & 0xFFF, us & 0xFFF
+    y, x, p = ev["y"].astype(np.int64), ev["x"].astype(np.int64), (ev["p"] != 0).astype(np.int64)
+    if int(x.max()) > 0x7FF or int(y.max()) > 0x7FF:
+        raise ValueError("encode_evt3: coordinates must fit in 11 bits")
+    first = np.zeros(n, dtype=bool)
+    first[0] = True
+    new_hi = first.copy()
+    new_hi[1:] = (us[1:] >> 12) != (us[:-1] >> 12)
+    new_t = first.copy()
+    new_t[1:] = us[1:] != us[:-1]
+    new_y = first.copy()
+    new_y[1:] = y[1:] != y[:-1]
+    w = np.stack([(0x8 << 12) | hi, (0x6 << 12) | lo, y, (0x2 << 12) | (p << 11) | x], axis=1)
+    keep = np.stack([new_hi, new_t | new_hi, new_y, np.ones(n, dtype=bool)], axis=1)
+    return w[keep].astype("<u2"), np.cumsum(keep.sum(axis=1))
+
+
+def packetize_evt3(events: np.ndarray, width: int = 128, height: int = 128,
+                   packet_ns: int = PACKET_NS) -> list[tuple]:
+    """``(payload, width, height, time_base)`` evt3 packets holding ``packet_ns`` of events each."""
+    words, end = encode_evt3(events)
+    starts, bounds = _packet_bounds(events["t"], packet_ns)
+    wb = np.concatenate(([0], end))[bounds]
+    return [(words[wb[i]:wb[i + 1]].tobytes(), width, height, int(s)) for i, s in enumerate(starts)]
+
+
+def real_evt3_bags() -> list[Path]:
+    """The real evt3 bags under ``../shared/data/real`` (EDGE_VLM_REAL_DATA overrides), if present."""
+    base = os.environ.get("EDGE_VLM_REAL_DATA") or str(_ROOT.parent / "shared" / "data" / "real")
+    names = ("evt3_prophesee_640x480", "evt3_prophesee_1280x720_trigger")
+    return [Path(base) / n for n in names if (Path(base) / n / "metadata.yaml").is_file()]
+
+
+def bag_packets(path) -> tuple[str, list[tuple]]:
+    """(encoding, ``(payload, width, height, time_base)`` per EventPacket) of a bag, in bag order."""
+    from .bag import iter_event_packets
+
+    pk, enc = [], None
+    for m in iter_event_packets(path):
+        enc = enc or str(m.encoding)
+        pk.append((bytes(m.events), int(m.width), int(m.height), int(m.time_base)))
+    return enc or "evt3", pk
+
+
+# ----------------------------------------------------------------------------- decode + bin
+def decode_bin(packets: list[tuple], encoding: str, period_ns: int = 33_333_333, model_size: int = 128,
+               bin_frames: bool = True) -> tuple[int, int]:
+    """Decode ``packets`` with one stateful decoder; cut frames and bin each (event_histogram).
+
+    Returns (events decoded, frames binned).
+    """
+    from .codecs import make_decoder
+    from .pipeline import FrameClock
+    from .repr import event_histogram
+
+    dec = make_decoder(encoding)
+    clock = FrameClock(period_ns)
+    n_ev = n_fr = 0
+    for data, w, h, tb in packets:
+        ev = dec.decode(data, w, h, tb)
+        n_ev += len(ev)
+        if bin_frames:
+            for f in clock.push(ev, w, h):
+                event_histogram(f.events, f.t_start, f.t_end, f.width, f.height, model_size, model_size)
+                n_fr += 1
+    if bin_frames:
+        for f in clock.flush():
+            event_histogram(f.events, f.t_start, f.t_end, f.width, f.height, model_size, model_size)
+            n_fr += 1
+    return n_ev, n_fr
+
+
+def batch_packets(packets: list[tuple], k: int) -> list[tuple]:
+    """Payloads of ``k`` consecutive packets joined (valid for evt3: a stream may be cut anywhere)."""
+    return [(b"".join(bytes(p[0]) for p in packets[i:i + k]),) + tuple(packets[i][1:])
+            for i in range(0, len(packets), k)]
+
+
+def _stream_figures(packets: list[tuple], encoding: str, repeats: int, batch: int = 0) -> dict:
+    """Decode + bin and decode-only figures (median of ``repeats``; rates from the thread's CPU time)."""
+    wall, cpu, (n_ev, n_fr) = _timed(lambda: decode_bin(packets, encoding), repeats)
+    dwall, dcpu, _ = _timed(lambda: decode_bin(packets, encoding, bin_frames=False), repeats)
+    t, td, tw = _median(cpu), _median(dcpu), _median(wall)
+    nbytes = sum(len(p[0]) for p in packets)
+    out = {"encoding": encoding, "packets": len(packets), "events": int(n_ev), "frames": int(n_fr),
+           "bytes_per_packet_mean": nbytes / max(1, len(packets)),
+           "events_per_packet_mean": n_ev / max(1, len(packets)),
+           "mev_per_s": n_ev / t / 1e6 if t else None,
+           "mev_per_s_wall": n_ev / tw / 1e6 if tw else None,
+           "decode_only_mev_per_s": n_ev / td / 1e6 if td else None,
+           "decode_us_per_packet": td / max(1, len(packets)) * 1e6 if td else None,
+           "seconds_median": t, "seconds_cpu_runs": cpu, "seconds_wall_runs": wall}
+    if batch > 1 and packets:
+        big = batch_packets(packets, batch)
+        _, bcpu, _ = _timed(lambda: decode_bin(big, encoding, bin_frames=False), repeats)
+        tb = _median(bcpu)
+        out[f"decode_only_batched{batch}_mev_per_s"] = n_ev / tb / 1e6 if tb else None
+    return out
+
+
+def _aggregate(parts: list[dict]) -> float | None:
+    """Mev/s over several streams (total events / total median time)."""
+    t = sum(p["seconds_median"] for p in parts if p.get("seconds_median"))
+    return sum(p["events"] for p in parts) / t / 1e6 if t else None
+
+
+def bench_decode(repeats: int = 5, quick: bool = False, threads: int | None = 1) -> dict:
+    """Decode + bin throughput, one thread (numpy), median of ``repeats`` runs after a warm-up."""
+    _set_threads(threads)
+    labels, clip_s = ((1, 8), 0.3) if quick else (range(1, 12), 1.5)
+    rec = simulated_events(labels=labels, clip_s=clip_s, gap_s=0.3 if not quick else 0.1, seed=SIM_SEED)
+    ev = rec.events
+    span = (int(ev["t"][-1]) - int(ev["t"][0])) / 1e9
+    fast = compress_time(ev, DENSE_FACTOR)
+    out: dict = {"repeats": repeats, "threads": threads,
+                 "simulated": {"recording": rec.name, "duration_s": span,
+                               "events_per_s": len(ev) / span if span else None,
+                               "mono": _stream_figures(packetize_mono(ev), "mono", repeats),
+                               "evt3": _stream_figures(packetize_evt3(ev), "evt3", repeats)},
+                 "simulated_10ms": {"packet_ms": 10,
+                                    "mono": _stream_figures(packetize_mono(ev, packet_ns=10_000_000), "mono",
+                                                            repeats),
+                                    "evt3": _stream_figures(packetize_evt3(ev, packet_ns=10_000_000), "evt3",
+                                                            repeats)},
+                 "simulated_dense": {"time_compression": DENSE_FACTOR,
+                                     "events_per_s": len(ev) / span * DENSE_FACTOR if span else None,
+                                     "mono": _stream_figures(packetize_mono(fast), "mono", repeats),
+                                     "evt3": _stream_figures(packetize_evt3(fast), "evt3", repeats)},
+                 "real": {}}
+    for path in real_evt3_bags():
+        enc, pk = bag_packets(path)
+        if quick:
+            pk = pk[:20]
+        out["real"][path.name] = _stream_figures(pk, enc, repeats, batch=8 if enc == "evt3" else 0)
+    sim = out["simulated"]
+    out["mono_mev_per_s"] = sim["mono"]["mev_per_s"]
+    out["evt3_sim_mev_per_s"] = sim["evt3"]["mev_per_s"]
+    out["mono_dense_mev_per_s"] = out["simulated_dense"]["mono"]["mev_per_s"]
+    out["evt3_sim_dense_mev_per_s"] = out["simulated_dense"]["evt3"]["mev_per_s"]
+    real = list(out["real"].values())
+    out["evt3_mev_per_s"] = _aggregate(real) if real else None
+    out["evt3_decode_us_per_packet"] = (
+        sum(r["decode_us_per_packet"] * r["packets"] for r in real) / sum(r["packets"] for r in real)
+        if real else None)
+    return out
+
+
+# ----------------------------------------------------------------------------- STTF vs dense
+def _model(checkpoint: str = "", vocab_source=None):
+    """(model, description): the checkpoint (default: the shipped one) or, when missing, an
+    untrained model saved/loaded through save_checkpoint (fp16 round trip like a shipped one)."""
+    from .model.engine import DEFAULT_CHECKPOINT, load_checkpoint, save_checkpoint
+
+    path = checkpoint or DEFAULT_CHECKPOINT
+    if os.path.isfile(path):
+        model, meta = load_checkpoint(path)
+        return model, {"checkpoint": os.path.abspath(path), "trained": True,
+                       "model_id": str(meta.get("model_id", "captioner"))}
+    if checkpoint:
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    import torch
+
+    from .model.captioner import CaptionModel, ModelConfig, init_weights
+    from .model.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    tok = Tokenizer.build(list(vocab_source or ["a person waves the right hand"]))
+    model = CaptionModel(ModelConfig(vocab=tok.vocab))
+    init_weights(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_checkpoint(os.path.join(tmp, "untrained.pt"), model)
+        model, _ = load_checkpoint(os.path.join(tmp, "untrained.pt"))
+    return model, {"checkpoint": None, "trained": False, "model_id": "untrained"}
+
+
+def sim_frames(rec, params: dict) -> list[dict]:
+    """Frames of a simulated recording as the nodes cut them: histogram + ground truth."""
+    from .pipeline import FrameClock, frame_histogram, period_ns
+
+    clock = FrameClock(period_ns(params))
+    frames = []
+    starts, bounds = _packet_bounds(rec.events["t"], PACKET_NS)
+    fs = []
+    for i in range(len(starts)):
+        fs += clock.push(rec.events[bounds[i]:bounds[i + 1]], 128, 128)
+    fs += clock.flush()
+    clips = sorted(rec.clips, key=lambda c: c.t_start_ns)
+    for f in fs:
+        clip = next((c for c in clips if c.t_start_ns < f.t_end <= c.t_end_ns), None)
+        frames.append({"index": f.index, "t_end": f.t_end, "events": len(f.events),
+                       "hist": frame_histogram(f, params), "gt": clip.label if clip else None,
+                       "motion": (clip.attributes.get("motion") if clip else "static")})
+    return frames
+
+
+def _engine(model, params: dict, sparse: bool):
+    from .model.engine import StreamingCaptioner
+
+    kw = {"caption_period": int(params["caption_period"])} if "caption_period" in params else {}
+    return StreamingCaptioner(model, event_count_threshold=int(params["event_count_threshold"]),
+                              refresh_period=int(params["refresh_period"]), decoding=str(params["decoding"]),
+                              beam_size=int(params["beam_size"]),
+                              max_caption_tokens=int(params["max_caption_tokens"]), sparse=sparse, **kw)
+
+
+def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: bool = False) -> dict:
+    """Token memory (sparse) vs dense re-encoding on the frames of a simulated held-out recording."""
+    import torch
+
+    from .evaluate import node_params
+
+    _set_threads(threads)
+    _, params, _ = node_params(graph=None)
+    labels, clip_s = ((2, 8), 0.4) if quick else (range(1, 12), 1.5)
+    rec = simulated_events(labels=labels, clip_s=clip_s, gap_s=0.3, seed=SIM_SEED)
+    model, minfo = _model(checkpoint, [r for c in rec.clips for r in c.references])
+    frames = sim_frames(rec, params)
+    hists = [f["hist"] for f in frames]
+    n = len(frames)
+
+    # warm-up (allocator, kernels), then a lock-step pass for the quality figures
+    warm = _engine(model, params, True)
+    for h in hists[: min(5, n)]:
+        warm.process(h)
+    es, ed = _engine(model, params, True), _engine(model, params, False)
+    res_s, res_d, dev = [], [], []
+    with torch.no_grad():
+        for h in hists:
+            res_s.append(es.process(h))
+            res_d.append(ed.process(h))
+            dev.append(float((es.memory - ed.memory).abs().max()))
+    enc_s = [[r.latency_ms["encoder"] for r in res_s]]
+    enc_d = [[r.latency_ms["encoder"] for r in res_d]]
+    tot_s = [[r.latency_ms["total"] for r in res_s]]
+    tot_d = [[r.latency_ms["total"] for r in res_d]]
+    for _ in range(max(0, repeats - 1)):     # more timing passes, alternating the order
+        for sparse, enc, tot in ((False, enc_d, tot_d), (True, enc_s, tot_s)):
+            e = _engine(model, params, sparse)
+            rs = [e.process(h) for h in hists]
+            enc.append([r.latency_ms["encoder"] for r in rs])
+            tot.append([r.latency_ms["total"] for r in rs])
+    # per-frame median over the passes
+    med = {k: np.median(np.asarray(v), axis=0) for k, v in
+           (("enc_s", enc_s), ("enc_d", enc_d), ("tot_s", tot_s), ("tot_d", tot_d))}
+    steady = slice(1, None)
+    refreshed = np.array([r.refreshed for r in res_s])
+    frac = np.array([r.active_tokens / r.total_tokens for r in res_s])
+    change = np.array([r.change_tokens / r.total_tokens for r in res_s])
+    fl_s = np.array([r.flops_executed for r in res_s])
+    fl_d = np.array([r.flops_executed for r in res_d])
+    enc_fl_s = np.array([r.flops.get("encoder", 0.0) for r in res_s])
+    enc_fl_d = np.array([r.flops.get("encoder", 0.0) for r in res_d])
+    gt = [f["gt"] for f in frames]
+    scored = [i for i in range(n) if gt[i] is not None]
+    low = [i for i in range(n) if frames[i]["motion"] == "low" and i > 0]
+    static = [i for i in range(n) if frames[i]["motion"] == "static" and i > 0]
+    high = [i for i in range(n) if frames[i]["motion"] == "high" and i > 0]
+
+    def acc(res):
+        return (sum(res[i].label == gt[i] for i in scored) / len(scored)) if scored else None
+
+    es_mean = float(med["enc_s"][steady].mean()) if n > 1 else None
+    ed_mean = float(med["enc_d"][steady].mean()) if n > 1 else None
+    mean_active = float(frac[steady].mean()) if n > 1 else float(frac.mean())
+    out = {
+        "model": minfo, "threads": threads, "repeats": repeats, "frames": n,
+        "recording": rec.name, "labels": [int(x) for x in labels],
+        "params": {k: params[k] for k in ("event_count_threshold", "refresh_period", "decoding", "beam_size",
+                                          "max_caption_tokens", "frame_period_ms")},
+        "encoder_ms_first_sparse": float(med["enc_s"][0]), "encoder_ms_first_dense": float(med["enc_d"][0]),
+        "encoder_ms_steady_sparse": es_mean, "encoder_ms_steady_dense": ed_mean,
+        "encoder_ms_steady_sparse_no_refresh": (float(med["enc_s"][1:][~refreshed[1:]].mean())
+                                                if (~refreshed[1:]).any() else None),
+        "total_ms_steady_sparse": float(med["tot_s"][steady].mean()) if n > 1 else None,
+        "total_ms_steady_dense": float(med["tot_d"][steady].mean()) if n > 1 else None,
+        "speedup_steady": (ed_mean / es_mean) if es_mean else None,
+        "speedup_total_steady": (float(med["tot_d"][steady].mean() / med["tot_s"][steady].mean())
+                                 if n > 1 else None),
+        "speedup_limit": (1.0 / mean_active) if mean_active else None,
+        "active_token_fraction": mean_active,
+        "active_token_fraction_p95": float(np.percentile(frac[steady], 95)) if n > 1 else None,
+        "change_token_fraction": float(change.mean()),
+        "active_token_fraction_low_motion": float(frac[low].mean()) if low else None,
+        "active_token_fraction_high_motion": float(frac[high].mean()) if high else None,
+        "active_token_fraction_static": float(frac[static].mean()) if static else None,
+        "frames_low_motion": len(low), "frames_high_motion": len(high), "frames_static": len(static),
+        "refresh_frames": int(refreshed.sum()),
+        "flops_executed_mean": float(fl_s.mean()), "flops_dense_mean": float(fl_d.mean()),
+        "flops_ratio": float(fl_s.sum() / fl_d.sum()) if fl_d.sum() else None,
+        "encoder_flops_ratio": float(enc_fl_s.sum() / enc_fl_d.sum()) if enc_fl_d.sum() else None,
+        "caption_agreement": float(np.mean([a.text == b.text for a, b in zip(res_s, res_d)])) if n else None,
+        "label_agreement": float(np.mean([a.label == b.label for a, b in zip(res_s, res_d)])) if n else None,
+        "frames_scored": len(scored),
+        "accuracy_dense": acc(res_d), "accuracy_sparse": acc(res_s),
+        "token_deviation_max": float(max(dev)) if dev else None,
+    }
+    return out
+
+
+# ----------------------------------------------------------------------------- end to end
+def e2e_bag(out_dir: str | os.PathLike, labels=range(1, 12), clip_s: float = 1.0, gap_s: float = 0.3,
+            seed: int = 11, packet_ms: float = 10.0) -> str:
+    """A simulated DVS128 bag (events + ground truth, no RGB) of a held-out subject, EventPackets of
+    ``packet_ms`` (10 ms: ``edge-vlm synth``'s default); made once, then reused."""
+    from .bag_writer import write_bag
+
+    labels = [int(x) for x in labels]
+    path = Path(out_dir) / f"bag_s{seed}_c{clip_s:g}_g{gap_s:g}_p{packet_ms:g}_l{'-'.join(map(str, labels))}"
+    if (path / "metadata.yaml").is_file():
+        return str(path)
+    rec = simulated_events(labels=labels, clip_s=clip_s, gap_s=gap_s, seed=seed)
+    write_bag(path, events=rec.events, ground_truth=[c.ground_truth() for c in rec.clips], overwrite=True,
+              packet_ns=int(round(packet_ms * 1e6)))
+    return str(path)
+
+
+def _trend(ts: list[float], vs: list[float]) -> dict:
+    """Slope (per s) of ``vs`` over ``ts`` and the medians of its first and last quarter."""
+    if len(vs) < 8:
+        return {"slope_per_s": None, "first_quarter_p50": None, "last_quarter_p50": None}
+    t, v = np.asarray(ts, dtype=float), np.asarray(vs, dtype=float)
+    q = len(v) // 4
+    slope = float(np.polyfit(t - t[0], v, 1)[0]) if t[-1] > t[0] else None
+    return {"slope_per_s": slope, "first_quarter_p50": float(np.median(v[:q])),
+            "last_quarter_p50": float(np.median(v[-q:]))}
+
+
+def _shutdown_counters(log_path: str) -> dict:
+    """``key=value`` integers of the node's last ``shutdown:`` log line ({} when absent)."""
+    try:
+        with open(log_path, errors="replace") as fh:
+            lines = [ln for ln in fh if "shutdown:" in ln]
+    except OSError:
+        return {}
+    out = {}
+    for tok in (lines[-1].split("shutdown:", 1)[1].split() if lines else []):
+        k, _, v = tok.partition("=")
+        if v.lstrip("-").isdigit():
+            out[k] = int(v)
+    return out
+
+
+def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, rate: float = 1.0,
+              work_dir: str | None = None, quick: bool = False, log=None, packet_ms: float = 10.0) -> dict:
+    """Play a simulated DVS128 bag at ``rate`` (1 = real time) through the node graph.
+
+    Needs the ROS 2 workspace (``source env.sh``); returns ``{"skipped": reason}`` without it.
+    """
+    try:
+        from edge_vlm_ros.demo import _read_jsonl, run_on_bag, summarize
+    except ImportError as exc:
+        return {"skipped": f"ROS 2 workspace not available ({exc}); run `source env.sh`"}
+    work = Path(work_dir or (_ROOT / "data" / "bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    bag_default = bag is None
+    if bag is None:
+        bag = e2e_bag(work, labels=(2, 8) if quick else range(1, 12), clip_s=0.5 if quick else 1.0,
+                      packet_ms=packet_ms)
+    overrides = {"vlm_captioner.num_threads": int(threads)}
+    if checkpoint:
+        overrides["vlm_captioner.checkpoint"] = os.path.abspath(checkpoint)
+    out_dir = str(work / "e2e_last")          # records and node logs of the latest run
+    shutil.rmtree(out_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    res = run_on_bag(bag, out_dir, overrides=overrides, rate=rate, drain=3.0,
+                     log=log or (lambda *a, **k: None))
+    wall = time.perf_counter() - t0
+    records = _read_jsonl(res["records"])
+    rows, summary = summarize(records)
+    # wait stage (frame close -> processing start) and packet->caption latency over time
+    waits = []
+    for r in records:
+        if r.get("stream") == "compute_cost":
+            d = r.get("data") or {}
+            stages = dict(zip(d.get("stage_names", []), d.get("stage_latency_ms", [])))
+            if "wait" in stages:
+                waits.append((r["recv_ns"] / 1e9, float(stages["wait"])))
+    caps = sorted((r for r in records if r.get("stream") == "caption"), key=lambda r: r["recv_ns"])
+    recv = {r["stamp_ns"]: r["recv_ns"] / 1e9 for r in caps}
+    p2c = [(recv.get(r["stamp_ns"]), r["packet_to_caption_ms"]) for r in rows
+           if r["packet_to_caption_ms"] is not None and r["stamp_ns"] in recv]
+    p2c_trend = _trend([a for a, _ in p2c], [b for _, b in p2c])
+    wait_trend = _trend([a for a, _ in waits], [b for _, b in waits])
+    counters = _shutdown_counters(os.path.join(res["logs"], "vlm_captioner.log"))
+    dropped = counters.get("dropped")
+    grows = None
+    if p2c_trend["slope_per_s"] is not None:
+        f, last = p2c_trend["first_quarter_p50"], p2c_trend["last_quarter_p50"]
+        grows = bool(last > 1.5 * f and last - f > 20.0)
+    if dropped:          # the bounded queue was full: the backlog hit its cap (latency then plateaus)
+        grows = True
+    # frames the graph should have captioned: the bag's sensor span / period
+    ev_stamps = sorted(r["stamp_ns"] for r in records if r.get("stream") == "events" and r.get("stamp_ns"))
+    expected = None
+    if ev_stamps:
+        expected = int((ev_stamps[-1] - ev_stamps[0]) // 33_333_333) + 1
+    return {
+        "bag": str(bag), "rate": rate, "threads": threads, "packet_ms": packet_ms if bag_default else None, "wall_s": wall, "out_dir": out_dir,
+        "exit_codes": res["exit_codes"], "player_rc": res["player_rc"],
+        "frames_processed": summary["frames_processed"], "frames_expected_approx": expected,
+        "frame_latency_ms_p50": summary["latency_ms_p50"], "frame_latency_ms_p95": summary["latency_ms_p95"],
+        "caption_latency_ms_p50": summary["packet_to_caption_ms_p50"],
+        "caption_latency_ms_p95": summary["packet_to_caption_ms_p95"],
+        "caption_latency_trend": p2c_trend, "wait_ms_trend": wait_trend,
+        "wait_ms_p95": float(np.percentile([w for _, w in waits], 95)) if waits else None,
+        "backlog_grows": grows,
+        "backlog_rule": "frames dropped by the captioner's backpressure, or the last quarter's median "
+                        "packet->caption latency > 1.5x the first quarter's and +20 ms",
+        "frames_dropped": dropped, "captioner_counters": counters,
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        "gesture_accuracy": summary["gesture_accuracy"],
+        "mean_active_token_fraction": summary["mean_active_token_fraction"],
+        "flops_saved_fraction": summary["flops_saved_fraction"],
+    }
+
+
+# ----------------------------------------------------------------------------- all
+def bench_all(checkpoint: str = "", threads: int = 1, repeats: int = 5, quick: bool = False,
+              e2e: bool = True, log=None, packet_ms: float = 10.0) -> dict:
+    """Every benchmark; the figures of :data:`SUMMARY_KEYS` at the top level, details below."""
+    say = log or (lambda *a, **k: None)
+    t0 = time.perf_counter()
+    say("bench: decode + bin ...")
+    dec = bench_decode(repeats=repeats, quick=quick, threads=1)
+    say("bench: STTF vs dense ...")
+    sttf = bench_sttf(checkpoint=checkpoint, threads=threads, repeats=min(3, repeats), quick=quick)
+    ee = {"skipped": "disabled"}
+    if e2e:
+        say("bench: end to end (node graph, 1x) ...")
+        ee = bench_e2e(checkpoint=checkpoint, threads=threads, quick=quick, packet_ms=packet_ms)
+    out = {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": machine_info(threads)}
+    for k in SUMMARY_KEYS:
+        for part in (dec, sttf, ee):
+            if k in part:
+                out[k] = part[k]
+                break
+        else:
+            out[k] = None
+    out["checkpoint"] = sttf["model"]
+    out["details"] = {"decode": dec, "sttf": sttf, "e2e": ee}
+    out["bench_wall_s"] = time.perf_counter() - t0
+    return out
+
+
+_DESCRIPTIONS = {
+    "mono_mev_per_s": "mono decode + bin, simulated DVS128 stream, 2 ms packets, 1 thread (Mev/s)",
+    "evt3_mev_per_s": "evt3 decode + bin, the two real Prophesee bags packet by packet as recorded (Mev/s)",
+    "evt3_sim_mev_per_s": "evt3 decode + bin, simulated stream encoded as EVT 3.0, 2 ms packets (Mev/s)",
+    "mono_dense_mev_per_s": f"mono decode + bin, the simulated stream played {DENSE_FACTOR}x faster (~200 kev/s, "
+                            "the real 640x480 bag's rate), 2 ms packets (Mev/s)",
+    "evt3_sim_dense_mev_per_s": f"evt3 decode + bin, the simulated stream played {DENSE_FACTOR}x faster, "
+                                "2 ms packets (Mev/s)",
+    "evt3_decode_us_per_packet": "evt3 decode only, real bags: time per packet (us)",
+    "frame_latency_ms_p95": "node graph, simulated DVS128 bag (10 ms packets) at 1x: per-frame processing "
+                            "(captioner total stage), p95 (ms)",
+    "caption_latency_ms_p50": "node graph at 1x: packet -> caption, p50 (ms)",
+    "caption_latency_ms_p95": "node graph at 1x: packet -> caption, p95 (ms)",
+    "backlog_grows": "node graph at 1x: does packet -> caption latency grow over the run",
+    "accuracy_dense": "per-frame gesture accuracy, dense encoder (simulated held-out subject)",
+    "accuracy_sparse": "per-frame gesture accuracy, token memory (same frames)",
+    "active_token_fraction": "mean fraction of tokens re-encoded per frame (steady state, refreshes included)",
+    "active_token_fraction_low_motion": "same, frames of low-motion gestures",
+    "speedup_steady": "encoder wall time dense / sparse, steady state (frames after the first)",
+    "speedup_limit": "total / active tokens (the encoder's ideal speedup)",
+    "flops_ratio": "FLOPs executed sparse / dense (whole model, per frame)",
+    "caption_agreement": "fraction of frames whose sparse caption equals the dense one",
+    "token_deviation_max": "max over frames of abs(sparse token memory - dense re-encode), per element",
+    "encoder_ms_first_sparse": "encoder time, first frame (dense refresh), sparse engine (ms)",
+    "encoder_ms_first_dense": "encoder time, first frame, dense engine (ms)",
+    "encoder_ms_steady_sparse": "encoder time per frame, steady state, sparse (ms)",
+    "encoder_ms_steady_dense": "encoder time per frame, steady state, dense (ms)",
+}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def markdown(result: dict, command: str) -> str:
+    """``docs/benchmarks.md``: the figures, the command that produced them and the machine."""
+    m = result.get("machine", {})
+    d = result.get("details", {})
+    lines = ["# edge_vlm benchmarks", "",
+             f"Produced by `{command}` at {result.get('timestamp')} "
+             f"(took {result.get('bench_wall_s', 0):.0f} s).", "",
+             f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch threads {m.get('threads')}, "
+             f"torch {m.get('torch')}, numpy {m.get('numpy')}, Python {m.get('python')} "
+             f"(load average at the end: {m.get('load_avg_1m')}).", "",
+             f"Checkpoint: {(result.get('checkpoint') or {}).get('checkpoint') or 'untrained model'}", "",
+             "| figure | value | what |", "|---|---|---|"]
+    for k in SUMMARY_KEYS:
+        lines.append(f"| `{k}` | {_fmt(result.get(k))} | {_DESCRIPTIONS.get(k, '')} |")
+    dec = d.get("decode") or {}
+    if dec:
+        lines += ["", "## Decode + bin per stream (1 thread, median of "
+                  f"{dec.get('repeats')} runs after a warm-up)", "",
+                  "Rates use the decoding thread's CPU time (`time.thread_time`: one core's work, robust to "
+                  "other load); the wall-clock rate is given too. Decode + bin = one stateful decoder, the "
+                  "nodes' FrameClock and `event_histogram` of every closed 33 ms frame on the 128x128 grid.", "",
+                  "| stream | encoding | packets | events | bytes/packet | decode+bin Mev/s | (wall) | "
+                  "decode-only Mev/s | decode us/packet | decode-only, 8 packets joined |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        rows = [(f"simulated {k}", v) for k, v in (dec.get("simulated") or {}).items() if isinstance(v, dict)]
+        rows += [(f"simulated, 10 ms packets {k}", v) for k, v in (dec.get("simulated_10ms") or {}).items()
+                 if isinstance(v, dict)]
+        rows += [(f"simulated x{DENSE_FACTOR} {k}", v) for k, v in (dec.get("simulated_dense") or {}).items()
+                 if isinstance(v, dict)]
+        rows += [(f"real `{k}`", v) for k, v in (dec.get("real") or {}).items()]
+        for name, v in rows:
+            lines.append(f"| {name} | {v['encoding']} | {v['packets']} | {v['events']:,} | "
+                         f"{v['bytes_per_packet_mean']:.0f} | {_fmt(v['mev_per_s'])} | "
+                         f"{_fmt(v.get('mev_per_s_wall'))} | {_fmt(v['decode_only_mev_per_s'])} | "
+                         f"{_fmt(v['decode_us_per_packet'])} | {_fmt(v.get('decode_only_batched8_mev_per_s'))} |")
+    st = d.get("sttf") or {}
+    if st:
+        lines += ["", f"## Token memory vs dense ({st.get('frames')} frames of `{st.get('recording')}`, batch 1, "
+                  f"{st.get('threads')} torch thread(s), per-frame median of {st.get('repeats')} passes)", "",
+                  "| figure | value |", "|---|---|"]
+        for k in ("encoder_ms_first_sparse", "encoder_ms_first_dense", "encoder_ms_steady_sparse",
+                  "encoder_ms_steady_dense", "encoder_ms_steady_sparse_no_refresh", "total_ms_steady_sparse",
+                  "total_ms_steady_dense", "speedup_steady", "speedup_total_steady", "speedup_limit",
+                  "active_token_fraction", "active_token_fraction_p95", "change_token_fraction",
+                  "active_token_fraction_low_motion", "active_token_fraction_high_motion",
+                  "active_token_fraction_static", "refresh_frames", "flops_ratio", "encoder_flops_ratio",
+                  "caption_agreement", "label_agreement", "frames_scored", "accuracy_dense", "accuracy_sparse",
+                  "token_deviation_max"):
+            lines.append(f"| `{k}` | {_fmt(st.get(k))} |")
+    ee = d.get("e2e") or {}
+    if ee:
+        lines += ["", f"## End to end (node graph, simulated DVS128 bag, {_fmt(ee.get('packet_ms'))} ms "
+                  "EventPackets, played at 1x)", ""]
+        if "skipped" in ee:
+            lines.append(f"Skipped: {ee['skipped']}")
+        else:
+            lines += ["| figure | value |", "|---|---|"]
+            cc = ee.get("captioner_counters") or {}
+            ee = {**ee, "missing_packets": cc.get("missing_packets"), "forced_refreshes": cc.get("forced_refreshes")}
+            for k in ("frames_processed", "frames_expected_approx", "frames_dropped", "missing_packets",
+                      "forced_refreshes", "frame_latency_ms_p50", "frame_latency_ms_p95",
+                      "caption_latency_ms_p50", "caption_latency_ms_p95", "wait_ms_p95", "backlog_grows",
+                      "gesture_accuracy", "mean_active_token_fraction", "flops_saved_fraction",
+                      "load_avg_1m_after"):
+                lines.append(f"| `{k}` | {_fmt(ee.get(k))} |")
+            tr = ee.get("caption_latency_trend") or {}
+            lines += ["", f"packet->caption trend: slope {_fmt(tr.get('slope_per_s'))} ms/s, median first quarter "
+                      f"{_fmt(tr.get('first_quarter_p50'))} ms, last quarter {_fmt(tr.get('last_quarter_p50'))} ms "
+                      f"(backlog rule: {ee.get('backlog_rule')})."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write_markdown(result: dict, path: str | os.PathLike, command: str) -> str:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(markdown(result, command))
+    return str(p)
+
+
+def to_json(result: dict) -> str:
+    from .metrics import json_safe
+
+    return json.dumps(json_safe(result))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(to_json(bench_all(quick="--quick" in sys.argv)))

@@ -1,0 +1,132 @@
+"""Smoke tests of the benchmarks (edge_vlm.bench, `edge-vlm bench`) on tiny inputs.
+
+Only structure and sanity (keys present, numbers positive, encoders round-trip);
+speed targets live in docs/benchmarks.md, never in tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from edge_vlm import bench, bench_cli
+from edge_vlm.codecs import Evt3Decoder, make_decoder
+from edge_vlm.events import concat_events, make_events
+
+
+def _events(n=3000, seed=0, rate_hz=200_000, t0_ns=5_000_000):
+    rng = np.random.default_rng(seed)
+    t = t0_ns + np.cumsum(rng.integers(0, int(2e9 / rate_hz), n))
+    return make_events(t, rng.integers(0, 128, n), rng.integers(0, 128, n), rng.integers(0, 2, n))
+
+
+def _positive(d: dict, keys) -> None:
+    for k in keys:
+        assert k in d, k
+        assert d[k] is not None and d[k] > 0, (k, d[k])
+
+
+def test_encode_evt3_round_trip_any_packets():
+    ev = _events()
+    words, end = bench.encode_evt3(ev)
+    assert words.dtype == np.dtype("<u2") and end[-1] == words.size and len(end) == len(ev)
+    ref = ev.copy()
+    ref["t"] = ref["t"] // 1000 * 1000           # EVT 3.0 has microsecond resolution
+    got = Evt3Decoder(128, 128).decode(words.tobytes())
+    np.testing.assert_array_equal(got, ref)
+    pk = bench.packetize_evt3(ev)
+    assert all(w == 128 and h == 128 for _, w, h, _ in pk)
+    dec = Evt3Decoder()
+    np.testing.assert_array_equal(concat_events([dec.decode(p[0], p[1], p[2], p[3]) for p in pk]), ref)
+    with pytest.raises(ValueError):
+        bench.encode_evt3(ev[::-1])
+
+
+def test_packetize_mono_round_trip_and_compress():
+    ev = _events()
+    pk = bench.packetize_mono(ev)
+    starts = [tb for *_, tb in pk]
+    assert starts == sorted(starts) and all(s % bench.PACKET_NS == 0 for s in starts)
+    dec = make_decoder("mono")
+    np.testing.assert_array_equal(concat_events([dec.decode(*p) for p in pk]), ev)
+    fast = bench.compress_time(ev, 4)
+    assert len(fast) == len(ev) and bool(np.all(np.diff(fast["t"]) >= 0))
+    assert int(fast["t"][-1] - fast["t"][0]) <= int(ev["t"][-1] - ev["t"][0]) // 4 + 1
+
+
+def test_decode_bin_counts_events_and_frames():
+    ev = _events()
+    for enc, pk in (("mono", bench.packetize_mono(ev)), ("evt3", bench.packetize_evt3(ev))):
+        n_ev, n_fr = bench.decode_bin(pk, enc)
+        assert n_ev == len(ev) and n_fr >= 1
+        fig = bench._stream_figures(pk, enc, repeats=1)
+        _positive(fig, ("mev_per_s", "decode_only_mev_per_s", "decode_us_per_packet", "events", "packets"))
+
+
+def test_bench_decode_quick():
+    r = bench.bench_decode(repeats=1, quick=True)
+    _positive(r, ("mono_mev_per_s", "evt3_sim_mev_per_s", "mono_dense_mev_per_s", "evt3_sim_dense_mev_per_s"))
+    for name, fig in r["real"].items():        # real bags when ../shared/data/real is present
+        assert fig["encoding"] == "evt3" and fig["events"] > 0, name
+    if r["real"]:
+        _positive(r, ("evt3_mev_per_s", "evt3_decode_us_per_packet"))
+
+
+def test_bench_sttf_quick():
+    r = bench.bench_sttf(threads=1, repeats=1, quick=True)
+    _positive(r, ("frames", "encoder_ms_first_sparse", "encoder_ms_first_dense", "encoder_ms_steady_sparse",
+                  "encoder_ms_steady_dense", "speedup_steady", "speedup_limit", "active_token_fraction",
+                  "flops_ratio", "flops_dense_mean"))
+    assert 0 < r["active_token_fraction"] <= 1 and r["speedup_limit"] >= 1
+    assert 0 < r["flops_ratio"] <= 1
+    for k in ("caption_agreement", "label_agreement", "accuracy_dense", "accuracy_sparse"):
+        assert r[k] is not None and 0 <= r[k] <= 1, k
+    # the Foundation encoder is patch-local: the token memory equals a dense re-encode
+    assert r["token_deviation_max"] is not None and r["token_deviation_max"] < 1e-4
+
+
+def test_bench_e2e_skips_without_ros(monkeypatch):
+    monkeypatch.setitem(sys.modules, "edge_vlm_ros.demo", None)     # import fails
+    r = bench.bench_e2e()
+    assert "skipped" in r
+
+
+def test_trend_and_markdown(tmp_path):
+    tr = bench._trend(list(range(20)), [10.0 + 2 * i for i in range(20)])
+    assert tr["slope_per_s"] == pytest.approx(2.0) and tr["last_quarter_p50"] > tr["first_quarter_p50"]
+    assert bench._trend([0, 1], [1, 2])["slope_per_s"] is None
+    res = {k: 1.5 for k in bench.SUMMARY_KEYS}
+    res.update(timestamp="2026-01-01T00:00:00+00:00", machine=bench.machine_info(1), bench_wall_s=1.0,
+               details={"e2e": {"skipped": "no ROS"}})
+    path = bench.write_markdown(res, tmp_path / "b.md", "edge-vlm bench all --json")
+    text = open(path).read()
+    assert "`edge-vlm bench all --json`" in text and "Skipped: no ROS" in text
+    for k in bench.SUMMARY_KEYS:
+        assert f"`{k}`" in text
+    m = bench.machine_info(2)
+    assert m["threads"] == 2 and m["cores"] and "cpu" in m and "timestamp" in m
+
+
+def test_cli_decode_json(capsys, tmp_path):
+    p = argparse.ArgumentParser()
+    sub = p.add_subparsers(dest="cmd")
+    bench_cli.add_parser(sub)
+    args = p.parse_args(["bench", "decode", "--json", "--quick", "--repeats", "1", "--out", str(tmp_path / "x.md")])
+    assert args.fn(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    _positive(out, ("mono_mev_per_s", "evt3_sim_mev_per_s"))
+    assert out["machine"]["cores"] and "timestamp" in out
+    assert not (tmp_path / "x.md").exists()          # only `all` writes the report
+    with pytest.raises(SystemExit):
+        p.parse_args(["bench", "nope"])
+
+
+def test_shutdown_counters(tmp_path):
+    log = tmp_path / "vlm_captioner.log"
+    log.write_text("[INFO] ready: x\n[INFO] [1.0] [vlm_captioner]: shutdown: packets=10 dropped=3 pending=0 "
+                   "mode=abc\n")
+    assert bench._shutdown_counters(str(log)) == {"packets": 10, "dropped": 3, "pending": 0}
+    assert bench._shutdown_counters(str(tmp_path / "missing.log")) == {}
