@@ -134,3 +134,13 @@ def _preload_workspace_libs() -> None:
         if len(failed) == len(pending):
             break  # the rest cannot load (reported when the import fails)
         pending = failed
+
+
+def node_test_env(domain: int, *packages: str) -> dict[str, str]:
+    """Module-fixture body of the node tests: fail clearly if the workspace is not built, make this
+    process a ROS process on ``domain``, and return the env for the node subprocesses."""
+    require_workspace(*packages)   # raises WorkspaceNotBuilt: a failure with a clear message
+    activate()
+    os.environ["ROS_DOMAIN_ID"] = str(domain)
+    return sourced_env(ROS_DOMAIN_ID=str(domain), RCUTILS_LOGGING_BUFFERED_STREAM="0",
+                       RCUTILS_COLORIZED_OUTPUT="0")

@@ -199,11 +199,7 @@ class NodeProc:
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def env():
-    rosenv.require_workspace(*PKGS)   # raises WorkspaceNotBuilt: a failure with a clear message
-    rosenv.activate()
-    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN)
-    return rosenv.sourced_env(ROS_DOMAIN_ID=str(DOMAIN), RCUTILS_LOGGING_BUFFERED_STREAM="0",
-                              RCUTILS_COLORIZED_OUTPUT="0")
+    return rosenv.node_test_env(DOMAIN, *PKGS)
 
 
 @pytest.fixture(scope="module")

@@ -115,7 +115,7 @@ def cmd_train(args) -> int:
 
     tc = TrainConfig(out=args.out, subjects=args.subjects, epochs=args.epochs, steps_per_epoch=args.steps,
                      batch=args.batch, seed=args.seed, threads=args.threads, workers=args.workers,
-                     dim=args.dim, lr=args.lr, clip_s=args.clip_s)
+                     dim=args.dim, lr=args.lr, clip_s=args.clip_s, history=args.history)
     summary = train(tc, progress=not args.no_progress)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
     return 0
@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=2)
     s.add_argument("--workers", type=int, default=2, help="simulation processes")
     s.add_argument("--dim", type=int, default=96)
+    s.add_argument("--history", type=int, default=8, help="frames of temporal context")
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--clip-s", type=float, default=1.5)
     s.add_argument("--no-progress", action="store_true")

@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from edge_vlm_ros.recorder import read_jsonl
 from edge_vlm_ros.runner import (find_executable, load_graph, parse_overrides, start_graph, stop_graph)
 
 
@@ -53,19 +54,6 @@ def _tool(package: str, exe: str, module: str, env: dict) -> list[str]:
         return [find_executable(package, exe, env)]
     except FileNotFoundError:
         return [sys.executable, "-m", module]
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    out = []
-    if not os.path.exists(path):
-        return out
-    with open(path) as fh:
-        for line in fh:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
 
 
 def _tail(path: str | None, n: int = 2000) -> str:
@@ -136,7 +124,7 @@ def run_on_bag(bag: str, out_dir: str, *, graph: str | None = None, overrides: d
         # drain: until no new caption for `drain` seconds (at most 60 s)
         last_n, last_change, hard_end = -1, time.monotonic(), time.monotonic() + 60.0
         while time.monotonic() < hard_end:
-            n = sum(1 for r in _read_jsonl(records) if r.get("stream") == "caption")
+            n = sum(1 for r in read_jsonl(records) if r.get("stream") == "caption")
             if n != last_n:
                 last_n, last_change = n, time.monotonic()
             elif time.monotonic() - last_change >= drain:
@@ -277,7 +265,7 @@ def main(argv=None) -> int:
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         print(f"edge_vlm_demo: error: {exc}", file=sys.stderr)
         return 2
-    rows, summary = summarize(_read_jsonl(res["records"]))
+    rows, summary = summarize(read_jsonl(res["records"]))
     summary.update(bag=os.path.abspath(args.bag), exit_codes=res["exit_codes"], player_rc=res["player_rc"],
                    records=res["records"], logs=res["logs"])
     print()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -79,8 +80,10 @@ class Recorder(Node):
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """Records of a recorder file (a partial last line is ignored)."""
+    """Records of a recorder file (a partial last line is ignored; a missing file gives [])."""
     out = []
+    if not os.path.exists(path):
+        return out
     with open(path) as fh:
         for line in fh:
             try:

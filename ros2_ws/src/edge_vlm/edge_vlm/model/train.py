@@ -45,6 +45,7 @@ class TrainConfig:
     event_count_threshold: int = 3
     period_ns: int = 33_333_333
     dim: int = 96
+    history: int = 8
     caption_weight: float = 1.0
 
 
@@ -145,7 +146,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     t_data = time.time() - t_start
 
     tok = Tokenizer.build([c for c in fs_train.captions if c] + [r for rs in fs_train.references for r in rs])
-    cfg = ModelConfig(dim=tc.dim, vocab=tok.vocab)
+    cfg = ModelConfig(dim=tc.dim, history=tc.history, vocab=tok.vocab)
     model = CaptionModel(cfg)
     init_weights(model)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -190,7 +191,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
         score = val["accuracy"] + 0.1 * val["token_accuracy"]
         if score > best:
             best, best_epoch, bad = score, epoch, 0
-            save_checkpoint(tc.out, model, extra={"model_id": f"captioner-d{tc.dim}-s{tc.seed}",
+            save_checkpoint(tc.out, model, extra={"model_id": f"captioner-d{tc.dim}-h{tc.history}-s{tc.seed}",
                                                   "train_config": tc.__dict__, "epoch": epoch})
         else:
             bad += 1
