@@ -528,7 +528,8 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
     Needs the ROS 2 workspace (``source env.sh``); returns ``{"skipped": reason}`` without it.
     """
     try:
-        from edge_vlm_ros.demo import _read_jsonl, run_on_bag, summarize
+        from edge_vlm_ros.demo import run_on_bag, summarize
+        from edge_vlm_ros.recorder import read_jsonl
     except ImportError as exc:
         return {"skipped": f"ROS 2 workspace not available ({exc}); run `source env.sh`"}
     work = Path(work_dir or (_ROOT / "data" / "bench"))
@@ -546,7 +547,7 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
     res = run_on_bag(bag, out_dir, overrides=overrides, rate=rate, drain=3.0,
                      log=log or (lambda *a, **k: None))
     wall = time.perf_counter() - t0
-    records = _read_jsonl(res["records"])
+    records = read_jsonl(res["records"])
     rows, summary = summarize(records)
     # wait stage (frame close -> processing start) and packet->caption latency over time
     waits = []

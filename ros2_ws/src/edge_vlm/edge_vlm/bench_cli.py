@@ -95,7 +95,10 @@ def run(args) -> int:
 
             from .metrics import json_safe
             print(json.dumps(json_safe(res), indent=1))
-    if args.what == "e2e" and "skipped" in res:
-        print(f"edge-vlm bench e2e: skipped: {res['skipped']}", file=sys.stderr)
+    skipped = res.get("skipped") if args.what == "e2e" else (
+        (res.get("details") or {}).get("e2e", {}).get("skipped") if args.what == "all" else None)
+    if skipped and skipped != "disabled":
+        # a benchmark that could not run is an error, not a silently missing figure
+        print(f"edge-vlm bench {args.what}: end-to-end part skipped: {skipped}", file=sys.stderr)
         return 1
     return 0

@@ -32,7 +32,7 @@ class TrainConfig:
     test_subjects: int = 3
     clip_s: float = 1.5
     gap_s: float = 0.3
-    epochs: int = 12
+    epochs: int = 20
     batch: int = 32
     steps_per_epoch: int = 125
     lr: float = 2e-3
@@ -45,7 +45,7 @@ class TrainConfig:
     event_count_threshold: int = 3
     period_ns: int = 33_333_333
     dim: int = 96
-    history: int = 8
+    history: int = 16
     caption_weight: float = 1.0
 
 
