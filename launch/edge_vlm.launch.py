@@ -34,6 +34,7 @@ def _nodes(context):
         overrides["compute_budget"] = float(arg("compute_budget"))    # every node that has it
     if arg("checkpoint"):
         overrides["vlm_captioner.checkpoint"] = arg("checkpoint")
+        overrides["sttf_perception.checkpoint"] = arg("checkpoint")
     inputs = {"events": arg("events_topic")} if arg("events_topic") else None
     specs = load_graph(arg("graph"), overrides, namespace=arg("namespace") or None, inputs=inputs)
     return [

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -130,3 +131,33 @@ def test_shutdown_counters(tmp_path):
                    "mode=abc\n")
     assert bench._shutdown_counters(str(log)) == {"packets": 10, "dropped": 3, "pending": 0}
     assert bench._shutdown_counters(str(tmp_path / "missing.log")) == {}
+
+
+def test_bench_anc_quick(tmp_path):
+    """The ANC benchmark's keys, on a tiny joint checkpoint (figures not meaningful)."""
+    import torch
+
+    from edge_vlm.bench_anc import SWEEP, bench_anc
+    from edge_vlm.model.anc import AncModel
+    from edge_vlm.model.captioner import CaptionModel, ModelConfig
+    from edge_vlm.model.engine import save_checkpoint
+    from edge_vlm.model.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    sttf = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, vocab=Tokenizer.build(["a person waves"]).vocab))
+    ck = str(tmp_path / "joint.pt")
+    save_checkpoint(ck, AncModel.grow_from(sttf))
+    r = bench_anc(checkpoint=ck, quick=True, plot=str(tmp_path / "sweep.png"))
+    for k in ("flops_reduction_low_motion", "walltime_reduction_low_motion", "accuracy_medium_high_motion",
+              "accuracy_anc_high_motion", "router_cost_fraction_of_tiny", "budget_sweep"):
+        assert k in r
+    assert [b["budget"] for b in r["budget_sweep"]] == list(SWEEP) and len(SWEEP) >= 5
+    assert all(b["gflops"] > 0 for b in r["budget_sweep"])
+    assert set(r["ablation"]) == {"dense_medium", "sttf_only", "anc_only", "both"}
+    assert r["ablation"]["sttf_only"]["gflops"] < r["ablation"]["dense_medium"]["gflops"]
+    assert 0 < r["router_cost_fraction_of_tiny"] < 0.05
+    assert os.path.getsize(tmp_path / "sweep.png") > 1000
+    with pytest.raises(ValueError, match="STTF-only"):
+        ck2 = str(tmp_path / "sttf.pt")
+        save_checkpoint(ck2, sttf)
+        bench_anc(checkpoint=ck2, quick=True)

@@ -171,9 +171,10 @@ def nodes(env, harness, checkpoint, tmp_path_factory):
     """sttf_perception + anc_router on one input topic; vlm_captioner (local masks) on its own."""
     logs = tmp_path_factory.mktemp("fault_logs")
     procs = {
-        "sttf_perception": NodeProc("sttf_perception", logs, {"publish_mask_image": False},
+        "sttf_perception": NodeProc("sttf_perception", logs, {"publish_mask_image": False, "checkpoint": checkpoint},
                                     {"event_camera/events": "/f/events"}, env),
-        "anc_router": NodeProc("anc_router", logs, {}, {"event_camera/events": "/f/events"}, env),
+        "anc_router": NodeProc("anc_router", logs, {"checkpoint": checkpoint}, {"event_camera/events": "/f/events"},
+                               env),
         "vlm_captioner": NodeProc("vlm_captioner", logs, cap_params(checkpoint), CAP_REMAPS, env),
         "_logs": logs,
     }

@@ -1,20 +1,26 @@
-"""Model-level tests: shapes, exact token reuse, KV cache, FLOPs counter vs torch."""
+"""Model-level tests: STTF semantics (training = streaming, sparse vs dense), KV cache,
+FLOPs counter vs torch."""
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edge_vlm.model.captioner import CaptionModel, ModelConfig, decode_beam, decode_greedy, patchify
+from edge_vlm.model.captioner import CaptionModel, ModelConfig, age_bucket, decode_beam, decode_greedy, init_weights
 from edge_vlm.model.engine import CheckpointError, StreamingCaptioner, load_checkpoint, save_checkpoint
-from edge_vlm.model.flops import encoder_flops, frame_flops, fusion_flops
+from edge_vlm.model.flops import embed_flops, fusion_flops, mask_flops, vit_flops
 from edge_vlm.model.tokenizer import Tokenizer
 
 import pytest
 
 
-def tiny_model(seed=0):
+def tiny_model(seed=0, **kw):
     torch.manual_seed(seed)
     tok = Tokenizer.build(["a person waves the right hand quickly", "a tall person claps hands slowly"])
-    return CaptionModel(ModelConfig(dim=32, heads=2, vocab=tok.vocab)).eval(), tok
+    m = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, max_age=8, vocab=tok.vocab, **kw))
+    init_weights(m)
+    # a random (not zero) mask head and gate, so the tests exercise the learned parts
+    torch.nn.init.normal_(m.mask_net.head.weight, std=0.5)
+    torch.nn.init.normal_(m.embed.gate.weight, std=0.3)
+    return m.eval(), tok
 
 
 def moving_blob(frame, n=128):
@@ -25,29 +31,99 @@ def moving_blob(frame, n=128):
     return h
 
 
-def test_forward_shapes():
+def test_training_forward_equals_streaming_dense():
+    """The training window (reset + gated updates + dense ViT) is exactly the streaming engine."""
     m, tok = tiny_model()
-    c = m.cfg
-    frames = torch.rand(2 * c.history, c.in_channels, 128, 128)
-    patches = patchify(frames, c.patch).view(2, c.history, c.num_tokens, c.patch_dim)
-    active = torch.rand(2, c.history, c.num_tokens) > 0.8
-    ids = torch.tensor([tok.encode("a person waves", c.max_len)] * 2)
-    g, logits = m(patches, active, torch.tensor([False, True]), ids[:, :-1])
-    assert g.shape == (2, 11) and logits.shape == (2, c.max_len, len(tok.vocab))
+    t = 6
+    hist = np.stack([moving_blob(f) for f in range(t)]).astype(np.uint8)
+    eng = StreamingCaptioner(m, sparse=False)
+    for f in range(t):
+        res = eng.process(hist[f].astype(np.float32))
+    ids = torch.tensor([tok.encode("a person waves", m.cfg.max_len)])
+    with torch.no_grad():
+        out = m(torch.from_numpy(hist)[None], None, torch.tensor([False]), torch.ones(1, t, dtype=torch.bool),
+                ids[:, :-1])
+    probs = torch.softmax(out["gesture"], -1)[0]
+    assert int(torch.argmax(probs)) + 1 == res.label
+    assert abs(float(probs.max()) - res.confidence) < 1e-4
+    assert np.array_equal(out["mask"][0].numpy(), eng.change_mask(hist[-1].astype(np.float32)))
 
 
-def test_sparse_equals_dense_tokens():
-    """Patch-local encoder: the token memory after sparse updates equals a dense re-encode."""
+def test_memory_state_is_identical_in_sparse_and_dense_mode():
     m, _ = tiny_model()
-    sparse = StreamingCaptioner(m, refresh_period=0)
-    dense = StreamingCaptioner(m, sparse=False)
-    for f in range(6):
-        h = moving_blob(f)
-        rs, rd = sparse.process(h), dense.process(h)
-        assert torch.allclose(sparse.memory, dense.memory, atol=1e-5)
-        assert rs.text == rd.text and rs.label == rd.label
+    sparse, dense = StreamingCaptioner(m), StreamingCaptioner(m, sparse=False)
+    for f in range(12):
+        rs, rd = sparse.process(moving_blob(f)), dense.process(moving_blob(f))
+        assert torch.equal(sparse.e, dense.e) and np.array_equal(sparse.age, dense.age)
     assert rs.active_tokens < rs.total_tokens and not rs.refreshed
     assert rd.active_tokens == rd.total_tokens
+
+
+def test_sparse_layer0_is_exact_and_refresh_resyncs():
+    """Layer 0 of the recomputed tokens equals a dense pass exactly (their keys/values and the
+    cached ones are all current); deeper layers are the approximation, removed by a refresh."""
+    m, _ = tiny_model()
+    eng = StreamingCaptioner(m, refresh_period=4)
+    for f in range(3):
+        eng.process(moving_blob(f))
+    before = eng.e.clone()
+    res = eng.process(moving_blob(3))
+    changed = torch.nonzero((eng.e != before).any(dim=1)).flatten()
+    assert 0 < len(changed) == res.active_tokens
+    ref = m.vit.new_memory()
+    with torch.no_grad():
+        m.vit.dense_infer(eng.e, ref)
+    assert torch.allclose(eng.layers[0].out[changed], ref[0].out[changed], atol=1e-5)
+    res = eng.process(moving_blob(4))            # 4 frames since the last dense pass: refresh
+    assert res.refreshed
+    with torch.no_grad():
+        m.vit.dense_infer(eng.e, ref)
+    assert torch.allclose(eng.memory, m.vit.ln(ref[-1].out), atol=1e-5)
+
+
+def test_layer_gate_compares_with_last_propagated_value():
+    """Small steps below the threshold are not propagated, but they accumulate against the last
+    propagated input until they cross it (no drift)."""
+    m, _ = tiny_model()
+    vit = m.vit
+    mem = vit.new_memory()
+    e = torch.randn(m.cfg.num_tokens, m.cfg.dim)
+    with torch.no_grad():
+        vit.dense_infer(e, mem)
+        idx = torch.tensor([5])
+        prop = []
+        for step in range(12):
+            e[5] += 0.02 * e[5].norm() * torch.ones(m.cfg.dim) / m.cfg.dim ** 0.5
+            _, counts = vit.sparse_infer(e, idx, mem, [0.0, 0.05])
+            prop.append(counts[1])
+    assert prop[0] == 0 and 1 in prop          # skipped at first, propagated once the sum crosses 5 %
+    first = prop.index(1)
+    assert prop[first + 1] == 0                 # the reference moved to the propagated value
+
+
+def test_untrained_mask_net_is_the_count_rule():
+    m, _ = tiny_model()
+    torch.nn.init.zeros_(m.mask_net.head.weight)
+    rng = np.random.default_rng(0)
+    h = (rng.random((4, 128, 128)) < 0.002).astype(np.float32) * 2
+    h += moving_blob(0)
+    learned = StreamingCaptioner(m).change_mask(h)
+    rule = StreamingCaptioner(m, mask_method="event_count", event_count_threshold=3).change_mask(h)
+    assert learned.any() and np.array_equal(learned, rule)
+
+
+def test_token_age_and_expiry():
+    m, _ = tiny_model()
+    eng = StreamingCaptioner(m)
+    eng.process(moving_blob(0))
+    on = np.flatnonzero(eng.age == 0)
+    for f in range(m.cfg.max_age - 1):
+        eng.process(np.zeros((4, 128, 128), dtype=np.float32))
+    assert (eng.age[on] == m.cfg.max_age - 1).all()
+    res = eng.process(np.zeros((4, 128, 128), dtype=np.float32))      # expiry: re-embedded (empty)
+    assert res.active_tokens == len(on) and (eng.age[on] == m.cfg.max_age).all()
+    assert torch.allclose(eng.e[on], m.embed.empty().expand(len(on), -1), atol=1e-6)
+    assert age_bucket(torch.tensor([0, 1, 3, 31, 32]), 32).tolist() == [0, 1, 3, 6, 7]
 
 
 def test_kv_cache_matches_full_forward():
@@ -73,17 +149,28 @@ def test_beam_search_runs_and_scores():
 def test_flops_counter_matches_torch():
     m, _ = tiny_model()
     c = m.cfg
-    x = torch.rand(1, c.in_channels, 128, 128)
-    patches = patchify(x, c.patch)
-    act = torch.zeros(1, c.num_tokens, dtype=torch.bool)
-    hist = torch.zeros(1, c.history, c.summary_tokens, c.dim)
+    hist = torch.rand(1, 4, 128, 128) * 3
     with FlopCounterMode(display=False) as fc:
-        tok = m.encoder(patches[0])
-    assert abs(fc.get_total_flops() - encoder_flops(c, c.num_tokens)) / encoder_flops(c, c.num_tokens) < 0.05
+        m.mask_net(hist)
+    assert abs(fc.get_total_flops() - mask_flops(c)) / mask_flops(c) < 0.05
+    x = torch.rand(c.num_tokens, c.patch_dim)
     with FlopCounterMode(display=False) as fc:
-        fused = m.fuse(tok[None], act, hist)
-        m.summarize(tok[None], act)
-        m.gesture_logits(fused, tok[None], act)
+        e = m.embed.merge(m.embed(x), torch.zeros(c.num_tokens, c.dim))
+    assert abs(fc.get_total_flops() - embed_flops(c, c.num_tokens)) / embed_flops(c, c.num_tokens) < 0.05
+    mem = m.vit.new_memory()
+    dense = vit_flops(c, [c.num_tokens] * c.depth)
+    with FlopCounterMode(display=False) as fc:
+        vis = m.vit.dense_infer(e, mem)
+    assert abs(fc.get_total_flops() - dense) / dense < 0.05
+    idx = torch.arange(0, c.num_tokens, 7)
+    sparse = vit_flops(c, [len(idx)] * c.depth)
+    with FlopCounterMode(display=False) as fc:
+        m.vit.sparse_infer(e, idx, mem, [])
+    assert abs(fc.get_total_flops() - sparse) / sparse < 0.05
+    bucket = torch.zeros(1, c.num_tokens, dtype=torch.long)
+    with FlopCounterMode(display=False) as fc:
+        fused, z = m.fuse(vis[None], bucket, torch.zeros(1, c.num_tokens))
+        m.gesture_logits(fused, z, bucket)
     assert abs(fc.get_total_flops() - fusion_flops(c)) / fusion_flops(c) < 0.05
 
 
@@ -101,37 +188,13 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
         load_checkpoint(str(bad))
 
 
-def test_training_batch_matches_streaming_input():
-    """make_batch lays out (denoised) patches exactly as the streaming engine does."""
-    from edge_vlm.model.data import FrameSet
-    from edge_vlm.model.train import TrainConfig, make_batch
-
-    m, tok = tiny_model()
-    c = m.cfg
-    rng = np.random.default_rng(0)
-    n = c.history + 2
-    hist = np.zeros((n, 4, 128, 128), dtype=np.uint8)
-    for f in range(n):
-        hist[f] = moving_blob(f).astype(np.uint8)
-        hist[f, 0, rng.integers(0, 128, 20), rng.integers(0, 128, 20)] += 1  # sparse noise
-    rgb = rng.integers(0, 255, (n, 128, 128, 3), dtype=np.uint8)
-    fs = FrameSet(hist, rgb, np.full(n, 3), ["a person waves"] * n, [[]] * n, [""] * n,
-                  np.zeros(n, dtype=np.int64), np.arange(n), np.arange(n))
-    idx = np.array([n - 1])
-    for use_rgb in (False, True):
-        patches, active, _, _, _ = make_batch(fs, idx, c, tok, TrainConfig(), rng, np.array([use_rgb]))
-        eng = StreamingCaptioner(m)
-        x, change = eng.input_tensor(hist[-1].astype(np.float32), rgb[-1] if use_rgb else None)
-        assert torch.allclose(patches[0, -1], patchify(x, c.patch)[0], atol=1e-6)
-        assert np.array_equal(active[0, -1].numpy(), change)
-
-
 def test_rgb_at_half_frame_rate_does_not_force_dense_refresh():
     m, _ = tiny_model()
     eng = StreamingCaptioner(m, refresh_period=0)
     rgb = np.full((128, 128, 3), 100, dtype=np.uint8)
     res = [eng.process(moving_blob(f), rgb if f % 2 == 0 else None) for f in range(8)]
     assert res[0].refreshed and not any(r.refreshed for r in res[1:])
+    assert res[0].active_tokens == res[0].total_tokens
     assert all(r.active_tokens < r.total_tokens for r in res[1:])
 
 
@@ -150,3 +213,17 @@ def test_caption_period_reuses_text_and_reports_no_decoder_flops():
             assert r.text == prev.text and r.flops["decoder"] == 0.0
         else:
             assert r.flops["decoder"] > 0
+
+
+def test_policy_calibration_keeps_agreement():
+    from edge_vlm.model.policy import calibrate
+
+    m, _ = tiny_model()
+    hists = [[moving_blob(f) for f in range(8)]]
+    res = calibrate(m, hists, candidates=(0.0, 0.05, 10.0), min_agreement=0.99)
+    taus = res["layer_thresholds"]
+    assert len(taus) == m.cfg.depth and taus[0] == 0.0
+    rows = {r["tau"]: r for r in res["candidates"]}
+    assert rows[0.0]["agreement"] == 1.0          # every changed token propagated: labels as dense here
+    assert rows[10.0]["layer_token_fraction"] < rows[0.0]["layer_token_fraction"]
+    assert next(r for r in res["candidates"] if r["tau"] == taus[1])["agreement"] >= 0.99

@@ -30,21 +30,23 @@ pytestmark = pytest.mark.timeout(120)
 
 # ----------------------------------------------------------------------------- helpers
 def make_test_checkpoint(path: str) -> str:
-    """An untrained captioner rigged to always say something (its last LayerNorm outputs a word embedding).
+    """A small untrained joint STTF+ANC model rigged for the ROS tests.
 
-    Untrained models usually emit <eos> first (empty captions); this one
-    deterministically repeats a vocabulary word, which is what the ROS tests
-    need (non-empty text) without a trained checkpoint.
+    * its last decoder LayerNorm outputs a word embedding, so captions are never empty
+      (untrained models usually emit <eos> first);
+    * the change-mask net is untrained, i.e. exactly the event-count rule (k = 3);
+    * the complexity estimator always says "medium" (so a budget <= 1/3 visibly routes to tiny).
     """
     import torch
 
+    from edge_vlm.model.anc import AncModel
     from edge_vlm.model.captioner import CaptionModel, ModelConfig
     from edge_vlm.model.engine import save_checkpoint
     from edge_vlm.model.tokenizer import Tokenizer
 
     tok = Tokenizer.build(["a person waves the right hand", "a person claps both hands"])
     torch.manual_seed(0)
-    model = CaptionModel(ModelConfig(vocab=tok.vocab))
+    model = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, vocab=tok.vocab))
     emb = model.decoder.tok.weight.detach()
     specials = {tok.pad, tok.bos, tok.eos, tok.unk}
     for wid in range(len(tok.vocab)):
@@ -56,7 +58,11 @@ def make_test_checkpoint(path: str) -> str:
     with torch.no_grad():
         model.decoder.ln.weight.zero_()
         model.decoder.ln.bias.copy_(bias)
-    save_checkpoint(path, model, extra={"model_id": "test-rigged"}, half=False)
+    joint = AncModel.grow_from(model)
+    with torch.no_grad():
+        joint.estimator.fc.weight.zero_()
+        joint.estimator.fc.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))
+    save_checkpoint(path, joint, extra={"model_id": "test-rigged"}, half=False)
     return path
 
 
@@ -223,9 +229,9 @@ def nodes(env, harness, checkpoint, tmp_path_factory):
     """The three nodes, isolated on their own input topics, started in parallel."""
     logs = tmp_path_factory.mktemp("logs")
     procs = {
-        "sttf_perception": NodeProc("sttf_perception", logs, {"publish_mask_image": True},
+        "sttf_perception": NodeProc("sttf_perception", logs, {"publish_mask_image": True, "checkpoint": checkpoint},
                                     {"event_camera/events": "/t/sttf/events"}, env),
-        "anc_router": NodeProc("anc_router", logs, {"compute_budget": 1.0},
+        "anc_router": NodeProc("anc_router", logs, {"compute_budget": 1.0, "checkpoint": checkpoint},
                                {"event_camera/events": "/t/router/events"}, env),
         "vlm_captioner": NodeProc("vlm_captioner", logs,
                                   {"checkpoint": checkpoint, "mask_source": "topic", "mask_timeout_ms": 100.0},
@@ -268,7 +274,8 @@ def test_perception_publishes_token_masks(harness, nodes):
         assert list(m.active_indices) == sorted(m.active_indices) and max(m.active_indices) < 256
         assert all(0.0 < s <= 1.0 for s in m.scores)
         assert m.active_fraction == pytest.approx(len(m.active_indices) / 256)
-        assert m.event_count == 600 and m.method == "event_count" and m.threshold == 3.0
+        # the rigged checkpoint's (untrained) change-mask net is the event-count rule
+        assert m.event_count == 600 and m.method == "learned" and m.threshold == 0.5
         assert m.header.frame_id == "dvs_test"
     img = images[-1]
     assert (img.encoding, img.width, img.height) == ("mono8", W, H)
@@ -323,7 +330,7 @@ def test_router_decisions_and_runtime_budget(harness, nodes):
     routes = harness.collect(RouteDecision, "/edge_vlm/route", QOS_RELIABLE)
     harness.send_packet(topic, events=blob_events(0, 0), time_base=(K0 - 10) * P)
     harness.wait_subscribers(topic, nodes["anc_router"])
-    harness.send_frames(topic, K0, K0 + 4, n=2000)          # 2000 ev / 128^2 px = 0.12 > high_density
+    harness.send_frames(topic, K0, K0 + 4, n=2000)          # the rigged estimator says "medium"
     want = {(k + 1) * P for k in range(K0, K0 + 4)}
     harness.spin_until(lambda: want <= {time_to_ns(r.header.stamp) for r in routes}, 15.0, "4 route decisions")
     for r in routes:
@@ -332,7 +339,7 @@ def test_router_decisions_and_runtime_budget(harness, nodes):
         assert r.complexity_level == 2 and 0.0 <= r.complexity_score <= 1.0
         assert r.compute_budget == pytest.approx(1.0)
         assert list(r.branches_run) == ["medium"] and list(r.branch_weights) == [pytest.approx(1.0)]
-        assert r.estimated_flops == 0.0
+        assert 0.0 < r.estimated_flops < r.estimated_flops_dense
     assert _grid_ok(time_to_ns(r.header.stamp) for r in routes)
 
     client = harness.node.create_client(SetParameters, "/anc_router/set_parameters")
@@ -426,16 +433,41 @@ def test_captioner_captions_and_costs(harness, nodes):
         assert {k * P + GOOD_STAMP_OFFSET, k * P + P // 2 + GOOD_STAMP_OFFSET} <= in_stamps
         assert c.input_mode == ("rgb+events" if k == k_rgb else "events")
         assert 0 < cost.active_tokens <= cost.total_tokens == 256
-        assert 0 < cost.flops_executed <= cost.flops_dense
-        assert cost.flops_saved_fraction == pytest.approx(1 - cost.flops_executed / cost.flops_dense, abs=1e-6)
+        # dense reference = Medium-only dense without a router: a dense Medium frame costs the router more
+        assert 0 < cost.flops_executed <= 1.01 * cost.flops_dense
+        assert cost.flops_saved_fraction == pytest.approx(max(0.0, 1 - cost.flops_executed / cost.flops_dense),
+                                                          abs=1e-6)
         assert len(cost.stage_names) == len(cost.stage_latency_ms)
         assert cost.stage_names[0] == "decode" and cost.stage_names[-1] == "total"
         assert {"encoder", "decoder"} <= set(cost.stage_names)
         assert all(v >= 0.0 for v in cost.stage_latency_ms)
         assert cost.params_active > 0 and cost.compute_budget == pytest.approx(1.0)
-        assert cost.branch == ("small" if k == k_route else ("base" if k < k_route else "small"))
+        assert cost.branch == "medium"     # the joint model routes itself (rigged estimator: medium)
     assert (k_rgb + 1) * P in {time_to_ns(s) for s in by_stamp[(k_rgb + 1) * P].input_stamps}
     assert sent  # packet stamps were checked above
+
+    # compute_budget changed on the running node: the published compute cost changes from the next frame
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    client = harness.node.create_client(SetParameters, "/vlm_captioner/set_parameters")
+    assert client.wait_for_service(timeout_sec=10.0)
+    req = SetParameters.Request()
+    req.parameters = [Parameter(name="compute_budget", value=ParameterValue(
+        type=ParameterType.PARAMETER_DOUBLE, double_value=0.3))]
+    fut = client.call_async(req)
+    harness.spin_until(fut.done, 10.0, "SetParameters response")
+    assert fut.result().results[0].successful
+    harness.send_frames(topic, K0 + 8, K0 + 12)
+    want2 = [(k + 1) * P for k in range(K0 + 8, K0 + 12)]
+    harness.spin_until(lambda: set(want2) <= {time_to_ns(c.header.stamp) for c in costs}, 30.0,
+                       "costs after the budget change")
+    cost_by_stamp = {time_to_ns(c.header.stamp): c for c in costs}
+    medium = [cost_by_stamp[st] for st in want[1:]]
+    tiny = [cost_by_stamp[st] for st in want2[1:]]      # the first tiny frame is dense (branch switch)
+    assert all(c.branch == "tiny" and c.compute_budget == pytest.approx(0.3) for c in tiny)
+    assert max(c.params_active for c in tiny) < min(c.params_active for c in medium)
+    assert np.mean([c.flops_executed for c in tiny]) < np.mean([c.flops_executed for c in medium])
 
     proc = nodes["vlm_captioner"]
     assert proc.poll() is None

@@ -1,5 +1,6 @@
 """Frame clock and the rule-based perception/router cores."""
 import numpy as np
+import pytest
 
 from edge_vlm.events import make_events
 from edge_vlm.pipeline import FrameClock, PerceptionCore, RouterCore
@@ -48,7 +49,7 @@ def test_histogram_and_mask():
     assert h[1, 0, 0] == 1 and h[0, 0, 1] == 1 and h[3, 20, 9] == 4   # later half, ON -> channel 3
     pc = patch_counts(h, 8)
     assert pc[0, 0] == 4 and pc[2, 1] == 4
-    core = PerceptionCore({"event_count_threshold": 4})
+    core = PerceptionCore({"event_count_threshold": 4, "mask_method": "event_count"})
     res = core.process(FrameClock(8000).push(np.concatenate([e, ev([9000])]), 128, 128)[0])
     assert sorted(res.active_indices.tolist()) == [0, 2 * 16 + 1]
     assert res.mask_image.shape == (128, 128) and res.mask_image[0, 0] == 255 and res.mask_image[100, 100] == 0
@@ -62,7 +63,7 @@ def test_scaled_sensor_maps_to_model_grid():
 
 
 def test_router_levels_and_budget_cap():
-    r = RouterCore({"low_density": 0.001, "high_density": 0.01})
+    r = RouterCore({"low_density": 0.001, "high_density": 0.01, "router_method": "density"})
     busy = FrameClock(P).push(ev(np.linspace(0, P - 1, 2000).astype(np.int64).tolist() + [P]), 128, 128)[0]
     out = r.process(busy)
     assert out.level == 2 and out.branches == ["medium"] and abs(out.probabilities.sum() - 1) < 1e-5
@@ -70,3 +71,35 @@ def test_router_levels_and_budget_cap():
     assert r.process(busy).branches == ["tiny"]
     r.set_budget(0.6)
     assert r.process(busy).branches == ["small"]
+
+
+def test_learned_mask_and_router_cores(tmp_path):
+    """Defaults: the checkpoint's change-mask net (untrained = the count rule) and ANC estimator."""
+    import torch
+
+    from edge_vlm.model.anc import AncModel
+    from edge_vlm.model.captioner import CaptionModel, ModelConfig
+    from edge_vlm.model.engine import CheckpointError, save_checkpoint
+    from edge_vlm.model.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    sttf = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, vocab=Tokenizer.build(["a b"]).vocab))
+    joint = AncModel.grow_from(sttf)
+    with torch.no_grad():
+        joint.estimator.fc.weight.zero_()
+        joint.estimator.fc.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))
+    ck, ck_sttf = str(tmp_path / "joint.pt"), str(tmp_path / "sttf.pt")
+    save_checkpoint(ck, joint)
+    save_checkpoint(ck_sttf, sttf)
+    e = make_events(np.arange(8) * 1000, [0, 1, 2, 3, 9, 9, 9, 9], [0] * 4 + [20] * 4, [1, 0, 1, 0, 1, 1, 1, 1])
+    frame = FrameClock(8000).push(np.concatenate([e, ev([9000])]), 128, 128)[0]
+    res = PerceptionCore({"checkpoint": ck}).process(frame)
+    assert res.method == "learned" and res.threshold == 0.5
+    assert sorted(res.active_indices.tolist()) == [0, 2 * 16 + 1]       # >= 3 events per patch
+    r = RouterCore({"checkpoint": ck})
+    out = r.process(frame)
+    assert out.level == 2 and out.branches == ["medium"] and 0 < out.est_flops < out.est_flops_dense
+    r.set_budget(0.3)
+    assert r.process(frame).branches == ["tiny"]
+    with pytest.raises(CheckpointError, match="no ANC complexity estimator"):
+        RouterCore({"checkpoint": ck_sttf})

@@ -60,9 +60,10 @@ class RouterNode(FrameNode, Node):
             n = max(1, len(probs) - 1)
             m.complexity_score = float(min(1.0, max(0.0, sum(i * p for i, p in enumerate(probs)) / n)))
             m.compute_budget = float(r.budget)
-            # No FLOP estimate for the routed branches yet: left 0.0 on purpose.
-            m.estimated_flops = 0.0
-            m.estimated_flops_dense = 0.0
+            # learned router: encoder FLOPs of the routed branches on this frame's changed tokens
+            # (and of the Medium branch on every token); 0.0 with router_method = density
+            m.estimated_flops = float(r.est_flops)
+            m.estimated_flops_dense = float(r.est_flops_dense)
             self.pub.publish(m)
 
 

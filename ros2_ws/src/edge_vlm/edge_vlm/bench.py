@@ -1,11 +1,12 @@
 """Benchmarks of the core library (no rclpy; the end-to-end run imports the ROS adapter lazily).
 
 * :func:`bench_decode` -- EventPacket decode + frame binning throughput (Mev/s, one
-  thread): ``mono`` on simulated streams (2 ms packets, as the bag writer cuts them),
+  thread): ``mono`` on simulated streams (10 ms packets, ``edge-vlm synth``'s default),
   ``evt3`` on the real Prophesee bags packet by packet as recorded, and on simulated
-  streams encoded with :func:`encode_evt3`. "decode + bin" is what a node does per
-  packet: one stateful decoder, :class:`~edge_vlm.pipeline.FrameClock` and
-  :func:`~edge_vlm.repr.event_histogram` of every closed frame on the 128x128 model grid.
+  streams encoded with :func:`encode_evt3`. "decode + bin" is what a node does with
+  every packet: :class:`~edge_vlm.binner.FrameBinner` (stateful decode, the
+  :class:`~edge_vlm.pipeline.FrameClock` rules, the event histogram of every closed
+  frame on the 128x128 model grid), fed packet by packet.
 * :func:`bench_sttf` -- the token memory (``StreamingCaptioner(sparse=True)``) against
   the dense baseline (``sparse=False``) on the same frames of a simulated held-out
   recording: encoder time (first frame / steady state), speedups, active-token
@@ -35,11 +36,11 @@ import numpy as np
 
 
 __all__ = ["machine_info", "encode_evt3", "packetize_mono", "packetize_evt3", "real_evt3_bags",
-           "decode_bin", "bench_decode", "bench_sttf", "bench_e2e", "bench_all", "markdown",
+           "decode_bin", "decode_bin_per_packet", "bench_decode", "bench_sttf", "bench_e2e", "bench_all", "markdown",
            "SUMMARY_KEYS", "PACKET_NS"]
 
-#: packet length of simulated streams (the bag writer's default)
-PACKET_NS = 2_000_000
+#: packet length of simulated streams: 10 ms, ``edge-vlm synth``'s default (``--packet-ms``)
+PACKET_NS = 10_000_000
 #: seed of the simulated recordings (this one holds a low-motion gesture)
 SIM_SEED = 1
 #: time compression of the "dense" simulated stream: the simulator's ~10 kev/s become
@@ -53,7 +54,9 @@ SUMMARY_KEYS = ("mono_mev_per_s", "evt3_mev_per_s", "evt3_sim_mev_per_s", "mono_
                 "accuracy_dense", "accuracy_sparse", "active_token_fraction", "active_token_fraction_low_motion",
                 "speedup_steady", "speedup_limit", "flops_ratio", "caption_agreement", "token_deviation_max",
                 "encoder_ms_first_sparse", "encoder_ms_first_dense", "encoder_ms_steady_sparse",
-                "encoder_ms_steady_dense")
+                "encoder_ms_steady_dense", "segment_accuracy_sparse",
+                "flops_reduction_low_motion", "walltime_reduction_low_motion", "accuracy_medium_high_motion",
+                "accuracy_anc_high_motion", "router_cost_fraction_of_tiny")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -226,10 +229,33 @@ def bag_packets(path) -> tuple[str, list[tuple]]:
 # ----------------------------------------------------------------------------- decode + bin
 def decode_bin(packets: list[tuple], encoding: str, period_ns: int = 33_333_333, model_size: int = 128,
                bin_frames: bool = True) -> tuple[int, int]:
-    """Decode ``packets`` with one stateful decoder; cut frames and bin each (event_histogram).
+    """What a node does with ``packets``: :class:`~edge_vlm.binner.FrameBinner`, packet by packet.
 
-    Returns (events decoded, frames binned).
+    ``bin_frames=False``: decode only, packet by packet with one stateful decoder.
+    Returns (events, frames binned).
     """
+    if not bin_frames:
+        from .codecs import make_decoder
+
+        dec = make_decoder(encoding)
+        return sum(len(dec.decode(data, w, h, tb)) for data, w, h, tb in packets), 0
+    from .binner import FrameBinner
+
+    binner = FrameBinner(period_ns, model_size, model_size)
+    n_ev = n_fr = 0
+    for data, w, h, tb in packets:
+        for f in binner.push(encoding, data, w, h, tb):
+            n_ev += f.count
+            n_fr += 1
+    for f in binner.flush():
+        n_ev += f.count
+        n_fr += 1
+    return n_ev, n_fr
+
+
+def decode_bin_per_packet(packets: list[tuple], encoding: str, period_ns: int = 33_333_333,
+                          model_size: int = 128) -> tuple[int, int]:
+    """The per-packet reference of :func:`decode_bin`: decoder -> FrameClock.push -> event_histogram."""
     from .codecs import make_decoder
     from .pipeline import FrameClock
     from .repr import event_histogram
@@ -238,16 +264,14 @@ def decode_bin(packets: list[tuple], encoding: str, period_ns: int = 33_333_333,
     clock = FrameClock(period_ns)
     n_ev = n_fr = 0
     for data, w, h, tb in packets:
-        ev = dec.decode(data, w, h, tb)
-        n_ev += len(ev)
-        if bin_frames:
-            for f in clock.push(ev, w, h):
-                event_histogram(f.events, f.t_start, f.t_end, f.width, f.height, model_size, model_size)
-                n_fr += 1
-    if bin_frames:
-        for f in clock.flush():
+        for f in clock.push(dec.decode(data, w, h, tb), w, h):
             event_histogram(f.events, f.t_start, f.t_end, f.width, f.height, model_size, model_size)
+            n_ev += len(f.events)
             n_fr += 1
+    for f in clock.flush():
+        event_histogram(f.events, f.t_start, f.t_end, f.width, f.height, model_size, model_size)
+        n_ev += len(f.events)
+        n_fr += 1
     return n_ev, n_fr
 
 
@@ -258,16 +282,28 @@ def batch_packets(packets: list[tuple], k: int) -> list[tuple]:
 
 
 def _stream_figures(packets: list[tuple], encoding: str, repeats: int, batch: int = 0) -> dict:
-    """Decode + bin and decode-only figures (median of ``repeats``; rates from the thread's CPU time)."""
+    """Decode + bin figures of one stream, each the median of ``repeats`` timed runs after a warm-up.
+
+    ``mev_per_s``: events / CPU time of the benchmarking thread (``time.thread_time``: one
+    core's work, robust to other load on the machine) of :func:`decode_bin`;
+    ``mev_per_s_wall``: the same over wall time; ``per_packet_mev_per_s``: the per-packet
+    reference path (:func:`decode_bin_per_packet`, same results); ``decode_only_*``: the
+    decoder alone, packet by packet.
+    """
     wall, cpu, (n_ev, n_fr) = _timed(lambda: decode_bin(packets, encoding), repeats)
-    dwall, dcpu, _ = _timed(lambda: decode_bin(packets, encoding, bin_frames=False), repeats)
-    t, td, tw = _median(cpu), _median(dcpu), _median(wall)
+    dwall, dcpu, (n_dec, _) = _timed(lambda: decode_bin(packets, encoding, bin_frames=False), repeats)
+    _, pcpu, ref = _timed(lambda: decode_bin_per_packet(packets, encoding), repeats)
+    if ref != (n_ev, n_fr) or n_dec != n_ev:
+        raise AssertionError(f"decode_bin {(n_ev, n_fr)} != per-packet {ref} (decoded {n_dec})")
+    t, td, tw, tp = _median(cpu), _median(dcpu), _median(wall), _median(pcpu)
     nbytes = sum(len(p[0]) for p in packets)
     out = {"encoding": encoding, "packets": len(packets), "events": int(n_ev), "frames": int(n_fr),
            "bytes_per_packet_mean": nbytes / max(1, len(packets)),
            "events_per_packet_mean": n_ev / max(1, len(packets)),
+           "events_per_frame_mean": n_ev / max(1, n_fr),
            "mev_per_s": n_ev / t / 1e6 if t else None,
            "mev_per_s_wall": n_ev / tw / 1e6 if tw else None,
+           "per_packet_mev_per_s": n_ev / tp / 1e6 if tp else None,
            "decode_only_mev_per_s": n_ev / td / 1e6 if td else None,
            "decode_us_per_packet": td / max(1, len(packets)) * 1e6 if td else None,
            "seconds_median": t, "seconds_cpu_runs": cpu, "seconds_wall_runs": wall}
@@ -286,7 +322,19 @@ def _aggregate(parts: list[dict]) -> float | None:
 
 
 def bench_decode(repeats: int = 5, quick: bool = False, threads: int | None = 1) -> dict:
-    """Decode + bin throughput, one thread (numpy), median of ``repeats`` runs after a warm-up."""
+    """Decode + bin throughput on one thread (numpy is single-threaded), median of ``repeats`` runs
+    after a warm-up; per stream see :func:`_stream_figures`.
+
+    Streams: ``simulated`` -- a simulated DVS128 recording (~10 kev/s, ~300 events per 33 ms
+    frame) cut into ``mono`` / ``evt3`` packets of :data:`PACKET_NS` (10 ms); ``simulated_dense``
+    -- the same played :data:`DENSE_FACTOR` times faster (~200 kev/s, the real 640x480 bag's
+    rate); ``real`` -- the real Prophesee evt3 bags, packet by packet as recorded. Headline
+    figures: ``mono_mev_per_s`` (simulated mono), ``evt3_mev_per_s`` (the real bags: total
+    events / total CPU time), ``evt3_sim_mev_per_s``, ``mono_dense_mev_per_s``,
+    ``evt3_sim_dense_mev_per_s``, ``evt3_decode_us_per_packet`` (decoder alone, real bags).
+    At ~300 events per frame the fixed cost of a frame (the 4x128x128 float32 histogram
+    alone costs tens of microseconds) bounds the rate, whatever the decoder.
+    """
     _set_threads(threads)
     labels, clip_s = ((1, 8), 0.3) if quick else (range(1, 12), 1.5)
     rec = simulated_events(labels=labels, clip_s=clip_s, gap_s=0.3 if not quick else 0.1, seed=SIM_SEED)
@@ -294,16 +342,14 @@ def bench_decode(repeats: int = 5, quick: bool = False, threads: int | None = 1)
     span = (int(ev["t"][-1]) - int(ev["t"][0])) / 1e9
     fast = compress_time(ev, DENSE_FACTOR)
     out: dict = {"repeats": repeats, "threads": threads,
-                 "simulated": {"recording": rec.name, "duration_s": span,
+                 "measured": "FrameBinner fed packet by packet (decode + FrameClock rules + 4x128x128 "
+                             "histogram of every closed 33.3 ms frame); rates = events / median CPU "
+                             "time of the thread (time.thread_time) after a warm-up run",
+                 "simulated": {"recording": rec.name, "duration_s": span, "packet_ms": PACKET_NS / 1e6,
                                "events_per_s": len(ev) / span if span else None,
                                "mono": _stream_figures(packetize_mono(ev), "mono", repeats),
                                "evt3": _stream_figures(packetize_evt3(ev), "evt3", repeats)},
-                 "simulated_10ms": {"packet_ms": 10,
-                                    "mono": _stream_figures(packetize_mono(ev, packet_ns=10_000_000), "mono",
-                                                            repeats),
-                                    "evt3": _stream_figures(packetize_evt3(ev, packet_ns=10_000_000), "evt3",
-                                                            repeats)},
-                 "simulated_dense": {"time_compression": DENSE_FACTOR,
+                 "simulated_dense": {"time_compression": DENSE_FACTOR, "packet_ms": PACKET_NS / 1e6,
                                      "events_per_s": len(ev) / span * DENSE_FACTOR if span else None,
                                      "mono": _stream_figures(packetize_mono(fast), "mono", repeats),
                                      "evt3": _stream_figures(packetize_evt3(fast), "evt3", repeats)},
@@ -336,7 +382,8 @@ def _model(checkpoint: str = "", vocab_source=None):
     if os.path.isfile(path):
         model, meta = load_checkpoint(path)
         return model, {"checkpoint": os.path.abspath(path), "trained": True,
-                       "model_id": str(meta.get("model_id", "captioner"))}
+                       "model_id": str(meta.get("model_id", "captioner")),
+                       "layer_thresholds": list(meta.get("layer_thresholds", []))}
     if checkpoint:
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     import torch
@@ -351,7 +398,7 @@ def _model(checkpoint: str = "", vocab_source=None):
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(os.path.join(tmp, "untrained.pt"), model)
         model, _ = load_checkpoint(os.path.join(tmp, "untrained.pt"))
-    return model, {"checkpoint": None, "trained": False, "model_id": "untrained"}
+    return model, {"checkpoint": None, "trained": False, "model_id": "untrained", "layer_thresholds": []}
 
 
 def sim_frames(rec, params: dict) -> list[dict]:
@@ -374,111 +421,157 @@ def sim_frames(rec, params: dict) -> list[dict]:
     return frames
 
 
-def _engine(model, params: dict, sparse: bool):
-    from .model.engine import StreamingCaptioner
+def _engine(model, params: dict, sparse: bool, minfo: dict | None = None):
+    from .model.engine import engine_from_params
 
-    kw = {"caption_period": int(params["caption_period"])} if "caption_period" in params else {}
-    return StreamingCaptioner(model, event_count_threshold=int(params["event_count_threshold"]),
-                              refresh_period=int(params["refresh_period"]), decoding=str(params["decoding"]),
-                              beam_size=int(params["beam_size"]),
-                              max_caption_tokens=int(params["max_caption_tokens"]), sparse=sparse, **kw)
+    return engine_from_params(model, params, minfo or {}, sparse=sparse)
+
+
+def test_recordings(quick: bool = False) -> list:
+    """The STTF test set: every held-out *test* subject of ``edge-vlm train`` (defaults: 20
+    subjects, validation = the first 3 held-out, test = the last 3) under every lighting,
+    events only, all 11 gestures. ``quick``: one short recording."""
+    from .model.train import LIGHTINGS, TrainConfig
+    from .sim import split_subjects
+
+    tc = TrainConfig()
+    _, held = split_subjects(tc.subjects, tc.val_subjects + tc.test_subjects, tc.seed)
+    test_ids = held[tc.val_subjects:]
+    if quick:
+        return [simulated_events(labels=(2, 8), clip_s=0.4, gap_s=0.3, seed=SIM_SEED, subject=int(test_ids[-1]))]
+    return [simulated_events(labels=range(1, 12), clip_s=tc.clip_s, gap_s=tc.gap_s, seed=SIM_SEED + 10 * s + i,
+                             lighting=light, subject=int(s))
+            for s in test_ids for i, light in enumerate(LIGHTINGS)]
 
 
 def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: bool = False) -> dict:
-    """Token memory (sparse) vs dense re-encoding on the frames of a simulated held-out recording."""
+    """STTF (sparse token memory) vs the dense model on the same frames, batch 1, ``threads`` threads.
+
+    Quality (accuracy, active tokens, caption agreement, token deviation) over the whole test
+    set (:func:`test_recordings`), the two engines in lock step. Wall time of the encoder
+    stage (memory update + ViT) on the first test recording: a warm-up pass, then
+    ``repeats`` passes per engine alternating the order, per-frame median; the first frame
+    (dense in both) is reported apart from the steady state (every later frame, periodic
+    dense refreshes included)."""
     import torch
 
     from .evaluate import node_params
 
     _set_threads(threads)
     _, params, _ = node_params(graph=None)
-    labels, clip_s = ((2, 8), 0.4) if quick else (range(1, 12), 1.5)
-    rec = simulated_events(labels=labels, clip_s=clip_s, gap_s=0.3, seed=SIM_SEED)
-    model, minfo = _model(checkpoint, [r for c in rec.clips for r in c.references])
-    frames = sim_frames(rec, params)
-    hists = [f["hist"] for f in frames]
-    n = len(frames)
-
-    # warm-up (allocator, kernels), then a lock-step pass for the quality figures
-    warm = _engine(model, params, True)
-    for h in hists[: min(5, n)]:
-        warm.process(h)
-    es, ed = _engine(model, params, True), _engine(model, params, False)
-    res_s, res_d, dev = [], [], []
+    recs = test_recordings(quick)
+    model, minfo = _model(checkpoint, [r for rec in recs for c in rec.clips for r in c.references])
+    res_s, res_d, dev, gt, motion = [], [], [], [], []
     with torch.no_grad():
-        for h in hists:
-            res_s.append(es.process(h))
-            res_d.append(ed.process(h))
-            dev.append(float((es.memory - ed.memory).abs().max()))
-    enc_s = [[r.latency_ms["encoder"] for r in res_s]]
-    enc_d = [[r.latency_ms["encoder"] for r in res_d]]
-    tot_s = [[r.latency_ms["total"] for r in res_s]]
-    tot_d = [[r.latency_ms["total"] for r in res_d]]
-    for _ in range(max(0, repeats - 1)):     # more timing passes, alternating the order
-        for sparse, enc, tot in ((False, enc_d, tot_d), (True, enc_s, tot_s)):
-            e = _engine(model, params, sparse)
+        for rec in recs:
+            frames = sim_frames(rec, params)
+            es, ed = _engine(model, params, True, minfo), _engine(model, params, False, minfo)
+            for j, f in enumerate(frames):
+                res_s.append(es.process(f["hist"]))
+                res_d.append(ed.process(f["hist"]))
+                dev.append(float((es.memory - ed.memory).abs().max()))
+                gt.append(f["gt"])
+                motion.append(f["motion"] if j else "first")     # each recording starts dense
+    # timing on the first recording
+    hists = [f["hist"] for f in sim_frames(recs[0], params)]
+    n = len(hists)
+    warm = _engine(model, params, True, minfo)
+    for h in hists[: min(10, n)]:
+        warm.process(h)
+    enc = {True: [], False: []}
+    tot = {True: [], False: []}
+    refreshed = None
+    for r in range(max(1, repeats)):
+        for sparse in ((False, True) if r % 2 == 0 else (True, False)):
+            e = _engine(model, params, sparse, minfo)
             rs = [e.process(h) for h in hists]
-            enc.append([r.latency_ms["encoder"] for r in rs])
-            tot.append([r.latency_ms["total"] for r in rs])
-    # per-frame median over the passes
+            enc[sparse].append([x.latency_ms["encoder"] for x in rs])
+            tot[sparse].append([x.latency_ms["total"] for x in rs])
+            if sparse:
+                refreshed = np.array([x.refreshed for x in rs])
     med = {k: np.median(np.asarray(v), axis=0) for k, v in
-           (("enc_s", enc_s), ("enc_d", enc_d), ("tot_s", tot_s), ("tot_d", tot_d))}
-    steady = slice(1, None)
-    refreshed = np.array([r.refreshed for r in res_s])
+           (("enc_s", enc[True]), ("enc_d", enc[False]), ("tot_s", tot[True]), ("tot_d", tot[False]))}
+    st = slice(1, None)
+    es_mean, ed_mean = float(med["enc_s"][st].mean()), float(med["enc_d"][st].mean())
     frac = np.array([r.active_tokens / r.total_tokens for r in res_s])
+    layer_frac = np.array([[t / r.total_tokens for t in r.layer_tokens] for r in res_s])
     change = np.array([r.change_tokens / r.total_tokens for r in res_s])
+    first = np.array([m == "first" for m in motion])
+    steady = ~first
+    # the timing recording's own active fraction (the speedup limit of the timed frames)
+    timed_frac = frac[:n][1:].mean()
     fl_s = np.array([r.flops_executed for r in res_s])
     fl_d = np.array([r.flops_executed for r in res_d])
     enc_fl_s = np.array([r.flops.get("encoder", 0.0) for r in res_s])
     enc_fl_d = np.array([r.flops.get("encoder", 0.0) for r in res_d])
-    gt = [f["gt"] for f in frames]
-    scored = [i for i in range(n) if gt[i] is not None]
-    low = [i for i in range(n) if frames[i]["motion"] == "low" and i > 0]
-    static = [i for i in range(n) if frames[i]["motion"] == "static" and i > 0]
-    high = [i for i in range(n) if frames[i]["motion"] == "high" and i > 0]
+    scored = [i for i in range(len(gt)) if gt[i] is not None]
 
-    def acc(res):
-        return (sum(res[i].label == gt[i] for i in scored) / len(scored)) if scored else None
+    def acc(res, idx=None):
+        idx = scored if idx is None else [i for i in idx if gt[i] is not None]
+        return (sum(res[i].label == gt[i] for i in idx) / len(idx)) if idx else None
 
-    es_mean = float(med["enc_s"][steady].mean()) if n > 1 else None
-    ed_mean = float(med["enc_d"][steady].mean()) if n > 1 else None
-    mean_active = float(frac[steady].mean()) if n > 1 else float(frac.mean())
-    out = {
-        "model": minfo, "threads": threads, "repeats": repeats, "frames": n,
-        "recording": rec.name, "labels": [int(x) for x in labels],
-        "params": {k: params[k] for k in ("event_count_threshold", "refresh_period", "decoding", "beam_size",
-                                          "max_caption_tokens", "frame_period_ms")},
+    def seg_acc(res):
+        """Per gesture clip: majority vote of its frames."""
+        out, i = [], 0
+        while i < len(gt):
+            if gt[i] is None:
+                i += 1
+                continue
+            j = i
+            j = i + 1
+            while j < len(gt) and gt[j] == gt[i] and not first[j]:
+                j += 1
+            votes = np.bincount([res[k].label for k in range(i, j)], minlength=13)
+            out.append(int(np.argmax(votes)) == gt[i])
+            i = j
+        return (sum(out) / len(out)) if out else None
+
+    def sel(kind):
+        return [i for i in range(len(motion)) if motion[i] == kind]
+
+    low, high, static = sel("low"), sel("high"), sel("static")
+    mean_frac = lambda idx: float(frac[idx].mean()) if len(idx) else None  # noqa: E731
+    a_d, a_s = acc(res_d), acc(res_s)
+    return {
+        "model": minfo, "threads": threads, "repeats": repeats,
+        "recordings": [r.name for r in recs], "frames": len(res_s), "frames_scored": len(scored),
+        "timing_recording": recs[0].name, "timing_frames": n,
+        "params": {k: params[k] for k in ("mask_method", "refresh_period", "drift_bound", "layer_threshold_scale",
+                                          "decoding", "beam_size", "max_caption_tokens", "frame_period_ms")},
         "encoder_ms_first_sparse": float(med["enc_s"][0]), "encoder_ms_first_dense": float(med["enc_d"][0]),
         "encoder_ms_steady_sparse": es_mean, "encoder_ms_steady_dense": ed_mean,
         "encoder_ms_steady_sparse_no_refresh": (float(med["enc_s"][1:][~refreshed[1:]].mean())
                                                 if (~refreshed[1:]).any() else None),
-        "total_ms_steady_sparse": float(med["tot_s"][steady].mean()) if n > 1 else None,
-        "total_ms_steady_dense": float(med["tot_d"][steady].mean()) if n > 1 else None,
-        "speedup_steady": (ed_mean / es_mean) if es_mean else None,
-        "speedup_total_steady": (float(med["tot_d"][steady].mean() / med["tot_s"][steady].mean())
-                                 if n > 1 else None),
-        "speedup_limit": (1.0 / mean_active) if mean_active else None,
-        "active_token_fraction": mean_active,
-        "active_token_fraction_p95": float(np.percentile(frac[steady], 95)) if n > 1 else None,
-        "change_token_fraction": float(change.mean()),
-        "active_token_fraction_low_motion": float(frac[low].mean()) if low else None,
-        "active_token_fraction_high_motion": float(frac[high].mean()) if high else None,
-        "active_token_fraction_static": float(frac[static].mean()) if static else None,
+        "total_ms_steady_sparse": float(med["tot_s"][st].mean()), "total_ms_steady_dense": float(med["tot_d"][st].mean()),
+        "speedup_first": float(med["enc_d"][0] / med["enc_s"][0]),
+        "speedup_steady": ed_mean / es_mean if es_mean else None,
+        "speedup_limit": float(1.0 / timed_frac) if timed_frac else None,
+        "speedup_total_steady": float(med["tot_d"][st].mean() / med["tot_s"][st].mean()),
+        "active_token_fraction": float(frac[steady].mean()),
+        "active_token_fraction_p95": float(np.percentile(frac[steady], 95)),
+        "active_tokens_mean": float(frac[steady].mean() * res_s[0].total_tokens),
+        "total_tokens": int(res_s[0].total_tokens),
+        "layer_token_fraction": [float(x) for x in layer_frac[steady].mean(axis=0)],
+        "change_token_fraction": float(change[steady].mean()),
+        "active_token_fraction_low_motion": mean_frac(low), "active_token_fraction_high_motion": mean_frac(high),
+        "active_token_fraction_static": mean_frac(static),
         "frames_low_motion": len(low), "frames_high_motion": len(high), "frames_static": len(static),
-        "refresh_frames": int(refreshed.sum()),
+        "refresh_frames": int(sum(r.refreshed for r in res_s)),
         "flops_executed_mean": float(fl_s.mean()), "flops_dense_mean": float(fl_d.mean()),
         "flops_ratio": float(fl_s.sum() / fl_d.sum()) if fl_d.sum() else None,
         "encoder_flops_ratio": float(enc_fl_s.sum() / enc_fl_d.sum()) if enc_fl_d.sum() else None,
-        "caption_agreement": float(np.mean([a.text == b.text for a, b in zip(res_s, res_d)])) if n else None,
-        "label_agreement": float(np.mean([a.label == b.label for a, b in zip(res_s, res_d)])) if n else None,
-        "frames_scored": len(scored),
-        "accuracy_dense": acc(res_d), "accuracy_sparse": acc(res_s),
+        "caption_agreement": float(np.mean([x.text == y.text for x, y in zip(res_s, res_d)])),
+        "label_agreement": float(np.mean([x.label == y.label for x, y in zip(res_s, res_d)])),
+        "accuracy_dense": a_d, "accuracy_sparse": a_s,
+        "accuracy_retained": (a_s / a_d) if a_d else None,
+        "accuracy_dense_low_motion": acc(res_d, low), "accuracy_sparse_low_motion": acc(res_s, low),
+        "accuracy_dense_high_motion": acc(res_d, high), "accuracy_sparse_high_motion": acc(res_s, high),
+        "segment_accuracy_dense": seg_acc(res_d), "segment_accuracy_sparse": seg_acc(res_s),
         "token_deviation_max": float(max(dev)) if dev else None,
+        "token_deviation_mean": float(np.mean(dev)) if dev else None,
     }
-    return out
 
 
-# ----------------------------------------------------------------------------- end to end
 def e2e_bag(out_dir: str | os.PathLike, labels=range(1, 12), clip_s: float = 1.0, gap_s: float = 0.3,
             seed: int = 11, packet_ms: float = 10.0) -> str:
     """A simulated DVS128 bag (events + ground truth, no RGB) of a held-out subject, EventPackets of
@@ -598,7 +691,7 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
 
 # ----------------------------------------------------------------------------- all
 def bench_all(checkpoint: str = "", threads: int = 1, repeats: int = 5, quick: bool = False,
-              e2e: bool = True, log=None, packet_ms: float = 10.0) -> dict:
+              e2e: bool = True, log=None, packet_ms: float = 10.0, anc_part: bool = True) -> dict:
     """Every benchmark; the figures of :data:`SUMMARY_KEYS` at the top level, details below."""
     say = log or (lambda *a, **k: None)
     t0 = time.perf_counter()
@@ -606,6 +699,16 @@ def bench_all(checkpoint: str = "", threads: int = 1, repeats: int = 5, quick: b
     dec = bench_decode(repeats=repeats, quick=quick, threads=1)
     say("bench: STTF vs dense ...")
     sttf = bench_sttf(checkpoint=checkpoint, threads=threads, repeats=min(3, repeats), quick=quick)
+    anc = {"skipped": "disabled"}
+    if anc_part:
+        from .bench_anc import bench_anc
+
+        say("bench: ANC vs Medium-only ...")
+        try:
+            anc = bench_anc(checkpoint=checkpoint, threads=threads, quick=quick,
+                            plot=None if quick else str(_ROOT / "docs" / "anc_budget_sweep.png"))
+        except ValueError as exc:       # an STTF-only checkpoint
+            anc = {"skipped": str(exc)}
     ee = {"skipped": "disabled"}
     if e2e:
         say("bench: end to end (node graph, 1x) ...")
@@ -613,38 +716,49 @@ def bench_all(checkpoint: str = "", threads: int = 1, repeats: int = 5, quick: b
     out = {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "machine": machine_info(threads)}
     for k in SUMMARY_KEYS:
-        for part in (dec, sttf, ee):
+        for part in (dec, sttf, anc, ee):
             if k in part:
                 out[k] = part[k]
                 break
         else:
             out[k] = None
+    out["budget_sweep"] = anc.get("budget_sweep")
     out["checkpoint"] = sttf["model"]
-    out["details"] = {"decode": dec, "sttf": sttf, "e2e": ee}
+    out["details"] = {"decode": dec, "sttf": sttf, "anc": anc, "e2e": ee}
     out["bench_wall_s"] = time.perf_counter() - t0
     return out
 
 
 _DESCRIPTIONS = {
-    "mono_mev_per_s": "mono decode + bin, simulated DVS128 stream, 2 ms packets, 1 thread (Mev/s)",
+    "mono_mev_per_s": "mono decode + bin (FrameBinner), simulated DVS128 stream (~10 kev/s), 10 ms packets, "
+                      "1 thread (Mev/s)",
     "evt3_mev_per_s": "evt3 decode + bin, the two real Prophesee bags packet by packet as recorded (Mev/s)",
-    "evt3_sim_mev_per_s": "evt3 decode + bin, simulated stream encoded as EVT 3.0, 2 ms packets (Mev/s)",
+    "evt3_sim_mev_per_s": "evt3 decode + bin, simulated stream encoded as EVT 3.0, 10 ms packets (Mev/s)",
     "mono_dense_mev_per_s": f"mono decode + bin, the simulated stream played {DENSE_FACTOR}x faster (~200 kev/s, "
-                            "the real 640x480 bag's rate), 2 ms packets (Mev/s)",
+                            "the real 640x480 bag's rate), 10 ms packets (Mev/s)",
     "evt3_sim_dense_mev_per_s": f"evt3 decode + bin, the simulated stream played {DENSE_FACTOR}x faster, "
-                                "2 ms packets (Mev/s)",
+                                "10 ms packets (Mev/s)",
     "evt3_decode_us_per_packet": "evt3 decode only, real bags: time per packet (us)",
     "frame_latency_ms_p95": "node graph, simulated DVS128 bag (10 ms packets) at 1x: per-frame processing "
                             "(captioner total stage), p95 (ms)",
     "caption_latency_ms_p50": "node graph at 1x: packet -> caption, p50 (ms)",
     "caption_latency_ms_p95": "node graph at 1x: packet -> caption, p95 (ms)",
     "backlog_grows": "node graph at 1x: does packet -> caption latency grow over the run",
-    "accuracy_dense": "per-frame gesture accuracy, dense encoder (simulated held-out subject)",
-    "accuracy_sparse": "per-frame gesture accuracy, token memory (same frames)",
-    "active_token_fraction": "mean fraction of tokens re-encoded per frame (steady state, refreshes included)",
+    "accuracy_dense": "per-frame gesture accuracy, dense encoder (the 3 held-out test subjects x 3 lightings, "
+                      "events only)",
+    "accuracy_sparse": "per-frame gesture accuracy, STTF sparse encoder (same frames)",
+    "segment_accuracy_sparse": "per-clip gesture accuracy (majority vote of the clip's frames), STTF sparse",
+    "active_token_fraction": "mean fraction of tokens recomputed per frame (steady state, refreshes included)",
     "active_token_fraction_low_motion": "same, frames of low-motion gestures",
-    "speedup_steady": "encoder wall time dense / sparse, steady state (frames after the first)",
-    "speedup_limit": "total / active tokens (the encoder's ideal speedup)",
+    "speedup_steady": "encoder wall time dense / sparse, steady state (frames after the first; timing "
+                      "recording)",
+    "speedup_limit": "total / active tokens on the timing recording (the encoder's ideal speedup)",
+    "flops_reduction_low_motion": "1 - FLOPs(STTF+ANC) / FLOPs(Medium-only dense), low-motion + static frames "
+                                  "(all stages)",
+    "walltime_reduction_low_motion": "1 - wall time(STTF+ANC) / wall time(Medium-only dense), same frames",
+    "accuracy_medium_high_motion": "per-frame accuracy of Medium-only dense on high-motion frames",
+    "accuracy_anc_high_motion": "per-frame accuracy of STTF+ANC on the same frames",
+    "router_cost_fraction_of_tiny": "FLOPs of estimator + router / FLOPs of the Tiny branch (dense)",
     "flops_ratio": "FLOPs executed sparse / dense (whole model, per frame)",
     "caption_agreement": "fraction of frames whose sparse caption equals the dense one",
     "token_deviation_max": "max over frames of abs(sparse token memory - dense re-encode), per element",
@@ -714,6 +828,31 @@ def markdown(result: dict, command: str) -> str:
                   "caption_agreement", "label_agreement", "frames_scored", "accuracy_dense", "accuracy_sparse",
                   "token_deviation_max"):
             lines.append(f"| `{k}` | {_fmt(st.get(k))} |")
+    an = d.get("anc") or {}
+    if an:
+        lines += ["", "## ANC: the joint STTF+ANC checkpoint against Medium-only (same frames, batch 1)", ""]
+        if "skipped" in an:
+            lines.append(f"Skipped: {an['skipped']}")
+        else:
+            lines += [f"{an.get('frames')} frames of {', '.join(f'`{r}`' for r in an.get('recordings', []))} "
+                      f"({an.get('frames_low_motion')} low-motion/static, {an.get('frames_high_motion')} "
+                      "high-motion). FLOPs per frame over all stages (analytic), wall = engine total latency.", "",
+                      "| mode | accuracy | acc. low motion | acc. high motion | GFLOPs/frame | GFLOPs low | "
+                      "ms/frame | ms low | params active | low-motion branches (tiny/small/medium) |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for mode, r in (an.get("ablation") or {}).items():
+                sh = r.get("branch_share_low_motion") or {}
+                lines.append(f"| {mode} | {_fmt(r['accuracy'])} | {_fmt(r['accuracy_low_motion'])} | "
+                             f"{_fmt(r['accuracy_high_motion'])} | {_fmt(r['gflops'])} | "
+                             f"{_fmt(r['gflops_low_motion'])} | {_fmt(r['ms'])} | {_fmt(r['ms_low_motion'])} | "
+                             f"{_fmt(r['params_active_mean'])} | "
+                             f"{' / '.join(_fmt(sh.get(k)) for k in ('tiny', 'small', 'medium'))} |")
+            lines += ["", "Budget sweep (STTF+ANC, same frames; plot `docs/anc_budget_sweep.png`):", "",
+                      "| budget | GFLOPs/frame | accuracy | branch share tiny/small/medium |", "|---|---|---|---|"]
+            for b in an.get("budget_sweep") or []:
+                sh = b.get("branch_share") or {}
+                lines.append(f"| {b['budget']} | {_fmt(b['gflops'])} | {_fmt(b['accuracy'])} | "
+                             f"{' / '.join(_fmt(sh.get(k)) for k in ('tiny', 'small', 'medium'))} |")
     ee = d.get("e2e") or {}
     if ee:
         lines += ["", f"## End to end (node graph, simulated DVS128 bag, {_fmt(ee.get('packet_ms'))} ms "
@@ -739,9 +878,11 @@ def markdown(result: dict, command: str) -> str:
 
 
 def write_markdown(result: dict, path: str | os.PathLike, command: str) -> str:
+    """Write the Markdown report and, next to it, the full JSON (``<name>.json``)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(markdown(result, command))
+    p.with_suffix(".json").write_text(json.dumps({"command": command, **json.loads(to_json(result))}, indent=1))
     return str(p)
 
 

@@ -1,4 +1,4 @@
-"""`edge-vlm bench {decode,sttf,e2e,all}`: the core benchmarks (:mod:`edge_vlm.bench`).
+"""`edge-vlm bench {decode,sttf,anc,e2e,all}`: the core benchmarks (:mod:`edge_vlm.bench`).
 
 ``all`` prints the flat figures (``--json``: one JSON object) and writes
 ``docs/benchmarks.md`` (``--out``; ``--out ''`` skips it). ``e2e`` needs the ROS 2
@@ -11,7 +11,7 @@ import os
 import shlex
 import sys
 
-WHAT = ("decode", "sttf", "e2e", "all")
+WHAT = ("decode", "sttf", "anc", "e2e", "all")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -29,6 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--packet-ms", type=float, default=10.0,
                    help="EventPacket length of the simulated e2e bag (default 10, as `edge-vlm synth`)")
     s.add_argument("--no-e2e", action="store_true", help="`all` without the node-graph run")
+    s.add_argument("--no-anc", action="store_true", help="`all` without the ANC comparison")
     s.add_argument("--quick", action="store_true", help="tiny inputs (smoke test; figures not meaningful)")
     s.set_defaults(fn=run)
     return s
@@ -48,7 +49,8 @@ def command_line(args) -> str:
     for flag, v in (("--checkpoint", args.checkpoint), ("--bag", args.bag), ("--out", args.out)):
         if v:
             parts += [flag, shlex.quote(str(v))]
-    parts += [f for f, on in (("--no-e2e", args.no_e2e), ("--quick", args.quick)) if on]
+    parts += [f for f, on in (("--no-e2e", args.no_e2e), ("--no-anc", args.no_anc), ("--quick", args.quick))
+              if on]
     return " ".join(parts)
 
 
@@ -71,12 +73,19 @@ def run(args) -> int:
     elif args.what == "sttf":
         res = bench.bench_sttf(checkpoint=args.checkpoint, threads=args.threads, repeats=min(3, args.repeats),
                                quick=args.quick)
+    elif args.what == "anc":
+        from .bench_anc import bench_anc
+
+        res = bench_anc(checkpoint=args.checkpoint, threads=args.threads, quick=args.quick,
+                        plot=None if args.quick else os.path.join(os.path.dirname(_default_out()),
+                                                                  "anc_budget_sweep.png"))
     elif args.what == "e2e":
         res = bench.bench_e2e(bag=args.bag, checkpoint=args.checkpoint, threads=args.threads, quick=args.quick,
                               log=log, packet_ms=args.packet_ms)
     else:
         res = bench.bench_all(checkpoint=args.checkpoint, threads=args.threads, repeats=args.repeats,
-                              quick=args.quick, e2e=not args.no_e2e, log=log, packet_ms=args.packet_ms)
+                              quick=args.quick, e2e=not args.no_e2e, log=log, packet_ms=args.packet_ms,
+                              anc_part=not args.no_anc)
     if args.what != "all":
         res = {"timestamp": bench.machine_info()["timestamp"], "machine": bench.machine_info(args.threads), **res}
     out = args.out if args.out is not None else (_default_out() if args.what == "all" else "")
@@ -95,10 +104,12 @@ def run(args) -> int:
 
             from .metrics import json_safe
             print(json.dumps(json_safe(res), indent=1))
+    details = res.get("details") or {}
     skipped = res.get("skipped") if args.what == "e2e" else (
-        (res.get("details") or {}).get("e2e", {}).get("skipped") if args.what == "all" else None)
+        details.get("e2e", {}).get("skipped") or details.get("anc", {}).get("skipped") if args.what == "all"
+        else None)
     if skipped and skipped != "disabled":
         # a benchmark that could not run is an error, not a silently missing figure
-        print(f"edge-vlm bench {args.what}: end-to-end part skipped: {skipped}", file=sys.stderr)
+        print(f"edge-vlm bench {args.what}: a part was skipped: {skipped}", file=sys.stderr)
         return 1
     return 0

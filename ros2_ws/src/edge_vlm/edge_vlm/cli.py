@@ -113,11 +113,45 @@ def cmd_synth(args) -> int:
 def cmd_train(args) -> int:
     from .model.train import TrainConfig, train
 
+    if args.model == "anc":
+        from .model.train_anc import AncTrainConfig, train_anc
+
+        d = AncTrainConfig()
+        out = args.out if args.out != TrainConfig().out else d.out
+        tc = AncTrainConfig(out=out, init=args.init, subjects=args.subjects,
+                            epochs=args.epochs if args.epochs is not None else d.epochs,
+                            steps_per_epoch=args.steps if args.steps is not None else d.steps_per_epoch,
+                            batch=args.batch if args.batch is not None else d.batch, seed=args.seed,
+                            threads=args.threads, workers=args.workers, clip_s=args.clip_s,
+                            patience=args.patience if args.patience is not None else d.patience)
+        summary = train_anc(tc, progress=not args.no_progress, resume=args.resume)
+        print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
+        return 0
+    d = TrainConfig()
+    args.epochs = d.epochs if args.epochs is None else args.epochs
+    args.steps = d.steps_per_epoch if args.steps is None else args.steps
+    args.batch = d.batch if args.batch is None else args.batch
+    args.patience = d.patience if args.patience is None else args.patience
+
     tc = TrainConfig(out=args.out, subjects=args.subjects, epochs=args.epochs, steps_per_epoch=args.steps,
                      batch=args.batch, seed=args.seed, threads=args.threads, workers=args.workers,
-                     dim=args.dim, lr=args.lr, clip_s=args.clip_s, history=args.history)
-    summary = train(tc, progress=not args.no_progress)
+                     dim=args.dim, depth=args.depth, window=args.window, lr=args.lr, clip_s=args.clip_s,
+                     active_weight=args.active_weight, patience=args.patience)
+    summary = train(tc, progress=not args.no_progress, resume=args.resume)
     print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .model.policy import calibrate_checkpoint
+    from .model.train import TrainConfig
+    from .sim import split_subjects
+
+    tc = TrainConfig()
+    _, held = split_subjects(tc.subjects, tc.val_subjects + tc.test_subjects, tc.seed)
+    subjects = args.subjects or list(held[:tc.val_subjects])
+    res = calibrate_checkpoint(args.checkpoint, subjects, seed=tc.seed)
+    print(json.dumps({"subjects": [int(s) for s in subjects], **res}, indent=1))
     return 0
 
 
@@ -155,21 +189,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--packet-ms", type=float, default=10.0, help="EventPacket length in sensor time (ms)")
     s.set_defaults(fn=cmd_synth)
 
-    s = sub.add_parser("train", help="train the captioning model on simulated data")
-    s.add_argument("--out", default="data/train/captioner.pt")
-    s.add_argument("--subjects", type=int, default=20)
-    s.add_argument("--epochs", type=int, default=20)
-    s.add_argument("--steps", type=int, default=125, help="steps per epoch")
-    s.add_argument("--batch", type=int, default=32)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--threads", type=int, default=2)
-    s.add_argument("--workers", type=int, default=2, help="simulation processes")
-    s.add_argument("--dim", type=int, default=96)
-    s.add_argument("--history", type=int, default=16, help="frames of temporal context")
-    s.add_argument("--lr", type=float, default=2e-3)
-    s.add_argument("--clip-s", type=float, default=1.5)
+    from .model.train import TrainConfig
+
+    d = TrainConfig()
+    s = sub.add_parser("train", help="train the STTF (or joint STTF+ANC) captioning model on simulated data "
+                       "(resumable)")
+    s.add_argument("--model", choices=("sttf", "anc"), default="sttf",
+                   help="sttf: the STTF model from scratch; anc: the joint STTF+ANC model grown from --init")
+    s.add_argument("--init", default="", help="anc: STTF checkpoint to grow from (default: the shipped one)")
+    s.add_argument("--out", default=d.out)
+    s.add_argument("--subjects", type=int, default=d.subjects)
+    s.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs} (sttf) / 6 (anc)")
+    s.add_argument("--steps", type=int, default=None, help=f"steps per epoch, default {d.steps_per_epoch}")
+    s.add_argument("--batch", type=int, default=None, help=f"default {d.batch} (sttf) / 12 (anc)")
+    s.add_argument("--seed", type=int, default=d.seed)
+    s.add_argument("--threads", type=int, default=d.threads)
+    s.add_argument("--workers", type=int, default=d.workers, help="simulation processes")
+    s.add_argument("--dim", type=int, default=d.dim)
+    s.add_argument("--depth", type=int, default=d.depth, help="encoder (sparse ViT) layers")
+    s.add_argument("--window", type=int, default=d.window, help="frames of temporal context (= max token age)")
+    s.add_argument("--lr", type=float, default=d.lr)
+    s.add_argument("--clip-s", type=float, default=d.clip_s)
+    s.add_argument("--active-weight", type=float, default=d.active_weight,
+                   help="lambda of the expected active-token ratio in the loss")
+    s.add_argument("--patience", type=int, default=None, help="early stopping (epochs without improvement)")
+    s.add_argument("--resume", action="store_true", help="continue from <out>.resume")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("calibrate", help="fit the sparse ViT's per-layer gate thresholds on the validation "
+                       "subjects and store them in the checkpoint")
+    s.add_argument("checkpoint")
+    s.add_argument("--subjects", type=int, nargs="+", default=None,
+                   help="simulated subjects (default: the validation subjects of edge-vlm train)")
+    s.set_defaults(fn=cmd_calibrate)
 
     s = sub.add_parser("demo", help="replay a bag (default: the simulated demo bag) through the three nodes")
     s.add_argument("--bag", default="")
@@ -178,11 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("extra", nargs=argparse.REMAINDER, help="more options for the demo runner")
     s.set_defaults(fn=cmd_demo)
 
-    from . import bench_cli, convert, eval_cli
+    from . import bench_cli, coco, convert, eval_cli, paper
 
     eval_cli.add_parser(sub)
     convert.add_parser(sub)
     bench_cli.add_parser(sub)
+    coco.add_parser(sub)
+    paper.add_parser(sub)
 
     s = sub.add_parser("play", help="bag player (ros2 bag play is not available here)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)

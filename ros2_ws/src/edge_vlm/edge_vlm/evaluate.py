@@ -139,6 +139,7 @@ def node_params(overrides: dict | None = None, checkpoint: str = "", graph: str 
                 params[n][k] = v
     if checkpoint:
         params["vlm_captioner"]["checkpoint"] = str(checkpoint)
+        params["sttf_perception"]["checkpoint"] = str(checkpoint)
     perc = resolve("sttf_perception", params["sttf_perception"])
     capt = resolve("vlm_captioner", params["vlm_captioner"])
     for k in ("frame_period_ms", "model_width", "model_height", "patch_size"):

@@ -55,10 +55,14 @@ _COMMON = (
 )
 
 _MASK = (
-    ParamSpec("mask_method", "event_count", "Change-mask rule: 'event_count' (a patch is active when its "
-              "denoised event histogram differs from the last propagated one).", choices=("event_count",)),
-    ParamSpec("event_count_threshold", 3, "Events a patch needs in one frame to count as changed; sparser "
-              "patches are treated as empty (noise filter).", min_value=1, max_value=10000),
+    ParamSpec("mask_method", "learned", "Change mask: 'learned' (the checkpoint's change-mask conv net on the "
+              "event histogram) or 'event_count' (rule fallback: a patch changed when it has at least "
+              "event_count_threshold events in the frame).", choices=("learned", "event_count")),
+    ParamSpec("event_count_threshold", 3, "Rule fallback (mask_method = event_count): events a patch needs in "
+              "one frame to count as changed; sparser patches are treated as empty (noise filter).",
+              min_value=1, max_value=10000),
+    ParamSpec("checkpoint", "", "Path of the STTF checkpoint (change-mask net and captioner); empty = the "
+              "checkpoint shipped with edge_vlm (edge_vlm/checkpoints/captioner.pt).", read_only=True),
 )
 
 NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
@@ -66,17 +70,22 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         ParamSpec("publish_mask_image", True, "Also publish the change mask as a mono8 image (255 = active patch)."),
     ),
     "anc_router": _COMMON + (
+        ParamSpec("router_method", "learned", "'learned': the checkpoint's ANC complexity estimator (conv net on "
+                  "the event histogram) and hard routing, as the captioner routes; 'density': rule fallback on "
+                  "the event density (low_density / high_density).", choices=("learned", "density")),
+        ParamSpec("checkpoint", "", "Path of the joint STTF+ANC checkpoint (router_method = learned); empty = "
+                  "the checkpoint shipped with edge_vlm.", read_only=True),
         ParamSpec("compute_budget", 1.0, "Compute budget in (0, 1]: 1 allows the largest branch; lower values "
                   "cap the routed branch and scale the channel gates. Can be changed at runtime.",
                   min_value=0.01, max_value=1.0),
-        ParamSpec("low_density", 0.002, "Events per pixel per frame below which a frame is level 0 (tiny).",
+        ParamSpec("low_density", 0.002, "router_method = density: events per pixel per frame below which a "
+                  "frame is level 0 (tiny).",
                   min_value=0.0),
-        ParamSpec("high_density", 0.02, "Events per pixel per frame above which a frame is level 2 (medium).",
+        ParamSpec("high_density", 0.02, "router_method = density: events per pixel per frame above which a "
+                  "frame is level 2 (medium).",
                   min_value=0.0),
     ),
     "vlm_captioner": _COMMON + _MASK + (
-        ParamSpec("checkpoint", "", "Path of the captioning checkpoint; empty = the checkpoint shipped with "
-                  "edge_vlm (edge_vlm/checkpoints/captioner.pt).", read_only=True),
         ParamSpec("mask_source", "topic", "'topic': use sttf_perception's TokenMask for the same frame (falls "
                   "back to a locally computed mask after mask_timeout_ms); 'local': always compute it here.",
                   choices=("topic", "local")),
@@ -85,8 +94,15 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         ParamSpec("use_rgb", "auto", "'auto': fuse RGB frames when they arrive on the image topic; 'never': "
                   "events only; 'always': wait for an RGB frame for every processed frame.",
                   choices=("auto", "never", "always")),
-        ParamSpec("refresh_period", 30, "Force a dense re-encode of all tokens every N frames (0 = never).",
-                  min_value=0),
+        ParamSpec("refresh_period", 30, "Dense encoder pass over all tokens every N frames (0 = never); "
+                  "the sparse frames in between recompute only the changed tokens.", min_value=0),
+        ParamSpec("drift_bound", 0.0, "Also run a dense pass when the memory change accumulated by sparse "
+                  "frames since the last dense pass exceeds this fraction of the memory's norm (0 = off).",
+                  min_value=0.0),
+        ParamSpec("layer_threshold_scale", 1.0, "Scale of the per-layer gate thresholds stored in the "
+                  "checkpoint (a token is propagated through layer l only while its input moved more than "
+                  "the threshold from its last propagated value); 0 = propagate every changed token.",
+                  min_value=0.0),
         ParamSpec("decoding", "greedy", "Caption decoding: 'greedy' or 'beam'.", choices=("greedy", "beam")),
         ParamSpec("beam_size", 3, "Beam width when decoding = 'beam'.", min_value=1, max_value=16),
         ParamSpec("max_caption_tokens", 20, "Longest caption in tokens.", min_value=1, max_value=64),
@@ -94,8 +110,9 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "gesture changes or the memory is refreshed); frames in between republish the last text "
                   "and report zero decoder FLOPs. Gesture and compute cost are computed every frame. "
                   "1 = decode every frame.", min_value=1, max_value=1000),
-        ParamSpec("compute_budget", 1.0, "Compute budget in (0, 1] reported with the compute cost (routing "
-                  "follows anc_router's decision). Can be changed at runtime.", min_value=0.01, max_value=1.0),
+        ParamSpec("compute_budget", 1.0, "Compute budget in (0, 1] of the joint STTF+ANC model: caps the routed "
+                  "branch (<= 1/3 tiny, <= 2/3 small) and slices the channel gates; published with every compute "
+                  "cost. Can be changed at runtime (next frame).", min_value=0.01, max_value=1.0),
         ParamSpec("num_threads", 1, "torch intra-op threads of the model.", min_value=1, max_value=64),
         ParamSpec("max_pending_frames", 30, "Backpressure: most closed frames waiting for the model; when "
                   "full the oldest are dropped (counted in diagnostics) and the next processed frame is a "

@@ -337,6 +337,48 @@ class EventInput:
             self._reject(msg, f"{type(exc).__name__}: {exc}")
             return None
 
+    def feed(self, msg, binner) -> list:
+        """Hand ``msg`` to ``binner`` (:class:`edge_vlm.binner.FrameBinner`); return the frames it closes.
+
+        Sequence gaps and counters as :meth:`decode`. The binner buffers packets until a
+        frame may close and decodes them in one pass; the packets it rejects (at once, or
+        when their batch is decoded) are counted and logged here.
+        """
+        self.packets += 1
+        try:
+            seq = int(msg.seq)
+            if self.last_seq is not None and seq != self.last_seq + 1:
+                self.seq_gaps += 1
+                if seq > self.last_seq + 1:
+                    self.missing_packets += seq - self.last_seq - 1
+            self.last_seq = seq
+            frames, rejected = self._binned(binner, lambda: binner.push(
+                str(msg.encoding), msg.events, int(msg.width), int(msg.height), int(msg.time_base), tag=msg))
+            if not any(tag is msg for tag in rejected):
+                self.width, self.height = int(msg.width), int(msg.height)
+                self.frame_id = str(msg.header.frame_id)
+            return frames
+        except Exception as exc:  # anything else a broken packet can provoke: reject, never raise
+            self._reject(msg, f"{type(exc).__name__}: {exc}")
+            return []
+
+    def flush(self, binner) -> list:
+        """``binner.flush()`` (end of stream / idle) with the accounting of :meth:`feed`."""
+        return self._binned(binner, binner.flush)[0]
+
+    def _binned(self, binner, call) -> tuple[list, list]:
+        busy, events, unsorted = binner.busy_s, binner.events, binner.unsorted
+        try:
+            frames = call()
+        finally:
+            self.decode_s += binner.busy_s - busy
+            self.events += binner.events - events
+            self.unsorted += binner.unsorted - unsorted
+            rejected = binner.pop_rejections()
+            for tag, reason in rejected:
+                self._reject(tag, reason)
+        return frames, [tag for tag, _ in rejected]
+
 
 class FrameInputs:
     """Per frame index: stamps of the EventPackets that fed it and their decode time."""
@@ -350,7 +392,10 @@ class FrameInputs:
     def add(self, events: np.ndarray, period: int, stamp_ns: int, decode_ms: float) -> None:
         if len(events) == 0:
             return
-        k0, k1 = int(events["t"][0]) // period, int(events["t"][-1]) // period
+        self.add_frames(int(events["t"][0]) // period, int(events["t"][-1]) // period, stamp_ns, decode_ms)
+
+    def add_frames(self, k0: int, k1: int, stamp_ns: int, decode_ms: float) -> None:
+        """A packet with events in frames ``k0..k1`` (stamp, decode time shared by its frames)."""
         k0 = max(k0, k1 - self.MAX_SPAN)
         share = decode_ms / (k1 - k0 + 1)
         for k in range(k0, k1 + 1):
@@ -448,18 +493,21 @@ def run_node(factory: Callable[[], Any], args=None, name: str = "node") -> int:
 class FrameNode:
     """Mixin for the event-driven nodes (combine with ``rclpy.node.Node``).
 
-    :meth:`setup_frames` subscribes to the EventPacket topic, cuts the stream
-    with ``FrameClock`` on the absolute grid and calls ``self.on_frames(frames)``
-    with the closed frames, oldest first. After :data:`IDLE_FLUSH_S` without
-    packets the open frame is closed (end of a bag). Counters are logged by
-    :meth:`shutdown_report`.
+    :meth:`setup_frames` subscribes to the EventPacket topic, decodes and bins
+    the stream with :class:`edge_vlm.binner.FrameBinner` (frames on the absolute
+    grid, histograms on the model grid, batched per frame) and calls
+    ``self.on_frames(frames)`` with the closed frames, oldest first. After
+    :data:`IDLE_FLUSH_S` without packets the open frame is closed (end of a bag).
+    Counters are logged by :meth:`shutdown_report`.
     """
 
     def setup_frames(self, params: dict, track_inputs: bool = False) -> None:
-        from edge_vlm.pipeline import FrameClock
+        from edge_vlm.binner import FrameBinner
 
         self.period = period_ns_of(params)
-        self.clock = FrameClock(self.period)
+        self.binner = FrameBinner(self.period, int(params["model_width"]), int(params["model_height"]),
+                                  track_packets=track_inputs)
+        self.clock = self.binner.clock            # frame index, late_events, resets
         self.input = EventInput(self.get_logger())
         self.inputs = FrameInputs() if track_inputs else None
         self.frames_out = 0
@@ -474,29 +522,28 @@ class FrameNode:
     def _on_packet(self, msg) -> None:
         self._last_packet = self._last_input = time.monotonic()
         t0 = self.input.decode_s
-        ev = self.input.decode(msg)
-        if ev is None:
-            return
+        frames = self.input.feed(msg, self.binner)     # never raises; rejects are counted and logged
+        self._take(frames, (self.input.decode_s - t0) * 1e3)
+
+    def _take(self, frames, decode_ms: float) -> None:
+        """Record which packets fed which frames (their decode time shared), then emit ``frames``."""
         if self.inputs is not None:
-            self.inputs.add(ev, self.period, time_to_ns(msg.header.stamp), (self.input.decode_s - t0) * 1e3)
-        try:
-            frames = self.clock.push(ev, self.input.width, self.input.height)
-            if (not len(ev) and msg.encoding == "mono" and self.clock.current is not None and self.clock.chunks
-                    and int(msg.time_base) >= (self.clock.current + 1) * self.period):
-                # an empty mono packet carries sensor time (time_base): the open frame is over
-                frames = self.clock.flush()
-        except Exception as exc:  # keep running whatever the stream does
-            self.get_logger().warning(f"frame clock error on packet seq={msg.seq}: {exc}")
-            return
+            fed = self.binner.pop_fed()
+            for m, k0, k1 in fed:
+                self.inputs.add_frames(k0, k1, time_to_ns(m.header.stamp), decode_ms / len(fed))
         if frames:
             self._emit(frames)
 
     def _idle_check(self) -> None:
         if self._last_packet is not None and time.monotonic() - self._last_packet > IDLE_FLUSH_S:
             self._last_packet = None
-            frames = self.clock.flush()
-            if frames:
-                self._emit(frames)
+            t0 = self.input.decode_s
+            try:
+                frames = self.input.flush(self.binner)
+            except Exception as exc:  # keep running whatever the stream does
+                self.get_logger().warning(f"frame binning error at idle flush: {exc}")
+                return
+            self._take(frames, (self.input.decode_s - t0) * 1e3)
 
     def _emit(self, frames) -> None:
         self.frames_out += len(frames)

@@ -247,6 +247,7 @@ def main(argv=None) -> int:
         overrides = parse_overrides(args.param)
         if args.checkpoint:
             overrides["vlm_captioner.checkpoint"] = os.path.abspath(args.checkpoint)
+            overrides["sttf_perception.checkpoint"] = os.path.abspath(args.checkpoint)
         load_graph(args.graph, overrides)          # validate before starting anything
     except (ValueError, OSError) as exc:
         print(f"edge_vlm_demo: error: {exc}", file=sys.stderr)

@@ -114,6 +114,15 @@ class CaptionerNode(FrameNode, Node):
             eng.max_tokens = min(int(changed["max_caption_tokens"]), eng.cfg.max_len)
         if "caption_period" in changed:
             eng.caption_period = max(1, int(changed["caption_period"]))
+        if "compute_budget" in changed and hasattr(eng, "set_budget"):
+            eng.set_budget(float(changed["compute_budget"]))     # takes effect on the next frame
+        if "mask_method" in changed:
+            eng.mask_method = str(changed["mask_method"])
+        if "drift_bound" in changed:
+            eng.drift_bound = float(changed["drift_bound"])
+        if "layer_threshold_scale" in changed:
+            base = [float(x) for x in self.core.meta.get("layer_thresholds", [])]
+            eng.layer_thresholds = [float(changed["layer_threshold_scale"]) * x for x in base]
         if "num_threads" in changed:
             import torch
             torch.set_num_threads(int(changed["num_threads"]))
@@ -283,7 +292,9 @@ class CaptionerNode(FrameNode, Node):
         cost.header.frame_id = frame_id
         cost.active_tokens = int(res.active_tokens)
         cost.total_tokens = int(res.total_tokens)
-        cost.branch = branch
+        # the joint STTF+ANC model routes the frame itself (same estimator and input as anc_router);
+        # an STTF-only model reports anc_router's decision
+        cost.branch = str(res.route.get("branch", branch)) if res.route else branch
         executed = float(res.flops_executed)
         dense = float(res.flops_dense)
         cost.flops_executed = executed
@@ -298,7 +309,8 @@ class CaptionerNode(FrameNode, Node):
         cost.stage_latency_ms = [float(v) for v in values]
         cost.frame_index = int(f.index)
         cost.compute_budget = float(p["compute_budget"])
-        cost.params_active = self.params_active
+        cost.params_active = int(res.route.get("params_active", self.params_active)) if res.route \
+            else self.params_active
         self.pub_cost.publish(cost)
         self.stats["captions"] += 1
         self.record_frame(item.decode_ms + model_total,

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..events import EVENT_DTYPE, EventDecodeError
 
-__all__ = ["encode_mono", "decode_mono", "payload_bytes"]
+__all__ = ["encode_mono", "decode_mono", "check_mono_packet", "payload_bytes"]
 
 _U64 = np.dtype("<u8")
 
@@ -53,6 +53,20 @@ def encode_mono(events: np.ndarray, time_base: int) -> bytes:
     return words.astype(_U64, copy=False).tobytes()
 
 
+def check_mono_packet(nbytes: int, time_base: int, width: int, height: int) -> None:
+    """The per-packet checks of :func:`decode_mono` that need no decoding (cheap, pure Python).
+
+    Raises :class:`EventDecodeError` for a zero sensor size, a ``time_base`` whose event
+    times would not fit int64 ns, or a payload length that is not a multiple of 8.
+    """
+    if width <= 0 or height <= 0:
+        raise EventDecodeError(f"mono: invalid sensor size {width}x{height}")
+    if not -(1 << 63) <= time_base <= (1 << 63) - 1 - 0xFFFFFFFF:   # int64 ns, no wrap
+        raise EventDecodeError(f"mono: time_base {time_base} ns is outside the int64 event time range")
+    if nbytes % 8:
+        raise EventDecodeError(f"mono: payload of {nbytes} bytes is not a multiple of 8 (truncated)")
+
+
 def decode_mono(data, time_base: int, width: int, height: int) -> np.ndarray:
     """Decode a ``mono`` payload (bytes-like or uint8 array) to events.
 
@@ -60,16 +74,9 @@ def decode_mono(data, time_base: int, width: int, height: int) -> np.ndarray:
     multiple of 8), a zero sensor size, coordinates outside ``width`` x
     ``height``, or a ``time_base`` whose event times would not fit int64 ns.
     """
-    width, height = int(width), int(height)
-    if width <= 0 or height <= 0:
-        raise EventDecodeError(f"mono: invalid sensor size {width}x{height}")
-    time_base = int(time_base)
-    if not -(1 << 63) <= time_base <= (1 << 63) - 1 - 0xFFFFFFFF:   # int64 ns, no wrap
-        raise EventDecodeError(f"mono: time_base {time_base} ns is outside the int64 event time range")
+    width, height, time_base = int(width), int(height), int(time_base)
     buf = payload_bytes(data)
-    if buf.size % 8:
-        raise EventDecodeError(
-            f"mono: payload of {buf.size} bytes is not a multiple of 8 (truncated)")
+    check_mono_packet(buf.size, time_base, width, height)
     w = buf.view(_U64)
     ev = np.empty(w.size, dtype=EVENT_DTYPE)
     if w.size == 0:

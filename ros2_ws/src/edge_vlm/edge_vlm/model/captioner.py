@@ -1,19 +1,29 @@
-"""The captioning model (Foundation version), in one readable file.
+"""The STTF captioning model (Sparse Temporal Token Fusion), in one readable file.
 
-Pipeline per frame (batch 1 at inference):
+Per frame (batch 1 at inference, a window of frames in training):
 
-1. ``PatchEncoder``: every 8x8 patch of the frame (event histogram channels,
-   plus RGB when a camera provides it) becomes one token. The encoder is
-   patch-local, so a token depends only on its own patch: reusing the token of
-   an unchanged patch from the token memory is *exact*, and only active patches
-   are recomputed (a gather, not a zero-mask).
-2. ``AttentionPool``: a few learned queries summarise the frame's tokens; the
-   last ``history`` summaries form the temporal context (a ring buffer).
-3. ``Fusion``: learned query tokens cross-attend to the current tokens plus the
-   temporal tokens; the change mask enters as an additive attention bias
-   (learned strength) that favours dynamic content.
-4. ``MicroGPT``: a small causal transformer with a KV cache writes the caption
-   after the fused prefix; a linear head on the fused tokens gives the gesture.
+1. ``ChangeMaskNet``: a small conv net on the frame's event histogram gives a change
+   probability per 8x8 patch. It starts as the rule "patch has >= k events" (a skip
+   term on the patch count) and learns corrections under an active-token penalty.
+2. ``PatchEmbed`` + **gated token memory** (input level): a patch in the change mask is
+   embedded and merged with the patch's cached token by a learned gate
+   ``g = sigmoid(W [new; cached])``: ``e <- g * new + (1 - g) * e``. Every other patch
+   keeps its cached token. Each token also has an *age* (frames since its patch last
+   changed); a token older than ``max_age`` frames expires (re-embedded from the
+   current frame). The memory is a learned, patch-level time surface: the trajectory of
+   the last second of motion stays visible, its order encoded by the age.
+3. ``SparseViT``: pre-norm transformer blocks over all tokens. At inference only the
+   tokens whose input changed go through qkv, projection and MLP; they attend to every
+   token (fresh keys/values plus the cached ones of the rest). Each layer keeps its own
+   memory (last propagated input, keys, values, output) and a token is propagated
+   further only while its input deviates from the *last propagated* value by more than
+   a per-layer threshold (eventful-transformer style gate), so skipped small changes
+   accumulate instead of drifting. Training runs the dense layers (fixed shapes).
+4. ``Fusion``: temporal cross-attention of learned query tokens over the vision tokens
+   plus their age embedding; the change mask is an additive attention bias (learned
+   strength) that favours dynamic content.
+5. ``MicroGPT``: a small causal transformer with a KV cache writes the caption after the
+   fused prefix (greedy or beam search); a linear head gives the gesture class.
 """
 from __future__ import annotations
 
@@ -24,6 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+#: upper bounds (inclusive) of the age buckets, in frames; the last bucket is "older / never"
+AGE_BUCKETS = (0, 1, 2, 4, 8, 16, 31)
+
 
 @dataclass
 class ModelConfig:
@@ -31,14 +44,18 @@ class ModelConfig:
     patch: int = 8
     event_channels: int = 4
     rgb_channels: int = 3
-    dim: int = 96
+    dim: int = 128
     heads: int = 4
-    summary_tokens: int = 4
-    history: int = 8
+    depth: int = 4
+    mlp_ratio: int = 4
+    encoder_act: str = "relu"    # ReLU in the encoder: at batch 1 on CPU, GELU's erf costs as much as a matmul
     fusion_queries: int = 8
     dec_layers: int = 2
     max_len: int = 24
     num_classes: int = 11
+    max_age: int = 32            # frames; a token not refreshed for this long expires
+    mask_hidden: int = 16        # channels of the change-mask net
+    mask_count_threshold: float = 3.0   # the rule the mask net starts from (events per patch)
     vocab: list = field(default_factory=list)
 
     @property
@@ -57,6 +74,10 @@ class ModelConfig:
     def patch_dim(self) -> int:
         return self.in_channels * self.patch * self.patch
 
+    @property
+    def age_buckets(self) -> int:
+        return len(AGE_BUCKETS) + 1
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -68,33 +89,208 @@ def patchify(frames: torch.Tensor, patch: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 1, 3, 5).reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
 
-class PatchEncoder(nn.Module):
-    """Patch-local token encoder: Linear-GELU-Linear plus position and modality embeddings."""
+def age_bucket(age: torch.Tensor, max_age: int) -> torch.Tensor:
+    """Bucket index of token ages (frames since the patch last changed; >= max_age = never)."""
+    edges = torch.tensor(AGE_BUCKETS, dtype=age.dtype, device=age.device)
+    b = torch.bucketize(age, edges)
+    return torch.where(age >= max_age, torch.full_like(b, len(AGE_BUCKETS)), b)
+
+
+# ----------------------------------------------------------------------------- change mask
+class ChangeMaskNet(nn.Module):
+    """Per-patch change logits from a ``(B, 4, H, W)`` event-count histogram.
+
+    ``logit = a * (log1p(count) - log1p(k - 0.5)) + conv(log1p(hist))``: with the conv
+    head initialised to zero the net *is* the count rule at the start of training.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        h = cfg.mask_hidden
+        self.patch = cfg.patch
+        self.c1 = nn.Conv2d(cfg.event_channels, h // 2, 3, padding=1)
+        self.c2 = nn.Conv2d(h // 2, h, 3, padding=1)
+        self.head = nn.Conv2d(h, 1, 1)
+        self.scale = nn.Parameter(torch.tensor(4.0))
+        self.offset = nn.Parameter(torch.tensor(math.log1p(cfg.mask_count_threshold - 0.5)))
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, hist: torch.Tensor) -> torch.Tensor:
+        """``hist`` raw counts (B, C, H, W) float -> logits (B, N)."""
+        p = self.patch
+        counts = F.avg_pool2d(hist.sum(dim=1, keepdim=True), p) * (p * p)       # (B,1,g,g)
+        x = F.avg_pool2d(torch.log1p(hist), 2)                                 # H/2
+        x = F.gelu(self.c1(x))
+        x = F.avg_pool2d(x, 2)                                                 # H/4
+        x = F.gelu(self.c2(x))
+        x = F.avg_pool2d(x, p // 4)                                            # grid
+        logit = self.scale * (torch.log1p(counts) - self.offset) + self.head(x)
+        return logit.flatten(1)
+
+
+# ----------------------------------------------------------------------------- token memory
+class PatchEmbed(nn.Module):
+    """Patch-local embedding (Linear-GELU-Linear) and the learned gate of the token memory."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc1 = nn.Linear(cfg.patch_dim, cfg.dim)
         self.fc2 = nn.Linear(cfg.dim, cfg.dim)
+        self.gate = nn.Linear(2 * cfg.dim, cfg.dim)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(patches)))
+
+    def empty(self) -> torch.Tensor:
+        """Embedding of an all-zero patch, ``(D,)``."""
+        return self.fc2(F.gelu(self.fc1.bias))
+
+    def merge(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        """Learned gated averaging of a new token with the cached one."""
+        g = torch.sigmoid(self.gate(torch.cat([new, old], dim=-1)))
+        return g * new + (1.0 - g) * old
+
+
+# ----------------------------------------------------------------------------- sparse ViT
+class Block(nn.Module):
+    """Pre-norm transformer block; causal (decoder, KV cache) or bidirectional (encoder)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4, act: str = "gelu"):
+        super().__init__()
+        self.heads = heads
+        self.act_fn = F.relu if act == "relu" else F.gelu
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.ReLU() if act == "relu" else nn.GELU(),
+                                 nn.Linear(mlp_ratio * dim, dim))
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None, causal_from: int | None = 0) -> torch.Tensor:
+        """``causal_from=None``: bidirectional; else the first ``causal_from`` positions are a
+        fully visible prefix and the rest is causal (decoder)."""
+        b, t, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        if cache is not None and "k" in cache:
+            k = torch.cat([cache["k"], k], dim=2)
+            v = torch.cat([cache["v"], v], dim=2)
+        if cache is not None:
+            cache["k"], cache["v"] = k, v
+        total = k.shape[2]
+        if t == 1 or causal_from is None:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            i = torch.arange(total - t, total, device=x.device)[:, None]
+            j = torch.arange(total, device=x.device)[None, :]
+            allowed = (j <= i) | (j < causal_from)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        x = x + self.proj(out.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.ln2(x))
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        return F.linear(self.act_fn(F.linear(x, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+
+    def _ln(self, ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+    def sparse_step(self, x: torch.Tensor, idx: torch.Tensor, layer: "LayerMemory") -> torch.Tensor:
+        """Recompute only the tokens ``idx`` (x: (n, D)); they attend to all cached keys/values.
+        Functional calls and plain softmax attention: at a few dozen tokens the per-call
+        overhead of modules and of the fused SDPA kernel dominates on CPU."""
+        n, d = x.shape
+        h = self.heads
+        qkv = F.linear(self._ln(self.ln1, x), self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.view(n, 3, h, d // h).permute(1, 2, 0, 3)                      # (h, n, dh) each
+        layer.k.index_copy_(1, idx, k)
+        layer.v.index_copy_(1, idx, v)
+        out = attend(q, layer.k, layer.v)                                            # (h, n, dh)
+        x = x + F.linear(out.transpose(0, 1).reshape(n, d), self.proj.weight, self.proj.bias)
+        return x + self._mlp(self._ln(self.ln2, x))
+
+    def dense_step(self, x: torch.Tensor, layer: "LayerMemory") -> torch.Tensor:
+        """All tokens (x: (N, D)), same arithmetic as :meth:`sparse_step`; fills the layer's keys/values."""
+        n, d = x.shape
+        h = self.heads
+        qkv = F.linear(self._ln(self.ln1, x), self.qkv.weight, self.qkv.bias)
+        q, k, v = qkv.view(n, 3, h, d // h).permute(1, 2, 0, 3)
+        layer.k.copy_(k)
+        layer.v.copy_(v)
+        out = attend(q, layer.k, layer.v)
+        x = x + F.linear(out.transpose(0, 1).reshape(n, d), self.proj.weight, self.proj.bias)
+        return x + self._mlp(self._ln(self.ln2, x))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention ``(h, nq, dh) x (h, nk, dh) -> (h, nq, dh)`` (batch-1 inference path)."""
+    s = torch.bmm(q, k.transpose(1, 2)).mul_(q.shape[-1] ** -0.5)
+    return torch.bmm(torch.softmax(s, dim=-1), v)
+
+
+class LayerMemory:
+    """One encoder layer's memory: last propagated input, keys, values and output per token."""
+
+    def __init__(self, n: int, d: int, heads: int):
+        self.x = torch.zeros(n, d)
+        self.k = torch.zeros(heads, n, d // heads)
+        self.v = torch.zeros(heads, n, d // heads)
+        self.out = torch.zeros(n, d)
+
+
+class SparseViT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
         self.pos = nn.Parameter(torch.randn(cfg.num_tokens, cfg.dim) * 0.02)
-        self.rgb_flag = nn.Parameter(torch.zeros(cfg.dim))
+        self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.encoder_act) for _ in range(cfg.depth)])
+        self.ln = nn.LayerNorm(cfg.dim)
 
-    def empty_tokens(self, has_rgb: torch.Tensor) -> torch.Tensor:
-        """Tokens of all-zero patches for every position: ``(len(has_rgb), N, D)`` (exact, cheap)."""
-        base = self.fc2(F.gelu(self.fc1.bias)) + self.pos
-        return base[None] + has_rgb.to(base.dtype)[:, None, None] * self.rgb_flag
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        """Dense (training, reference): ``e`` (B, N, D) memory tokens -> (B, N, D)."""
+        x = e + self.pos
+        for blk in self.blocks:
+            x = blk(x, causal_from=None)
+        return self.ln(x)
 
-    def forward(self, patches: torch.Tensor, pos_index: torch.Tensor | None = None,
-                has_rgb: bool | torch.Tensor = False) -> torch.Tensor:
-        """``patches (..., n, patch_dim)``; ``pos_index`` selects position rows (default all)."""
-        pos = self.pos if pos_index is None else self.pos[pos_index]
-        tok = self.fc2(F.gelu(self.fc1(patches))) + pos
-        if isinstance(has_rgb, torch.Tensor):
-            tok = tok + has_rgb.view(-1, *([1] * (tok.dim() - 1))).to(tok.dtype) * self.rgb_flag
-        elif has_rgb:
-            tok = tok + self.rgb_flag
-        return tok
+    def new_memory(self) -> list[LayerMemory]:
+        n, d = self.pos.shape
+        return [LayerMemory(n, d, blk.heads) for blk in self.blocks]
+
+    def dense_infer(self, e: torch.Tensor, mem: list[LayerMemory]) -> torch.Tensor:
+        """Dense pass at inference (batch 1, ``e`` (N, D)) that also (re)fills every layer memory."""
+        x = e + self.pos
+        for blk, lm in zip(self.blocks, mem):
+            lm.x.copy_(x)
+            x = blk.dense_step(x, lm)
+            lm.out.copy_(x)
+        return self.ln(x)
+
+    def sparse_infer(self, e: torch.Tensor, idx: torch.Tensor, mem: list[LayerMemory],
+                     thresholds: list[float]) -> tuple[torch.Tensor, list[int]]:
+        """Recompute the tokens ``idx`` whose memory input changed; returns (output (N, D),
+        tokens recomputed per layer). Layer ``l > 0`` propagates a token only if its input
+        moved more than ``thresholds[l]`` (relative L2) from its last propagated input."""
+        counts = []
+        x = e[idx] + self.pos[idx]
+        for li, (blk, lm) in enumerate(zip(self.blocks, mem)):
+            tau = thresholds[li] if li < len(thresholds) else 0.0
+            if tau > 0 and len(idx):
+                ref = lm.x[idx]
+                dev = (x - ref).norm(dim=-1) / ref.norm(dim=-1).clamp(min=1e-6)
+                keep = dev > tau
+                if not bool(keep.all()):
+                    idx, x = idx[keep], x[keep]
+            counts.append(int(idx.numel()))
+            if not len(idx):
+                continue
+            lm.x.index_copy_(0, idx, x)
+            x = blk.sparse_step(x, idx, lm)
+            lm.out.index_copy_(0, idx, x)
+        return self.ln(mem[-1].out), counts
 
 
+# ----------------------------------------------------------------------------- fusion + decoder
 class CrossAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -114,75 +310,26 @@ class CrossAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, nq, d))
 
 
-class AttentionPool(nn.Module):
-    """``summary_tokens`` learned queries attend over a frame's tokens."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.queries = nn.Parameter(torch.randn(cfg.summary_tokens, cfg.dim) * 0.02)
-        self.norm = nn.LayerNorm(cfg.dim)
-        self.attn = CrossAttention(cfg.dim, cfg.heads)
-
-    def forward(self, tokens: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        q = self.queries.expand(tokens.shape[0], -1, -1)
-        return self.attn(q, self.norm(tokens), bias)
-
-
 class Fusion(nn.Module):
-    """Temporal cross-attention of query tokens over current + temporal vision tokens."""
+    """Temporal cross-attention: query tokens over vision tokens (+ age), change mask as bias."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(cfg.fusion_queries, cfg.dim) * 0.02)
-        self.time = nn.Parameter(torch.randn(cfg.history, 1, cfg.dim) * 0.02)
+        self.age = nn.Embedding(cfg.age_buckets, cfg.dim)
+        nn.init.normal_(self.age.weight, std=0.02)
         self.norm_kv = nn.LayerNorm(cfg.dim)
         self.attn = CrossAttention(cfg.dim, cfg.heads)
         self.norm2 = nn.LayerNorm(cfg.dim)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim))
 
-    def forward(self, tokens: torch.Tensor, mask_bias: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """tokens (B,N,D), mask_bias (B,N), history (B,K,S,D) oldest first."""
-        b = tokens.shape[0]
-        hist = (history + self.time).reshape(b, -1, tokens.shape[-1])
-        kv = self.norm_kv(torch.cat([tokens, hist], dim=1))
-        bias = torch.cat([mask_bias, mask_bias.new_zeros(b, hist.shape[1])], dim=1)
-        x = self.queries.expand(b, -1, -1)
-        x = x + self.attn(x, kv, bias)
+    def tokens(self, vis: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
+        return vis + self.age(bucket)
+
+    def forward(self, z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        x = self.queries.expand(z.shape[0], -1, -1)
+        x = x + self.attn(x, self.norm_kv(z), bias)
         return x + self.mlp(self.norm2(x))
-
-
-class Block(nn.Module):
-    """Pre-norm causal transformer block with an optional KV cache."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.ln1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.ln2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-
-    def forward(self, x: torch.Tensor, cache: dict | None = None, causal_from: int = 0) -> torch.Tensor:
-        b, t, d = x.shape
-        h = self.heads
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
-        if cache is not None and "k" in cache:
-            k = torch.cat([cache["k"], k], dim=2)
-            v = torch.cat([cache["v"], v], dim=2)
-        if cache is not None:
-            cache["k"], cache["v"] = k, v
-        total = k.shape[2]
-        if t == 1:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            # prefix (first causal_from positions) is fully visible, the rest is causal
-            i = torch.arange(total - t, total, device=x.device)[:, None]
-            j = torch.arange(total, device=x.device)[None, :]
-            allowed = (j <= i) | (j < causal_from)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        x = x + self.proj(out.transpose(1, 2).reshape(b, t, d))
-        return x + self.mlp(self.ln2(x))
 
 
 class MicroGPT(nn.Module):
@@ -199,82 +346,125 @@ class MicroGPT(nn.Module):
         self.head.weight = self.tok.weight  # weight tying
         self.prefix_len = cfg.fusion_queries
 
-    def forward(self, prefix: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits for ``tokens`` (B,T) after ``prefix`` (B,P,D): (B,T,V)."""
+    def forward(self, prefix: torch.Tensor, tokens: torch.Tensor, layers: int | None = None) -> torch.Tensor:
+        """Teacher-forced logits for ``tokens`` (B,T) after ``prefix`` (B,P,D): (B,T,V).
+        ``layers``: run only the first ``layers`` blocks (early exit, ANC's conditional pathway)."""
         x = torch.cat([prefix, self.tok(tokens)], dim=1)
         x = x + self.pos[: x.shape[1]]
-        for blk in self.blocks:
+        for blk in self.blocks[:layers]:
             x = blk(x, causal_from=self.prefix_len)
         return self.head(self.ln(x[:, self.prefix_len:]))
 
-    def start(self, prefix: torch.Tensor, first: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+    def start(self, prefix: torch.Tensor, first: torch.Tensor,
+              layers: int | None = None) -> tuple[torch.Tensor, list[dict]]:
         """Fill the KV cache with the prefix and the first token; return logits of the next token."""
-        caches = [dict() for _ in self.blocks]
+        blocks = self.blocks[:layers]
+        caches = [dict() for _ in blocks]
         x = torch.cat([prefix, self.tok(first)], dim=1)
         x = x + self.pos[: x.shape[1]]
-        for blk, c in zip(self.blocks, caches):
+        for blk, c in zip(blocks, caches):
             x = blk(x, cache=c, causal_from=self.prefix_len)
         return self.head(self.ln(x[:, -1])), caches
 
     def step(self, token: torch.Tensor, position: int, caches: list[dict]) -> torch.Tensor:
-        """One cached decoding step for ``token`` (B,1) at absolute ``position``."""
+        """One cached decoding step for ``token`` (B,1) at absolute ``position`` (as many blocks as caches)."""
         x = self.tok(token) + self.pos[position]
         for blk, c in zip(self.blocks, caches):
             x = blk(x, cache=c)
         return self.head(self.ln(x[:, -1]))
 
 
+# ----------------------------------------------------------------------------- the model
 class CaptionModel(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.encoder = PatchEncoder(cfg)
-        self.pool = AttentionPool(cfg)
+        self.mask_net = ChangeMaskNet(cfg)
+        self.embed = PatchEmbed(cfg)
+        self.vit = SparseViT(cfg)
         self.fusion = Fusion(cfg)
-        # strong initial bias: dynamic (changed) tokens dominate attention from the start
         self.mask_strength = nn.Parameter(torch.tensor(3.0))
         self.decoder = MicroGPT(cfg)
         self.gesture = nn.Sequential(nn.LayerNorm(2 * cfg.dim), nn.Linear(2 * cfg.dim, cfg.num_classes))
 
-    # -- pieces used by both training and streaming inference --
-    def mask_bias(self, active: torch.Tensor) -> torch.Tensor:
-        return self.mask_strength * active.to(torch.float32)
+    # -- heads shared by training and streaming inference --
+    def fuse(self, vis: torch.Tensor, bucket: torch.Tensor, change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """vis (B,N,D) encoder output, bucket (B,N) age buckets, change (B,N) mask (float or bool).
+        Returns (fused queries (B,Q,D), vision tokens with age (B,N,D))."""
+        z = self.fusion.tokens(vis, bucket)
+        return self.fusion(z, self.mask_strength * change.to(z.dtype)), z
 
-    def summarize(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        return self.pool(tokens, self.mask_bias(active))
-
-    def fuse(self, tokens: torch.Tensor, active: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return self.fusion(tokens, self.mask_bias(active), history)
-
-    def gesture_logits(self, fused: torch.Tensor, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """Gesture from the fused queries plus a direct path: the mean of the frame's changed tokens."""
-        w = active.to(tokens.dtype)[..., None]
-        dyn = (tokens * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+    def gesture_logits(self, fused: torch.Tensor, z: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
+        """Gesture from the fused queries plus the mean of the recently changed tokens."""
+        w = (bucket <= 4).to(z.dtype)[..., None]          # changed within the last 8 frames
+        dyn = (z * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
         return self.gesture(torch.cat([fused.mean(dim=1), dyn], dim=-1))
 
-    # -- training: a clip window of K frames, the last one captioned --
-    def forward(self, patches: torch.Tensor, active: torch.Tensor, has_rgb: torch.Tensor,
-                tokens_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """patches (B,K,N,patch_dim) as :func:`patchify` lays them out, active (B,K,N) bool,
-        has_rgb (B,), tokens_in (B,T). Returns (gesture logits (B,classes), caption logits (B,T,V)).
+    # -- training: a window of T frames from a reset, the last one supervised --
+    def content(self, hist: torch.Tensor, rgb: torch.Tensor | None, has_rgb: torch.Tensor,
+                mask: torch.Tensor) -> torch.Tensor:
+        """Model input rows (B, N, patch_dim) of one frame: log1p event counts of the patches in
+        ``mask`` (denoised: the others count as empty), then RGB in [-0.5, 0.5] or zeros.
+        ``hist`` (B, C, H, W) counts, ``rgb`` (B, H, W, 3) uint8 or None."""
+        c = self.cfg
+        ev = patchify(torch.log1p(hist.float()), c.patch) * mask[..., None].to(torch.float32)
+        b = hist.shape[0]
+        if rgb is None:
+            col = ev.new_zeros(b, c.num_tokens, c.rgb_channels * c.patch * c.patch)
+        else:
+            col = patchify(rgb.permute(0, 3, 1, 2).float() / 255.0 - 0.5, c.patch)
+            col = col * has_rgb.view(b, 1, 1).to(col.dtype)
+        return torch.cat([ev, col], dim=-1)
+
+    def memory_window(self, hist: torch.Tensor, rgb: torch.Tensor | None, has_rgb: torch.Tensor,
+                      valid: torch.Tensor) -> dict:
+        """The token memory after a window of T frames (the front end of :meth:`forward`).
+
+        ``hist`` (B,T,C,H,W) uint8 event counts (oldest first), ``rgb`` (B,T,H,W,3) uint8 or
+        None, ``has_rgb`` (B,), ``valid`` (B,T) frame exists. Same semantics as the streaming
+        engine: the window's first frame is a reset (every patch embedded); each later frame
+        merges the patches of its change mask into the memory (learned gate). The last
+        frame's mask is a straight-through estimate so the task loss trains the mask net;
+        earlier masks are hard decisions of the same net without gradient.
+        Returns memory ``e`` (B,N,D), age buckets, the last frame's change probabilities,
+        hard mask and straight-through mask.
         """
-        b, k = patches.shape[:2]
-        # history frames are context only: encoded without gradients, and only their non-empty
-        # patches (denoised empty patches are exactly zero, so their token is the cheap empty token)
+        b, t = hist.shape[:2]
+        c = self.cfg
+        n = c.num_tokens
+        fr = (lambda ti: None) if rgb is None else (lambda ti: rgb[:, ti])
         with torch.no_grad():
-            h_rgb = has_rgb.repeat_interleave(k - 1)
-            h_act = active[:, :-1].flatten(0, 1)
-            past = self.encoder.empty_tokens(h_rgb)
-            rows, cols = (h_act | h_rgb[:, None]).nonzero(as_tuple=True)
-            if len(rows):
-                hp = patches[:, :-1].flatten(0, 1)
-                past[rows, cols] = self.encoder(hp[rows, cols], pos_index=cols, has_rgb=h_rgb[rows])
-            past_summ = self.summarize(past, h_act)
-        cur = self.encoder(patches[:, -1], has_rgb=has_rgb)
-        cur_summ = self.summarize(cur, active[:, -1])
-        summ = torch.cat([past_summ.view(b, k - 1, self.cfg.summary_tokens, -1), cur_summ[:, None]], dim=1)
-        fused = self.fuse(cur, active[:, -1], summ)
-        return self.gesture_logits(fused, cur, active[:, -1]), self.decoder(fused, tokens_in)
+            masks = [(self.mask_net(hist[:, ti].float()) > 0) & valid[:, ti, None] for ti in range(t - 1)]
+        p_last = torch.sigmoid(self.mask_net(hist[:, -1].float()))
+        hard_last = p_last > 0.5
+        m_last = hard_last.float() + p_last - p_last.detach()                        # straight-through
+        masks.append(hard_last)
+        age = torch.full((b, n), c.max_age, dtype=torch.long, device=hist.device)
+        e = self.embed(self.content(hist[:, 0], fr(0), has_rgb, masks[0]))           # reset frame
+        age = torch.where(masks[0], torch.zeros_like(age), age)
+        for ti in range(1, t):
+            m = masks[ti]
+            age = torch.where(m, torch.zeros_like(age), (age + 1).clamp(max=c.max_age))
+            x = self.content(hist[:, ti], fr(ti), has_rgb, m)
+            if ti < t - 1:
+                rows, cols = m.nonzero(as_tuple=True)
+                if len(rows):
+                    e = e.clone()
+                    e[rows, cols] = self.embed.merge(self.embed(x[rows, cols]), e[rows, cols])
+            else:   # last frame: every patch, weighted by the straight-through mask
+                e = e + m_last[..., None] * (self.embed.merge(self.embed(x), e) - e)
+        return {"e": e, "bucket": age_bucket(age, c.max_age), "p_change": p_last, "mask": hard_last,
+                "m_st": m_last}
+
+    def forward(self, hist: torch.Tensor, rgb: torch.Tensor | None, has_rgb: torch.Tensor, valid: torch.Tensor,
+                tokens_in: torch.Tensor) -> dict:
+        """Training / reference forward of a window (see :meth:`memory_window`); the ViT runs
+        dense on the last frame's memory. ``tokens_in`` (B,L) teacher-forcing caption ids."""
+        w = self.memory_window(hist, rgb, has_rgb, valid)
+        vis = self.vit(w["e"])
+        fused, z = self.fuse(vis, w["bucket"], w["m_st"])
+        return {"gesture": self.gesture_logits(fused, z, w["bucket"]), "caption": self.decoder(fused, tokens_in),
+                "p_change": w["p_change"], "mask": w["mask"]}
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -283,9 +473,9 @@ def count_parameters(model: nn.Module) -> int:
 
 @torch.no_grad()
 def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
-                  max_len: int) -> tuple[list[int], float]:
+                  max_len: int, layers: int | None = None) -> tuple[list[int], float]:
     """Greedy KV-cached decoding of one caption; returns (token ids, mean log-prob)."""
-    logits, caches = model.decoder.start(fused, torch.tensor([[bos]]))
+    logits, caches = model.decoder.start(fused, torch.tensor([[bos]]), layers)
     out: list[int] = []
     logp_sum = 0.0
     pos = fused.shape[1] + 1
@@ -303,9 +493,9 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
 
 @torch.no_grad()
 def decode_beam(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int, max_len: int,
-                beam: int = 3) -> tuple[list[int], float]:
+                beam: int = 3, layers: int | None = None) -> tuple[list[int], float]:
     """Beam search (batched beams, KV cache reordered per step); length-normalised score."""
-    logits, caches = model.decoder.start(fused, torch.tensor([[bos]]))
+    logits, caches = model.decoder.start(fused, torch.tensor([[bos]]), layers)
     logp = torch.log_softmax(logits, dim=-1)[0]
     top = torch.topk(logp, beam)
     beams = [([int(i)], float(s)) for s, i in zip(top.values, top.indices)]
@@ -347,8 +537,8 @@ def causal_lm_loss(logits: torch.Tensor, targets: torch.Tensor, pad: int) -> tor
 
 
 def init_weights(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear) and not name.startswith("mask_net"):
             nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
@@ -356,3 +546,5 @@ def init_weights(model: nn.Module) -> None:
     for name, p in model.named_parameters():
         if name.endswith("proj.weight"):
             nn.init.trunc_normal_(p, std=0.02 / math.sqrt(2 * 2))
+    if isinstance(model, CaptionModel):   # the gate starts by preferring the new token
+        nn.init.constant_(model.embed.gate.bias, 2.0)

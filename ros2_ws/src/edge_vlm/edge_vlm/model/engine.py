@@ -1,15 +1,21 @@
-"""Streaming inference with a persistent token memory (batch 1, one frame at a time).
+"""Streaming STTF inference: one frame at a time, batch 1, persistent token memory.
 
-Token memory rule (Foundation version, patch-local encoder):
+Per frame:
 
-* the event part of a patch is *denoised*: a patch with fewer than
-  ``event_count_threshold`` events in the frame counts as empty;
-* a token is recomputed when its patch is in the change mask (it has events),
-  when its memory still holds activity but the patch went quiet (so the memory
-  never keeps a stale token), on the first frame, after an RGB on/off switch,
-  and every ``refresh_period`` frames (dense refresh);
-* every other token is reused from the memory. Because the encoder is
-  patch-local, a reused token equals what a dense re-encode would give.
+* change mask: the learned :class:`~edge_vlm.model.captioner.ChangeMaskNet` (default),
+  the rule "patch has >= ``event_count_threshold`` events", or a mask given by the caller
+  (sttf_perception's TokenMask, or a frame difference in RGB-only mode);
+* token memory update (model semantics, identical in sparse and dense mode): patches in
+  the mask are embedded and merged into their cached token by the learned gate, tokens
+  that reach ``max_age`` frames without change expire (re-embedded from the current
+  frame), the first frame / a forced resync / an RGB on-off switch re-embeds every patch;
+* encoder: ``sparse=True`` recomputes only the tokens whose memory input changed, through
+  every layer (per-layer gate against the last propagated value); a dense pass over all
+  tokens runs on the first frame, every ``refresh_period`` frames, and when the
+  accumulated memory change since the last dense pass exceeds ``drift_bound``.
+  ``sparse=False`` is the dense baseline (every token, every layer, every frame);
+* fusion (age embedding, mask-biased cross-attention), gesture head and the KV-cached
+  MicroGPT caption (greedy or beam).
 """
 from __future__ import annotations
 
@@ -21,11 +27,12 @@ import numpy as np
 import torch
 
 from ..dvs128 import GESTURE_CLASSES
-from ..repr import normalize_histogram, patch_counts
-from .captioner import CaptionModel, ModelConfig, decode_beam, decode_greedy, patchify
+from .captioner import CaptionModel, ModelConfig, age_bucket, decode_beam, decode_greedy
 from .flops import frame_flops
 from .tokenizer import Tokenizer
 
+FORMAT = "edge_vlm.sttf/2"
+FORMAT_ANC = "edge_vlm.sttf_anc/1"
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   "checkpoints", "captioner.pt")
 
@@ -39,8 +46,10 @@ def save_checkpoint(path: str, model: CaptionModel, extra: dict | None = None, h
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    torch.save({"format": "edge_vlm.captioner/1", "config": model.cfg.to_dict(), "state": state,
-                "extra": extra or {}}, tmp)
+    blob = {"format": FORMAT, "config": model.cfg.to_dict(), "state": state, "extra": extra or {}}
+    if hasattr(model, "acfg"):
+        blob["format"], blob["anc_config"] = FORMAT_ANC, model.acfg.to_dict()
+    torch.save(blob, tmp)
     os.replace(tmp, path)
 
 
@@ -51,10 +60,15 @@ def load_checkpoint(path: str = "") -> tuple[CaptionModel, dict]:
         raise CheckpointError(f"checkpoint not found: {path} (train one with `edge-vlm train`)")
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != "edge_vlm.captioner/1":
+        if not isinstance(blob, dict) or blob.get("format") not in (FORMAT, FORMAT_ANC):
             raise CheckpointError(f"not an edge_vlm captioner checkpoint: {path}")
         cfg = ModelConfig(**blob["config"])
-        model = CaptionModel(cfg)
+        if blob["format"] == FORMAT_ANC:
+            from .anc import AncConfig, AncModel
+
+            model = AncModel(cfg, AncConfig(**blob["anc_config"]))
+        else:
+            model = CaptionModel(cfg)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state"].items()})
     except CheckpointError:
         raise
@@ -80,18 +94,28 @@ class FrameResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     frame_index: int = 0
     caption_fresh: bool = True  # False: text reused from an earlier frame (caption_period)
+    layer_tokens: list = field(default_factory=list)   # tokens recomputed per encoder layer
+    route: dict = field(default_factory=dict)          # ANC: branch, level, probabilities, budget, params
 
     @property
     def flops_executed(self) -> float:
         return float(sum(self.flops.values()))
 
 
+
+MASK_MODES = ("learned", "event_count")
+
+
 class StreamingCaptioner:
     """Stateful captioner: feed one frame at a time with :meth:`process`."""
 
-    def __init__(self, model: CaptionModel, *, event_count_threshold: int = 3, refresh_period: int = 30,
+    def __init__(self, model: CaptionModel, *, event_count_threshold: int = 3, refresh_period: int = 0,
                  decoding: str = "greedy", beam_size: int = 3, max_caption_tokens: int = 20,
-                 sparse: bool = True, rgb_hold_frames: int = 3, caption_period: int = 1):
+                 sparse: bool = True, rgb_hold_frames: int = 3, caption_period: int = 1,
+                 mask_method: str = "learned", layer_thresholds: list[float] | None = None,
+                 drift_bound: float = 0.0):
+        if mask_method not in MASK_MODES:
+            raise ValueError(f"mask_method must be one of {MASK_MODES}, got {mask_method!r}")
         self.model = model
         self.cfg: ModelConfig = model.cfg
         self.tok = Tokenizer(self.cfg.vocab)
@@ -103,51 +127,64 @@ class StreamingCaptioner:
         self.sparse = sparse
         self.rgb_hold_frames = int(rgb_hold_frames)
         self.caption_period = max(1, int(caption_period))
+        self.mask_method = mask_method
+        self.layer_thresholds = [float(x) for x in (layer_thresholds or [])]
+        self.drift_bound = float(drift_bound)
+        with torch.no_grad():
+            self._empty = model.embed.empty()
         self.reset()
 
     def reset(self) -> None:
-        """Forget the token memory and temporal context (next frame is dense)."""
+        """Forget the token memory (the next frame re-embeds every patch and runs dense)."""
         c = self.cfg
-        self.memory = torch.zeros(c.num_tokens, c.dim)
-        self.memory_active = np.zeros(c.num_tokens, dtype=bool)   # memory holds events for this patch
-        self.history = torch.zeros(1, c.history, c.summary_tokens, c.dim)
+        self.e = torch.zeros(c.num_tokens, c.dim)                # memory input tokens (gated)
+        self.age = np.full(c.num_tokens, c.max_age, dtype=np.int64)
+        self.layers = self.model.vit.new_memory() if hasattr(self.model, "vit") else []
+        self.memory = torch.zeros(c.num_tokens, c.dim)           # encoder output (vision tokens)
         self.frames_seen = 0
+        self.since_dense = 0
+        self.drift = 0.0
         self.last_rgb: bool | None = None
         self.held_rgb: np.ndarray | None = None
         self.held_age = 0
-        self._force = False
-        self.last_caption: tuple[list[int], float, int] | None = None   # (ids, score, label)
+        self._resync = True
+        self._force_dense = False
+        self.last_caption: tuple | None = None   # (ids, score, label, decoder layers)
 
     def force_refresh(self) -> None:
-        """Re-encode every token on the next frame (e.g. after frames were dropped)."""
-        self._force = True
+        """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense pass."""
+        self._resync = True
 
-    def input_tensor(self, hist: np.ndarray, rgb: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray]:
-        """Denoised model input ``(1, C, H, W)`` and the per-patch change mask (bool, N)."""
+    # -- inputs --
+    def change_mask(self, hist: np.ndarray) -> np.ndarray:
+        """The change mask of one histogram (bool, N) with this engine's mask method."""
         c = self.cfg
-        counts = patch_counts(hist, c.patch).reshape(-1)
-        change = counts >= self.k
-        keep = np.repeat(np.repeat(change.reshape(c.grid, c.grid), c.patch, 0), c.patch, 1)
-        ev = normalize_histogram(hist) * keep[None]
+        if self.mask_method == "learned":
+            with torch.no_grad():
+                logits = self.model.mask_net(torch.from_numpy(np.ascontiguousarray(hist, dtype=np.float32))[None])
+            return (logits[0] > 0).numpy()
+        from ..repr import patch_counts
+
+        return patch_counts(hist, c.patch).reshape(-1) >= self.k
+
+    def _content(self, hist: np.ndarray, rgb: np.ndarray | None, idx: np.ndarray,
+                 events_on: np.ndarray) -> torch.Tensor:
+        """Model input rows (len(idx), patch_dim) of patches ``idx``: log1p events where
+        ``events_on`` (denoised), RGB (or zeros)."""
+        c = self.cfg
+        g, p = c.grid, c.patch
+        ev = hist.reshape(c.event_channels, g, p, g, p).transpose(1, 3, 0, 2, 4).reshape(c.num_tokens, -1)
+        rows = np.log1p(ev[idx].astype(np.float32)) * events_on[idx, None]
         if rgb is not None:
-            img = rgb.astype(np.float32).transpose(2, 0, 1) / 255.0 - 0.5
+            im = rgb.reshape(g, p, g, p, 3).transpose(0, 2, 4, 1, 3).reshape(c.num_tokens, -1)
+            rgbr = im[idx].astype(np.float32) / 255.0 - 0.5
         else:
-            img = np.zeros((c.rgb_channels, c.image_size, c.image_size), dtype=np.float32)
-        x = np.concatenate([ev, img], axis=0)[None]
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), change
+            rgbr = np.zeros((len(idx), c.rgb_channels * p * p), dtype=np.float32)
+        return torch.from_numpy(np.concatenate([rows, rgbr], axis=1))
 
-    @torch.no_grad()
-    def process(self, hist: np.ndarray, rgb: np.ndarray | None = None,
-                change_mask: np.ndarray | None = None) -> FrameResult:
-        """Process one frame. ``hist``: (C,H,W) event counts on the model grid; ``rgb``: (H,W,3) uint8.
-
-        ``change_mask`` (bool, N): an externally computed change mask (e.g. from
-        sttf_perception); the local event-count rule is used when it is None.
-        """
-        t0 = time.perf_counter()
-        c = self.cfg
-        # An RGB camera slower than the frame rate must not flip the input mode (and force a dense
-        # refresh) every other frame: the last image is held for up to rgb_hold_frames frames.
+    def _hold_rgb(self, rgb: np.ndarray | None) -> np.ndarray | None:
+        # An RGB camera slower than the frame rate must not flip the input mode (and force a
+        # resync) every other frame: the last image is held for up to rgb_hold_frames frames.
         if rgb is not None:
             self.held_rgb, self.held_age = rgb, 0
         elif self.held_rgb is not None and self.held_age < self.rgb_hold_frames:
@@ -155,56 +192,136 @@ class StreamingCaptioner:
             self.held_age += 1
         else:
             self.held_rgb = None
-        x, local_change = self.input_tensor(hist, rgb)
-        change = local_change if change_mask is None else np.asarray(change_mask, dtype=bool)
-        has_rgb = rgb is not None
-        refresh = (not self.sparse or self._force or self.frames_seen == 0 or self.last_rgb != has_rgb
-                   or (self.refresh_period > 0 and self.frames_seen % self.refresh_period == 0))
-        self._force = False
-        if refresh:
-            active = np.ones(c.num_tokens, dtype=bool)
+        return rgb
+
+    def _update_memory(self, hist: np.ndarray, rgb: np.ndarray | None, change: np.ndarray,
+                       resync: bool) -> np.ndarray:
+        """Token memory update (model semantics, the same in sparse and dense mode); returns the
+        indices of the tokens whose memory input changed."""
+        c = self.cfg
+        if resync:
+            idx = np.arange(c.num_tokens)
+            self.e = self.model.embed(self._content(hist, rgb, idx, change))
+            self.age = np.where(change, 0, c.max_age)
+            return idx
+        expired = (self.age == c.max_age - 1) & ~change
+        self.age = np.where(change, 0, np.minimum(self.age + 1, c.max_age))
+        upd, exp = np.flatnonzero(change), np.flatnonzero(expired)
+        before = self.e
+        if len(upd) or len(exp):
+            self.e = self.e.clone()
+        if len(upd):
+            ut = torch.from_numpy(upd)
+            new = self.model.embed(self._content(hist, rgb, upd, change))
+            self.e[ut] = self.model.embed.merge(new, self.e[ut])
+        if len(exp):
+            self.e[torch.from_numpy(exp)] = self.model.embed(self._content(hist, rgb, exp, change))
+        changed = np.union1d(upd, exp)
+        if self.drift_bound > 0 and len(changed):
+            ct = torch.from_numpy(changed)
+            self.drift += float((self.e[ct] - before[ct]).norm(dim=-1).sum()
+                                / before.norm(dim=-1).sum().clamp(min=1e-6))
+        return changed
+
+    def _encode(self, hist: np.ndarray, change: np.ndarray, changed: np.ndarray, resync: bool) -> dict:
+        """The encoder stage: dense or sparse ViT over the memory. Returns ``vis`` (N, D),
+        ``layer_tokens`` and ``dense``; subclasses add routing information."""
+        c = self.cfg
+        dense = (not self.sparse or resync or self._force_dense
+                 or (self.refresh_period > 0 and self.since_dense >= self.refresh_period)
+                 or (self.drift_bound > 0 and self.drift > self.drift_bound))
+        if dense:
+            vis = self.model.vit.dense_infer(self.e, self.layers)
+            layer_tokens = [c.num_tokens] * c.depth
+            self.since_dense, self.drift, self._force_dense = 1, 0.0, False
         else:
-            # changed patches, plus patches whose memory must be cleared because they went quiet
-            active = change | (self.memory_active & ~local_change)
-        idx = np.flatnonzero(active)
+            vis, layer_tokens = self.model.vit.sparse_infer(
+                self.e, torch.from_numpy(changed), self.layers, self.layer_thresholds)
+            self.since_dense += 1
+        return {"vis": vis, "layer_tokens": layer_tokens, "dense": dense}
+
+    def _flops(self, enc: dict, n_embed: int, generated: int, beams: int, learned_mask: bool) -> tuple[dict, float]:
+        """(per-stage FLOPs of this frame, FLOPs of the dense model on it)."""
+        c = self.cfg
+        flops = frame_flops(c, enc["layer_tokens"], n_embed, generated, beams, learned_mask=learned_mask)
+        dense = sum(frame_flops(c, [c.num_tokens] * c.depth, n_embed, generated, beams,
+                                learned_mask=learned_mask).values())
+        return flops, dense
+
+    @torch.no_grad()
+    def process(self, hist: np.ndarray, rgb: np.ndarray | None = None,
+                change_mask: np.ndarray | None = None) -> FrameResult:
+        """Process one frame. ``hist``: (C,H,W) event counts on the model grid; ``rgb``: (H,W,3) uint8.
+
+        ``change_mask`` (bool, N): an externally computed change mask (e.g. from
+        sttf_perception); this engine's ``mask_method`` is used when it is None.
+        """
+        t0 = time.perf_counter()
+        c = self.cfg
+        rgb = self._hold_rgb(rgb)
+        hist = np.asarray(hist, dtype=np.float32)
+        learned = change_mask is None and self.mask_method == "learned"
+        change = self.change_mask(hist) if change_mask is None else np.asarray(change_mask, dtype=bool)
+        has_rgb = rgb is not None
+        resync = self._resync or self.last_rgb != has_rgb
+        self._resync = False
         t1 = time.perf_counter()
-        if len(idx):
-            patches = patchify(x, c.patch)[0]
-            idx_t = torch.from_numpy(idx)
-            self.memory[idx_t] = self.model.encoder(patches[idx_t], pos_index=idx_t, has_rgb=has_rgb)
-        self.memory_active = local_change.copy()
+        changed = self._update_memory(hist, rgb, change, resync)
+        enc = self._encode(hist, change, changed, resync)
+        self.memory = enc["vis"]
         t2 = time.perf_counter()
-        tokens = self.memory[None]
-        act_t = torch.from_numpy(change)[None]
-        summary = self.model.summarize(tokens, act_t)
-        self.history = torch.cat([self.history[:, 1:], summary[:, None]], dim=1)
-        fused = self.model.fuse(tokens, act_t, self.history)
-        probs = torch.softmax(self.model.gesture_logits(fused, tokens, act_t), dim=-1)[0]
+        bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]
+        fused, z = self.model.fuse(self.memory[None], bucket, torch.from_numpy(change)[None])
+        probs = torch.softmax(self.model.gesture_logits(fused, z, bucket), dim=-1)[0]
         t3 = time.perf_counter()
         cls = int(torch.argmax(probs))
-        # the text decoder (the costliest stage) runs every caption_period frames, on a refresh and
-        # whenever the recognised gesture changes; frames in between republish the last text
-        fresh = (self.last_caption is None or refresh or self.last_caption[2] != cls
-                 or self.frames_seen % self.caption_period == 0)
+        layers = enc.get("decoder_layers")
+        # the text decoder (the costliest stage) runs every caption_period frames, after a resync
+        # and whenever the recognised gesture or the decoder pathway changes; frames in between
+        # republish the last text
+        fresh = (self.last_caption is None or resync or self.last_caption[2] != cls
+                 or self.last_caption[3] != layers or self.frames_seen % self.caption_period == 0)
         if not fresh:
-            ids, score, _ = self.last_caption
+            ids, score = self.last_caption[:2]
         elif self.decoding == "beam":
-            ids, score = decode_beam(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens, self.beam_size)
+            ids, score = decode_beam(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens,
+                                     self.beam_size, layers)
         else:
-            ids, score = decode_greedy(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens)
-        self.last_caption = (ids, score, cls)
+            ids, score = decode_greedy(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens, layers)
+        self.last_caption = (ids, score, cls, layers)
         t4 = time.perf_counter()
         beams = self.beam_size if self.decoding == "beam" else 1
-        flops = frame_flops(c, len(idx), len(ids) + 1, beams)
-        dense = sum(frame_flops(c, c.num_tokens, len(ids) + 1, beams).values())
+        n_embed = c.num_tokens if resync else int(len(changed))
+        flops, dense_fl = self._flops(enc, n_embed, len(ids) + 1, beams, learned)
         if not fresh:
             flops["decoder"] = 0.0
         self.frames_seen += 1
         self.last_rgb = has_rgb
         return FrameResult(
             text=self.tok.decode(ids), score=float(score), label=cls + 1, gesture_name=GESTURE_CLASSES[cls],
-            confidence=float(probs[cls]), active_tokens=int(len(idx)), total_tokens=c.num_tokens,
-            change_tokens=int(change.sum()), refreshed=bool(refresh), flops=flops, flops_dense=float(dense),
+            confidence=float(probs[cls]), active_tokens=int(enc["layer_tokens"][0]), total_tokens=c.num_tokens,
+            change_tokens=int(change.sum()), refreshed=bool(enc["dense"]), flops=flops, flops_dense=float(dense_fl),
             latency_ms={"mask": (t1 - t0) * 1e3, "encoder": (t2 - t1) * 1e3, "fusion": (t3 - t2) * 1e3,
                         "decoder": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3},
-            frame_index=self.frames_seen - 1, caption_fresh=fresh)
+            frame_index=self.frames_seen - 1, caption_fresh=fresh, layer_tokens=list(enc["layer_tokens"]),
+            route=enc.get("route", {}))
+
+
+def engine_from_params(model: CaptionModel, params: dict, meta: dict | None = None,
+                       sparse: bool = True) -> StreamingCaptioner:
+    """The engine as the vlm_captioner node configures it (one place for node, eval and bench).
+    Per-layer gate thresholds come from the checkpoint (``layer_thresholds``, fitted on
+    validation by ``edge-vlm train``), scaled by the ``layer_threshold_scale`` parameter."""
+    meta = meta or {}
+    scale = float(params.get("layer_threshold_scale", 1.0))
+    taus = [scale * float(x) for x in meta.get("layer_thresholds", [])]
+    kw = {k: params[k] for k in ("refresh_period", "decoding", "beam_size", "max_caption_tokens",
+                                  "caption_period", "mask_method", "drift_bound") if k in params}
+    if hasattr(model, "acfg"):
+        from .anc import AncStreamingCaptioner
+
+        return AncStreamingCaptioner(model, event_count_threshold=int(params.get("event_count_threshold", 3)),
+                                     sparse=sparse, layer_thresholds=taus,
+                                     compute_budget=float(params.get("compute_budget", 1.0)), **kw)
+    return StreamingCaptioner(model, event_count_threshold=int(params.get("event_count_threshold", 3)),
+                              sparse=sparse, layer_thresholds=taus, **kw)

@@ -1,9 +1,15 @@
-"""Analytic FLOPs of the captioning model per stage (1 multiply-add = 2 FLOPs).
+"""Analytic FLOPs of the STTF captioning model per stage (1 multiply-add = 2 FLOPs).
 
-Counts matrix multiplications and attention products, the terms that
-``torch.utils.flop_counter`` counts; norms and activations are left out there
-and here. ``tests/test_model.py`` checks the dense count against
+Counts convolutions, matrix multiplications and attention products, the terms that
+``torch.utils.flop_counter`` counts; norms, activations, pooling and gathers are left
+out there and here. ``tests/test_model.py`` checks every stage's dense count against
 ``torch.utils.flop_counter`` (within 5%).
+
+Stages: ``change_mask`` (the conv net; 0 when the mask comes from the rule or from
+outside), ``encoder`` (patch embedding + gate of the changed patches, then the ViT with
+``layer_tokens[l]`` tokens recomputed at layer ``l``: their qkv / projection / MLP, and
+their attention over all N keys), ``fusion`` (age-embedded tokens, mask-biased
+cross-attention, gesture head), ``decoder`` (KV-cached MicroGPT).
 """
 from __future__ import annotations
 
@@ -19,46 +25,78 @@ def attention(nq: int, nk: int, d: int) -> float:
     return 2.0 * 2.0 * nq * nk * d
 
 
-def cross_attention(cfg: ModelConfig, nq: int, nk: int) -> float:
+def conv(h: int, w: int, c_in: int, c_out: int, k: int) -> float:
+    return 2.0 * h * w * c_in * c_out * k * k
+
+
+def mask_flops(cfg: ModelConfig) -> float:
+    s, hid = cfg.image_size, cfg.mask_hidden
+    return (conv(s // 2, s // 2, cfg.event_channels, hid // 2, 3) + conv(s // 4, s // 4, hid // 2, hid, 3)
+            + conv(cfg.grid, cfg.grid, hid, 1, 1))
+
+
+def embed_flops(cfg: ModelConfig, n: int, merged: int | None = None) -> float:
+    """Embedding of ``n`` patches; ``merged`` of them also go through the memory gate."""
     d = cfg.dim
-    return linear(nq, d, d) + linear(nk, d, 2 * d) + attention(nq, nk, d) + linear(nq, d, d)
+    m = n if merged is None else merged
+    return linear(n, cfg.patch_dim, d) + linear(n, d, d) + linear(m, 2 * d, d)
 
 
-def encoder_flops(cfg: ModelConfig, active_tokens: int) -> float:
-    """Patch encoder on ``active_tokens`` patches."""
-    return linear(active_tokens, cfg.patch_dim, cfg.dim) + linear(active_tokens, cfg.dim, cfg.dim)
+def vit_flops(cfg: ModelConfig, layer_tokens: list[int], hidden: list[int] | None = None) -> float:
+    """``layer_tokens[l]`` tokens recomputed at layer l, ``hidden[l]`` MLP channels kept there
+    (default: all, ``mlp_ratio * dim``)."""
+    d, n_all = cfg.dim, cfg.num_tokens
+    total = 0.0
+    for li, n in enumerate(layer_tokens):
+        h = cfg.mlp_ratio * d if hidden is None else hidden[li]
+        total += (linear(n, d, 3 * d) + attention(n, n_all, d) + linear(n, d, d)
+                  + linear(n, d, h) + linear(n, h, d))
+    return total
+
+
+def estimator_flops(cfg: ModelConfig, hidden: int = 8) -> float:
+    """ANC complexity estimator (two stride-2 convs on the 4x-pooled histogram, a linear layer)."""
+    s = cfg.image_size // 4
+    return (conv(s // 2, s // 2, cfg.event_channels, hidden, 3) + conv(s // 4, s // 4, hidden, hidden, 3)
+            + linear(1, hidden + 3, 3))
+
+
+def encoder_flops(cfg: ModelConfig, layer_tokens: list[int], n_embed: int) -> float:
+    return embed_flops(cfg, n_embed) + vit_flops(cfg, layer_tokens)
 
 
 def fusion_flops(cfg: ModelConfig) -> float:
-    """Frame summary + temporal cross-attention fusion + gesture head."""
-    n = cfg.num_tokens
-    hist = cfg.history * cfg.summary_tokens
-    pool = cross_attention(cfg, cfg.summary_tokens, n)
-    fuse = cross_attention(cfg, cfg.fusion_queries, n + hist)
-    mlp = linear(cfg.fusion_queries, cfg.dim, 4 * cfg.dim) + linear(cfg.fusion_queries, 4 * cfg.dim, cfg.dim)
-    head = linear(1, 2 * cfg.dim, cfg.num_classes)
-    return pool + fuse + mlp + head
+    """Mask-biased cross-attention of the fusion queries over all tokens, MLP, gesture head."""
+    d, n, q = cfg.dim, cfg.num_tokens, cfg.fusion_queries
+    cross = linear(q, d, d) + linear(n, d, 2 * d) + attention(q, n, d) + linear(q, d, d)
+    mlp = linear(q, d, 4 * d) + linear(q, 4 * d, d)
+    head = linear(1, 2 * d, cfg.num_classes)
+    return cross + mlp + head
 
 
-def decoder_flops(cfg: ModelConfig, generated: int, beams: int = 1) -> float:
-    """KV-cached decoding: prefix+BOS once, then one step per generated token (per beam)."""
+def decoder_flops(cfg: ModelConfig, generated: int, beams: int = 1, layers: int | None = None) -> float:
+    """KV-cached decoding: prefix+BOS once, then one step per generated token (per beam);
+    ``layers`` decoder blocks (ANC's early exit; default all)."""
     d, v = cfg.dim, len(cfg.vocab)
 
     def block(nq: int, nk: int) -> float:
         return (linear(nq, d, 3 * d) + attention(nq, nk, d) + linear(nq, d, d)
                 + linear(nq, d, 4 * d) + linear(nq, 4 * d, d))
 
+    nl = cfg.dec_layers if layers is None else layers
     p = cfg.fusion_queries + 1
-    total = cfg.dec_layers * block(p, p) + linear(1, d, v)
+    total = nl * block(p, p) + linear(1, d, v)
     for i in range(generated):
-        total += beams * (cfg.dec_layers * block(1, p + i + 1) + linear(1, d, v))
+        total += beams * (nl * block(1, p + i + 1) + linear(1, d, v))
     return total
 
 
-def frame_flops(cfg: ModelConfig, active_tokens: int, generated: int, beams: int = 1) -> dict[str, float]:
+def frame_flops(cfg: ModelConfig, layer_tokens: list[int], n_embed: int, generated: int, beams: int = 1,
+                learned_mask: bool = True) -> dict[str, float]:
     """Per-stage FLOPs of one processed frame."""
     return {
-        "encoder": encoder_flops(cfg, active_tokens),
+        "change_mask": mask_flops(cfg) if learned_mask else 0.0,
+        "encoder": encoder_flops(cfg, layer_tokens, n_embed),
         "fusion": fusion_flops(cfg),
         "decoder": decoder_flops(cfg, generated, beams),
     }

@@ -32,80 +32,72 @@ class TrainConfig:
     test_subjects: int = 3
     clip_s: float = 1.5
     gap_s: float = 0.3
-    epochs: int = 20
-    batch: int = 32
-    steps_per_epoch: int = 125
-    lr: float = 2e-3
+    epochs: int = 15
+    batch: int = 24
+    steps_per_epoch: int = 100
+    lr: float = 1.5e-3
     weight_decay: float = 0.05
     seed: int = 0
     threads: int = 2
     workers: int = 2
-    patience: int = 4
+    patience: int = 5
     rgb_prob: float = 0.3
-    event_count_threshold: int = 3
     period_ns: int = 33_333_333
-    dim: int = 96
-    history: int = 16
-    caption_weight: float = 1.0
-
-
-def to_patches(img: np.ndarray, patch: int) -> np.ndarray:
-    """(M, C, H, W) -> (M, N, C, patch*patch), the layout of :func:`patchify` before flattening."""
-    m, c, h, w = img.shape
-    g = h // patch
-    x = img.reshape(m, c, g, patch, g, patch).transpose(0, 2, 4, 1, 3, 5)
-    return x.reshape(m, g * g, c, patch * patch)
+    dim: int = 128
+    depth: int = 4
+    window: int = 32
+    caption_weight: float = 0.5
+    active_weight: float = 2.0     # lambda of the latency term: lambda * max(0, E[active ratio] - active_target)
+    active_target: float = 0.08    # expected active-token ratio allowed for free (a budget, not a push to 0)
+    eval_frames: int = 600
 
 
 def make_batch(fs: FrameSet, idx: np.ndarray, cfg: ModelConfig, tok: Tokenizer, tc: TrainConfig,
                rng: np.random.Generator, use_rgb: np.ndarray | None = None):
-    """Patches (B,K,N,patch_dim) exactly as the streaming engine builds them (denoised log1p events + RGB)."""
-    hidx, valid = history_indices(fs, idx, cfg.history)
-    b, k = hidx.shape
-    flat = hidx.reshape(-1)
-    ev = to_patches(fs.hist[flat], cfg.patch)                          # uint8 (BK, N, 4, 64)
-    counts = ev.sum(axis=(2, 3), dtype=np.int32) * valid.reshape(-1, 1)
-    active = counts >= tc.event_count_threshold
-    evf = np.log1p(ev.astype(np.float32)) * active[:, :, None, None]
+    """A window of ``tc.window`` frames ending at each target frame (uint8, as the nodes bin them)."""
+    hidx, valid = history_indices(fs, idx, tc.window)
+    b = len(idx)
+    hist = fs.hist[hidx] * valid[:, :, None, None, None].astype(np.uint8)      # (B,T,C,H,W)
     if use_rgb is None:
         use_rgb = (rng.random(b) < tc.rgb_prob) if fs.rgb is not None else np.zeros(b, dtype=bool)
-    rgbp = np.zeros(evf.shape[:2] + (cfg.rgb_channels, cfg.patch * cfg.patch), dtype=np.float32)
-    sel = np.repeat(use_rgb, k) & valid.reshape(-1)
-    if sel.any():
-        img = fs.rgb[flat[sel]].transpose(0, 3, 1, 2)
-        rgbp[sel] = to_patches(img, cfg.patch).astype(np.float32) / 255.0 - 0.5
-    patches = np.concatenate([evf, rgbp], axis=2).reshape(b, k, cfg.num_tokens, cfg.patch_dim)
+    rgb = None
+    if use_rgb.any():
+        rgb = torch.from_numpy(fs.rgb[hidx])
     ids = torch.tensor([tok.encode(fs.captions[i], cfg.max_len) for i in idx])
     labels = torch.from_numpy(fs.labels[idx] - 1)
-    return (torch.from_numpy(patches), torch.from_numpy(active.reshape(b, k, -1)), torch.from_numpy(use_rgb),
-            ids, labels)
+    return (torch.from_numpy(hist), rgb, torch.from_numpy(use_rgb), torch.from_numpy(valid), ids, labels)
 
 
 @torch.no_grad()
 def evaluate(model: CaptionModel, fs: FrameSet, tok: Tokenizer, tc: TrainConfig, use_rgb: bool,
-             max_samples: int = 800, seed: int = 1) -> dict:
-    """Per-frame gesture accuracy and teacher-forced caption loss / token accuracy."""
+             max_samples: int = 600, seed: int = 1) -> dict:
+    """Per-frame gesture accuracy, loss, confusion, teacher-forced token accuracy, active-token ratio."""
     model.eval()
     rng = np.random.default_rng(seed)
     idx = sample_indices(fs)
     if len(idx) > max_samples:
         idx = np.sort(rng.choice(idx, max_samples, replace=False))
-    correct, n, loss_sum, tok_ok, tok_n = 0, 0, 0.0, 0, 0
-    for s in range(0, len(idx), 64):
-        bi = idx[s:s + 64]
-        frames, active, has_rgb, ids, labels = make_batch(
+    k = model.cfg.num_classes
+    conf = np.zeros((k, k), dtype=np.int64)
+    loss_sum, tok_ok, tok_n, act = 0.0, 0, 0, []
+    for s in range(0, len(idx), 32):
+        bi = idx[s:s + 32]
+        hist, rgb, has_rgb, valid, ids, labels = make_batch(
             fs, bi, model.cfg, tok, tc, rng, np.full(len(bi), use_rgb and fs.rgb is not None))
-        g, logits = model(frames, active, has_rgb, ids[:, :-1])
-        correct += int((g.argmax(-1) == labels).sum())
-        n += len(bi)
+        out = model(hist, rgb, has_rgb, valid, ids[:, :-1])
+        g = out["gesture"]
+        np.add.at(conf, (labels.numpy(), g.argmax(-1).numpy()), 1)
         loss_sum += float(F.cross_entropy(g, labels, reduction="sum"))
         tgt = ids[:, 1:]
         m = tgt != tok.pad
-        tok_ok += int(((logits.argmax(-1) == tgt) & m).sum())
+        tok_ok += int(((out["caption"].argmax(-1) == tgt) & m).sum())
         tok_n += int(m.sum())
+        act.append(out["mask"].float().mean(dim=1))
     model.train()
-    return {"accuracy": correct / max(1, n), "loss": loss_sum / max(1, n), "token_accuracy": tok_ok / max(1, tok_n),
-            "frames": n}
+    n = int(conf.sum())
+    return {"accuracy": float(np.trace(conf)) / max(1, n), "loss": loss_sum / max(1, n),
+            "token_accuracy": tok_ok / max(1, tok_n), "frames": n, "confusion": conf.tolist(),
+            "active_fraction": float(torch.cat(act).mean()) if act else 0.0}
 
 
 def plot_curves(history: list[dict], path: str) -> None:
@@ -115,13 +107,16 @@ def plot_curves(history: list[dict], path: str) -> None:
     import matplotlib.pyplot as plt
 
     ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    fig, ax = plt.subplots(1, 3, figsize=(14, 4))
     ax[0].plot(ep, [h["train_loss"] for h in history], label="train")
     ax[0].plot(ep, [h["val_loss"] for h in history], label="validation")
     ax[0].set_title("gesture loss")
     ax[1].plot(ep, [h["train_accuracy"] for h in history], label="train")
     ax[1].plot(ep, [h["val_accuracy"] for h in history], label="validation")
     ax[1].set_title("gesture accuracy (per frame)")
+    ax[2].plot(ep, [h["train_active"] for h in history], label="train")
+    ax[2].plot(ep, [h["val_active"] for h in history], label="validation")
+    ax[2].set_title("change-mask active-token fraction")
     for a in ax:
         a.set_xlabel("epoch")
         a.legend()
@@ -130,7 +125,42 @@ def plot_curves(history: list[dict], path: str) -> None:
     plt.close(fig)
 
 
-def train(tc: TrainConfig, progress: bool = True) -> dict:
+def plot_confusion(conf: np.ndarray, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..dvs128 import GESTURE_CLASSES
+
+    norm = conf / np.maximum(1, conf.sum(axis=1, keepdims=True))
+    fig, ax = plt.subplots(figsize=(8, 7))
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(len(norm)), GESTURE_CLASSES[:len(norm)], rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(norm)), GESTURE_CLASSES[:len(norm)], fontsize=7)
+    for i in range(len(norm)):
+        for j in range(len(norm)):
+            if norm[i, j] >= 0.01:
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(im)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _state_path(out: str) -> str:
+    return out + ".resume"
+
+
+def train(tc: TrainConfig, progress: bool = True, resume: bool = False) -> dict:
+    """Train, keep the best epoch on validation (early stopping), report test once at the end.
+
+    ``resume``: continue from ``<out>.resume`` (saved after every epoch: model, optimizer,
+    scheduler, RNG states, history)."""
     from ..sim import split_subjects
 
     torch.manual_seed(tc.seed)
@@ -146,7 +176,7 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     t_data = time.time() - t_start
 
     tok = Tokenizer.build([c for c in fs_train.captions if c] + [r for rs in fs_train.references for r in rs])
-    cfg = ModelConfig(dim=tc.dim, history=tc.history, vocab=tok.vocab)
+    cfg = ModelConfig(dim=tc.dim, depth=tc.depth, max_age=tc.window, vocab=tok.vocab)
     model = CaptionModel(cfg)
     init_weights(model)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -154,25 +184,41 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps))))
     train_idx = sample_indices(fs_train)
-    history, best, best_epoch, bad = [], -1.0, 0, 0
+    history, best, best_epoch, bad, first_epoch = [], -1.0, 0, 0, 1
     os.makedirs(os.path.dirname(os.path.abspath(tc.out)) or ".", exist_ok=True)
+    state_path = _state_path(tc.out)
+    if resume and os.path.isfile(state_path):
+        st = torch.load(state_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        rng.bit_generator.state = st["rng"]
+        torch.set_rng_state(st["torch_rng"])
+        history, best, best_epoch, bad = st["history"], st["best"], st["best_epoch"], st["bad"]
+        first_epoch = st["epoch"] + 1
+        print(f"resumed after epoch {st['epoch']}", flush=True)
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         tqdm = None
-    for epoch in range(1, tc.epochs + 1):
+    model_id = f"sttf-d{tc.dim}-l{tc.depth}-w{tc.window}-s{tc.seed}"
+    for epoch in range(first_epoch, tc.epochs + 1):
+        if bad >= tc.patience:
+            break
         model.train()
         it = range(tc.steps_per_epoch)
         if progress and tqdm is not None:
             it = tqdm(it, desc=f"epoch {epoch}/{tc.epochs}", unit="step")
-        loss_sum, acc_sum = 0.0, 0.0
+        loss_sum, acc_sum, act_sum = 0.0, 0.0, 0.0
         for _ in it:
             bi = rng.choice(train_idx, tc.batch, replace=False)
-            frames, active, has_rgb, ids, labels = make_batch(fs_train, bi, cfg, tok, tc, rng)
-            g, logits = model(frames, active, has_rgb, ids[:, :-1])
+            hist, rgb, has_rgb, valid, ids, labels = make_batch(fs_train, bi, cfg, tok, tc, rng)
+            out = model(hist, rgb, has_rgb, valid, ids[:, :-1])
+            g = out["gesture"]
             lg = F.cross_entropy(g, labels)
-            lc = causal_lm_loss(logits, ids[:, 1:], tok.pad)
-            loss = lg + tc.caption_weight * lc
+            lc = causal_lm_loss(out["caption"], ids[:, 1:], tok.pad)
+            la = out["p_change"].mean()                 # expected active-token ratio (latency term)
+            loss = lg + tc.caption_weight * lc + tc.active_weight * F.relu(la - tc.active_target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -180,27 +226,43 @@ def train(tc: TrainConfig, progress: bool = True) -> dict:
             sched.step()
             loss_sum += float(lg.detach())
             acc_sum += float((g.detach().argmax(-1) == labels).float().mean())
+            act_sum += float(out["mask"].float().mean())
             if progress and tqdm is not None:
-                it.set_postfix(gesture=f"{float(lg):.3f}", caption=f"{float(lc):.3f}")
-        val = evaluate(model, fs_val, tok, tc, use_rgb=False)
+                it.set_postfix(gesture=f"{float(lg):.3f}", caption=f"{float(lc):.3f}", active=f"{float(la):.3f}")
+        val = evaluate(model, fs_val, tok, tc, use_rgb=False, max_samples=tc.eval_frames)
         rec = {"epoch": epoch, "train_loss": loss_sum / tc.steps_per_epoch,
-               "train_accuracy": acc_sum / tc.steps_per_epoch, "val_loss": val["loss"],
-               "val_accuracy": val["accuracy"], "val_token_accuracy": val["token_accuracy"]}
+               "train_accuracy": acc_sum / tc.steps_per_epoch, "train_active": act_sum / tc.steps_per_epoch,
+               "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_token_accuracy": val["token_accuracy"],
+               "val_active": val["active_fraction"], "seconds": round(time.time() - t_start, 1)}
         history.append(rec)
         print(json.dumps(rec), flush=True)
         score = val["accuracy"] + 0.1 * val["token_accuracy"]
         if score > best:
             best, best_epoch, bad = score, epoch, 0
-            save_checkpoint(tc.out, model, extra={"model_id": f"captioner-d{tc.dim}-h{tc.history}-s{tc.seed}",
-                                                  "train_config": tc.__dict__, "epoch": epoch})
+            save_checkpoint(tc.out, model, extra={"model_id": model_id, "train_config": tc.__dict__, "epoch": epoch})
         else:
             bad += 1
             if bad >= tc.patience:
                 print(f"early stopping at epoch {epoch} (best {best_epoch})", flush=True)
-                break
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history,
+                    "best": best, "best_epoch": best_epoch, "bad": bad, "epoch": epoch}, state_path)
     out_dir = os.path.dirname(os.path.abspath(tc.out))
     plot_curves(history, os.path.join(out_dir, "training_curves.png"))
-    summary = {"best_epoch": best_epoch, "history": history, "parameters": count_parameters(model),
+    # the best checkpoint on validation and on the held-out test subjects (reported once)
+    from .engine import load_checkpoint
+
+    best_model, _ = load_checkpoint(tc.out)
+    fs_test = build_frames(test_ids, LIGHTINGS, **kw)
+    val = evaluate(best_model, fs_val, tok, tc, use_rgb=False, max_samples=10**9)
+    test = evaluate(best_model, fs_test, tok, tc, use_rgb=False, max_samples=10**9)
+    test_rgb = evaluate(best_model, fs_test, tok, tc, use_rgb=True, max_samples=10**9)
+    plot_confusion(np.array(test["confusion"]), os.path.join(out_dir, "confusion_test.png"),
+                   f"test subjects {test_ids}, events only: per-frame accuracy {test['accuracy']:.3f}")
+    summary = {"model_id": model_id, "best_epoch": best_epoch, "history": history,
+               "parameters": count_parameters(model),
+               "val": {k: v for k, v in val.items() if k != "confusion"},
+               "test_events_only": test, "test_rgb_events": {k: v for k, v in test_rgb.items() if k != "confusion"},
                "data_seconds": round(t_data, 1), "total_seconds": round(time.time() - t_start, 1),
                "train_frames": int(len(train_idx)), "val_subjects": val_ids, "test_subjects": test_ids,
                "checkpoint": tc.out, "checkpoint_bytes": os.path.getsize(tc.out)}

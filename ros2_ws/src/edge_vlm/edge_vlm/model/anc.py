@@ -1,0 +1,334 @@
+"""ANC (Adaptive Neural Compression) joined with STTF, in one file.
+
+The joint model keeps STTF's front end (change-mask net, gated token memory with ages),
+fusion, gesture head and MicroGPT decoder, and replaces the single encoder by three
+sparse-ViT branches of one width (so they share the memory, keys/values layout and the
+fusion) but different depth and MLP width:
+
+* Tiny   - 1 layer, MLP ratio 1 (low-motion / static scenes),
+* Small  - the STTF encoder (4 layers, MLP ratio 4),
+* Medium - 8 layers, MLP ratio 8 (high motion).
+
+``ComplexityEstimator``: a small conv net on the frame's event histogram (plus the
+memory's recent-activity fraction) -> probabilities over the three levels. The router
+samples them with Gumbel-softmax in training and routes hard at inference: the branches
+whose probability exceeds ``router_threshold`` run (the most probable one if none does),
+outputs combined by weight, capped by the compute budget (beta <= 1/3: Tiny only,
+<= 2/3: up to Small).
+
+``Channel gates``: every MLP hidden channel c of every branch has a learned threshold
+theta_c; its gate is ``sigmoid((beta - theta_c) / T)`` in training (beta sampled per
+sample) and, at inference, the channels with theta_c < beta are *sliced* out of the
+weight matrices (smaller matmuls, real wall-time savings).
+
+``Conditional decoder pathway``: the dominant level picks the decoder depth (Tiny exits
+after the first decoder block).
+
+Sizes are scaled to a 2-core CPU (the paper's Tiny ~2M / Medium ~20M would not run in
+real time here and would not fit a 30 MB checkpoint); the ratio Medium/Tiny FLOPs (~19x)
+keeps the paper's spread. Branches are grown from the trained STTF encoder (function-
+preserving: Medium starts as Small, Tiny as Small's first layer) and fine-tuned jointly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .captioner import Block, CaptionModel, ModelConfig, SparseViT, age_bucket
+from .engine import StreamingCaptioner
+from .flops import decoder_flops, embed_flops, estimator_flops, fusion_flops, mask_flops, vit_flops
+
+LEVELS = ("tiny", "small", "medium")
+
+
+@dataclass
+class AncConfig:
+    depths: list = field(default_factory=lambda: [1, 4, 8])
+    mlp_ratios: list = field(default_factory=lambda: [1, 4, 8])
+    decoder_layers: list = field(default_factory=lambda: [1, 2, 2])   # conditional decoder pathway
+    router_threshold: float = 0.5
+    gate_temperature: float = 0.05
+    est_hidden: int = 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def budget_cap(budget: float) -> int:
+    """Highest level a compute budget in (0, 1] allows: <= 1/3 tiny, <= 2/3 small, else medium."""
+    return max(0, min(2, int(math.ceil(float(budget) * 3 - 1e-9)) - 1))
+
+
+class ComplexityEstimator(nn.Module):
+    """Scene complexity from events: a two-layer conv net on a 4x-pooled log histogram plus
+    three scalars (log event count, changed-token fraction, recently-changed fraction)."""
+
+    def __init__(self, cfg: ModelConfig, hidden: int = 8):
+        super().__init__()
+        self.c1 = nn.Conv2d(cfg.event_channels, hidden, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(hidden, hidden, 3, stride=2, padding=1)
+        self.fc = nn.Linear(hidden + 3, len(LEVELS))
+
+    def forward(self, hist: torch.Tensor, change_frac: torch.Tensor, recent_frac: torch.Tensor) -> torch.Tensor:
+        """``hist`` (B,C,H,W) counts, fractions (B,) -> level logits (B, 3)."""
+        x = F.avg_pool2d(torch.log1p(hist), 4)
+        x = F.gelu(self.c1(x))
+        x = F.gelu(self.c2(x)).mean(dim=(2, 3))
+        n = torch.log1p(hist.sum(dim=(1, 2, 3))) / 10.0
+        return self.fc(torch.cat([x, n[:, None], change_frac[:, None], recent_frac[:, None]], dim=1))
+
+
+class GatedBlock(Block):
+    """Encoder block whose MLP hidden channels follow a compute budget (sigmoid gates in
+    training, sliced weights at inference)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, act: str, temperature: float):
+        super().__init__(dim, heads, mlp_ratio, act)
+        hid = mlp_ratio * dim
+        self.theta = nn.Parameter(torch.linspace(0.0, 0.9, hid))   # channel c kept while beta > theta_c
+        self.temperature = temperature
+        self.beta: torch.Tensor | None = None                       # training: (B,) budgets
+        self._slice: tuple | None = None                            # inference: sliced weights
+
+    def gates(self, beta: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid((beta[:, None] - self.theta[None]) / self.temperature)
+
+    def set_budget(self, beta: float | None) -> int:
+        """Inference: slice the MLP to the channels kept at ``beta`` (None = all). Returns the count."""
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        if beta is None:
+            self._slice = None
+            return fc1.out_features
+        keep = torch.nonzero(self.theta.detach() < beta).flatten()
+        if len(keep) == 0:
+            keep = torch.argmin(self.theta.detach()).view(1)
+        self._slice = (fc1.weight.detach()[keep].contiguous(), fc1.bias.detach()[keep].contiguous(),
+                       fc2.weight.detach()[:, keep].contiguous(), fc2.bias.detach())
+        return len(keep)
+
+    def kept(self) -> int:
+        return self.mlp[0].out_features if self._slice is None else self._slice[0].shape[0]
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self._slice is None:
+            return super()._mlp(x)
+        w1, b1, w2, b2 = self._slice
+        return F.linear(self.act_fn(F.linear(x, w1, b1)), w2, b2)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None, causal_from: int | None = None) -> torch.Tensor:
+        if self.beta is None:
+            return super().forward(x, cache, causal_from)
+        b, t, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(out.transpose(1, 2).reshape(b, t, d))
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        hdn = self.act_fn(fc1(self.ln2(x))) * self.gates(self.beta)[:, None, :]
+        return x + fc2(hdn)
+
+
+class BranchViT(SparseViT):
+    def __init__(self, cfg: ModelConfig, depth: int, mlp_ratio: int, temperature: float):
+        bcfg = replace(cfg, depth=depth, mlp_ratio=mlp_ratio)
+        super().__init__(bcfg)
+        self.blocks = nn.ModuleList([GatedBlock(cfg.dim, cfg.heads, mlp_ratio, cfg.encoder_act, temperature)
+                                     for _ in range(depth)])
+        self.depth, self.mlp_ratio = depth, mlp_ratio
+
+    def set_beta(self, beta: torch.Tensor | None) -> None:
+        for blk in self.blocks:
+            blk.beta = beta
+
+    def set_budget(self, beta: float | None) -> list[int]:
+        return [blk.set_budget(beta) for blk in self.blocks]
+
+    def kept(self) -> list[int]:
+        return [blk.kept() for blk in self.blocks]
+
+
+class AncModel(CaptionModel):
+    """STTF front end + estimator/router + three gated sparse-ViT branches + shared heads."""
+
+    def __init__(self, cfg: ModelConfig, acfg: AncConfig | None = None):
+        super().__init__(cfg)
+        self.acfg = acfg = acfg or AncConfig()
+        self.estimator = ComplexityEstimator(cfg, acfg.est_hidden)
+        self.branches = nn.ModuleList([BranchViT(cfg, d, r, acfg.gate_temperature)
+                                       for d, r in zip(acfg.depths, acfg.mlp_ratios)])
+        del self.vit        # the encoder is the routed branch
+
+    # -- construction from a trained STTF model (function-preserving growth) --
+    @classmethod
+    def grow_from(cls, sttf: CaptionModel, acfg: AncConfig | None = None) -> "AncModel":
+        cfg = sttf.cfg
+        model = cls(cfg, acfg)
+        own = {k: v for k, v in sttf.state_dict().items() if not k.startswith("vit.")}
+        model.load_state_dict(own, strict=False)
+        src = sttf.vit
+        for br in model.branches:
+            br.pos.data.copy_(src.pos.data)
+            br.ln.load_state_dict(src.ln.state_dict())
+            for i, blk in enumerate(br.blocks):
+                if i < len(src.blocks):
+                    _copy_block(src.blocks[i], blk)
+                else:   # extra layer: identity at start (zero residual outputs)
+                    nn.init.zeros_(blk.proj.weight)
+                    nn.init.zeros_(blk.proj.bias)
+                    nn.init.zeros_(blk.mlp[2].weight)
+                    nn.init.zeros_(blk.mlp[2].bias)
+        return model
+
+    # -- routing --
+    def route_logits(self, hist: torch.Tensor, change: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
+        """hist (B,C,H,W) float counts, change (B,N) mask, bucket (B,N) age buckets."""
+        return self.estimator(hist, change.float().mean(dim=1), (bucket <= 4).float().mean(dim=1))
+
+    def forward(self, hist, rgb, has_rgb, valid, tokens_in, beta: torch.Tensor | None = None,
+                front_grad: bool = False) -> dict:
+        """Training: every branch runs on the window's memory (each with its own gesture and
+        caption outputs, channel gates at the per-sample budgets ``beta``), plus the router
+        logits. The STTF front end runs without gradient unless ``front_grad``."""
+        ctx = torch.enable_grad() if front_grad else torch.no_grad()
+        with ctx:
+            w = self.memory_window(hist, rgb, has_rgb, valid)
+        e, bucket, m = w["e"], w["bucket"], w["m_st"]
+        if not front_grad:
+            m = w["mask"].float()
+        logits_r = self.route_logits(hist[:, -1].float(), w["mask"], bucket)
+        outs = []
+        for br, dl in zip(self.branches, self.acfg.decoder_layers):
+            br.set_beta(beta)
+            vis = br(e)
+            br.set_beta(None)
+            fused, z = self.fuse(vis, bucket, m)
+            outs.append({"gesture": self.gesture_logits(fused, z, bucket),
+                         "caption": self.decoder(fused, tokens_in, dl)})
+        return {"branches": outs, "router": logits_r, "mask": w["mask"], "p_change": w["p_change"]}
+
+
+def _copy_block(src: Block, dst: GatedBlock) -> None:
+    """Copy a Block into a (possibly narrower / wider MLP) GatedBlock: the first hidden channels
+    are copied, extra ones start with zero output weights (function preserving when wider)."""
+    for name in ("ln1", "qkv", "proj", "ln2"):
+        getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
+    s1, s2, d1, d2 = src.mlp[0], src.mlp[2], dst.mlp[0], dst.mlp[2]
+    k = min(s1.out_features, d1.out_features)
+    with torch.no_grad():
+        d1.weight[:k].copy_(s1.weight[:k])
+        d1.bias[:k].copy_(s1.bias[:k])
+        d2.weight.zero_()
+        d2.weight[:, :k].copy_(s2.weight[:, :k])
+        d2.bias.copy_(s2.bias)
+
+
+def anc_config_from(blob: dict) -> AncConfig:
+    return AncConfig(**blob)
+
+
+def branch_params(br: BranchViT, kept: list[int] | None = None) -> int:
+    """Parameters a branch uses with ``kept[l]`` MLP channels at layer l (default all)."""
+    d = br.pos.shape[1]
+    total = br.pos.numel() + sum(p.numel() for p in br.ln.parameters())
+    for i, blk in enumerate(br.blocks):
+        h = blk.mlp[0].out_features if kept is None else kept[i]
+        total += 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (d * h + h) + (h * d + d)
+    return total
+
+
+class AncStreamingCaptioner(StreamingCaptioner):
+    """Streaming joint STTF + ANC: the memory update as in STTF, then the estimator routes the
+    frame to a branch (budget-capped), which runs sparse (its own per-layer memory) or dense
+    (first frame, refresh, or when the branch did not run on the previous frame).
+
+    ``force_level``: run this level every frame (ablations: Medium-only = 2); ``None`` = route.
+    ``flops_dense`` of every result is the Medium-only dense model at full budget.
+    """
+
+    def __init__(self, model: AncModel, *, compute_budget: float = 1.0, force_level: int | None = None, **kw):
+        self.force_level = force_level
+        super().__init__(model, **kw)
+        self.set_budget(compute_budget)
+
+    def reset(self) -> None:
+        super().reset()
+        self.branch_layers = [br.new_memory() for br in self.model.branches]
+        self.ran_last: set[int] = set()
+
+    def set_budget(self, budget: float) -> None:
+        """Compute budget in (0, 1]: caps the level and slices the channel gates (next frame)."""
+        self.budget = float(budget)
+        self.kept = [br.set_budget(self.budget) for br in self.model.branches]
+
+    def route(self, hist: np.ndarray, change: np.ndarray) -> tuple[np.ndarray, list[int], list[float]]:
+        """(level probabilities, branches to run, their weights) for the current frame."""
+        bucket = age_bucket(torch.from_numpy(self.age), self.cfg.max_age)[None]
+        logits = self.model.route_logits(torch.from_numpy(hist)[None], torch.from_numpy(change)[None], bucket)
+        probs = torch.softmax(logits, dim=-1)[0].numpy()
+        cap = budget_cap(self.budget)
+        if self.force_level is not None:
+            return probs, [min(int(self.force_level), cap)], [1.0]
+        p = probs[:cap + 1] / probs[:cap + 1].sum()
+        run = [b for b in range(cap + 1) if p[b] > self.model.acfg.router_threshold] or [int(np.argmax(p))]
+        w = p[run] / p[run].sum()
+        return probs, run, [float(x) for x in w]
+
+    def _encode(self, hist: np.ndarray, change: np.ndarray, changed: np.ndarray, resync: bool) -> dict:
+        c = self.cfg
+        probs, run, weights = self.route(hist, change)
+        refresh = (not self.sparse or resync or self._force_dense
+                   or (self.refresh_period > 0 and self.since_dense >= self.refresh_period)
+                   or (self.drift_bound > 0 and self.drift > self.drift_bound))
+        vis, tokens, any_dense = None, {}, False
+        for b, w in zip(run, weights):
+            br, mem = self.model.branches[b], self.branch_layers[b]
+            if refresh or b not in self.ran_last:
+                out = br.dense_infer(self.e, mem)
+                tokens[b] = [c.num_tokens] * br.depth
+                any_dense = True
+            else:
+                out, tokens[b] = br.sparse_infer(self.e, torch.from_numpy(changed), mem, self.layer_thresholds)
+            vis = out * w if vis is None else vis + out * w
+        self.ran_last = set(run)
+        if refresh:
+            self.since_dense, self.drift, self._force_dense = 1, 0.0, False
+        else:
+            self.since_dense += 1
+        dom = run[int(np.argmax(weights))]
+        route = {"branch": LEVELS[dom], "level": int(np.argmax(probs)), "probabilities": [float(x) for x in probs],
+                 "branches": [LEVELS[b] for b in run], "weights": weights, "budget": self.budget,
+                 "kept_channels": list(self.kept[dom]), "branch_tokens": {LEVELS[b]: t for b, t in tokens.items()}}
+        route["params_active"] = self.active_parameters(run, self.model.acfg.decoder_layers[dom])
+        return {"vis": vis, "layer_tokens": tokens[dom], "dense": any_dense,
+                "decoder_layers": self.model.acfg.decoder_layers[dom], "route": route, "run": run,
+                "tokens": tokens}
+
+    def active_parameters(self, run: list[int], dec_layers: int) -> int:
+        m = self.model
+        shared = sum(p.numel() for n, p in m.named_parameters()
+                     if not n.startswith(("branches.", "decoder.blocks.")))
+        dec = sum(p.numel() for blk in m.decoder.blocks[:dec_layers] for p in blk.parameters())
+        return int(shared + dec + sum(branch_params(m.branches[b], self.kept[b]) for b in run))
+
+    def _flops(self, enc: dict, n_embed: int, generated: int, beams: int, learned_mask: bool) -> tuple[dict, float]:
+        c, m = self.cfg, self.model
+        enc_fl = embed_flops(c, n_embed)
+        for b, toks in enc["tokens"].items():
+            enc_fl += vit_flops(replace(c, mlp_ratio=m.acfg.mlp_ratios[b]), toks, self.kept[b])
+        flops = {"change_mask": mask_flops(c) if learned_mask else 0.0,
+                 "router": estimator_flops(c, m.acfg.est_hidden),
+                 "encoder": enc_fl, "fusion": fusion_flops(c),
+                 "decoder": decoder_flops(c, generated, beams, enc["decoder_layers"])}
+        med = replace(c, mlp_ratio=m.acfg.mlp_ratios[2])
+        dense = ((mask_flops(c) if learned_mask else 0.0) + embed_flops(c, n_embed)
+                 + vit_flops(med, [c.num_tokens] * m.acfg.depths[2]) + fusion_flops(c)
+                 + decoder_flops(c, generated, beams, m.acfg.decoder_layers[2]))
+        return flops, dense
+
+
+__all__ = ["AncStreamingCaptioner", "branch_params", "LEVELS", "AncConfig", "AncModel", "BranchViT", "ComplexityEstimator", "GatedBlock", "budget_cap"]

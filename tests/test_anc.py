@@ -1,0 +1,117 @@
+"""ANC joined with STTF: function-preserving growth, sliced channel gates, budget routing,
+FLOPs counter vs torch, checkpoint format."""
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from edge_vlm.model.anc import AncModel, AncStreamingCaptioner, budget_cap
+from edge_vlm.model.captioner import CaptionModel, ModelConfig, init_weights
+from edge_vlm.model.engine import StreamingCaptioner, engine_from_params, load_checkpoint, save_checkpoint
+from edge_vlm.model.flops import estimator_flops, vit_flops
+from edge_vlm.model.tokenizer import Tokenizer
+
+
+def tiny_pair(seed=0):
+    torch.manual_seed(seed)
+    tok = Tokenizer.build(["a person waves the right hand quickly", "a tall person claps hands slowly"])
+    m = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, max_age=8, vocab=tok.vocab))
+    init_weights(m)
+    m.eval()
+    return m, AncModel.grow_from(m).eval(), tok
+
+
+def blob(f):
+    h = np.zeros((4, 128, 128), dtype=np.float32)
+    h[1, 40:56, 20 + 3 * f:30 + 3 * f] = 2
+    h[0, 40:56, 30 + 3 * f:33 + 3 * f] = 1
+    return h
+
+
+def test_growth_is_function_preserving():
+    """Small is the STTF encoder; Medium starts as Small (identity layers, zero extra channels)."""
+    m, a, _ = tiny_pair()
+    for level in (1, 2):
+        s, e = StreamingCaptioner(m), AncStreamingCaptioner(a, force_level=level)
+        for f in range(5):
+            rs, ra = s.process(blob(f)), e.process(blob(f))
+            assert torch.allclose(s.memory, e.memory, atol=1e-5)
+            assert rs.label == ra.label and rs.text == ra.text
+        assert ra.route["branch"] == ("small", "medium")[level - 1]
+
+
+def test_sliced_gates_equal_hard_masked_channels_and_save_flops():
+    _, a, _ = tiny_pair()
+    blk = a.branches[2].blocks[0]
+    torch.nn.init.normal_(blk.mlp[2].weight, std=0.1)
+    x = torch.randn(7, a.cfg.dim)
+    for beta in (0.3, 0.6, 1.0):
+        keep = (blk.theta.detach() < beta).float()
+        fc1, fc2 = blk.mlp[0], blk.mlp[2]
+        ref = fc2(blk.act_fn(fc1(x)) * keep)
+        n = blk.set_budget(beta)
+        assert n == int(keep.sum()) and torch.allclose(blk._mlp(x), ref, atol=1e-5)
+    kept = [AncStreamingCaptioner(a, compute_budget=b).kept[2] for b in (0.7, 0.8, 0.9, 1.0)]
+    assert [sum(k) for k in kept] == sorted(sum(k) for k in kept) and sum(kept[0]) < sum(kept[-1])
+    c = a.cfg
+    with FlopCounterMode(display=False) as fc:
+        blk.set_budget(0.5)
+        from edge_vlm.model.captioner import LayerMemory
+        blk.dense_step(torch.randn(c.num_tokens, c.dim), LayerMemory(c.num_tokens, c.dim, c.heads))
+    from dataclasses import replace
+    want = vit_flops(replace(c, mlp_ratio=a.acfg.mlp_ratios[2]), [c.num_tokens], [blk.kept()])
+    assert abs(fc.get_total_flops() - want) / want < 0.05
+
+
+def test_budget_caps_the_route_and_changes_cost_at_runtime():
+    _, a, _ = tiny_pair()
+    assert [budget_cap(b) for b in (0.2, 0.34, 0.6, 0.67, 1.0)] == [0, 1, 1, 2, 2]
+    eng = AncStreamingCaptioner(a, force_level=2)
+    r_full = [eng.process(blob(f)) for f in range(3)][-1]
+    eng.set_budget(0.3)
+    r_switch = eng.process(blob(3))         # the first Tiny frame is dense (its memory was not current)
+    r_low = eng.process(blob(4))
+    assert r_full.route["branch"] == "medium" and r_low.route["branch"] == "tiny"
+    assert r_switch.refreshed and not r_low.refreshed and not r_full.refreshed
+    assert r_low.flops["encoder"] < r_full.flops["encoder"]
+    assert r_low.route["params_active"] < r_full.route["params_active"]
+    assert r_low.flops_dense == r_full.flops_dense      # the reference is always Medium-only dense
+
+
+def test_router_runs_a_branch_and_costs_little():
+    _, a, _ = tiny_pair()
+    eng = AncStreamingCaptioner(a)
+    for f in range(3):
+        r = eng.process(blob(f))
+        assert abs(sum(r.route["weights"]) - 1) < 1e-6 and r.route["branches"]
+        assert abs(sum(r.route["probabilities"]) - 1) < 1e-5
+    c = a.cfg
+    with FlopCounterMode(display=False) as fc:
+        a.route_logits(torch.rand(1, 4, 128, 128), torch.zeros(1, c.num_tokens), torch.zeros(1, c.num_tokens))
+    assert abs(fc.get_total_flops() - estimator_flops(c)) / estimator_flops(c) < 0.05
+
+
+def test_anc_checkpoint_roundtrip_and_engine_factory(tmp_path):
+    _, a, _ = tiny_pair()
+    p = tmp_path / "anc.pt"
+    save_checkpoint(str(p), a, extra={"model_id": "anc-test"})
+    b, extra = load_checkpoint(str(p))
+    assert isinstance(b, AncModel) and extra["model_id"] == "anc-test"
+    eng = engine_from_params(b, {"compute_budget": 0.5, "refresh_period": 0}, extra)
+    assert isinstance(eng, AncStreamingCaptioner) and eng.budget == 0.5
+    r = eng.process(blob(0))
+    assert r.route["budget"] == 0.5 and r.route["branch"] in ("tiny", "small")
+
+
+def test_training_forward_and_backward():
+    _, a, tok = tiny_pair()
+    a.train()
+    b, t = 2, 3
+    hist = torch.from_numpy(np.stack([np.stack([blob(f) for f in range(t)])] * b).astype(np.uint8))
+    ids = torch.tensor([tok.encode("a person waves", a.cfg.max_len)] * b)
+    out = a(hist, None, torch.zeros(b, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool), ids[:, :-1],
+            beta=torch.tensor([1.0, 0.4]))
+    assert len(out["branches"]) == 3 and out["router"].shape == (b, 3)
+    loss = sum(o["gesture"].sum() + o["caption"].sum() for o in out["branches"]) + out["router"].sum()
+    loss.backward()
+    assert a.estimator.fc.weight.grad is not None and a.branches[2].blocks[0].theta.grad is not None
+    assert a.mask_net.c1.weight.grad is None        # the STTF front end is kept (no gradient)
