@@ -7,6 +7,8 @@
 #   4. CMake path fix for the ROS wheels (scripts/fix_cmake_paths.py)
 #   5. pip install -e ros2_ws/src/edge_vlm   (the `edge-vlm` console script)
 #   6. colcon build --symlink-install in ros2_ws (every package under ros2_ws/src)
+#   (first of all, outside the stamp: the native decode+bin kernel
+#    ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so, rebuilt when evbin.c is newer)
 #
 # Idempotent. A stamp file (.setup-stamp) holds a hash of requirements.txt, this
 # script, the fix script and every package.xml / CMakeLists.txt / setup.py /
@@ -32,6 +34,32 @@ trap 'rc=$?; [ $rc -eq 0 ] || printf "\nsetup.sh: FAILED (exit %s) during step: 
 
 cd "$ROOT"
 [ -f "$REQ" ] || die "requirements.txt not found in $ROOT"
+
+# ---- native decode+bin kernel (edge_vlm/_native/libevbin.so) ---------------------
+# Built in the source tree (colcon --symlink-install links it; edge_vlm/native.py finds it
+# through its real path), before the stamp check: the stamp does not cover the C source and
+# this is cheap. Rebuilt when evbin.c is newer than the library. Without gcc, or if it fails,
+# edge_vlm keeps working on its numpy path (same results, slower).
+build_native() {
+  local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
+  local src="$dir/evbin.c" lib="$dir/libevbin.so"
+  [ -f "$src" ] || return 0
+  if [ -f "$lib" ] && [ ! "$src" -nt "$lib" ]; then
+    return 0
+  fi
+  if ! command -v gcc >/dev/null 2>&1; then
+    echo "setup.sh: note: gcc not found; edge_vlm uses its numpy decode+bin path (same results, slower)"
+    return 0
+  fi
+  if gcc -O2 -Wall -shared -fPIC -o "$lib.tmp" "$src"; then
+    mv -f "$lib.tmp" "$lib"                 # atomic: a running process never sees half a library
+    echo "setup.sh: built $lib"
+  else
+    rm -f "$lib.tmp"
+    echo "setup.sh: WARNING: building $lib failed; edge_vlm uses its numpy decode+bin path" >&2
+  fi
+}
+build_native
 
 # ---- stamp: hash of everything that affects the environment / the build -----
 compute_hash() {

@@ -115,3 +115,35 @@ def test_training_forward_and_backward():
     loss.backward()
     assert a.estimator.fc.weight.grad is not None and a.branches[2].blocks[0].theta.grad is not None
     assert a.mask_net.c1.weight.grad is None        # the STTF front end is kept (no gradient)
+
+
+def test_masked_training_step_equals_the_sparse_inference_step():
+    """Train with masks (fixed shapes), infer with a gather: the same numbers."""
+    _, a, _ = tiny_pair()
+    br = a.branches[2]
+    for blk in br.blocks:
+        torch.nn.init.normal_(blk.proj.weight, std=0.1)
+        torch.nn.init.normal_(blk.mlp[2].weight, std=0.1)
+    e_prev = torch.randn(a.cfg.num_tokens, a.cfg.dim)
+    e = e_prev.clone()
+    idx = torch.tensor([3, 50, 100])
+    e[idx] += torch.randn(3, a.cfg.dim)
+    with torch.no_grad():
+        mem = br.new_memory()
+        br.dense_infer(e_prev, mem)
+        out, _ = br.sparse_infer(e, idx, mem, [])
+        m = torch.zeros(1, a.cfg.num_tokens)
+        m[0, idx] = 1
+        ref = br.masked_forward(e_prev[None], e[None], m)[0]
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_training_forward_with_masks_runs():
+    _, a, tok = tiny_pair()
+    b, t = 2, 4
+    hist = torch.from_numpy(np.stack([np.stack([blob(f) for f in range(t)])] * b).astype(np.uint8))
+    ids = torch.tensor([tok.encode("a person waves", a.cfg.max_len)] * b)
+    out = a(hist, None, torch.zeros(b, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool), ids[:, :-1],
+            beta=torch.ones(b), sparse_from=2)
+    sum(o["gesture"].sum() for o in out["branches"]).backward()
+    assert a.branches[1].blocks[0].qkv.weight.grad is not None

@@ -69,6 +69,7 @@ def test_decode_bin_counts_events_and_frames():
 
 def test_bench_decode_quick():
     r = bench.bench_decode(repeats=1, quick=True)
+    assert r["decode_backend"] in ("native", "numpy")
     _positive(r, ("mono_mev_per_s", "evt3_sim_mev_per_s", "mono_dense_mev_per_s", "evt3_sim_dense_mev_per_s"))
     for name, fig in r["real"].items():        # real bags when ../shared/data/real is present
         assert fig["encoding"] == "evt3" and fig["events"] > 0, name

@@ -5,10 +5,16 @@ stateful decoder per packet, sort if unsorted, the original ``FrameClock.push`` 
 below, so the refactored clock is pinned too), the empty-mono-packet flush rule, and
 ``event_histogram`` of every closed frame. Results must be identical: frame indices, event
 counts, histograms, late/reset counters and rejected packets.
+
+Both backends are checked everywhere: the numpy path and, where ``_native/libevbin.so`` is
+built (scripts/setup.sh), the native kernel (edge_vlm.native), which must also give the same
+rejection messages, packet / event counters, fed packets and evt3 decoder state as numpy.
 """
 from __future__ import annotations
 
+import array
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SHARED_REAL
-from edge_vlm import bench
+from edge_vlm import bench, native
 from edge_vlm.binner import FrameBinner
 from edge_vlm.codecs import Evt3Decoder, encode_mono, make_decoder
 from edge_vlm.events import EventDecodeError, concat_events, make_events
@@ -26,6 +32,9 @@ from edge_vlm.repr import event_histogram
 P = 33_333_333
 REAL = [os.path.join(SHARED_REAL, n) for n in ("evt3_prophesee_640x480", "evt3_prophesee_1280x720_trigger")]
 REAL = [p for p in REAL if os.path.isfile(os.path.join(p, "metadata.yaml"))]
+NATIVE = os.environ.get("EDGE_VLM_NO_NATIVE", "") in ("", "0") and native.load(quiet=True) is not None
+BACKENDS = ["numpy"] + (["native"] if NATIVE else [])
+needs_native = pytest.mark.skipif(not NATIVE, reason="native kernel not built (scripts/setup.sh) or disabled")
 
 
 class _RefClock:
@@ -110,17 +119,33 @@ def reference(packets, period=P, max_gap=30):
     return out, (rejected, clock.late_events, clock.resets)
 
 
-def binned(packets, period=P, max_gap=30, **kw):
-    b = FrameBinner(period, max_gap_frames=max_gap, **kw)
+def binned(packets, period=P, max_gap=30, details=None, **kw):
+    """FrameBinner over the packets: (frames, counters); ``details`` (a dict) gets the rest."""
+    b = FrameBinner(period, max_gap_frames=max_gap, track_packets=True, **kw)
     frames = []
-    for enc, data, w, h, tb in packets:
-        frames += b.push(enc, data, w, h, tb)
+    for i, (enc, data, w, h, tb) in enumerate(packets):
+        frames += b.push(enc, data, w, h, tb, tag=i)
     frames += b.flush()
     for f in frames:
         assert f.events is None and f.hist.dtype == np.float32 and f.hist.shape == (4, 128, 128)
         assert (f.t_start, f.t_end) == (f.index * period, (f.index + 1) * period)
     out = [(f.index, f.count, f.hist) for f in frames]
+    if details is not None:
+        details.update(rejections=b.pop_rejections(), fed=b.pop_fed(), packets=b.packets,
+                       events=b.events, unsorted=b.unsorted, sizes=[(f.width, f.height) for f in frames],
+                       current=b.clock.current, backend=b.backend)
+        if "evt3" in b.decoders or b.backend == "native":
+            details["evt3_state"] = _evt3_state(b)
     return out, (b.rejected, b.late_events, b.resets)
+
+
+def _evt3_state(b):
+    if b.backend == "native":
+        st = b._st
+        return (st.y, st.time_low, st.time_high, st.wraps, st.base_x, st.pol, bool(st.seen_high),
+                bool(st.valid))
+    s = b.decoders["evt3"]._s
+    return (s.y, s.time_low, s.time_high, s.wraps, s.base_x, s.pol, s.seen_high, s.valid)
 
 
 def assert_same(a, b):
@@ -133,11 +158,33 @@ def assert_same(a, b):
 
 
 def both(packets, **kw):
+    """Every backend == the per-packet reference; the native kernel == numpy in every detail."""
     ref = reference(packets, kw.get("period", P), kw.get("max_gap", 30))
+    dn = {}
     for cap in (None, 1, 1 << 30):          # default, no batching, one batch per frame at most
         extra = {} if cap is None else {"max_batch_bytes": cap}
-        assert_same(binned(packets, **kw, **extra), ref)
+        assert_same(binned(packets, **kw, **extra, backend="numpy", details=dn if cap is None else None), ref)
+    if NATIVE:
+        dk = {}
+        assert_same(binned(packets, **kw, backend="native", details=dk), ref)
+        same_details(dn, dk, packets)
     return ref
+
+
+def same_details(dn, dk, packets):
+    """numpy (dn) and native (dk) agree on everything but the backend name."""
+    assert dk.pop("backend") == "native" and dn.pop("backend") == "numpy"
+    if "evt3_state" in dk and "evt3_state" not in dn:     # the numpy path never decoded evt3
+        assert not any(p[0] == "evt3" for p in packets) or dk["evt3_state"] == _evt3_state_fresh()
+        dk.pop("evt3_state")
+    # the numpy path reports a malformed packet when its batch is decoded, the kernel at once
+    for d in (dn, dk):
+        d["rejections"] = sorted(d["rejections"], key=lambda r: r[0])
+    assert dn == dk
+
+
+def _evt3_state_fresh():
+    return (0, 0, 0, 0, 0, 0, False, False)
 
 
 def _events(t, rng, w=128, h=128):
@@ -387,4 +434,174 @@ def test_cores_take_binned_frames(sim):
 def test_fuzz_binner_never_raises_and_matches(packets, size):
     """Random payloads: never an exception, the same frames and rejections as per packet."""
     pk = [(enc, data, size * (1 + s) if s < 1 else 0, size, tb) for enc, data, s, tb in packets]
-    assert_same(binned(pk), reference(pk))
+    ref = reference(pk)
+    details = {}
+    for backend in BACKENDS:
+        assert_same(binned(pk, backend=backend, details=details.setdefault(backend, {})), ref)
+    if NATIVE:
+        same_details(details["numpy"], details["native"], pk)
+
+
+# ------------------------------------------------------------------ native kernel
+def test_native_kernel_built():
+    """Where gcc is (CI, the dev machines), scripts/setup.sh builds the kernel: it must load."""
+    if shutil.which("gcc") is None or os.environ.get("EDGE_VLM_NO_NATIVE", "") not in ("", "0"):
+        pytest.skip("no gcc, or the native kernel is disabled")
+    assert native.load(quiet=True) is not None, "run scripts/setup.sh (builds _native/libevbin.so)"
+    assert FrameBinner(P).backend == "native" and native.backend() == "native"
+
+
+def test_no_native_env_forces_numpy(monkeypatch):
+    monkeypatch.setenv("EDGE_VLM_NO_NATIVE", "1")
+    assert native.load() is None and native.backend() == "numpy"
+    assert FrameBinner(P).backend == "numpy"
+    with pytest.raises(RuntimeError):
+        FrameBinner(P, backend="native")
+    with pytest.raises(ValueError):
+        FrameBinner(P, backend="cuda")
+
+
+def _random_evt3_stream(rng, n_words, t_jumps=True, w=2048, h=2048):
+    """Valid-type EVT 3.0 words: runs of time / y / x / vector words, time going forward with
+    jitter (backward TIME_HIGH steps), 24-bit wraps and, with ``t_jumps``, jumps; coordinates
+    mostly inside a ``w`` x ``h`` sensor."""
+    def coord(n):
+        return int(rng.integers(0, min(max(n, 1), 2048))) if rng.random() < 0.98 else int(rng.integers(0, 2048))
+
+    words, hi, lo = [], int(rng.integers(0, 4096)), 0
+    while len(words) < n_words:
+        r = rng.random()
+        if r < 0.15:
+            step = int(rng.integers(-3, 4)) if rng.random() < 0.9 else int(rng.integers(-4095, 4096))
+            hi = (hi + step) % 4096 if t_jumps else min(4095, max(hi, hi + step))
+            words.append(0x8000 | hi)
+        elif r < 0.4:
+            lo = (lo + int(rng.integers(0, 400))) % 4096
+            words.append(0x6000 | lo)
+        elif r < 0.55:
+            words.append(0x0000 | coord(h) | int(rng.integers(0, 2)) << 11)   # y (+ system bit)
+        elif r < 0.8:
+            words.append(0x2000 | coord(w) | int(rng.integers(0, 2)) << 11)   # single CD event
+        elif r < 0.87:
+            words.append(0x3000 | coord(w - 24) | int(rng.integers(0, 2)) << 11)   # vector base
+        elif r < 0.95:
+            words.append((0x4000 if rng.random() < 0.5 else 0x5000) | int(rng.integers(0, 4096)))
+        else:
+            words.append(int(rng.choice([0x7000, 0xA000, 0xE000, 0xF000])) | int(rng.integers(0, 4096)))
+    return np.array(words[:n_words], dtype="<u2")
+
+
+@pytest.mark.parametrize("size", [(16, 16), (128, 128), (640, 480), (2048, 2048), (5000, 100)])
+def test_evt3_structured_fuzz_both_backends(size):
+    """Vectors (also past x = 2047), wraps, late events, jumps, out-of-sensor events, undefined
+    word types, odd lengths: the same frames, rejections, counters and decoder state."""
+    rng = np.random.default_rng(size[0])
+    w, h = size
+    for trial in range(4):
+        words = _random_evt3_stream(rng, 2500, t_jumps=trial % 2 == 1, w=w, h=h)
+        cuts = np.unique(rng.integers(0, words.size, 40)).tolist()
+        packets = []
+        for a, b in zip([0, *cuts], [*cuts, words.size]):
+            data = words[a:b].tobytes()
+            r = rng.random()
+            if r < 0.03:
+                data += b"\x01"                                           # odd length
+            elif r < 0.06:
+                data = data + np.array([0x9000], "<u2").tobytes()         # undefined word type
+            packets.append(("evt3", data, w, h, 0))
+        both(packets)
+
+
+def test_evt3_vector_past_2047_both_backends():
+    """A vector running past x = 2047 on a 5000-wide sensor: rejected ("beyond 11 bits") by both
+    backends (the per-packet reference accepts it: a documented difference)."""
+    head = [0x8000 | 1, 0x6000 | 2, 0x0000 | 3]
+    good = np.array(head + [0x3000 | 2030, 0x4FFF], "<u2").tobytes()             # x 2030..2041
+    past = np.array([0x3000 | 2040, 0x4FFF, 0x2000 | 7], "<u2").tobytes()          # x 2040..2051
+    pk = [("evt3", good, 5000, 100, 0), ("evt3", past, 5000, 100, 0), ("evt3", good[6:], 5000, 100, 0)]
+    details = {}
+    for backend in BACKENDS:
+        binned(pk, backend=backend, details=details.setdefault(backend, {}))
+        assert [r[0] for r in details[backend]["rejections"]] == [1]
+        assert "beyond 11 bits" in details[backend]["rejections"][0][1]
+    if NATIVE:
+        same_details(details["numpy"], details["native"], pk)
+
+
+def test_mono_structured_fuzz_both_backends():
+    rng = np.random.default_rng(5)
+    for w, h in ((128, 128), (346, 260), (16, 16)):
+        packets, t = [], 10 * P
+        for i in range(150):
+            n = int(rng.integers(0, 200))
+            x = rng.integers(0, w + (2 if rng.random() < 0.05 else 0), n)   # some out of the sensor
+            y = rng.integers(0, h, n)
+            tb = t + int(rng.integers(-P, P)) if rng.random() < 0.1 else t
+            off = np.sort(rng.integers(0, 1 << 32 if rng.random() < 0.05 else 20_000_000, n))
+            if rng.random() < 0.1 and n > 3:
+                off[: n // 2] = off[: n // 2][::-1]                          # unsorted
+            words = (off.astype(np.uint64) | (x.astype(np.uint64) << np.uint64(32))
+                     | (y.astype(np.uint64) << np.uint64(48))
+                     | (rng.integers(0, 2, n).astype(np.uint64) << np.uint64(63)))
+            packets.append(("mono", words.astype("<u8").tobytes(), w, h, tb))
+            t += int(rng.integers(0, 3 * P)) if rng.random() < 0.97 else int(rng.integers(-60, 60)) * P
+        both(packets)
+
+
+@needs_native
+def test_native_payload_types_and_big_packets(sim):
+    """bytes / array('B') (rclpy) / memoryview / ndarray payloads, and packets beyond the
+    kernel's initial scratch (4096 events; evt3 vectors: 12 events per word)."""
+    pk = _mono_packets(bench.compress_time(sim, 200), 50_000_000)       # ~30k events per packet
+    assert max(len(p[1]) for p in pk) // 8 > 4096
+    ref = both(pk)
+    for conv in (lambda d: array.array("B", d), memoryview, lambda d: np.frombuffer(d, np.uint8)):
+        assert_same(binned([(e, conv(d), w, h, tb) for e, d, w, h, tb in pk], backend="native"), ref)
+    vec = np.array([0x8000 | 1, 0x6000 | 2, 0x0000 | 3, 0x3000 | 0] + [0x4FFF] * 10 + [0x3000] + [0x4FFF] * 10,
+                   dtype="<u2")
+    big = np.tile(vec, 400)                     # 400 x 240 = 96,000 events in one packet
+    pk3 = [("evt3", big.tobytes(), 128, 128, 0),
+           ("evt3", np.array([0x8000 | 30, 0x6000], "<u2").tobytes(), 128, 128, 0)]
+    both(pk3)
+    assert_same(binned([(e, array.array("B", d), w, h, tb) for e, d, w, h, tb in pk3], backend="native"),
+                reference(pk3))
+
+
+@needs_native
+def test_native_frames_keep_their_histograms(sim):
+    """Output histograms are reused only once nothing references them: frames held by the
+    caller keep their values, and one changed in place and dropped does not leak into later ones."""
+    pk = _mono_packets(sim, 10_000_000)
+    ref, _ = binned(pk, backend="numpy")
+    b = FrameBinner(P, backend="native")
+    held, views, got = [], [], []
+    for i, (enc, data, w, h, tb) in enumerate(pk):
+        for f in b.push(enc, data, w, h, tb):
+            got.append((f.index, f.count, f.hist.copy()))
+            if len(got) % 3 == 0:
+                held.append((f, f.hist.copy()))
+            elif len(got) % 3 == 1:
+                views.append((f.hist[1:3], f.hist[1:3].copy()))        # a view only
+            else:
+                f.hist += 7.0                                          # changed in place, dropped
+    got += [(f.index, f.count, f.hist.copy()) for f in b.flush()]
+    assert_same((got, ()), (ref, ()))
+    for f, copy in held:
+        np.testing.assert_array_equal(f.hist, copy)
+    for v, copy in views:
+        np.testing.assert_array_equal(v, copy)
+
+
+@needs_native
+def test_native_odd_arguments_never_raise(sim):
+    """time_base of another int type or beyond int64, empty packets: as the numpy path."""
+    pk = _mono_packets(sim, 10_000_000)[:40]
+    odd = []
+    for i, (enc, data, w, h, tb) in enumerate(pk):
+        odd.append((enc, data, w, h, np.int64(tb) if i % 3 else tb))
+        if i % 7 == 0:
+            odd.append((enc, data, w, h, 1 << 70))                  # rejected: time_base range
+            odd.append(("evt3", np.array([0x8000 | i, 0x6000], "<u2").tobytes(), w, h, 1 << 70))
+            odd.append((enc, b"", w, h, tb + 3 * P))
+    both(odd)
+

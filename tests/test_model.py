@@ -227,3 +227,21 @@ def test_policy_calibration_keeps_agreement():
     assert rows[0.0]["agreement"] == 1.0          # every changed token propagated: labels as dense here
     assert rows[10.0]["layer_token_fraction"] < rows[0.0]["layer_token_fraction"]
     assert next(r for r in res["candidates"] if r["tau"] == taus[1])["agreement"] >= 0.99
+
+
+def test_shift_augmentation_translates_the_window_without_wrap():
+    from edge_vlm.model.data import FrameSet
+    from edge_vlm.model.train import TrainConfig, make_batch, shift_window
+
+    x = np.arange(16).reshape(1, 1, 4, 4)
+    y = shift_window(x, 1, -1, (2, 3))
+    assert y[0, 0, 0].tolist() == [0, 0, 0, 0] and y[0, 0, 1].tolist() == [1, 2, 3, 0]
+    m, tok = tiny_model()
+    n = 5
+    hist = np.stack([moving_blob(f).astype(np.uint8) for f in range(n)])
+    rgb = np.zeros((n, 128, 128, 3), dtype=np.uint8)
+    fs = FrameSet(hist, rgb, np.full(n, 3), ["a person waves"] * n, [[]] * n, [""] * n,
+                  np.zeros(n, dtype=np.int64), np.arange(n), np.arange(n))
+    tc = TrainConfig(window=3)
+    h, *_ = make_batch(fs, np.array([n - 1]), m.cfg, tok, tc, np.random.default_rng(0), np.array([True]), shift_px=8)
+    assert h.shape == (1, 3, 4, 128, 128) and int(h.sum()) == int(hist[-3:].sum())   # the blob stays inside

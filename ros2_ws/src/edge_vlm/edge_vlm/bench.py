@@ -335,6 +335,8 @@ def bench_decode(repeats: int = 5, quick: bool = False, threads: int | None = 1)
     At ~300 events per frame the fixed cost of a frame (the 4x128x128 float32 histogram
     alone costs tens of microseconds) bounds the rate, whatever the decoder.
     """
+    from .native import backend
+
     _set_threads(threads)
     labels, clip_s = ((1, 8), 0.3) if quick else (range(1, 12), 1.5)
     rec = simulated_events(labels=labels, clip_s=clip_s, gap_s=0.3 if not quick else 0.1, seed=SIM_SEED)
@@ -342,6 +344,9 @@ def bench_decode(repeats: int = 5, quick: bool = False, threads: int | None = 1)
     span = (int(ev["t"][-1]) - int(ev["t"][0])) / 1e9
     fast = compress_time(ev, DENSE_FACTOR)
     out: dict = {"repeats": repeats, "threads": threads,
+                 # FrameBinner's decode + bin path: "native" (edge_vlm/_native/libevbin.so, built by
+                 # scripts/setup.sh) or "numpy" (no library, or EDGE_VLM_NO_NATIVE=1); same results
+                 "decode_backend": backend(),
                  "measured": "FrameBinner fed packet by packet (decode + FrameClock rules + 4x128x128 "
                              "histogram of every closed 33.3 ms frame); rates = events / median CPU "
                              "time of the thread (time.thread_time) after a warm-up run",
@@ -422,9 +427,14 @@ def sim_frames(rec, params: dict) -> list[dict]:
 
 
 def _engine(model, params: dict, sparse: bool, minfo: dict | None = None):
+    """The captioner engine; for a joint STTF+ANC checkpoint the STTF figures use its Medium
+    branch on every frame (the model the paper's STTF compares with: dense Medium)."""
     from .model.engine import engine_from_params
 
-    return engine_from_params(model, params, minfo or {}, sparse=sparse)
+    eng = engine_from_params(model, params, minfo or {}, sparse=sparse)
+    if hasattr(model, "acfg"):
+        eng.force_level = 2
+    return eng
 
 
 def test_recordings(quick: bool = False) -> list:
@@ -479,6 +489,7 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
     for h in hists[: min(10, n)]:
         warm.process(h)
     enc = {True: [], False: []}
+    mem = {True: [], False: []}
     tot = {True: [], False: []}
     refreshed = None
     for r in range(max(1, repeats)):
@@ -486,11 +497,13 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
             e = _engine(model, params, sparse, minfo)
             rs = [e.process(h) for h in hists]
             enc[sparse].append([x.latency_ms["encoder"] for x in rs])
+            mem[sparse].append([x.latency_ms["memory"] + x.latency_ms["encoder"] for x in rs])
             tot[sparse].append([x.latency_ms["total"] for x in rs])
             if sparse:
                 refreshed = np.array([x.refreshed for x in rs])
     med = {k: np.median(np.asarray(v), axis=0) for k, v in
-           (("enc_s", enc[True]), ("enc_d", enc[False]), ("tot_s", tot[True]), ("tot_d", tot[False]))}
+           (("enc_s", enc[True]), ("enc_d", enc[False]), ("tot_s", tot[True]), ("tot_d", tot[False]),
+            ("mem_s", mem[True]), ("mem_d", mem[False]))}
     st = slice(1, None)
     es_mean, ed_mean = float(med["enc_s"][st].mean()), float(med["enc_d"][st].mean())
     frac = np.array([r.active_tokens / r.total_tokens for r in res_s])
@@ -532,6 +545,7 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
     low, high, static = sel("low"), sel("high"), sel("static")
     mean_frac = lambda idx: float(frac[idx].mean()) if len(idx) else None  # noqa: E731
     a_d, a_s = acc(res_d), acc(res_s)
+    curve = vit_speedup_curve(model, quick=quick)
     return {
         "model": minfo, "threads": threads, "repeats": repeats,
         "recordings": [r.name for r in recs], "frames": len(res_s), "frames_scored": len(scored),
@@ -544,6 +558,9 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
                                                 if (~refreshed[1:]).any() else None),
         "total_ms_steady_sparse": float(med["tot_s"][st].mean()), "total_ms_steady_dense": float(med["tot_d"][st].mean()),
         "speedup_first": float(med["enc_d"][0] / med["enc_s"][0]),
+        "memory_encoder_ms_steady_sparse": float(med["mem_s"][st].mean()),
+        "memory_encoder_ms_steady_dense": float(med["mem_d"][st].mean()),
+        "speedup_memory_encoder_steady": float(med["mem_d"][st].mean() / med["mem_s"][st].mean()),
         "speedup_steady": ed_mean / es_mean if es_mean else None,
         "speedup_limit": float(1.0 / timed_frac) if timed_frac else None,
         "speedup_total_steady": float(med["tot_d"][st].mean() / med["tot_s"][st].mean()),
@@ -569,7 +586,42 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
         "segment_accuracy_dense": seg_acc(res_d), "segment_accuracy_sparse": seg_acc(res_s),
         "token_deviation_max": float(max(dev)) if dev else None,
         "token_deviation_mean": float(np.mean(dev)) if dev else None,
+        "speedup_by_active_tokens": curve,
     }
+
+
+def vit_speedup_curve(model, sizes=(8, 16, 32, 64, 128), quick: bool = False) -> list[dict]:
+    """The encoder (ViT) alone: dense pass vs sparse recompute of ``n`` random tokens, per n
+    (median of repeated calls on the same memory): how close the sparse path gets to its ideal
+    N/n speedup as the active-token count grows (small matmuls run below peak on a CPU)."""
+    import torch
+
+    vit = model.branches[2] if hasattr(model, "branches") else model.vit
+    n_all = vit.pos.shape[0]
+    mem = vit.new_memory()
+    e = torch.randn(n_all, vit.pos.shape[1])
+    rng = np.random.default_rng(0)
+    reps = 3 if quick else 30
+
+    def med(fn, k):
+        ts = []
+        for _ in range(k):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts))
+
+    out = []
+    with torch.no_grad():
+        vit.dense_infer(e, mem)
+        dense = med(lambda: vit.dense_infer(e, mem), max(3, reps // 3))
+        for n in sizes:
+            idx = torch.from_numpy(np.sort(rng.choice(n_all, n, replace=False)))
+            vit.sparse_infer(e, idx, mem, [])
+            sp = med(lambda: vit.sparse_infer(e, idx, mem, []), reps)
+            out.append({"tokens": int(n), "dense_ms": dense * 1e3, "sparse_ms": sp * 1e3, "speedup": dense / sp,
+                        "limit": n_all / n, "efficiency": dense / sp / (n_all / n)})
+    return out
 
 
 def e2e_bag(out_dir: str | os.PathLike, labels=range(1, 12), clip_s: float = 1.0, gap_s: float = 0.3,
@@ -776,6 +828,8 @@ def _fmt(v) -> str:
         return "yes" if v else "no"
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v) + "]"
     return str(v)
 
 
@@ -799,7 +853,8 @@ def markdown(result: dict, command: str) -> str:
                   f"{dec.get('repeats')} runs after a warm-up)", "",
                   "Rates use the decoding thread's CPU time (`time.thread_time`: one core's work, robust to "
                   "other load); the wall-clock rate is given too. Decode + bin = one stateful decoder, the "
-                  "nodes' FrameClock and `event_histogram` of every closed 33 ms frame on the 128x128 grid.", "",
+                  "nodes' FrameClock and `event_histogram` of every closed 33 ms frame on the 128x128 grid "
+                  f"(FrameBinner, `{dec.get('decode_backend', 'numpy')}` backend).", "",
                   "| stream | encoding | packets | events | bytes/packet | decode+bin Mev/s | (wall) | "
                   "decode-only Mev/s | decode us/packet | decode-only, 8 packets joined |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -816,18 +871,32 @@ def markdown(result: dict, command: str) -> str:
                          f"{_fmt(v['decode_us_per_packet'])} | {_fmt(v.get('decode_only_batched8_mev_per_s'))} |")
     st = d.get("sttf") or {}
     if st:
-        lines += ["", f"## Token memory vs dense ({st.get('frames')} frames of `{st.get('recording')}`, batch 1, "
-                  f"{st.get('threads')} torch thread(s), per-frame median of {st.get('repeats')} passes)", "",
+        lines += ["", f"## STTF vs dense ({st.get('frames')} frames of {len(st.get('recordings') or [])} test "
+                  f"recordings, batch 1, {st.get('threads')} torch thread(s); timing on "
+                  f"`{st.get('timing_recording')}`, per-frame median of {st.get('repeats')} passes)", "",
                   "| figure | value |", "|---|---|"]
-        for k in ("encoder_ms_first_sparse", "encoder_ms_first_dense", "encoder_ms_steady_sparse",
-                  "encoder_ms_steady_dense", "encoder_ms_steady_sparse_no_refresh", "total_ms_steady_sparse",
-                  "total_ms_steady_dense", "speedup_steady", "speedup_total_steady", "speedup_limit",
-                  "active_token_fraction", "active_token_fraction_p95", "change_token_fraction",
-                  "active_token_fraction_low_motion", "active_token_fraction_high_motion",
-                  "active_token_fraction_static", "refresh_frames", "flops_ratio", "encoder_flops_ratio",
-                  "caption_agreement", "label_agreement", "frames_scored", "accuracy_dense", "accuracy_sparse",
-                  "token_deviation_max"):
+        for k in ("accuracy_dense", "accuracy_sparse", "accuracy_retained", "segment_accuracy_dense",
+                  "segment_accuracy_sparse", "accuracy_dense_low_motion", "accuracy_sparse_low_motion",
+                  "accuracy_dense_high_motion", "accuracy_sparse_high_motion", "caption_agreement",
+                  "label_agreement", "token_deviation_max", "token_deviation_mean",
+                  "active_token_fraction", "active_tokens_mean", "active_token_fraction_p95",
+                  "change_token_fraction", "layer_token_fraction", "active_token_fraction_low_motion",
+                  "active_token_fraction_high_motion", "active_token_fraction_static", "refresh_frames",
+                  "encoder_ms_first_sparse", "encoder_ms_first_dense", "speedup_first",
+                  "encoder_ms_steady_sparse", "encoder_ms_steady_dense", "encoder_ms_steady_sparse_no_refresh",
+                  "speedup_steady", "speedup_limit", "memory_encoder_ms_steady_sparse",
+                  "memory_encoder_ms_steady_dense", "speedup_memory_encoder_steady", "total_ms_steady_sparse",
+                  "total_ms_steady_dense", "speedup_total_steady", "flops_ratio", "encoder_flops_ratio",
+                  "frames_scored"):
             lines.append(f"| `{k}` | {_fmt(st.get(k))} |")
+        curve = st.get("speedup_by_active_tokens") or []
+        if curve:
+            lines += ["", "Encoder (ViT) alone, random active sets: sparse speedup vs its ideal N/n "
+                      "(`speedup_by_active_tokens`):", "", "| active tokens | dense ms | sparse ms | speedup | "
+                      "ideal | efficiency |", "|---|---|---|---|---|---|"]
+            for c in curve:
+                lines.append(f"| {c['tokens']} | {_fmt(c['dense_ms'])} | {_fmt(c['sparse_ms'])} | "
+                             f"{_fmt(c['speedup'])} | {_fmt(c['limit'])} | {_fmt(c['efficiency'])} |")
     an = d.get("anc") or {}
     if an:
         lines += ["", "## ANC: the joint STTF+ANC checkpoint against Medium-only (same frames, batch 1)", ""]

@@ -1,4 +1,4 @@
-"""Decode + frame binning of an EventPacket stream, batched per frame (what the nodes run).
+"""Decode + frame binning of an EventPacket stream (what the nodes run).
 
 :class:`FrameBinner` does what a node does with every EventPacket -- stateful
 decode, :class:`~edge_vlm.pipeline.FrameClock` on the absolute grid of period
@@ -31,6 +31,22 @@ counters, rejected packets), but without ~35 small numpy calls per packet:
   decoded again packet by packet: the malformed packets are rejected and
   counted, the good ones kept.
 
+Two backends, same results (``FrameBinner.backend``; ``backend=`` picks one):
+
+* ``"native"`` (the default where ``_native/libevbin.so`` is built, see
+  :mod:`edge_vlm.native`): ``mono`` / ``evt3`` packets of the current stream
+  (bytes or rclpy's ``array('B')``) go through ONE ctypes call each, no
+  buffering: evbin.c decodes them (a stateful EVT 3.0 decoder of the same
+  semantics as :mod:`edge_vlm.codecs.evt3`) into scratch columns (t, bin) and,
+  when the packet is time-ordered, starts in the open frame and spans at most
+  ``max_gap_frames``, counts them into the open frame, closing frames into
+  float32 output histograms; any other packet is binned here with the
+  :meth:`FrameClock.advance` rules on the same open frame, and a packet the
+  kernel finds malformed is handed to the numpy decoder for its rejection
+  message. Output histograms no longer referenced by anyone are reused (fully
+  rewritten) for later frames.
+* ``"numpy"`` (no library, or ``EDGE_VLM_NO_NATIVE=1``): as follows.
+
 Frames come out as :class:`~edge_vlm.pipeline.Frame` with ``events=None``,
 ``hist`` (float32 ``(2*TIME_BINS, model_h, model_w)``) and ``count``.
 Differences from per-packet binning (tests/test_binner.py checks the rest):
@@ -38,16 +54,21 @@ each packet's coordinates are scaled with that packet's sensor size (the
 per-packet path scales a frame with the size of the last packet pushed: they
 differ only if the sensor size changes inside a frame); an evt3 vector running
 past x = 2047 (possible only on a sensor wider than EVT 3.0 addresses) rejects
-the packet.
+the packet. The numpy backend reports a malformed packet buffered in a batch
+when the batch is decoded, the native one at once.
 """
 from __future__ import annotations
 
+import array
+import ctypes
+import sys
 import time
 from collections import deque
 from itertools import accumulate
 
 import numpy as np
 
+from . import native
 from .codecs import SUPPORTED_ENCODINGS, make_decoder
 from .codecs.evt3 import WRAP_THRESHOLD_HIGH
 from .codecs.mono import check_mono_packet, payload_bytes
@@ -62,6 +83,19 @@ MAX_BATCH_BYTES = 1 << 17
 _BAD = -(1 << 30)            # table entry of an out-of-sensor coordinate: makes the bin negative
 _TAIL_BYTES = 64             # evt3 peek: the tail scanned in Python for the last time words
 _ONES = np.ones(0)           # bincount weights (float64 counts)
+_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+_perf = time.perf_counter
+_Array = array.array
+_VoidP = ctypes.c_void_p
+_refcount = sys.getrefcount
+_POOL = 8                    # output histograms kept for reuse (native backend)
+_LUTS: dict = {}             # FrameBinner._tables, by (encoding, sensor w, h, model w, h)
+_CHECK, _CLOSED = native.EVB_CHECK, native.EVB_CLOSED
+
+
+def _address(a: np.ndarray) -> int:
+    """Address of a writable, C-contiguous array's data (cheaper than ``a.ctypes.data``)."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(a))
 
 
 def _counts(code: np.ndarray, size: int) -> np.ndarray:
@@ -82,12 +116,13 @@ class FrameBinner:
     ``(tag, reason)`` in ``rejections`` (drain with :meth:`pop_rejections`). With
     ``track_packets``, ``fed`` lists ``(tag, first frame, last frame)`` of every decoded
     packet with events (drain with :meth:`pop_fed`). ``busy_s``: time spent in
-    ``push``/``flush``.
+    ``push``/``flush``. ``backend``: None picks ``"native"`` when the kernel loads, else
+    ``"numpy"``; ``"native"`` raises RuntimeError when it does not load.
     """
 
     def __init__(self, period_ns: int, model_width: int = 128, model_height: int = 128,
                  max_gap_frames: int = 30, max_batch_bytes: int = MAX_BATCH_BYTES,
-                 track_packets: bool = False):
+                 track_packets: bool = False, backend: str | None = None):
         self.clock = FrameClock(period_ns, max_gap_frames)
         self.period = self.clock.period
         self.mw, self.mh = int(model_width), int(model_height)
@@ -95,7 +130,8 @@ class FrameBinner:
         self.max_batch_bytes = int(max_batch_bytes)
         self.track = bool(track_packets)
         self.decoders: dict = {}
-        self.packets = self.events = self.rejected = self.unsorted = 0
+        self._packets = self._events = self.rejected = self.unsorted = 0
+        self._st = None                                          # native kernel state
         self.busy_s = 0.0
         self.rejections: deque = deque(maxlen=1000)
         self.fed: list[tuple[object, int, int]] = []
@@ -104,26 +140,78 @@ class FrameBinner:
         self._pend_bytes = 0
         self._open_t: list[np.ndarray] = []                      # open frame: event times (ns)
         self._open_c: list[np.ndarray] = []                      # ... and channel-less bins
-        self._luts: dict = {}
         self._peek_hi = 0
+        # native kernel (edge_vlm.native): the hot path of push() is taken for a packet of the
+        # stream (_nenc, _nw, _nh) of the last packet accepted by _npush (None: never)
+        self._nenc = self._nw = self._nh = None
+        if backend not in (None, "native", "numpy"):
+            raise ValueError(f"backend must be 'native', 'numpy' or None, not {backend!r}")
+        lib = native.load() if backend != "numpy" else None
+        if backend == "native" and lib is None:
+            raise RuntimeError("the native decode+bin kernel is not available (see edge_vlm.native)")
+        self.backend = "native" if lib is not None else "numpy"
+        self._general = self._push
+        if lib is not None:
+            self._native_init(lib)
 
     # ------------------------------------------------------------------ public
     def push(self, encoding: str, data, width: int, height: int, time_base: int = 0,
              tag: object = None) -> list[Frame]:
         """Add one EventPacket; return the frames it closes. Never raises on malformed input."""
-        t0 = time.perf_counter()
+        t0 = _perf()
         try:
-            return self._push(str(encoding), data, int(width), int(height), int(time_base), tag)
+            if encoding == self._nenc and width == self._nw and height == self._nh:
+                # native hot path: a packet of the current stream, as bytes or array('B')
+                if type(data) is bytes:
+                    ptr, nb = data, len(data)
+                elif type(data) is _Array and data.typecode == "B":
+                    ptr, nb = data.buffer_info()
+                    ptr = _VoidP(ptr)
+                else:
+                    ptr = None
+                if ptr is not None:
+                    st = self._st
+                    try:
+                        if _I64_MIN <= time_base <= _I64_MAX:       # (ctypes would wrap it)
+                            st.nbytes, st.time_base = nb, time_base
+                            r = self._f_push(self._stref, ptr)
+                        else:
+                            r = _CHECK
+                    except TypeError:                   # time_base is no integer
+                        r = _CHECK
+                    if r >= 0:                          # no frame closed
+                        if r and self.track:
+                            self._fed_scratch(r, tag)
+                        return []
+                    if r == _CLOSED:                    # one frame closed
+                        if self.track:
+                            self._fed_scratch(st.n, tag)
+                        f = self._ntake()
+                        self.clock.current = st.cur
+                        return [f]
+                    if r != _CHECK:
+                        return self._native_result(r, tag, ptr)
+            return self._general(str(encoding), data, int(width), int(height), int(time_base), tag)
         finally:
-            self.busy_s += time.perf_counter() - t0
+            self.busy_s += _perf() - t0
 
     def flush(self) -> list[Frame]:
         """Decode what is buffered and close the open frame (end of stream / idle)."""
-        t0 = time.perf_counter()
+        t0 = _perf()
         try:
             return self._run() + self._close_open_frame()
         finally:
-            self.busy_s += time.perf_counter() - t0
+            self.busy_s += _perf() - t0
+
+    @property
+    def packets(self) -> int:
+        """Packets pushed."""
+        return self._packets + (self._st.packets if self._st is not None else 0)
+
+    @property
+    def events(self) -> int:
+        """Events decoded (late ones included)."""
+        return self._events + (self._st.events if self._st is not None else 0)
 
     def pop_rejections(self) -> list[tuple[object, str]]:
         out = list(self.rejections)
@@ -142,13 +230,237 @@ class FrameBinner:
     def resets(self) -> int:
         return self.clock.resets
 
+    # ------------------------------------------------------------------ native kernel
+    # One call of evbin.c (evbin_push) per packet decodes it into two scratch columns (t,
+    # channel-less bin) and, when exact, counts them into the open frame (kept in C: uint32
+    # counts + the bins touched), closing frames into output histograms given from here; no
+    # buffering. The rest -- rejection messages (the numpy decoder's), the FrameClock rules
+    # for late events / jumps / unsorted packets (evbin_add / evbin_close / evbin_discard on
+    # the same open frame), other encodings, empty packets -- stays in Python.
+    def _native_init(self, lib) -> None:
+        self._lib = lib
+        self._f_push, self._f_resume = lib.evbin_push, lib.evbin_resume
+        st = self._st = native.EvbinState()
+        self._stp = ctypes.addressof(st)             # for the calls with argtypes
+        self._stref = ctypes.byref(st)               # for evbin_push / evbin_resume
+        st.period, st.max_gap, st.cb = self.period, self.clock.max_gap, self.cb
+        self._acc = np.zeros(2 * self.cb, dtype=np.uint32)        # the open frame's counts
+        self._touched = np.empty(2 * self.cb, dtype=np.int32)
+        st.acc, st.touched = _address(self._acc), _address(self._touched)
+        self._pool: deque = deque()          # (histogram, address) handed out with frames
+        self._out = None                     # output histogram of the next frame to close
+        self._set_out()
+        self._t = self._c = None
+        self._grow(4096)
+        self._nluts: dict = {}
+        self._general = self._npush
+
+    def _new_hist(self) -> tuple[np.ndarray, int]:
+        """An output histogram for the next frame to close (the kernel zeroes it then).
+
+        A buffer handed out with an earlier frame is reused once nothing references it any
+        more (``sys.getrefcount``: only the pool's own reference is left): the kernel then
+        zeroes memory that is still in cache instead of fresh pages. Whatever its last holder
+        did with it, the kernel overwrites all of it. Called as a frame is handed out: the
+        buffer of the frame before it is likely free by then."""
+        pool = self._pool
+        if len(pool) > 1:
+            for j in (-2, 0):                      # the frame before the last one, the oldest
+                if _refcount(pool[j][0]) == 2:     # the pool's tuple and the argument
+                    ent = pool[j]
+                    del pool[j]
+                    pool.append(ent)
+                    return ent
+        h = np.empty((2 * TIME_BINS, self.mh, self.mw), dtype=np.float32)
+        ent = (h, _address(h))
+        if len(pool) >= _POOL:
+            pool.popleft()                         # still referenced: left to its holder
+        pool.append(ent)
+        return ent
+
+    def _set_out(self) -> None:
+        self._out, self._st.out = self._new_hist()
+
+    def _grow(self, n: int) -> None:
+        st = self._st
+        cap = max(int(n), 2 * st.cap, 4096)
+        self._t, self._c = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int32)
+        st.t, st.c, st.cap = _address(self._t), _address(self._c), cap
+
+    def _native_stream(self, enc: str, w: int, h: int) -> None:
+        """Point the kernel at the coordinate tables (and sensor size) of the stream (enc, w, h)."""
+        key = (enc, w, h)
+        ent = self._nluts.get(key)
+        if ent is None:
+            a, b = self._tables(enc, w, h)
+            if len(self._nluts) >= 8:          # (only the entry installed below is in use)
+                self._nluts.pop(next(iter(self._nluts)))
+            ent = self._nluts[key] = (a, b, a.ctypes.data, b.ctypes.data)
+        st = self._st
+        st.lut_a, st.lut_b, st.width, st.height, st.mono = ent[2], ent[3], w, h, enc == "mono"
+
+    def _npush(self, enc: str, data, w: int, h: int, tb: int, tag) -> list[Frame]:
+        """push() of the native backend, the general case: any payload type, empty payloads,
+        a new stream (encoding / sensor size), packets failing the cheap checks."""
+        self._packets += 1
+        self._nenc = None                  # the hot path again once a packet is accepted here
+        if w <= 0 or h <= 0:
+            self._reject(tag, f"invalid sensor size {w}x{h}")
+            return []
+        if enc not in SUPPORTED_ENCODINGS:
+            self._reject(tag, f"unsupported encoding {enc!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+            return []
+        try:
+            buf = np.frombuffer(data, np.uint8) if type(data) is bytes else payload_bytes(data)
+            if enc == "mono":
+                check_mono_packet(buf.size, tb, w, h)
+            elif enc == "evt3" and buf.size % 2:
+                raise EventDecodeError(
+                    f"evt3: payload of {buf.size} bytes is not a whole number of 16-bit words")
+        except EventDecodeError as exc:
+            self._reject(tag, str(exc))
+            return []
+        if enc not in ("mono", "evt3"):
+            return self._one_packet(enc, buf, w, h, tb, tag)
+        if buf.size == 0:
+            self.clock.size = (w, h)
+            cur = self.clock.current
+            if enc == "mono" and cur is not None and self._st.open_count and tb >= (cur + 1) * self.period:
+                return self._close_open_frame()     # an empty mono packet carries sensor time
+            return []
+        buf = np.ascontiguousarray(buf)
+        self._native_stream(enc, w, h)
+        ptr = _VoidP(buf.ctypes.data)
+        st = self._st
+        st.nbytes, st.time_base = buf.size, (tb if enc == "mono" else 0)   # (evt3 ignores it)
+        self._packets -= 1                 # counted by the kernel
+        r = self._f_push(self._stref, ptr)
+        if r == _CHECK:
+            raise RuntimeError("edge_vlm native kernel: evbin_push refused a checked packet")
+        rejected = self.rejected
+        frames = self._native_result(r, tag, ptr, size=(w, h))
+        if self.rejected == rejected:
+            self._nenc, self._nw, self._nh = enc, w, h
+        return frames
+
+    def _native_result(self, r: int, tag, ptr, size=None) -> list[Frame]:
+        """The frames of evbin_push's return code ``r`` < 0 (``ptr``: its payload argument, to
+        call again; ``size``: set the clock's sensor size once the packet is accepted)."""
+        st = self._st
+        while r == native.EVB_GROW:
+            self._grow(st.need)
+            r = self._f_push(self._stref, ptr)
+        if r == native.EVB_BAD:
+            return self._native_bad(ptr, st.nbytes, st.time_base, tag)
+        if size is not None:
+            self.clock.size = size
+        n = st.n
+        if r == native.EVB_SLOW:
+            return self._nbin_packet(self._t[:n], self._c[:n], tag)
+        if n and self.track:
+            self._fed_scratch(n, tag)
+        if r >= 0:                                 # no frame closed (after EVB_GROW / from _npush)
+            return []
+        frames: list[Frame] = []
+        while r < 0:
+            if r == native.EVB_NO_OUT:             # a frame closes: give it an output buffer
+                self._set_out()
+            else:
+                frames.append(self._ntake())
+                if r != native.EVB_CLOSED_MORE:
+                    if r != native.EVB_CLOSED:
+                        raise RuntimeError(f"edge_vlm native kernel: unexpected return code {r}")
+                    break
+            r = self._f_resume(self._stref)
+        self.clock.current = st.cur
+        return frames
+
+    def _native_bad(self, ptr, nb: int, tb: int, tag) -> list[Frame]:
+        """A packet the kernel found malformed: the numpy decoder (same state) says why."""
+        buf = np.frombuffer(ptr if type(ptr) is bytes else (ctypes.c_char * nb).from_address(ptr.value), np.uint8)
+        enc, (w, h) = ("mono" if self._st.mono else "evt3"), (self._st.width, self._st.height)
+        if enc == "evt3":
+            self._evt3_to_numpy()
+        try:
+            t, c, _ = self._decode(enc, [(buf, tb, tag)], w, h)
+        except EventDecodeError as exc:
+            self._reject(tag, str(exc))
+            return []
+        # the kernel and numpy disagree (a bug): keep numpy's verdict, so results stay the same
+        if enc == "evt3":
+            self._evt3_from_numpy()
+        self.clock.size = (w, h)
+        self._events += t.size
+        return self._nbin_packet(t, c.astype(np.int32), tag)
+
+    def _evt3_to_numpy(self) -> None:
+        s, st = self._decoder("evt3")._s, self._st
+        s.y, s.time_low, s.time_high, s.wraps = st.y, st.time_low, st.time_high, st.wraps
+        s.base_x, s.pol, s.seen_high, s.valid = st.base_x, st.pol, bool(st.seen_high), bool(st.valid)
+
+    def _evt3_from_numpy(self) -> None:
+        s, st = self._decoder("evt3")._s, self._st
+        st.y, st.time_low, st.time_high, st.wraps = s.y, s.time_low, s.time_high, s.wraps
+        st.base_x, st.pol, st.seen_high, st.valid = s.base_x, s.pol, int(s.seen_high), int(s.valid)
+
+    def _fed_scratch(self, n: int, tag) -> None:
+        """fed entry of a packet binned by the kernel (its events are time-ordered in the scratch)."""
+        P = self.period
+        self.fed.append((tag, int(self._t[0]) // P, int(self._t[n - 1]) // P))
+
+    def _ntake(self) -> Frame:
+        """The frame the kernel just closed (into ``_out``; a new output buffer is set)."""
+        st = self._st
+        k, n, hist = st.closed_k, st.closed_count, self._out
+        self._out, st.out = self._new_hist()
+        w, h = self.clock.size
+        P = self.period
+        return Frame(k, k * P, (k + 1) * P, None, w, h, hist=hist, count=n)
+
+    def _nclose(self, k: int) -> Frame:
+        if self._lib.evbin_close(self._stp, k) != 0:
+            raise RuntimeError("edge_vlm native kernel: evbin_close failed")
+        return self._ntake()
+
+    def _nbin_packet(self, t: np.ndarray, c: np.ndarray, tag) -> list[Frame]:
+        """:meth:`_bin_packet` on the kernel's open frame: the FrameClock rules in Python."""
+        if t.size == 0:
+            return []
+        if t.size > 1 and bool((t[1:] < t[:-1]).any()):
+            self.unsorted += 1
+            order = np.argsort(t, kind="stable")
+            t, c = t[order], c[order]
+        P = self.period
+        if self.track:
+            self.fed.append((tag, int(t[0]) // P, int(t[-1]) // P))
+        clock, st, lib = self.clock, self._st, self._lib
+        keep, closes, restart = clock.advance(t)
+        if restart:
+            lib.evbin_discard(self._stp)
+        if keep is not None:
+            t, c = t[keep], c[keep]
+        t = np.ascontiguousarray(t, dtype=np.int64)
+        c = np.ascontiguousarray(c, dtype=np.int32)
+        tp, cp = t.ctypes.data, c.ctypes.data
+        frames: list[Frame] = []
+        a = 0
+        for k, e in closes:
+            if e > a and lib.evbin_add(self._stp, tp, cp, a, e, k) != 0:
+                raise RuntimeError("edge_vlm native kernel: events outside their frame")
+            frames.append(self._nclose(k))
+            a = e
+        if a < t.size and lib.evbin_add(self._stp, tp, cp, a, t.size, clock.current) != 0:
+            raise RuntimeError("edge_vlm native kernel: events outside their frame")
+        st.has_cur, st.cur = 1, clock.current
+        return frames
+
     # ------------------------------------------------------------------ arrival
     def _reject(self, tag, reason: str) -> None:
         self.rejected += 1
         self.rejections.append((tag, reason))
 
     def _push(self, enc: str, data, w: int, h: int, tb: int, tag) -> list[Frame]:
-        self.packets += 1
+        self._packets += 1
         if w <= 0 or h <= 0:
             self._reject(tag, f"invalid sensor size {w}x{h}")
             return []
@@ -235,9 +547,9 @@ class FrameBinner:
 
     def _tables(self, enc: str, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
         """Look-up tables to the channel-less bin ``p*mh*mw + ym*mw + xm`` (int32; _BAD outside
-        the sensor): mono (x, y | p << 15); evt3 (y, x | p << 11)."""
-        key = (enc, w, h)
-        lut = self._luts.get(key)
+        the sensor): mono (x, y | p << 15); evt3 (y, x | p << 11). Shared by all binners."""
+        key = (enc, w, h, self.mw, self.mh)
+        lut = _LUTS.get(key)
         if lut is None:
             mw, mh = self.mw, self.mh
             if enc == "mono":
@@ -252,7 +564,11 @@ class FrameBinner:
                 ly = np.where(y < h, scale_coords(y, y, h, h, mh, mh)[0] * mw, _BAD)
                 lx = np.where(x < w, scale_coords(x, x, w, w, mw, mw)[0] + p * mh * mw, _BAD)
                 lut = (ly.astype(np.int32), lx.astype(np.int32))
-            self._luts[key] = lut
+            for a in lut:
+                a.flags.writeable = False
+            if len(_LUTS) >= 32:
+                _LUTS.pop(next(iter(_LUTS)))
+            _LUTS[key] = lut
         return lut
 
     def _decode(self, enc: str, pend: list, w: int, h: int) -> tuple[np.ndarray, np.ndarray, list]:
@@ -304,7 +620,9 @@ class FrameBinner:
         self.clock.size = (w, h)
         x, y = scale_coords(ev["x"], ev["y"], w, h, self.mw, self.mh)
         c = (ev["p"].astype(np.int64) * self.mh + y) * self.mw + x
-        self.events += len(ev)
+        self._events += len(ev)
+        if self.backend == "native":
+            return self._nbin_packet(ev["t"].astype(np.int64), c, tag)
         return self._bin_packet(ev["t"].astype(np.int64), c, tag)
 
     def _run(self) -> list[Frame]:
@@ -326,7 +644,7 @@ class FrameBinner:
         if parts:
             self.clock.size = (w, h)            # as FrameClock.push of an accepted packet
         for (t, c, ends), tags in parts:
-            self.events += t.size
+            self._events += t.size
             frames += self._bin_batch(t, c, ends, tags)
         return frames
 
@@ -399,6 +717,13 @@ class FrameBinner:
 
     def _close_open_frame(self, k: int | None = None) -> list[Frame]:
         """Close the open frame (frame ``k``; default: the clock's, which then moves on)."""
+        if self.backend == "native":        # (the numpy path's _bin_packet passes k)
+            if self.clock.current is None or not self._st.open_count:
+                return []
+            k = self.clock.current
+            self.clock.current += 1
+            self._st.cur = self.clock.current
+            return [self._nclose(k)]
         if k is None:
             if self.clock.current is None or not self._open_t:
                 return []

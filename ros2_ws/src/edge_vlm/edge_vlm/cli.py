@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--init", default="", help="anc: STTF checkpoint to grow from (default: the shipped one)")
     s.add_argument("--out", default=d.out)
     s.add_argument("--subjects", type=int, default=d.subjects)
-    s.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs} (sttf) / 6 (anc)")
+    s.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs} (sttf) / 4 (anc)")
     s.add_argument("--steps", type=int, default=None, help=f"steps per epoch, default {d.steps_per_epoch}")
     s.add_argument("--batch", type=int, default=None, help=f"default {d.batch} (sttf) / 12 (anc)")
     s.add_argument("--seed", type=int, default=d.seed)

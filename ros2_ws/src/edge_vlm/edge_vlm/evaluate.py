@@ -77,7 +77,7 @@ IMAGE_QUEUE = 30
 #: frame, as the captioner node does), ``perception`` (PerceptionCore.process), the
 #: captioner model stages ``mask``/``encoder``/``fusion``/``decoder`` and their sum
 #: ``captioner``, and ``total`` = decode + perception + captioner (serial, one process)
-LATENCY_STAGES = ("decode", "perception", "mask", "encoder", "fusion", "decoder", "captioner", "total")
+LATENCY_STAGES = ("decode", "perception", "mask", "memory", "encoder", "fusion", "decoder", "captioner", "total")
 _NODES = ("sttf_perception", "vlm_captioner")
 _ROOT = Path(__file__).resolve().parents[4]
 

@@ -120,6 +120,24 @@ class GatedBlock(Block):
         w1, b1, w2, b2 = self._slice
         return F.linear(self.act_fn(F.linear(x, w1, b1)), w2, b2)
 
+    def kv_out(self, x: torch.Tensor, mix: tuple | None = None) -> tuple:
+        """Training: (keys, values, output) of the whole (B, N, D) input; ``mix = (m, k_old, v_old)``
+        replaces the keys/values of the tokens with m = 0 by the cached ones (a sparse step)."""
+        b, t, d = x.shape
+        h = self.heads
+        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        if mix is not None:
+            m, k_old, v_old = mix
+            mk = m[:, None, :, None]
+            k, v = mk * k + (1 - mk) * k_old, mk * v + (1 - mk) * v_old
+        out = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(out.transpose(1, 2).reshape(b, t, d))
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        hdn = self.act_fn(fc1(self.ln2(x)))
+        if self.beta is not None:
+            hdn = hdn * self.gates(self.beta)[:, None, :]
+        return k, v, x + fc2(hdn)
+
     def forward(self, x: torch.Tensor, cache: dict | None = None, causal_from: int | None = None) -> torch.Tensor:
         if self.beta is None:
             return super().forward(x, cache, causal_from)
@@ -140,6 +158,26 @@ class BranchViT(SparseViT):
         self.blocks = nn.ModuleList([GatedBlock(cfg.dim, cfg.heads, mlp_ratio, cfg.encoder_act, temperature)
                                      for _ in range(depth)])
         self.depth, self.mlp_ratio = depth, mlp_ratio
+
+    def masked_forward(self, e_prev: torch.Tensor, e: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        """Training with masks (fixed shapes): one sparse step from a dense pass on ``e_prev``.
+        Tokens with ``m`` = 1 are recomputed at every layer with the fresh keys/values of the
+        recomputed tokens and the cached ones of the rest; tokens with m = 0 keep their cached
+        input, keys, values and output, exactly as :meth:`sparse_infer` does at inference."""
+        with torch.no_grad():
+            x = e_prev + self.pos
+            cache = []
+            for blk in self.blocks:
+                k, v, out = blk.kv_out(x)
+                cache.append((x, k, v, out))
+                x = out
+        mm = m[..., None]
+        x = e + self.pos
+        for blk, (x_old, k_old, v_old, out_old) in zip(self.blocks, cache):
+            xin = mm * x + (1 - mm) * x_old
+            _, _, out = blk.kv_out(xin, (m, k_old, v_old))
+            x = mm * out + (1 - mm) * out_old
+        return self.ln(x)
 
     def set_beta(self, beta: torch.Tensor | None) -> None:
         for blk in self.blocks:
@@ -190,21 +228,27 @@ class AncModel(CaptionModel):
         return self.estimator(hist, change.float().mean(dim=1), (bucket <= 4).float().mean(dim=1))
 
     def forward(self, hist, rgb, has_rgb, valid, tokens_in, beta: torch.Tensor | None = None,
-                front_grad: bool = False) -> dict:
+                front_grad: bool = False, sparse_from: int | None = None) -> dict:
         """Training: every branch runs on the window's memory (each with its own gesture and
         caption outputs, channel gates at the per-sample budgets ``beta``), plus the router
-        logits. The STTF front end runs without gradient unless ``front_grad``."""
+        logits. The STTF front end runs without gradient unless ``front_grad``.
+        ``sparse_from = k``: train the sparse path with masks: the encoders run densely on the
+        memory k frames back and then one sparse step recomputes only the tokens whose memory
+        changed since (:meth:`BranchViT.masked_forward`)."""
         ctx = torch.enable_grad() if front_grad else torch.no_grad()
         with ctx:
-            w = self.memory_window(hist, rgb, has_rgb, valid)
+            w = self.memory_window(hist, rgb, has_rgb, valid, snapshot=sparse_from)
         e, bucket, m = w["e"], w["bucket"], w["m_st"]
+        changed = None
+        if sparse_from is not None:
+            changed = (w["e"] != w["e_prev"]).any(dim=-1).float()
         if not front_grad:
             m = w["mask"].float()
         logits_r = self.route_logits(hist[:, -1].float(), w["mask"], bucket)
         outs = []
         for br, dl in zip(self.branches, self.acfg.decoder_layers):
             br.set_beta(beta)
-            vis = br(e)
+            vis = br(e) if changed is None else br.masked_forward(w["e_prev"], e, changed)
             br.set_beta(None)
             fused, z = self.fuse(vis, bucket, m)
             outs.append({"gesture": self.gesture_logits(fused, z, bucket),

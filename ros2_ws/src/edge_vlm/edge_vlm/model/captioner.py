@@ -417,7 +417,7 @@ class CaptionModel(nn.Module):
         return torch.cat([ev, col], dim=-1)
 
     def memory_window(self, hist: torch.Tensor, rgb: torch.Tensor | None, has_rgb: torch.Tensor,
-                      valid: torch.Tensor) -> dict:
+                      valid: torch.Tensor, snapshot: int | None = None) -> dict:
         """The token memory after a window of T frames (the front end of :meth:`forward`).
 
         ``hist`` (B,T,C,H,W) uint8 event counts (oldest first), ``rgb`` (B,T,H,W,3) uint8 or
@@ -427,7 +427,8 @@ class CaptionModel(nn.Module):
         frame's mask is a straight-through estimate so the task loss trains the mask net;
         earlier masks are hard decisions of the same net without gradient.
         Returns memory ``e`` (B,N,D), age buckets, the last frame's change probabilities,
-        hard mask and straight-through mask.
+        hard mask and straight-through mask; with ``snapshot = k`` also the memory ``k`` frames
+        before the last (``e_prev``, for training the sparse path with masks).
         """
         b, t = hist.shape[:2]
         c = self.cfg
@@ -442,7 +443,10 @@ class CaptionModel(nn.Module):
         age = torch.full((b, n), c.max_age, dtype=torch.long, device=hist.device)
         e = self.embed(self.content(hist[:, 0], fr(0), has_rgb, masks[0]))           # reset frame
         age = torch.where(masks[0], torch.zeros_like(age), age)
+        e_prev = e if snapshot is not None and t - 1 - snapshot <= 0 else None
         for ti in range(1, t):
+            if snapshot is not None and ti == t - snapshot:
+                e_prev = e
             m = masks[ti]
             age = torch.where(m, torch.zeros_like(age), (age + 1).clamp(max=c.max_age))
             x = self.content(hist[:, ti], fr(ti), has_rgb, m)
@@ -454,7 +458,7 @@ class CaptionModel(nn.Module):
             else:   # last frame: every patch, weighted by the straight-through mask
                 e = e + m_last[..., None] * (self.embed.merge(self.embed(x), e) - e)
         return {"e": e, "bucket": age_bucket(age, c.max_age), "p_change": p_last, "mask": hard_last,
-                "m_st": m_last}
+                "m_st": m_last, "e_prev": e_prev}
 
     def forward(self, hist: torch.Tensor, rgb: torch.Tensor | None, has_rgb: torch.Tensor, valid: torch.Tensor,
                 tokens_in: torch.Tensor) -> dict:

@@ -52,17 +52,39 @@ class TrainConfig:
     eval_frames: int = 600
 
 
+def shift_window(x: np.ndarray, dy: int, dx: int, axes: tuple[int, int]) -> np.ndarray:
+    """Translate images along ``axes`` (y, x) by (dy, dx) pixels, zero-filled (no wrap-around)."""
+    out = np.zeros_like(x)
+    ay, ax = axes
+    h, w = x.shape[ay], x.shape[ax]
+    src = [slice(None)] * x.ndim
+    dst = [slice(None)] * x.ndim
+    src[ay], dst[ay] = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+    src[ax], dst[ax] = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+    out[tuple(dst)] = x[tuple(src)]
+    return out
+
+
 def make_batch(fs: FrameSet, idx: np.ndarray, cfg: ModelConfig, tok: Tokenizer, tc: TrainConfig,
-               rng: np.random.Generator, use_rgb: np.ndarray | None = None):
-    """A window of ``tc.window`` frames ending at each target frame (uint8, as the nodes bin them)."""
+               rng: np.random.Generator, use_rgb: np.ndarray | None = None, shift_px: int = 0):
+    """A window of ``tc.window`` frames ending at each target frame (uint8, as the nodes bin them).
+    ``shift_px`` > 0: augmentation, each window translated by a random (dy, dx) in
+    [-shift_px, shift_px] (the same for all its frames: subjects stand elsewhere in the view)."""
     hidx, valid = history_indices(fs, idx, tc.window)
     b = len(idx)
     hist = fs.hist[hidx] * valid[:, :, None, None, None].astype(np.uint8)      # (B,T,C,H,W)
     if use_rgb is None:
         use_rgb = (rng.random(b) < tc.rgb_prob) if fs.rgb is not None else np.zeros(b, dtype=bool)
+    shifts = rng.integers(-shift_px, shift_px + 1, size=(b, 2)) if shift_px > 0 else None
+    if shifts is not None:
+        hist = np.stack([shift_window(hist[i], int(dy), int(dx), (2, 3)) for i, (dy, dx) in enumerate(shifts)])
     rgb = None
     if use_rgb.any():
-        rgb = torch.from_numpy(fs.rgb[hidx])
+        frames = fs.rgb[hidx]
+        if shifts is not None:
+            frames = np.stack([shift_window(frames[i], int(dy), int(dx), (1, 2))
+                               for i, (dy, dx) in enumerate(shifts)])
+        rgb = torch.from_numpy(frames)
     ids = torch.tensor([tok.encode(fs.captions[i], cfg.max_len) for i in idx])
     labels = torch.from_numpy(fs.labels[idx] - 1)
     return (torch.from_numpy(hist), rgb, torch.from_numpy(use_rgb), torch.from_numpy(valid), ids, labels)

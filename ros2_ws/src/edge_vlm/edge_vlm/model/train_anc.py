@@ -10,7 +10,14 @@ Composite loss per step (windows as in STTF training, batch ``batch``):
   ``balance_weight`` x the entropy of the batch-mean routing distribution (load balancing,
   so routing does not collapse);
 * gates: ``gate_weight`` x (mean gate - beta)^2 per gated block, so the kept channel
-  fraction follows the budget.
+  fraction follows the budget;
+* augmentation: every training window is translated by a random offset of up to
+  ``shift_px`` pixels (the STTF run overfits the 14 training subjects' positions);
+* the sparse path is trained with masks (fixed shapes) on ``sparse_prob`` of the steps:
+  the encoders run densely on the memory 1..``sparse_max_age`` frames back, then one
+  sparse step recomputes only the tokens whose memory changed since, the others keeping
+  their cached inputs, keys, values and outputs (exactly the inference arithmetic), so
+  the model learns to tolerate the stale context of reused tokens.
 
 The STTF front end (change-mask net, patch embedding, memory gate) is kept from the STTF
 checkpoint (its own latency-regularised training); everything else is trained here.
@@ -41,7 +48,7 @@ from .train import LIGHTINGS, TrainConfig, make_batch, plot_confusion
 class AncTrainConfig(TrainConfig):
     out: str = "data/train_anc/captioner.pt"
     init: str = ""                 # STTF checkpoint to grow from ("" = the shipped one)
-    epochs: int = 6
+    epochs: int = 4
     batch: int = 12
     steps_per_epoch: int = 100
     lr: float = 1e-3
@@ -49,6 +56,9 @@ class AncTrainConfig(TrainConfig):
     balance_weight: float = 0.1
     gate_weight: float = 1.0
     beta_min: float = 0.25
+    sparse_prob: float = 0.7       # share of steps that train the sparse path with masks
+    sparse_max_age: int = 8        # ... from a dense pass 1..sparse_max_age frames back
+    shift_px: int = 16             # augmentation: random translation of each training window
     patience: int = 3
     eval_frames: int = 480
 
@@ -164,10 +174,12 @@ def train_anc(tc: AncTrainConfig, progress: bool = True, resume: bool = False) -
         sums = np.zeros(5)
         for _ in it:
             bi = rng.choice(train_idx, tc.batch, replace=False)
-            hist, rgb, has_rgb, valid, ids, labels = make_batch(fs_train, bi, model.cfg, tok, tc, rng)
+            hist, rgb, has_rgb, valid, ids, labels = make_batch(fs_train, bi, model.cfg, tok, tc, rng,
+                                                                shift_px=tc.shift_px)
             u = torch.from_numpy(rng.random(len(bi))).float()
             beta = torch.where(u < 0.5, torch.ones_like(u), tc.beta_min + (1 - tc.beta_min) * torch.rand_like(u))
-            out = model(hist, rgb, has_rgb, valid, ids[:, :-1], beta=beta)
+            k = int(rng.integers(1, tc.sparse_max_age + 1)) if rng.random() < tc.sparse_prob else None
+            out = model(hist, rgb, has_rgb, valid, ids[:, :-1], beta=beta, sparse_from=k)
             per = _losses(model, out, ids, labels, tok.pad, tc.caption_weight)            # (B, 3)
             task = per.mean(dim=0).sum()
             g = F.gumbel_softmax(out["router"], tau=1.0, hard=False)
