@@ -30,12 +30,17 @@ bench: setup
 # from it. About 75 min on 2 CPU cores.
 CKPT_DIR := ros2_ws/src/edge_vlm/edge_vlm/checkpoints
 train: setup
-	@$(RUN) edge-vlm train --out data/train_sttf/captioner.pt && \
-	  edge-vlm calibrate data/train_sttf/captioner.pt && \
-	  edge-vlm train --model anc --init data/train_sttf/captioner.pt --out data/train_anc/captioner.pt && \
+	@mkdir -p data/train_sttf data/train_anc && $(RUN) \
+	  edge-vlm train --out data/train_sttf/captioner.pt --no-progress | tee data/train_sttf/train_log.txt && \
+	  edge-vlm calibrate data/train_sttf/captioner.pt > data/train_sttf/calibrate.json && \
+	  edge-vlm train --model anc --init data/train_sttf/captioner.pt --out data/train_anc/captioner.pt \
+	    --no-progress | tee data/train_anc/train_log.txt && \
 	  cp data/train_anc/captioner.pt $(CKPT_DIR)/captioner.pt && \
 	  cp data/train_sttf/train_summary.json $(CKPT_DIR)/train_summary_sttf.json && \
+	  cp data/train_sttf/train_log.txt $(CKPT_DIR)/train_log_sttf.txt && \
+	  cp data/train_sttf/calibrate.json $(CKPT_DIR)/calibrate_sttf.json && \
 	  cp data/train_anc/train_summary_anc.json $(CKPT_DIR)/train_summary_anc.json && \
+	  cp data/train_anc/train_log.txt $(CKPT_DIR)/train_log_anc.txt && \
 	  cp data/train_sttf/training_curves.png docs/training_curves.png && \
 	  cp data/train_sttf/confusion_test.png docs/confusion_test_sttf.png && \
 	  cp data/train_anc/confusion_test_anc.png docs/confusion_test_anc.png

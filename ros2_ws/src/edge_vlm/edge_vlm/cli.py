@@ -123,7 +123,9 @@ def cmd_train(args) -> int:
                             steps_per_epoch=args.steps if args.steps is not None else d.steps_per_epoch,
                             batch=args.batch if args.batch is not None else d.batch, seed=args.seed,
                             threads=args.threads, workers=args.workers, clip_s=args.clip_s,
-                            patience=args.patience if args.patience is not None else d.patience)
+                            patience=args.patience if args.patience is not None else d.patience,
+                            balance_weight=(args.balance_weight if args.balance_weight is not None
+                                            else d.balance_weight))
         summary = train_anc(tc, progress=not args.no_progress, resume=args.resume)
         print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
         return 0
@@ -213,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--active-weight", type=float, default=d.active_weight,
                    help="lambda of the expected active-token ratio in the loss")
     s.add_argument("--patience", type=int, default=None, help="early stopping (epochs without improvement)")
+    s.add_argument("--balance-weight", type=float, default=None,
+                   help="anc: weight of the routing load-balancing (entropy) term (default 0.1)")
     s.add_argument("--resume", action="store_true", help="continue from <out>.resume")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_train)
