@@ -86,8 +86,10 @@ def test_bench_sttf_quick():
     assert 0 < r["flops_ratio"] <= 1
     for k in ("caption_agreement", "label_agreement", "accuracy_dense", "accuracy_sparse"):
         assert r[k] is not None and 0 <= r[k] <= 1, k
-    # the Foundation encoder is patch-local: the token memory equals a dense re-encode
-    assert r["token_deviation_max"] is not None and r["token_deviation_max"] < 1e-4
+    # the sparse ViT's approximation (stale context of reused tokens) is measured, not zero
+    assert r["token_deviation_max"] is not None and np.isfinite(r["token_deviation_max"])
+    curve = r["speedup_by_active_tokens"]
+    assert [c["tokens"] for c in curve] == [8, 16, 32, 64, 128] and all(c["speedup"] > 0 for c in curve)
 
 
 def test_bench_e2e_skips_without_ros(monkeypatch):

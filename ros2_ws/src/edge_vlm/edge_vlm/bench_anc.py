@@ -48,7 +48,7 @@ def bench_anc(checkpoint: str = "", threads: int = 1, quick: bool = False, plot:
 
     from .bench import _set_threads, sim_frames, test_recordings
     from .evaluate import node_params
-    from .model.anc import LEVELS
+    from .model.anc import LEVELS, branch_params
     from .model.flops import estimator_flops, vit_flops
 
     _set_threads(threads)
@@ -125,6 +125,8 @@ def bench_anc(checkpoint: str = "", threads: int = 1, quick: bool = False, plot:
         "accuracy_anc_only_high_motion": table["anc_only"]["accuracy_high_motion"],
         "router_cost_fraction_of_tiny": estimator_flops(c, a.est_hidden) / tiny,
         "router_flops": estimator_flops(c, a.est_hidden), "tiny_branch_dense_flops": tiny,
+        "params_tiny": branch_params(model.branches[0]), "params_small": branch_params(model.branches[1]),
+        "params_medium": branch_params(model.branches[2]),
         "budget_sweep": sweep, "ablation": table,
     }
     if plot:
