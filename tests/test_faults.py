@@ -514,7 +514,9 @@ def test_captioner_sigkill_restart_resumes_and_resyncs(harness, nodes, checkpoin
         return bool(subscriber_gids(harness, CAP_TOPIC) - old_gids)
 
     harness.spin_until(new_reader, 60.0, "the restarted captioner's subscription")
-    harness.spin_for(0.5)
+    # the graph shows the reader before our best-effort writer has matched it: give discovery time
+    harness.spin_until(lambda: pub.get_subscription_count() >= 1, 20.0, "writer matched")
+    harness.spin_for(2.0)
     restart_s = time.monotonic() - t_kill
     k_first = k0 + n_before + 1                       # frame k0+n_before is skipped: the node was down
     for k in range(k_first, k_first + n_after):
