@@ -422,17 +422,23 @@ class FrameBinner:
             raise RuntimeError("edge_vlm native kernel: evbin_close failed")
         return self._ntake()
 
-    def _nbin_packet(self, t: np.ndarray, c: np.ndarray, tag) -> list[Frame]:
-        """:meth:`_bin_packet` on the kernel's open frame: the FrameClock rules in Python."""
-        if t.size == 0:
-            return []
+    def _sorted_fed(self, t: np.ndarray, c: np.ndarray, tag) -> tuple[np.ndarray, np.ndarray]:
+        """A packet's events time-sorted (counted in ``unsorted``), its frame span recorded when tracking."""
         if t.size > 1 and bool((t[1:] < t[:-1]).any()):
             self.unsorted += 1
             order = np.argsort(t, kind="stable")
             t, c = t[order], c[order]
-        P = self.period
         if self.track:
+            P = self.period
             self.fed.append((tag, int(t[0]) // P, int(t[-1]) // P))
+        return t, c
+
+    def _nbin_packet(self, t: np.ndarray, c: np.ndarray, tag) -> list[Frame]:
+        """:meth:`_bin_packet` on the kernel's open frame: the FrameClock rules in Python."""
+        if t.size == 0:
+            return []
+        t, c = self._sorted_fed(t, c, tag)
+        P = self.period
         clock, st, lib = self.clock, self._st, self._lib
         keep, closes, restart = clock.advance(t)
         if restart:
@@ -691,13 +697,8 @@ class FrameBinner:
         """One packet's events through :meth:`FrameClock.advance` (late events, jumps, restarts)."""
         if t.size == 0:
             return []
-        if t.size > 1 and bool((t[1:] < t[:-1]).any()):
-            self.unsorted += 1
-            order = np.argsort(t, kind="stable")
-            t, c = t[order], c[order]
+        t, c = self._sorted_fed(t, c, tag)
         P = self.period
-        if self.track:
-            self.fed.append((tag, int(t[0]) // P, int(t[-1]) // P))
         keep, closes, restart = self.clock.advance(t)
         if restart:
             self._open_t, self._open_c = [], []

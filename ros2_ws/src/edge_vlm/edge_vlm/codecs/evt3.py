@@ -206,13 +206,8 @@ class Evt3Decoder:
             return None
         return (s.wraps << 24) | (s.time_high << 12) | s.time_low
 
-    def decode(self, data, width: int | None = None, height: int | None = None,
-               time_base: int | None = None) -> np.ndarray:
-        """Decode one packet (bytes-like / uint8 array) and return its CD events.
-
-        ``time_base`` is accepted for interface symmetry and ignored.  On any
-        :class:`EventDecodeError` the decoder state is left unchanged.
-        """
+    def _words(self, data, width, height) -> tuple:
+        """(width, height, uint16 words) of a payload, with the size and length checks."""
         width = self.width if width is None else int(width)
         height = self.height if height is None else int(height)
         if (width is not None and width <= 0) or (height is not None and height <= 0):
@@ -221,7 +216,16 @@ class Evt3Decoder:
         if buf.size % 2:
             raise EventDecodeError(
                 f"evt3: payload of {buf.size} bytes is not a whole number of 16-bit words")
-        words = buf.view("<u2")
+        return width, height, buf.view("<u2")
+
+    def decode(self, data, width: int | None = None, height: int | None = None,
+               time_base: int | None = None) -> np.ndarray:
+        """Decode one packet (bytes-like / uint8 array) and return its CD events.
+
+        ``time_base`` is accepted for interface symmetry and ignored.  On any
+        :class:`EventDecodeError` the decoder state is left unchanged.
+        """
+        width, height, words = self._words(data, width, height)
         n = words.size
         s = self._s
         if n == 0:
@@ -259,15 +263,7 @@ class Evt3Decoder:
         event index where each packet's events end (else None). Raises
         :class:`EventDecodeError` like :meth:`decode`, leaving the state unchanged.
         """
-        width = self.width if width is None else int(width)
-        height = self.height if height is None else int(height)
-        if (width is not None and width <= 0) or (height is not None and height <= 0):
-            raise EventDecodeError(f"evt3: invalid sensor size {width}x{height}")
-        buf = np.frombuffer(data, dtype=np.uint8) if type(data) is bytes else payload_bytes(data)
-        if buf.size % 2:
-            raise EventDecodeError(
-                f"evt3: payload of {buf.size} bytes is not a whole number of 16-bit words")
-        words = buf.view("<u2")
+        width, height, words = self._words(data, width, height)
         typ = words >> 12
         present = int(np.bitwise_or.reduce(np.left_shift(_ONE16, typ))) if words.size else 0
         if present & _UNKNOWN_BITS:
@@ -277,7 +273,7 @@ class Evt3Decoder:
         if self._s.valid and not present & _VECTOR_BITS and words.size <= _COLUMNS_MAX_WORDS:
             out = self._columns_fast(words, typ, present, width, height)
         if out is None:
-            return self._columns_general(buf, width, height, ends)
+            return self._columns_general(words.view(np.uint8), width, height, ends)
         t, y, xp, ew = out
         return t, y, xp, (None if ends is None else np.searchsorted(ew, np.asarray(ends) // 2))
 

@@ -178,6 +178,24 @@ def _state_path(out: str) -> str:
     return out + ".resume"
 
 
+def save_resume(path: str, model, opt, sched, rng: np.random.Generator, progress: dict) -> None:
+    """Everything needed to continue training after ``progress['epoch']`` (``--resume``)."""
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), **progress}, path)
+
+
+def load_resume(path: str, model, opt, sched, rng: np.random.Generator) -> dict:
+    """Restore what :func:`save_resume` wrote; returns the progress (history, best, best_epoch, bad, epoch)."""
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["opt"])
+    sched.load_state_dict(st["sched"])
+    rng.bit_generator.state = st["rng"]
+    torch.set_rng_state(st["torch_rng"])
+    print(f"resumed after epoch {st['epoch']}", flush=True)
+    return {k: st[k] for k in ("history", "best", "best_epoch", "bad", "epoch")}
+
+
 def train(tc: TrainConfig, progress: bool = True, resume: bool = False) -> dict:
     """Train, keep the best epoch on validation (early stopping), report test once at the end.
 
@@ -210,15 +228,9 @@ def train(tc: TrainConfig, progress: bool = True, resume: bool = False) -> dict:
     os.makedirs(os.path.dirname(os.path.abspath(tc.out)) or ".", exist_ok=True)
     state_path = _state_path(tc.out)
     if resume and os.path.isfile(state_path):
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
-        rng.bit_generator.state = st["rng"]
-        torch.set_rng_state(st["torch_rng"])
-        history, best, best_epoch, bad = st["history"], st["best"], st["best_epoch"], st["bad"]
-        first_epoch = st["epoch"] + 1
-        print(f"resumed after epoch {st['epoch']}", flush=True)
+        st = load_resume(state_path, model, opt, sched, rng)
+        history, best, best_epoch, bad, first_epoch = (st["history"], st["best"], st["best_epoch"], st["bad"],
+                                                       st["epoch"] + 1)
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
@@ -266,9 +278,8 @@ def train(tc: TrainConfig, progress: bool = True, resume: bool = False) -> dict:
             bad += 1
             if bad >= tc.patience:
                 print(f"early stopping at epoch {epoch} (best {best_epoch})", flush=True)
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history,
-                    "best": best, "best_epoch": best_epoch, "bad": bad, "epoch": epoch}, state_path)
+        save_resume(state_path, model, opt, sched, rng,
+                    {"history": history, "best": best, "best_epoch": best_epoch, "bad": bad, "epoch": epoch})
     out_dir = os.path.dirname(os.path.abspath(tc.out))
     plot_curves(history, os.path.join(out_dir, "training_curves.png"))
     # the best checkpoint on validation and on the held-out test subjects (reported once)

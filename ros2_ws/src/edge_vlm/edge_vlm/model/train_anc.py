@@ -41,7 +41,7 @@ from .data import build_frames, sample_indices
 from .engine import load_checkpoint, save_checkpoint
 from .flops import vit_flops
 from .tokenizer import Tokenizer
-from .train import LIGHTINGS, TrainConfig, make_batch, plot_confusion
+from .train import LIGHTINGS, TrainConfig, load_resume, make_batch, plot_confusion, save_resume
 
 
 @dataclass
@@ -151,12 +151,7 @@ def train_anc(tc: AncTrainConfig, progress: bool = True, resume: bool = False) -
     os.makedirs(os.path.dirname(os.path.abspath(tc.out)) or ".", exist_ok=True)
     state_path = tc.out + ".resume"
     if resume and os.path.isfile(state_path):
-        st = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
-        rng.bit_generator.state = st["rng"]
-        torch.set_rng_state(st["torch_rng"])
+        st = load_resume(state_path, model, opt, sched, rng)
         history, best, best_epoch, bad, first = st["history"], st["best"], st["best_epoch"], st["bad"], st["epoch"] + 1
     try:
         from tqdm import tqdm
@@ -215,9 +210,8 @@ def train_anc(tc: AncTrainConfig, progress: bool = True, resume: bool = False) -
                                                   "anc_train_config": tc.__dict__, "epoch": epoch})
         else:
             bad += 1
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "history": history,
-                    "best": best, "best_epoch": best_epoch, "bad": bad, "epoch": epoch}, state_path)
+        save_resume(state_path, model, opt, sched, rng,
+                    {"history": history, "best": best, "best_epoch": best_epoch, "bad": bad, "epoch": epoch})
     out_dir = os.path.dirname(os.path.abspath(tc.out))
     best_model, _ = load_checkpoint(tc.out)
     fs_test = build_frames(test_ids, LIGHTINGS, **kw)
