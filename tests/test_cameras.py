@@ -154,14 +154,13 @@ def test_camera_dv_replays_aedat4_recording(env, node, tmp_path):
     inp = EventInput(None)
     ev = np.concatenate([inp.decode(m) for m in got])
     assert inp.rejected == 0
-    # discovery may cost the first packets: everything received is exact, and most arrived
-    i0 = int((ev["t"][0] // 1000 - t0_us) // 200)
-    k = np.arange(i0, i0 + len(ev))
-    if inp.missing_packets == 0:
-        assert np.array_equal(ev["t"], (t0_us + k * 200) * 1000)
-        assert np.array_equal(ev["x"], (k * 13) % w) and np.array_equal(ev["y"], (k * 7) % h)
-        assert np.array_equal(ev["p"], (k % 3 != 0).astype(np.uint8))
-    assert len(ev) >= n // 2
+    # best-effort transport may lose packets (discovery, a loaded machine): every event received is
+    # exact (its index follows from its time stamp), and a good part arrived
+    k = (ev["t"] // 1000 - t0_us) // 200
+    assert np.array_equal(ev["t"], (t0_us + k * 200) * 1000) and np.all(np.diff(k) > 0)
+    assert np.array_equal(ev["x"], (k * 13) % w) and np.array_equal(ev["y"], (k * 7) % h)
+    assert np.array_equal(ev["p"], (k % 3 != 0).astype(np.uint8))
+    assert len(ev) >= n // 5
     for m in got:
         first = inp.decoders["mono"].decode(m.events, m.width, m.height, m.time_base)[0]
         assert int(first["t"]) == m.time_base
