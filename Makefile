@@ -26,16 +26,19 @@ bench: setup
 	@$(RUN) edge-vlm bench all --json
 
 # The exact commands that produced ros2_ws/src/edge_vlm/edge_vlm/checkpoints/captioner.pt (the joint STTF+ANC
-# model): STTF from scratch, its per-layer gate thresholds fitted on the validation subjects, then ANC grown
-# from it. About 75 min on 2 CPU cores.
+# model): STTF from scratch, its per-layer gate thresholds fitted on the validation subjects, ANC grown
+# from it, then the ANC router fitted on the frozen branches. About 90 min on 2 CPU cores.
 CKPT_DIR := ros2_ws/src/edge_vlm/edge_vlm/checkpoints
 train: setup
-	@mkdir -p data/train_sttf data/train_anc && $(RUN) \
+	@mkdir -p data/train_sttf data/train_anc data/train_router && $(RUN) \
 	  edge-vlm train --out data/train_sttf/captioner.pt --no-progress | tee data/train_sttf/train_log.txt && \
 	  edge-vlm calibrate data/train_sttf/captioner.pt > data/train_sttf/calibrate.json && \
 	  edge-vlm train --model anc --init data/train_sttf/captioner.pt --out data/train_anc/captioner.pt \
 	    --no-progress | tee data/train_anc/train_log.txt && \
-	  cp data/train_anc/captioner.pt $(CKPT_DIR)/captioner.pt && \
+	  edge-vlm train --model router --init data/train_anc/captioner.pt --out data/train_router/captioner.pt \
+	    --no-progress | tee data/train_router/train_log.txt && \
+	  cp data/train_router/captioner.pt $(CKPT_DIR)/captioner.pt && \
+	  cp data/train_router/router_fit.json $(CKPT_DIR)/router_fit.json && \
 	  cp data/train_sttf/train_summary.json $(CKPT_DIR)/train_summary_sttf.json && \
 	  cp data/train_sttf/train_log.txt $(CKPT_DIR)/train_log_sttf.txt && \
 	  cp data/train_sttf/calibrate.json $(CKPT_DIR)/calibrate_sttf.json && \
@@ -46,4 +49,4 @@ train: setup
 	  cp data/train_anc/confusion_test_anc.png docs/confusion_test_anc.png
 
 clean:
-	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log data out .setup-stamp ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so
+	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log data out .setup-stamp ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so ros2_ws/src/edge_vlm/edge_vlm/_native/evbinext*.so

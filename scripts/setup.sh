@@ -8,7 +8,9 @@
 #   5. pip install -e ros2_ws/src/edge_vlm   (the `edge-vlm` console script)
 #   6. colcon build --symlink-install in ros2_ws (every package under ros2_ws/src)
 #   (first of all, outside the stamp: the native decode+bin kernel
-#    ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so, rebuilt when evbin.c is newer)
+#    ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so, rebuilt when evbin.c is newer, and its
+#    per-packet entry point as a CPython extension, _native/evbinext<EXT_SUFFIX>, rebuilt when
+#    evbin.c or evbinext.c is newer)
 #
 # Idempotent. A stamp file (.setup-stamp) holds a hash of requirements.txt, this
 # script, the fix script and every package.xml / CMakeLists.txt / setup.py /
@@ -40,6 +42,10 @@ cd "$ROOT"
 # through its real path), before the stamp check: the stamp does not cover the C source and
 # this is cheap. Rebuilt when evbin.c is newer than the library. Without gcc, or if it fails,
 # edge_vlm keeps working on its numpy path (same results, slower).
+# Then the extension evbinext<EXT_SUFFIX> (evbinext.c, which compiles evbin.c in: FrameBinner's
+# per-packet call without ctypes' overhead), for the venv's Python (else python3.11 / python3:
+# native.py only loads a build whose EXT_SUFFIX is its interpreter's). Without Python.h, or if
+# it fails, FrameBinner calls the kernel through ctypes (same results, slower).
 build_native() {
   local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
   local src="$dir/evbin.c" lib="$dir/libevbin.so"
@@ -59,7 +65,40 @@ build_native() {
     echo "setup.sh: WARNING: building $lib failed; edge_vlm uses its numpy decode+bin path" >&2
   fi
 }
+build_native_ext() {
+  local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
+  local src="$dir/evbinext.c" py="" info inc suffix ext
+  [ -f "$src" ] && [ -f "$dir/evbin.c" ] && command -v gcc >/dev/null 2>&1 || return 0
+  if [ -x "$VENV/bin/python" ]; then
+    py="$VENV/bin/python"
+  else
+    for py in "${PYTHON:-}" python3.11 python3; do
+      [ -n "$py" ] && command -v "$py" >/dev/null 2>&1 && break
+      py=""
+    done
+  fi
+  [ -n "$py" ] || return 0
+  info="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["include"]); print(sysconfig.get_config_var("EXT_SUFFIX") or "")' 2>/dev/null)" || return 0
+  inc="$(printf '%s\n' "$info" | sed -n 1p)"
+  suffix="$(printf '%s\n' "$info" | sed -n 2p)"
+  ext="$dir/evbinext$suffix"
+  if [ -z "$suffix" ] || [ ! -f "$inc/Python.h" ]; then
+    echo "setup.sh: note: no Python.h for $py; FrameBinner calls the native kernel through ctypes (same results, slower)"
+    return 0
+  fi
+  if [ -f "$ext" ] && [ ! "$src" -nt "$ext" ] && [ ! "$dir/evbin.c" -nt "$ext" ]; then
+    return 0
+  fi
+  if gcc -O2 -Wall -shared -fPIC -I"$inc" -o "$ext.tmp" "$src"; then
+    mv -f "$ext.tmp" "$ext"
+    echo "setup.sh: built $ext"
+  else
+    rm -f "$ext.tmp"
+    echo "setup.sh: WARNING: building $ext failed; FrameBinner calls the native kernel through ctypes" >&2
+  fi
+}
 build_native
+build_native_ext
 
 # ---- stamp: hash of everything that affects the environment / the build -----
 compute_hash() {

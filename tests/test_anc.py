@@ -147,3 +147,92 @@ def test_training_forward_with_masks_runs():
             beta=torch.ones(b), sparse_from=2)
     sum(o["gesture"].sum() for o in out["branches"]).backward()
     assert a.branches[1].blocks[0].qkv.weight.grad is not None
+
+
+def test_complexity_levels_split_hand_speed_at_the_simulators_low_motion_bound():
+    from edge_vlm.model.anc import COMPLEXITY_SPEEDS, complexity_level
+    from edge_vlm.sim.gestures import LOW_MOTION_HAND_SPEED
+
+    assert COMPLEXITY_SPEEDS[0] == LOW_MOTION_HAND_SPEED
+    assert complexity_level([0.0, 44.9, 45.0, 99.9, 100.0, 300.0]).tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_conditional_decoder_pathway_picks_depth_and_beam_width(monkeypatch):
+    """Tiny decodes greedily with one decoder block, Medium with the node's beam width and all
+    its blocks; the FLOPs counter charges what ran."""
+    import edge_vlm.model.engine as E
+    from edge_vlm.model.flops import decoder_flops
+
+    _, a, _ = tiny_pair()
+    calls = []
+    beam, greedy = E.decode_beam, E.decode_greedy
+
+    def spy_beam(model, fused, bos, eos, max_len, width, layers):
+        calls.append(("beam", width, layers))
+        ids, score = beam(model, fused, bos, eos, max_len, width, layers)
+        calls[-1] += (len(ids),)
+        return ids, score
+
+    def spy_greedy(model, fused, bos, eos, max_len, layers, **kw):
+        calls.append(("greedy", 1, layers))
+        ids, score = greedy(model, fused, bos, eos, max_len, layers, **kw)
+        calls[-1] += (len(ids),)
+        return ids, score
+
+    monkeypatch.setattr(E, "decode_beam", spy_beam)
+    monkeypatch.setattr(E, "decode_greedy", spy_greedy)
+    dl = a.acfg.decoder_layers
+    for lv, want in ((0, ("greedy", 1, dl[0])), (2, ("beam", 3, dl[2]))):
+        calls.clear()
+        r = AncStreamingCaptioner(a, force_level=lv, decoding="beam", beam_size=3).process(blob(0))
+        assert len(calls) == 1 and calls[0][:3] == want, calls
+        assert r.route["branch"] == ("tiny", "small", "medium")[lv]
+        assert r.flops["decoder"] == decoder_flops(a.cfg, calls[0][3] + 1, want[1], want[2])
+
+
+def test_router_fit_learns_complexity_levels_and_does_not_collapse():
+    """fit_estimator on synthetic frames whose event count grows with the complexity level, while
+    the branch losses alone would favour Medium everywhere: the fitted router follows the levels
+    (the complexity term), so it uses all three branches."""
+    from edge_vlm.model.train_anc import branch_costs
+    from edge_vlm.model.train_router import RouterFitConfig, fit_estimator, routing_report
+
+    _, a, _ = tiny_pair()
+    g = torch.Generator().manual_seed(0)
+    n = 240
+    level = torch.arange(n) % 3
+    hist = torch.zeros(n, 4, 128, 128, dtype=torch.uint8)
+    for i in range(n):
+        w = 8 + 24 * int(level[i])                      # faster motion: a wider band of events
+        x0 = int(torch.randint(0, 128 - w, (1,), generator=g))
+        hist[i, 0, 40:60, x0:x0 + w] = 2
+    loss = torch.tensor([0.3, 0.2, 0.0]).repeat(n, 1)   # Medium always a little better
+    data = {"hist": hist, "change": level.float() / 10, "recent": level.float() / 5, "loss": loss,
+            "level": level, "motion": ["low" if lv == 0 else "high" for lv in level.tolist()]}
+    tc = RouterFitConfig(epochs=60, batch=64, lr=1e-2)
+    fit_estimator(a, data, None, branch_costs(a), tc, np.random.default_rng(0))
+    rep = routing_report(a, data)
+    assert rep["level_agreement"] > 0.9, rep
+    assert min(rep["route_share"]) > 0.2, rep
+    assert not any(p.requires_grad for p in a.parameters())
+
+
+def test_switching_back_to_a_branch_catches_up_sparsely():
+    """A branch that skipped frames recomputes only the tokens changed meanwhile (the union),
+    not the whole memory; one that never ran starts dense."""
+    _, a, _ = tiny_pair()
+    eng = AncStreamingCaptioner(a, force_level=2)
+    ref = AncStreamingCaptioner(a, force_level=2)          # runs Medium on every frame
+    for f in range(3):
+        eng.process(blob(f))
+        ref.process(blob(f))
+    eng.set_budget(0.3)                                      # Tiny for two frames
+    first_tiny = eng.process(blob(3))
+    eng.process(blob(4))
+    eng.set_budget(1.0)
+    back = eng.process(blob(5))
+    seen = [ref.process(blob(f)) for f in (3, 4, 5)]
+    assert first_tiny.refreshed and first_tiny.route["branch"] == "tiny"
+    assert back.route["branch"] == "medium" and not back.refreshed
+    n_back = back.route["branch_tokens"]["medium"][0]
+    assert max(r.active_tokens for r in seen) <= n_back <= sum(r.active_tokens for r in seen) < a.cfg.num_tokens

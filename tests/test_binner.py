@@ -8,13 +8,17 @@ counts, histograms, late/reset counters and rejected packets.
 
 Both backends are checked everywhere: the numpy path and, where ``_native/libevbin.so`` is
 built (scripts/setup.sh), the native kernel (edge_vlm.native), which must also give the same
-rejection messages, packet / event counters, fed packets and evt3 decoder state as numpy.
+rejection messages, packet / event counters, fed packets and evt3 decoder state as numpy. The
+kernel's per-packet call goes through the ``evbinext`` extension where it is built, else
+ctypes: both must agree too. Frames' histograms are read-only on both backends; the native
+backend's pooled output buffers must give the same histograms reused as fresh.
 """
 from __future__ import annotations
 
 import array
 import os
 import shutil
+import sysconfig
 
 import numpy as np
 import pytest
@@ -449,6 +453,10 @@ def test_native_kernel_built():
         pytest.skip("no gcc, or the native kernel is disabled")
     assert native.load(quiet=True) is not None, "run scripts/setup.sh (builds _native/libevbin.so)"
     assert FrameBinner(P).backend == "native" and native.backend() == "native"
+    if os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")) \
+            and os.environ.get("EDGE_VLM_NO_NATIVE_EXT", "") in ("", "0"):
+        assert native.load_ext() is not None, f"run scripts/setup.sh (builds the extension): {native.ext_why}"
+        assert FrameBinner(P).fast_path == "evbinext"
 
 
 def test_no_native_env_forces_numpy(monkeypatch):
@@ -570,7 +578,8 @@ def test_native_payload_types_and_big_packets(sim):
 @needs_native
 def test_native_frames_keep_their_histograms(sim):
     """Output histograms are reused only once nothing references them: frames held by the
-    caller keep their values, and one changed in place and dropped does not leak into later ones."""
+    caller keep their values, and so do views of dropped frames' histograms; no one can change
+    one in place (read-only, and cannot be made writable again)."""
     pk = _mono_packets(sim, 10_000_000)
     ref, _ = binned(pk, backend="numpy")
     b = FrameBinner(P, backend="native")
@@ -583,13 +592,104 @@ def test_native_frames_keep_their_histograms(sim):
             elif len(got) % 3 == 1:
                 views.append((f.hist[1:3], f.hist[1:3].copy()))        # a view only
             else:
-                f.hist += 7.0                                          # changed in place, dropped
+                with pytest.raises(ValueError):
+                    f.hist += 7.0                                      # read-only
+                with pytest.raises(ValueError):
+                    f.hist.flags.writeable = True
+                with pytest.raises(ValueError):
+                    f.hist[1:3].flags.writeable = True
     got += [(f.index, f.count, f.hist.copy()) for f in b.flush()]
     assert_same((got, ()), (ref, ()))
     for f, copy in held:
         np.testing.assert_array_equal(f.hist, copy)
     for v, copy in views:
         np.testing.assert_array_equal(v, copy)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_frame_histograms_are_read_only(sim, backend):
+    b = FrameBinner(P, backend=backend)
+    frames = [f for p in _mono_packets(sim, 10_000_000) for f in b.push(*p)] + b.flush()
+    assert len(frames) > 10
+    for f in frames:
+        assert not f.hist.flags.writeable
+        with pytest.raises(ValueError):
+            f.hist[0, 0, 0] = 1.0
+
+
+def _dense_sparse_packets(rng, w=128, h=128, k0=100):
+    """mono packets, one per frame: dense (most bins: a full memset on reuse), medium (a few
+    thousand bins: zeroed from the buffer's list), sparse, one event, and empty frames (gaps);
+    an empty packet closes the last frame."""
+    packets, k = [], k0
+    for n in (30_000, 5, 2_000, 0, 1, 40_000, 300, 3_500, 0, 0, 7, 60_000, 1, 2_500, 12):
+        if n:
+            ts = k * P + np.sort(rng.integers(0, P, n))
+            packets.append(("mono", encode_mono(_events(ts, rng, w, h), k * P), w, h, k * P))
+        k += 1
+    packets.append(("mono", encode_mono(_events([k * P], rng, w, h), k * P), w, h, k * P))
+    packets.append(("mono", b"", w, h, (k + 1) * P))     # closes it (before another sensor size)
+    return packets
+
+
+@needs_native
+@pytest.mark.parametrize("drop", [True, False])
+def test_native_reused_buffers_equal_fresh_ones(drop):
+    """A pooled output buffer reused after a dense frame, then a sparse one, ... gives exactly
+    the histogram of a fresh buffer (numpy's); with the frames dropped at once, buffers are
+    reused (a handful of them for every frame), and held frames keep theirs."""
+    rng = np.random.default_rng(21)
+    packets = _dense_sparse_packets(rng) + _dense_sparse_packets(rng, 640, 480, 120)
+    ref = reference(packets)
+    assert_same(binned(packets, backend="numpy"), ref)
+    b = FrameBinner(P, backend="native")
+    got, held, addresses = [], [], set()
+    for p in packets:
+        for f in b.push(*p):
+            got.append((f.index, f.count, f.hist.copy()))
+            addresses.add(f.hist.__array_interface__["data"][0])
+            if not drop:
+                held.append((f, got[-1][2]))
+    for f in b.flush():
+        got.append((f.index, f.count, f.hist.copy()))
+        addresses.add(f.hist.__array_interface__["data"][0])
+    assert_same((got, (b.rejected, b.late_events, b.resets)), ref)
+    # (a packet closing several frames holds them all at once: a few more buffers then)
+    assert len(got) > 25 and (len(addresses) <= 8 if drop else len(addresses) == len(got))
+    for f, copy in held:
+        np.testing.assert_array_equal(f.hist, copy)
+
+
+@needs_native
+def test_native_extension_equals_ctypes(sim, monkeypatch):
+    """The per-packet call through the evbinext extension == through ctypes == numpy, in every
+    detail (payload types, odd time bases, malformed packets, evt3)."""
+    if native.load_ext() is None:
+        pytest.skip(f"evbinext extension not built: {native.ext_why}")
+    rng = np.random.default_rng(4)
+    mono = _mono_packets(sim, 10_000_000)
+    evt3 = [("evt3",) + p[:3] + (p[3],) for p in bench.packetize_evt3(sim, packet_ns=10_000_000)]
+    odd = []
+    for i, (enc, data, w, h, tb) in enumerate(mono[:60]):
+        conv = (bytes, lambda d: array.array("B", d), memoryview, lambda d: array.array("b", d))[i % 4]
+        odd.append((enc, conv(data), w, h, [tb, np.int64(tb), 1 << 70, float(tb), True][i % 5]))
+        if i % 9 == 0:
+            odd.append((enc, data + b"\x01", w, h, tb))
+            odd.append((enc, _bad_coords(enc, tb), w, h, tb))
+    streams = [mono, evt3, odd, _dense_sparse_packets(rng)]
+    for packets in streams:
+        ref = reference(packets)
+        dn, de, dc = {}, {}, {}
+        assert_same(binned(packets, backend="numpy", details=dn), ref)
+        b = FrameBinner(P, backend="native")
+        assert b.fast_path == "evbinext"
+        assert_same(binned(packets, backend="native", details=de), ref)
+        with monkeypatch.context() as m:
+            m.setenv("EDGE_VLM_NO_NATIVE_EXT", "1")
+            assert FrameBinner(P, backend="native").fast_path == "ctypes"
+            assert_same(binned(packets, backend="native", details=dc), ref)
+        assert de == dc
+        same_details(dn, de, packets)
 
 
 @needs_native

@@ -126,7 +126,10 @@ def test_graph_on_simulated_bag(env, tmp_path):
         m = masks.get(c["stamp_ns"])
         if m is not None and m["active_indices"]:
             assert cost["active_tokens"] > 0
-        assert 0 < cost["flops_executed"] <= cost["flops_dense"]
+        # the reference is Medium-only dense; a frame routed to Medium that runs it densely (its
+        # first run) pays the router on top, and a caption draft that turns out wrong a few decoder
+        # positions: at most ~0.2% more
+        assert 0 < cost["flops_executed"] <= 1.01 * cost["flops_dense"]
         assert cost["frame_index"] == d["frame_index"] and cost["params_active"] > 0
         assert cost["branch"] in ("tiny", "small", "medium", "base")
     assert any(x["data"]["active_tokens"] > 0 for x in costs)

@@ -922,6 +922,13 @@ def markdown(result: dict, command: str) -> str:
                 sh = b.get("branch_share") or {}
                 lines.append(f"| {b['budget']} | {_fmt(b['gflops'])} | {_fmt(b['accuracy'])} | "
                              f"{' / '.join(_fmt(sh.get(k)) for k in ('tiny', 'small', 'medium'))} |")
+            cg = an.get("caption_gate") or {}
+            if cg:
+                lines += ["", f"Caption gate (`caption_reuse_threshold` = {_fmt(cg.get('caption_reuse_threshold'))}, "
+                          f"STTF+ANC): text decoded on {_fmt(cg.get('decoded_fraction'))} of the frames "
+                          f"({_fmt(cg.get('decoded_fraction_low_motion'))} of the low-motion ones); published text "
+                          f"equal to that of an engine decoding every frame on "
+                          f"{_fmt(cg.get('text_agreement_with_decoding_every_frame'))} of the frames."]
     ee = d.get("e2e") or {}
     if ee:
         lines += ["", f"## End to end (node graph, simulated DVS128 bag, {_fmt(ee.get('packet_ms'))} ms "

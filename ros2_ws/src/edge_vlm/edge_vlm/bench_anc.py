@@ -71,7 +71,13 @@ def bench_anc(checkpoint: str = "", threads: int = 1, quick: bool = False, plot:
                     rows[m].append({"label": r.label, "gt": f["gt"], "motion": f["motion"] if j else "first",
                                     "flops": r.flops_executed, "ms": r.latency_ms["total"],
                                     "enc_ms": r.latency_ms["encoder"], "branch": r.route["branch"],
-                                    "params": r.route["params_active"], "active": r.active_tokens})
+                                    "params": r.route["params_active"], "active": r.active_tokens,
+                                    "text": r.text, "fresh": r.caption_fresh})
+        # the caption gate (caption_reuse_threshold): the deployed engine against one that
+        # decodes every frame, on the same frames
+        always = [eng.process(f["hist"]).text for fr in frames
+                  for eng in [_engine(model, {**params, "caption_reuse_threshold": 0.0}, meta, None, True)]
+                  for f in fr]
         sweep = []
         for b in SWEEP:      # the deployed configuration at several budgets, on the same frames
             rs = []
@@ -128,6 +134,11 @@ def bench_anc(checkpoint: str = "", threads: int = 1, quick: bool = False, plot:
         "params_tiny": branch_params(model.branches[0]), "params_small": branch_params(model.branches[1]),
         "params_medium": branch_params(model.branches[2]),
         "budget_sweep": sweep, "ablation": table,
+        "caption_gate": {"caption_reuse_threshold": float(params.get("caption_reuse_threshold", 0.0)),
+                         "decoded_fraction": float(np.mean([x["fresh"] for x in rows["both"]])),
+                         "decoded_fraction_low_motion": float(np.mean([x["fresh"] for x in pick("both", low)])),
+                         "text_agreement_with_decoding_every_frame": float(np.mean(
+                             [x["text"] == t for x, t in zip(rows["both"], always)]))},
     }
     if plot:
         plot_sweep(sweep, table, plot)

@@ -35,20 +35,25 @@ Two backends, same results (``FrameBinner.backend``; ``backend=`` picks one):
 
 * ``"native"`` (the default where ``_native/libevbin.so`` is built, see
   :mod:`edge_vlm.native`): ``mono`` / ``evt3`` packets of the current stream
-  (bytes or rclpy's ``array('B')``) go through ONE ctypes call each, no
-  buffering: evbin.c decodes them (a stateful EVT 3.0 decoder of the same
-  semantics as :mod:`edge_vlm.codecs.evt3`) into scratch columns (t, bin) and,
-  when the packet is time-ordered, starts in the open frame and spans at most
+  (bytes or rclpy's ``array('B')``) go through ONE call of the kernel each, no
+  buffering (a builtin function of the small ``evbinext`` extension where it is
+  built, else ctypes; ctypes for the rare calls; ``FrameBinner.fast_path``):
+  evbin.c decodes them (a stateful EVT 3.0 decoder of the same semantics as
+  :mod:`edge_vlm.codecs.evt3`) into scratch columns (t, bin) and, when the
+  packet is time-ordered, starts in the open frame and spans at most
   ``max_gap_frames``, counts them into the open frame, closing frames into
   float32 output histograms; any other packet is binned here with the
   :meth:`FrameClock.advance` rules on the same open frame, and a packet the
   kernel finds malformed is handed to the numpy decoder for its rejection
-  message. Output histograms no longer referenced by anyone are reused (fully
-  rewritten) for later frames.
+  message. Output histograms are handed out read-only and reused for later
+  frames once no one references them (nor a view of them); the kernel knows
+  which bins it wrote into a buffer last time and zeroes just those (no 256 KB
+  memset per frame on a sparse stream).
 * ``"numpy"`` (no library, or ``EDGE_VLM_NO_NATIVE=1``): as follows.
 
 Frames come out as :class:`~edge_vlm.pipeline.Frame` with ``events=None``,
-``hist`` (float32 ``(2*TIME_BINS, model_h, model_w)``) and ``count``.
+``hist`` (float32 ``(2*TIME_BINS, model_h, model_w)``, READ-ONLY on both
+backends: copy it to change it) and ``count``.
 Differences from per-packet binning (tests/test_binner.py checks the rest):
 each packet's coordinates are scaled with that packet's sensor size (the
 per-packet path scales a frame with the size of the last packet pushed: they
@@ -89,8 +94,10 @@ _Array = array.array
 _VoidP = ctypes.c_void_p
 _refcount = sys.getrefcount
 _POOL = 8                    # output histograms kept for reuse (native backend)
+_LIST_FRACTION = 16          # an output buffer lists up to 1/16 of its bins (then: memset)
 _LUTS: dict = {}             # FrameBinner._tables, by (encoding, sensor w, h, model w, h)
 _CHECK, _CLOSED = native.EVB_CHECK, native.EVB_CLOSED
+_NO_STREAM = object()
 
 
 def _address(a: np.ndarray) -> int:
@@ -106,6 +113,31 @@ def _counts(code: np.ndarray, size: int) -> np.ndarray:
         _ONES = np.ones(max(m, 2 * _ONES.size, 4096))
     # float64 counts (exact) -> float32: cheaper than casting bincount's int64 counts
     return np.bincount(code, _ONES[:m], minlength=size).astype(np.float32)
+
+
+def _payload_ptr(data):
+    """evbin_push's payload argument for ctypes: bytes as is, array('B') by address."""
+    return data if type(data) is bytes else _VoidP(data.buffer_info()[0])
+
+
+def _ctypes_pusher(st, stref, f_push):
+    """evbinext's ``push(data, time_base)`` through ctypes (where the extension is not built)."""
+    def push(data, time_base):
+        if type(data) is bytes:
+            ptr, nb = data, len(data)
+        elif type(data) is _Array and data.typecode == "B":
+            ptr, nb = data.buffer_info()
+            ptr = _VoidP(ptr)
+        else:
+            return _CHECK
+        try:
+            if _I64_MIN <= time_base <= _I64_MAX:       # (ctypes would wrap it)
+                st.nbytes, st.time_base = nb, time_base
+                return f_push(stref, ptr)
+        except TypeError:                               # time_base is no integer
+            pass
+        return _CHECK
+    return push
 
 
 class FrameBinner:
@@ -132,6 +164,7 @@ class FrameBinner:
         self.decoders: dict = {}
         self._packets = self._events = self.rejected = self.unsorted = 0
         self._st = None                                          # native kernel state
+        self.fast_path = None        # native backend: "evbinext" or "ctypes" (its per-packet call)
         self.busy_s = 0.0
         self.rejections: deque = deque(maxlen=1000)
         self.fed: list[tuple[object, int, int]] = []
@@ -142,15 +175,16 @@ class FrameBinner:
         self._open_c: list[np.ndarray] = []                      # ... and channel-less bins
         self._peek_hi = 0
         # native kernel (edge_vlm.native): the hot path of push() is taken for a packet of the
-        # stream (_nenc, _nw, _nh) of the last packet accepted by _npush (None: never)
-        self._nenc = self._nw = self._nh = None
+        # stream (_nenc, _nw, _nh) of the last packet accepted by _npush (_NO_STREAM: none; no
+        # argument equals it, not even None x None x None)
+        self._nenc = self._nw = self._nh = _NO_STREAM
         if backend not in (None, "native", "numpy"):
             raise ValueError(f"backend must be 'native', 'numpy' or None, not {backend!r}")
         lib = native.load() if backend != "numpy" else None
         if backend == "native" and lib is None:
             raise RuntimeError("the native decode+bin kernel is not available (see edge_vlm.native)")
         self.backend = "native" if lib is not None else "numpy"
-        self._general = self._push
+        self._general = FrameBinner._push    # (a function, not a bound method: no reference cycle)
         if lib is not None:
             self._native_init(lib)
 
@@ -162,36 +196,22 @@ class FrameBinner:
         try:
             if encoding == self._nenc and width == self._nw and height == self._nh:
                 # native hot path: a packet of the current stream, as bytes or array('B')
-                if type(data) is bytes:
-                    ptr, nb = data, len(data)
-                elif type(data) is _Array and data.typecode == "B":
-                    ptr, nb = data.buffer_info()
-                    ptr = _VoidP(ptr)
-                else:
-                    ptr = None
-                if ptr is not None:
+                # (anything else: _CHECK, nothing done); evbinext's builtin or _ctypes_pusher's
+                r = self._fast(data, time_base)
+                if r >= 0:                              # no frame closed
+                    if r and self.track:
+                        self._fed_scratch(r, tag)
+                    return []
+                if r == _CLOSED:                        # one frame closed
                     st = self._st
-                    try:
-                        if _I64_MIN <= time_base <= _I64_MAX:       # (ctypes would wrap it)
-                            st.nbytes, st.time_base = nb, time_base
-                            r = self._f_push(self._stref, ptr)
-                        else:
-                            r = _CHECK
-                    except TypeError:                   # time_base is no integer
-                        r = _CHECK
-                    if r >= 0:                          # no frame closed
-                        if r and self.track:
-                            self._fed_scratch(r, tag)
-                        return []
-                    if r == _CLOSED:                    # one frame closed
-                        if self.track:
-                            self._fed_scratch(st.n, tag)
-                        f = self._ntake()
-                        self.clock.current = st.cur
-                        return [f]
-                    if r != _CHECK:
-                        return self._native_result(r, tag, ptr)
-            return self._general(str(encoding), data, int(width), int(height), int(time_base), tag)
+                    if self.track:
+                        self._fed_scratch(st.n, tag)
+                    f = self._ntake()
+                    self.clock.current = st.cur
+                    return [f]
+                if r != _CHECK:
+                    return self._native_result(r, tag, _payload_ptr(data))
+            return self._general(self, str(encoding), data, int(width), int(height), int(time_base), tag)
         finally:
             self.busy_s += _perf() - t0
 
@@ -231,12 +251,13 @@ class FrameBinner:
         return self.clock.resets
 
     # ------------------------------------------------------------------ native kernel
-    # One call of evbin.c (evbin_push) per packet decodes it into two scratch columns (t,
-    # channel-less bin) and, when exact, counts them into the open frame (kept in C: uint32
-    # counts + the bins touched), closing frames into output histograms given from here; no
-    # buffering. The rest -- rejection messages (the numpy decoder's), the FrameClock rules
-    # for late events / jumps / unsorted packets (evbin_add / evbin_close / evbin_discard on
-    # the same open frame), other encodings, empty packets -- stays in Python.
+    # One call of evbin.c (evbin_push: evbinext's builtin, else ctypes) per packet decodes it
+    # into two scratch columns (t, channel-less bin) and, when exact, counts them into the open
+    # frame (kept in C: uint32 counts + the bins touched), closing frames into output buffers
+    # given from here (read-only histograms, pooled: see _new_hist); no buffering. The rest --
+    # rejection messages (the numpy decoder's), the FrameClock rules for late events / jumps /
+    # unsorted packets (evbin_add / evbin_close / evbin_discard on the same open frame), other
+    # encodings, empty packets -- stays in Python.
     def _native_init(self, lib) -> None:
         self._lib = lib
         self._f_push, self._f_resume = lib.evbin_push, lib.evbin_resume
@@ -244,42 +265,56 @@ class FrameBinner:
         self._stp = ctypes.addressof(st)             # for the calls with argtypes
         self._stref = ctypes.byref(st)               # for evbin_push / evbin_resume
         st.period, st.max_gap, st.cb = self.period, self.clock.max_gap, self.cb
+        st.olcap = self._olcap = 2 * self.cb // _LIST_FRACTION
+        ext = native.load_ext()
+        # push(data, time_base) -> evbin_push's code: the extension's builtin bound to the state
+        # (it keeps `st` alive), else the same in Python with ctypes
+        self._fast = (ext.pusher(self._stp, st, _Array) if ext is not None
+                      else _ctypes_pusher(st, self._stref, self._f_push))
+        self.fast_path = "evbinext" if ext is not None else "ctypes"
         self._acc = np.zeros(2 * self.cb, dtype=np.uint32)        # the open frame's counts
-        self._touched = np.empty(2 * self.cb, dtype=np.int32)
+        self._touched = np.empty(2 * self.cb + 1, dtype=np.int32)   # (+1: evbin.c's branchless append)
         st.acc, st.touched = _address(self._acc), _address(self._touched)
-        self._pool: deque = deque()          # (histogram, address) handed out with frames
+        self._pool: list = []                # (histogram, address, root) of _new_hist, newest last
         self._out = None                     # output histogram of the next frame to close
         self._set_out()
         self._t = self._c = None
         self._grow(4096)
         self._nluts: dict = {}
-        self._general = self._npush
+        self._general = FrameBinner._npush
 
-    def _new_hist(self) -> tuple[np.ndarray, int]:
-        """An output histogram for the next frame to close (the kernel zeroes it then).
+    def _new_hist(self) -> tuple[np.ndarray, int, np.ndarray]:
+        """An output buffer for the next frame to close: ``(hist, address, root)``.
 
-        A buffer handed out with an earlier frame is reused once nothing references it any
-        more (``sys.getrefcount``: only the pool's own reference is left): the kernel then
-        zeroes memory that is still in cache instead of fresh pages. Whatever its last holder
-        did with it, the kernel overwrites all of it. Called as a frame is handed out: the
-        buffer of the frame before it is likely free by then."""
+        ``root`` (float32) holds the histogram (``hist``: a read-only view of its head, what
+        the frame hands out), then evbin.c's int32 header and list of the bins it wrote last
+        (see evbin.c): on reuse the kernel zeroes just those. Nobody outside can change the
+        buffer: ``root`` is read-only too, so a view of ``hist`` cannot be made writable.
+        A buffer is reused once nothing references it any more (``sys.getrefcount``: only
+        the pool's tuple on ``hist``; that tuple and ``hist``'s base on ``root``, so no view
+        of it is alive either). Called as a frame is handed out: the buffer of the frame
+        before it is likely free by then. A new buffer is all zeros (header 0)."""
         pool = self._pool
         if len(pool) > 1:
             for j in (-2, 0):                      # the frame before the last one, the oldest
-                if _refcount(pool[j][0]) == 2:     # the pool's tuple and the argument
-                    ent = pool[j]
+                ent = pool[j]
+                # references: the pool's tuple and the argument (+ hist.base for root)
+                if _refcount(ent[0]) == 2 and _refcount(ent[2]) == 3:
                     del pool[j]
                     pool.append(ent)
                     return ent
-        h = np.empty((2 * TIME_BINS, self.mh, self.mw), dtype=np.float32)
-        ent = (h, _address(h))
+        n = 2 * self.cb
+        root = np.zeros(n + 1 + self._olcap, dtype=np.float32)
+        h = root[:n].reshape(2 * TIME_BINS, self.mh, self.mw)
+        ent = (h, _address(root), root)
+        h.flags.writeable = root.flags.writeable = False
         if len(pool) >= _POOL:
-            pool.popleft()                         # still referenced: left to its holder
+            del pool[0]                            # still referenced: left to its holder
         pool.append(ent)
         return ent
 
     def _set_out(self) -> None:
-        self._out, self._st.out = self._new_hist()
+        self._out, self._st.out, _ = self._new_hist()
 
     def _grow(self, n: int) -> None:
         st = self._st
@@ -303,7 +338,7 @@ class FrameBinner:
         """push() of the native backend, the general case: any payload type, empty payloads,
         a new stream (encoding / sensor size), packets failing the cheap checks."""
         self._packets += 1
-        self._nenc = None                  # the hot path again once a packet is accepted here
+        self._nenc = _NO_STREAM            # the hot path again once a packet is accepted here
         if w <= 0 or h <= 0:
             self._reject(tag, f"invalid sensor size {w}x{h}")
             return []
@@ -410,12 +445,20 @@ class FrameBinner:
 
     def _ntake(self) -> Frame:
         """The frame the kernel just closed (into ``_out``; a new output buffer is set)."""
-        st = self._st
-        k, n, hist = st.closed_k, st.closed_count, self._out
-        self._out, st.out = self._new_hist()
+        st, hist, pool = self._st, self._out, self._pool
+        ent = pool[-2] if len(pool) > 1 else None
+        # the common case of _new_hist inline: the previous frame's buffer is free again
+        if ent is not None and _refcount(ent[0]) == 2 and _refcount(ent[2]) == 3:
+            pool[-2] = pool[-1]                # (the buffer of this frame)
+            pool[-1] = ent
+        else:
+            ent = self._new_hist()
+        self._out = ent[0]
+        st.out = ent[1]
+        k = st.closed_k
         w, h = self.clock.size
         P = self.period
-        return Frame(k, k * P, (k + 1) * P, None, w, h, hist=hist, count=n)
+        return Frame(k, k * P, (k + 1) * P, None, w, h, hist, st.closed_count)
 
     def _nclose(self, k: int) -> Frame:
         if self._lib.evbin_close(self._stp, k) != 0:
@@ -744,6 +787,7 @@ class FrameBinner:
         code *= cb
         code += c
         hist = _counts(code, n * tb * cb).reshape(n, 2 * tb, self.mh, self.mw)
+        hist.flags.writeable = False        # read-only, as the native backend's
         if n == 1:
             counts = [t.size]
         else:

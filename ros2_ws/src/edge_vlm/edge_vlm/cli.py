@@ -113,6 +113,19 @@ def cmd_synth(args) -> int:
 def cmd_train(args) -> int:
     from .model.train import TrainConfig, train
 
+    if args.model == "router":
+        from .model.train_router import RouterFitConfig, fit_router
+
+        d = RouterFitConfig()
+        out = args.out if args.out != TrainConfig().out else d.out
+        rc = RouterFitConfig(out=out, init=args.init, subjects=args.subjects, seed=args.seed, threads=args.threads,
+                             workers=args.workers, clip_s=args.clip_s,
+                             epochs=args.epochs if args.epochs is not None else d.epochs,
+                             balance_weight=(args.balance_weight if args.balance_weight is not None
+                                             else d.balance_weight))
+        summary = fit_router(rc, progress=not args.no_progress)
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("history", "config")}, indent=1))
+        return 0
     if args.model == "anc":
         from .model.train_anc import AncTrainConfig, train_anc
 
@@ -196,9 +209,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     s = sub.add_parser("train", help="train the STTF (or joint STTF+ANC) captioning model on simulated data "
                        "(resumable)")
-    s.add_argument("--model", choices=("sttf", "anc"), default="sttf",
-                   help="sttf: the STTF model from scratch; anc: the joint STTF+ANC model grown from --init")
-    s.add_argument("--init", default="", help="anc: STTF checkpoint to grow from (default: the shipped one)")
+    s.add_argument("--model", choices=("sttf", "anc", "router"), default="sttf",
+                   help="sttf: the STTF model from scratch; anc: the joint STTF+ANC model grown from --init; "
+                        "router: fit the router of the joint checkpoint --init on its frozen branches")
+    s.add_argument("--init", default="", help="anc: STTF checkpoint to grow from; router: joint checkpoint "
+                                              "(default: the shipped one)")
     s.add_argument("--out", default=d.out)
     s.add_argument("--subjects", type=int, default=d.subjects)
     s.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs} (sttf) / 4 (anc)")

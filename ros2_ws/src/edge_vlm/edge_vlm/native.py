@@ -4,7 +4,15 @@
 with its function signatures set, or None -- library missing or not loadable, a big-endian
 host, or ``EDGE_VLM_NO_NATIVE=1`` -- and then :class:`~edge_vlm.binner.FrameBinner` runs its
 numpy path (same results; a one-line note on stderr says why, once per process).
-:data:`BACKEND` names the path in use: ``"native"`` or ``"numpy"``.
+:func:`backend` names the path in use: ``"native"`` or ``"numpy"``.
+
+The per-packet call (``evbin_push``) is the one hot entry point: ``scripts/setup.sh`` also
+builds it as a small CPython extension (``_native/evbinext.c``, which compiles evbin.c in:
+``_native/evbinext<EXT_SUFFIX>``, needs Python.h) whose builtin function, bound to a binner's
+state, costs a fraction of a ctypes call. :func:`load_ext` returns that module, or None (not
+built, older than its sources, another kernel ABI, the library not loaded, or
+``EDGE_VLM_NO_NATIVE_EXT=1``): FrameBinner then calls evbin_push through ctypes (same results,
+no note). Every other entry point always goes through ctypes.
 
 The library sits next to the C source in the *source* tree: ``colcon build --symlink-install``
 links the package's files (or the whole package directory) into the build tree, so this file
@@ -13,21 +21,26 @@ resolves its own real path to find it.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import sys
+import sysconfig
 
-__all__ = ["EvbinState", "load", "backend", "LIB_PATH", "SOURCE_PATH",
+__all__ = ["EvbinState", "load", "load_ext", "backend", "LIB_PATH", "SOURCE_PATH", "EXT_PATH",
            "EVB_CLOSED", "EVB_CLOSED_MORE", "EVB_SLOW", "EVB_BAD", "EVB_GROW", "EVB_NO_OUT",
            "EVB_CHECK"]
 
 _DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)), "_native")
 LIB_PATH = os.path.join(_DIR, "libevbin.so")
 SOURCE_PATH = os.path.join(_DIR, "evbin.c")
+EXT_SOURCE_PATH = os.path.join(_DIR, "evbinext.c")
+#: the extension module, for this interpreter (its EXT_SUFFIX: a build for another Python is ignored)
+EXT_PATH = os.path.join(_DIR, "evbinext" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 
 # return codes of evbin_push / evbin_resume (>= 0: done, that many events, no frame closed)
 EVB_CLOSED, EVB_CLOSED_MORE, EVB_SLOW, EVB_BAD, EVB_GROW, EVB_NO_OUT, EVB_CHECK = -1, -2, -3, -4, -5, -6, -7
 #: EVBIN_ABI of evbin.c (bump both when evbin_t or a signature changes)
-ABI = 4
+ABI = 5
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
@@ -40,7 +53,7 @@ class EvbinState(ctypes.Structure):
         (("lut_a", "lut_b", "t", "c"), _PTR),
         (("cap",), _I64),
         (("acc", "touched", "out"), _PTR),
-        (("n_touched", "has_cur", "cur", "open_count", "mono", "nbytes", "time_base", "packets",
+        (("olcap", "n_touched", "has_cur", "cur", "open_count", "mono", "nbytes", "time_base", "packets",
           "events", "n", "unsorted",
           "pos", "closed_k", "closed_count", "need", "y", "time_low", "time_high", "wraps", "base_x",
           "pol", "seen_high", "valid"), _I64),
@@ -61,6 +74,9 @@ _SIGNATURES = {
 _lib: ctypes.CDLL | None = None
 _why = ""
 _tried = _noted = False
+_ext = None
+ext_why = ""                 #: why :func:`load_ext` returned None (empty: not tried / loaded)
+_ext_tried = False
 
 
 def _note(msg: str) -> None:
@@ -98,6 +114,33 @@ def load(quiet: bool = False) -> ctypes.CDLL | None:
         _noted = True
         _note(f"native decode+bin kernel unavailable ({_why}); using the numpy path")
     return _lib
+
+
+def load_ext():
+    """The ``evbinext`` extension module (its ``pusher``), or None (see the module doc). Cached."""
+    global _ext, ext_why, _ext_tried
+    if os.environ.get("EDGE_VLM_NO_NATIVE_EXT", "") not in ("", "0") or load(quiet=True) is None:
+        return None
+    if not _ext_tried:
+        _ext_tried = True
+        try:
+            if not os.path.isfile(EXT_PATH):
+                raise ImportError(f"{EXT_PATH} not built (run scripts/setup.sh)")
+            newest = max((os.path.getmtime(p) for p in (SOURCE_PATH, EXT_SOURCE_PATH) if os.path.isfile(p)),
+                         default=0.0)
+            if newest > os.path.getmtime(EXT_PATH):
+                raise ImportError(f"{EXT_PATH} is older than its sources (run scripts/setup.sh)")
+            spec = importlib.util.spec_from_file_location("edge_vlm.evbinext", EXT_PATH)
+            if spec is None or spec.loader is None:
+                raise ImportError(f"cannot load {EXT_PATH}")
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            if mod.abi() != int(_lib.evbin_abi()):
+                raise ImportError(f"{EXT_PATH} does not match the library (run scripts/setup.sh)")
+            _ext = mod
+        except (ImportError, OSError, ValueError, AttributeError) as exc:
+            ext_why = str(exc)
+    return _ext
 
 
 def backend() -> str:

@@ -110,6 +110,11 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "gesture changes or the memory is refreshed); frames in between republish the last text "
                   "and report zero decoder FLOPs. Gesture and compute cost are computed every frame. "
                   "1 = decode every frame.", min_value=1, max_value=1000),
+        ParamSpec("caption_reuse_threshold", 0.05, "Republish the last text instead of decoding when the fused "
+                  "vision prefix moved less than this (relative L2) from the prefix that text was decoded from "
+                  "(the gate compares with the last decoded prefix, so slow drift still re-decodes), unless the "
+                  "gesture or the decoder pathway changed. 0 = decode whenever caption_period says so.",
+                  min_value=0.0, max_value=1.0),
         ParamSpec("compute_budget", 1.0, "Compute budget in (0, 1] of the joint STTF+ANC model: caps the routed "
                   "branch (<= 1/3 tiny, <= 2/3 small) and slices the channel gates; published with every compute "
                   "cost. Can be changed at runtime (next frame).", min_value=0.01, max_value=1.0),

@@ -200,8 +200,10 @@ class PerceptionCore:
         if self.mask_net is not None:
             import torch
 
+            from .model.engine import hist_tensor
+
             with torch.no_grad():
-                logit = self.mask_net(torch.from_numpy(np.ascontiguousarray(hist, dtype=np.float32))[None])[0]
+                logit = self.mask_net(hist_tensor(hist)[None])[0]
             g = int(p["model_height"]) // patch
             score = torch.sigmoid(logit).numpy().reshape(g, -1).astype(np.float32)
             active, thr = score > 0.5, 0.5
@@ -264,10 +266,11 @@ class RouterCore:
         import torch
 
         from .model.captioner import age_bucket
+        from .model.engine import hist_tensor
 
         c = self.model.cfg
-        hist = np.ascontiguousarray(frame_histogram(frame, self.params), dtype=np.float32)
-        ht = torch.from_numpy(hist)[None]
+        hist = frame_histogram(frame, self.params)
+        ht = hist_tensor(hist)[None]
         with torch.no_grad():
             change = (self.model.mask_net(ht)[0] > 0).numpy()
             self.age = (np.where(change, 0, c.max_age) if self.age is None

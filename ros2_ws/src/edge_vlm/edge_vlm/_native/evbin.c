@@ -2,7 +2,8 @@
  * evbin.c -- native decode + frame binning for edge_vlm.binner.FrameBinner (loaded with ctypes
  * by edge_vlm/native.py; build: gcc -O2 -shared -fPIC -o libevbin.so evbin.c, see scripts/setup.sh).
  *
- * One call per EventPacket: decode the payload into two scratch columns (event time in ns,
+ * One call per EventPacket (evbinext.c: the same code as a CPython extension function, called
+ * without ctypes' overhead): decode the payload into two scratch columns (event time in ns,
  * channel-less model-grid bin c = p*H*W + y*W + x), then, in the common case (time-ordered
  * events, none older than the open frame, no jump of more than max_gap frames), add them to the
  * open frame, closing frames on the way.  Anything else (the FrameClock rules for late events /
@@ -13,8 +14,15 @@
  * with cb = 2*H*W and sub = 1 in the second half of the frame (t - start >= ceil(P/2), i.e.
  * (t - start) * 2 // P as edge_vlm.repr.event_histogram).  The open frame counts into `acc`
  * (uint32, the same buffer for every frame, so it stays in cache) and lists the bins it touched;
- * closing it zeroes the caller's output buffer and writes those bins as float32 (the numpy
- * path's float64 counts -> float32, bit for bit), then clears them in `acc`.
+ * closing it writes those bins as float32 into the caller's output buffer (the numpy path's
+ * float64 counts -> float32, bit for bit), all others zero, then clears them in `acc`.
+ *
+ * Output buffers are reused (the caller hands them out read-only and pools them): behind its
+ * 2*cb floats, a buffer holds an int32 header m and a list of up to `olcap` bins.  m >= 0: the
+ * buffer's nonzero bins are (at most) the m listed ones (0: an all-zero buffer), m < 0: unknown.
+ * Closing a frame into it zeroes just the listed bins (else the whole histogram: a memset of
+ * 2*cb floats, which cost half of the time of a sparse stream), then records its own bins there
+ * (m = -1 when more than olcap).
  *
  * Nothing is written outside the caller's buffers whatever the payload: every coordinate is
  * checked (through the tables, whose out-of-sensor entries are negative) before it indexes
@@ -50,8 +58,10 @@ typedef struct {
     int32_t *c;                 /* scratch: channel-less bins */
     int64_t cap;                /* scratch capacity (events) */
     uint32_t *acc;              /* open frame's counts (2 * cb entries, zero where not touched) */
-    int32_t *touched;           /* bins of the open frame with a count (2 * cb entries) */
-    float *out;                 /* histogram of the next frame to close (any content), or NULL */
+    int32_t *touched;           /* bins of the open frame with a count (2 * cb + 1 entries) */
+    float *out;                 /* output buffer of the next frame to close (2*cb floats, then
+                                   the int32 header and list, see above), or NULL */
+    int64_t olcap;              /* capacity of an output buffer's list (bins, >= 0) */
     int64_t n_touched;          /* entries of `touched` */
     int64_t has_cur, cur;       /* the open frame's index (FrameClock.current), if any */
     int64_t open_count;         /* its events */
@@ -69,7 +79,7 @@ typedef struct {
 } evbin_t;
 
 /* sizeof(evbin_t) | ABI version << 16: native.py checks it against its ctypes Structure. */
-#define EVBIN_ABI 4
+#define EVBIN_ABI 5
 int64_t evbin_abi(void)
 {
     return (int64_t)sizeof(evbin_t) | (int64_t)EVBIN_ABI << 16;
@@ -82,11 +92,29 @@ static void close_frame(evbin_t *s, int64_t k)
 {
     float *out = s->out;
     uint32_t *acc = s->acc;
-    memset(out, 0, (size_t)(2 * s->cb) * sizeof *out);
-    for (int64_t j = 0; j < s->n_touched; j++) {
-        int32_t b = s->touched[j];
+    const int32_t *touched = s->touched;
+    const int64_t nb = 2 * s->cb, cap = s->olcap, nt = s->n_touched;
+    int32_t *list = (int32_t *)(out + nb);      /* header, then the bins (see the top) */
+    int64_t m = list[0];
+    if (m < 0 || m > cap) {
+        memset(out, 0, (size_t)nb * sizeof *out);
+    } else {
+        for (int64_t j = 1; j <= m; j++) {
+            uint32_t b = (uint32_t)list[j];
+            if (b < (uint64_t)nb)               /* (always, unless the caller wrote the list) */
+                out[b] = 0.0f;
+        }
+    }
+    for (int64_t j = 0; j < nt; j++) {
+        int32_t b = touched[j];
         out[b] = (float)acc[b];
         acc[b] = 0;
+    }
+    if (nt <= cap) {
+        memcpy(list + 1, touched, (size_t)nt * sizeof *list);
+        list[0] = (int32_t)nt;
+    } else {
+        list[0] = -1;
     }
     s->closed_k = k;
     s->closed_count = s->open_count;
@@ -95,7 +123,7 @@ static void close_frame(evbin_t *s, int64_t k)
     s->n_touched = 0;
 }
 
-/* Add events i0..i1 of (t, c), all inside [start, start + P), to the open frame. */
+/* Add events i0..i1 of (t, c), all inside [start, start + P) and time-ordered, to the open frame. */
 static void add_events(evbin_t *s, const int64_t *t, const int32_t *c, int64_t i0, int64_t i1, i128 start)
 {
     const int64_t P = s->period, cb = s->cb;
@@ -103,11 +131,17 @@ static void add_events(evbin_t *s, const int64_t *t, const int32_t *c, int64_t i
     uint32_t *acc = s->acc;
     int32_t *touched = s->touched;
     int64_t nt = s->n_touched;
+    int64_t h = i0;                                   /* events h..i1-1: second half (t ordered) */
+    if (i1 > i0 && (i128)t[i1 - 1] >= mid)
+        while (h < i1 && (i128)t[h] < mid)
+            h++;
+    else
+        h = i1;
     for (int64_t i = i0; i < i1; i++) {
-        int64_t b = ((i128)t[i] >= mid ? cb : 0) + c[i];
+        int64_t b = (i >= h ? cb : 0) + c[i];
         uint32_t v = acc[b];
-        if (!v)
-            touched[nt++] = (int32_t)b;
+        touched[nt] = (int32_t)b;                     /* kept if the bin was empty: branchless */
+        nt += v == 0;                                 /* (touched has room for every bin) */
         acc[b] = v + (v != UINT32_MAX);               /* saturates (2^32 events in one bin) */
     }
     s->n_touched = nt;
@@ -125,8 +159,11 @@ static int64_t bin_from(evbin_t *s)
     while (i < n) {
         i128 start = (i128)s->cur * P, end = start + P;
         int64_t j = i;                                 /* events i..j-1: in the open frame */
-        while (j < n && (i128)t[j] < end)
-            j++;
+        if ((i128)t[n - 1] < end)                      /* (the common case: all the rest) */
+            j = n;
+        else
+            while (j < n && (i128)t[j] < end)
+                j++;
         add_events(s, t, s->c, i, j, start);
         i = j;
         if (i == n)
@@ -164,13 +201,14 @@ int64_t evbin_resume(evbin_t *s)
 }
 
 /* The caller's FrameClock rules (EVB_SLOW): add events i0..i1 of the columns (t, c), all of
-   frame k, to the open frame.  Returns 0, or EVB_BAD (nothing added) if one is not of frame k or
-   its bin is out of range. */
+   frame k and time-ordered, to the open frame.  Returns 0, or EVB_BAD (nothing added) if one is
+   not of frame k, its bin is out of range or its time is before the previous one's. */
 int64_t evbin_add(evbin_t *s, const int64_t *t, const int32_t *c, int64_t i0, int64_t i1, int64_t k)
 {
     const i128 start = (i128)k * s->period, end = start + s->period;
     for (int64_t i = i0; i < i1; i++)
-        if ((i128)t[i] < start || (i128)t[i] >= end || c[i] < 0 || c[i] >= s->cb)
+        if ((i128)t[i] < start || (i128)t[i] >= end || c[i] < 0 || c[i] >= s->cb
+            || (i > i0 && t[i] < t[i - 1]))
             return EVB_BAD;
     add_events(s, t, c, i0, i1, start);
     return 0;

@@ -16,13 +16,23 @@ whose probability exceeds ``router_threshold`` run (the most probable one if non
 outputs combined by weight, capped by the compute budget (beta <= 1/3: Tiny only,
 <= 2/3: up to Small).
 
+The estimator is trained with Gumbel-softmax on the per-branch losses plus a FLOPs cost
+(which level pays off for this frame) and, so that routing follows scene complexity
+instead of collapsing onto the cheapest branch, with a supervised complexity target:
+the level of the frame's hand speed in the simulator's ground truth
+(:func:`complexity_level`: below :data:`COMPLEXITY_SPEEDS` [0], the simulator's
+low-motion bound, Tiny; from [1] on, about the fastest third of gestures, Medium).
+
 ``Channel gates``: every MLP hidden channel c of every branch has a learned threshold
 theta_c; its gate is ``sigmoid((beta - theta_c) / T)`` in training (beta sampled per
 sample) and, at inference, the channels with theta_c < beta are *sliced* out of the
 weight matrices (smaller matmuls, real wall-time savings).
 
 ``Conditional decoder pathway``: the dominant level picks the decoder depth (Tiny exits
-after the first decoder block).
+after the first decoder block) and the beam width (Tiny decodes greedily; Small and
+Medium use the node's ``beam_size``, 3 as in the paper). At batch 1 on a CPU, beam-3
+decoding is the costliest stage of a Tiny frame (about half its time), so a low-motion
+frame pays for a short greedy caption instead.
 
 Sizes are scaled to a 2-core CPU (the paper's Tiny ~2M / Medium ~20M would not run in
 real time here and would not fit a 30 MB checkpoint); the ratio Medium/Tiny FLOPs (~19x)
@@ -40,10 +50,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .captioner import Block, CaptionModel, ModelConfig, SparseViT, age_bucket
-from .engine import StreamingCaptioner
+from .engine import StreamingCaptioner, hist_tensor
 from .flops import decoder_flops, embed_flops, estimator_flops, fusion_flops, mask_flops, vit_flops
 
 LEVELS = ("tiny", "small", "medium")
+
+#: hand speeds (px/s on the 128-px model grid) between the complexity levels the estimator is
+#: trained to predict: [0] = edge_vlm.sim.gestures.LOW_MOTION_HAND_SPEED (low motion -> Tiny),
+#: [1] ~ the 70th percentile of simulated gesture hand speeds (-> Medium).
+COMPLEXITY_SPEEDS = (45.0, 100.0)
+
+
+def complexity_level(speed_px_s) -> np.ndarray:
+    """Complexity level (0 tiny, 1 small, 2 medium) of hand speeds (array-like, px/s);
+    frames without a gesture (speed 0) are level 0."""
+    v = np.asarray(speed_px_s, dtype=np.float64)
+    return (v >= COMPLEXITY_SPEEDS[0]).astype(np.int64) + (v >= COMPLEXITY_SPEEDS[1]).astype(np.int64)
 
 
 @dataclass
@@ -51,6 +73,7 @@ class AncConfig:
     depths: list = field(default_factory=lambda: [1, 4, 8])
     mlp_ratios: list = field(default_factory=lambda: [1, 4, 8])
     decoder_layers: list = field(default_factory=lambda: [1, 2, 2])   # conditional decoder pathway
+    decoder_beams: list = field(default_factory=lambda: [1, 3, 3])    # ... its beam width (<= beam_size)
     router_threshold: float = 0.5
     gate_temperature: float = 0.05
     est_hidden: int = 8
@@ -244,7 +267,8 @@ class AncModel(CaptionModel):
             changed = (w["e"] != w["e_prev"]).any(dim=-1).float()
         if not front_grad:
             m = w["mask"].float()
-        logits_r = self.route_logits(hist[:, -1].float(), w["mask"], bucket)
+        est_in = (hist[:, -1].float(), w["mask"].float().mean(dim=1), (bucket <= 4).float().mean(dim=1))
+        logits_r = self.estimator(*est_in)
         outs = []
         for br, dl in zip(self.branches, self.acfg.decoder_layers):
             br.set_beta(beta)
@@ -253,7 +277,8 @@ class AncModel(CaptionModel):
             fused, z = self.fuse(vis, bucket, m)
             outs.append({"gesture": self.gesture_logits(fused, z, bucket),
                          "caption": self.decoder(fused, tokens_in, dl)})
-        return {"branches": outs, "router": logits_r, "mask": w["mask"], "p_change": w["p_change"]}
+        return {"branches": outs, "router": logits_r, "mask": w["mask"], "p_change": w["p_change"],
+                "estimator_inputs": est_in}
 
 
 def _copy_block(src: Block, dst: GatedBlock) -> None:
@@ -287,8 +312,11 @@ def branch_params(br: BranchViT, kept: list[int] | None = None) -> int:
 
 class AncStreamingCaptioner(StreamingCaptioner):
     """Streaming joint STTF + ANC: the memory update as in STTF, then the estimator routes the
-    frame to a branch (budget-capped), which runs sparse (its own per-layer memory) or dense
-    (first frame, refresh, or when the branch did not run on the previous frame).
+    frame to a branch (budget-capped), which runs sparse on its own per-layer memory, or dense
+    (its first run, a refresh, a resync). A branch that did not run on the last frames keeps
+    the set of tokens whose memory input changed meanwhile and catches up on them with one
+    sparse step when it runs again (dense if that set exceeds half the tokens), so switching
+    branches does not cost a dense pass.
 
     ``force_level``: run this level every frame (ablations: Medium-only = 2); ``None`` = route.
     ``flops_dense`` of every result is the Medium-only dense model at full budget.
@@ -302,17 +330,20 @@ class AncStreamingCaptioner(StreamingCaptioner):
     def reset(self) -> None:
         super().reset()
         self.branch_layers = [br.new_memory() for br in self.model.branches]
-        self.ran_last: set[int] = set()
+        # per branch: tokens whose memory input changed since it last ran (None: never ran, or
+        # the whole memory was rebuilt since: its next run is dense)
+        self.pending: list[np.ndarray | None] = [None] * len(self.model.branches)
 
     def set_budget(self, budget: float) -> None:
         """Compute budget in (0, 1]: caps the level and slices the channel gates (next frame)."""
         self.budget = float(budget)
         self.kept = [br.set_budget(self.budget) for br in self.model.branches]
+        self._params_cache: dict = {}
 
     def route(self, hist: np.ndarray, change: np.ndarray) -> tuple[np.ndarray, list[int], list[float]]:
         """(level probabilities, branches to run, their weights) for the current frame."""
         bucket = age_bucket(torch.from_numpy(self.age), self.cfg.max_age)[None]
-        logits = self.model.route_logits(torch.from_numpy(hist)[None], torch.from_numpy(change)[None], bucket)
+        logits = self.model.route_logits(hist_tensor(hist)[None], torch.from_numpy(change)[None], bucket)
         probs = torch.softmax(logits, dim=-1)[0].numpy()
         cap = budget_cap(self.budget)
         if self.force_level is not None:
@@ -329,16 +360,24 @@ class AncStreamingCaptioner(StreamingCaptioner):
                    or (self.refresh_period > 0 and self.since_dense >= self.refresh_period)
                    or (self.drift_bound > 0 and self.drift > self.drift_bound))
         vis, tokens, any_dense = None, {}, False
+        for b in range(len(self.pending)):       # what every branch has to catch up on
+            if self.pending[b] is not None:
+                if resync:
+                    self.pending[b] = None
+                else:
+                    self.pending[b][changed] = True
         for b, w in zip(run, weights):
             br, mem = self.model.branches[b], self.branch_layers[b]
-            if refresh or b not in self.ran_last:
+            todo = self.pending[b]
+            if refresh or todo is None or 2 * int(todo.sum()) > c.num_tokens:
                 out = br.dense_infer(self.e, mem)
                 tokens[b] = [c.num_tokens] * br.depth
                 any_dense = True
             else:
-                out, tokens[b] = br.sparse_infer(self.e, torch.from_numpy(changed), mem, self.layer_thresholds)
+                idx = np.flatnonzero(todo)
+                out, tokens[b] = br.sparse_infer(self.e, torch.from_numpy(idx), mem, self.layer_thresholds)
+            self.pending[b] = np.zeros(c.num_tokens, dtype=bool)
             vis = out * w if vis is None else vis + out * w
-        self.ran_last = set(run)
         if refresh:
             self.since_dense, self.drift, self._force_dense = 1, 0.0, False
         else:
@@ -349,15 +388,23 @@ class AncStreamingCaptioner(StreamingCaptioner):
                  "kept_channels": list(self.kept[dom]), "branch_tokens": {LEVELS[b]: t for b, t in tokens.items()}}
         route["params_active"] = self.active_parameters(run, self.model.acfg.decoder_layers[dom])
         return {"vis": vis, "layer_tokens": tokens[dom], "dense": any_dense,
-                "decoder_layers": self.model.acfg.decoder_layers[dom], "route": route, "run": run,
+                "decoder_layers": self.model.acfg.decoder_layers[dom],
+                "decoder_beam": int(self.model.acfg.decoder_beams[dom]), "route": route, "run": run,
                 "tokens": tokens}
 
     def active_parameters(self, run: list[int], dec_layers: int) -> int:
-        m = self.model
-        shared = sum(p.numel() for n, p in m.named_parameters()
-                     if not n.startswith(("branches.", "decoder.blocks.")))
-        dec = sum(p.numel() for blk in m.decoder.blocks[:dec_layers] for p in blk.parameters())
-        return int(shared + dec + sum(branch_params(m.branches[b], self.kept[b]) for b in run))
+        """Parameters used by a frame that ran the branches ``run`` (at the current budget) and
+        ``dec_layers`` decoder blocks (cached per budget: counting walks every module)."""
+        key = (tuple(run), int(dec_layers))
+        n = self._params_cache.get(key)
+        if n is None:
+            m = self.model
+            shared = sum(p.numel() for name, p in m.named_parameters()
+                         if not name.startswith(("branches.", "decoder.blocks.")))
+            dec = sum(p.numel() for blk in m.decoder.blocks[:dec_layers] for p in blk.parameters())
+            n = self._params_cache[key] = int(shared + dec + sum(branch_params(m.branches[b], self.kept[b])
+                                                                for b in run))
+        return n
 
     def _flops(self, enc: dict, n_embed: int, generated: int, beams: int, learned_mask: bool) -> tuple[dict, float]:
         c, m = self.cfg, self.model
@@ -371,7 +418,8 @@ class AncStreamingCaptioner(StreamingCaptioner):
         med = replace(c, mlp_ratio=m.acfg.mlp_ratios[2])
         dense = ((mask_flops(c) if learned_mask else 0.0) + embed_flops(c, n_embed)
                  + vit_flops(med, [c.num_tokens] * m.acfg.depths[2]) + fusion_flops(c)
-                 + decoder_flops(c, generated, beams, m.acfg.decoder_layers[2]))
+                 + decoder_flops(c, generated, self.beam_size if self.decoding == "beam" else 1,
+                                 m.acfg.decoder_layers[2]))
         return flops, dense
 
 

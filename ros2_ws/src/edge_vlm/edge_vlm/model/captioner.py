@@ -189,6 +189,20 @@ class Block(nn.Module):
         x = x + self.proj(out.transpose(1, 2).reshape(b, t, d))
         return x + self.mlp(self.ln2(x))
 
+    def cached_step(self, x: torch.Tensor, cache: dict) -> torch.Tensor:
+        """One decoding step (x: (B, 1, D)) against the KV cache, which it extends; the same
+        arithmetic as :meth:`forward` with a cache, in functional calls (at one token per beam
+        the per-call overhead of modules dominates on CPU)."""
+        b, _, d = x.shape
+        h = self.heads
+        q, k, v = F.linear(self._ln(self.ln1, x), self.qkv.weight, self.qkv.bias).view(
+            b, 1, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        k = cache["k"] = torch.cat([cache["k"], k], dim=2)
+        v = cache["v"] = torch.cat([cache["v"], v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        x = x + F.linear(out.transpose(1, 2).reshape(b, 1, d), self.proj.weight, self.proj.bias)
+        return x + self._mlp(self._ln(self.ln2, x))
+
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         fc1, fc2 = self.mlp[0], self.mlp[2]
         return F.linear(self.act_fn(F.linear(x, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
@@ -356,22 +370,24 @@ class MicroGPT(nn.Module):
         return self.head(self.ln(x[:, self.prefix_len:]))
 
     def start(self, prefix: torch.Tensor, first: torch.Tensor,
-              layers: int | None = None) -> tuple[torch.Tensor, list[dict]]:
-        """Fill the KV cache with the prefix and the first token; return logits of the next token."""
+              layers: int | None = None, all_logits: bool = False) -> tuple[torch.Tensor, list[dict]]:
+        """Fill the KV cache with the prefix and the tokens ``first`` (B,T); return the logits of
+        the next token (B,V), or with ``all_logits`` those after each of the T tokens (B,T,V)."""
         blocks = self.blocks[:layers]
         caches = [dict() for _ in blocks]
         x = torch.cat([prefix, self.tok(first)], dim=1)
         x = x + self.pos[: x.shape[1]]
         for blk, c in zip(blocks, caches):
             x = blk(x, cache=c, causal_from=self.prefix_len)
-        return self.head(self.ln(x[:, -1])), caches
+        return self.head(self.ln(x[:, self.prefix_len:] if all_logits else x[:, -1])), caches
 
     def step(self, token: torch.Tensor, position: int, caches: list[dict]) -> torch.Tensor:
         """One cached decoding step for ``token`` (B,1) at absolute ``position`` (as many blocks as caches)."""
-        x = self.tok(token) + self.pos[position]
+        x = F.embedding(token, self.tok.weight) + self.pos[position]
         for blk, c in zip(self.blocks, caches):
-            x = blk(x, cache=c)
-        return self.head(self.ln(x[:, -1]))
+            x = blk.cached_step(x, c)
+        ln = self.ln
+        return F.linear(F.layer_norm(x[:, -1], ln.normalized_shape, ln.weight, ln.bias, ln.eps), self.head.weight)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -477,21 +493,64 @@ def count_parameters(model: nn.Module) -> int:
 
 @torch.no_grad()
 def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
-                  max_len: int, layers: int | None = None) -> tuple[list[int], float]:
-    """Greedy KV-cached decoding of one caption; returns (token ids, mean log-prob)."""
-    logits, caches = model.decoder.start(fused, torch.tensor([[bos]]), layers)
+                  max_len: int, layers: int | None = None, draft: list[int] | None = None,
+                  stats: dict | None = None) -> tuple[list[int], float]:
+    """Greedy KV-cached decoding of one caption; returns (token ids, mean log-prob).
+
+    ``draft`` (e.g. the previous frame's caption): speculative decoding with the draft as the
+    guess -- one teacher-forced pass over BOS + draft gives greedy's choice after every draft
+    prefix; the draft is kept up to its first disagreement (or entirely, with the EOS check),
+    the KV cache is cut there and plain steps continue. The result is greedy decoding's
+    (the same argmax decisions), at one pass instead of one step per token when the caption
+    did not change. ``stats`` receives ``first`` (tokens of the first pass, BOS included) and
+    ``steps`` (single-token steps after it), for the FLOPs counter."""
     out: list[int] = []
     logp_sum = 0.0
-    pos = fused.shape[1] + 1
-    for _ in range(max_len):
+    if max_len <= 0:
+        return out, logp_sum
+    p = fused.shape[1]
+    draft = list(draft or [])[:max_len]
+    if draft:
+        logits, caches = model.decoder.start(fused, torch.tensor([[bos] + draft]), layers, all_logits=True)
+        logp_all = torch.log_softmax(logits[0], dim=-1)
+        pred = logp_all.argmax(dim=-1).tolist()
+        for i, nxt in enumerate(pred):
+            logp_sum += float(logp_all[i, nxt])
+            if nxt == eos:
+                if stats is not None:
+                    stats.update(first=len(draft) + 1, steps=0)
+                return out, logp_sum / max(1, len(out) + 1)
+            out.append(nxt)
+            if len(out) == max_len:
+                if stats is not None:
+                    stats.update(first=len(draft) + 1, steps=0)
+                return out, logp_sum / max(1, len(out) + 1)
+            if i < len(draft) and nxt != draft[i]:      # disagreement: keep the cache up to here
+                for c in caches:
+                    c["k"], c["v"] = c["k"][:, :, :p + i + 1], c["v"][:, :, :p + i + 1]
+                break
+        first = len(draft) + 1
+        pos = p + len(out)
+        logits = model.decoder.step(torch.tensor([[out[-1]]]), pos, caches)
+        pos += 1
+        steps = 1
+    else:
+        logits, caches = model.decoder.start(fused, torch.tensor([[bos]]), layers)
+        first, steps, pos = 1, 0, p + 1
+    while True:
         logp = torch.log_softmax(logits, dim=-1)[0]
         nxt = int(torch.argmax(logp))
         logp_sum += float(logp[nxt])
         if nxt == eos:
             break
         out.append(nxt)
+        if len(out) >= max_len:
+            break
         logits = model.decoder.step(torch.tensor([[nxt]]), pos, caches)
         pos += 1
+        steps += 1
+    if stats is not None:
+        stats.update(first=first, steps=steps)
     return out, logp_sum / max(1, len(out) + 1)
 
 
@@ -513,8 +572,9 @@ def decode_beam(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int, ma
                 finished.append((b[0][:-1], b[1] / len(b[0])))
         if not alive:
             break
-        idx = torch.tensor([i for i, _ in alive])
-        caches = [{"k": c["k"][idx], "v": c["v"][idx]} for c in caches]
+        if len(alive) < len(beams):        # drop the finished beams' cache rows
+            idx = torch.tensor([i for i, _ in alive])
+            caches = [{"k": c["k"][idx], "v": c["v"][idx]} for c in caches]
         last = torch.tensor([[b[0][-1]] for _, b in alive])
         lp = torch.log_softmax(model.decoder.step(last, pos, caches), dim=-1)
         pos += 1

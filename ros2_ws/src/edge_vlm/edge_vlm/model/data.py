@@ -25,6 +25,7 @@ class FrameSet:
     rec_index: np.ndarray     # (F,) which recording
     frame_index: np.ndarray   # (F,) k on the absolute grid
     t_end: np.ndarray         # (F,) ns
+    speed: np.ndarray | None = None   # (F,) float32 hand speed of the clip (px/s; 0 outside segments)
 
 
 def histograms_on_grid(events: np.ndarray, k0: int, k1: int, period: int, size: int = 128,
@@ -65,6 +66,7 @@ def recording_frames(rec, period: int, rec_id: int) -> FrameSet:
         rgb = rec.frames[j]
     labels = np.zeros(len(ks), dtype=np.int64)
     caps, refs, motion = [""] * len(ks), [[] for _ in ks], [""] * len(ks)
+    speed = np.zeros(len(ks), dtype=np.float32)
     for clip in rec.clips:
         inside = np.flatnonzero((t_end > clip.t_start_ns) & (t_end <= clip.t_end_ns))
         labels[inside] = clip.label
@@ -72,7 +74,8 @@ def recording_frames(rec, period: int, rec_id: int) -> FrameSet:
             caps[i] = clip.caption
             refs[i] = clip.references
             motion[i] = clip.attributes.get("motion", "")
-    return FrameSet(hist, rgb, labels, caps, refs, motion, np.full(len(ks), rec_id), ks, t_end)
+        speed[inside] = float(clip.attributes.get("hand_speed_px_s", 0.0))
+    return FrameSet(hist, rgb, labels, caps, refs, motion, np.full(len(ks), rec_id), ks, t_end, speed)
 
 
 def concat_framesets(sets: list[FrameSet]) -> FrameSet:
@@ -80,7 +83,8 @@ def concat_framesets(sets: list[FrameSet]) -> FrameSet:
     return FrameSet(np.concatenate([s.hist for s in sets]), rgb, np.concatenate([s.labels for s in sets]),
                     sum((s.captions for s in sets), []), sum((s.references for s in sets), []),
                     sum((s.motion for s in sets), []), np.concatenate([s.rec_index for s in sets]),
-                    np.concatenate([s.frame_index for s in sets]), np.concatenate([s.t_end for s in sets]))
+                    np.concatenate([s.frame_index for s in sets]), np.concatenate([s.t_end for s in sets]),
+                    None if any(s.speed is None for s in sets) else np.concatenate([s.speed for s in sets]))
 
 
 def _simulate(args):

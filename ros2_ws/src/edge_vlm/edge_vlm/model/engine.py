@@ -15,7 +15,11 @@ Per frame:
   accumulated memory change since the last dense pass exceeds ``drift_bound``.
   ``sparse=False`` is the dense baseline (every token, every layer, every frame);
 * fusion (age embedding, mask-biased cross-attention), gesture head and the KV-cached
-  MicroGPT caption (greedy or beam).
+  MicroGPT caption (greedy or beam). The text decoder, the costliest stage of a sparse
+  frame, is gated like the tokens: the last text is republished while the fused prefix
+  stays within ``caption_reuse_threshold`` (relative L2) of the prefix it was decoded from
+  and the gesture and decoder pathway are unchanged; ``caption_period`` > 1 decodes at
+  most every N frames.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ import torch
 
 from ..dvs128 import GESTURE_CLASSES
 from .captioner import CaptionModel, ModelConfig, age_bucket, decode_beam, decode_greedy
-from .flops import frame_flops
+from .flops import decoder_flops, frame_flops
 from .tokenizer import Tokenizer
 
 FORMAT = "edge_vlm.sttf/2"
@@ -93,7 +97,7 @@ class FrameResult:
     flops_dense: float
     latency_ms: dict[str, float] = field(default_factory=dict)
     frame_index: int = 0
-    caption_fresh: bool = True  # False: text reused from an earlier frame (caption_period)
+    caption_fresh: bool = True  # False: text reused (caption_period, caption_reuse_threshold)
     layer_tokens: list = field(default_factory=list)   # tokens recomputed per encoder layer
     route: dict = field(default_factory=dict)          # ANC: branch, level, probabilities, budget, params
 
@@ -101,6 +105,15 @@ class FrameResult:
     def flops_executed(self) -> float:
         return float(sum(self.flops.values()))
 
+
+
+
+def hist_tensor(hist: np.ndarray) -> torch.Tensor:
+    """``hist`` as a float32 tensor sharing its memory when it can; FrameBinner hands frames
+    out with READ-ONLY histograms (their buffers are reused), and those are copied, since a
+    torch tensor is always writable."""
+    a = np.ascontiguousarray(hist, dtype=np.float32)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
 MASK_MODES = ("learned", "event_count")
@@ -113,7 +126,7 @@ class StreamingCaptioner:
                  decoding: str = "greedy", beam_size: int = 3, max_caption_tokens: int = 20,
                  sparse: bool = True, rgb_hold_frames: int = 3, caption_period: int = 1,
                  mask_method: str = "learned", layer_thresholds: list[float] | None = None,
-                 drift_bound: float = 0.0):
+                 drift_bound: float = 0.0, caption_reuse_threshold: float = 0.0):
         if mask_method not in MASK_MODES:
             raise ValueError(f"mask_method must be one of {MASK_MODES}, got {mask_method!r}")
         self.model = model
@@ -127,6 +140,7 @@ class StreamingCaptioner:
         self.sparse = sparse
         self.rgb_hold_frames = int(rgb_hold_frames)
         self.caption_period = max(1, int(caption_period))
+        self.caption_reuse = float(caption_reuse_threshold)
         self.mask_method = mask_method
         self.layer_thresholds = [float(x) for x in (layer_thresholds or [])]
         self.drift_bound = float(drift_bound)
@@ -149,7 +163,7 @@ class StreamingCaptioner:
         self.held_age = 0
         self._resync = True
         self._force_dense = False
-        self.last_caption: tuple | None = None   # (ids, score, label, decoder layers)
+        self.last_caption: tuple | None = None   # (ids, score, label, (decoder layers, beam width), prefix)
 
     def force_refresh(self) -> None:
         """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense pass."""
@@ -161,7 +175,7 @@ class StreamingCaptioner:
         c = self.cfg
         if self.mask_method == "learned":
             with torch.no_grad():
-                logits = self.model.mask_net(torch.from_numpy(np.ascontiguousarray(hist, dtype=np.float32))[None])
+                logits = self.model.mask_net(hist_tensor(hist)[None])
             return (logits[0] > 0).numpy()
         from ..repr import patch_counts
 
@@ -277,25 +291,34 @@ class StreamingCaptioner:
         t3 = time.perf_counter()
         cls = int(torch.argmax(probs))
         layers = enc.get("decoder_layers")
-        # the text decoder (the costliest stage) runs every caption_period frames, after a resync
-        # and whenever the recognised gesture or the decoder pathway changes; frames in between
-        # republish the last text
-        fresh = (self.last_caption is None or resync or self.last_caption[2] != cls
-                 or self.last_caption[3] != layers or self.frames_seen % self.caption_period == 0)
+        # beam width: the node's beam_size, capped by the decoder pathway (ANC: Tiny is greedy)
+        beams = min(self.beam_size, enc.get("decoder_beam", self.beam_size)) if self.decoding == "beam" else 1
+        # the text decoder (the costliest stage) runs after a resync and whenever the recognised
+        # gesture or the decoder pathway changes, else every caption_period frames if the fused
+        # prefix moved more than caption_reuse from the one the last text was decoded from;
+        # other frames republish the last text
+        last = self.last_caption
+        spec: dict = {}
+        fresh = (last is None or resync or last[2] != cls or last[3] != (layers, beams)
+                 or (self.frames_seen % self.caption_period == 0
+                     and (self.caption_reuse <= 0
+                          or float((fused - last[4]).norm()) > self.caption_reuse * float(last[4].norm()))))
         if not fresh:
             ids, score = self.last_caption[:2]
-        elif self.decoding == "beam":
-            ids, score = decode_beam(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens,
-                                     self.beam_size, layers)
-        else:
-            ids, score = decode_greedy(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens, layers)
-        self.last_caption = (ids, score, cls, layers)
+        elif beams > 1:
+            ids, score = decode_beam(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens, beams, layers)
+        else:   # speculative: the last text as the draft (exact greedy result, one pass if unchanged)
+            ids, score = decode_greedy(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens, layers,
+                                       draft=last[0] if last is not None else None, stats=spec)
+        if fresh:
+            self.last_caption = (ids, score, cls, (layers, beams), fused)
         t4 = time.perf_counter()
-        beams = self.beam_size if self.decoding == "beam" else 1
         n_embed = c.num_tokens if resync else int(len(changed))
         flops, dense_fl = self._flops(enc, n_embed, len(ids) + 1, beams, learned)
         if not fresh:
             flops["decoder"] = 0.0
+        elif spec.get("first", 1) > 1:
+            flops["decoder"] = decoder_flops(c, spec["steps"], 1, layers, first=spec["first"])
         self.frames_seen += 1
         self.last_rgb = has_rgb
         return FrameResult(
@@ -317,7 +340,7 @@ def engine_from_params(model: CaptionModel, params: dict, meta: dict | None = No
     scale = float(params.get("layer_threshold_scale", 1.0))
     taus = [scale * float(x) for x in meta.get("layer_thresholds", [])]
     kw = {k: params[k] for k in ("refresh_period", "decoding", "beam_size", "max_caption_tokens",
-                                  "caption_period", "mask_method", "drift_bound") if k in params}
+                                  "caption_period", "mask_method", "drift_bound", "caption_reuse_threshold") if k in params}
     if hasattr(model, "acfg"):
         from .anc import AncStreamingCaptioner
 

@@ -74,9 +74,11 @@ def fusion_flops(cfg: ModelConfig) -> float:
     return cross + mlp + head
 
 
-def decoder_flops(cfg: ModelConfig, generated: int, beams: int = 1, layers: int | None = None) -> float:
-    """KV-cached decoding: prefix+BOS once, then one step per generated token (per beam);
-    ``layers`` decoder blocks (ANC's early exit; default all)."""
+def decoder_flops(cfg: ModelConfig, generated: int, beams: int = 1, layers: int | None = None,
+                  first: int = 1) -> float:
+    """KV-cached decoding: prefix + ``first`` tokens in one pass (BOS; speculative greedy
+    decoding: BOS + the draft, with logits at each), then ``generated`` single-token steps
+    (per beam); ``layers`` decoder blocks (ANC's early exit; default all)."""
     d, v = cfg.dim, len(cfg.vocab)
 
     def block(nq: int, nk: int) -> float:
@@ -84,8 +86,8 @@ def decoder_flops(cfg: ModelConfig, generated: int, beams: int = 1, layers: int 
                 + linear(nq, d, 4 * d) + linear(nq, 4 * d, d))
 
     nl = cfg.dec_layers if layers is None else layers
-    p = cfg.fusion_queries + 1
-    total = nl * block(p, p) + linear(1, d, v)
+    p = cfg.fusion_queries + first
+    total = nl * block(p, p) + linear(first, d, v)
     for i in range(generated):
         total += beams * (nl * block(1, p + i + 1) + linear(1, d, v))
     return total

@@ -6,9 +6,13 @@ Composite loss per step (windows as in STTF training, batch ``batch``):
   (each branch through its own decoder pathway), channel gates at a per-sample budget
   beta (1 with probability 1/2, else uniform in [``beta_min``, 1]);
 * router: Gumbel-softmax weights g over the levels times the per-sample penalty of each
-  branch, ``loss_b (detached) + cost_weight * FLOPs_b / FLOPs_medium``, minus
-  ``balance_weight`` x the entropy of the batch-mean routing distribution (load balancing,
-  so routing does not collapse);
+  branch, ``loss_b (detached) + cost_weight * FLOPs_b / FLOPs_medium``, plus
+  ``complexity_weight`` x the cross-entropy of the router logits against the frame's
+  complexity level (:func:`~edge_vlm.model.anc.complexity_level` of the simulator's hand
+  speed), minus ``balance_weight`` x the entropy of the batch-mean routing probabilities.
+  Without the complexity term the router collapsed onto Tiny in the first shipped run
+  (the branches' losses differ less than their FLOPs cost, and an entropy term alone did
+  not prevent it, see docs/design.md);
 * gates: ``gate_weight`` x (mean gate - beta)^2 per gated block, so the kept channel
   fraction follows the budget;
 * augmentation: every training window is translated by a random offset of up to
@@ -35,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .anc import LEVELS, AncModel
+from .anc import LEVELS, AncModel, complexity_level
 from .captioner import causal_lm_loss, count_parameters
 from .data import build_frames, sample_indices
 from .engine import load_checkpoint, save_checkpoint
@@ -54,6 +58,7 @@ class AncTrainConfig(TrainConfig):
     lr: float = 1e-3
     cost_weight: float = 0.3
     balance_weight: float = 0.1
+    complexity_weight: float = 1.0
     gate_weight: float = 1.0
     beta_min: float = 0.25
     sparse_prob: float = 0.7       # share of steps that train the sparse path with masks
@@ -92,6 +97,7 @@ def evaluate_anc(model: AncModel, fs, tok: Tokenizer, tc: AncTrainConfig, max_sa
         idx = np.sort(rng.choice(idx, max_samples, replace=False))
     correct = np.zeros(4)
     chosen = np.zeros(3)
+    level_hits = 0
     by_motion: dict = {}
     k = model.cfg.num_classes
     conf = np.zeros((k, k), dtype=np.int64)
@@ -106,6 +112,8 @@ def evaluate_anc(model: AncModel, fs, tok: Tokenizer, tc: AncTrainConfig, max_sa
         correct[:3] += (preds == labels[:, None]).sum(dim=0).numpy()
         correct[3] += int((routed == labels).sum())
         chosen += np.bincount(route.numpy(), minlength=3)
+        if fs.speed is not None:
+            level_hits += int((route.numpy() == complexity_level(fs.speed[bi])).sum())
         np.add.at(conf, (labels.numpy(), routed.numpy()), 1)
         for j, i in enumerate(bi):
             mo = fs.motion[i] or "none"
@@ -115,6 +123,7 @@ def evaluate_anc(model: AncModel, fs, tok: Tokenizer, tc: AncTrainConfig, max_sa
     n = max(1, len(idx))
     return {"accuracy_" + LEVELS[b]: float(correct[b] / n) for b in range(3)} | {
         "accuracy_routed": float(correct[3] / n), "route_share": (chosen / n).tolist(),
+        "router_level_agreement": float(level_hits / n) if fs.speed is not None else None,
         "route_share_by_motion": {k: (v / v.sum()).tolist() for k, v in by_motion.items()},
         "frames": int(len(idx)), "confusion": conf.tolist()}
 
@@ -179,9 +188,11 @@ def train_anc(tc: AncTrainConfig, progress: bool = True, resume: bool = False) -
             task = per.mean(dim=0).sum()
             g = F.gumbel_softmax(out["router"], tau=1.0, hard=False)
             penalty = per.detach() + tc.cost_weight * costs[None]
-            mean_g = g.mean(dim=0)
-            balance = (mean_g * torch.log(mean_g.clamp(min=1e-8))).sum()               # = -entropy
-            l_router = (g * penalty).sum(dim=1).mean() + tc.balance_weight * balance
+            mean_p = torch.softmax(out["router"], dim=-1).mean(dim=0)
+            balance = (mean_p * torch.log(mean_p.clamp(min=1e-8))).sum()               # = -entropy
+            level = torch.from_numpy(complexity_level(fs_train.speed[bi]))
+            l_router = ((g * penalty).sum(dim=1).mean() + tc.balance_weight * balance
+                        + tc.complexity_weight * F.cross_entropy(out["router"], level))
             l_gate = sum(((blk.gates(beta).mean(dim=1) - beta) ** 2).mean() for blk in gated) / len(gated)
             loss = task + l_router + tc.gate_weight * l_gate
             opt.zero_grad(set_to_none=True)
