@@ -258,6 +258,31 @@ def test_player_qos_choice():
                                           ["--ros-args", "-r", "x:=y", "--"])
 
 
+def test_player_waits_per_topic_subscription_counts():
+    """--wait-for TOPIC=N: the demo waits until every event subscriber of the graph (3 nodes +
+    the recorder) matched before playing; bad items are refused with a clear message."""
+    ros_node()
+    from edge_vlm_ros.player import _parse_wait_for, _wait_for_subscribers
+
+    assert _parse_wait_for(["event_camera/events=4", "/edge_vlm/ground_truth=1"]) == {
+        "event_camera/events": 4, "edge_vlm/ground_truth": 1}
+    for bad in (["events"], ["events=x"], ["=3"]):
+        with pytest.raises(ValueError, match="TOPIC=N"):
+            _parse_wait_for(bad)
+
+    class Pub:                       # a publisher with a fixed number of matched subscriptions
+        def __init__(self, name, count):
+            self.topic_name, self.count = name, count
+
+        def get_subscription_count(self):
+            return self.count
+
+    pubs = {"/event_camera/events": Pub("/event_camera/events", 3), "/gt": Pub("/gt", 1)}
+    assert _wait_for_subscribers(None, pubs, 1, 0.2, True, {"event_camera/events": 3})
+    assert not _wait_for_subscribers(None, pubs, 1, 0.2, True, {"event_camera/events": 4})
+    assert not _wait_for_subscribers(None, pubs, 2, 0.2, True)
+
+
 @pytest.mark.timeout(120)
 def test_player_publishes_every_packet(bag):
     node = ros_node()

@@ -8,7 +8,7 @@ Usage::
 
 Steps: start the graph (``edge_vlm_ros.runner``, node logs in OUT/logs), the
 recorder (``edge_vlm_record`` -> OUT/records.jsonl), wait until every node is
-ready, play the bag (``edge_vlm_play --wait-for-subscribers 1``), wait for the
+ready, play the bag (``edge_vlm_play``, once every event subscriber matched), wait for the
 end of the bag and until no caption arrived for ``--drain`` seconds, stop
 everything (SIGINT), then print per-frame lines and a summary (also written as
 JSON). Exit code 1 when no caption arrived, 2 when the graph could not start.
@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from edge_vlm_ros.common import TOPICS
 from edge_vlm_ros.recorder import read_jsonl
 from edge_vlm_ros.runner import (find_executable, load_graph, parse_overrides, start_graph, stop_graph)
 
@@ -61,6 +62,14 @@ def _tail(path: str | None, n: int = 2000) -> str:
         return ""
     with open(path, errors="replace") as fh:
         return fh.read()[-n:]
+
+
+FRAME_NODES = ("sttf_perception", "anc_router", "vlm_captioner")
+
+
+def _event_subscribers(procs) -> int:
+    """How many of the started graph's nodes subscribe to the event topic."""
+    return sum(getattr(p, "node_name", "") in FRAME_NODES for p in procs)
 
 
 def wait_ready(procs, recorder, recorder_log: str, timeout: float = 90.0) -> None:
@@ -112,7 +121,11 @@ def run_on_bag(bag: str, out_dir: str, *, graph: str | None = None, overrides: d
         with open(play_log, "wb") as fh:
             player = subprocess.Popen(
                 _tool("edge_vlm_ros", "edge_vlm_play", "edge_vlm_ros.player", env)
-                + [bag, "--rate", str(rate), "--wait-for-subscribers", "1"],
+                + [bag, "--rate", str(rate), "--wait-for-subscribers", "1",
+                   # every node of the graph that cuts frames subscribes to the events, and so does
+                   # the recorder: play only once all of them matched (else the first seconds of
+                   # events can miss one node, e.g. sttf_perception, and its TokenMasks time out)
+                   "--wait-for", f"{TOPICS['events']}={_event_subscribers(procs) + 1}"],
                 env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             player.wait(timeout=play_timeout)

@@ -8,7 +8,8 @@ so any type whose Python package is importable (``<pkg>.msg``) can be played.
 Usage::
 
     edge_vlm_play BAG [--rate R] [--loop] [--topics T ...] [--remap FROM:=TO ...]
-                  [--start-offset S] [--wait-for-subscribers N] [--wait-timeout S]
+                  [--start-offset S] [--wait-for-subscribers N] [--wait-for TOPIC=N ...]
+                  [--wait-timeout S]
                   [--qos auto|sensor|reliable] [--ros-args ...]
 
 Timing follows the bag's receive timestamps (deltas divided by ``--rate``).
@@ -124,6 +125,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     help="skip the first SEC seconds of the bag")
     ap.add_argument("--wait-for-subscribers", type=int, default=0, metavar="N",
                     help="before playing, wait until every played topic has >= N subscriptions")
+    ap.add_argument("--wait-for", action="append", default=[], metavar="TOPIC=N",
+                    help="before playing, wait until TOPIC (as in the bag, or its remapped name) has >= N "
+                         "subscriptions (repeatable; overrides --wait-for-subscribers for that topic)")
     ap.add_argument("--wait-timeout", type=float, default=15.0, metavar="SEC",
                     help="longest wait for --wait-for-subscribers (then play anyway; default 15)")
     ap.add_argument("--qos", choices=["auto", SENSOR, RELIABLE], default="auto",
@@ -211,24 +215,44 @@ def _open_reader(path: Path, tmpdirs: list):
     return reader
 
 
-def _wait_for_subscribers(node, pubs, n, timeout, quiet):
+def _parse_wait_for(items: list[str]) -> dict[str, int]:
+    """``["TOPIC=N", ...]`` -> {topic without leading '/': N}; ValueError on a bad item."""
+    out = {}
+    for it in items:
+        topic, sep, n = it.rpartition("=")
+        if not sep or not topic or not n.strip().isdigit():
+            raise ValueError(f"--wait-for expects TOPIC=N, got {it!r}")
+        out[topic.strip().lstrip("/")] = int(n)
+    return out
+
+
+def _wait_for_subscribers(node, pubs, n, timeout, quiet, per_topic: dict | None = None):
     import rclpy
 
+    per_topic = per_topic or {}
+
+    def need(key, pub) -> int:      # key: (bag topic, type); per_topic by bag or published name
+        for name in (str(key[0] if isinstance(key, tuple) else key), pub.topic_name):
+            if name.lstrip("/") in per_topic:
+                return per_topic[name.lstrip("/")]
+        return n
+
     deadline = time.monotonic() + timeout
-    missing = list(pubs.items())
+    missing = [(t, p) for t, p in pubs.items() if p.get_subscription_count() < need(t, p)]
     while missing and time.monotonic() < deadline and rclpy.ok():
-        missing = [(t, p) for t, p in missing if p.get_subscription_count() < n]
-        if missing:
-            time.sleep(0.02)
+        time.sleep(0.02)
+        missing = [(t, p) for t, p in missing if p.get_subscription_count() < need(t, p)]
     if missing:
-        print(f"edge_vlm_play: WARNING: after {timeout:.1f} s fewer than {n} subscription(s) on "
-              + ", ".join(f"{p.topic_name} ({p.get_subscription_count()})" for _, p in missing)
+        print(f"edge_vlm_play: WARNING: after {timeout:.1f} s too few subscriptions on "
+              + ", ".join(f"{p.topic_name} ({p.get_subscription_count()} of {need(t, p)})" for t, p in missing)
               + "; playing anyway", file=sys.stderr, flush=True)
         return False
     # The publisher has matched; give the subscriber side a moment to match too.
     time.sleep(0.3)
     if not quiet:
-        print(f"edge_vlm_play: all played topics have >= {n} subscription(s)", flush=True)
+        print("edge_vlm_play: subscriptions matched: "
+              + ", ".join(f"{p.topic_name} {p.get_subscription_count()} (>= {need(t, p)})" for t, p in pubs.items()),
+              flush=True)
     return True
 
 
@@ -258,6 +282,7 @@ def main(argv=None) -> int:
         return 2
     try:
         remaps = parse_remaps(args.remap)
+        _parse_wait_for(args.wait_for)
     except ValueError as exc:
         print(f"edge_vlm_play: {exc}", file=sys.stderr)
         return 2
@@ -313,9 +338,9 @@ def main(argv=None) -> int:
                 print("edge_vlm_play: nothing to play", file=sys.stderr)
                 return 1
 
-            if args.wait_for_subscribers > 0:
+            if args.wait_for_subscribers > 0 or args.wait_for:
                 _wait_for_subscribers(node, pubs, args.wait_for_subscribers,
-                                      args.wait_timeout, args.quiet)
+                                      args.wait_timeout, args.quiet, _parse_wait_for(args.wait_for))
 
             start_ns = reader.start_time + int(round(args.start_offset * 1e9))
             stop = False
