@@ -320,8 +320,8 @@ def test_speculative_greedy_decoding_equals_plain_greedy():
                 st = {}
                 ids, score = decode_greedy(m, fused, tok.bos, tok.eos, max_len, draft=d, stats=st)
                 assert ids == ref and abs(score - ref_score) < 1e-4, (d, ids, ref)
-                if d == ref and d:
-                    assert st["steps"] == 0 or len(ref) == max_len and st["steps"] == 0
+                if d == ref and d:       # a right draft: one pass, no single-token steps
+                    assert st["steps"] == 0
                 if d:
                     assert st["first"] == min(len(d), max_len) + 1
                     assert decoder_flops(m.cfg, st["steps"], 1, None, first=st["first"]) > 0

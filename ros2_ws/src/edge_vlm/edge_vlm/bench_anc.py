@@ -75,9 +75,10 @@ def bench_anc(checkpoint: str = "", threads: int = 1, quick: bool = False, plot:
                                     "text": r.text, "fresh": r.caption_fresh})
         # the caption gate (caption_reuse_threshold): the deployed engine against one that
         # decodes every frame, on the same frames
-        always = [eng.process(f["hist"]).text for fr in frames
-                  for eng in [_engine(model, {**params, "caption_reuse_threshold": 0.0}, meta, None, True)]
-                  for f in fr]
+        always = []
+        for fr in frames:
+            eng = _engine(model, {**params, "caption_reuse_threshold": 0.0}, meta, None, True)
+            always += [eng.process(f["hist"]).text for f in fr]
         sweep = []
         for b in SWEEP:      # the deployed configuration at several budgets, on the same frames
             rs = []

@@ -250,6 +250,31 @@ class FrameBinner:
     def resets(self) -> int:
         return self.clock.resets
 
+    # ------------------------------------------------------------------ cheap checks (both backends)
+    def _stream_ok(self, enc: str, w: int, h: int, tag) -> bool:
+        """Sensor size and encoding of a packet; rejects (and counts) it when they are bad."""
+        if w <= 0 or h <= 0:
+            self._reject(tag, f"invalid sensor size {w}x{h}")
+            return False
+        if enc not in SUPPORTED_ENCODINGS:
+            self._reject(tag, f"unsupported encoding {enc!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+            return False
+        return True
+
+    def _payload(self, enc: str, data, w: int, h: int, tb: int, tag) -> np.ndarray | None:
+        """The payload as uint8, after the length / mono time_base checks; None (rejected) if bad."""
+        try:
+            buf = np.frombuffer(data, np.uint8) if type(data) is bytes else payload_bytes(data)
+            if enc == "mono":
+                check_mono_packet(buf.size, tb, w, h)
+            elif enc == "evt3" and buf.size % 2:
+                raise EventDecodeError(
+                    f"evt3: payload of {buf.size} bytes is not a whole number of 16-bit words")
+        except EventDecodeError as exc:
+            self._reject(tag, str(exc))
+            return None
+        return buf
+
     # ------------------------------------------------------------------ native kernel
     # One call of evbin.c (evbin_push: evbinext's builtin, else ctypes) per packet decodes it
     # into two scratch columns (t, channel-less bin) and, when exact, counts them into the open
@@ -339,21 +364,10 @@ class FrameBinner:
         a new stream (encoding / sensor size), packets failing the cheap checks."""
         self._packets += 1
         self._nenc = _NO_STREAM            # the hot path again once a packet is accepted here
-        if w <= 0 or h <= 0:
-            self._reject(tag, f"invalid sensor size {w}x{h}")
+        if not self._stream_ok(enc, w, h, tag):
             return []
-        if enc not in SUPPORTED_ENCODINGS:
-            self._reject(tag, f"unsupported encoding {enc!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
-            return []
-        try:
-            buf = np.frombuffer(data, np.uint8) if type(data) is bytes else payload_bytes(data)
-            if enc == "mono":
-                check_mono_packet(buf.size, tb, w, h)
-            elif enc == "evt3" and buf.size % 2:
-                raise EventDecodeError(
-                    f"evt3: payload of {buf.size} bytes is not a whole number of 16-bit words")
-        except EventDecodeError as exc:
-            self._reject(tag, str(exc))
+        buf = self._payload(enc, data, w, h, tb, tag)
+        if buf is None:
             return []
         if enc not in ("mono", "evt3"):
             return self._one_packet(enc, buf, w, h, tb, tag)
@@ -510,23 +524,12 @@ class FrameBinner:
 
     def _push(self, enc: str, data, w: int, h: int, tb: int, tag) -> list[Frame]:
         self._packets += 1
-        if w <= 0 or h <= 0:
-            self._reject(tag, f"invalid sensor size {w}x{h}")
-            return []
-        if enc not in SUPPORTED_ENCODINGS:
-            self._reject(tag, f"unsupported encoding {enc!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+        if not self._stream_ok(enc, w, h, tag):
             return []
         key = (enc, w, h)
         frames = self._run() if self._pend and key != self._pend_key else []
-        try:
-            buf = np.frombuffer(data, np.uint8) if type(data) is bytes else payload_bytes(data)
-            if enc == "mono":
-                check_mono_packet(buf.size, tb, w, h)
-            elif enc == "evt3" and buf.size % 2:
-                raise EventDecodeError(
-                    f"evt3: payload of {buf.size} bytes is not a whole number of 16-bit words")
-        except EventDecodeError as exc:
-            self._reject(tag, str(exc))
+        buf = self._payload(enc, data, w, h, tb, tag)
+        if buf is None:
             return frames
         if enc not in ("mono", "evt3"):
             return frames + self._one_packet(enc, buf, w, h, tb, tag)

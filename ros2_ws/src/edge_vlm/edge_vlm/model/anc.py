@@ -246,9 +246,14 @@ class AncModel(CaptionModel):
         return model
 
     # -- routing --
+    @staticmethod
+    def estimator_inputs(hist: torch.Tensor, change: torch.Tensor, bucket: torch.Tensor) -> tuple:
+        """(histogram, changed fraction, recently-changed fraction) the estimator reads."""
+        return hist, change.float().mean(dim=1), (bucket <= 4).float().mean(dim=1)
+
     def route_logits(self, hist: torch.Tensor, change: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
         """hist (B,C,H,W) float counts, change (B,N) mask, bucket (B,N) age buckets."""
-        return self.estimator(hist, change.float().mean(dim=1), (bucket <= 4).float().mean(dim=1))
+        return self.estimator(*self.estimator_inputs(hist, change, bucket))
 
     def forward(self, hist, rgb, has_rgb, valid, tokens_in, beta: torch.Tensor | None = None,
                 front_grad: bool = False, sparse_from: int | None = None) -> dict:
@@ -267,7 +272,7 @@ class AncModel(CaptionModel):
             changed = (w["e"] != w["e_prev"]).any(dim=-1).float()
         if not front_grad:
             m = w["mask"].float()
-        est_in = (hist[:, -1].float(), w["mask"].float().mean(dim=1), (bucket <= 4).float().mean(dim=1))
+        est_in = self.estimator_inputs(hist[:, -1].float(), w["mask"], bucket)
         logits_r = self.estimator(*est_in)
         outs = []
         for br, dl in zip(self.branches, self.acfg.decoder_layers):
