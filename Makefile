@@ -9,7 +9,7 @@ help:
 	@echo "make demo   - set up (idempotent), then replay the simulated demo bag through the three nodes"
 	@echo "make test   - set up (idempotent), then run the test suite"
 	@echo "make bench  - benchmarks (writes docs/benchmarks.md)"
-	@echo "make train  - retrain the shipped STTF+ANC checkpoint (CPU, ~75 min)"
+	@echo "make train  - retrain the shipped STTF+ANC checkpoint (CPU, ~105 min)"
 	@echo "make setup  - create .venv, install pinned dependencies, build the ROS 2 workspace"
 
 setup:
@@ -27,17 +27,21 @@ bench: setup
 
 # The exact commands that produced ros2_ws/src/edge_vlm/edge_vlm/checkpoints/captioner.pt (the joint STTF+ANC
 # model): STTF from scratch, its per-layer gate thresholds fitted on the validation subjects, ANC grown
-# from it, then the ANC router fitted on the frozen branches. About 90 min on 2 CPU cores.
+# from it, the ANC router fitted on the frozen branches, then the gesture head's motion net fitted on the
+# frozen model. About 105 min on 2 CPU cores.
 CKPT_DIR := ros2_ws/src/edge_vlm/edge_vlm/checkpoints
 train: setup
-	@mkdir -p data/train_sttf data/train_anc data/train_router && $(RUN) \
+	@mkdir -p data/train_sttf data/train_anc data/train_router data/train_gesture && $(RUN) \
 	  edge-vlm train --out data/train_sttf/captioner.pt --no-progress | tee data/train_sttf/train_log.txt && \
 	  edge-vlm calibrate data/train_sttf/captioner.pt > data/train_sttf/calibrate.json && \
 	  edge-vlm train --model anc --init data/train_sttf/captioner.pt --out data/train_anc/captioner.pt \
 	    --no-progress | tee data/train_anc/train_log.txt && \
 	  edge-vlm train --model router --init data/train_anc/captioner.pt --out data/train_router/captioner.pt \
 	    --no-progress | tee data/train_router/train_log.txt && \
-	  cp data/train_router/captioner.pt $(CKPT_DIR)/captioner.pt && \
+	  edge-vlm train --model gesture --init data/train_router/captioner.pt --out data/train_gesture/captioner.pt \
+	    --cache data/train_gesture/frames.pt --no-progress | tee data/train_gesture/train_log.txt && \
+	  cp data/train_gesture/captioner.pt $(CKPT_DIR)/captioner.pt && \
+	  cp data/train_gesture/gesture_fit.json $(CKPT_DIR)/gesture_fit.json && \
 	  cp data/train_router/router_fit.json $(CKPT_DIR)/router_fit.json && \
 	  cp data/train_sttf/train_summary.json $(CKPT_DIR)/train_summary_sttf.json && \
 	  cp data/train_sttf/train_log.txt $(CKPT_DIR)/train_log_sttf.txt && \

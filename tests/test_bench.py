@@ -90,6 +90,13 @@ def test_bench_sttf_quick():
     assert r["token_deviation_max"] is not None and np.isfinite(r["token_deviation_max"])
     curve = r["speedup_by_active_tokens"]
     assert [c["tokens"] for c in curve] == [8, 16, 32, 64, 128] and all(c["speedup"] > 0 for c in curve)
+    # both input modes on the same recording (with RGB frames), the same labelled frames
+    modes = r["input_modes"]
+    assert modes["events_only"]["frames"] == modes["rgb_events"]["frames"] > 0
+    assert modes["rgb_events"]["clips"] == 2
+    for m in ("events_only", "rgb_events"):
+        assert 0 <= modes[m]["accuracy"] <= 1 and 0 <= modes[m]["segment_accuracy"] <= 1
+    assert r["accuracy_sparse_rgb_events"] == modes["rgb_events"]["accuracy"]
 
 
 def test_bench_e2e_skips_without_ros(monkeypatch):

@@ -54,7 +54,8 @@ SUMMARY_KEYS = ("mono_mev_per_s", "evt3_mev_per_s", "evt3_sim_mev_per_s", "mono_
                 "accuracy_dense", "accuracy_sparse", "active_token_fraction", "active_token_fraction_low_motion",
                 "speedup_steady", "speedup_limit", "flops_ratio", "caption_agreement", "token_deviation_max",
                 "encoder_ms_first_sparse", "encoder_ms_first_dense", "encoder_ms_steady_sparse",
-                "encoder_ms_steady_dense", "segment_accuracy_sparse",
+                "encoder_ms_steady_dense", "segment_accuracy_dense", "segment_accuracy_sparse",
+                "accuracy_sparse_rgb_events",
                 "flops_reduction_low_motion", "walltime_reduction_low_motion", "accuracy_medium_high_motion",
                 "accuracy_anc_high_motion", "router_cost_fraction_of_tiny")
 
@@ -126,15 +127,16 @@ def _set_threads(threads: int | None) -> None:
 
 # ----------------------------------------------------------------------------- streams
 def simulated_events(labels=range(1, 12), clip_s: float = 1.5, gap_s: float = 0.3, seed: int = 1,
-                     lighting: str = "lab", subject: int | None = None):
-    """A simulated DVS128 recording (events only) of a held-out subject: ``Recording``."""
+                     lighting: str = "lab", subject: int | None = None, with_frames: bool = False):
+    """A simulated DVS128 recording (events; RGB frames too with ``with_frames``) of a held-out
+    subject: ``Recording``."""
     from .sim import simulate_recording, split_subjects
 
     if subject is None:
         _, held_out = split_subjects(20, 6, 0)
         subject = int(held_out[-1])
     return simulate_recording(subject, lighting, seed=seed, labels=list(labels), clip_duration_s=clip_s,
-                              gap_s=gap_s, with_frames=False)
+                              gap_s=gap_s, with_frames=with_frames)
 
 
 def _packet_bounds(t: np.ndarray, packet_ns: int) -> tuple[np.ndarray, np.ndarray]:
@@ -407,7 +409,8 @@ def _model(checkpoint: str = "", vocab_source=None):
 
 
 def sim_frames(rec, params: dict) -> list[dict]:
-    """Frames of a simulated recording as the nodes cut them: histogram + ground truth."""
+    """Frames of a simulated recording as the nodes cut them: histogram + ground truth (+ the
+    latest RGB frame at or before the frame's end when the recording has frames)."""
     from .pipeline import FrameClock, frame_histogram, period_ns
 
     clock = FrameClock(period_ns(params))
@@ -423,6 +426,9 @@ def sim_frames(rec, params: dict) -> list[dict]:
         frames.append({"index": f.index, "t_end": f.t_end, "events": len(f.events),
                        "hist": frame_histogram(f, params), "gt": clip.label if clip else None,
                        "motion": (clip.attributes.get("motion") if clip else "static")})
+        if rec.frames is not None:
+            j = int(np.searchsorted(rec.frame_stamps_ns, f.t_end, side="right")) - 1
+            frames[-1]["rgb"] = rec.frames[max(0, min(j, len(rec.frames) - 1))]
     return frames
 
 
@@ -437,10 +443,11 @@ def _engine(model, params: dict, sparse: bool, minfo: dict | None = None):
     return eng
 
 
-def test_recordings(quick: bool = False) -> list:
+def test_recordings(quick: bool = False, lightings: tuple | None = None, with_frames: bool = False) -> list:
     """The STTF test set: every held-out *test* subject of ``edge-vlm train`` (defaults: 20
-    subjects, validation = the first 3 held-out, test = the last 3) under every lighting,
-    events only, all 11 gestures. ``quick``: one short recording."""
+    subjects, validation = the first 3 held-out, test = the last 3) under every lighting
+    (or ``lightings``), events only (RGB frames too with ``with_frames``), all 11 gestures.
+    ``quick``: one short recording."""
     from .model.train import LIGHTINGS, TrainConfig
     from .sim import split_subjects
 
@@ -448,10 +455,36 @@ def test_recordings(quick: bool = False) -> list:
     _, held = split_subjects(tc.subjects, tc.val_subjects + tc.test_subjects, tc.seed)
     test_ids = held[tc.val_subjects:]
     if quick:
-        return [simulated_events(labels=(2, 8), clip_s=0.4, gap_s=0.3, seed=SIM_SEED, subject=int(test_ids[-1]))]
+        return [simulated_events(labels=(2, 8), clip_s=0.4, gap_s=0.3, seed=SIM_SEED, subject=int(test_ids[-1]),
+                                 with_frames=with_frames)]
     return [simulated_events(labels=range(1, 12), clip_s=tc.clip_s, gap_s=tc.gap_s, seed=SIM_SEED + 10 * s + i,
-                             lighting=light, subject=int(s))
-            for s in test_ids for i, light in enumerate(LIGHTINGS)]
+                             lighting=light, subject=int(s), with_frames=with_frames)
+            for s in test_ids for i, light in enumerate(LIGHTINGS) if lightings is None or light in lightings]
+
+
+def rgb_mode_accuracy(model, params: dict, minfo: dict, quick: bool = False) -> dict:
+    """The two input modes on the same recordings (each test subject under ``lab`` light, with
+    RGB frames), sparse engine: per-frame and per-clip gesture accuracy events only vs RGB + events."""
+    recs = test_recordings(quick, lightings=("lab",), with_frames=True)
+    out: dict = {"recordings": [r.name for r in recs]}
+    for mode in ("events_only", "rgb_events"):
+        pred, gt, clip_id = [], [], []
+        for ri, rec in enumerate(recs):
+            eng = _engine(model, params, True, minfo)
+            for f in sim_frames(rec, params):
+                r = eng.process(f["hist"], f.get("rgb") if mode == "rgb_events" else None)
+                if f["gt"] is not None:
+                    pred.append(r.label)
+                    gt.append(f["gt"])
+                    clip_id.append((ri, f["gt"]))
+        pred_a, gt_a = np.array(pred), np.array(gt)
+        clips = sorted(set(clip_id))
+        ci = np.array([clips.index(c) for c in clip_id])
+        votes = [np.bincount(pred_a[ci == k], minlength=13).argmax() == gt_a[ci == k][0] for k in range(len(clips))]
+        out[mode] = {"accuracy": float((pred_a == gt_a).mean()) if len(gt) else None,
+                     "segment_accuracy": float(np.mean(votes)) if votes else None, "frames": int(len(gt)),
+                     "clips": len(clips)}
+    return out
 
 
 def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: bool = False) -> dict:
@@ -546,6 +579,7 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
     mean_frac = lambda idx: float(frac[idx].mean()) if len(idx) else None  # noqa: E731
     a_d, a_s = acc(res_d), acc(res_s)
     curve = vit_speedup_curve(model, quick=quick)
+    rgb_modes = rgb_mode_accuracy(model, params, minfo, quick=quick)
     return {
         "model": minfo, "threads": threads, "repeats": repeats,
         "recordings": [r.name for r in recs], "frames": len(res_s), "frames_scored": len(scored),
@@ -587,6 +621,8 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
         "token_deviation_max": float(max(dev)) if dev else None,
         "token_deviation_mean": float(np.mean(dev)) if dev else None,
         "speedup_by_active_tokens": curve,
+        "input_modes": rgb_modes,
+        "accuracy_sparse_rgb_events": rgb_modes["rgb_events"]["accuracy"],
     }
 
 
@@ -799,7 +835,11 @@ _DESCRIPTIONS = {
     "accuracy_dense": "per-frame gesture accuracy, dense encoder (the 3 held-out test subjects x 3 lightings, "
                       "events only)",
     "accuracy_sparse": "per-frame gesture accuracy, STTF sparse encoder (same frames)",
+    "segment_accuracy_dense": "per-clip gesture accuracy (majority vote of the clip's frames), dense encoder",
     "segment_accuracy_sparse": "per-clip gesture accuracy (majority vote of the clip's frames), STTF sparse",
+    "accuracy_sparse_rgb_events": "per-frame gesture accuracy, STTF sparse, RGB + events input (each test "
+                                  "subject under lab light; events only on the same recordings in "
+                                  "details.sttf.input_modes)",
     "active_token_fraction": "mean fraction of tokens recomputed per frame (steady state, refreshes included)",
     "active_token_fraction_low_motion": "same, frames of low-motion gestures",
     "speedup_steady": "encoder wall time dense / sparse, steady state (frames after the first; timing "
@@ -875,7 +915,8 @@ def markdown(result: dict, command: str) -> str:
                   f"recordings, batch 1, {st.get('threads')} torch thread(s); timing on "
                   f"`{st.get('timing_recording')}`, per-frame median of {st.get('repeats')} passes)", "",
                   "| figure | value |", "|---|---|"]
-        for k in ("accuracy_dense", "accuracy_sparse", "accuracy_retained", "segment_accuracy_dense",
+        for k in ("accuracy_dense", "accuracy_sparse", "accuracy_retained", "accuracy_sparse_rgb_events",
+                  "segment_accuracy_dense",
                   "segment_accuracy_sparse", "accuracy_dense_low_motion", "accuracy_sparse_low_motion",
                   "accuracy_dense_high_motion", "accuracy_sparse_high_motion", "caption_agreement",
                   "label_agreement", "token_deviation_max", "token_deviation_mean",

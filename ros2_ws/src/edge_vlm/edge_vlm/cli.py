@@ -113,17 +113,21 @@ def cmd_synth(args) -> int:
 def cmd_train(args) -> int:
     from .model.train import TrainConfig, train
 
-    if args.model == "router":
-        from .model.train_router import RouterFitConfig, fit_router
+    if args.model in ("gesture", "router"):       # fits on a frozen checkpoint (--init)
+        if args.model == "gesture":
+            from .model.train_gesture import GestureFitConfig as Cfg, fit_gesture as fit
 
-        d = RouterFitConfig()
-        out = args.out if args.out != TrainConfig().out else d.out
-        rc = RouterFitConfig(out=out, init=args.init, subjects=args.subjects, seed=args.seed, threads=args.threads,
-                             workers=args.workers, clip_s=args.clip_s,
-                             epochs=args.epochs if args.epochs is not None else d.epochs,
-                             balance_weight=(args.balance_weight if args.balance_weight is not None
-                                             else d.balance_weight))
-        summary = fit_router(rc, progress=not args.no_progress)
+            extra = {"batch": args.batch, "motion_width": args.motion_width, "cache": args.cache}
+        else:
+            from .model.train_router import RouterFitConfig as Cfg, fit_router as fit
+
+            extra = {"balance_weight": args.balance_weight}
+        d = Cfg()
+        cfg = Cfg(out=args.out if args.out != TrainConfig().out else d.out, init=args.init, subjects=args.subjects,
+                  seed=args.seed, threads=args.threads, workers=args.workers, clip_s=args.clip_s,
+                  epochs=args.epochs if args.epochs is not None else d.epochs,
+                  **{k: v for k, v in extra.items() if v is not None})
+        summary = fit(cfg, progress=not args.no_progress)
         print(json.dumps({k: v for k, v in summary.items() if k not in ("history", "config")}, indent=1))
         return 0
     if args.model == "anc":
@@ -209,10 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     s = sub.add_parser("train", help="train the STTF (or joint STTF+ANC) captioning model on simulated data "
                        "(resumable)")
-    s.add_argument("--model", choices=("sttf", "anc", "router"), default="sttf",
+    s.add_argument("--model", choices=("sttf", "anc", "router", "gesture"), default="sttf",
                    help="sttf: the STTF model from scratch; anc: the joint STTF+ANC model grown from --init; "
-                        "router: fit the router of the joint checkpoint --init on its frozen branches")
-    s.add_argument("--init", default="", help="anc: STTF checkpoint to grow from; router: joint checkpoint "
+                        "router: fit the router of the joint checkpoint --init on its frozen branches; "
+                        "gesture: fit the gesture head's motion net on the frozen checkpoint --init")
+    s.add_argument("--init", default="", help="anc: STTF checkpoint to grow from; router, gesture: checkpoint "
                                               "(default: the shipped one)")
     s.add_argument("--out", default=d.out)
     s.add_argument("--subjects", type=int, default=d.subjects)
@@ -233,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--balance-weight", type=float, default=None,
                    help="anc: weight of the routing load-balancing (entropy) term (default 0.1)")
     s.add_argument("--resume", action="store_true", help="continue from <out>.resume")
+    s.add_argument("--motion-width", type=int, default=16, help="gesture: channels of the motion head's first convs")
+    s.add_argument("--cache", default="", help="gesture: file keeping the streamed frames, reused by a rerun on "
+                                                "the same checkpoint and data")
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(fn=cmd_train)
 

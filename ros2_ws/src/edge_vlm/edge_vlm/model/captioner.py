@@ -23,7 +23,9 @@ Per frame (batch 1 at inference, a window of frames in training):
    plus their age embedding; the change mask is an additive attention bias (learned
    strength) that favours dynamic content.
 5. ``MicroGPT``: a small causal transformer with a KV cache writes the caption after the
-   fused prefix (greedy or beam search); a linear head gives the gesture class.
+   fused prefix (greedy or beam search); a linear head on the fused tokens gives the
+   gesture class (the vision head), joined after training by the motion head on the
+   memory's motion state (:mod:`.motion`, ``edge-vlm train --model gesture``).
 """
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ class ModelConfig:
     max_age: int = 32            # frames; a token not refreshed for this long expires
     mask_hidden: int = 16        # channels of the change-mask net
     mask_count_threshold: float = 3.0   # the rule the mask net starts from (events per patch)
+    motion_head: bool = False    # gesture head reads the memory's motion state too (edge-vlm train --model gesture)
+    motion_width: int = 32       # channels of the motion head's first convs
     vocab: list = field(default_factory=list)
 
     @property
@@ -402,6 +406,16 @@ class CaptionModel(nn.Module):
         self.mask_strength = nn.Parameter(torch.tensor(3.0))
         self.decoder = MicroGPT(cfg)
         self.gesture = nn.Sequential(nn.LayerNorm(2 * cfg.dim), nn.Linear(2 * cfg.dim, cfg.num_classes))
+        self.motion = None
+        if cfg.motion_head:
+            self.add_motion_head()
+
+    def add_motion_head(self) -> None:
+        """Give the gesture head the motion state input (:mod:`.motion`); sets ``cfg.motion_head``."""
+        from .motion import MotionHead
+
+        self.cfg.motion_head = True
+        self.motion = MotionHead(self.cfg)
 
     # -- heads shared by training and streaming inference --
     def fuse(self, vis: torch.Tensor, bucket: torch.Tensor, change: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -410,11 +424,17 @@ class CaptionModel(nn.Module):
         z = self.fusion.tokens(vis, bucket)
         return self.fusion(z, self.mask_strength * change.to(z.dtype)), z
 
-    def gesture_logits(self, fused: torch.Tensor, z: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
-        """Gesture from the fused queries plus the mean of the recently changed tokens."""
+    def gesture_logits(self, fused: torch.Tensor, z: torch.Tensor, bucket: torch.Tensor,
+                       motion: torch.Tensor | None = None) -> torch.Tensor:
+        """Gesture from the fused queries plus the mean of the recently changed tokens (the
+        vision head); with a motion head and ``motion`` (B, C, g, g), the motion state's
+        logits plus the vision head's weighted log-probabilities (:class:`.motion.MotionHead`)."""
         w = (bucket <= 4).to(z.dtype)[..., None]          # changed within the last 8 frames
         dyn = (z * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
-        return self.gesture(torch.cat([fused.mean(dim=1), dyn], dim=-1))
+        vision = self.gesture(torch.cat([fused.mean(dim=1), dyn], dim=-1))
+        if self.motion is None or motion is None:
+            return vision
+        return self.motion(motion, vision)
 
     # -- training: a window of T frames from a reset, the last one supervised --
     def content(self, hist: torch.Tensor, rgb: torch.Tensor | None, has_rgb: torch.Tensor,

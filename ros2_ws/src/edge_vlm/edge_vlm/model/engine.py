@@ -33,6 +33,7 @@ import torch
 from ..dvs128 import GESTURE_CLASSES
 from .captioner import CaptionModel, ModelConfig, age_bucket, decode_beam, decode_greedy
 from .flops import decoder_flops, frame_flops
+from .motion import MotionState, patch_channel_counts
 from .tokenizer import Tokenizer
 
 FORMAT = "edge_vlm.sttf/2"
@@ -164,6 +165,7 @@ class StreamingCaptioner:
         self._resync = True
         self._force_dense = False
         self.last_caption: tuple | None = None   # (ids, score, label, (decoder layers, beam width), prefix)
+        self.motion_state = MotionState(c.grid)
 
     def force_refresh(self) -> None:
         """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense pass."""
@@ -263,13 +265,11 @@ class StreamingCaptioner:
         return flops, dense
 
     @torch.no_grad()
-    def process(self, hist: np.ndarray, rgb: np.ndarray | None = None,
-                change_mask: np.ndarray | None = None) -> FrameResult:
-        """Process one frame. ``hist``: (C,H,W) event counts on the model grid; ``rgb``: (H,W,3) uint8.
-
-        ``change_mask`` (bool, N): an externally computed change mask (e.g. from
-        sttf_perception); this engine's ``mask_method`` is used when it is None.
-        """
+    def perceive(self, hist: np.ndarray, rgb: np.ndarray | None = None,
+                 change_mask: np.ndarray | None = None) -> dict:
+        """Every stage of :meth:`process` but the text decoder: change mask, memory, encoder,
+        fusion and gesture logits (``logits`` (K,), with ``vision_logits`` and the ``motion``
+        state it read). ``edge-vlm train --model gesture`` streams recordings through it."""
         t0 = time.perf_counter()
         c = self.cfg
         rgb = self._hold_rgb(rgb)
@@ -287,8 +287,31 @@ class StreamingCaptioner:
         t2 = time.perf_counter()
         bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]
         fused, z = self.model.fuse(self.memory[None], bucket, torch.from_numpy(change)[None])
-        probs = torch.softmax(self.model.gesture_logits(fused, z, bucket), dim=-1)[0]
-        t3 = time.perf_counter()
+        motion = None
+        if self.model.motion is not None:
+            counts = patch_channel_counts(hist, c.patch)
+            motion = torch.from_numpy(self.motion_state.update(self.age, counts, c.max_age))[None]
+        vision = self.model.gesture_logits(fused, z, bucket)
+        logits = vision if motion is None else self.model.motion(motion, vision)
+        self.last_rgb = has_rgb
+        return {"change": change, "changed": changed, "enc": enc, "resync": resync, "fused": fused,
+                "logits": logits[0], "vision_logits": vision[0], "motion": motion, "learned_mask": learned,
+                "t": (t0, t1, t1b, t2, time.perf_counter())}
+
+    @torch.no_grad()
+    def process(self, hist: np.ndarray, rgb: np.ndarray | None = None,
+                change_mask: np.ndarray | None = None) -> FrameResult:
+        """Process one frame. ``hist``: (C,H,W) event counts on the model grid; ``rgb``: (H,W,3) uint8.
+
+        ``change_mask`` (bool, N): an externally computed change mask (e.g. from
+        sttf_perception); this engine's ``mask_method`` is used when it is None.
+        """
+        c = self.cfg
+        p = self.perceive(hist, rgb, change_mask)
+        change, changed, enc, resync, fused = p["change"], p["changed"], p["enc"], p["resync"], p["fused"]
+        t0, t1, t1b, t2, t3 = p["t"]
+        learned = p["learned_mask"]
+        probs = torch.softmax(p["logits"], dim=-1)
         cls = int(torch.argmax(probs))
         layers = enc.get("decoder_layers")
         # beam width: the node's beam_size, capped by the decoder pathway (ANC: Tiny is greedy)
@@ -320,7 +343,6 @@ class StreamingCaptioner:
         elif spec.get("first", 1) > 1:
             flops["decoder"] = decoder_flops(c, spec["steps"], 1, layers, first=spec["first"])
         self.frames_seen += 1
-        self.last_rgb = has_rgb
         return FrameResult(
             text=self.tok.decode(ids), score=float(score), label=cls + 1, gesture_name=GESTURE_CLASSES[cls],
             confidence=float(probs[cls]), active_tokens=int(enc["layer_tokens"][0]), total_tokens=c.num_tokens,

@@ -9,7 +9,7 @@ Stages: ``change_mask`` (the conv net; 0 when the mask comes from the rule or fr
 outside), ``encoder`` (patch embedding + gate of the changed patches, then the ViT with
 ``layer_tokens[l]`` tokens recomputed at layer ``l``: their qkv / projection / MLP, and
 their attention over all N keys), ``fusion`` (age-embedded tokens, mask-biased
-cross-attention, gesture head), ``decoder`` (KV-cached MicroGPT).
+cross-attention, gesture head with its motion net), ``decoder`` (KV-cached MicroGPT).
 """
 from __future__ import annotations
 
@@ -65,13 +65,25 @@ def encoder_flops(cfg: ModelConfig, layer_tokens: list[int], n_embed: int) -> fl
     return embed_flops(cfg, n_embed) + vit_flops(cfg, layer_tokens)
 
 
+def motion_head_flops(cfg: ModelConfig) -> float:
+    """The gesture head's conv net on the motion state (:class:`.motion.MotionHead`); 0 without it."""
+    if not cfg.motion_head:
+        return 0.0
+    from .motion import motion_channels
+
+    g, w = cfg.grid, cfg.motion_width
+    return (conv(g, g, motion_channels(cfg) + 2, w, 3) + conv(g, g, w, w, 3) + conv(g // 2, g // 2, w, 2 * w, 3)
+            + conv(g // 4, g // 4, 2 * w, 2 * w, 3) + linear(1, 2 * w * (g // 4) ** 2, cfg.num_classes))
+
+
 def fusion_flops(cfg: ModelConfig) -> float:
-    """Mask-biased cross-attention of the fusion queries over all tokens, MLP, gesture head."""
+    """Mask-biased cross-attention of the fusion queries over all tokens, MLP, gesture head
+    (with the motion head when the model has one)."""
     d, n, q = cfg.dim, cfg.num_tokens, cfg.fusion_queries
     cross = linear(q, d, d) + linear(n, d, 2 * d) + attention(q, n, d) + linear(q, d, d)
     mlp = linear(q, d, 4 * d) + linear(q, 4 * d, d)
     head = linear(1, 2 * d, cfg.num_classes)
-    return cross + mlp + head
+    return cross + mlp + head + motion_head_flops(cfg)
 
 
 def decoder_flops(cfg: ModelConfig, generated: int, beams: int = 1, layers: int | None = None,
