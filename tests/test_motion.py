@@ -222,3 +222,19 @@ def test_cli_train_passes_the_fit_stages_their_options(monkeypatch):
     r, progress = seen["router"]
     assert (r.init, r.balance_weight, r.out, progress) == ("b.pt", 0.2, "data/train_router/captioner.pt", True)
     assert r.epochs == type(r)().epochs
+
+
+def test_engine_takes_read_only_frames_without_warning():
+    """The binner hands out read-only histograms; the motion state must not wrap them in torch as is."""
+    import warnings
+
+    m, _ = tiny_model()
+    m.add_motion_head()
+    eng = StreamingCaptioner(m)
+    h = moving_blob(0)
+    h.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eng.process(h)
+    np.testing.assert_array_equal(patch_channel_counts(torch.from_numpy(moving_blob(0)), 8),
+                                  patch_channel_counts(moving_blob(0), 8))

@@ -289,7 +289,7 @@ class StreamingCaptioner:
         fused, z = self.model.fuse(self.memory[None], bucket, torch.from_numpy(change)[None])
         motion = None
         if self.model.motion is not None:
-            counts = patch_channel_counts(hist, c.patch)
+            counts = patch_channel_counts(hist_tensor(hist), c.patch)
             motion = torch.from_numpy(self.motion_state.update(self.age, counts, c.max_age))[None]
         vision = self.model.gesture_logits(fused, z, bucket)
         logits = vision if motion is None else self.model.motion(motion, vision)
