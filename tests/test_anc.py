@@ -236,3 +236,17 @@ def test_switching_back_to_a_branch_catches_up_sparsely():
     assert back.route["branch"] == "medium" and not back.refreshed
     n_back = back.route["branch_tokens"]["medium"][0]
     assert max(r.active_tokens for r in seen) <= n_back <= sum(r.active_tokens for r in seen) < a.cfg.num_tokens
+
+
+def test_router_wall_time_is_its_own_stage():
+    """The ANC router runs inside the encoder stage; its time is reported apart (latency_ms
+    "router"), so the encoder time is the ViT's alone, in the same stage order as the FLOPs."""
+    m, a, _ = tiny_pair()
+    ra = AncStreamingCaptioner(a).process(blob(0))
+    rs = StreamingCaptioner(m).process(blob(0))
+    assert list(ra.latency_ms) == ["mask", "memory", "router", "encoder", "fusion", "decoder", "total"]
+    assert "router" not in rs.latency_ms
+    for r in (ra, rs):
+        parts = [v for k, v in r.latency_ms.items() if k != "total"]
+        assert all(v >= 0.0 for v in parts)
+        assert abs(sum(parts) - r.latency_ms["total"]) < 1e-6

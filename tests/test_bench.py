@@ -97,6 +97,20 @@ def test_bench_sttf_quick():
     for m in ("events_only", "rgb_events"):
         assert 0 <= modes[m]["accuracy"] <= 1 and 0 <= modes[m]["segment_accuracy"] <= 1
     assert r["accuracy_sparse_rgb_events"] == modes["rgb_events"]["accuracy"]
+    # per-frame accuracy split by clip phase: every scored frame in exactly one phase
+    ph = r["accuracy_by_clip_phase"]
+    assert list(ph) == ["blend_in", "full", "blend_out"]
+    assert sum(v["frames"] for v in ph.values()) == r["frames_scored"]
+    assert all(v["frames"] > 0 and 0 <= v["dense"] <= 1 and 0 <= v["sparse"] <= 1 for v in ph.values())
+
+
+def test_clip_phase_marks_the_simulated_blends():
+    from types import SimpleNamespace
+
+    clip = SimpleNamespace(t_start_ns=1_000_000_000, t_end_ns=2_500_000_000)     # 1.5 s: 0.2 s ramps
+    ts = (1_100_000_000, 1_200_000_000, 1_210_000_000, 2_290_000_000, 2_310_000_000, 2_500_000_000)
+    assert [bench.clip_phase(clip, t) for t in ts] == [
+        "blend_in", "blend_in", "full", "full", "blend_out", "blend_out"]
 
 
 def test_bench_e2e_skips_without_ros(monkeypatch):

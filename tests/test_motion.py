@@ -213,11 +213,11 @@ def test_cli_train_passes_the_fit_stages_their_options(monkeypatch):
     monkeypatch.setattr(tg, "fit_gesture", fake("gesture"))
     monkeypatch.setattr(tr, "fit_router", fake("router"))
     assert main(["train", "--model", "gesture", "--init", "a.pt", "--cache", "f.pt", "--motion-width", "16",
-                 "--epochs", "3", "--no-progress"]) == 0
+                 "--epochs", "3", "--shift", "1", "--no-progress"]) == 0
     assert main(["train", "--model", "router", "--init", "b.pt", "--balance-weight", "0.2"]) == 0
     g, progress = seen["gesture"]
-    assert (g.init, g.cache, g.motion_width, g.epochs, g.out, progress) == (
-        "a.pt", "f.pt", 16, 3, GestureFitConfig().out, False)
+    assert (g.init, g.cache, g.motion_width, g.epochs, g.shift, g.out, progress) == (
+        "a.pt", "f.pt", 16, 3, 1, GestureFitConfig().out, False)
     assert g.batch == GestureFitConfig().batch
     r, progress = seen["router"]
     assert (r.init, r.balance_weight, r.out, progress) == ("b.pt", 0.2, "data/train_router/captioner.pt", True)
@@ -238,3 +238,15 @@ def test_engine_takes_read_only_frames_without_warning():
         eng.process(h)
     np.testing.assert_array_equal(patch_channel_counts(torch.from_numpy(moving_blob(0)), 8),
                                   patch_channel_counts(moving_blob(0), 8))
+
+
+def test_shift_states_translates_and_fills_with_zeros():
+    from edge_vlm.model.train_gesture import shift_states
+
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5) + 1
+    assert shift_states(x, 0, 0) is x
+    y = shift_states(x, 1, -2)
+    assert y.shape == x.shape
+    assert torch.equal(y[..., 1:, :3], x[..., :4, 2:])           # moved down 1, left 2
+    assert (y[..., 0, :] == 0).all() and (y[..., :, 3:] == 0).all()
+    assert torch.equal(shift_states(shift_states(x, 2, 1), -2, -1)[..., :3, :4], x[..., :3, :4])

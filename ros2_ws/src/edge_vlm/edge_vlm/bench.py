@@ -408,6 +408,18 @@ def _model(checkpoint: str = "", vocab_source=None):
     return model, {"checkpoint": None, "trained": False, "model_id": "untrained", "layer_thresholds": []}
 
 
+def clip_phase(clip, t_ns: int) -> str:
+    """Where ``t_ns`` lies in a simulated gesture clip: ``blend_in`` / ``blend_out`` while the
+    arm moves from / back to the rest pose (the simulator's ramps at both ends of the labelled
+    clip), else ``full``."""
+    from .sim.dataset import blend_ramp_s
+
+    ramp_ns = blend_ramp_s((clip.t_end_ns - clip.t_start_ns) / 1e9) * 1e9
+    if t_ns - clip.t_start_ns <= ramp_ns:
+        return "blend_in"
+    return "blend_out" if clip.t_end_ns - t_ns < ramp_ns else "full"
+
+
 def sim_frames(rec, params: dict) -> list[dict]:
     """Frames of a simulated recording as the nodes cut them: histogram + ground truth (+ the
     latest RGB frame at or before the frame's end when the recording has frames)."""
@@ -425,7 +437,8 @@ def sim_frames(rec, params: dict) -> list[dict]:
         clip = next((c for c in clips if c.t_start_ns < f.t_end <= c.t_end_ns), None)
         frames.append({"index": f.index, "t_end": f.t_end, "events": len(f.events),
                        "hist": frame_histogram(f, params), "gt": clip.label if clip else None,
-                       "motion": (clip.attributes.get("motion") if clip else "static")})
+                       "motion": (clip.attributes.get("motion") if clip else "static"),
+                       "phase": clip_phase(clip, f.t_end) if clip else None})
         if rec.frames is not None:
             j = int(np.searchsorted(rec.frame_stamps_ns, f.t_end, side="right")) - 1
             frames[-1]["rgb"] = rec.frames[max(0, min(j, len(rec.frames) - 1))]
@@ -504,7 +517,7 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
     _, params, _ = node_params(graph=None)
     recs = test_recordings(quick)
     model, minfo = _model(checkpoint, [r for rec in recs for c in rec.clips for r in c.references])
-    res_s, res_d, dev, gt, motion = [], [], [], [], []
+    res_s, res_d, dev, gt, motion, phase = [], [], [], [], [], []
     with torch.no_grad():
         for rec in recs:
             frames = sim_frames(rec, params)
@@ -514,6 +527,7 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
                 res_d.append(ed.process(f["hist"]))
                 dev.append(float((es.memory - ed.memory).abs().max()))
                 gt.append(f["gt"])
+                phase.append(f["phase"])
                 motion.append(f["motion"] if j else "first")     # each recording starts dense
     # timing on the first recording
     hists = [f["hist"] for f in sim_frames(recs[0], params)]
@@ -576,6 +590,7 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
         return [i for i in range(len(motion)) if motion[i] == kind]
 
     low, high, static = sel("low"), sel("high"), sel("static")
+    phases = {k: [i for i in range(len(phase)) if phase[i] == k] for k in ("blend_in", "full", "blend_out")}
     mean_frac = lambda idx: float(frac[idx].mean()) if len(idx) else None  # noqa: E731
     a_d, a_s = acc(res_d), acc(res_s)
     curve = vit_speedup_curve(model, quick=quick)
@@ -618,6 +633,8 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
         "accuracy_dense_low_motion": acc(res_d, low), "accuracy_sparse_low_motion": acc(res_s, low),
         "accuracy_dense_high_motion": acc(res_d, high), "accuracy_sparse_high_motion": acc(res_s, high),
         "segment_accuracy_dense": seg_acc(res_d), "segment_accuracy_sparse": seg_acc(res_s),
+        "accuracy_by_clip_phase": {k: {"frames": len(idx), "dense": acc(res_d, idx), "sparse": acc(res_s, idx)}
+                                   for k, idx in phases.items()},
         "token_deviation_max": float(max(dev)) if dev else None,
         "token_deviation_mean": float(np.mean(dev)) if dev else None,
         "speedup_by_active_tokens": curve,
@@ -930,6 +947,13 @@ def markdown(result: dict, command: str) -> str:
                   "total_ms_steady_dense", "speedup_total_steady", "flops_ratio", "encoder_flops_ratio",
                   "frames_scored"):
             lines.append(f"| `{k}` | {_fmt(st.get(k))} |")
+        ph = st.get("accuracy_by_clip_phase") or {}
+        if ph:
+            lines += ["", "Per-frame accuracy by where the frame lies in its clip (`accuracy_by_clip_phase`; the "
+                      "simulated arm blends in from and out to the rest pose over the clip's first and last "
+                      "0.2 s):", "", "| phase | frames | dense | sparse |", "|---|---|---|---|"]
+            for k, r in ph.items():
+                lines.append(f"| {k} | {r['frames']} | {_fmt(r['dense'])} | {_fmt(r['sparse'])} |")
         curve = st.get("speedup_by_active_tokens") or []
         if curve:
             lines += ["", "Encoder (ViT) alone, random active sets: sparse speedup vs its ideal N/n "

@@ -117,7 +117,8 @@ def cmd_train(args) -> int:
         if args.model == "gesture":
             from .model.train_gesture import GestureFitConfig as Cfg, fit_gesture as fit
 
-            extra = {"batch": args.batch, "motion_width": args.motion_width, "cache": args.cache}
+            extra = {"batch": args.batch, "motion_width": args.motion_width, "cache": args.cache,
+                     "shift": args.shift}
         else:
             from .model.train_router import RouterFitConfig as Cfg, fit_router as fit
 
@@ -238,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--balance-weight", type=float, default=None,
                    help="anc: weight of the routing load-balancing (entropy) term (default 0.1)")
     s.add_argument("--resume", action="store_true", help="continue from <out>.resume")
-    s.add_argument("--motion-width", type=int, default=16, help="gesture: channels of the motion head's first convs")
+    s.add_argument("--motion-width", type=int, default=None,
+                   help="gesture: channels of the motion head's first convs (default 32)")
+    s.add_argument("--shift", type=int, default=None,
+                   help="gesture: translate the training motion states by up to this many patches (default 1)")
     s.add_argument("--cache", default="", help="gesture: file keeping the streamed frames, reused by a rerun on "
                                                 "the same checkpoint and data")
     s.add_argument("--no-progress", action="store_true")

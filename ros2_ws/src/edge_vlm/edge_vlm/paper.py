@@ -72,7 +72,9 @@ CLAIMS: tuple[Claim, ...] = (
           "Simulated DVS128-style recordings of held-out subjects, not the real DVS128 Gesture test set "
           "(see the last row); the absolute accuracy is that of this project's small model, the "
           "sparse / dense ratio is the retained accuracy. The paper's 95.6% classifies whole samples, "
-          "closest to the per-clip figure; per frame, the first frames of a clip still show the last one."),
+          "which the per-clip figure measures; per frame, the frames where the arm blends in from and "
+          "out to the rest pose (a clip's first and last 0.2 s) are the hard ones "
+          "(`accuracy_by_clip_phase` in docs/benchmarks.md)."),
     Claim("STTF: 6.1x faster encoder than dense", "6.1x",
           (Measure("bench", "speedup_steady", "encoder wall time dense / sparse, steady state"),
            Measure("bench", "speedup_total_steady", "whole frame (encoder + fusion + decoder) dense / sparse"),

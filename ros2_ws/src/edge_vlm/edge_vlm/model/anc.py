@@ -42,6 +42,7 @@ preserving: Medium starts as Small, Tiny as Small's first layer) and fine-tuned 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -360,7 +361,9 @@ class AncStreamingCaptioner(StreamingCaptioner):
 
     def _encode(self, hist: np.ndarray, change: np.ndarray, changed: np.ndarray, resync: bool) -> dict:
         c = self.cfg
+        t0 = time.perf_counter()
         probs, run, weights = self.route(hist, change)
+        router_ms = (time.perf_counter() - t0) * 1e3
         refresh = (not self.sparse or resync or self._force_dense
                    or (self.refresh_period > 0 and self.since_dense >= self.refresh_period)
                    or (self.drift_bound > 0 and self.drift > self.drift_bound))
@@ -395,7 +398,7 @@ class AncStreamingCaptioner(StreamingCaptioner):
         return {"vis": vis, "layer_tokens": tokens[dom], "dense": any_dense,
                 "decoder_layers": self.model.acfg.decoder_layers[dom],
                 "decoder_beam": int(self.model.acfg.decoder_beams[dom]), "route": route, "run": run,
-                "tokens": tokens}
+                "tokens": tokens, "router_ms": router_ms}
 
     def active_parameters(self, run: list[int], dec_layers: int) -> int:
         """Parameters used by a frame that ran the branches ``run`` (at the current budget) and

@@ -256,6 +256,19 @@ class StreamingCaptioner:
             self.since_dense += 1
         return {"vis": vis, "layer_tokens": layer_tokens, "dense": dense}
 
+    @staticmethod
+    def _latency(t0: float, t1: float, t1b: float, t2: float, t3: float, t4: float,
+                 router_ms: float | None) -> dict[str, float]:
+        """Per-stage wall time (ms) from the stage boundaries; an ANC router that ran inside the
+        encoder stage is reported as its own stage (the encoder time is the ViT's alone)."""
+        lat = {"mask": (t1 - t0) * 1e3, "memory": (t1b - t1) * 1e3}
+        enc = (t2 - t1b) * 1e3
+        if router_ms is not None:
+            lat["router"] = router_ms
+            enc -= router_ms
+        lat.update({"encoder": enc, "fusion": (t3 - t2) * 1e3, "decoder": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3})
+        return lat
+
     def _flops(self, enc: dict, n_embed: int, generated: int, beams: int, learned_mask: bool) -> tuple[dict, float]:
         """(per-stage FLOPs of this frame, FLOPs of the dense model on it)."""
         c = self.cfg
@@ -347,8 +360,7 @@ class StreamingCaptioner:
             text=self.tok.decode(ids), score=float(score), label=cls + 1, gesture_name=GESTURE_CLASSES[cls],
             confidence=float(probs[cls]), active_tokens=int(enc["layer_tokens"][0]), total_tokens=c.num_tokens,
             change_tokens=int(change.sum()), refreshed=bool(enc["dense"]), flops=flops, flops_dense=float(dense_fl),
-            latency_ms={"mask": (t1 - t0) * 1e3, "memory": (t1b - t1) * 1e3, "encoder": (t2 - t1b) * 1e3,
-                        "fusion": (t3 - t2) * 1e3, "decoder": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3},
+            latency_ms=self._latency(t0, t1, t1b, t2, t3, t4, enc.get("router_ms")),
             frame_index=self.frames_seen - 1, caption_fresh=fresh, layer_tokens=list(enc["layer_tokens"]),
             route=enc.get("route", {}))
 

@@ -252,6 +252,12 @@ def simulate_static(subject: int, lighting: str, *, seed: int, duration_s: float
     return _simulate_scene(scene, int(t0_ns), int(round(duration_s * 1e9)), False, ss, sensor_seed)[0]
 
 
+def blend_ramp_s(clip_duration_s: float) -> float:
+    """Seconds over which a gesture blends in from (and out to) the rest pose at the start
+    (end) of its labelled clip."""
+    return min(0.2, clip_duration_s / 4)
+
+
 def simulate_recording(subject: int, lighting: str, *, seed: int, labels=range(1, 12),
                        clip_duration_s: float = 2.0, gap_s: float = 0.3, with_frames: bool = True,
                        t0_ns: int = 0, width: int = 128, height: int = 128,
@@ -269,7 +275,7 @@ def simulate_recording(subject: int, lighting: str, *, seed: int, labels=range(1
     ss = np.random.SeedSequence([0x2EC, _u(seed), _u(subject), li])
     r_par, r_sim = ss.spawn(2)
     rng = np.random.default_rng(r_par)
-    ramp = min(0.2, clip_duration_s / 4)
+    ramp = blend_ramp_s(clip_duration_s)
     segs = [_Segment(sample_params(lab, subj, rng), gap_s + k * (clip_duration_s + gap_s), clip_duration_s, ramp)
             for k, lab in enumerate(labels)]
     total_ns = int(round((gap_s + len(labels) * (clip_duration_s + gap_s)) * 1e9))
