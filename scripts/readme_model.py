@@ -55,7 +55,8 @@ def block() -> str:
           "edge-vlm train --model router --init data/train_anc/captioner.pt --out data/train_router/captioner.pt  "
           "# the router, on the frozen branches",
           "edge-vlm train --model gesture --init data/train_router/captioner.pt --out data/train_gesture/captioner.pt \\",
-          "  --cache data/train_gesture/frames.pt   # the gesture head's motion net, on the frozen model",
+          "  --cache data/train_gesture/frames.pt   # the gesture head's motion net (width 32, 20 epochs, inputs "
+          "shifted by up to 1 patch), on the frozen model",
           "```", ""]
     L.append(f"on 2 CPU cores: STTF {st['total_seconds'] / 60:.0f} min (best epoch {st['best_epoch']}, early "
              f"stopping), ANC {an['total_seconds'] / 60:.0f} min (best epoch {an['best_epoch']}), router "

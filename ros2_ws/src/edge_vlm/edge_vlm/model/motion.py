@@ -19,8 +19,8 @@ Motion state of one frame (``motion_channels(cfg)`` maps of ``grid x grid``, one
 moves is *where* it moves); its logits are added to the vision head's log-probabilities
 times a learned weight, so the vision tokens still take part (and the sparse encoder's
 effect on them shows in the gesture accuracy). Trained by ``edge-vlm train --model gesture``
-(:mod:`.train_gesture`) on frozen encoder outputs, with mirrored recordings as augmentation
-(:data:`MIRROR_LABEL`).
+(:mod:`.train_gesture`) on frozen encoder outputs, with mirrored recordings
+(:data:`MIRROR_LABEL`) and random one-patch translations of the state as augmentation.
 """
 from __future__ import annotations
 
