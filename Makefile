@@ -53,4 +53,4 @@ train: setup
 	  cp data/train_anc/confusion_test_anc.png docs/confusion_test_anc.png
 
 clean:
-	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log data out .setup-stamp ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so ros2_ws/src/edge_vlm/edge_vlm/_native/evbinext*.so
+	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log data out .setup-stamp ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so ros2_ws/src/edge_vlm/edge_vlm/_native/libsparsevit.so ros2_ws/src/edge_vlm/edge_vlm/_native/evbinext*.so

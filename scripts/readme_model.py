@@ -109,6 +109,10 @@ def block() -> str:
           f"{f3(b['active_token_fraction_low_motion'])} | <= 0.16 / <= 0.10 |",
           f"| encoder speedup steady / ideal (total/active) | {b['speedup_steady']:.2f} / {b['speedup_limit']:.2f} "
           "| >= 0.8 x ideal |",
+          "| encoder ms steady sparse / dense, native kernel; PyTorch calls (same frames; the speedup divides "
+          "the faster dense) | " + " ; ".join(
+              f"{r['sparse_ms_steady']:.2f} / {r['dense_ms_steady']:.2f}"
+              for k, r in (s.get("encoder_backends") or {}).items()) + " | |",
           f"| encoder ms first frame sparse / dense | {b['encoder_ms_first_sparse']:.2f} / "
           f"{b['encoder_ms_first_dense']:.2f} | |",
           f"| caption agreement with dense | {f3(b['caption_agreement'])} | reported |",

@@ -10,7 +10,8 @@
 #   (first of all, outside the stamp: the native decode+bin kernel
 #    ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so, rebuilt when evbin.c is newer, and its
 #    per-packet entry point as a CPython extension, _native/evbinext<EXT_SUFFIX>, rebuilt when
-#    evbin.c or evbinext.c is newer)
+#    evbin.c or evbinext.c is newer, and the sparse ViT's fused block kernel _native/libsparsevit.so,
+#    rebuilt when sparsevit.c is newer)
 #
 # Idempotent. A stamp file (.setup-stamp) holds a hash of requirements.txt, this
 # script, the fix script and every package.xml / CMakeLists.txt / setup.py /
@@ -97,8 +98,32 @@ build_native_ext() {
     echo "setup.sh: WARNING: building $ext failed; FrameBinner calls the native kernel through ctypes" >&2
   fi
 }
+# Then the fused encoder-block kernel of the sparse ViT (_native/sparsevit.c -> libsparsevit.so,
+# edge_vlm/model/native_vit.py): -O3, its AVX2/FMA/F16C code compiled per function (a CPU without
+# them is told apart at run time). Rebuilt when sparsevit.c is newer. Without gcc, or if it fails,
+# the encoder runs its PyTorch path (same results, slower).
+build_native_vit() {
+  local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
+  local src="$dir/sparsevit.c" lib="$dir/libsparsevit.so"
+  [ -f "$src" ] || return 0
+  if [ -f "$lib" ] && [ ! "$src" -nt "$lib" ]; then
+    return 0
+  fi
+  if ! command -v gcc >/dev/null 2>&1; then
+    echo "setup.sh: note: gcc not found; the sparse ViT runs its PyTorch path (same results, slower)"
+    return 0
+  fi
+  if gcc -O3 -Wall -shared -fPIC -o "$lib.tmp" "$src" -lm; then
+    mv -f "$lib.tmp" "$lib"
+    echo "setup.sh: built $lib"
+  else
+    rm -f "$lib.tmp"
+    echo "setup.sh: WARNING: building $lib failed; the sparse ViT runs its PyTorch path" >&2
+  fi
+}
 build_native
 build_native_ext
+build_native_vit
 
 # ---- stamp: hash of everything that affects the environment / the build -----
 compute_hash() {

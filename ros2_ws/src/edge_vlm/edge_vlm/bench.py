@@ -535,23 +535,43 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
     warm = _engine(model, params, True, minfo)
     for h in hists[: min(10, n)]:
         warm.process(h)
-    enc = {True: [], False: []}
+    # both encoder backends (the fused native kernel, the PyTorch calls): the speedup divides
+    # the faster dense one by the default (native when built) sparse one
+    native_on = _native_vit_available()
+    backends = (True, False) if native_on else (False,)
+    enc = {(s, b): [] for s in (True, False) for b in backends}
     mem = {True: [], False: []}
     tot = {True: [], False: []}
     refreshed = None
     for r in range(max(1, repeats)):
-        for sparse in ((False, True) if r % 2 == 0 else (True, False)):
-            e = _engine(model, params, sparse, minfo)
-            rs = [e.process(h) for h in hists]
-            enc[sparse].append([x.latency_ms["encoder"] for x in rs])
+        order = [(s, b) for s in (False, True) for b in backends]
+        for sparse, nat in (order if r % 2 == 0 else order[::-1]):
+            with _encoder_backend(model, nat):
+                e = _engine(model, params, sparse, minfo)
+                rs = [e.process(h) for h in hists]
+            enc[sparse, nat].append([x.latency_ms["encoder"] for x in rs])
+            if nat != backends[0]:
+                continue
             mem[sparse].append([x.latency_ms["memory"] + x.latency_ms["encoder"] for x in rs])
             tot[sparse].append([x.latency_ms["total"] for x in rs])
             if sparse:
                 refreshed = np.array([x.refreshed for x in rs])
     med = {k: np.median(np.asarray(v), axis=0) for k, v in
-           (("enc_s", enc[True]), ("enc_d", enc[False]), ("tot_s", tot[True]), ("tot_d", tot[False]),
-            ("mem_s", mem[True]), ("mem_d", mem[False]))}
+           (("tot_s", tot[True]), ("tot_d", tot[False]), ("mem_s", mem[True]), ("mem_d", mem[False]))}
     st = slice(1, None)
+    by_backend = {}
+    for nat in backends:
+        d_med, s_med = np.median(np.asarray(enc[False, nat]), axis=0), np.median(np.asarray(enc[True, nat]), axis=0)
+        by_backend["native" if nat else "torch"] = {
+            "dense_ms_first": float(d_med[0]), "sparse_ms_first": float(s_med[0]),
+            "dense_ms_steady": float(d_med[st].mean()), "sparse_ms_steady": float(s_med[st].mean()),
+            "speedup_steady": float(d_med[st].mean() / s_med[st].mean()), "_d": d_med, "_s": s_med}
+    dense_backend = min(by_backend, key=lambda k: by_backend[k]["dense_ms_steady"])
+    med["enc_d"] = by_backend[dense_backend].pop("_d")
+    med["enc_s"] = by_backend["native" if native_on else "torch"].pop("_s")
+    for v in by_backend.values():
+        v.pop("_d", None)
+        v.pop("_s", None)
     es_mean, ed_mean = float(med["enc_s"][st].mean()), float(med["enc_d"][st].mean())
     frac = np.array([r.active_tokens / r.total_tokens for r in res_s])
     layer_frac = np.array([[t / r.total_tokens for t in r.layer_tokens] for r in res_s])
@@ -611,6 +631,8 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
         "memory_encoder_ms_steady_dense": float(med["mem_d"][st].mean()),
         "speedup_memory_encoder_steady": float(med["mem_d"][st].mean() / med["mem_s"][st].mean()),
         "speedup_steady": ed_mean / es_mean if es_mean else None,
+        "encoder_backend": "native" if native_on else "torch", "dense_backend": dense_backend,
+        "encoder_backends": by_backend,
         "speedup_limit": float(1.0 / timed_frac) if timed_frac else None,
         "speedup_total_steady": float(med["tot_d"][st].mean() / med["tot_s"][st].mean()),
         "active_token_fraction": float(frac[steady].mean()),
@@ -665,16 +687,51 @@ def vit_speedup_curve(model, sizes=(8, 16, 32, 64, 128), quick: bool = False) ->
         return float(np.median(ts))
 
     out = []
+    backends = (True, False) if _native_vit_available() else (False,)
+    idxs = [torch.from_numpy(np.sort(rng.choice(n_all, n, replace=False))) for n in sizes]
+    dense, sparse = {}, {}
     with torch.no_grad():
-        vit.dense_infer(e, mem)
-        dense = med(lambda: vit.dense_infer(e, mem), max(3, reps // 3))
-        for n in sizes:
-            idx = torch.from_numpy(np.sort(rng.choice(n_all, n, replace=False)))
-            vit.sparse_infer(e, idx, mem, [])
-            sp = med(lambda: vit.sparse_infer(e, idx, mem, []), reps)
-            out.append({"tokens": int(n), "dense_ms": dense * 1e3, "sparse_ms": sp * 1e3, "speedup": dense / sp,
-                        "limit": n_all / n, "efficiency": dense / sp / (n_all / n)})
+        for nat in backends:
+            with _encoder_backend(model, nat):
+                vit.dense_infer(e, mem)
+                dense[nat] = med(lambda: vit.dense_infer(e, mem), max(3, reps // 3))
+                for n, idx in zip(sizes, idxs):
+                    vit.sparse_infer(e, idx, mem, [])
+                    sparse[n, nat] = med(lambda: vit.sparse_infer(e, idx, mem, []), reps)
+    d = min(dense.values())                       # the faster dense backend
+    for n in sizes:
+        sp = sparse[n, backends[0]]
+        row = {"tokens": int(n), "dense_ms": d * 1e3, "sparse_ms": sp * 1e3, "speedup": d / sp,
+               "limit": n_all / n, "efficiency": d / sp / (n_all / n)}
+        if backends[0]:
+            row.update({"dense_ms_native": dense[True] * 1e3, "dense_ms_torch": dense[False] * 1e3,
+                        "sparse_ms_torch": sparse[n, False] * 1e3})
+        out.append(row)
     return out
+
+
+def _native_vit_available() -> bool:
+    from .model import native_vit
+
+    return native_vit.load() is not None
+
+
+class _encoder_backend:
+    """Context: every ViT of ``model`` runs its inference passes on the native kernel (``True``,
+    when built) or on PyTorch calls (``False``); restores the previous choice."""
+
+    def __init__(self, model, native: bool):
+        self.vits = list(model.branches) if hasattr(model, "branches") else [model.vit]
+        self.native = native
+
+    def __enter__(self):
+        self.before = [v.native for v in self.vits]
+        for v in self.vits:
+            v.native = self.native
+
+    def __exit__(self, *exc):
+        for v, b in zip(self.vits, self.before):
+            v.native = b
 
 
 def e2e_bag(out_dir: str | os.PathLike, labels=range(1, 12), clip_s: float = 1.0, gap_s: float = 0.3,
@@ -860,7 +917,7 @@ _DESCRIPTIONS = {
     "active_token_fraction": "mean fraction of tokens recomputed per frame (steady state, refreshes included)",
     "active_token_fraction_low_motion": "same, frames of low-motion gestures",
     "speedup_steady": "encoder wall time dense / sparse, steady state (frames after the first; timing "
-                      "recording)",
+                      "recording); dense = the faster of the native-kernel and PyTorch backends",
     "speedup_limit": "total / active tokens on the timing recording (the encoder's ideal speedup)",
     "flops_reduction_low_motion": "1 - FLOPs(STTF+ANC) / FLOPs(Medium-only dense), low-motion + static frames "
                                   "(all stages)",
@@ -954,14 +1011,27 @@ def markdown(result: dict, command: str) -> str:
                       "0.2 s):", "", "| phase | frames | dense | sparse |", "|---|---|---|---|"]
             for k, r in ph.items():
                 lines.append(f"| {k} | {r['frames']} | {_fmt(r['dense'])} | {_fmt(r['sparse'])} |")
+        eb = st.get("encoder_backends") or {}
+        if eb:
+            lines += ["", "Encoder stage per backend, same frames (`encoder_backends`; `speedup_steady` divides "
+                      f"the faster dense backend, here `{st.get('dense_backend')}`, by the sparse "
+                      f"`{st.get('encoder_backend')}` one):", "",
+                      "| backend | dense ms, first | sparse ms, first | dense ms, steady | sparse ms, steady | "
+                      "speedup, steady |", "|---|---|---|---|---|---|"]
+            for k, r in eb.items():
+                lines.append(f"| {k} | {_fmt(r['dense_ms_first'])} | {_fmt(r['sparse_ms_first'])} | "
+                             f"{_fmt(r['dense_ms_steady'])} | {_fmt(r['sparse_ms_steady'])} | "
+                             f"{_fmt(r['speedup_steady'])} |")
         curve = st.get("speedup_by_active_tokens") or []
         if curve:
             lines += ["", "Encoder (ViT) alone, random active sets: sparse speedup vs its ideal N/n "
-                      "(`speedup_by_active_tokens`):", "", "| active tokens | dense ms | sparse ms | speedup | "
-                      "ideal | efficiency |", "|---|---|---|---|---|---|"]
+                      "(`speedup_by_active_tokens`; dense = the faster backend):", "",
+                      "| active tokens | dense ms | sparse ms | speedup | ideal | efficiency | "
+                      "dense ms, torch | sparse ms, torch |", "|---|---|---|---|---|---|---|---|"]
             for c in curve:
                 lines.append(f"| {c['tokens']} | {_fmt(c['dense_ms'])} | {_fmt(c['sparse_ms'])} | "
-                             f"{_fmt(c['speedup'])} | {_fmt(c['limit'])} | {_fmt(c['efficiency'])} |")
+                             f"{_fmt(c['speedup'])} | {_fmt(c['limit'])} | {_fmt(c['efficiency'])} | "
+                             f"{_fmt(c.get('dense_ms_torch'))} | {_fmt(c.get('sparse_ms_torch'))} |")
     an = d.get("anc") or {}
     if an:
         lines += ["", "## ANC: the joint STTF+ANC checkpoint against Medium-only (same frames, batch 1)", ""]

@@ -131,6 +131,10 @@ class GatedBlock(Block):
         keep = torch.nonzero(self.theta.detach() < beta).flatten()
         if len(keep) == 0:
             keep = torch.argmin(self.theta.detach()).view(1)
+        stamp = (keep, tuple(t._version for t in (fc1.weight, fc1.bias, fc2.weight, fc2.bias)))
+        if self._slice is not None and self._stamp[1] == stamp[1] and torch.equal(self._stamp[0], keep):
+            return len(keep)                # same channels, same weights: keep the slice (and its native copy)
+        self._stamp = stamp
         self._slice = (fc1.weight.detach()[keep].contiguous(), fc1.bias.detach()[keep].contiguous(),
                        fc2.weight.detach()[:, keep].contiguous(), fc2.bias.detach())
         return len(keep)
@@ -138,11 +142,8 @@ class GatedBlock(Block):
     def kept(self) -> int:
         return self.mlp[0].out_features if self._slice is None else self._slice[0].shape[0]
 
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        if self._slice is None:
-            return super()._mlp(x)
-        w1, b1, w2, b2 = self._slice
-        return F.linear(self.act_fn(F.linear(x, w1, b1)), w2, b2)
+    def mlp_params(self) -> tuple:
+        return super().mlp_params() if self._slice is None else self._slice
 
     def kv_out(self, x: torch.Tensor, mix: tuple | None = None) -> tuple:
         """Training: (keys, values, output) of the whole (B, N, D) input; ``mix = (m, k_old, v_old)``

@@ -207,9 +207,14 @@ class Block(nn.Module):
         x = x + F.linear(out.transpose(1, 2).reshape(b, 1, d), self.proj.weight, self.proj.bias)
         return x + self._mlp(self._ln(self.ln2, x))
 
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+    def mlp_params(self) -> tuple:
+        """(fc1 weight, fc1 bias, fc2 weight, fc2 bias) as inference uses them."""
         fc1, fc2 = self.mlp[0], self.mlp[2]
-        return F.linear(self.act_fn(F.linear(x, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+        return fc1.weight, fc1.bias, fc2.weight, fc2.bias
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        w1, b1, w2, b2 = self.mlp_params()
+        return F.linear(self.act_fn(F.linear(x, w1, b1)), w2, b2)
 
     def _ln(self, ln: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
@@ -222,9 +227,9 @@ class Block(nn.Module):
         h = self.heads
         qkv = F.linear(self._ln(self.ln1, x), self.qkv.weight, self.qkv.bias)
         q, k, v = qkv.view(n, 3, h, d // h).permute(1, 2, 0, 3)                      # (h, n, dh) each
-        layer.k.index_copy_(1, idx, k)
+        layer.kt.index_copy_(2, idx, k.transpose(1, 2))
         layer.v.index_copy_(1, idx, v)
-        out = attend(q, layer.k, layer.v)                                            # (h, n, dh)
+        out = attend(q, layer.kt, layer.v)                                           # (h, n, dh)
         x = x + F.linear(out.transpose(0, 1).reshape(n, d), self.proj.weight, self.proj.bias)
         return x + self._mlp(self._ln(self.ln2, x))
 
@@ -234,25 +239,27 @@ class Block(nn.Module):
         h = self.heads
         qkv = F.linear(self._ln(self.ln1, x), self.qkv.weight, self.qkv.bias)
         q, k, v = qkv.view(n, 3, h, d // h).permute(1, 2, 0, 3)
-        layer.k.copy_(k)
+        layer.kt.copy_(k.transpose(1, 2))
         layer.v.copy_(v)
-        out = attend(q, layer.k, layer.v)
+        out = attend(q, layer.kt, layer.v)
         x = x + F.linear(out.transpose(0, 1).reshape(n, d), self.proj.weight, self.proj.bias)
         return x + self._mlp(self._ln(self.ln2, x))
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention ``(h, nq, dh) x (h, nk, dh) -> (h, nq, dh)`` (batch-1 inference path)."""
-    s = torch.bmm(q, k.transpose(1, 2)).mul_(q.shape[-1] ** -0.5)
+def attend(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of ``q`` (h, nq, dh) over keys ``kt`` (h, dh, nk, transposed) and values
+    ``v`` (h, nk, dh) -> (h, nq, dh) (batch-1 inference path)."""
+    s = torch.bmm(q, kt).mul_(q.shape[-1] ** -0.5)
     return torch.bmm(torch.softmax(s, dim=-1), v)
 
 
 class LayerMemory:
-    """One encoder layer's memory: last propagated input, keys, values and output per token."""
+    """One encoder layer's memory: last propagated input, keys (stored transposed, (H, D/H, N):
+    the layout the native kernel reads), values and output per token."""
 
     def __init__(self, n: int, d: int, heads: int):
         self.x = torch.zeros(n, d)
-        self.k = torch.zeros(heads, n, d // heads)
+        self.kt = torch.zeros(heads, d // heads, n)
         self.v = torch.zeros(heads, n, d // heads)
         self.out = torch.zeros(n, d)
 
@@ -263,6 +270,9 @@ class SparseViT(nn.Module):
         self.pos = nn.Parameter(torch.randn(cfg.num_tokens, cfg.dim) * 0.02)
         self.blocks = nn.ModuleList([Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.encoder_act) for _ in range(cfg.depth)])
         self.ln = nn.LayerNorm(cfg.dim)
+        #: inference passes (dense_infer / sparse_infer) run each layer through the fused native
+        #: kernel when it is built (model/native_vit.py); False: the PyTorch path (same results)
+        self.native = True
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         """Dense (training, reference): ``e`` (B, N, D) memory tokens -> (B, N, D)."""
@@ -275,10 +285,31 @@ class SparseViT(nn.Module):
         n, d = self.pos.shape
         return [LayerMemory(n, d, blk.heads) for blk in self.blocks]
 
+    def _native_step(self, blk: Block, lm: LayerMemory, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+        """The layer through the fused native kernel (:mod:`~edge_vlm.model.native_vit`), or None
+        (kernel off for this ViT, not built, or not applicable: the caller's PyTorch path runs)."""
+        if not self.native:
+            return None
+        from .native_vit import run_layer
+
+        return run_layer(blk, lm, x, idx)
+
+    def _native_pass(self, mem: list[LayerMemory], e: torch.Tensor,
+                     idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+        """Every layer over ``idx`` in one native call (:func:`~edge_vlm.model.native_vit.encode`):
+        (vision tokens or None, activations of the tokens ``idx``, layers done; 0 = kernel off)."""
+        if not self.native:
+            return None, e[idx] + self.pos[idx], 0
+        from .native_vit import encode
+
+        return encode(self, mem, e, idx)
+
     def dense_infer(self, e: torch.Tensor, mem: list[LayerMemory]) -> torch.Tensor:
         """Dense pass at inference (batch 1, ``e`` (N, D)) that also (re)fills every layer memory."""
-        x = e + self.pos
-        for blk, lm in zip(self.blocks, mem):
+        vis, x, done = self._native_pass(mem, e, torch.arange(e.shape[0]))
+        if vis is not None:
+            return vis
+        for blk, lm in list(zip(self.blocks, mem))[done:]:
             lm.x.copy_(x)
             x = blk.dense_step(x, lm)
             lm.out.copy_(x)
@@ -289,9 +320,14 @@ class SparseViT(nn.Module):
         """Recompute the tokens ``idx`` whose memory input changed; returns (output (N, D),
         tokens recomputed per layer). Layer ``l > 0`` propagates a token only if its input
         moved more than ``thresholds[l]`` (relative L2) from its last propagated input."""
-        counts = []
-        x = e[idx] + self.pos[idx]
-        for li, (blk, lm) in enumerate(zip(self.blocks, mem)):
+        if len(idx) and not any(t > 0 for t in thresholds[:len(self.blocks)]):
+            vis, x, done = self._native_pass(mem, e, idx)   # no gating: the whole pass in one call
+            if vis is not None:
+                return vis, [int(idx.numel())] * done
+        else:
+            x, done = e[idx] + self.pos[idx], 0
+        counts = [int(idx.numel())] * done
+        for li, (blk, lm) in list(enumerate(zip(self.blocks, mem)))[done:]:
             tau = thresholds[li] if li < len(thresholds) else 0.0
             if tau > 0 and len(idx):
                 ref = lm.x[idx]
@@ -301,6 +337,10 @@ class SparseViT(nn.Module):
                     idx, x = idx[keep], x[keep]
             counts.append(int(idx.numel()))
             if not len(idx):
+                continue
+            y = self._native_step(blk, lm, x, idx)
+            if y is not None:
+                x = y
                 continue
             lm.x.index_copy_(0, idx, x)
             x = blk.sparse_step(x, idx, lm)

@@ -1,0 +1,319 @@
+/* Fused encoder block of the sparse ViT (batch 1, float32, one thread): the same arithmetic
+ * as Block.sparse_step / Block.dense_step in model/captioner.py, in one call per layer.
+ *
+ * Why it exists: at the ~20 active tokens of a sparse frame a block is four small matmuls
+ * (M = active tokens) and a dozen other tensor calls. Through PyTorch each matmul packs its
+ * weight matrix again (the packing is amortised over only M rows) and every call has a fixed
+ * cost; together they kept the sparse encoder at ~0.4 of its ideal speedup. Here the weights
+ * are stored once, transposed (K x N, row-major), and read in place by a 6 x 16 AVX2/FMA
+ * register-tile kernel; layer norms, the key/value scatter into the token memory, attention
+ * (softmax with a vectorised exp), residual adds and the activation run in the same call.
+ *
+ * Layout of one layer's token memory (owned by the caller, model/captioner.py LayerMemory):
+ *   mem_x (N, D) last propagated input, mem_kt (H, D/H, N) keys *transposed*, mem_v (H, N, D/H)
+ *   values, mem_out (N, D) output. svit_layer(L, n, idx, x) recomputes the n tokens idx (x: their
+ *   (n, D) inputs, overwritten by their outputs); they attend to all N keys/values (fresh ones
+ *   for idx, cached ones for the rest). n = N with idx = 0..N-1 is the dense pass.
+ *
+ * Built by scripts/setup.sh (gcc -O3 -shared -fPIC; the AVX2/FMA code is compiled per function
+ * with a target attribute, and svit_cpu_ok() tells the loader whether this CPU runs it).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SVIT_ABI 5
+
+typedef struct {
+    int64_t d, heads, hid, ntok, act;           /* act: 0 relu, 1 gelu (erf) */
+    double eps1, eps2;
+    /* linear weights packed (see gemm), hid padded to a multiple of 16 with zero weights */
+    const float *ln1_w, *ln1_b, *wqkv_t, *bqkv, *wproj_t, *bproj, *ln2_w, *ln2_b, *w1_t, *b1, *w2_t, *b2;
+    float *mem_x, *mem_kt, *mem_v, *mem_out;
+    /* optional float16 copies of the four packed weights (NULL: none), read instead of the
+     * float32 ones when all four are set: the caller sets them only when they are exact */
+    const uint16_t *wqkv_h, *wproj_h, *w1_h, *w2_h;
+} svit_layer_t;
+
+int64_t svit_abi(void) { return (int64_t)sizeof(svit_layer_t) | ((int64_t)SVIT_ABI << 16); }
+
+int64_t svit_cpu_ok(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+#define TGT __attribute__((target("avx2,fma,f16c")))
+#define INL static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+
+INL float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+INL float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* exp(x) for x <= 0 (softmax after the max is subtracted): 2^k * p(r), r = x - k ln2 in
+ * [-ln2/2, ln2/2], p a degree-6 polynomial (relative error ~2e-7 on the range). */
+INL __m256 exp_ps(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-87.0f);
+    x = _mm256_max_ps(x, lo);
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* C[i, j0:j0+16] (mr rows) = [C +] A[i, :] . B[:, j0:j0+16] [+ bias] [relu] */
+INL void tile(const int mr, const int half, int64_t K, const float *A, int64_t lda, const void *B, int64_t ldb,
+              float *C, int64_t ldc, const float *bias, int acc, int relu) {
+    __m256 c0[6], c1[6];
+    for (int r = 0; r < mr; r++) {
+        c0[r] = _mm256_setzero_ps();
+        c1[r] = _mm256_setzero_ps();
+    }
+    for (int64_t k = 0; k < K; k++) {
+        __m256 b0, b1;
+        if (half) {           /* float16 weights (exact copies of fp16-representable ones): half the bytes */
+            const uint16_t *b = (const uint16_t *)B + k * ldb;
+            b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
+            b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 8)));
+        } else {
+            const float *b = (const float *)B + k * ldb;
+            b0 = _mm256_loadu_ps(b);
+            b1 = _mm256_loadu_ps(b + 8);
+        }
+        for (int r = 0; r < mr; r++) {
+            __m256 a = _mm256_broadcast_ss(A + r * lda + k);
+            c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+            c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+        }
+    }
+    __m256 z = _mm256_setzero_ps();
+    __m256 bb0 = bias ? _mm256_loadu_ps(bias) : z, bb1 = bias ? _mm256_loadu_ps(bias + 8) : z;
+    for (int r = 0; r < mr; r++) {
+        float *c = C + r * ldc;
+        __m256 v0 = _mm256_add_ps(c0[r], bb0), v1 = _mm256_add_ps(c1[r], bb1);
+        if (acc) {
+            v0 = _mm256_add_ps(v0, _mm256_loadu_ps(c));
+            v1 = _mm256_add_ps(v1, _mm256_loadu_ps(c + 8));
+        }
+        if (relu) {
+            v0 = _mm256_max_ps(v0, z);
+            v1 = _mm256_max_ps(v1, z);
+        }
+        _mm256_storeu_ps(c, v0);
+        _mm256_storeu_ps(c + 8, v1);
+    }
+}
+
+/* One 16-column panel of C for all M rows: 6-row tiles, then the remaining rows. */
+INL void panel(const int half, int64_t M, int64_t K, const float *A, int64_t lda, const void *bj, int64_t ldb,
+               float *C, int64_t ldc, const float *biasj, int acc, int relu) {
+    int64_t i = 0;
+    for (; i + 6 <= M; i += 6)
+        tile(6, half, K, A + i * lda, lda, bj, ldb, C + i * ldc, ldc, biasj, acc, relu);
+    const float *a = A + i * lda;
+    float *c = C + i * ldc;
+    switch (M - i) {
+    case 5: tile(5, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu); break;
+    case 4: tile(4, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu); break;
+    case 3: tile(3, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu); break;
+    case 2: tile(2, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu); break;
+    case 1: tile(1, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu); break;
+    default: break;
+    }
+}
+
+/* C (M x N, ldc) = [C +] A (M x K, lda) . B [+ bias] [relu]. B is K x N row-major float32
+ * (leading dimension ldb > 0), or with ldb = 0 *packed*: N/16 panels, each K x 16 contiguous
+ * (the weights: a panel streams sequentially from memory, where K rows 4 KB apart defeat the
+ * prefetcher), float32 or, with `half`, float16. */
+TGT static void gemm_h(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const void *B, int64_t ldb,
+                       float *C, int64_t ldc, const float *bias, int acc, int relu, int half) {
+    int64_t j = 0;
+    const int packed = ldb == 0;
+    for (; j + 16 <= N; j += 16) {
+        const float *biasj = bias ? bias + j : NULL;
+        if (packed && half)
+            panel(1, M, K, A, lda, (const uint16_t *)B + j * K, 16, C + j, ldc, biasj, acc, relu);
+        else if (packed)
+            panel(0, M, K, A, lda, (const float *)B + j * K, 16, C + j, ldc, biasj, acc, relu);
+        else
+            panel(0, M, K, A, lda, (const float *)B + j, ldb, C + j, ldc, biasj, acc, relu);
+    }
+    const float *Bf = (const float *)B;
+    for (; j < N && !packed; j++) {             /* column tail (N not a multiple of 16) */
+        for (int64_t i = 0; i < M; i++) {
+            float s = bias ? bias[j] : 0.0f;
+            for (int64_t k = 0; k < K; k++)
+                s += A[i * lda + k] * Bf[k * ldb + j];
+            if (acc)
+                s += C[i * ldc + j];
+            C[i * ldc + j] = relu && s < 0.0f ? 0.0f : s;
+        }
+    }
+}
+
+TGT static void gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
+                     float *C, int64_t ldc, const float *bias, int acc, int relu) {
+    gemm_h(M, N, K, A, lda, B, ldb, C, ldc, bias, acc, relu, 0);
+}
+
+/* y = LayerNorm(x) over rows of length d (d a multiple of 8), biased variance like torch. */
+TGT static void layer_norm(int64_t n, int64_t d, const float *x, float *y, const float *w, const float *b, double eps) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * d;
+        float *yi = y + i * d;
+        __m256 s = _mm256_setzero_ps();
+        for (int64_t k = 0; k < d; k += 8)
+            s = _mm256_add_ps(s, _mm256_loadu_ps(xi + k));
+        float mean = hsum(s) / (float)d;
+        __m256 m = _mm256_set1_ps(mean), q = _mm256_setzero_ps();
+        for (int64_t k = 0; k < d; k += 8) {
+            __m256 t = _mm256_sub_ps(_mm256_loadu_ps(xi + k), m);
+            q = _mm256_fmadd_ps(t, t, q);
+        }
+        float rstd = (float)(1.0 / sqrt((double)(hsum(q) / (float)d) + eps));
+        __m256 rs = _mm256_set1_ps(rstd);
+        for (int64_t k = 0; k < d; k += 8) {
+            __m256 t = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(xi + k), m), rs);
+            _mm256_storeu_ps(yi + k, _mm256_fmadd_ps(t, _mm256_loadu_ps(w + k), _mm256_loadu_ps(b + k)));
+        }
+    }
+}
+
+/* In place softmax of each row of s (n x len) after scaling by `scale`. */
+TGT static void softmax_rows(int64_t n, int64_t len, float *s, float scale) {
+    __m256 sc = _mm256_set1_ps(scale);
+    for (int64_t i = 0; i < n; i++) {
+        float *r = s + i * len;
+        __m256 mx = _mm256_set1_ps(-INFINITY);
+        for (int64_t k = 0; k < len; k += 8)
+            mx = _mm256_max_ps(mx, _mm256_loadu_ps(r + k));
+        __m256 m = _mm256_set1_ps(hmax(mx) * scale), sum = _mm256_setzero_ps();
+        for (int64_t k = 0; k < len; k += 8) {
+            __m256 e = exp_ps(_mm256_fmsub_ps(_mm256_loadu_ps(r + k), sc, m));
+            _mm256_storeu_ps(r + k, e);
+            sum = _mm256_add_ps(sum, e);
+        }
+        __m256 inv = _mm256_set1_ps(1.0f / hsum(sum));
+        for (int64_t k = 0; k < len; k += 8)
+            _mm256_storeu_ps(r + k, _mm256_mul_ps(_mm256_loadu_ps(r + k), inv));
+    }
+}
+
+/* Scratch of the calling thread, grown on demand and kept: a fresh malloc of this size (over
+ * glibc's mmap threshold at ~20 tokens) would map, fault in and unmap its pages on every layer. */
+static __thread float *ws_buf;
+static __thread size_t ws_cap;
+
+static float *workspace(size_t floats) {
+    if (floats > ws_cap) {
+        float *p = (float *)realloc(ws_buf, floats * sizeof(float));
+        if (!p)
+            return NULL;
+        ws_buf = p;
+        ws_cap = floats;
+    }
+    return ws_buf;
+}
+
+/* One encoder layer over the tokens idx (see the file comment). Returns 0, or -1 when the
+ * shapes are not supported or an index is out of range (the caller then runs its PyTorch path,
+ * which raises for a bad index), -2 on allocation failure; nothing is written then. */
+TGT int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, float *x) {
+    const int64_t d = L->d, h = L->heads, N = L->ntok, hid = L->hid;
+    if (n <= 0)
+        return 0;
+    if (h <= 0 || d % h || d % 16 || (d / h) % 16 || N % 16 || hid % 16 || n > N)
+        return -1;
+    for (int64_t i = 0; i < n; i++)
+        if (idx[i] < 0 || idx[i] >= N)
+            return -1;
+    const int64_t dh = d / h;
+    const size_t need = (size_t)n * (size_t)(d + 3 * d + d + N + hid);
+    float *buf = workspace(need);
+    if (!buf)
+        return -2;
+    float *y = buf, *qkv = y + n * d, *att = qkv + n * 3 * d, *s = att + n * d, *hdn = s + n * N;
+
+    for (int64_t i = 0; i < n; i++)
+        memcpy(L->mem_x + idx[i] * d, x + i * d, (size_t)d * sizeof(float));
+    layer_norm(n, d, x, y, L->ln1_w, L->ln1_b, L->eps1);
+    /* float16 weights (the same values): half the bytes to stream, which bounds a sparse step */
+    const int half = L->wqkv_h && L->wproj_h && L->w1_h && L->w2_h;
+    const void *wqkv = half ? (const void *)L->wqkv_h : L->wqkv_t, *wproj = half ? (const void *)L->wproj_h : L->wproj_t;
+    const void *w1 = half ? (const void *)L->w1_h : L->w1_t, *w2 = half ? (const void *)L->w2_h : L->w2_t;
+    gemm_h(n, 3 * d, d, y, d, wqkv, 0, qkv, 3 * d, L->bqkv, 0, 0, half);
+    for (int64_t i = 0; i < n; i++) {                /* fresh keys / values into the memory */
+        const float *kq = qkv + i * 3 * d + d, *vq = kq + d;
+        for (int64_t hh = 0; hh < h; hh++) {
+            float *kt = L->mem_kt + hh * dh * N + idx[i];
+            for (int64_t e = 0; e < dh; e++)
+                kt[e * N] = kq[hh * dh + e];
+            memcpy(L->mem_v + (hh * N + idx[i]) * dh, vq + hh * dh, (size_t)dh * sizeof(float));
+        }
+    }
+    const float scale = 1.0f / sqrtf((float)dh);
+    for (int64_t hh = 0; hh < h; hh++) {
+        gemm(n, N, dh, qkv + hh * dh, 3 * d, L->mem_kt + hh * dh * N, N, s, N, NULL, 0, 0);
+        softmax_rows(n, N, s, scale);
+        gemm(n, dh, N, s, N, L->mem_v + hh * N * dh, dh, att + hh * dh, d, NULL, 0, 0);
+    }
+    gemm_h(n, d, d, att, d, wproj, 0, x, d, L->bproj, 1, 0, half);     /* x += proj(att) */
+    layer_norm(n, d, x, y, L->ln2_w, L->ln2_b, L->eps2);
+    gemm_h(n, hid, d, y, d, w1, 0, hdn, hid, L->b1, 0, L->act == 0, half);
+    if (L->act != 0) {
+        for (int64_t i = 0; i < n * hid; i++) {
+            float v = hdn[i];
+            hdn[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+        }
+    }
+    gemm_h(n, d, hid, hdn, hid, w2, 0, x, d, L->b2, 1, 0, half);        /* x += mlp */
+    for (int64_t i = 0; i < n; i++)
+        memcpy(L->mem_out + idx[i] * d, x + i * d, (size_t)d * sizeof(float));
+    return 0;
+}
+
+/* A whole inference pass of the ViT over the tokens idx (no per-layer gating): x[i] =
+ * e[idx[i]] + pos[idx[i]] (x: caller's (n, D) buffer), the layers Ls[0..nl) in turn, then the
+ * final layer norm of *every* token's last-layer output (memory included) into vis (N, D).
+ * Returns the number of layers done; fewer than nl when a layer returned an error (nothing of
+ * that layer written, x holds its input, vis untouched: the caller goes on with PyTorch). */
+TGT int64_t svit_encode(const svit_layer_t *const *Ls, int64_t nl, int64_t n, const int64_t *idx,
+                        const float *e, const float *pos, float *x, const float *ln_w, const float *ln_b,
+                        double eps, float *vis) {
+    if (nl <= 0)
+        return 0;
+    const int64_t d = Ls[0]->d, N = Ls[0]->ntok;
+    for (int64_t i = 0; i < n; i++) {
+        if (idx[i] < 0 || idx[i] >= N)
+            return 0;
+        const float *a = e + idx[i] * d, *b = pos + idx[i] * d;
+        for (int64_t k = 0; k < d; k++)
+            x[i * d + k] = a[k] + b[k];
+    }
+    for (int64_t l = 0; l < nl; l++)
+        if (svit_layer(Ls[l], n, idx, x) != 0)
+            return l;
+    layer_norm(N, d, Ls[nl - 1]->mem_out, vis, ln_w, ln_b, eps);
+    return nl;
+}

@@ -1,0 +1,227 @@
+"""ctypes loader of the fused encoder-block kernel (``_native/sparsevit.c`` -> ``libsparsevit.so``).
+
+:meth:`SparseViT.sparse_infer <edge_vlm.model.captioner.SparseViT.sparse_infer>` and
+``dense_infer`` run each layer through :func:`run_layer` when :func:`load` returns the library:
+one C call per layer instead of ~20 PyTorch calls, with the weights stored once, transposed,
+instead of packed again by every small matmul. It is the same arithmetic as
+``Block.sparse_step`` / ``Block.dense_step`` (float32; results agree to rounding, checked by
+``tests/test_native_vit.py``). The PyTorch path runs instead, with the same results, when:
+
+* the library is not built (``scripts/setup.sh`` builds it with gcc), is older than its source,
+  or has another ABI; the CPU lacks AVX2/FMA; ``EDGE_VLM_NO_NATIVE_VIT=1`` is set;
+* autograd is recording (training), or a tensor is not float32 / contiguous;
+* the shapes are not the kernel's (``dim``, ``dim/heads`` and the token count multiples of 16).
+
+:func:`backend` names the path in use (``"native"`` or ``"torch"``); :func:`why` says why the
+library is not used. The kernel is single-threaded: the bench and the nodes run batch 1 on one
+torch thread by default (``torch_threads``).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+import torch.nn.functional as F
+
+_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_native")
+LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
+SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
+ABI = 5
+_PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
+_WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1", "w2_t", "b2")
+_MEMORY = ("mem_x", "mem_kt", "mem_v", "mem_out")
+_HALF = ("wqkv_h", "wproj_h", "w1_h", "w2_h")
+
+
+class LayerStruct(ctypes.Structure):
+    """``svit_layer_t`` of sparsevit.c (field for field)."""
+
+    _fields_ = ([(n, _I64) for n in ("d", "heads", "hid", "ntok", "act")]
+                + [("eps1", ctypes.c_double), ("eps2", ctypes.c_double)]
+                + [(n, _PTR) for n in _WEIGHTS + _MEMORY + _HALF])
+
+
+_lib = None
+_why = ""
+_tried = False
+
+
+def load():
+    """The library, or None (the PyTorch path; :func:`why` says why). Cached."""
+    global _lib, _why, _tried
+    if os.environ.get("EDGE_VLM_NO_NATIVE_VIT", "") not in ("", "0"):
+        _why = "EDGE_VLM_NO_NATIVE_VIT is set"
+        return None
+    if not _tried:
+        _tried = True
+        try:
+            if not os.path.isfile(LIB_PATH):
+                raise OSError(f"{LIB_PATH} not built (run scripts/setup.sh)")
+            if os.path.isfile(SOURCE_PATH) and os.path.getmtime(SOURCE_PATH) > os.path.getmtime(LIB_PATH):
+                raise OSError(f"{LIB_PATH} is older than sparsevit.c (run scripts/setup.sh)")
+            lib = ctypes.CDLL(LIB_PATH)
+            lib.svit_abi.restype = _I64
+            lib.svit_cpu_ok.restype = _I64
+            if not lib.svit_cpu_ok():
+                raise OSError("this CPU lacks AVX2/FMA/F16C")
+            if int(lib.svit_abi()) != (ctypes.sizeof(LayerStruct) | ABI << 16):
+                raise OSError(f"{LIB_PATH} does not match native_vit.py (run scripts/setup.sh)")
+            lib.svit_layer.argtypes = [_PTR, _I64, _PTR, _PTR]
+            lib.svit_layer.restype = _I64
+            lib.svit_encode.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
+                                        ctypes.c_double, _PTR]
+            lib.svit_encode.restype = _I64
+            _lib = lib
+        except (OSError, AttributeError) as exc:
+            _why = str(exc)
+    return _lib
+
+
+def why() -> str:
+    """Why :func:`load` returned None (empty when the library is in use or not tried yet)."""
+    return _why
+
+
+def backend() -> str:
+    """``"native"`` or ``"torch"``: the encoder-block path of inference passes now."""
+    return "native" if load() is not None else "torch"
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """A linear weight (N, K) as the kernel reads it: N/16 panels of its transpose, each
+    (K, 16) contiguous (N a multiple of 16)."""
+    n, k = w.shape
+    return w.detach().t().reshape(k, n // 16, 16).permute(1, 0, 2).contiguous()
+
+
+def pack_half(w: torch.Tensor) -> torch.Tensor | None:
+    """The float16 copy of a packed weight when it is exact (every value representable: the
+    shipped checkpoints store float16), else None. The kernel then reads these: half the bytes
+    to stream from memory (what bounds a sparse step), the same values, the same results."""
+    h = w.half()
+    return h if torch.equal(h.float(), w) else None
+
+
+def _weights(blk) -> tuple:
+    """The block's inference weights as the kernel reads them (packed linear weights, the MLP
+    padded to a multiple of 16 hidden channels),
+    cached on the block while its parameters (and an ANC block's channel slice) are unchanged."""
+    cached = blk.__dict__.get("_native_weights")
+    sliced = blk.__dict__.get("_slice")           # an ANC block's channel slice (a new tuple per budget)
+    if (cached is not None and cached[4] is sliced
+            and all(t._version == v for t, v in zip(cached[3], cached[0]))):
+        return cached                             # fast path: ~2 us (module attribute access costs ~15)
+    w1, b1, w2, b2 = blk.mlp_params()
+    src = (blk.ln1.weight, blk.ln1.bias, blk.qkv.weight, blk.qkv.bias, blk.proj.weight, blk.proj.bias,
+           blk.ln2.weight, blk.ln2.bias, w1, b1, w2, b2)
+    key = tuple(t._version for t in src)          # in-place updates (load_state_dict, optimiser) bump it
+    hid = int(w1.shape[0])
+    pad = -hid % 16
+    with torch.no_grad():
+        w1p = F.pad(w1.detach(), (0, 0, 0, pad))            # zero channels: relu/gelu(0) = 0
+        b1p = F.pad(b1.detach(), (0, pad))
+        w2p = F.pad(w2.detach(), (0, pad))
+        ts = tuple(pack(t) if t.dim() == 2 else t.detach().contiguous() for t in
+                   (src[:8] + (w1p, b1p, w2p, b2)))
+        halves = tuple(pack_half(ts[i]) for i in (2, 4, 8, 10))
+    cached = (key, ts, hid + pad, src, sliced, halves)
+    blk._native_weights = cached
+    return cached
+
+
+def _struct(blk, lm) -> LayerStruct | None:
+    """The kernel's view of (block weights, layer memory), cached on the layer memory; None when
+    the shapes are not the kernel's."""
+    n, d = lm.x.shape
+    if d % 16 or blk.heads <= 0 or d % blk.heads or (d // blk.heads) % 16 or n % 16:
+        return None
+    weights = _weights(blk)
+    _, ws, hid, _, _, halves = weights
+    mem = (lm.x, lm.kt, lm.v, lm.out)
+    cached = lm.__dict__.get("_native")
+    if cached is not None and cached[0] is weights and all(a is b for a, b in zip(cached[2], mem)):
+        return cached[1]
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in ws + mem):
+        return None
+    st = LayerStruct(d=d, heads=blk.heads, hid=hid, ntok=n, act=0 if blk.act_fn is torch.nn.functional.relu else 1,
+                     eps1=float(blk.ln1.eps), eps2=float(blk.ln2.eps))
+    for name, t in zip(_WEIGHTS + _MEMORY, ws + mem):
+        setattr(st, name, t.data_ptr())
+    if all(h is not None for h in halves):
+        for name, h in zip(_HALF, halves):
+            setattr(st, name, h.data_ptr())
+    lm._native = (weights, st, mem)     # the packed weights stay alive with the pointers into them
+    return st
+
+
+def run_layer(blk, lm, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+    """Layer ``blk`` over the tokens ``idx`` (x: their (n, D) inputs) through the kernel, updating
+    ``lm`` like ``sparse_infer``'s PyTorch path (input, keys, values, output of those tokens).
+    Returns the (n, D) outputs, or None when the kernel does not apply (the caller then runs
+    the PyTorch path; nothing was written)."""
+    lib = load()
+    if lib is None or torch.is_grad_enabled() or x.dtype != torch.float32:
+        return None
+    st = _struct(blk, lm)
+    if st is None:
+        return None
+    out = x.contiguous().clone()
+    ii = idx.to(torch.int64).contiguous()
+    rc = lib.svit_layer(ctypes.byref(st), int(ii.numel()), ii.data_ptr(), out.data_ptr())
+    return out if rc == 0 else None
+
+
+def _plan(vit, mem):
+    """The array of layer structs of (vit, mem) for :func:`encode`, cached on the first layer
+    memory. Revalidated per call in ~10 us (every struct lookup would cost ~8x more): the
+    source weights' version counters, the blocks' ANC slices and the memory tensors unchanged."""
+    blocks = list(vit.blocks)
+    cached = mem[0].__dict__.get("_native_plan") if mem else None
+    if cached is not None:
+        ptrs, flat, versions, slices, mems = cached
+        if ([t._version for t in flat] == versions
+                and all(b.__dict__.get("_slice") is sl for b, sl in zip(blocks, slices))
+                and all(a is b for a, b in zip(mems, (t for lm in mem for t in (lm.x, lm.kt, lm.v, lm.out))))):
+            return ptrs
+    structs = []
+    for blk, lm in zip(blocks, mem):
+        st = _struct(blk, lm)
+        if st is None:
+            break
+        structs.append(ctypes.addressof(st))
+    if not structs:
+        return None
+    ptrs = (ctypes.c_void_p * len(structs))(*structs)
+    flat = [t for blk in blocks[:len(structs)] for t in blk._native_weights[3]]
+    mems = [t for lm in mem for t in (lm.x, lm.kt, lm.v, lm.out)]
+    mem[0]._native_plan = (ptrs, flat, [t._version for t in flat],
+                           [b.__dict__.get("_slice") for b in blocks], mems)
+    return ptrs
+
+
+def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+    """A whole inference pass of ``vit`` (a SparseViT) over the tokens ``idx`` in one native call,
+    without per-layer gating (a sparse pass with thresholds 0, or a dense pass with every token).
+    Returns (vision tokens (N, D) after the final norm, or None; the current (n, D) activations
+    of the tokens; layers done). Fewer layers than the ViT's: the caller runs the rest (and the
+    final norm) on its PyTorch path from those activations (0 done: the kernel does not apply)."""
+    lib = load()
+    if (lib is None or torch.is_grad_enabled() or e.dtype != torch.float32 or not len(idx)
+            or vit.pos.dtype != torch.float32 or vit.ln.weight.dtype != torch.float32):
+        return None, e[idx] + vit.pos[idx], 0
+    ptrs = _plan(vit, mem)
+    if ptrs is None:
+        return None, e[idx] + vit.pos[idx], 0
+    n_all, d = e.shape
+    ec = e.contiguous()
+    ii = idx.to(torch.int64).contiguous()
+    x = torch.empty(len(ii), d)
+    vis = torch.empty(n_all, d)
+    pos = vit.pos.detach()
+    done = int(lib.svit_encode(ptrs, len(ptrs), int(ii.numel()), ii.data_ptr(), ec.data_ptr(), pos.data_ptr(),
+                               x.data_ptr(), vit.ln.weight.data_ptr(), vit.ln.bias.data_ptr(),
+                               float(vit.ln.eps), vis.data_ptr()))
+    if done == 0:
+        return None, e[idx] + vit.pos[idx], 0
+    return (vis if done == len(vit.blocks) else None), x, done

@@ -1,0 +1,228 @@
+"""The fused encoder-block kernel (_native/sparsevit.c via model/native_vit.py): the same
+arithmetic as the PyTorch path (Block.sparse_step / dense_step), token memory included; its
+float16 weight copies only when exact; the fallbacks; weight changes seen."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from edge_vlm.model import native_vit
+from edge_vlm.model.anc import GatedBlock
+from edge_vlm.model.captioner import Block, LayerMemory, SparseViT, ModelConfig
+from edge_vlm.model.engine import StreamingCaptioner
+
+from test_model import moving_blob, tiny_model
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def test_kernel_is_built_and_loaded_where_it_can_be():
+    """scripts/setup.sh builds it wherever gcc is; it loads on an x86 CPU with AVX2/FMA/F16C."""
+    if os.environ.get("EDGE_VLM_NO_NATIVE_VIT", "") not in ("", "0"):
+        assert native_vit.load() is None and native_vit.backend() == "torch"
+        return
+    if shutil.which("gcc") and {"avx2", "fma", "f16c"} <= _cpu_flags():
+        assert native_vit.load() is not None, native_vit.why()
+        assert native_vit.backend() == "native"
+    else:
+        assert native_vit.backend() in ("native", "torch")
+
+
+needs_kernel = pytest.mark.skipif(native_vit.load() is None, reason=f"kernel not loaded: {native_vit.why()}")
+
+
+def _block(d=32, heads=2, ratio=4, act="relu", half_exact=False, seed=0, gated=False):
+    torch.manual_seed(seed)
+    blk = (GatedBlock(d, heads, ratio, act, 0.05) if gated else Block(d, heads, ratio, act)).eval()
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.normal_(0, 0.3)
+            if half_exact:
+                p.copy_(p.half().float())
+    return blk
+
+
+@torch.no_grad()
+def _memory(blk, n=64, d=32, seed=1):
+    """A layer memory filled by a dense torch step over random tokens."""
+    g = torch.Generator().manual_seed(seed)
+    lm = LayerMemory(n, d, blk.heads)
+    x = torch.randn(n, d, generator=g)
+    lm.x.copy_(x)
+    lm.out.copy_(blk.dense_step(x, lm))
+    return lm
+
+
+def _clone(lm):
+    c = LayerMemory(*lm.x.shape, lm.kt.shape[0])
+    for k in ("x", "kt", "v", "out"):
+        getattr(c, k).copy_(getattr(lm, k))
+    return c
+
+
+def _torch_sparse(blk, lm, x, idx):
+    lm.x.index_copy_(0, idx, x)
+    y = blk.sparse_step(x, idx, lm)
+    lm.out.index_copy_(0, idx, y)
+    return y
+
+
+@needs_kernel
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+@pytest.mark.parametrize("n", [1, 5, 6, 13, 64])
+@pytest.mark.parametrize("half_exact", [False, True])
+@torch.no_grad()
+def test_sparse_layer_matches_torch(act, n, half_exact):
+    blk = _block(act=act, half_exact=half_exact)
+    lm = _memory(blk)
+    lm_t = _clone(lm)
+    g = torch.Generator().manual_seed(n)
+    idx = torch.from_numpy(np.sort(np.random.default_rng(n).choice(64, n, replace=False)))
+    x = torch.randn(n, 32, generator=g)
+    want = _torch_sparse(blk, lm_t, x.clone(), idx)
+    got = native_vit.run_layer(blk, lm, x, idx)
+    assert got is not None
+    assert torch.allclose(got, want, atol=2e-5, rtol=1e-4)
+    for k in ("x", "kt", "v", "out"):           # the token memory updated the same way
+        assert torch.allclose(getattr(lm, k), getattr(lm_t, k), atol=2e-5, rtol=1e-4), k
+    st = lm._native[1]
+    # float16 copies exist exactly when every weight is float16-representable
+    assert bool(st.wqkv_h) == half_exact and bool(st.w2_h) == half_exact
+
+
+@needs_kernel
+@torch.no_grad()
+def test_sliced_mlp_pads_to_16_channels():
+    """An ANC block's budget slice (here 50 channels) is padded with zero channels."""
+    blk = _block(gated=True, ratio=4)
+    kept = blk.set_budget(0.35)
+    assert kept % 16 != 0
+    lm = _memory(blk)
+    lm_t = _clone(lm)
+    idx = torch.tensor([3, 9, 40])
+    x = torch.randn(3, 32)
+    want = _torch_sparse(blk, lm_t, x.clone(), idx)
+    got = native_vit.run_layer(blk, lm, x, idx)
+    assert got is not None and torch.allclose(got, want, atol=2e-5, rtol=1e-4)
+    assert lm._native[1].hid == kept + (-kept % 16)
+
+
+@needs_kernel
+@torch.no_grad()
+def test_set_budget_keeps_its_slice_and_weight_changes_are_seen():
+    blk = _block(gated=True)
+    blk.set_budget(0.5)
+    first = blk._slice
+    blk.set_budget(0.5)
+    assert blk._slice is first                   # the kernel's packed copy stays valid
+    lm = _memory(blk)
+    idx, x = torch.tensor([0, 7]), torch.randn(2, 32)
+    a = native_vit.run_layer(blk, _clone(lm), x, idx)
+    blk.qkv.weight.mul_(0.5)                     # in place: the version counter moves
+    blk.set_budget(0.5)
+    lm2 = _clone(lm)
+    b = native_vit.run_layer(blk, lm2, x, idx)
+    want = _torch_sparse(blk, _clone(lm), x.clone(), idx)
+    assert not torch.allclose(a, b) and torch.allclose(b, want, atol=2e-5, rtol=1e-4)
+
+
+@needs_kernel
+def test_fallbacks_write_nothing():
+    blk = _block()
+    lm = _memory(blk)
+    before = _clone(lm)
+    idx, x = torch.tensor([1, 2]), torch.randn(2, 32)
+    assert native_vit.run_layer(blk, lm, x, idx) is None          # autograd recording: PyTorch path
+    with torch.no_grad():
+        assert native_vit.run_layer(blk, lm, x.double(), idx) is None
+        odd = Block(24, 2, 4, "relu").eval()                        # head dim 12: not the kernel's
+        lm_odd = LayerMemory(64, 24, 2)
+        assert native_vit.run_layer(odd, lm_odd, torch.randn(2, 24), idx) is None
+    for k in ("x", "kt", "v", "out"):
+        assert torch.equal(getattr(lm, k), getattr(before, k))
+
+
+@needs_kernel
+@torch.no_grad()
+def test_vit_passes_match_between_backends():
+    """dense_infer and sparse_infer of a ViT (with per-layer gating) agree across backends."""
+    cfg = ModelConfig(dim=32, heads=2, depth=3)
+    torch.manual_seed(0)
+    vit = SparseViT(cfg).eval()
+    e = torch.randn(cfg.num_tokens, 32)
+    e2 = e.clone()
+    idx = torch.arange(0, cfg.num_tokens, 9)
+    e2[idx] += torch.randn(len(idx), 32)
+    outs = {}
+    for nat in (True, False):
+        vit.native = nat
+        mem = vit.new_memory()
+        d = vit.dense_infer(e, mem)
+        s, counts = vit.sparse_infer(e2, idx, mem, [0.0, 0.3, 0.3])
+        outs[nat] = (d, s, counts, [m.kt.clone() for m in mem])
+    assert torch.allclose(outs[True][0], outs[False][0], atol=1e-4)
+    assert torch.allclose(outs[True][1], outs[False][1], atol=1e-4)
+    assert outs[True][2] == outs[False][2] and outs[True][2][0] == len(idx)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(outs[True][3], outs[False][3]))
+
+
+@needs_kernel
+def test_engine_results_match_between_backends():
+    """A streaming sparse engine: the same labels, captions and active tokens on both backends."""
+    m, _ = tiny_model()
+    runs = {}
+    for nat in (True, False):
+        m.vit.native = nat
+        eng = StreamingCaptioner(m, sparse=True, refresh_period=4)
+        runs[nat] = [eng.process(moving_blob(f)) for f in range(8)]
+    m.vit.native = True
+    for a, b in zip(runs[True], runs[False]):
+        assert (a.label, a.text, a.active_tokens, a.refreshed) == (b.label, b.text, b.active_tokens, b.refreshed)
+
+
+@needs_kernel
+@torch.no_grad()
+def test_whole_pass_sees_weight_and_memory_changes():
+    """The cached per-ViT plan of the one-call pass is rebuilt when a weight changes in place or
+    a layer memory is replaced."""
+    cfg = ModelConfig(dim=32, heads=2, depth=2)
+    torch.manual_seed(1)
+    vit = SparseViT(cfg).eval()
+    e = torch.randn(cfg.num_tokens, 32)
+    idx = torch.tensor([0, 5, 17])
+
+    def both():
+        out = {}
+        for nat in (True, False):
+            vit.native = nat
+            mem = vit.new_memory()
+            vit.dense_infer(e, mem)
+            out[nat] = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
+        vit.native = True
+        return out
+
+    a = both()
+    assert torch.allclose(a[True], a[False], atol=1e-4)
+    mem = vit.new_memory()
+    vit.dense_infer(e, mem)
+    before = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
+    vit.blocks[1].proj.weight.mul_(2.0)
+    after = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
+    vit.native = False
+    want = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
+    vit.native = True
+    assert not torch.allclose(before, after) and torch.allclose(after, want, atol=1e-4)
+    mem[1].kt = mem[1].kt.clone()                  # a replaced memory tensor: new pointers
+    again = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
+    assert torch.allclose(again, want, atol=1e-4)
