@@ -47,24 +47,30 @@ cd "$ROOT"
 # per-packet call without ctypes' overhead), for the venv's Python (else python3.11 / python3:
 # native.py only loads a build whose EXT_SUFFIX is its interpreter's). Without Python.h, or if
 # it fails, FrameBinner calls the kernel through ctypes (same results, slower).
-build_native() {
-  local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
-  local src="$dir/evbin.c" lib="$dir/libevbin.so"
+# build_c_lib SRC LIB FALLBACK CFLAGS [LIBS]: LIB from SRC when missing or older (FALLBACK: what
+# edge_vlm does without it, for the notes)
+build_c_lib() {
+  local src="$1" lib="$2" fallback="$3" cflags="$4" libs="${5:-}"
   [ -f "$src" ] || return 0
   if [ -f "$lib" ] && [ ! "$src" -nt "$lib" ]; then
     return 0
   fi
   if ! command -v gcc >/dev/null 2>&1; then
-    echo "setup.sh: note: gcc not found; edge_vlm uses its numpy decode+bin path (same results, slower)"
+    echo "setup.sh: note: gcc not found; $fallback (same results, slower)"
     return 0
   fi
-  if gcc -O2 -Wall -shared -fPIC -o "$lib.tmp" "$src"; then
+  # shellcheck disable=SC2086  # word splitting of the flags is intended
+  if gcc $cflags -shared -fPIC -o "$lib.tmp" "$src" $libs; then
     mv -f "$lib.tmp" "$lib"                 # atomic: a running process never sees half a library
     echo "setup.sh: built $lib"
   else
     rm -f "$lib.tmp"
-    echo "setup.sh: WARNING: building $lib failed; edge_vlm uses its numpy decode+bin path" >&2
+    echo "setup.sh: WARNING: building $lib failed; $fallback" >&2
   fi
+}
+build_native() {
+  local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
+  build_c_lib "$dir/evbin.c" "$dir/libevbin.so" "edge_vlm uses its numpy decode+bin path" "-O2 -Wall"
 }
 build_native_ext() {
   local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
@@ -104,22 +110,7 @@ build_native_ext() {
 # the encoder runs its PyTorch path (same results, slower).
 build_native_vit() {
   local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
-  local src="$dir/sparsevit.c" lib="$dir/libsparsevit.so"
-  [ -f "$src" ] || return 0
-  if [ -f "$lib" ] && [ ! "$src" -nt "$lib" ]; then
-    return 0
-  fi
-  if ! command -v gcc >/dev/null 2>&1; then
-    echo "setup.sh: note: gcc not found; the sparse ViT runs its PyTorch path (same results, slower)"
-    return 0
-  fi
-  if gcc -O3 -Wall -shared -fPIC -o "$lib.tmp" "$src" -lm; then
-    mv -f "$lib.tmp" "$lib"
-    echo "setup.sh: built $lib"
-  else
-    rm -f "$lib.tmp"
-    echo "setup.sh: WARNING: building $lib failed; the sparse ViT runs its PyTorch path" >&2
-  fi
+  build_c_lib "$dir/sparsevit.c" "$dir/libsparsevit.so" "the sparse ViT runs its PyTorch path" "-O3 -Wall" "-lm"
 }
 build_native
 build_native_ext

@@ -16,6 +16,7 @@ import pytest
 from edge_vlm import bench, bench_cli
 from edge_vlm.codecs import Evt3Decoder, make_decoder
 from edge_vlm.events import concat_events, make_events
+from edge_vlm.model import native_vit
 
 
 def _events(n=3000, seed=0, rate_hz=200_000, t0_ns=5_000_000):
@@ -90,6 +91,17 @@ def test_bench_sttf_quick():
     assert r["token_deviation_max"] is not None and np.isfinite(r["token_deviation_max"])
     curve = r["speedup_by_active_tokens"]
     assert [c["tokens"] for c in curve] == [8, 16, 32, 64, 128] and all(c["speedup"] > 0 for c in curve)
+    # both encoder backends timed on the same frames; the speedup divides the faster dense one
+    eb = r["encoder_backends"]
+    assert r["encoder_backend"] in eb and "torch" in eb
+    assert r["encoder_backend"] == ("native" if native_vit.load() is not None else "torch")
+    best = min(v["dense_ms_steady"] for v in eb.values())
+    assert r["dense_backend"] in eb and eb[r["dense_backend"]]["dense_ms_steady"] == best
+    assert r["encoder_ms_steady_dense"] == pytest.approx(best)
+    assert r["encoder_ms_steady_sparse"] == pytest.approx(eb[r["encoder_backend"]]["sparse_ms_steady"])
+    assert r["speedup_steady"] == pytest.approx(best / r["encoder_ms_steady_sparse"])
+    assert all(c["dense_ms"] == pytest.approx(min(c.get("dense_ms_native", c["dense_ms"]),
+                                                   c.get("dense_ms_torch", c["dense_ms"]))) for c in curve)
     # both input modes on the same recording (with RGB frames), the same labelled frames
     modes = r["input_modes"]
     assert modes["events_only"]["frames"] == modes["rgb_events"]["frames"] > 0

@@ -26,7 +26,7 @@ import os
 import sys
 import sysconfig
 
-__all__ = ["EvbinState", "load", "load_ext", "backend", "LIB_PATH", "SOURCE_PATH", "EXT_PATH",
+__all__ = ["EvbinState", "load", "load_ext", "backend", "check_built", "LIB_PATH", "SOURCE_PATH", "EXT_PATH",
            "EVB_CLOSED", "EVB_CLOSED_MORE", "EVB_SLOW", "EVB_BAD", "EVB_GROW", "EVB_NO_OUT",
            "EVB_CHECK"]
 
@@ -83,6 +83,16 @@ def _note(msg: str) -> None:
     print(f"edge_vlm: {msg}", file=sys.stderr)
 
 
+def check_built(path: str, sources: tuple[str, ...], exc: type[Exception] = OSError) -> None:
+    """Raise ``exc`` when the build ``path`` is missing or older than one of its ``sources``
+    (both name ``scripts/setup.sh``, which builds them). Shared by the native loaders."""
+    if not os.path.isfile(path):
+        raise exc(f"{path} not built (run scripts/setup.sh)")
+    newest = max((os.path.getmtime(p) for p in sources if os.path.isfile(p)), default=0.0)
+    if newest > os.path.getmtime(path):
+        raise exc(f"{path} is older than {', '.join(os.path.basename(p) for p in sources)} (run scripts/setup.sh)")
+
+
 def load(quiet: bool = False) -> ctypes.CDLL | None:
     """The native library, or None (the numpy path then; see the module doc). Cached."""
     global _lib, _why, _tried, _noted
@@ -93,10 +103,7 @@ def load(quiet: bool = False) -> ctypes.CDLL | None:
         try:
             if sys.byteorder != "little":
                 raise OSError("big-endian host")
-            if not os.path.isfile(LIB_PATH):
-                raise OSError(f"{LIB_PATH} not built (run scripts/setup.sh)")
-            if os.path.isfile(SOURCE_PATH) and os.path.getmtime(SOURCE_PATH) > os.path.getmtime(LIB_PATH):
-                raise OSError(f"{LIB_PATH} is older than evbin.c (run scripts/setup.sh)")
+            check_built(LIB_PATH, (SOURCE_PATH,))
             lib = ctypes.CDLL(LIB_PATH)
             lib.evbin_abi.restype = _I64
             abi = int(lib.evbin_abi())
@@ -124,12 +131,7 @@ def load_ext():
     if not _ext_tried:
         _ext_tried = True
         try:
-            if not os.path.isfile(EXT_PATH):
-                raise ImportError(f"{EXT_PATH} not built (run scripts/setup.sh)")
-            newest = max((os.path.getmtime(p) for p in (SOURCE_PATH, EXT_SOURCE_PATH) if os.path.isfile(p)),
-                         default=0.0)
-            if newest > os.path.getmtime(EXT_PATH):
-                raise ImportError(f"{EXT_PATH} is older than its sources (run scripts/setup.sh)")
+            check_built(EXT_PATH, (SOURCE_PATH, EXT_SOURCE_PATH), ImportError)
             spec = importlib.util.spec_from_file_location("edge_vlm.evbinext", EXT_PATH)
             if spec is None or spec.loader is None:
                 raise ImportError(f"cannot load {EXT_PATH}")

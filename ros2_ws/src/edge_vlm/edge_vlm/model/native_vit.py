@@ -24,6 +24,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ..native import check_built
+
 _DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_native")
 LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
 SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
@@ -56,10 +58,7 @@ def load():
     if not _tried:
         _tried = True
         try:
-            if not os.path.isfile(LIB_PATH):
-                raise OSError(f"{LIB_PATH} not built (run scripts/setup.sh)")
-            if os.path.isfile(SOURCE_PATH) and os.path.getmtime(SOURCE_PATH) > os.path.getmtime(LIB_PATH):
-                raise OSError(f"{LIB_PATH} is older than sparsevit.c (run scripts/setup.sh)")
+            check_built(LIB_PATH, (SOURCE_PATH,))
             lib = ctypes.CDLL(LIB_PATH)
             lib.svit_abi.restype = _I64
             lib.svit_cpu_ok.restype = _I64
