@@ -81,7 +81,8 @@ CLAIMS: tuple[Claim, ...] = (
            Measure("bench", "speedup_limit", "ideal: total / active tokens")),
           f"`edge-vlm bench sttf` (part of {_BENCH_ALL})",
           "Batch 1 on a CPU (the bench machine, see above), no GPU: the paper's hardware differs, "
-          "so only ratios are comparable."),
+          "so only ratios are comparable. Sparse on the fused native kernel; dense is the faster of that "
+          "kernel and the PyTorch calls on the same frames (`encoder_backends` in docs/benchmarks.md)."),
     Claim("ANC: up to 90% fewer FLOPs in low-motion scenes", "up to 0.90 fewer FLOPs",
           (Measure("bench", "flops_reduction_low_motion", "FLOPs saved, low-motion scenes"),
            Measure("bench", "walltime_reduction_low_motion", "wall time saved, low-motion scenes"),
