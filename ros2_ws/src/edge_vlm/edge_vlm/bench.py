@@ -21,6 +21,7 @@ Timings: a warm-up run first, then ``repeats`` runs; the median is reported.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -559,19 +560,15 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
     med = {k: np.median(np.asarray(v), axis=0) for k, v in
            (("tot_s", tot[True]), ("tot_d", tot[False]), ("mem_s", mem[True]), ("mem_d", mem[False]))}
     st = slice(1, None)
-    by_backend = {}
-    for nat in backends:
-        d_med, s_med = np.median(np.asarray(enc[False, nat]), axis=0), np.median(np.asarray(enc[True, nat]), axis=0)
-        by_backend["native" if nat else "torch"] = {
-            "dense_ms_first": float(d_med[0]), "sparse_ms_first": float(s_med[0]),
-            "dense_ms_steady": float(d_med[st].mean()), "sparse_ms_steady": float(s_med[st].mean()),
-            "speedup_steady": float(d_med[st].mean() / s_med[st].mean()), "_d": d_med, "_s": s_med}
+    per_frame = {("native" if nat else "torch"): (np.median(np.asarray(enc[False, nat]), axis=0),
+                                                  np.median(np.asarray(enc[True, nat]), axis=0))
+                 for nat in backends}
+    by_backend = {k: {"dense_ms_first": float(d[0]), "sparse_ms_first": float(s[0]),
+                      "dense_ms_steady": float(d[st].mean()), "sparse_ms_steady": float(s[st].mean()),
+                      "speedup_steady": float(d[st].mean() / s[st].mean())} for k, (d, s) in per_frame.items()}
     dense_backend = min(by_backend, key=lambda k: by_backend[k]["dense_ms_steady"])
-    med["enc_d"] = by_backend[dense_backend].pop("_d")
-    med["enc_s"] = by_backend["native" if native_on else "torch"].pop("_s")
-    for v in by_backend.values():
-        v.pop("_d", None)
-        v.pop("_s", None)
+    med["enc_d"] = per_frame[dense_backend][0]
+    med["enc_s"] = per_frame["native" if native_on else "torch"][1]
     es_mean, ed_mean = float(med["enc_s"][st].mean()), float(med["enc_d"][st].mean())
     frac = np.array([r.active_tokens / r.total_tokens for r in res_s])
     layer_frac = np.array([[t / r.total_tokens for t in r.layer_tokens] for r in res_s])
@@ -716,21 +713,18 @@ def _native_vit_available() -> bool:
     return native_vit.load() is not None
 
 
-class _encoder_backend:
-    """Context: every ViT of ``model`` runs its inference passes on the native kernel (``True``,
-    when built) or on PyTorch calls (``False``); restores the previous choice."""
-
-    def __init__(self, model, native: bool):
-        self.vits = list(model.branches) if hasattr(model, "branches") else [model.vit]
-        self.native = native
-
-    def __enter__(self):
-        self.before = [v.native for v in self.vits]
-        for v in self.vits:
-            v.native = self.native
-
-    def __exit__(self, *exc):
-        for v, b in zip(self.vits, self.before):
+@contextlib.contextmanager
+def _encoder_backend(model, native: bool):
+    """Every ViT of ``model`` runs its inference passes on the native kernel (``True``, when
+    built) or on PyTorch calls (``False``) inside the block; the previous choice is restored."""
+    vits = list(model.branches) if hasattr(model, "branches") else [model.vit]
+    before = [v.native for v in vits]
+    for v in vits:
+        v.native = native
+    try:
+        yield
+    finally:
+        for v, b in zip(vits, before):
             v.native = b
 
 

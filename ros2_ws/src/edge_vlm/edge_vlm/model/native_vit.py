@@ -1,20 +1,20 @@
 """ctypes loader of the fused encoder-block kernel (``_native/sparsevit.c`` -> ``libsparsevit.so``).
 
 :meth:`SparseViT.sparse_infer <edge_vlm.model.captioner.SparseViT.sparse_infer>` and
-``dense_infer`` run each layer through :func:`run_layer` when :func:`load` returns the library:
-one C call per layer instead of ~20 PyTorch calls, with the weights stored once, transposed,
-instead of packed again by every small matmul. It is the same arithmetic as
-``Block.sparse_step`` / ``Block.dense_step`` (float32; results agree to rounding, checked by
+``dense_infer`` run a whole pass in one C call (:func:`encode`: gather, every layer, final norm)
+when no per-layer threshold is set, else layer by layer (:func:`run_layer`), whenever
+:func:`load` returns the library: instead of ~20 PyTorch calls per layer, with the weights stored
+once in packed panels instead of packed again by every small matmul. It is the same arithmetic
+as ``Block.sparse_step`` / ``Block.dense_step`` (float32; results agree to rounding, checked by
 ``tests/test_native_vit.py``). The PyTorch path runs instead, with the same results, when:
 
 * the library is not built (``scripts/setup.sh`` builds it with gcc), is older than its source,
-  or has another ABI; the CPU lacks AVX2/FMA; ``EDGE_VLM_NO_NATIVE_VIT=1`` is set;
+  or has another ABI; the CPU lacks AVX2/FMA/F16C; ``EDGE_VLM_NO_NATIVE_VIT=1`` is set;
 * autograd is recording (training), or a tensor is not float32 / contiguous;
 * the shapes are not the kernel's (``dim``, ``dim/heads`` and the token count multiples of 16).
 
 :func:`backend` names the path in use (``"native"`` or ``"torch"``); :func:`why` says why the
-library is not used. The kernel is single-threaded: the bench and the nodes run batch 1 on one
-torch thread by default (``torch_threads``).
+library is not used. The kernel is single-threaded, like the nodes' default ``num_threads: 1``.
 """
 from __future__ import annotations
 
