@@ -250,3 +250,32 @@ def test_router_wall_time_is_its_own_stage():
         parts = [v for k, v in r.latency_ms.items() if k != "total"]
         assert all(v >= 0.0 for v in parts)
         assert abs(sum(parts) - r.latency_ms["total"]) < 1e-6
+
+
+def test_encoder_wall_time_is_the_branch_vits(monkeypatch):
+    """The ANC encoder stage counts the branch ViT calls only; the routing bookkeeping around
+    them (pending tokens, route record, parameter count) goes to the router stage."""
+    import time
+
+    from edge_vlm.model.anc import BranchViT
+
+    m, a, _ = tiny_pair()
+    eng = AncStreamingCaptioner(a, force_level=2)
+    eng.process(blob(0))
+    slow_vit, slow_route = 0.03, 0.02
+    vit_infer, route = BranchViT.sparse_infer, AncStreamingCaptioner.active_parameters
+
+    def sparse_infer(self, *args, **kw):
+        time.sleep(slow_vit)
+        return vit_infer(self, *args, **kw)
+
+    def active_parameters(self, *args, **kw):
+        time.sleep(slow_route)
+        return route(self, *args, **kw)
+
+    monkeypatch.setattr(BranchViT, "sparse_infer", sparse_infer)
+    monkeypatch.setattr(AncStreamingCaptioner, "active_parameters", active_parameters)
+    r = eng.process(blob(1))
+    assert not r.refreshed
+    assert slow_vit * 1e3 <= r.latency_ms["encoder"] < (slow_vit + slow_route) * 1e3
+    assert r.latency_ms["router"] >= slow_route * 1e3

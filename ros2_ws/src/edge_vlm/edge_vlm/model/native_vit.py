@@ -19,7 +19,9 @@ library is not used. The kernel is single-threaded, like the nodes' default ``nu
 from __future__ import annotations
 
 import ctypes
+import operator
 import os
+from itertools import chain
 
 import torch
 import torch.nn.functional as F
@@ -171,20 +173,31 @@ def run_layer(blk, lm, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | Non
     return out if rc == 0 else None
 
 
+_VERSION = operator.attrgetter("_version")
+_MEM_TENSORS = operator.attrgetter("x", "kt", "v", "out")
+
+
+def _slice_of(blk):
+    return blk.__dict__.get("_slice")
+
+
 def _plan(vit, mem):
-    """The array of layer structs of (vit, mem) for :func:`encode`, cached on the first layer
-    memory. Revalidated per call in ~10 us (every struct lookup would cost ~8x more): the
-    source weights' version counters, the blocks' ANC slices and the memory tensors unchanged."""
-    blocks = list(vit.blocks)
+    """What :func:`encode` passes to ``svit_encode`` for (vit, mem): the array of layer structs
+    and the final norm's pointers, cached on the first layer memory. Revalidated per call with
+    C-level map/compare loops (~10 us; every struct lookup would cost ~8x more): the same blocks,
+    their source weights (and the final norm's and ``pos``) at the same version counters, the
+    blocks' ANC slices and the memory tensors unchanged."""
+    blocks = vit.blocks
     cached = mem[0].__dict__.get("_native_plan") if mem else None
     if cached is not None:
-        ptrs, flat, versions, slices, mems = cached
-        if ([t._version for t in flat] == versions
-                and all(b.__dict__.get("_slice") is sl for b, sl in zip(blocks, slices))
-                and all(a is b for a, b in zip(mems, (t for lm in mem for t in (lm.x, lm.kt, lm.v, lm.out))))):
-            return ptrs
+        plan, blks, flat, versions, slices, mems = cached
+        if (all(map(operator.is_, blocks, blks)) and list(map(_VERSION, flat)) == versions
+                and all(map(operator.is_, map(_slice_of, blks), slices))
+                and all(map(operator.is_, chain.from_iterable(map(_MEM_TENSORS, mem)), mems))):
+            return plan
+    blks = list(blocks)
     structs = []
-    for blk, lm in zip(blocks, mem):
+    for blk, lm in zip(blks, mem):
         st = _struct(blk, lm)
         if st is None:
             break
@@ -192,11 +205,15 @@ def _plan(vit, mem):
     if not structs:
         return None
     ptrs = (ctypes.c_void_p * len(structs))(*structs)
-    flat = [t for blk in blocks[:len(structs)] for t in blk._native_weights[3]]
-    mems = [t for lm in mem for t in (lm.x, lm.kt, lm.v, lm.out)]
-    mem[0]._native_plan = (ptrs, flat, [t._version for t in flat],
-                           [b.__dict__.get("_slice") for b in blocks], mems)
-    return ptrs
+    tail = (vit.pos, vit.ln.weight, vit.ln.bias)
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tail):
+        return None
+    plan = (ptrs, len(structs), len(blks), vit.pos.detach(), vit.ln.weight.data_ptr(), vit.ln.bias.data_ptr(),
+            float(vit.ln.eps))
+    flat = [t for blk in blks[:len(structs)] for t in blk._native_weights[3]] + list(tail)
+    mems = list(chain.from_iterable(map(_MEM_TENSORS, mem)))
+    mem[0]._native_plan = (plan, blks, flat, list(map(_VERSION, flat)), list(map(_slice_of, blks)), mems)
+    return plan
 
 
 def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, int]:
@@ -206,21 +223,20 @@ def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor |
     of the tokens; layers done). Fewer layers than the ViT's: the caller runs the rest (and the
     final norm) on its PyTorch path from those activations (0 done: the kernel does not apply)."""
     lib = load()
-    if (lib is None or torch.is_grad_enabled() or e.dtype != torch.float32 or not len(idx)
-            or vit.pos.dtype != torch.float32 or vit.ln.weight.dtype != torch.float32):
+    if lib is None or torch.is_grad_enabled() or e.dtype != torch.float32 or not len(idx):
         return None, e[idx] + vit.pos[idx], 0
-    ptrs = _plan(vit, mem)
-    if ptrs is None:
+    plan = _plan(vit, mem)
+    if plan is None:
         return None, e[idx] + vit.pos[idx], 0
+    ptrs, nl, nblocks, pos, ln_w, ln_b, eps = plan
     n_all, d = e.shape
     ec = e.contiguous()
-    ii = idx.to(torch.int64).contiguous()
-    x = torch.empty(len(ii), d)
+    ii = idx if idx.dtype == torch.int64 and idx.is_contiguous() else idx.to(torch.int64).contiguous()
+    n = ii.numel()
+    x = torch.empty(n, d)
     vis = torch.empty(n_all, d)
-    pos = vit.pos.detach()
-    done = int(lib.svit_encode(ptrs, len(ptrs), int(ii.numel()), ii.data_ptr(), ec.data_ptr(), pos.data_ptr(),
-                               x.data_ptr(), vit.ln.weight.data_ptr(), vit.ln.bias.data_ptr(),
-                               float(vit.ln.eps), vis.data_ptr()))
+    done = int(lib.svit_encode(ptrs, nl, n, ii.data_ptr(), ec.data_ptr(), pos.data_ptr(), x.data_ptr(),
+                               ln_w, ln_b, eps, vis.data_ptr()))
     if done == 0:
         return None, e[idx] + vit.pos[idx], 0
-    return (vis if done == len(vit.blocks) else None), x, done
+    return (vis if done == nblocks else None), x, done
