@@ -102,6 +102,8 @@ def test_bench_sttf_quick():
     assert r["speedup_steady"] == pytest.approx(best / r["encoder_ms_steady_sparse"])
     assert all(c["dense_ms"] == pytest.approx(min(c.get("dense_ms_native", c["dense_ms"]),
                                                    c.get("dense_ms_torch", c["dense_ms"]))) for c in curve)
+    fit = r["sparse_cost_fit"]
+    assert fit is None or (fit["frames"] >= 3 and fit["dense_per_token_ms"] > 0 and fit["tokens_mean"] > 0)
     # both input modes on the same recording (with RGB frames), the same labelled frames
     modes = r["input_modes"]
     assert modes["events_only"]["frames"] == modes["rgb_events"]["frames"] > 0
@@ -197,3 +199,18 @@ def test_bench_anc_quick(tmp_path):
         ck2 = str(tmp_path / "sttf.pt")
         save_checkpoint(ck2, sttf)
         bench_anc(checkpoint=ck2, quick=True)
+
+
+def test_sparse_cost_fit_recovers_a_line():
+    """fixed + per-token cost of sparse frames: refreshes and the first frame are left out."""
+    tokens = np.array([256, 10, 20, 30, 256, 40, 12], dtype=float)
+    refreshed = np.array([True, False, False, False, True, False, False])
+    sparse = 0.5 + 0.08 * tokens
+    sparse[refreshed] = 25.0                     # off the line: must not enter the fit
+    dense = np.full(len(tokens), 25.6)
+    fit = bench._cost_fit(sparse, dense, tokens, refreshed, 256)
+    assert fit["frames"] == 5
+    assert fit["fixed_ms"] == pytest.approx(0.5) and fit["per_token_ms"] == pytest.approx(0.08)
+    assert fit["dense_per_token_ms"] == pytest.approx(0.1)
+    assert fit["tokens_mean"] == pytest.approx(np.mean([10, 20, 30, 40, 12]))
+    assert bench._cost_fit(sparse, dense, np.full(7, 16.0), refreshed, 256) is None   # no spread

@@ -622,6 +622,8 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
         "encoder_ms_steady_sparse": es_mean, "encoder_ms_steady_dense": ed_mean,
         "encoder_ms_steady_sparse_no_refresh": (float(med["enc_s"][1:][~refreshed[1:]].mean())
                                                 if (~refreshed[1:]).any() else None),
+        "sparse_cost_fit": _cost_fit(med["enc_s"], med["enc_d"], frac[:n] * res_s[0].total_tokens, refreshed,
+                                     res_s[0].total_tokens),
         "total_ms_steady_sparse": float(med["tot_s"][st].mean()), "total_ms_steady_dense": float(med["tot_d"][st].mean()),
         "speedup_first": float(med["enc_d"][0] / med["enc_s"][0]),
         "memory_encoder_ms_steady_sparse": float(med["mem_s"][st].mean()),
@@ -660,6 +662,21 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3, quick: 
         "input_modes": rgb_modes,
         "accuracy_sparse_rgb_events": rgb_modes["rgb_events"]["accuracy"],
     }
+
+
+def _cost_fit(sparse_ms: np.ndarray, dense_ms: np.ndarray, tokens: np.ndarray, refreshed: np.ndarray,
+              total_tokens: int) -> dict | None:
+    """Least-squares ``ms = fixed + per_token * active tokens`` over the timed sparse frames that
+    were not refreshes (the first frame excluded), beside the dense frames' cost per token: where
+    a sparse frame's time goes (a per-frame fixed cost vs its tokens)."""
+    keep = ~np.asarray(refreshed, dtype=bool)
+    keep[0] = False
+    if keep.sum() < 3 or np.ptp(tokens[keep]) == 0:
+        return None
+    a = np.vstack([np.ones(int(keep.sum())), tokens[keep]]).T
+    (fixed, per_token), *_ = np.linalg.lstsq(a, sparse_ms[keep], rcond=None)
+    return {"frames": int(keep.sum()), "fixed_ms": float(fixed), "per_token_ms": float(per_token),
+            "dense_per_token_ms": float(dense_ms[1:].mean() / total_tokens), "tokens_mean": float(tokens[keep].mean())}
 
 
 def vit_speedup_curve(model, sizes=(8, 16, 32, 64, 128), quick: bool = False) -> list[dict]:
@@ -1016,6 +1033,13 @@ def markdown(result: dict, command: str) -> str:
                 lines.append(f"| {k} | {_fmt(r['dense_ms_first'])} | {_fmt(r['sparse_ms_first'])} | "
                              f"{_fmt(r['dense_ms_steady'])} | {_fmt(r['sparse_ms_steady'])} | "
                              f"{_fmt(r['speedup_steady'])} |")
+        fit = st.get("sparse_cost_fit")
+        if fit:
+            lines += ["", f"Where a sparse frame's encoder time goes (`sparse_cost_fit`: least squares over the "
+                      f"{fit['frames']} timed sparse frames that were not refreshes): "
+                      f"{_fmt(fit['fixed_ms'])} ms per frame + {_fmt(fit['per_token_ms'])} ms per active token "
+                      f"(mean {_fmt(fit['tokens_mean'])} tokens), against {_fmt(fit['dense_per_token_ms'])} ms "
+                      "per token of a dense frame."]
         curve = st.get("speedup_by_active_tokens") or []
         if curve:
             lines += ["", "Encoder (ViT) alone, random active sets: sparse speedup vs its ideal N/n "
