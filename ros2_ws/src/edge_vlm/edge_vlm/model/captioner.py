@@ -36,6 +36,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native_vit
+
 #: upper bounds (inclusive) of the age buckets, in frames; the last bucket is "older / never"
 AGE_BUCKETS = (0, 1, 2, 4, 8, 16, 31)
 
@@ -290,9 +292,7 @@ class SparseViT(nn.Module):
         (kernel off for this ViT, not built, or not applicable: the caller's PyTorch path runs)."""
         if not self.native:
             return None
-        from .native_vit import run_layer
-
-        return run_layer(blk, lm, x, idx)
+        return native_vit.run_layer(blk, lm, x, idx)
 
     def _native_pass(self, mem: list[LayerMemory], e: torch.Tensor,
                      idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, int]:
@@ -300,9 +300,7 @@ class SparseViT(nn.Module):
         (vision tokens or None, activations of the tokens ``idx``, layers done; 0 = kernel off)."""
         if not self.native:
             return None, e[idx] + self.pos[idx], 0
-        from .native_vit import encode
-
-        return encode(self, mem, e, idx)
+        return native_vit.encode(self, mem, e, idx)
 
     def dense_infer(self, e: torch.Tensor, mem: list[LayerMemory]) -> torch.Tensor:
         """Dense pass at inference (batch 1, ``e`` (N, D)) that also (re)fills every layer memory."""
