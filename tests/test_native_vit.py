@@ -226,3 +226,71 @@ def test_whole_pass_sees_weight_and_memory_changes():
     mem[1].kt = mem[1].kt.clone()                  # a replaced memory tensor: new pointers
     again = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
     assert torch.allclose(again, want, atol=1e-4)
+
+
+def test_shared_version_counter_keeps_the_model_and_sees_every_change():
+    """share_version_counter: the same parameters (names, values, requires_grad) as views of one
+    buffer with one version counter; an in-place change of any weight, a load_state_dict and an
+    optimiser step all reach the cached plan of the one-call pass (its one-read check)."""
+    cfg = ModelConfig(dim=32, heads=2, depth=2)
+    torch.manual_seed(2)
+    vit = SparseViT(cfg).eval()
+    sd = {k: v.clone() for k, v in vit.state_dict().items()}
+    old = list(vit.parameters())
+    assert native_vit.share_version_counter(vit)
+    assert list(vit.state_dict()) == list(sd) and all(torch.equal(vit.state_dict()[k], v) for k, v in sd.items())
+    assert all(a is not b and a.requires_grad == b.requires_grad for a, b in zip(vit.parameters(), old))
+    shared = vit.__dict__["_native_shared"]
+    assert "_native_shared" not in dict(vit.named_parameters())
+    e = torch.randn(cfg.num_tokens, 32)
+    idx = torch.tensor([1, 9, 30])
+
+    with torch.no_grad():
+        mem = vit.new_memory()
+        vit.dense_infer(e, mem)
+
+    def step(native=True):
+        """The same sparse step on the same memory (recomputing the same tokens is idempotent)."""
+        vit.native = native
+        with torch.no_grad():
+            out = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
+        vit.native = True
+        return out
+
+    before = step()
+    v0 = shared._version
+    with torch.no_grad():
+        vit.blocks[0].mlp[2].bias.add_(torch.linspace(-1, 1, 32))   # a weight far from the shared one
+    assert shared._version > v0
+    after = step()
+    assert not torch.allclose(before, after) and torch.allclose(after, step(False), atol=1e-4)
+    vit.load_state_dict(sd)                              # copies in place: seen too
+    assert torch.allclose(step(), before, atol=1e-5)
+    opt = torch.optim.SGD(vit.parameters(), lr=0.1)      # training still works on the views
+    vit(e[None]).square().mean().backward()
+    assert all(p.grad is not None for p in vit.blocks[1].parameters())
+    opt.step()
+    stepped = step()
+    assert not torch.allclose(stepped, before) and torch.allclose(stepped, step(False), atol=1e-4)
+
+
+def test_shared_version_counter_leaves_odd_models_alone():
+    """Tied weights or non-float32 parameters: nothing is changed."""
+    cfg = ModelConfig(dim=32, heads=2, depth=2)
+    vit = SparseViT(cfg)
+    vit.blocks[1].ln1.weight = vit.blocks[0].ln1.weight         # tied
+    before = list(vit.parameters())
+    assert not native_vit.share_version_counter(vit) and list(vit.parameters()) == before
+    half = SparseViT(cfg).half()
+    assert not native_vit.share_version_counter(half)
+    assert "_native_shared" not in vit.__dict__ and "_native_shared" not in half.__dict__
+
+
+def test_loaded_checkpoints_share_one_version_counter_per_encoder(tmp_path):
+    from edge_vlm.model.engine import load_checkpoint, save_checkpoint
+
+    m, _ = tiny_model()
+    save_checkpoint(str(tmp_path / "m.pt"), m)
+    loaded, _ = load_checkpoint(str(tmp_path / "m.pt"))
+    vits = [x for x in loaded.modules() if isinstance(x, SparseViT)]
+    assert vits and all("_native_shared" in v.__dict__ for v in vits)

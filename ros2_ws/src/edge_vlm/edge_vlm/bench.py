@@ -871,7 +871,7 @@ def bench_all(checkpoint: str = "", threads: int = 1, repeats: int = 5, quick: b
     say("bench: decode + bin ...")
     dec = bench_decode(repeats=repeats, quick=quick, threads=1)
     say("bench: STTF vs dense ...")
-    sttf = bench_sttf(checkpoint=checkpoint, threads=threads, repeats=min(3, repeats), quick=quick)
+    sttf = bench_sttf(checkpoint=checkpoint, threads=threads, repeats=repeats, quick=quick)
     anc = {"skipped": "disabled"}
     if anc_part:
         from .bench_anc import bench_anc

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                           "decoding is always single-threaded")
     s.add_argument("--out", default=None, help="Markdown report (default for `all`: docs/benchmarks.md "
                                                "of the repository; '' = none)")
-    s.add_argument("--repeats", type=int, default=5, help="timed runs per decode figure (median; default 5)")
+    s.add_argument("--repeats", type=int, default=5, help="timed runs per figure: decode runs, STTF passes per engine and backend (median; default 5)")
     s.add_argument("--checkpoint", default="", help="captioner checkpoint (default: the shipped one)")
     s.add_argument("--bag", default=None, help="bag for `e2e` (default: a simulated DVS128 bag)")
     s.add_argument("--packet-ms", type=float, default=10.0,
@@ -71,7 +71,7 @@ def run(args) -> int:
     if args.what == "decode":
         res = bench.bench_decode(repeats=args.repeats, quick=args.quick)
     elif args.what == "sttf":
-        res = bench.bench_sttf(checkpoint=args.checkpoint, threads=args.threads, repeats=min(3, args.repeats),
+        res = bench.bench_sttf(checkpoint=args.checkpoint, threads=args.threads, repeats=args.repeats,
                                quick=args.quick)
     elif args.what == "anc":
         from .bench_anc import bench_anc

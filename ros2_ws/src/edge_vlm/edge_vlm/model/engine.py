@@ -31,9 +31,10 @@ import numpy as np
 import torch
 
 from ..dvs128 import GESTURE_CLASSES
-from .captioner import CaptionModel, ModelConfig, age_bucket, decode_beam, decode_greedy
+from .captioner import CaptionModel, ModelConfig, SparseViT, age_bucket, decode_beam, decode_greedy
 from .flops import decoder_flops, frame_flops
 from .motion import MotionState, patch_channel_counts
+from .native_vit import share_version_counter
 from .tokenizer import Tokenizer
 
 FORMAT = "edge_vlm.sttf/2"
@@ -80,6 +81,9 @@ def load_checkpoint(path: str = "") -> tuple[CaptionModel, dict]:
     except Exception as exc:  # corrupt file, wrong tensors, pickle errors...
         raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
     model.eval()
+    for m in model.modules():          # one version counter per encoder: a cheap per-frame check
+        if isinstance(m, SparseViT):
+            share_version_counter(m)
     return model, blob.get("extra", {})
 
 

@@ -173,6 +173,33 @@ def run_layer(blk, lm, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | Non
     return out if rc == 0 else None
 
 
+def share_version_counter(vit) -> bool:
+    """Re-create the float32 parameters of ``vit`` (a SparseViT) as views of one flat buffer, so
+    that they share one autograd version counter: an in-place change of any of them (an
+    optimiser step, ``load_state_dict``, an edit under ``no_grad``) bumps the version of all.
+    :func:`encode` then revalidates its cached plan with one version read instead of one per
+    weight tensor (~100 us per frame in a streaming engine, where those tensors are out of cache).
+    Call it right after building or loading a model, before an optimiser takes its parameters
+    (they are new objects; values, names, ``requires_grad`` and ``state_dict`` are unchanged).
+    Returns False (nothing changed) when a parameter is not a float32 CPU tensor."""
+    params = [(m, name, p) for m in vit.modules() for name, p in m._parameters.items() if p is not None]
+    if (not params or len({id(p) for _, _, p in params}) != len(params)          # tied weights: leave
+            or any(p.dtype != torch.float32 or p.device.type != "cpu" for _, _, p in params)):
+        return False
+    flat = torch.empty(sum(p.numel() for _, _, p in params))
+    o = 0
+    for m, name, p in params:
+        view = flat[o:o + p.numel()].view_as(p)
+        view.copy_(p.detach())
+        m._parameters[name] = torch.nn.Parameter(view, requires_grad=p.requires_grad)
+        o += p.numel()
+    for m in vit.modules():
+        m.__dict__.pop("_native_weights", None)          # packed from the old parameter objects
+    # any of them reads the shared counter (in __dict__: not registered as a parameter of vit)
+    vit.__dict__["_native_shared"] = params[0][0]._parameters[params[0][1]]
+    return True
+
+
 _VERSION = operator.attrgetter("_version")
 _MEM_TENSORS = operator.attrgetter("x", "kt", "v", "out")
 
@@ -184,14 +211,17 @@ def _slice_of(blk):
 def _plan(vit, mem):
     """What :func:`encode` passes to ``svit_encode`` for (vit, mem): the array of layer structs
     and the final norm's pointers, cached on the first layer memory. Revalidated per call with
-    C-level map/compare loops (~10 us; every struct lookup would cost ~8x more): the same blocks,
-    their source weights (and the final norm's and ``pos``) at the same version counters, the
-    blocks' ANC slices and the memory tensors unchanged."""
+    C-level map/compare loops (every struct lookup would cost ~8x more): the same blocks, their
+    source weights (and the final norm's and ``pos``) at the same version counters (one read
+    after :func:`share_version_counter`), the blocks' ANC slices and the memory tensors unchanged."""
     blocks = vit.blocks
+    shared = vit.__dict__.get("_native_shared")
     cached = mem[0].__dict__.get("_native_plan") if mem else None
     if cached is not None:
-        plan, blks, flat, versions, slices, mems = cached
-        if (all(map(operator.is_, blocks, blks)) and list(map(_VERSION, flat)) == versions
+        plan, blks, flat, versions, slices, mems, shared_c, shared_v = cached
+        if (all(map(operator.is_, blocks, blks))
+                and (shared._version == shared_v if shared is not None and shared is shared_c
+                     else list(map(_VERSION, flat)) == versions)
                 and all(map(operator.is_, map(_slice_of, blks), slices))
                 and all(map(operator.is_, chain.from_iterable(map(_MEM_TENSORS, mem)), mems))):
             return plan
@@ -212,7 +242,8 @@ def _plan(vit, mem):
             float(vit.ln.eps))
     flat = [t for blk in blks[:len(structs)] for t in blk._native_weights[3]] + list(tail)
     mems = list(chain.from_iterable(map(_MEM_TENSORS, mem)))
-    mem[0]._native_plan = (plan, blks, flat, list(map(_VERSION, flat)), list(map(_slice_of, blks)), mems)
+    mem[0]._native_plan = (plan, blks, flat, list(map(_VERSION, flat)), list(map(_slice_of, blks)), mems,
+                           shared, shared._version if shared is not None else None)
     return plan
 
 
