@@ -178,10 +178,11 @@ def share_version_counter(vit) -> bool:
     that they share one autograd version counter: an in-place change of any of them (an
     optimiser step, ``load_state_dict``, an edit under ``no_grad``) bumps the version of all.
     :func:`encode` then revalidates its cached plan with one version read instead of one per
-    weight tensor (~100 us per frame in a streaming engine, where those tensors are out of cache).
-    Call it right after building or loading a model, before an optimiser takes its parameters
-    (they are new objects; values, names, ``requires_grad`` and ``state_dict`` are unchanged).
-    Returns False (nothing changed) when a parameter is not a float32 CPU tensor."""
+    weight tensor (in a streaming engine those tensors are out of cache by the next frame: a miss
+    each). Call it right after building or loading a model, before an optimiser takes its
+    parameters (they are new objects; values, names, ``requires_grad`` and ``state_dict`` are
+    unchanged). Returns False (nothing changed) for tied weights or a parameter that is not a
+    float32 CPU tensor."""
     params = [(m, name, p) for m in vit.modules() for name, p in m._parameters.items() if p is not None]
     if (not params or len({id(p) for _, _, p in params}) != len(params)          # tied weights: leave
             or any(p.dtype != torch.float32 or p.device.type != "cpu" for _, _, p in params)):
