@@ -24,7 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SVIT_ABI 5
+#define SVIT_ABI 6
 
 typedef struct {
     int64_t d, heads, hid, ntok, act;           /* act: 0 relu, 1 gelu (erf) */
@@ -81,6 +81,20 @@ INL __m256 exp_ps(__m256 x) {
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+/* Row k of a 16-column weight panel as two vectors: float16 weights (exact copies of
+ * fp16-representable ones: half the bytes) or float32. */
+INL void load_b(const int half, const void *B, int64_t ldb, int64_t k, __m256 *b0, __m256 *b1) {
+    if (half) {
+        const uint16_t *b = (const uint16_t *)B + k * ldb;
+        *b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
+        *b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 8)));
+    } else {
+        const float *b = (const float *)B + k * ldb;
+        *b0 = _mm256_loadu_ps(b);
+        *b1 = _mm256_loadu_ps(b + 8);
+    }
+}
+
 /* C[i, j0:j0+16] (mr rows) = [C +] A[i, :] . B[:, j0:j0+16] [+ bias] [relu] */
 INL void tile(const int mr, const int half, int64_t K, const float *A, int64_t lda, const void *B, int64_t ldb,
               float *C, int64_t ldc, const float *bias, int acc, int relu) {
@@ -89,17 +103,35 @@ INL void tile(const int mr, const int half, int64_t K, const float *A, int64_t l
         c0[r] = _mm256_setzero_ps();
         c1[r] = _mm256_setzero_ps();
     }
-    for (int64_t k = 0; k < K; k++) {
-        __m256 b0, b1;
-        if (half) {           /* float16 weights (exact copies of fp16-representable ones): half the bytes */
-            const uint16_t *b = (const uint16_t *)B + k * ldb;
-            b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
-            b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 8)));
-        } else {
-            const float *b = (const float *)B + k * ldb;
-            b0 = _mm256_loadu_ps(b);
-            b1 = _mm256_loadu_ps(b + 8);
+    int64_t k = 0;
+    if (mr <= 2) {
+        /* Few rows: 2*mr accumulator chains are too few to hide the FMA latency (the loop would
+         * wait on it, not on the arithmetic), so odd k accumulate into a second set (d0, d1). */
+        __m256 d0[2], d1[2];
+        for (int r = 0; r < mr; r++) {
+            d0[r] = _mm256_setzero_ps();
+            d1[r] = _mm256_setzero_ps();
         }
+        for (; k + 2 <= K; k += 2) {
+            __m256 b0, b1, e0, e1;
+            load_b(half, B, ldb, k, &b0, &b1);
+            load_b(half, B, ldb, k + 1, &e0, &e1);
+            for (int r = 0; r < mr; r++) {
+                __m256 a = _mm256_broadcast_ss(A + r * lda + k), a2 = _mm256_broadcast_ss(A + r * lda + k + 1);
+                c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
+                c1[r] = _mm256_fmadd_ps(a, b1, c1[r]);
+                d0[r] = _mm256_fmadd_ps(a2, e0, d0[r]);
+                d1[r] = _mm256_fmadd_ps(a2, e1, d1[r]);
+            }
+        }
+        for (int r = 0; r < mr; r++) {
+            c0[r] = _mm256_add_ps(c0[r], d0[r]);
+            c1[r] = _mm256_add_ps(c1[r], d1[r]);
+        }
+    }
+    for (; k < K; k++) {
+        __m256 b0, b1;
+        load_b(half, B, ldb, k, &b0, &b1);
         for (int r = 0; r < mr; r++) {
             __m256 a = _mm256_broadcast_ss(A + r * lda + k);
             c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
@@ -295,12 +327,14 @@ TGT int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, flo
 
 /* A whole inference pass of the ViT over the tokens idx (no per-layer gating): x[i] =
  * e[idx[i]] + pos[idx[i]] (x: caller's (n, D) buffer), the layers Ls[0..nl) in turn, then the
- * final layer norm of *every* token's last-layer output (memory included) into vis (N, D).
- * Returns the number of layers done; fewer than nl when a layer returned an error (nothing of
- * that layer written, x holds its input, vis untouched: the caller goes on with PyTorch). */
+ * final layer norm of the last layer's output into vis (N, D): of every token when `all_rows`,
+ * else of the tokens idx only (vis then holds the norm of the other tokens' unchanged outputs
+ * from the earlier passes: the caller says so; vis NULL: no final norm). Returns the number of layers done; fewer than nl
+ * when a layer returned an error (nothing of that layer written, x holds its input, vis
+ * untouched: the caller goes on with PyTorch). */
 TGT int64_t svit_encode(const svit_layer_t *const *Ls, int64_t nl, int64_t n, const int64_t *idx,
                         const float *e, const float *pos, float *x, const float *ln_w, const float *ln_b,
-                        double eps, float *vis) {
+                        double eps, float *vis, int64_t all_rows) {
     if (nl <= 0)
         return 0;
     const int64_t d = Ls[0]->d, N = Ls[0]->ntok;
@@ -314,6 +348,13 @@ TGT int64_t svit_encode(const svit_layer_t *const *Ls, int64_t nl, int64_t n, co
     for (int64_t l = 0; l < nl; l++)
         if (svit_layer(Ls[l], n, idx, x) != 0)
             return l;
-    layer_norm(N, d, Ls[nl - 1]->mem_out, vis, ln_w, ln_b, eps);
+    const float *out = Ls[nl - 1]->mem_out;
+    if (!vis)
+        ;                                       /* the caller runs more layers and its own norm */
+    else if (all_rows)
+        layer_norm(N, d, out, vis, ln_w, ln_b, eps);
+    else
+        for (int64_t i = 0; i < n; i++)
+            layer_norm(1, d, out + idx[i] * d, vis + idx[i] * d, ln_w, ln_b, eps);
     return nl;
 }

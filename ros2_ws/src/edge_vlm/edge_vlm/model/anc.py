@@ -382,9 +382,9 @@ class AncStreamingCaptioner(StreamingCaptioner):
             idx = None if dense else torch.from_numpy(np.flatnonzero(todo))
             t_vit = time.perf_counter()
             if dense:
-                out = br.dense_infer(self.e, mem)
+                out = br.dense_infer(self.e, mem, inplace=True)
             else:
-                out, tokens[b] = br.sparse_infer(self.e, idx, mem, self.layer_thresholds)
+                out, tokens[b] = br.sparse_infer(self.e, idx, mem, self.layer_thresholds, inplace=True)
             if w != 1.0:                         # one branch: its output as is (weight 1)
                 out = out * w
             vis = out if vis is None else vis + out

@@ -30,6 +30,7 @@ Per frame (batch 1 at inference, a window of frames in training):
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -162,6 +163,16 @@ class PatchEmbed(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block; causal (decoder, KV cache) or bidirectional (encoder)."""
 
+    @property
+    def _slice(self) -> tuple | None:
+        """Inference weights of the MLP sliced to a compute budget (ANC's GatedBlock); None: all."""
+        return self.__dict__.get("_slice_w")
+
+    @_slice.setter
+    def _slice(self, w: tuple | None) -> None:
+        self.__dict__["_slice_w"] = w
+        native_vit.invalidate()                      # the native plans hold the old slice
+
     def __init__(self, dim: int, heads: int, mlp_ratio: int = 4, act: str = "gelu"):
         super().__init__()
         self.heads = heads
@@ -257,13 +268,42 @@ def attend(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 class LayerMemory:
     """One encoder layer's memory: last propagated input, keys (stored transposed, (H, D/H, N):
-    the layout the native kernel reads), values and output per token."""
+    the layout the native kernel reads), values and output per token. Written by the inference
+    passes only (``dense_infer`` / ``sparse_infer``)."""
 
     def __init__(self, n: int, d: int, heads: int):
-        self.x = torch.zeros(n, d)
-        self.kt = torch.zeros(heads, d // heads, n)
-        self.v = torch.zeros(heads, n, d // heads)
-        self.out = torch.zeros(n, d)
+        self._x = torch.zeros(n, d)
+        self._kt = torch.zeros(heads, d // heads, n)
+        self._v = torch.zeros(heads, n, d // heads)
+        self._out = torch.zeros(n, d)
+        #: in the ViT's last layer: the vision tokens, i.e. ``out`` after the final norm, which the
+        #: passes return. Kept up to date in place (a sparse pass re-normalises only the tokens it
+        #: recomputed: the others' outputs did not change); ``vis_ok``: it matches ``out``.
+        self.vis: torch.Tensor | None = None
+        self.vis_ok = False
+        self.scratch: torch.Tensor | None = None      # the native pass's activations (N, D)
+
+    def _tensor(name: str) -> property:             # noqa: N805 (a helper run in the class body)
+        """A memory tensor as a property: replacing it makes the native plans stale."""
+        def replace(self, t: torch.Tensor) -> None:
+            setattr(self, "_" + name, t)
+            native_vit.invalidate()
+        return property(operator.attrgetter("_" + name), replace)
+
+    x, kt, v, out = _tensor("x"), _tensor("kt"), _tensor("v"), _tensor("out")
+    del _tensor
+
+    def publish(self, vis: torch.Tensor) -> torch.Tensor:
+        """Store ``vis`` (the final norm of ``out``, computed by a PyTorch pass) as this memory's
+        vision tokens and return them (the stored tensor; not under autograd: ``vis`` itself)."""
+        if torch.is_grad_enabled():
+            self.vis_ok = False
+            return vis
+        if self.vis is None or self.vis.shape != vis.shape:
+            self.vis = torch.empty_like(vis)
+        self.vis.copy_(vis)
+        self.vis_ok = True
+        return self.vis
 
 
 class SparseViT(nn.Module):
@@ -302,26 +342,32 @@ class SparseViT(nn.Module):
             return None, e[idx] + self.pos[idx], 0
         return native_vit.encode(self, mem, e, idx)
 
-    def dense_infer(self, e: torch.Tensor, mem: list[LayerMemory]) -> torch.Tensor:
-        """Dense pass at inference (batch 1, ``e`` (N, D)) that also (re)fills every layer memory."""
+    def dense_infer(self, e: torch.Tensor, mem: list[LayerMemory], inplace: bool = False) -> torch.Tensor:
+        """Dense pass at inference (batch 1, ``e`` (N, D)) that also (re)fills every layer memory.
+        Returns the vision tokens (N, D): with ``inplace``, the memory's own tensor
+        (``mem[-1].vis``, which the next pass over ``mem`` updates in place), else a copy."""
         vis, x, done = self._native_pass(mem, e, torch.arange(e.shape[0]))
-        if vis is not None:
-            return vis
-        for blk, lm in list(zip(self.blocks, mem))[done:]:
-            lm.x.copy_(x)
-            x = blk.dense_step(x, lm)
-            lm.out.copy_(x)
-        return self.ln(x)
+        if vis is None:
+            for blk, lm in list(zip(self.blocks, mem))[done:]:
+                lm.x.copy_(x)
+                x = blk.dense_step(x, lm)
+                lm.out.copy_(x)
+            vis = mem[-1].publish(self.ln(x))
+        return vis if inplace or not mem[-1].vis_ok else vis.clone()
 
     def sparse_infer(self, e: torch.Tensor, idx: torch.Tensor, mem: list[LayerMemory],
-                     thresholds: list[float]) -> tuple[torch.Tensor, list[int]]:
-        """Recompute the tokens ``idx`` whose memory input changed; returns (output (N, D),
+                     thresholds: list[float], inplace: bool = False) -> tuple[torch.Tensor, list[int]]:
+        """Recompute the tokens ``idx`` whose memory input changed; returns (vision tokens (N, D),
         tokens recomputed per layer). Layer ``l > 0`` propagates a token only if its input
-        moved more than ``thresholds[l]`` (relative L2) from its last propagated input."""
-        if len(idx) and not any(t > 0 for t in thresholds[:len(self.blocks)]):
+        moved more than ``thresholds[l]`` (relative L2) from its last propagated input. The
+        vision tokens: with ``inplace``, the memory's own tensor (``mem[-1].vis``, which the
+        next pass over ``mem`` updates in place; what a streaming engine wants), else a copy."""
+        blocks = self._modules["blocks"]           # (not self.blocks: Module.__getattr__ is slow)
+        n = idx.numel()
+        if n and max(thresholds[:len(blocks._modules)], default=0.0) <= 0:
             vis, x, done = self._native_pass(mem, e, idx)   # no gating: the whole pass in one call
             if vis is not None:
-                return vis, [int(idx.numel())] * done
+                return (vis if inplace else vis.clone()), [n] * done
         else:
             x, done = e[idx] + self.pos[idx], 0
         counts = [int(idx.numel())] * done
@@ -343,7 +389,8 @@ class SparseViT(nn.Module):
             lm.x.index_copy_(0, idx, x)
             x = blk.sparse_step(x, idx, lm)
             lm.out.index_copy_(0, idx, x)
-        return self.ln(mem[-1].out), counts
+        vis = mem[-1].publish(self.ln(mem[-1].out))
+        return (vis if inplace or not mem[-1].vis_ok else vis.clone()), counts
 
 
 # ----------------------------------------------------------------------------- fusion + decoder

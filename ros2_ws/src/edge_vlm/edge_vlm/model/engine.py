@@ -159,7 +159,9 @@ class StreamingCaptioner:
         self.e = torch.zeros(c.num_tokens, c.dim)                # memory input tokens (gated)
         self.age = np.full(c.num_tokens, c.max_age, dtype=np.int64)
         self.layers = self.model.vit.new_memory() if hasattr(self.model, "vit") else []
-        self.memory = torch.zeros(c.num_tokens, c.dim)           # encoder output (vision tokens)
+        # encoder output (vision tokens): after a frame, the encoder memory's own tensor, which
+        # the next frame updates in place (clone it to keep a frame's)
+        self.memory = torch.zeros(c.num_tokens, c.dim)
         self.frames_seen = 0
         self.since_dense = 0
         self.drift = 0.0
@@ -251,12 +253,12 @@ class StreamingCaptioner:
                  or (self.refresh_period > 0 and self.since_dense >= self.refresh_period)
                  or (self.drift_bound > 0 and self.drift > self.drift_bound))
         if dense:
-            vis = self.model.vit.dense_infer(self.e, self.layers)
+            vis = self.model.vit.dense_infer(self.e, self.layers, inplace=True)
             layer_tokens = [c.num_tokens] * c.depth
             self.since_dense, self.drift, self._force_dense = 1, 0.0, False
         else:
             vis, layer_tokens = self.model.vit.sparse_infer(
-                self.e, torch.from_numpy(changed), self.layers, self.layer_thresholds)
+                self.e, torch.from_numpy(changed), self.layers, self.layer_thresholds, inplace=True)
             self.since_dense += 1
         return {"vis": vis, "layer_tokens": layer_tokens, "dense": dense}
 

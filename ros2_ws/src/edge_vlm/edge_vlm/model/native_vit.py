@@ -31,7 +31,7 @@ from ..native import check_built
 _DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "_native")
 LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
 SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
-ABI = 5
+ABI = 6
 _PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
 _WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1", "w2_t", "b2")
 _MEMORY = ("mem_x", "mem_kt", "mem_v", "mem_out")
@@ -52,13 +52,14 @@ _tried = False
 
 
 def load():
-    """The library, or None (the PyTorch path; :func:`why` says why). Cached."""
+    """The library, or None (the PyTorch path; :func:`why` says why). Decided once per process,
+    at the first call (``EDGE_VLM_NO_NATIVE_VIT`` is read then)."""
     global _lib, _why, _tried
-    if os.environ.get("EDGE_VLM_NO_NATIVE_VIT", "") not in ("", "0"):
-        _why = "EDGE_VLM_NO_NATIVE_VIT is set"
-        return None
     if not _tried:
         _tried = True
+        if os.environ.get("EDGE_VLM_NO_NATIVE_VIT", "") not in ("", "0"):
+            _why = "EDGE_VLM_NO_NATIVE_VIT is set"
+            return None
         try:
             check_built(LIB_PATH, (SOURCE_PATH,))
             lib = ctypes.CDLL(LIB_PATH)
@@ -71,7 +72,7 @@ def load():
             lib.svit_layer.argtypes = [_PTR, _I64, _PTR, _PTR]
             lib.svit_layer.restype = _I64
             lib.svit_encode.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
-                                        ctypes.c_double, _PTR]
+                                        ctypes.c_double, _PTR, _I64]
             lib.svit_encode.restype = _I64
             _lib = lib
         except (OSError, AttributeError) as exc:
@@ -109,7 +110,7 @@ def _weights(blk) -> tuple:
     padded to a multiple of 16 hidden channels),
     cached on the block while its parameters (and an ANC block's channel slice) are unchanged."""
     cached = blk.__dict__.get("_native_weights")
-    sliced = blk.__dict__.get("_slice")           # an ANC block's channel slice (a new tuple per budget)
+    sliced = blk._slice                           # an ANC block's channel slice (a new tuple per budget)
     if (cached is not None and cached[4] is sliced
             and all(t._version == v for t, v in zip(cached[3], cached[0]))):
         return cached                             # fast path: ~2 us (module attribute access costs ~15)
@@ -203,30 +204,38 @@ def share_version_counter(vit) -> bool:
 
 _VERSION = operator.attrgetter("_version")
 _MEM_TENSORS = operator.attrgetter("x", "kt", "v", "out")
+_slice_of = operator.attrgetter("_slice")     # Block: None (class attribute); ANC block: its slice
+
+#: bumped when a layer memory's tensor is replaced or an ANC block's channel slice changes (the
+#: setters of ``LayerMemory`` and ``Block._slice`` call :func:`invalidate`): cached plans are then
+#: rebuilt. Weight values are checked by their version counters, blocks and memories by identity.
+_generation = 0
 
 
-def _slice_of(blk):
-    return blk.__dict__.get("_slice")
+def invalidate() -> None:
+    """Make every cached plan of :func:`encode` stale (see ``_generation``)."""
+    global _generation
+    _generation += 1
 
 
 def _plan(vit, mem):
     """What :func:`encode` passes to ``svit_encode`` for (vit, mem): the array of layer structs
-    and the final norm's pointers, cached on the first layer memory. Revalidated per call with
-    C-level map/compare loops (every struct lookup would cost ~8x more): the same blocks, their
-    source weights (and the final norm's and ``pos``) at the same version counters (one read
-    after :func:`share_version_counter`), the blocks' ANC slices and the memory tensors unchanged."""
-    blocks = vit.blocks
+    and the final norm's pointers, cached on the first layer memory. Revalidated per call with a
+    few C-level compares (in a streaming engine every Python step is a cache miss, ~2-10 us): no
+    :func:`invalidate` since it was built, the same block and layer-memory objects, their
+    weights (and the final norm's and ``pos``) at the same version counters (one read after
+    :func:`share_version_counter`)."""
+    blocks = vit._modules["blocks"]._modules        # (not vit.blocks: Module.__getattr__ is Python)
     shared = vit.__dict__.get("_native_shared")
     cached = mem[0].__dict__.get("_native_plan") if mem else None
     if cached is not None:
-        plan, blks, flat, versions, slices, mems, shared_c, shared_v = cached
-        if (all(map(operator.is_, blocks, blks))
+        plan, gen, blks, lms, flat, versions, shared_c, shared_v = cached
+        if (gen == _generation and blocks == blks and mem == lms
                 and (shared._version == shared_v if shared is not None and shared is shared_c
-                     else list(map(_VERSION, flat)) == versions)
-                and all(map(operator.is_, map(_slice_of, blks), slices))
-                and all(map(operator.is_, chain.from_iterable(map(_MEM_TENSORS, mem)), mems))):
+                     else list(map(_VERSION, flat)) == versions)):
             return plan
-    blks = list(blocks)
+    mem[-1].vis_ok = False                    # new weights, final norm or memory: normalise all anew
+    gen, blks = _generation, list(blocks.values())
     structs = []
     for blk, lm in zip(blks, mem):
         st = _struct(blk, lm)
@@ -239,36 +248,50 @@ def _plan(vit, mem):
     tail = (vit.pos, vit.ln.weight, vit.ln.bias)
     if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tail):
         return None
-    plan = (ptrs, len(structs), len(blks), vit.pos.detach(), vit.ln.weight.data_ptr(), vit.ln.bias.data_ptr(),
-            float(vit.ln.eps))
+    # (the structs point into the packed weights and the memories: kept alive by those objects)
+    plan = (ptrs, len(structs), len(blks), vit.pos.detach(), vit.pos.data_ptr(), vit.ln.weight.data_ptr(),
+            vit.ln.bias.data_ptr(), float(vit.ln.eps))
     flat = [t for blk in blks[:len(structs)] for t in blk._native_weights[3]] + list(tail)
-    mems = list(chain.from_iterable(map(_MEM_TENSORS, mem)))
-    mem[0]._native_plan = (plan, blks, flat, list(map(_VERSION, flat)), list(map(_slice_of, blks)), mems,
+    mem[0]._native_plan = (plan, gen, dict(blocks), list(mem), flat, list(map(_VERSION, flat)),
                            shared, shared._version if shared is not None else None)
     return plan
 
 
-def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor, int]:
+def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
     """A whole inference pass of ``vit`` (a SparseViT) over the tokens ``idx`` in one native call,
     without per-layer gating (a sparse pass with thresholds 0, or a dense pass with every token).
     Returns (vision tokens (N, D) after the final norm, or None; the current (n, D) activations
-    of the tokens; layers done). Fewer layers than the ViT's: the caller runs the rest (and the
-    final norm) on its PyTorch path from those activations (0 done: the kernel does not apply)."""
-    lib = load()
-    if lib is None or torch.is_grad_enabled() or e.dtype != torch.float32 or not len(idx):
+    of the tokens, None when every layer was done; layers done). Fewer layers than the ViT's: the
+    caller runs the rest (and the final norm) on its PyTorch path from those activations (0 done:
+    the kernel does not apply).
+
+    The vision tokens are the last layer memory's ``vis`` tensor, updated in place: a sparse
+    pass re-normalises only the tokens ``idx`` (the others' last-layer outputs did not change),
+    a dense pass or the first pass after any change of weights or memory every token."""
+    # (few Python-level calls: in a streaming engine this code is out of cache at every frame)
+    lib = _lib if _tried else load()
+    n = idx.numel()
+    if lib is None or not n or torch.is_grad_enabled() or e.dtype != torch.float32:
         return None, e[idx] + vit.pos[idx], 0
     plan = _plan(vit, mem)
     if plan is None:
         return None, e[idx] + vit.pos[idx], 0
-    ptrs, nl, nblocks, pos, ln_w, ln_b, eps = plan
+    ptrs, nl, nblocks, _, pos, ln_w, ln_b, eps = plan
     n_all, d = e.shape
-    ec = e.contiguous()
+    ec = e if e.is_contiguous() else e.contiguous()
     ii = idx if idx.dtype == torch.int64 and idx.is_contiguous() else idx.to(torch.int64).contiguous()
-    n = ii.numel()
-    x = torch.empty(n, d)
-    vis = torch.empty(n_all, d)
-    done = int(lib.svit_encode(ptrs, nl, n, ii.data_ptr(), ec.data_ptr(), pos.data_ptr(), x.data_ptr(),
-                               ln_w, ln_b, eps, vis.data_ptr()))
+    last = mem[-1]
+    vis, x = last.vis, last.scratch
+    if vis is None or x is None:
+        vis = last.vis = torch.empty(n_all, d)
+        x = last.scratch = torch.empty(n_all, d)
+    all_rows = n == n_all or not last.vis_ok
+    last.vis_ok = False                       # until this pass has written it
+    done = lib.svit_encode(ptrs, nl, n, ii.data_ptr(), ec.data_ptr(), pos, x.data_ptr(),
+                           ln_w, ln_b, eps, vis.data_ptr() if nl == nblocks else None, all_rows)
+    if done == nblocks:
+        last.vis_ok = True
+        return vis, None, done
     if done == 0:
         return None, e[idx] + vit.pos[idx], 0
-    return (vis if done == nblocks else None), x, done
+    return None, x[:n].clone(), done
