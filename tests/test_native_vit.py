@@ -193,6 +193,91 @@ def test_engine_results_match_between_backends():
 
 @needs_kernel
 @torch.no_grad()
+def test_sparse_passes_renormalise_only_recomputed_tokens_and_stay_exact():
+    """The one-call pass re-normalises only the recomputed tokens into the memory's vision tokens
+    (``mem[-1].vis``): after any mix of sparse, dense and PyTorch passes and weight changes they
+    equal the final norm of every token's last-layer output, as the PyTorch path computes it."""
+    cfg = ModelConfig(dim=32, heads=2, depth=2)
+    torch.manual_seed(3)
+    vit = SparseViT(cfg).eval()
+    mem, ref = vit.new_memory(), vit.new_memory()
+    g = torch.Generator().manual_seed(4)
+    e = torch.randn(cfg.num_tokens, 32, generator=g)
+
+    def step(native: bool, dense: bool = False):
+        nonlocal e
+        idx = torch.randperm(cfg.num_tokens, generator=g)[:9].sort().values
+        e = e.clone()
+        e[idx] += torch.randn(len(idx), 32, generator=g)
+        outs = []
+        for m, nat in ((mem, native), (ref, False)):
+            vit.native = nat
+            outs.append(vit.dense_infer(e, m, inplace=True) if dense
+                        else vit.sparse_infer(e, idx, m, [], inplace=True)[0])
+        vit.native = True
+        assert outs[0] is mem[-1].vis and mem[-1].vis_ok
+        assert torch.allclose(outs[0], vit.ln(mem[-1].out), atol=1e-5)
+        assert torch.allclose(outs[0], outs[1], atol=1e-4)
+
+    step(True, dense=True)
+    for _ in range(3):
+        step(True)
+    step(False)                                    # the PyTorch path on the same memory
+    step(True)
+    vit.ln.weight.mul_(1.5)                        # the final norm changes: every token anew
+    step(True)
+    mem[-1].out = mem[-1].out.clone()              # a replaced memory tensor: the same
+    step(True)
+
+
+@needs_kernel
+@torch.no_grad()
+def test_passes_return_a_copy_unless_inplace():
+    """By default a pass returns its own tensor; ``inplace`` returns the memory's, which the next
+    pass over that memory updates in place (what the engines keep as ``memory``)."""
+    cfg = ModelConfig(dim=32, heads=2, depth=2)
+    torch.manual_seed(5)
+    vit = SparseViT(cfg).eval()
+    e = torch.randn(cfg.num_tokens, 32)
+    for nat in (True, False):
+        vit.native = nat
+        mem = vit.new_memory()
+        first = vit.dense_infer(e, mem)
+        kept = first.clone()
+        again = vit.sparse_infer(e * 2, torch.tensor([1, 2, 3]), mem, [])[0]
+        assert first is not mem[-1].vis and again is not mem[-1].vis
+        assert torch.equal(first, kept) and not torch.equal(again, kept)
+        shared = vit.sparse_infer(e * 3, torch.tensor([4, 5]), mem, [], inplace=True)[0]
+        assert shared is mem[-1].vis
+    vit.native = True
+
+
+@needs_kernel
+@torch.no_grad()
+def test_a_new_anc_budget_rebuilds_the_cached_pass():
+    """An ANC branch's channel slice (set_budget) is part of the cached native plan: a new budget
+    makes it stale, and the pass then matches the PyTorch path at the new budget."""
+    from edge_vlm.model.anc import BranchViT
+    cfg = ModelConfig(dim=32, heads=2, depth=2)
+    torch.manual_seed(6)
+    vit = BranchViT(cfg, depth=2, mlp_ratio=4, temperature=0.05).eval()
+    e = torch.randn(cfg.num_tokens, 32)
+    idx = torch.tensor([0, 9, 33])
+    outs = {}
+    for beta in (0.9, 0.3):
+        vit.set_budget(beta)
+        for nat in (True, False):
+            vit.native = nat
+            mem = outs.setdefault(nat, vit.new_memory())
+            vit.dense_infer(e, mem)
+            outs[nat, beta] = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
+        vit.native = True
+        assert torch.allclose(outs[True, beta], outs[False, beta], atol=1e-4)
+    assert not torch.allclose(outs[True, 0.9], outs[True, 0.3])
+
+
+@needs_kernel
+@torch.no_grad()
 def test_whole_pass_sees_weight_and_memory_changes():
     """The cached per-ViT plan of the one-call pass is rebuilt when a weight changes in place or
     a layer memory is replaced."""

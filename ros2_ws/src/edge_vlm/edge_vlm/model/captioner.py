@@ -364,8 +364,8 @@ class SparseViT(nn.Module):
         next pass over ``mem`` updates in place; what a streaming engine wants), else a copy."""
         blocks = self._modules["blocks"]           # (not self.blocks: Module.__getattr__ is slow)
         n = idx.numel()
-        if n and max(thresholds[:len(blocks._modules)], default=0.0) <= 0:
-            vis, x, done = self._native_pass(mem, e, idx)   # no gating: the whole pass in one call
+        if n and self.native and max(thresholds[:len(blocks._modules)], default=0.0) <= 0:
+            vis, x, done = native_vit.encode(self, mem, e, idx)   # no gating: the whole pass in one call
             if vis is not None:
                 return (vis if inplace else vis.clone()), [n] * done
         else:

@@ -9,7 +9,8 @@ as ``Block.sparse_step`` / ``Block.dense_step`` (float32; results agree to round
 ``tests/test_native_vit.py``). The PyTorch path runs instead, with the same results, when:
 
 * the library is not built (``scripts/setup.sh`` builds it with gcc), is older than its source,
-  or has another ABI; the CPU lacks AVX2/FMA/F16C; ``EDGE_VLM_NO_NATIVE_VIT=1`` is set;
+  or has another ABI; the CPU lacks AVX2/FMA/F16C; ``EDGE_VLM_NO_NATIVE_VIT=1`` is set (read once,
+  at the first pass);
 * autograd is recording (training), or a tensor is not float32 / contiguous;
 * the shapes are not the kernel's (``dim``, ``dim/heads`` and the token count multiples of 16).
 
@@ -273,9 +274,16 @@ def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor |
     n = idx.numel()
     if lib is None or not n or torch.is_grad_enabled() or e.dtype != torch.float32:
         return None, e[idx] + vit.pos[idx], 0
-    plan = _plan(vit, mem)
-    if plan is None:
-        return None, e[idx] + vit.pos[idx], 0
+    cached = mem[0].__dict__.get("_native_plan")   # _plan's check, inlined (a Python call less)
+    shared = vit.__dict__.get("_native_shared")
+    if (cached is not None and cached[1] == _generation and shared is not None and shared is cached[6]
+            and shared._version == cached[7] and mem == cached[3]
+            and vit._modules["blocks"]._modules == cached[2]):
+        plan = cached[0]
+    else:
+        plan = _plan(vit, mem)
+        if plan is None:
+            return None, e[idx] + vit.pos[idx], 0
     ptrs, nl, nblocks, _, pos, ln_w, ln_b, eps = plan
     n_all, d = e.shape
     ec = e if e.is_contiguous() else e.contiguous()
