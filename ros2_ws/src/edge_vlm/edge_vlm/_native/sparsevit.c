@@ -329,9 +329,9 @@ TGT int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, flo
  * e[idx[i]] + pos[idx[i]] (x: caller's (n, D) buffer), the layers Ls[0..nl) in turn, then the
  * final layer norm of the last layer's output into vis (N, D): of every token when `all_rows`,
  * else of the tokens idx only (vis then holds the norm of the other tokens' unchanged outputs
- * from the earlier passes: the caller says so; vis NULL: no final norm). Returns the number of layers done; fewer than nl
- * when a layer returned an error (nothing of that layer written, x holds its input, vis
- * untouched: the caller goes on with PyTorch). */
+ * from the earlier passes: the caller says so; vis NULL: no final norm). Returns the number of
+ * layers done; fewer than nl when a layer returned an error (nothing of that layer written, x
+ * holds its input, vis untouched: the caller goes on with PyTorch). */
 TGT int64_t svit_encode(const svit_layer_t *const *Ls, int64_t nl, int64_t n, const int64_t *idx,
                         const float *e, const float *pos, float *x, const float *ln_w, const float *ln_b,
                         double eps, float *vis, int64_t all_rows) {

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import operator
 import os
-from itertools import chain
 
 import torch
 import torch.nn.functional as F
@@ -204,8 +203,6 @@ def share_version_counter(vit) -> bool:
 
 
 _VERSION = operator.attrgetter("_version")
-_MEM_TENSORS = operator.attrgetter("x", "kt", "v", "out")
-_slice_of = operator.attrgetter("_slice")     # Block: None (class attribute); ANC block: its slice
 
 #: bumped when a layer memory's tensor is replaced or an ANC block's channel slice changes (the
 #: setters of ``LayerMemory`` and ``Block._slice`` call :func:`invalidate`): cached plans are then
@@ -222,7 +219,7 @@ def invalidate() -> None:
 def _plan(vit, mem):
     """What :func:`encode` passes to ``svit_encode`` for (vit, mem): the array of layer structs
     and the final norm's pointers, cached on the first layer memory. Revalidated per call with a
-    few C-level compares (in a streaming engine every Python step is a cache miss, ~2-10 us): no
+    few C-level compares (in a streaming engine every Python step is a cache miss): no
     :func:`invalidate` since it was built, the same block and layer-memory objects, their
     weights (and the final norm's and ``pos``) at the same version counters (one read after
     :func:`share_version_counter`)."""
@@ -274,24 +271,19 @@ def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor |
     n = idx.numel()
     if lib is None or not n or torch.is_grad_enabled() or e.dtype != torch.float32:
         return None, e[idx] + vit.pos[idx], 0
-    cached = mem[0].__dict__.get("_native_plan")   # _plan's check, inlined (a Python call less)
-    shared = vit.__dict__.get("_native_shared")
-    if (cached is not None and cached[1] == _generation and shared is not None and shared is cached[6]
-            and shared._version == cached[7] and mem == cached[3]
-            and vit._modules["blocks"]._modules == cached[2]):
-        plan = cached[0]
-    else:
-        plan = _plan(vit, mem)
-        if plan is None:
-            return None, e[idx] + vit.pos[idx], 0
+    plan = _plan(vit, mem)
+    if plan is None:
+        return None, e[idx] + vit.pos[idx], 0
     ptrs, nl, nblocks, _, pos, ln_w, ln_b, eps = plan
     n_all, d = e.shape
     ec = e if e.is_contiguous() else e.contiguous()
     ii = idx if idx.dtype == torch.int64 and idx.is_contiguous() else idx.to(torch.int64).contiguous()
     last = mem[-1]
     vis, x = last.vis, last.scratch
-    if vis is None or x is None:
+    if vis is None:
         vis = last.vis = torch.empty(n_all, d)
+        last.vis_ok = False
+    if x is None:
         x = last.scratch = torch.empty(n_all, d)
     all_rows = n == n_all or not last.vis_ok
     last.vis_ok = False                       # until this pass has written it
