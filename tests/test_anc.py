@@ -4,9 +4,11 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edge_vlm.model.anc import AncModel, AncStreamingCaptioner, budget_cap
-from edge_vlm.model.captioner import CaptionModel, ModelConfig, init_weights
-from edge_vlm.model.engine import StreamingCaptioner, engine_from_params, load_checkpoint, save_checkpoint
+from edge_vlm.model.anc import AncModel, budget_cap
+from edge_vlm.inference.anc_engine import AncStreamingCaptioner
+from edge_vlm.model.sttf import CaptionModel, ModelConfig, init_weights
+from edge_vlm.inference.engine import StreamingCaptioner, engine_from_params
+from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
 from edge_vlm.model.flops import estimator_flops, vit_flops
 from edge_vlm.model.tokenizer import Tokenizer
 
@@ -55,7 +57,7 @@ def test_sliced_gates_equal_hard_masked_channels_and_save_flops():
     c = a.cfg
     with FlopCounterMode(display=False) as fc:
         blk.set_budget(0.5)
-        from edge_vlm.model.captioner import LayerMemory
+        from edge_vlm.model.sttf import LayerMemory
         blk.dense_step(torch.randn(c.num_tokens, c.dim), LayerMemory(c.num_tokens, c.dim, c.heads))
     from dataclasses import replace
     want = vit_flops(replace(c, mlp_ratio=a.acfg.mlp_ratios[2]), [c.num_tokens], [blk.kept()])
@@ -160,7 +162,7 @@ def test_complexity_levels_split_hand_speed_at_the_simulators_low_motion_bound()
 def test_conditional_decoder_pathway_picks_depth_and_beam_width(monkeypatch):
     """Tiny decodes greedily with one decoder block, Medium with the node's beam width and all
     its blocks; the FLOPs counter charges what ran."""
-    import edge_vlm.model.engine as E
+    import edge_vlm.inference.engine as E
     from edge_vlm.model.flops import decoder_flops
 
     _, a, _ = tiny_pair()
@@ -194,8 +196,8 @@ def test_router_fit_learns_complexity_levels_and_does_not_collapse():
     """fit_estimator on synthetic frames whose event count grows with the complexity level, while
     the branch losses alone would favour Medium everywhere: the fitted router follows the levels
     (the complexity term), so it uses all three branches."""
-    from edge_vlm.model.train_anc import branch_costs
-    from edge_vlm.model.train_router import RouterFitConfig, fit_estimator, routing_report
+    from edge_vlm.training.train_anc import branch_costs
+    from edge_vlm.training.train_router import RouterFitConfig, fit_estimator, routing_report
 
     _, a, _ = tiny_pair()
     g = torch.Generator().manual_seed(0)

@@ -66,7 +66,7 @@ GROUND_TRUTH = [
 
 def _typestore():
     try:
-        from edge_vlm.bag import typestore  # the project's helper, once it exists
+        from edge_vlm.io.bag_reader import typestore  # the project's helper, once it exists
         return typestore()
     except ImportError:
         from rosbags.typesys import Stores, get_types_from_msg, get_typestore
@@ -80,7 +80,7 @@ def _typestore():
 
 @pytest.fixture(scope="module", params=["sqlite3", "mcap"])
 def bag(request, tmp_path_factory):
-    from edge_vlm.bag_writer import write_bag
+    from edge_vlm.io.bag_writer import write_bag
 
     path = tmp_path_factory.mktemp("bags") / f"synthetic_{request.param}"
     ev = synthetic_events()
@@ -109,7 +109,7 @@ def expected_packet_count():
 
 # ----------------------------------------------------------------- 1. read back
 def test_bag_reads_back_with_rosbags(bag):
-    from edge_vlm.codecs.mono import decode_mono
+    from edge_vlm.io.codecs.mono import decode_mono
     from edge_vlm.events import concat_events
 
     ts = _typestore()
@@ -286,7 +286,7 @@ def test_player_waits_per_topic_subscription_counts():
 @pytest.mark.timeout(120)
 def test_player_publishes_every_packet(bag):
     node = ros_node()
-    from edge_vlm.codecs.mono import decode_mono
+    from edge_vlm.io.codecs.mono import decode_mono
     from edge_vlm.events import concat_events
     from event_camera_msgs.msg import EventPacket
     from rclpy.executors import SingleThreadedExecutor

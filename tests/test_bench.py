@@ -13,10 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from edge_vlm import bench, bench_cli
-from edge_vlm.codecs import Evt3Decoder, make_decoder
+from edge_vlm.bench import suite as bench
+from edge_vlm.cli import bench as bench_cli
+from edge_vlm.io.codecs import Evt3Decoder, make_decoder
 from edge_vlm.events import concat_events, make_events
-from edge_vlm.model import native_vit
+from edge_vlm.inference import native_vit
 
 
 def _events(n=3000, seed=0, rate_hz=200_000, t0_ns=5_000_000):
@@ -175,10 +176,10 @@ def test_bench_anc_quick(tmp_path):
     """The ANC benchmark's keys, on a tiny joint checkpoint (figures not meaningful)."""
     import torch
 
-    from edge_vlm.bench_anc import SWEEP, bench_anc
+    from edge_vlm.bench.anc import SWEEP, bench_anc
     from edge_vlm.model.anc import AncModel
-    from edge_vlm.model.captioner import CaptionModel, ModelConfig
-    from edge_vlm.model.engine import save_checkpoint
+    from edge_vlm.model.sttf import CaptionModel, ModelConfig
+    from edge_vlm.model.checkpoint import save_checkpoint
     from edge_vlm.model.tokenizer import Tokenizer
 
     torch.manual_seed(0)

@@ -26,12 +26,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SHARED_REAL
-from edge_vlm import bench, native
-from edge_vlm.binner import FrameBinner
-from edge_vlm.codecs import Evt3Decoder, encode_mono, make_decoder
+from edge_vlm.bench import suite as bench
+from edge_vlm.stream import native_evbin as native
+from edge_vlm.stream.binner import FrameBinner
+from edge_vlm.io.codecs import Evt3Decoder, encode_mono, make_decoder
 from edge_vlm.events import EventDecodeError, concat_events, make_events
-from edge_vlm.pipeline import Frame, FrameClock, PerceptionCore, RouterCore
-from edge_vlm.repr import event_histogram
+from edge_vlm.stream.frames import Frame, FrameClock
+from edge_vlm.cores.perception import PerceptionCore
+from edge_vlm.cores.router import RouterCore
+from edge_vlm.stream.histogram import event_histogram
 
 P = 33_333_333
 REAL = [os.path.join(SHARED_REAL, n) for n in ("evt3_prophesee_640x480", "evt3_prophesee_1280x720_trigger")]
@@ -347,7 +350,7 @@ def test_binner_irregular_mono_streams():
 
 def test_binner_scaled_sensor_and_other_encodings(sim):
     """640x480 mono (coordinates scaled to 128x128) and libcaer_cmp (decoded packet by packet)."""
-    from edge_vlm.codecs.libcaer_cmp import encode_libcaer_cmp
+    from edge_vlm.io.codecs.libcaer_cmp import encode_libcaer_cmp
 
     rng = np.random.default_rng(3)
     ev = sim.copy()

@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from edge_vlm.coco import (CocoFormatError, DOMAIN_NOTE, frame_diff_mask, load_coco_captions, load_image,
-                           markdown_report, run_coco)
-from edge_vlm.metrics import CAPTION_METRICS
+from edge_vlm.evaluation.coco import (CocoFormatError, DOMAIN_NOTE, frame_diff_mask,
+    load_coco_captions, load_image, markdown_report, run_coco)
+from edge_vlm.evaluation.metrics import CAPTION_METRICS
 
 REFS = ["a red square on a dark background", "a bright square in the middle", "a square on black"]
 
@@ -23,8 +23,8 @@ def ckpt(tmp_path_factory):
     try:
         import torch
 
-        from edge_vlm.model.captioner import CaptionModel, ModelConfig
-        from edge_vlm.model.engine import load_checkpoint, save_checkpoint
+        from edge_vlm.model.sttf import CaptionModel, ModelConfig
+        from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
         from edge_vlm.model.tokenizer import Tokenizer
 
         torch.manual_seed(0)

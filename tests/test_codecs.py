@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_vlm.codecs import (SUPPORTED_ENCODINGS, Evt3Decoder, decode_packet,
-                             make_decoder)
-from edge_vlm.codecs.evt3 import WRAP_THRESHOLD_HIGH
-from edge_vlm.codecs.mono import decode_mono, encode_mono
+from edge_vlm.io.codecs import SUPPORTED_ENCODINGS, Evt3Decoder, decode_packet, make_decoder
+from edge_vlm.io.codecs.evt3 import WRAP_THRESHOLD_HIGH
+from edge_vlm.io.codecs.mono import decode_mono, encode_mono
 from edge_vlm.events import EVENT_DTYPE, EventDecodeError, make_events
 
 # ----------------------------------------------------------------------- mono

@@ -8,12 +8,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_vlm.dvs128 import (
-    GESTURE_CLASSES, GESTURE_PHRASES, PACKET_HEADER_SIZE, Dvs128Dataset, Segment,
-    class_label, class_name, labels_path, parse_trial_name, read_aedat31,
-    read_labels_csv, read_split_list, write_aedat31, write_labels_csv, write_options,
-    write_split_list, write_splits, write_trial,
-)
+from edge_vlm.datasets.dvs128_gesture import (GESTURE_CLASSES, GESTURE_PHRASES, Dvs128Dataset,
+    Segment, class_label, class_name, labels_path, parse_trial_name, read_labels_csv,
+    read_split_list, write_labels_csv, write_split_list, write_splits, write_trial)
+from edge_vlm.io.formats.aedat31 import (PACKET_HEADER_SIZE, read_aedat31, write_aedat31,
+    write_options)
 from edge_vlm.events import EVENT_DTYPE, EventDecodeError, make_events
 
 HDR = b"#!AER-DAT3.1\r\n#Format: RAW\r\n#Source 1: DVS128\r\n#!END-HEADER\r\n"

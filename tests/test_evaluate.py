@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from edge_vlm.bag_writer import write_bag
-from edge_vlm.dvs128 import Segment, write_splits, write_trial
-from edge_vlm.eval_cli import add_parser
-from edge_vlm.evaluate import LATENCY_STAGES, evaluate, node_params
+from edge_vlm.io.bag_writer import write_bag
+from edge_vlm.datasets.dvs128_gesture import Segment, write_splits, write_trial
+from edge_vlm.cli.eval import add_parser
+from edge_vlm.evaluation.evaluate import LATENCY_STAGES, evaluate, node_params
 from edge_vlm.events import EVENT_DTYPE
-from edge_vlm.metrics import CAPTION_METRICS
-from edge_vlm.model.captioner import CaptionModel, ModelConfig
-from edge_vlm.model.engine import save_checkpoint
+from edge_vlm.evaluation.metrics import CAPTION_METRICS
+from edge_vlm.model.sttf import CaptionModel, ModelConfig
+from edge_vlm.model.checkpoint import save_checkpoint
 from edge_vlm.model.tokenizer import Tokenizer
-from edge_vlm.pipeline import CaptionerCore, FrameClock, PerceptionCore
+from edge_vlm.cores.captioner import CaptionerCore
+from edge_vlm.stream.frames import FrameClock
+from edge_vlm.cores.perception import PerceptionCore
 
 T0 = 2_000_000_000          # 2 s: recordings do not start at 0
 SEG = 600_000_000           # two 0.6 s gesture segments

@@ -106,7 +106,7 @@ def rss_mb(pid: int) -> float:
 
 
 def event_packet(events, time_base: int, seq: int, *, encoding="mono", width=W, height=H, payload=None):
-    from edge_vlm.codecs.mono import encode_mono
+    from edge_vlm.io.codecs.mono import encode_mono
     from edge_vlm_ros.common import ns_to_time
     from event_camera_msgs.msg import EventPacket
 
@@ -203,7 +203,7 @@ def test_diagnostics_published_by_every_node(harness, nodes):
 
 # ----------------------------------------------------------------------------- malformed packets
 def _malformed(kind: str, good: np.ndarray, tb: int, seq: int, rng):
-    from edge_vlm.codecs.mono import encode_mono
+    from edge_vlm.io.codecs.mono import encode_mono
 
     if kind == "encoding":
         return event_packet(good, tb, seq, encoding=str(rng.choice(["bogus_enc", "evt9", "", "MONO"])))
@@ -469,7 +469,8 @@ def test_backpressure_drops_oldest_frames_and_forces_refresh(harness, nodes):
 
 # ----------------------------------------------------------------------------- kill / restart
 def test_captioner_sigkill_restart_resumes_and_resyncs(harness, nodes, checkpoint, env):
-    from edge_vlm.pipeline import CaptionerCore, FrameClock
+    from edge_vlm.cores.captioner import CaptionerCore
+    from edge_vlm.stream.frames import FrameClock
     from edge_vlm_msgs.msg import Caption, ComputeCost
     from edge_vlm_ros.common import QOS_RELIABLE_50, QOS_SENSOR
     from event_camera_msgs.msg import EventPacket

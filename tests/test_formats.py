@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_REAL
-from edge_vlm.codecs import SUPPORTED_ENCODINGS, decode_packet, make_decoder
-from edge_vlm.codecs.libcaer_cmp import LibcaerCmpDecoder, encode_libcaer_cmp
+from edge_vlm.io.codecs import SUPPORTED_ENCODINGS, decode_packet, make_decoder
+from edge_vlm.io.codecs.libcaer_cmp import LibcaerCmpDecoder, encode_libcaer_cmp
 from edge_vlm.events import EVENT_DTYPE, EventDecodeError, make_events
-from edge_vlm.formats import detect_format, read_events
-from edge_vlm.formats.aedat2 import decode_aedat2, read_aedat2, write_aedat2
-from edge_vlm.formats.prophesee import (decode_dat, decode_raw, write_dat, write_raw_evt2,
-                                        write_raw_evt3)
-from edge_vlm.formats.rpg import decode_rpg, write_rpg
-from edge_vlm.stats import stats_path
+from edge_vlm.io.formats import detect_format, read_events
+from edge_vlm.io.formats.aedat2 import decode_aedat2, read_aedat2, write_aedat2
+from edge_vlm.io.formats.prophesee import (decode_dat, decode_raw, write_dat, write_raw_evt2,
+    write_raw_evt3)
+from edge_vlm.io.formats.rpg import decode_rpg, write_rpg
+from edge_vlm.io.stats import stats_path
 
 CAER = os.path.join(SHARED_REAL, "libcaer_cmp_davis346")
 B640 = os.path.join(SHARED_REAL, "evt3_prophesee_640x480")
@@ -44,7 +44,7 @@ def _w16(*words) -> bytes:
 @need_real
 def test_libcaer_cmp_real_bag_oracle():
     """README oracle: 571,266 CD events, 211,043 ON, 360,223 OFF, first 1,744,227,144,732,712 us."""
-    from edge_vlm.bag import iter_events
+    from edge_vlm.io.bag_reader import iter_events
     chunks = list(iter_events(CAER))
     ev = np.concatenate(chunks)
     assert len(chunks) == 100
@@ -199,7 +199,7 @@ def test_evt2_round_trip(tmp_path):
 @need_real
 @pytest.mark.parametrize("style", ["format", "legacy"])
 def test_evt3_raw_from_real_bag_matches_oracle(tmp_path, style):
-    from edge_vlm.bag import iter_event_packets
+    from edge_vlm.io.bag_reader import iter_event_packets
     payload = b"".join(bytes(m.events) for m in iter_event_packets(B640))
     write_raw_evt3(tmp_path / "r.raw", payload, 640, 480, header_style=style)
     ev, info = read_events(tmp_path / "r.raw")
@@ -252,7 +252,7 @@ def test_rpg_errors(text):
 # ------------------------------------------------------------------ AEDAT 4.0
 def test_aedat4_round_trip_and_corruption(tmp_path):
     pytest.importorskip("dv_processing")
-    from edge_vlm.formats.aedat4 import read_aedat4, write_aedat4
+    from edge_vlm.io.formats.aedat4 import read_aedat4, write_aedat4
     ev = _rand(500, 346, 260, seed=7)
     p = tmp_path / "a.aedat4"
     write_aedat4(p, ev, 346, 260)
@@ -273,7 +273,7 @@ def test_detect_dispatch(tmp_path):
     write_dat(tmp_path / "b.dat", ev, 128, 128)
     write_raw_evt2(tmp_path / "c.raw", ev, 128, 128)
     write_rpg(tmp_path / "d.txt", ev)
-    from edge_vlm.dvs128 import write_aedat31
+    from edge_vlm.io.formats.aedat31 import write_aedat31
     write_aedat31(tmp_path / "e.aedat", ev)
     kinds = {n: detect_format(tmp_path / n) for n in ("a.aedat", "b.dat", "c.raw", "d.txt", "e.aedat")}
     assert kinds == {"a.aedat": "aedat2", "b.dat": "dat", "c.raw": "raw", "d.txt": "rpg",
@@ -289,7 +289,7 @@ def test_detect_dispatch(tmp_path):
 
 
 def _convert(argv):
-    from edge_vlm import convert
+    from edge_vlm.io import convert
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd")
     convert.add_parser(sub)
@@ -310,10 +310,10 @@ def test_convert_keeps_sensor_size(tmp_path, capsys):
 
 
 def test_convert_dvs_gesture_ground_truth(tmp_path, capsys):
-    from edge_vlm.bag import iter_messages
-    from edge_vlm.bag_writer import STRING_TYPE
-    from edge_vlm.bag import typestore
-    from edge_vlm.dvs128 import Segment, write_splits, write_trial
+    from edge_vlm.io.bag_reader import iter_messages
+    from edge_vlm.io.bag_writer import STRING_TYPE
+    from edge_vlm.io.bag_reader import typestore
+    from edge_vlm.datasets.dvs128_gesture import Segment, write_splits, write_trial
     ev = _rand(4000, seed=9, t0_us=0)
     root = tmp_path / "DvsGesture"
     segs = [Segment(3, 100_000, 300_000), Segment(11, 400_000, 600_000)]

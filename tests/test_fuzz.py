@@ -40,14 +40,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import SHARED_REAL
-from edge_vlm.codecs import Evt3Decoder, LibcaerCmpDecoder, decode_mono, encode_mono
-from edge_vlm.codecs.libcaer_cmp import encode_libcaer_cmp
-from edge_vlm.dvs128 import read_aedat31, write_aedat31
+from edge_vlm.io.codecs import Evt3Decoder, LibcaerCmpDecoder, decode_mono, encode_mono
+from edge_vlm.io.codecs.libcaer_cmp import encode_libcaer_cmp
+from edge_vlm.io.formats.aedat31 import read_aedat31, write_aedat31
 from edge_vlm.events import EVENT_DTYPE, EventDecodeError, make_events
-from edge_vlm.formats.aedat2 import decode_aedat2, write_aedat2
-from edge_vlm.formats.prophesee import (decode_dat, decode_raw, write_dat, write_raw_evt2,
-                                        write_raw_evt3)
-from edge_vlm.formats.rpg import decode_rpg, write_rpg
+from edge_vlm.io.formats.aedat2 import decode_aedat2, write_aedat2
+from edge_vlm.io.formats.prophesee import (decode_dat, decode_raw, write_dat, write_raw_evt2,
+    write_raw_evt3)
+from edge_vlm.io.formats.rpg import decode_rpg, write_rpg
 
 PROFILE = os.environ.get("EDGE_VLM_FUZZ", "ci")
 if PROFILE not in ("ci", "long"):
@@ -131,7 +131,7 @@ def _real_packets(name: str, count: int, cut: int) -> list[bytes]:
     if not os.path.isdir(path):
         return []
     try:
-        from edge_vlm.bag import iter_event_packets
+        from edge_vlm.io.bag_reader import iter_event_packets
         out = []
         for i, m in enumerate(iter_event_packets(path)):
             if i >= count:
@@ -282,13 +282,13 @@ def test_fuzz_rpg(data):
                       st.binary(max_size=64)),
        suffix=st.sampled_from([".aedat", ".dat", ".raw", ".txt", ".bin"]))
 def test_fuzz_detect_read_events(data, suffix):
-    from edge_vlm.formats import read_events
+    from edge_vlm.io.formats import read_events
     _via_file(read_events, data, suffix)
 
 
 def _aedat4_seed() -> list[bytes]:
     try:
-        from edge_vlm.formats.aedat4 import write_aedat4
+        from edge_vlm.io.formats.aedat4 import write_aedat4
         return [_file_seed(write_aedat4, _events(50, 40, 30, 9), 40, 30, suffix=".aedat4")]
     except Exception:
         return []
@@ -302,7 +302,7 @@ AEDAT4_SEEDS = _aedat4_seed()
 @settings(FUZZ, max_examples=N_AEDAT4, deadline=None)
 @given(data=mutated(AEDAT4_SEEDS or [b""]))
 def test_fuzz_aedat4(data):
-    from edge_vlm.formats.aedat4 import read_aedat4
+    from edge_vlm.io.formats.aedat4 import read_aedat4
     p = os.path.join(TMP, "fuzz.aedat4")
     with open(p, "wb") as f:
         f.write(data)

@@ -86,7 +86,7 @@ def env():
 
 @pytest.mark.timeout(150)
 def test_graph_on_simulated_bag(env, tmp_path):
-    from edge_vlm.model.engine import DEFAULT_CHECKPOINT
+    from edge_vlm.model.checkpoint import DEFAULT_CHECKPOINT
     from edge_vlm_ros.demo import make_sim_bag
     from edge_vlm_ros.runner import find_executable
     from test_nodes import make_test_checkpoint

@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from edge_vlm.metrics import (CAPTION_METRICS, caption_metrics, cider_d, confusion_matrix, gesture_accuracy,
-                              java_available, json_safe, percentiles, ptb_tokenize)
+from edge_vlm.evaluation.metrics import (CAPTION_METRICS, caption_metrics, cider_d,
+    confusion_matrix, gesture_accuracy, java_available, json_safe, percentiles, ptb_tokenize)
 
 needs_java = pytest.mark.skipif(not java_available(), reason="Java is needed for the PTB tokenizer / METEOR")
 

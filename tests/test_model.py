@@ -4,8 +4,10 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edge_vlm.model.captioner import CaptionModel, ModelConfig, age_bucket, decode_beam, decode_greedy, init_weights
-from edge_vlm.model.engine import CheckpointError, StreamingCaptioner, load_checkpoint, save_checkpoint
+from edge_vlm.model.sttf import (CaptionModel, ModelConfig, age_bucket, decode_beam,
+    decode_greedy, init_weights)
+from edge_vlm.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from edge_vlm.inference.engine import StreamingCaptioner
 from edge_vlm.model.flops import embed_flops, fusion_flops, mask_flops, vit_flops
 from edge_vlm.model.tokenizer import Tokenizer
 
@@ -219,7 +221,7 @@ def test_caption_reuse_gates_the_decoder_against_the_last_decoded_prefix(monkeyp
     """The decoder runs when the fused prefix moved more than caption_reuse_threshold from the
     prefix of the last decoded text (not from the previous frame), else the text is republished
     with zero decoder FLOPs; 0 decodes every frame."""
-    import edge_vlm.model.engine as E
+    import edge_vlm.inference.engine as E
 
     m, _ = tiny_model()
     prefixes = []
@@ -271,7 +273,7 @@ def test_caption_reuse_gates_the_decoder_against_the_last_decoded_prefix(monkeyp
 
 
 def test_policy_calibration_keeps_agreement():
-    from edge_vlm.model.policy import calibrate
+    from edge_vlm.training.policy import calibrate
 
     m, _ = tiny_model()
     hists = [[moving_blob(f) for f in range(8)]]
@@ -285,8 +287,8 @@ def test_policy_calibration_keeps_agreement():
 
 
 def test_shift_augmentation_translates_the_window_without_wrap():
-    from edge_vlm.model.data import FrameSet
-    from edge_vlm.model.train import TrainConfig, make_batch, shift_window
+    from edge_vlm.training.data import FrameSet
+    from edge_vlm.training.train import TrainConfig, make_batch, shift_window
 
     x = np.arange(16).reshape(1, 1, 4, 4)
     y = shift_window(x, 1, -1, (2, 3))

@@ -3,12 +3,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edge_vlm.dvs128 import GESTURE_CLASSES
-from edge_vlm.model.engine import StreamingCaptioner, load_checkpoint, save_checkpoint
+from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES
+from edge_vlm.inference.engine import StreamingCaptioner
+from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
 from edge_vlm.model.flops import fusion_flops, motion_head_flops
-from edge_vlm.model.motion import (AGE_SCALES, MIRROR_LABEL, MOTION_HISTORY, MotionState, motion_channels,
-                                   motion_features, patch_channel_counts)
-from edge_vlm.model.train_gesture import GestureFitConfig, accuracy, fit_head, stream_recording
+from edge_vlm.model.motion import (AGE_SCALES, MIRROR_LABEL, MOTION_HISTORY, MotionState,
+    motion_channels, motion_features, patch_channel_counts)
+from edge_vlm.training.train_gesture import GestureFitConfig, accuracy, fit_head, stream_recording
 
 from test_model import moving_blob, tiny_model
 
@@ -171,7 +172,7 @@ def test_fit_head_learns_where_the_motion_is():
 def test_fit_gesture_writes_the_head_and_reuses_its_cache(tmp_path, monkeypatch):
     import json
 
-    import edge_vlm.model.train_gesture as tg
+    import edge_vlm.training.train_gesture as tg
 
     m, _ = tiny_model()
     ck = tmp_path / "in.pt"
@@ -198,8 +199,8 @@ def test_fit_gesture_writes_the_head_and_reuses_its_cache(tmp_path, monkeypatch)
 
 
 def test_cli_train_passes_the_fit_stages_their_options(monkeypatch):
-    import edge_vlm.model.train_gesture as tg
-    import edge_vlm.model.train_router as tr
+    import edge_vlm.training.train_gesture as tg
+    import edge_vlm.training.train_router as tr
     from edge_vlm.cli import main
 
     seen = {}
@@ -241,7 +242,7 @@ def test_engine_takes_read_only_frames_without_warning():
 
 
 def test_shift_states_translates_and_fills_with_zeros():
-    from edge_vlm.model.train_gesture import shift_states
+    from edge_vlm.training.train_gesture import shift_states
 
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5) + 1
     assert shift_states(x, 0, 0) is x

@@ -90,7 +90,7 @@ def make_message(kind: str):
             frame_index=3001, compute_budget=0.25, params_active=2**40 + 1)
     if kind == "EventPacket":
         import numpy as np
-        from edge_vlm.codecs.mono import encode_mono
+        from edge_vlm.io.codecs.mono import encode_mono
         from edge_vlm.events import make_events
 
         t0 = 1_700_000_000_000_000_000

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from edge_vlm.model import native_vit
+from edge_vlm.inference import native_vit
 from edge_vlm.model.anc import GatedBlock
-from edge_vlm.model.captioner import Block, LayerMemory, SparseViT, ModelConfig
-from edge_vlm.model.engine import StreamingCaptioner
+from edge_vlm.model.sttf import Block, LayerMemory, SparseViT, ModelConfig
+from edge_vlm.inference.engine import StreamingCaptioner
 
 from test_model import moving_blob, tiny_model
 
@@ -372,7 +372,7 @@ def test_shared_version_counter_leaves_odd_models_alone():
 
 
 def test_loaded_checkpoints_share_one_version_counter_per_encoder(tmp_path):
-    from edge_vlm.model.engine import load_checkpoint, save_checkpoint
+    from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
 
     m, _ = tiny_model()
     save_checkpoint(str(tmp_path / "m.pt"), m)

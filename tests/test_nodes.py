@@ -40,8 +40,8 @@ def make_test_checkpoint(path: str) -> str:
     import torch
 
     from edge_vlm.model.anc import AncModel
-    from edge_vlm.model.captioner import CaptionModel, ModelConfig
-    from edge_vlm.model.engine import save_checkpoint
+    from edge_vlm.model.sttf import CaptionModel, ModelConfig
+    from edge_vlm.model.checkpoint import save_checkpoint
     from edge_vlm.model.tokenizer import Tokenizer
 
     tok = Tokenizer.build(["a person waves the right hand", "a person claps both hands"])
@@ -127,7 +127,7 @@ class Harness:
 
     def send_packet(self, topic: str, *, events=None, time_base: int = 0, encoding: str = "mono",
                     width: int = W, height: int = H, payload: bytes | None = None, seq: int | None = None):
-        from edge_vlm.codecs.mono import encode_mono
+        from edge_vlm.io.codecs.mono import encode_mono
         from edge_vlm_ros.common import QOS_SENSOR, ns_to_time
         from event_camera_msgs.msg import EventPacket
 
@@ -300,7 +300,7 @@ def test_perception_rejects_malformed_packets_and_keeps_running(harness, nodes):
     harness.send_packet(topic, payload=b"\x01" * 13, time_base=tb)                               # truncated payload
     bad = good.copy()
     bad["x"][5] = 200
-    from edge_vlm.codecs.mono import encode_mono
+    from edge_vlm.io.codecs.mono import encode_mono
     harness.send_packet(topic, payload=encode_mono(bad, tb), time_base=tb)                       # x outside 128
     harness.send_packet(topic, events=good, time_base=tb, width=0, height=0)                     # zero size
     harness.spin_for(0.2)

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from edge_vlm.paper import CLAIMS, NOT_MEASURED, load_bench, lookup, render, run
+from edge_vlm.evaluation.paper import CLAIMS, NOT_MEASURED, load_bench, lookup, render, run
 
 BENCH = {"timestamp": "2026-01-01T00:00:00+00:00", "accuracy_dense": 0.625, "accuracy_sparse": 0.6,
          "active_token_fraction": 0.1234, "active_token_fraction_low_motion": 0.0871, "speedup_steady": 2.5,

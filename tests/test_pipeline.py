@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 
 from edge_vlm.events import make_events
-from edge_vlm.pipeline import FrameClock, PerceptionCore, RouterCore
-from edge_vlm.repr import event_histogram, patch_counts
+from edge_vlm.stream.frames import FrameClock
+from edge_vlm.cores.perception import PerceptionCore
+from edge_vlm.cores.router import RouterCore
+from edge_vlm.stream.histogram import event_histogram, patch_counts
 
 P = 10_000_000  # 10 ms
 
@@ -78,8 +80,8 @@ def test_learned_mask_and_router_cores(tmp_path):
     import torch
 
     from edge_vlm.model.anc import AncModel
-    from edge_vlm.model.captioner import CaptionModel, ModelConfig
-    from edge_vlm.model.engine import CheckpointError, save_checkpoint
+    from edge_vlm.model.sttf import CaptionModel, ModelConfig
+    from edge_vlm.model.checkpoint import CheckpointError, save_checkpoint
     from edge_vlm.model.tokenizer import Tokenizer
 
     torch.manual_seed(0)

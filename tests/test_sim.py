@@ -9,8 +9,7 @@ import pytest
 
 from edge_vlm.events import EVENT_DTYPE
 from edge_vlm.sim import (FRAME_PERIOD_NS, GESTURE_CLASSES, LIGHTING_NAMES, canonical_caption,
-                          make_subject, simulate_clip, simulate_recording, simulate_static,
-                          split_subjects)
+    make_subject, simulate_clip, simulate_recording, simulate_static, split_subjects)
 
 W = H = 128
 SUBJECT = 4          # a centred, medium-sized subject (both arms stay inside the frame)

@@ -13,7 +13,7 @@ import time
 
 from rclpy.node import Node
 
-from edge_vlm.pipeline import RouterCore
+from edge_vlm.cores.router import RouterCore
 from edge_vlm_msgs.msg import RouteDecision
 from edge_vlm_ros.common import (QOS_RELIABLE, TOPICS, FrameNode, add_param_validation,
                                  declare_from_spec, ns_to_time, run_node)

@@ -1,7 +1,7 @@
 """Markdown for the README, generated from the single sources of truth (tests check it is in sync)."""
 from __future__ import annotations
 
-from .params import NODE_PARAMS
+from edge_vlm.params import NODE_PARAMS
 
 
 def param_table(node: str) -> str:

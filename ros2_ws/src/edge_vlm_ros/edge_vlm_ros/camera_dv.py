@@ -89,7 +89,7 @@ def split_packets(events: np.ndarray, period_ns: int) -> list[np.ndarray]:
 
 def make_packet(events: np.ndarray, width: int, height: int, seq: int, frame_id: str, stamp_ns: int):
     """EventPacket ``mono`` of time-ordered ``events`` (time_base = first event time)."""
-    from edge_vlm.codecs.mono import encode_mono
+    from edge_vlm.io.codecs.mono import encode_mono
     from event_camera_msgs.msg import EventPacket
 
     time_base = int(events["t"][0]) if len(events) else 0

@@ -288,7 +288,7 @@ class EventInput:
     def _decoder(self, encoding: str):
         dec = self.decoders.get(encoding)
         if dec is None:
-            from edge_vlm.codecs import make_decoder
+            from edge_vlm.io.codecs import make_decoder
             dec = make_decoder(encoding)
             self.decoders[encoding] = dec
         return dec
@@ -469,7 +469,7 @@ def run_node(factory: Callable[[], Any], args=None, name: str = "node") -> int:
         print(f"[{name}] error: {exc}", file=sys.stderr, flush=True)
         code = 4
     except Exception as exc:
-        from edge_vlm.model.engine import CheckpointError
+        from edge_vlm.model.checkpoint import CheckpointError
         if isinstance(exc, CheckpointError):
             print(f"[{name}] error: {exc}", file=sys.stderr, flush=True)
             code = 3
@@ -502,7 +502,7 @@ class FrameNode:
     """
 
     def setup_frames(self, params: dict, track_inputs: bool = False) -> None:
-        from edge_vlm.binner import FrameBinner
+        from edge_vlm.stream.binner import FrameBinner
 
         self.period = period_ns_of(params)
         self.binner = FrameBinner(self.period, int(params["model_width"]), int(params["model_height"]),

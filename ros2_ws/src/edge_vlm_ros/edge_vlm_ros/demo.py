@@ -39,7 +39,7 @@ from edge_vlm_ros.runner import (find_executable, load_graph, parse_overrides, s
 def make_sim_bag(path: str, labels=(2, 8), seed: int = 1, subject: int = 3, lighting: str = "lab",
                  clip_duration_s: float = 1.0, gap_s: float = 0.3, with_frames: bool = True) -> str:
     """Write a small simulated bag (events, RGB frames, ground truth) with ``edge_vlm.sim``."""
-    from edge_vlm.bag_writer import write_bag
+    from edge_vlm.io.bag_writer import write_bag
     from edge_vlm.sim import simulate_recording
 
     rec = simulate_recording(subject, lighting, seed=seed, labels=list(labels), clip_duration_s=clip_duration_s,

@@ -171,7 +171,7 @@ def _open_reader(path: Path, tmpdirs: list):
     links to the storage files and the identifier taken from their suffix.
     """
     try:  # the core library's reader (handles the same quirks), when present
-        from edge_vlm.bag import open_reader
+        from edge_vlm.io.bag_reader import open_reader
     except ImportError:
         pass
     else:

@@ -14,7 +14,7 @@ import time
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from edge_vlm.pipeline import PerceptionCore
+from edge_vlm.cores.perception import PerceptionCore
 from edge_vlm_msgs.msg import TokenMask
 from edge_vlm_ros.common import (QOS_RELIABLE, QOS_SENSOR, TOPICS, FrameNode, add_param_validation,
                                  declare_from_spec, ns_to_time, numpy_to_image, run_node)

@@ -60,8 +60,8 @@ class CaptionerNode(FrameNode, Node):
     def __init__(self):
         super().__init__(NAME)
         self.params = p = declare_from_spec(self, NAME)
-        from edge_vlm.model.captioner import count_parameters
-        from edge_vlm.pipeline import CaptionerCore
+        from edge_vlm.model.sttf import count_parameters
+        from edge_vlm.cores.captioner import CaptionerCore
         try:
             self.core = CaptionerCore(p)   # CheckpointError propagates to run_node (clean exit 3)
         except ValueError as exc:

@@ -13,7 +13,7 @@ cross-attention, gesture head with its motion net), ``decoder`` (KV-cached Micro
 """
 from __future__ import annotations
 
-from .captioner import ModelConfig
+from edge_vlm.model.sttf import ModelConfig
 
 
 def linear(n: int, d_in: int, d_out: int) -> float:
@@ -69,7 +69,7 @@ def motion_head_flops(cfg: ModelConfig) -> float:
     """The gesture head's conv net on the motion state (:class:`.motion.MotionHead`); 0 without it."""
     if not cfg.motion_head:
         return 0.0
-    from .motion import motion_channels
+    from edge_vlm.model.motion import motion_channels
 
     g, w = cfg.grid, cfg.motion_width
     return (conv(g, g, motion_channels(cfg) + 2, w, 3) + conv(g, g, w, w, 3) + conv(g // 2, g // 2, w, 2 * w, 3)

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 if TYPE_CHECKING:  # captioner imports this module
-    from .captioner import ModelConfig
+    from edge_vlm.model.sttf import ModelConfig
 
 #: frames summed in the event-history maps
 MOTION_HISTORY = (4, 12)

@@ -10,11 +10,11 @@ Modules: :mod:`.gestures` (subjects, kinematics), :mod:`.render` (scene,
 lighting, frames), :mod:`.dvs` (events), :mod:`.captions` (caption grammar),
 :mod:`.dataset` (clips, recordings, split).
 """
-from .captions import canonical_caption, reference_captions
-from .dataset import (DVS_RATE_HZ, FRAME_PERIOD_NS, Clip, Recording, simulate_clip,
+from edge_vlm.sim.captions import canonical_caption, reference_captions
+from edge_vlm.sim.dataset import (DVS_RATE_HZ, FRAME_PERIOD_NS, Clip, Recording, simulate_clip,
                       simulate_recording, simulate_static, split_subjects)
-from .gestures import GESTURE_CLASSES, POSITIONS, SIZES, SPEEDS, Subject, make_subject
-from .render import LIGHTING_NAMES
+from edge_vlm.sim.gestures import GESTURE_CLASSES, POSITIONS, SIZES, SPEEDS, Subject, make_subject
+from edge_vlm.sim.render import LIGHTING_NAMES
 
 __all__ = ["Clip", "Recording", "simulate_clip", "simulate_recording", "simulate_static",
            "split_subjects", "canonical_caption", "reference_captions", "make_subject", "Subject",

@@ -17,13 +17,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .captions import canonical_caption, reference_captions
-from .dvs import EventSimulator, assemble, make_sensor, noise_events
-from .gestures import (GESTURE_CLASSES, REST, GestureParams, Subject, blend_weight,
-                       gesture_angles, hand_speed, joints, make_subject, motion_level,
-                       sample_params)
-from .render import (LIGHTING_NAMES, LOG_EPS, LightingModel, lighting_spec, figure_pad, render_figure,
-                     render_room, render_static, to_rgb8)
+from edge_vlm.sim.captions import canonical_caption, reference_captions
+from edge_vlm.sim.dvs import EventSimulator, assemble, make_sensor, noise_events
+from edge_vlm.sim.gestures import (GESTURE_CLASSES, REST, GestureParams, Subject, blend_weight,
+    gesture_angles, hand_speed, joints, make_subject, motion_level, sample_params)
+from edge_vlm.sim.render import (LIGHTING_NAMES, LOG_EPS, LightingModel, lighting_spec,
+    figure_pad, render_figure, render_room, render_static, to_rgb8)
 
 FRAME_PERIOD_NS = 33_333_333     # 30 fps, the project's frame grid
 DVS_RATE_HZ = 1000               # internal DVS time step

@@ -22,7 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..events import EVENT_DTYPE
+from edge_vlm.events import EVENT_DTYPE
 
 
 @dataclass(frozen=True)

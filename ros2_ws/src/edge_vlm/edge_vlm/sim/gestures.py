@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 try:  # single source of truth when the DVS128 I/O module is present
-    from ..dvs128 import GESTURE_CLASSES  # type: ignore
+    from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES  # type: ignore
 except Exception:  # pragma: no cover - fallback, same list
     GESTURE_CLASSES = (
         "hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .gestures import (FOREARM, HEAD_R, HEAD_UP, R_FORE, R_HAND, R_UPPER, TORSO_R, Subject,
-                       _hsv, luma)
+from edge_vlm.sim.gestures import (FOREARM, HEAD_R, HEAD_UP, R_FORE, R_HAND, R_UPPER, TORSO_R,
+    Subject, _hsv, luma)
 
 LIGHTING_NAMES = ("lab", "fluorescent", "natural")
 

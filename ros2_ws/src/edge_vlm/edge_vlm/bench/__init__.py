@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): decode+bin, STTF vs dense, ANC, end to end."""

@@ -1,0 +1,115 @@
+"""`edge-vlm bench {decode,sttf,anc,e2e,all}`: the core benchmarks (:mod:`edge_vlm.bench`).
+
+``all`` prints the flat figures (``--json``: one JSON object) and writes
+``docs/benchmarks.md`` (``--out``; ``--out ''`` skips it). ``e2e`` needs the ROS 2
+workspace (``source env.sh``); it is imported only when that benchmark runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+WHAT = ("decode", "sttf", "anc", "e2e", "all")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    s = subparsers.add_parser("bench", help="benchmarks: decode+bin throughput, token memory vs dense, "
+                                            "end-to-end latency (all: also writes docs/benchmarks.md)")
+    s.add_argument("what", nargs="?", choices=WHAT, default="all")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--threads", type=int, default=1, help="torch threads of the model (default 1); "
+                                                          "decoding is always single-threaded")
+    s.add_argument("--out", default=None, help="Markdown report (default for `all`: docs/benchmarks.md "
+                                               "of the repository; '' = none)")
+    s.add_argument("--repeats", type=int, default=5, help="timed runs per figure: decode runs, STTF passes per engine and backend (median; default 5)")
+    s.add_argument("--checkpoint", default="", help="captioner checkpoint (default: the shipped one)")
+    s.add_argument("--bag", default=None, help="bag for `e2e` (default: a simulated DVS128 bag)")
+    s.add_argument("--packet-ms", type=float, default=10.0,
+                   help="EventPacket length of the simulated e2e bag (default 10, as `edge-vlm synth`)")
+    s.add_argument("--no-e2e", action="store_true", help="`all` without the node-graph run")
+    s.add_argument("--no-anc", action="store_true", help="`all` without the ANC comparison")
+    s.add_argument("--quick", action="store_true", help="tiny inputs (smoke test; figures not meaningful)")
+    s.set_defaults(fn=run)
+    return s
+
+
+def command_line(args) -> str:
+    """The `edge-vlm bench ...` command equivalent to ``args`` (for the report)."""
+    parts = ["edge-vlm", "bench", args.what]
+    if args.json:
+        parts.append("--json")
+    if args.threads != 1:
+        parts += ["--threads", str(args.threads)]
+    if args.repeats != 5:
+        parts += ["--repeats", str(args.repeats)]
+    if args.packet_ms != 10.0:
+        parts += ["--packet-ms", f"{args.packet_ms:g}"]
+    for flag, v in (("--checkpoint", args.checkpoint), ("--bag", args.bag), ("--out", args.out)):
+        if v:
+            parts += [flag, shlex.quote(str(v))]
+    parts += [f for f, on in (("--no-e2e", args.no_e2e), ("--no-anc", args.no_anc), ("--quick", args.quick))
+              if on]
+    return " ".join(parts)
+
+
+def _default_out() -> str:
+    from edge_vlm.bench.suite import _ROOT
+
+    root = os.environ.get("EDGE_VLM_ROOT") or str(_ROOT)
+    return os.path.join(root, "docs", "benchmarks.md")
+
+
+def run(args) -> int:
+    from edge_vlm.bench import suite as bench
+
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.threads < 1 or args.repeats < 1:
+        print("edge-vlm bench: --threads and --repeats must be >= 1", file=sys.stderr)
+        return 2
+    if args.what == "decode":
+        res = bench.bench_decode(repeats=args.repeats, quick=args.quick)
+    elif args.what == "sttf":
+        res = bench.bench_sttf(checkpoint=args.checkpoint, threads=args.threads, repeats=args.repeats,
+                               quick=args.quick)
+    elif args.what == "anc":
+        from edge_vlm.bench.anc import bench_anc
+
+        res = bench_anc(checkpoint=args.checkpoint, threads=args.threads, quick=args.quick,
+                        plot=None if args.quick else os.path.join(os.path.dirname(_default_out()),
+                                                                  "anc_budget_sweep.png"))
+    elif args.what == "e2e":
+        res = bench.bench_e2e(bag=args.bag, checkpoint=args.checkpoint, threads=args.threads, quick=args.quick,
+                              log=log, packet_ms=args.packet_ms)
+    else:
+        res = bench.bench_all(checkpoint=args.checkpoint, threads=args.threads, repeats=args.repeats,
+                              quick=args.quick, e2e=not args.no_e2e, log=log, packet_ms=args.packet_ms,
+                              anc_part=not args.no_anc)
+    if args.what != "all":
+        res = {"timestamp": bench.machine_info()["timestamp"], "machine": bench.machine_info(args.threads), **res}
+    out = args.out if args.out is not None else (_default_out() if args.what == "all" else "")
+    if out and args.what == "all":
+        res["report"] = bench.write_markdown(res, out, command_line(args))
+    if args.json:
+        print(bench.to_json(res))
+    else:
+        flat = {k: v for k, v in res.items() if k not in ("details",)}
+        for k, v in flat.items():
+            if isinstance(v, dict):
+                continue
+            print(f"{k:>36}: {v}")
+        if args.what != "all":
+            import json
+
+            from edge_vlm.evaluation.metrics import json_safe
+            print(json.dumps(json_safe(res), indent=1))
+    details = res.get("details") or {}
+    skipped = res.get("skipped") if args.what == "e2e" else (
+        details.get("e2e", {}).get("skipped") or details.get("anc", {}).get("skipped") if args.what == "all"
+        else None)
+    if skipped and skipped != "disabled":
+        # a benchmark that could not run is an error, not a silently missing figure
+        print(f"edge-vlm bench {args.what}: a part was skipped: {skipped}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,1 @@
+"""Per-node logic without rclpy (perception, router, captioner scheduling), used by the ROS nodes and by offline evaluation."""

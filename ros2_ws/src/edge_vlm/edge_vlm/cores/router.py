@@ -1,0 +1,106 @@
+"""anc_router's logic without rclpy: event frame -> complexity level, routed branches, budget."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_vlm.params import resolve
+from edge_vlm.stream.frames import Frame, frame_histogram
+
+
+LEVELS = ("tiny", "small", "medium")
+
+
+@dataclass
+class RouteResult:
+    levels: tuple
+    probabilities: np.ndarray
+    level: int
+    score: float                 # events per pixel per frame
+    branches: list
+    weights: list
+    budget: float
+    est_flops: float = 0.0        # learned router: encoder FLOPs of the routed branches (changed tokens)
+    est_flops_dense: float = 0.0  # Medium branch, every token
+
+
+class RouterCore:
+    """anc_router's logic: event frame -> complexity level, routed branches, budget.
+
+    ``router_method: learned`` (default): the checkpoint's ANC complexity estimator on the
+    frame's histogram plus the change-mask state it needs (changed and recently changed
+    fractions, tracked here exactly as the captioner's token memory tracks them), hard
+    routing as the captioner does it. ``density``: the rule fallback, a softmax over the
+    distance of log event density to level centres set by ``low_density`` / ``high_density``.
+    Either way the budget caps the level (<= 1/3 tiny only, <= 2/3 up to small).
+    """
+
+    def __init__(self, overrides: dict | None = None):
+        self.params = p = resolve("anc_router", overrides)
+        self.model = None
+        if p["router_method"] == "learned":
+            import torch
+
+            from edge_vlm.model.checkpoint import CheckpointError, load_checkpoint
+
+            torch.set_num_threads(1)
+            self.model, _ = load_checkpoint(p["checkpoint"])
+            if not hasattr(self.model, "estimator"):
+                raise CheckpointError(f"checkpoint {p['checkpoint'] or '(shipped default)'} has no ANC complexity "
+                                      "estimator (STTF only); use router_method:=density or a joint checkpoint")
+            self.age = None
+
+    def set_budget(self, budget: float) -> None:
+        self.params = resolve("anc_router", {**self.params, "compute_budget": budget})
+
+    def _learned(self, frame: Frame) -> tuple[np.ndarray, int, int]:
+        import torch
+
+        from edge_vlm.model.sttf import age_bucket
+        from edge_vlm.inference.engine import hist_tensor
+
+        c = self.model.cfg
+        hist = frame_histogram(frame, self.params)
+        ht = hist_tensor(hist)[None]
+        with torch.no_grad():
+            change = (self.model.mask_net(ht)[0] > 0).numpy()
+            self.age = (np.where(change, 0, c.max_age) if self.age is None
+                        else np.where(change, 0, np.minimum(self.age + 1, c.max_age)))
+            bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]
+            logits = self.model.route_logits(ht, torch.from_numpy(change)[None], bucket)
+        probs = torch.softmax(logits, dim=-1)[0].numpy().astype(np.float32)
+        return probs, int(np.argmax(probs)), int(change.sum())
+
+    def process(self, frame: Frame) -> RouteResult:
+        from edge_vlm.model.anc import budget_cap
+
+        p = self.params
+        pixels = float(p["model_width"] * p["model_height"])
+        density = frame.n_events / pixels
+        cap = budget_cap(float(p["compute_budget"]))
+        if self.model is not None:
+            from dataclasses import replace
+
+            from edge_vlm.model.flops import estimator_flops, vit_flops
+
+            probs, level, n_changed = self._learned(frame)
+            q = probs[:cap + 1] / probs[:cap + 1].sum()
+            a, c = self.model.acfg, self.model.cfg
+            run = [b for b in range(cap + 1) if q[b] > a.router_threshold] or [int(np.argmax(q))]
+            w = q[run] / q[run].sum()
+            est = estimator_flops(c, a.est_hidden) + sum(
+                vit_flops(replace(c, mlp_ratio=a.mlp_ratios[b]), [n_changed] * a.depths[b]) for b in run)
+            dense = vit_flops(replace(c, mlp_ratio=a.mlp_ratios[2]), [c.num_tokens] * a.depths[2])
+            return RouteResult(LEVELS, probs, level, density, [LEVELS[b] for b in run], [float(x) for x in w],
+                               float(p["compute_budget"]), float(est), float(dense))
+        lo, hi = math.log(max(p["low_density"], 1e-9)), math.log(max(p["high_density"], 1e-8))
+        centres = np.array([lo - 0.5 * (hi - lo), 0.5 * (lo + hi), hi + 0.5 * (hi - lo)])
+        x = math.log(max(density, 1e-9))
+        logits = -((x - centres) ** 2) / max((hi - lo) ** 2 / 4, 1e-6)
+        probs = np.exp(logits - logits.max())
+        probs = (probs / probs.sum()).astype(np.float32)
+        level = 0 if density < p["low_density"] else (2 if density > p["high_density"] else 1)
+        run = min(level, cap)
+        return RouteResult(LEVELS, probs, level, density, [LEVELS[run]], [1.0], float(p["compute_budget"]))

@@ -1,0 +1,278 @@
+"""DVS128 Gesture dataset (IBM DvsGesture) I/O: AEDAT 3.1, labels, split lists.
+
+The real download (folder ``DvsGesture``) holds, per trial,
+``userXX_<lighting>.aedat`` (AEDAT 3.1 event recording) and
+``userXX_<lighting>_labels.csv`` (gesture segments), plus the two split lists
+``trials_to_train.txt`` / ``trials_to_test.txt``. Everything here reads those
+files unchanged and writes files in the same format (used for test fixtures
+and for exporting simulator output).
+
+AEDAT 3.1 layout (little-endian throughout), as specified by iniVation
+("AEDAT 3.1" file-format page) and implemented in libcaer
+``include/libcaer/events/common.h`` and ``events/polarity.h``:
+
+* ASCII header lines, each ``#...\\r\\n``: first ``#!AER-DAT3.1``, then
+  ``#Format: RAW``, ``#Source <id>: <name>`` (DvsGesture: ``#Source 1: DVS128``),
+  ``#Start-Time: ...``, last ``#!END-HEADER``.
+* Packets: a 28-byte header ``<hhiiiiii`` = eventType, eventSource, eventSize,
+  eventTSOffset, eventTSOverflow, eventCapacity, eventNumber, eventValid,
+  followed by ``eventCapacity * eventSize`` bytes; only the first
+  ``eventNumber`` slots hold events.
+* Polarity events (eventType 1, eventSize 8, eventTSOffset 4): ``uint32 data``
+  + ``int32 timestamp`` (us). ``data`` bit 0 = valid mark, bit 1 = polarity
+  (1 = ON), bits 2-16 = y (15 bits), bits 17-31 = x (15 bits). The 64-bit
+  time is ``(eventTSOverflow << 31) | timestamp`` (libcaer ``TS_OVERFLOW_SHIFT``
+  = 31).
+* Coordinates: AEDAT 3.1 puts (0, 0) in the upper-left corner (AEDAT 3.0 and
+  jAER's AEDAT 2.0 used lower-left), which is this project's convention, so x
+  and y are returned exactly as stored (no flip); the SpikingJelly and
+  dv-python based DvsGesture loaders do the same. The DVS128 is 128x128.
+
+Events use :data:`edge_vlm.events.EVENT_DTYPE` with ``t = us * 1000`` (ns).
+Malformed input raises :class:`edge_vlm.events.EventDecodeError`.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence, Union
+
+import numpy as np
+
+from edge_vlm.events import EventDecodeError
+from edge_vlm.io.formats.aedat31 import read_aedat31, write_aedat31
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+SENSOR_WIDTH = 128
+SENSOR_HEIGHT = 128
+
+#: DvsGesture class names; label ``k`` (1..11) is ``GESTURE_CLASSES[k - 1]``.
+GESTURE_CLASSES: tuple[str, ...] = (
+    "hand_clapping",
+    "right_hand_wave",
+    "left_hand_wave",
+    "right_arm_clockwise",
+    "right_arm_counter_clockwise",
+    "left_arm_clockwise",
+    "left_arm_counter_clockwise",
+    "arm_roll",
+    "air_drums",
+    "air_guitar",
+    "other_gestures",
+)
+
+#: Human-readable verb phrases per class name ("a person ... ").
+GESTURE_PHRASES: dict[str, str] = {
+    "hand_clapping": "claps hands",
+    "right_hand_wave": "waves the right hand",
+    "left_hand_wave": "waves the left hand",
+    "right_arm_clockwise": "rotates the right arm clockwise",
+    "right_arm_counter_clockwise": "rotates the right arm counter-clockwise",
+    "left_arm_clockwise": "rotates the left arm clockwise",
+    "left_arm_counter_clockwise": "rotates the left arm counter-clockwise",
+    "arm_roll": "rolls the arms",
+    "air_drums": "plays air drums",
+    "air_guitar": "plays air guitar",
+    "other_gestures": "makes another gesture",
+}
+
+NUM_CLASSES = len(GESTURE_CLASSES)
+
+
+def class_name(label: int) -> str:
+    """Class name of a 1-based DvsGesture label."""
+    if not 1 <= label <= NUM_CLASSES:
+        raise ValueError(f"gesture label {label} outside 1..{NUM_CLASSES}")
+    return GESTURE_CLASSES[label - 1]
+
+
+def class_label(name: str) -> int:
+    """1-based DvsGesture label of a class name."""
+    try:
+        return GESTURE_CLASSES.index(name) + 1
+    except ValueError:
+        raise ValueError(f"unknown gesture class {name!r}") from None
+
+
+# --------------------------------------------------------------------------
+# Labels CSV and split lists
+# --------------------------------------------------------------------------
+
+LABELS_HEADER = "class,startTime_usec,endTime_usec"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One labelled gesture: DvsGesture label 1..11, time span [start_us, end_us)."""
+
+    label: int
+    start_us: int
+    end_us: int
+
+    @property
+    def class_name(self) -> str:
+        return class_name(self.label)
+
+    @property
+    def start_ns(self) -> int:
+        return self.start_us * 1000
+
+    @property
+    def end_ns(self) -> int:
+        return self.end_us * 1000
+
+
+def read_labels_csv(path: PathLike) -> list[Segment]:
+    """Read a DvsGesture ``*_labels.csv`` (header ``class,startTime_usec,endTime_usec``)."""
+    with open(path, "r", encoding="utf-8-sig", newline="") as f:
+        lines = [ln.strip() for ln in f.read().splitlines()]
+    lines = [ln for ln in lines if ln]
+    if not lines or lines[0].replace(" ", "") != LABELS_HEADER:
+        raise EventDecodeError(f"{path}: expected header {LABELS_HEADER!r}")
+    segments: list[Segment] = []
+    for i, ln in enumerate(lines[1:], start=2):
+        parts = [s.strip() for s in ln.split(",")]
+        try:
+            label, start, end = (int(s) for s in parts)
+        except ValueError:
+            raise EventDecodeError(f"{path}:{i}: expected 3 integers, got {ln!r}") from None
+        if not 1 <= label <= NUM_CLASSES or start < 0 or end < start:
+            raise EventDecodeError(f"{path}:{i}: invalid segment {ln!r}")
+        segments.append(Segment(label, start, end))
+    return segments
+
+
+def write_labels_csv(path: PathLike, segments: Sequence[Segment]) -> None:
+    """Write segments in the DvsGesture labels CSV format."""
+    rows = [LABELS_HEADER]
+    for s in segments:
+        if not 1 <= s.label <= NUM_CLASSES or s.start_us < 0 or s.end_us < s.start_us:
+            raise ValueError(f"invalid segment {s}")
+        rows.append(f"{int(s.label)},{int(s.start_us)},{int(s.end_us)}")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("\n".join(rows) + "\n")
+
+
+def read_split_list(path: PathLike) -> list[str]:
+    """Read ``trials_to_train.txt`` / ``trials_to_test.txt`` (one filename a line)."""
+    with open(path, "r", encoding="utf-8") as f:
+        return [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+
+
+def write_split_list(path: PathLike, names: Sequence[str]) -> None:
+    """Write one aedat filename per line."""
+    for n in names:
+        if not n or "\n" in n or "\r" in n:
+            raise ValueError(f"invalid trial name {n!r}")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write("".join(f"{n}\n" for n in names))
+
+
+# --------------------------------------------------------------------------
+# Dataset directory
+# --------------------------------------------------------------------------
+
+TRAIN_LIST = "trials_to_train.txt"
+TEST_LIST = "trials_to_test.txt"
+_TRIAL_RE = re.compile(r"^user(\d+)_(.+)\.aedat$")
+
+Split = Literal["train", "test", "all"]
+
+
+def parse_trial_name(trial: PathLike) -> tuple[int, str]:
+    """``(user id, lighting)`` from ``.../user01_fluorescent_led.aedat``."""
+    m = _TRIAL_RE.match(os.path.basename(os.fspath(trial)))
+    if m is None:
+        raise ValueError(f"not a DvsGesture trial name: {os.fspath(trial)!r}")
+    return int(m.group(1)), m.group(2)
+
+
+def labels_path(trial: PathLike) -> Path:
+    """``userXX_<lighting>_labels.csv`` next to ``userXX_<lighting>.aedat``."""
+    p = Path(trial)
+    return p.with_name(p.name[: -len(".aedat")] + "_labels.csv") if p.name.endswith(
+        ".aedat") else p.with_name(p.name + "_labels.csv")
+
+
+def slice_segment(events: np.ndarray, seg: Segment) -> np.ndarray:
+    """Events with ``seg.start_ns <= t < seg.end_ns`` (``events`` sorted by t)."""
+    lo, hi = np.searchsorted(events["t"], [seg.start_ns, seg.end_ns], side="left")
+    return events[lo:hi]
+
+
+class Dvs128Dataset:
+    """A DvsGesture directory: ``*.aedat``, ``*_labels.csv`` and the split lists."""
+
+    def __init__(self, root: PathLike) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"DvsGesture directory not found: {self.root}")
+
+    def _path(self, trial: PathLike) -> Path:
+        p = Path(trial)
+        return p if p.is_absolute() or p.parent != Path(".") else self.root / p
+
+    def trials(self, split: Split = "all") -> list[str]:
+        """Aedat paths of a split, in list order ('all' = train then test, or
+        every ``*.aedat`` in the directory when no split lists exist). A missing
+        list file for 'train'/'test' raises FileNotFoundError."""
+        if split not in ("train", "test", "all"):
+            raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+        lists = {"train": [TRAIN_LIST], "test": [TEST_LIST], "all": [TRAIN_LIST, TEST_LIST]}[split]
+        present = [name for name in lists if (self.root / name).is_file()]
+        if split == "all" and not present:
+            return sorted(str(p) for p in self.root.glob("*.aedat"))
+        names: list[str] = []
+        for name in lists:
+            names.extend(read_split_list(self.root / name))
+        return [str(self.root / n) for n in dict.fromkeys(names)]
+
+    def segments(self, trial: PathLike) -> list[Segment]:
+        """Labelled segments of a trial (path or bare aedat filename)."""
+        return read_labels_csv(labels_path(self._path(trial)))
+
+    def load(self, trial: PathLike) -> tuple[np.ndarray, list[Segment]]:
+        """Events (sorted by time, stable) and segments of one trial."""
+        events, info = read_aedat31(self._path(trial))
+        if not info["monotonic"]:
+            events = events[np.argsort(events["t"], kind="stable")]
+        return events, self.segments(trial)
+
+    def iter_samples(self, split: Split = "all") -> Iterator[tuple[str, Segment, np.ndarray]]:
+        """Yield ``(trial path, segment, events in [start, end))`` for a split."""
+        for trial in self.trials(split):
+            events, segments = self.load(trial)
+            for seg in segments:
+                yield trial, seg, slice_segment(events, seg)
+
+
+def _trial_filename(name: str) -> str:
+    return name if name.endswith(".aedat") else name + ".aedat"
+
+
+def write_trial(root: PathLike, name: str, events: np.ndarray,
+                segments: Sequence[Segment], **aedat_kwargs: Any) -> Path:
+    """Write ``<root>/<name>.aedat`` and its ``_labels.csv``; returns the aedat path."""
+    path = Path(root) / _trial_filename(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_aedat31(path, events, **aedat_kwargs)
+    write_labels_csv(labels_path(path), segments)
+    return path
+
+
+def write_splits(root: PathLike, train_names: Sequence[str], test_names: Sequence[str]) -> None:
+    """Write ``trials_to_train.txt`` and ``trials_to_test.txt`` under ``root``."""
+    write_split_list(Path(root) / TRAIN_LIST, [_trial_filename(n) for n in train_names])
+    write_split_list(Path(root) / TEST_LIST, [_trial_filename(n) for n in test_names])
+
+
+__all__ = [
+    "SENSOR_WIDTH", "SENSOR_HEIGHT", "GESTURE_CLASSES", "GESTURE_PHRASES", "NUM_CLASSES",
+    "class_name", "class_label", "read_aedat31", "write_aedat31", "write_options",
+    "Segment", "read_labels_csv", "write_labels_csv", "read_split_list", "write_split_list",
+    "parse_trial_name", "labels_path", "slice_segment", "Dvs128Dataset", "write_trial",
+    "write_splits",
+]

@@ -1,0 +1,1 @@
+"""Offline evaluation: replay through the node cores, metrics, COCO harness, paper table."""

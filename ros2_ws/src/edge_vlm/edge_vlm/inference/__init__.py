@@ -1,0 +1,1 @@
+"""Streaming inference: layer memories, the native encoder kernel, engines, routing, factory."""

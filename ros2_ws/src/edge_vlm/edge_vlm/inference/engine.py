@@ -1,0 +1,342 @@
+"""Streaming STTF inference: one frame at a time, batch 1, persistent token memory.
+
+Per frame:
+
+* change mask: the learned :class:`~edge_vlm.model.captioner.ChangeMaskNet` (default),
+  the rule "patch has >= ``event_count_threshold`` events", or a mask given by the caller
+  (sttf_perception's TokenMask, or a frame difference in RGB-only mode);
+* token memory update (model semantics, identical in sparse and dense mode): patches in
+  the mask are embedded and merged into their cached token by the learned gate, tokens
+  that reach ``max_age`` frames without change expire (re-embedded from the current
+  frame), the first frame / a forced resync / an RGB on-off switch re-embeds every patch;
+* encoder: ``sparse=True`` recomputes only the tokens whose memory input changed, through
+  every layer (per-layer gate against the last propagated value); a dense pass over all
+  tokens runs on the first frame, every ``refresh_period`` frames, and when the
+  accumulated memory change since the last dense pass exceeds ``drift_bound``.
+  ``sparse=False`` is the dense baseline (every token, every layer, every frame);
+* fusion (age embedding, mask-biased cross-attention), gesture head and the KV-cached
+  MicroGPT caption (greedy or beam). The text decoder, the costliest stage of a sparse
+  frame, is gated like the tokens: the last text is republished while the fused prefix
+  stays within ``caption_reuse_threshold`` (relative L2) of the prefix it was decoded from
+  and the gesture and decoder pathway are unchanged; ``caption_period`` > 1 decodes at
+  most every N frames.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES
+from edge_vlm.model.sttf import (CaptionModel, ModelConfig, age_bucket, decode_beam,
+    decode_greedy)
+from edge_vlm.model.flops import decoder_flops, frame_flops
+from edge_vlm.model.motion import MotionState, patch_channel_counts
+from edge_vlm.model.tokenizer import Tokenizer
+
+
+
+@dataclass
+class FrameResult:
+    text: str
+    score: float
+    label: int                 # 1..11
+    gesture_name: str
+    confidence: float
+    active_tokens: int         # tokens re-encoded this frame
+    total_tokens: int
+    change_tokens: int         # tokens in the change mask (subset of active_tokens)
+    refreshed: bool
+    flops: dict[str, float]
+    flops_dense: float
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    frame_index: int = 0
+    caption_fresh: bool = True  # False: text reused (caption_period, caption_reuse_threshold)
+    layer_tokens: list = field(default_factory=list)   # tokens recomputed per encoder layer
+    route: dict = field(default_factory=dict)          # ANC: branch, level, probabilities, budget, params
+
+    @property
+    def flops_executed(self) -> float:
+        return float(sum(self.flops.values()))
+
+
+
+
+def hist_tensor(hist: np.ndarray) -> torch.Tensor:
+    """``hist`` as a float32 tensor sharing its memory when it can; FrameBinner hands frames
+    out with READ-ONLY histograms (their buffers are reused), and those are copied, since a
+    torch tensor is always writable."""
+    a = np.ascontiguousarray(hist, dtype=np.float32)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
+
+
+MASK_MODES = ("learned", "event_count")
+
+
+class StreamingCaptioner:
+    """Stateful captioner: feed one frame at a time with :meth:`process`."""
+
+    def __init__(self, model: CaptionModel, *, event_count_threshold: int = 3, refresh_period: int = 0,
+                 decoding: str = "greedy", beam_size: int = 3, max_caption_tokens: int = 20,
+                 sparse: bool = True, rgb_hold_frames: int = 3, caption_period: int = 1,
+                 mask_method: str = "learned", layer_thresholds: list[float] | None = None,
+                 drift_bound: float = 0.0, caption_reuse_threshold: float = 0.0):
+        if mask_method not in MASK_MODES:
+            raise ValueError(f"mask_method must be one of {MASK_MODES}, got {mask_method!r}")
+        self.model = model
+        self.cfg: ModelConfig = model.cfg
+        self.tok = Tokenizer(self.cfg.vocab)
+        self.k = int(event_count_threshold)
+        self.refresh_period = int(refresh_period)
+        self.decoding = decoding
+        self.beam_size = int(beam_size)
+        self.max_tokens = min(int(max_caption_tokens), self.cfg.max_len)
+        self.sparse = sparse
+        self.rgb_hold_frames = int(rgb_hold_frames)
+        self.caption_period = max(1, int(caption_period))
+        self.caption_reuse = float(caption_reuse_threshold)
+        self.mask_method = mask_method
+        self.layer_thresholds = [float(x) for x in (layer_thresholds or [])]
+        self.drift_bound = float(drift_bound)
+        with torch.no_grad():
+            self._empty = model.embed.empty()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the token memory (the next frame re-embeds every patch and runs dense)."""
+        c = self.cfg
+        self.e = torch.zeros(c.num_tokens, c.dim)                # memory input tokens (gated)
+        self.age = np.full(c.num_tokens, c.max_age, dtype=np.int64)
+        self.layers = self.model.vit.new_memory() if hasattr(self.model, "vit") else []
+        # encoder output (vision tokens): after a frame, the encoder memory's own tensor, which
+        # the next frame updates in place (clone it to keep a frame's)
+        self.memory = torch.zeros(c.num_tokens, c.dim)
+        self.frames_seen = 0
+        self.since_dense = 0
+        self.drift = 0.0
+        self.last_rgb: bool | None = None
+        self.held_rgb: np.ndarray | None = None
+        self.held_age = 0
+        self._resync = True
+        self._force_dense = False
+        self.last_caption: tuple | None = None   # (ids, score, label, (decoder layers, beam width), prefix)
+        self.motion_state = MotionState(c.grid)
+
+    def force_refresh(self) -> None:
+        """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense pass."""
+        self._resync = True
+
+    # -- inputs --
+    def change_mask(self, hist: np.ndarray) -> np.ndarray:
+        """The change mask of one histogram (bool, N) with this engine's mask method."""
+        c = self.cfg
+        if self.mask_method == "learned":
+            with torch.no_grad():
+                logits = self.model.mask_net(hist_tensor(hist)[None])
+            return (logits[0] > 0).numpy()
+        from edge_vlm.stream.histogram import patch_counts
+
+        return patch_counts(hist, c.patch).reshape(-1) >= self.k
+
+    def _content(self, hist: np.ndarray, rgb: np.ndarray | None, idx: np.ndarray,
+                 events_on: np.ndarray) -> torch.Tensor:
+        """Model input rows (len(idx), patch_dim) of patches ``idx``: log1p events where
+        ``events_on`` (denoised), RGB (or zeros)."""
+        c = self.cfg
+        g, p = c.grid, c.patch
+        ev = hist.reshape(c.event_channels, g, p, g, p).transpose(1, 3, 0, 2, 4).reshape(c.num_tokens, -1)
+        rows = np.log1p(ev[idx].astype(np.float32)) * events_on[idx, None]
+        if rgb is not None:
+            im = rgb.reshape(g, p, g, p, 3).transpose(0, 2, 4, 1, 3).reshape(c.num_tokens, -1)
+            rgbr = im[idx].astype(np.float32) / 255.0 - 0.5
+        else:
+            rgbr = np.zeros((len(idx), c.rgb_channels * p * p), dtype=np.float32)
+        return torch.from_numpy(np.concatenate([rows, rgbr], axis=1))
+
+    def _hold_rgb(self, rgb: np.ndarray | None) -> np.ndarray | None:
+        # An RGB camera slower than the frame rate must not flip the input mode (and force a
+        # resync) every other frame: the last image is held for up to rgb_hold_frames frames.
+        if rgb is not None:
+            self.held_rgb, self.held_age = rgb, 0
+        elif self.held_rgb is not None and self.held_age < self.rgb_hold_frames:
+            rgb = self.held_rgb
+            self.held_age += 1
+        else:
+            self.held_rgb = None
+        return rgb
+
+    def _update_memory(self, hist: np.ndarray, rgb: np.ndarray | None, change: np.ndarray,
+                       resync: bool) -> np.ndarray:
+        """Token memory update (model semantics, the same in sparse and dense mode); returns the
+        indices of the tokens whose memory input changed."""
+        c = self.cfg
+        if resync:
+            idx = np.arange(c.num_tokens)
+            self.e = self.model.embed(self._content(hist, rgb, idx, change))
+            self.age = np.where(change, 0, c.max_age)
+            return idx
+        expired = (self.age == c.max_age - 1) & ~change
+        self.age = np.where(change, 0, np.minimum(self.age + 1, c.max_age))
+        upd, exp = np.flatnonzero(change), np.flatnonzero(expired)
+        before = self.e
+        if len(upd) or len(exp):
+            self.e = self.e.clone()
+        if len(upd):
+            ut = torch.from_numpy(upd)
+            new = self.model.embed(self._content(hist, rgb, upd, change))
+            self.e[ut] = self.model.embed.merge(new, self.e[ut])
+        if len(exp):
+            self.e[torch.from_numpy(exp)] = self.model.embed(self._content(hist, rgb, exp, change))
+        changed = np.union1d(upd, exp)
+        if self.drift_bound > 0 and len(changed):
+            ct = torch.from_numpy(changed)
+            self.drift += float((self.e[ct] - before[ct]).norm(dim=-1).sum()
+                                / before.norm(dim=-1).sum().clamp(min=1e-6))
+        return changed
+
+    def _encode(self, hist: np.ndarray, change: np.ndarray, changed: np.ndarray, resync: bool) -> dict:
+        """The encoder stage: dense or sparse ViT over the memory. Returns ``vis`` (N, D),
+        ``layer_tokens`` and ``dense``; subclasses add routing information."""
+        c = self.cfg
+        dense = (not self.sparse or resync or self._force_dense
+                 or (self.refresh_period > 0 and self.since_dense >= self.refresh_period)
+                 or (self.drift_bound > 0 and self.drift > self.drift_bound))
+        if dense:
+            vis = self.model.vit.dense_infer(self.e, self.layers, inplace=True)
+            layer_tokens = [c.num_tokens] * c.depth
+            self.since_dense, self.drift, self._force_dense = 1, 0.0, False
+        else:
+            vis, layer_tokens = self.model.vit.sparse_infer(
+                self.e, torch.from_numpy(changed), self.layers, self.layer_thresholds, inplace=True)
+            self.since_dense += 1
+        return {"vis": vis, "layer_tokens": layer_tokens, "dense": dense}
+
+    @staticmethod
+    def _latency(t0: float, t1: float, t1b: float, t2: float, t3: float, t4: float,
+                 router_ms: float | None) -> dict[str, float]:
+        """Per-stage wall time (ms) from the stage boundaries; an ANC router that ran inside the
+        encoder stage is reported as its own stage (the encoder time is the ViT's alone)."""
+        lat = {"mask": (t1 - t0) * 1e3, "memory": (t1b - t1) * 1e3}
+        enc = (t2 - t1b) * 1e3
+        if router_ms is not None:
+            lat["router"] = router_ms
+            enc -= router_ms
+        lat.update({"encoder": enc, "fusion": (t3 - t2) * 1e3, "decoder": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3})
+        return lat
+
+    def _flops(self, enc: dict, n_embed: int, generated: int, beams: int, learned_mask: bool) -> tuple[dict, float]:
+        """(per-stage FLOPs of this frame, FLOPs of the dense model on it)."""
+        c = self.cfg
+        flops = frame_flops(c, enc["layer_tokens"], n_embed, generated, beams, learned_mask=learned_mask)
+        dense = sum(frame_flops(c, [c.num_tokens] * c.depth, n_embed, generated, beams,
+                                learned_mask=learned_mask).values())
+        return flops, dense
+
+    @torch.no_grad()
+    def perceive(self, hist: np.ndarray, rgb: np.ndarray | None = None,
+                 change_mask: np.ndarray | None = None) -> dict:
+        """Every stage of :meth:`process` but the text decoder: change mask, memory, encoder,
+        fusion and gesture logits (``logits`` (K,), with ``vision_logits`` and the ``motion``
+        state it read). ``edge-vlm train --model gesture`` streams recordings through it."""
+        t0 = time.perf_counter()
+        c = self.cfg
+        rgb = self._hold_rgb(rgb)
+        hist = np.asarray(hist, dtype=np.float32)
+        learned = change_mask is None and self.mask_method == "learned"
+        change = self.change_mask(hist) if change_mask is None else np.asarray(change_mask, dtype=bool)
+        has_rgb = rgb is not None
+        resync = self._resync or self.last_rgb != has_rgb
+        self._resync = False
+        t1 = time.perf_counter()
+        changed = self._update_memory(hist, rgb, change, resync)
+        t1b = time.perf_counter()
+        enc = self._encode(hist, change, changed, resync)
+        self.memory = enc["vis"]
+        t2 = time.perf_counter()
+        bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]
+        fused, z = self.model.fuse(self.memory[None], bucket, torch.from_numpy(change)[None])
+        motion = None
+        if self.model.motion is not None:
+            counts = patch_channel_counts(hist_tensor(hist), c.patch)
+            motion = torch.from_numpy(self.motion_state.update(self.age, counts, c.max_age))[None]
+        vision = self.model.gesture_logits(fused, z, bucket)
+        logits = vision if motion is None else self.model.motion(motion, vision)
+        self.last_rgb = has_rgb
+        return {"change": change, "changed": changed, "enc": enc, "resync": resync, "fused": fused,
+                "logits": logits[0], "vision_logits": vision[0], "motion": motion, "learned_mask": learned,
+                "t": (t0, t1, t1b, t2, time.perf_counter())}
+
+    @torch.no_grad()
+    def process(self, hist: np.ndarray, rgb: np.ndarray | None = None,
+                change_mask: np.ndarray | None = None) -> FrameResult:
+        """Process one frame. ``hist``: (C,H,W) event counts on the model grid; ``rgb``: (H,W,3) uint8.
+
+        ``change_mask`` (bool, N): an externally computed change mask (e.g. from
+        sttf_perception); this engine's ``mask_method`` is used when it is None.
+        """
+        c = self.cfg
+        p = self.perceive(hist, rgb, change_mask)
+        change, changed, enc, resync, fused = p["change"], p["changed"], p["enc"], p["resync"], p["fused"]
+        t0, t1, t1b, t2, t3 = p["t"]
+        learned = p["learned_mask"]
+        probs = torch.softmax(p["logits"], dim=-1)
+        cls = int(torch.argmax(probs))
+        layers = enc.get("decoder_layers")
+        # beam width: the node's beam_size, capped by the decoder pathway (ANC: Tiny is greedy)
+        beams = min(self.beam_size, enc.get("decoder_beam", self.beam_size)) if self.decoding == "beam" else 1
+        # the text decoder (the costliest stage) runs after a resync and whenever the recognised
+        # gesture or the decoder pathway changes, else every caption_period frames if the fused
+        # prefix moved more than caption_reuse from the one the last text was decoded from;
+        # other frames republish the last text
+        last = self.last_caption
+        spec: dict = {}
+        fresh = (last is None or resync or last[2] != cls or last[3] != (layers, beams)
+                 or (self.frames_seen % self.caption_period == 0
+                     and (self.caption_reuse <= 0
+                          or float((fused - last[4]).norm()) > self.caption_reuse * float(last[4].norm()))))
+        if not fresh:
+            ids, score = self.last_caption[:2]
+        elif beams > 1:
+            ids, score = decode_beam(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens, beams, layers)
+        else:   # speculative: the last text as the draft (exact greedy result, one pass if unchanged)
+            ids, score = decode_greedy(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens, layers,
+                                       draft=last[0] if last is not None else None, stats=spec)
+        if fresh:
+            self.last_caption = (ids, score, cls, (layers, beams), fused)
+        t4 = time.perf_counter()
+        n_embed = c.num_tokens if resync else int(len(changed))
+        flops, dense_fl = self._flops(enc, n_embed, len(ids) + 1, beams, learned)
+        if not fresh:
+            flops["decoder"] = 0.0
+        elif spec.get("first", 1) > 1:
+            flops["decoder"] = decoder_flops(c, spec["steps"], 1, layers, first=spec["first"])
+        self.frames_seen += 1
+        return FrameResult(
+            text=self.tok.decode(ids), score=float(score), label=cls + 1, gesture_name=GESTURE_CLASSES[cls],
+            confidence=float(probs[cls]), active_tokens=int(enc["layer_tokens"][0]), total_tokens=c.num_tokens,
+            change_tokens=int(change.sum()), refreshed=bool(enc["dense"]), flops=flops, flops_dense=float(dense_fl),
+            latency_ms=self._latency(t0, t1, t1b, t2, t3, t4, enc.get("router_ms")),
+            frame_index=self.frames_seen - 1, caption_fresh=fresh, layer_tokens=list(enc["layer_tokens"]),
+            route=enc.get("route", {}))
+
+
+def engine_from_params(model: CaptionModel, params: dict, meta: dict | None = None,
+                       sparse: bool = True) -> StreamingCaptioner:
+    """The engine as the vlm_captioner node configures it (one place for node, eval and bench).
+    Per-layer gate thresholds come from the checkpoint (``layer_thresholds``, fitted on
+    validation by ``edge-vlm train``), scaled by the ``layer_threshold_scale`` parameter."""
+    meta = meta or {}
+    scale = float(params.get("layer_threshold_scale", 1.0))
+    taus = [scale * float(x) for x in meta.get("layer_thresholds", [])]
+    kw = {k: params[k] for k in ("refresh_period", "decoding", "beam_size", "max_caption_tokens",
+                                  "caption_period", "mask_method", "drift_bound", "caption_reuse_threshold") if k in params}
+    if hasattr(model, "acfg"):
+        from edge_vlm.inference.anc_engine import AncStreamingCaptioner
+
+        return AncStreamingCaptioner(model, event_count_threshold=int(params.get("event_count_threshold", 3)),
+                                     sparse=sparse, layer_thresholds=taus,
+                                     compute_budget=float(params.get("compute_budget", 1.0)), **kw)
+    return StreamingCaptioner(model, event_count_threshold=int(params.get("event_count_threshold", 3)),
+                              sparse=sparse, layer_thresholds=taus, **kw)

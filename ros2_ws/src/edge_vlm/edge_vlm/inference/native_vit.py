@@ -1,0 +1,298 @@
+"""ctypes loader of the fused encoder-block kernel (``_native/sparsevit.c`` -> ``libsparsevit.so``).
+
+:meth:`SparseViT.sparse_infer <edge_vlm.model.captioner.SparseViT.sparse_infer>` and
+``dense_infer`` run a whole pass in one C call (:func:`encode`: gather, every layer, final norm)
+when no per-layer threshold is set, else layer by layer (:func:`run_layer`), whenever
+:func:`load` returns the library: instead of ~20 PyTorch calls per layer, with the weights stored
+once in packed panels instead of packed again by every small matmul. It is the same arithmetic
+as ``Block.sparse_step`` / ``Block.dense_step`` (float32; results agree to rounding, checked by
+``tests/test_native_vit.py``). The PyTorch path runs instead, with the same results, when:
+
+* the library is not built (``scripts/setup.sh`` builds it with gcc), is older than its source,
+  or has another ABI; the CPU lacks AVX2/FMA/F16C; ``EDGE_VLM_NO_NATIVE_VIT=1`` is set (read once,
+  at the first pass);
+* autograd is recording (training), or a tensor is not float32 / contiguous;
+* the shapes are not the kernel's (``dim``, ``dim/heads`` and the token count multiples of 16).
+
+:func:`backend` names the path in use (``"native"`` or ``"torch"``); :func:`why` says why the
+library is not used. The kernel is single-threaded, like the nodes' default ``num_threads: 1``.
+"""
+from __future__ import annotations
+
+import ctypes
+import operator
+import os
+
+import torch
+import torch.nn.functional as F
+
+from edge_vlm.stream.native_evbin import check_built
+from edge_vlm.paths import NATIVE_DIR
+
+_DIR = str(NATIVE_DIR)
+LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
+SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
+ABI = 6
+_PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
+_WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1", "w2_t", "b2")
+_MEMORY = ("mem_x", "mem_kt", "mem_v", "mem_out")
+_HALF = ("wqkv_h", "wproj_h", "w1_h", "w2_h")
+
+
+class LayerStruct(ctypes.Structure):
+    """``svit_layer_t`` of sparsevit.c (field for field)."""
+
+    _fields_ = ([(n, _I64) for n in ("d", "heads", "hid", "ntok", "act")]
+                + [("eps1", ctypes.c_double), ("eps2", ctypes.c_double)]
+                + [(n, _PTR) for n in _WEIGHTS + _MEMORY + _HALF])
+
+
+_lib = None
+_why = ""
+_tried = False
+
+
+def load():
+    """The library, or None (the PyTorch path; :func:`why` says why). Decided once per process,
+    at the first call (``EDGE_VLM_NO_NATIVE_VIT`` is read then)."""
+    global _lib, _why, _tried
+    if not _tried:
+        _tried = True
+        if os.environ.get("EDGE_VLM_NO_NATIVE_VIT", "") not in ("", "0"):
+            _why = "EDGE_VLM_NO_NATIVE_VIT is set"
+            return None
+        try:
+            check_built(LIB_PATH, (SOURCE_PATH,))
+            lib = ctypes.CDLL(LIB_PATH)
+            lib.svit_abi.restype = _I64
+            lib.svit_cpu_ok.restype = _I64
+            if not lib.svit_cpu_ok():
+                raise OSError("this CPU lacks AVX2/FMA/F16C")
+            if int(lib.svit_abi()) != (ctypes.sizeof(LayerStruct) | ABI << 16):
+                raise OSError(f"{LIB_PATH} does not match native_vit.py (run scripts/setup.sh)")
+            lib.svit_layer.argtypes = [_PTR, _I64, _PTR, _PTR]
+            lib.svit_layer.restype = _I64
+            lib.svit_encode.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
+                                        ctypes.c_double, _PTR, _I64]
+            lib.svit_encode.restype = _I64
+            _lib = lib
+        except (OSError, AttributeError) as exc:
+            _why = str(exc)
+    return _lib
+
+
+def why() -> str:
+    """Why :func:`load` returned None (empty when the library is in use or not tried yet)."""
+    return _why
+
+
+def backend() -> str:
+    """``"native"`` or ``"torch"``: the encoder-block path of inference passes now."""
+    return "native" if load() is not None else "torch"
+
+
+def pack(w: torch.Tensor) -> torch.Tensor:
+    """A linear weight (N, K) as the kernel reads it: N/16 panels of its transpose, each
+    (K, 16) contiguous (N a multiple of 16)."""
+    n, k = w.shape
+    return w.detach().t().reshape(k, n // 16, 16).permute(1, 0, 2).contiguous()
+
+
+def pack_half(w: torch.Tensor) -> torch.Tensor | None:
+    """The float16 copy of a packed weight when it is exact (every value representable: the
+    shipped checkpoints store float16), else None. The kernel then reads these: half the bytes
+    to stream from memory (what bounds a sparse step), the same values, the same results."""
+    h = w.half()
+    return h if torch.equal(h.float(), w) else None
+
+
+def _weights(blk) -> tuple:
+    """The block's inference weights as the kernel reads them (packed linear weights, the MLP
+    padded to a multiple of 16 hidden channels),
+    cached on the block while its parameters (and an ANC block's channel slice) are unchanged."""
+    cached = blk.__dict__.get("_native_weights")
+    sliced = blk._slice                           # an ANC block's channel slice (a new tuple per budget)
+    if (cached is not None and cached[4] is sliced
+            and all(t._version == v for t, v in zip(cached[3], cached[0]))):
+        return cached                             # fast path: ~2 us (module attribute access costs ~15)
+    w1, b1, w2, b2 = blk.mlp_params()
+    src = (blk.ln1.weight, blk.ln1.bias, blk.qkv.weight, blk.qkv.bias, blk.proj.weight, blk.proj.bias,
+           blk.ln2.weight, blk.ln2.bias, w1, b1, w2, b2)
+    key = tuple(t._version for t in src)          # in-place updates (load_state_dict, optimiser) bump it
+    hid = int(w1.shape[0])
+    pad = -hid % 16
+    with torch.no_grad():
+        w1p = F.pad(w1.detach(), (0, 0, 0, pad))            # zero channels: relu/gelu(0) = 0
+        b1p = F.pad(b1.detach(), (0, pad))
+        w2p = F.pad(w2.detach(), (0, pad))
+        ts = tuple(pack(t) if t.dim() == 2 else t.detach().contiguous() for t in
+                   (src[:8] + (w1p, b1p, w2p, b2)))
+        halves = tuple(pack_half(ts[i]) for i in (2, 4, 8, 10))
+    cached = (key, ts, hid + pad, src, sliced, halves)
+    blk._native_weights = cached
+    return cached
+
+
+def _struct(blk, lm) -> LayerStruct | None:
+    """The kernel's view of (block weights, layer memory), cached on the layer memory; None when
+    the shapes are not the kernel's."""
+    n, d = lm.x.shape
+    if d % 16 or blk.heads <= 0 or d % blk.heads or (d // blk.heads) % 16 or n % 16:
+        return None
+    weights = _weights(blk)
+    _, ws, hid, _, _, halves = weights
+    mem = (lm.x, lm.kt, lm.v, lm.out)
+    cached = lm.__dict__.get("_native")
+    if cached is not None and cached[0] is weights and all(a is b for a, b in zip(cached[2], mem)):
+        return cached[1]
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in ws + mem):
+        return None
+    st = LayerStruct(d=d, heads=blk.heads, hid=hid, ntok=n, act=0 if blk.act_fn is torch.nn.functional.relu else 1,
+                     eps1=float(blk.ln1.eps), eps2=float(blk.ln2.eps))
+    for name, t in zip(_WEIGHTS + _MEMORY, ws + mem):
+        setattr(st, name, t.data_ptr())
+    if all(h is not None for h in halves):
+        for name, h in zip(_HALF, halves):
+            setattr(st, name, h.data_ptr())
+    lm._native = (weights, st, mem)     # the packed weights stay alive with the pointers into them
+    return st
+
+
+def run_layer(blk, lm, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
+    """Layer ``blk`` over the tokens ``idx`` (x: their (n, D) inputs) through the kernel, updating
+    ``lm`` like ``sparse_infer``'s PyTorch path (input, keys, values, output of those tokens).
+    Returns the (n, D) outputs, or None when the kernel does not apply (the caller then runs
+    the PyTorch path; nothing was written)."""
+    lib = load()
+    if lib is None or torch.is_grad_enabled() or x.dtype != torch.float32:
+        return None
+    st = _struct(blk, lm)
+    if st is None:
+        return None
+    out = x.contiguous().clone()
+    ii = idx.to(torch.int64).contiguous()
+    rc = lib.svit_layer(ctypes.byref(st), int(ii.numel()), ii.data_ptr(), out.data_ptr())
+    return out if rc == 0 else None
+
+
+def share_version_counter(vit) -> bool:
+    """Re-create the float32 parameters of ``vit`` (a SparseViT) as views of one flat buffer, so
+    that they share one autograd version counter: an in-place change of any of them (an
+    optimiser step, ``load_state_dict``, an edit under ``no_grad``) bumps the version of all.
+    :func:`encode` then revalidates its cached plan with one version read instead of one per
+    weight tensor (in a streaming engine those tensors are out of cache by the next frame: a miss
+    each). Call it right after building or loading a model, before an optimiser takes its
+    parameters (they are new objects; values, names, ``requires_grad`` and ``state_dict`` are
+    unchanged). Returns False (nothing changed) for tied weights or a parameter that is not a
+    float32 CPU tensor."""
+    params = [(m, name, p) for m in vit.modules() for name, p in m._parameters.items() if p is not None]
+    if (not params or len({id(p) for _, _, p in params}) != len(params)          # tied weights: leave
+            or any(p.dtype != torch.float32 or p.device.type != "cpu" for _, _, p in params)):
+        return False
+    flat = torch.empty(sum(p.numel() for _, _, p in params))
+    o = 0
+    for m, name, p in params:
+        view = flat[o:o + p.numel()].view_as(p)
+        view.copy_(p.detach())
+        m._parameters[name] = torch.nn.Parameter(view, requires_grad=p.requires_grad)
+        o += p.numel()
+    for m in vit.modules():
+        m.__dict__.pop("_native_weights", None)          # packed from the old parameter objects
+    # any of them reads the shared counter (in __dict__: not registered as a parameter of vit)
+    vit.__dict__["_native_shared"] = params[0][0]._parameters[params[0][1]]
+    return True
+
+
+_VERSION = operator.attrgetter("_version")
+
+#: bumped when a layer memory's tensor is replaced or an ANC block's channel slice changes (the
+#: setters of ``LayerMemory`` and ``Block._slice`` call :func:`invalidate`): cached plans are then
+#: rebuilt. Weight values are checked by their version counters, blocks and memories by identity.
+_generation = 0
+
+
+def invalidate() -> None:
+    """Make every cached plan of :func:`encode` stale (see ``_generation``)."""
+    global _generation
+    _generation += 1
+
+
+def _plan(vit, mem):
+    """What :func:`encode` passes to ``svit_encode`` for (vit, mem): the array of layer structs
+    and the final norm's pointers, cached on the first layer memory. Revalidated per call with a
+    few C-level compares (in a streaming engine every Python step is a cache miss): no
+    :func:`invalidate` since it was built, the same block and layer-memory objects, their
+    weights (and the final norm's and ``pos``) at the same version counters (one read after
+    :func:`share_version_counter`)."""
+    blocks = vit._modules["blocks"]._modules        # (not vit.blocks: Module.__getattr__ is Python)
+    shared = vit.__dict__.get("_native_shared")
+    cached = mem[0].__dict__.get("_native_plan") if mem else None
+    if cached is not None:
+        plan, gen, blks, lms, flat, versions, shared_c, shared_v = cached
+        if (gen == _generation and blocks == blks and mem == lms
+                and (shared._version == shared_v if shared is not None and shared is shared_c
+                     else list(map(_VERSION, flat)) == versions)):
+            return plan
+    mem[-1].vis_ok = False                    # new weights, final norm or memory: normalise all anew
+    gen, blks = _generation, list(blocks.values())
+    structs = []
+    for blk, lm in zip(blks, mem):
+        st = _struct(blk, lm)
+        if st is None:
+            break
+        structs.append(ctypes.addressof(st))
+    if not structs:
+        return None
+    ptrs = (ctypes.c_void_p * len(structs))(*structs)
+    tail = (vit.pos, vit.ln.weight, vit.ln.bias)
+    if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tail):
+        return None
+    # (the structs point into the packed weights and the memories: kept alive by those objects)
+    plan = (ptrs, len(structs), len(blks), vit.pos.detach(), vit.pos.data_ptr(), vit.ln.weight.data_ptr(),
+            vit.ln.bias.data_ptr(), float(vit.ln.eps))
+    flat = [t for blk in blks[:len(structs)] for t in blk._native_weights[3]] + list(tail)
+    mem[0]._native_plan = (plan, gen, dict(blocks), list(mem), flat, list(map(_VERSION, flat)),
+                           shared, shared._version if shared is not None else None)
+    return plan
+
+
+def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+    """A whole inference pass of ``vit`` (a SparseViT) over the tokens ``idx`` in one native call,
+    without per-layer gating (a sparse pass with thresholds 0, or a dense pass with every token).
+    Returns (vision tokens (N, D) after the final norm, or None; the current (n, D) activations
+    of the tokens, None when every layer was done; layers done). Fewer layers than the ViT's: the
+    caller runs the rest (and the final norm) on its PyTorch path from those activations (0 done:
+    the kernel does not apply).
+
+    The vision tokens are the last layer memory's ``vis`` tensor, updated in place: a sparse
+    pass re-normalises only the tokens ``idx`` (the others' last-layer outputs did not change),
+    a dense pass or the first pass after any change of weights or memory every token."""
+    # (few Python-level calls: in a streaming engine this code is out of cache at every frame)
+    lib = _lib if _tried else load()
+    n = idx.numel()
+    if lib is None or not n or torch.is_grad_enabled() or e.dtype != torch.float32:
+        return None, e[idx] + vit.pos[idx], 0
+    plan = _plan(vit, mem)
+    if plan is None:
+        return None, e[idx] + vit.pos[idx], 0
+    ptrs, nl, nblocks, _, pos, ln_w, ln_b, eps = plan
+    n_all, d = e.shape
+    ec = e if e.is_contiguous() else e.contiguous()
+    ii = idx if idx.dtype == torch.int64 and idx.is_contiguous() else idx.to(torch.int64).contiguous()
+    last = mem[-1]
+    vis, x = last.vis, last.scratch
+    if vis is None:
+        vis = last.vis = torch.empty(n_all, d)
+        last.vis_ok = False
+    if x is None:
+        x = last.scratch = torch.empty(n_all, d)
+    all_rows = n == n_all or not last.vis_ok
+    last.vis_ok = False                       # until this pass has written it
+    done = lib.svit_encode(ptrs, nl, n, ii.data_ptr(), ec.data_ptr(), pos, x.data_ptr(),
+                           ln_w, ln_b, eps, vis.data_ptr() if nl == nblocks else None, all_rows)
+    if done == nblocks:
+        last.vis_ok = True
+        return vis, None, done
+    if done == 0:
+        return None, e[idx] + vit.pos[idx], 0
+    return None, x[:n].clone(), done

@@ -1,0 +1,1 @@
+"""From EventPackets to frames: frame clock, histograms, decode+bin (FrameBinner), packet intake."""

@@ -1,0 +1,1 @@
+"""Training and fitting commands (simulated data, held-out subjects)."""

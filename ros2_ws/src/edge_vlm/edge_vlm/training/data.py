@@ -1,0 +1,131 @@
+"""Training data: simulated DVS128-style recordings cut into frames on the absolute grid.
+
+A recording becomes per-frame arrays: event histograms (uint8, saturating),
+optional RGB, and for frames inside a labelled gesture segment the label and
+the canonical caption. Frames outside segments carry label 0 and are used only
+as temporal context, as in a live stream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_vlm.stream.histogram import EVENT_CHANNELS, TIME_BINS
+
+
+@dataclass
+class FrameSet:
+    hist: np.ndarray          # (F, C, H, W) uint8 event counts (saturated at 255)
+    rgb: np.ndarray | None    # (F, H, W, 3) uint8
+    labels: np.ndarray        # (F,) int64, 0 = outside any segment
+    captions: list            # (F,) canonical caption or ""
+    references: list          # (F,) list of reference captions or []
+    motion: list              # (F,) 'low'/'high'/'' (from the clip attributes)
+    rec_index: np.ndarray     # (F,) which recording
+    frame_index: np.ndarray   # (F,) k on the absolute grid
+    t_end: np.ndarray         # (F,) ns
+    speed: np.ndarray | None = None   # (F,) float32 hand speed of the clip (px/s; 0 outside segments)
+
+
+def histograms_on_grid(events: np.ndarray, k0: int, k1: int, period: int, size: int = 128,
+                       chunk: int = 64) -> np.ndarray:
+    """Event histograms of frames k0..k1-1 (vectorized, in chunks of frames)."""
+    n = k1 - k0
+    out = np.zeros((n, EVENT_CHANNELS, size, size), dtype=np.uint8)
+    t = events["t"]
+    for c0 in range(0, n, chunk):
+        c1 = min(n, c0 + chunk)
+        lo = np.searchsorted(t, (k0 + c0) * period)
+        hi = np.searchsorted(t, (k0 + c1) * period)
+        ev = events[lo:hi]
+        if len(ev) == 0:
+            continue
+        rel = ev["t"] - (k0 + c0) * period
+        f = rel // period
+        b = np.clip(((rel - f * period) * TIME_BINS) // period, 0, TIME_BINS - 1)
+        ch = 2 * b + ev["p"].astype(np.int64)
+        flat = ((f * EVENT_CHANNELS + ch) * size + ev["y"].astype(np.int64)) * size + ev["x"].astype(np.int64)
+        counts = np.bincount(flat, minlength=(c1 - c0) * EVENT_CHANNELS * size * size)
+        out[c0:c1] = np.minimum(counts, 255).reshape(c1 - c0, EVENT_CHANNELS, size, size)
+    return out
+
+
+def recording_frames(rec, period: int, rec_id: int) -> FrameSet:
+    """Cut one simulated recording into frames."""
+    ev = rec.events
+    k0 = int(ev["t"][0] // period)
+    k1 = int(ev["t"][-1] // period) + 1
+    hist = histograms_on_grid(ev, k0, k1, period)
+    ks = np.arange(k0, k1)
+    t_end = (ks + 1) * period
+    rgb = None
+    if rec.frames is not None:
+        # latest RGB frame at or before the frame end
+        j = np.clip(np.searchsorted(rec.frame_stamps_ns, t_end, side="right") - 1, 0, len(rec.frames) - 1)
+        rgb = rec.frames[j]
+    labels = np.zeros(len(ks), dtype=np.int64)
+    caps, refs, motion = [""] * len(ks), [[] for _ in ks], [""] * len(ks)
+    speed = np.zeros(len(ks), dtype=np.float32)
+    for clip in rec.clips:
+        inside = np.flatnonzero((t_end > clip.t_start_ns) & (t_end <= clip.t_end_ns))
+        labels[inside] = clip.label
+        for i in inside:
+            caps[i] = clip.caption
+            refs[i] = clip.references
+            motion[i] = clip.attributes.get("motion", "")
+        speed[inside] = float(clip.attributes.get("hand_speed_px_s", 0.0))
+    return FrameSet(hist, rgb, labels, caps, refs, motion, np.full(len(ks), rec_id), ks, t_end, speed)
+
+
+def concat_framesets(sets: list[FrameSet]) -> FrameSet:
+    rgb = None if any(s.rgb is None for s in sets) else np.concatenate([s.rgb for s in sets])
+    return FrameSet(np.concatenate([s.hist for s in sets]), rgb, np.concatenate([s.labels for s in sets]),
+                    sum((s.captions for s in sets), []), sum((s.references for s in sets), []),
+                    sum((s.motion for s in sets), []), np.concatenate([s.rec_index for s in sets]),
+                    np.concatenate([s.frame_index for s in sets]), np.concatenate([s.t_end for s in sets]),
+                    None if any(s.speed is None for s in sets) else np.concatenate([s.speed for s in sets]))
+
+
+def _simulate(args):
+    from edge_vlm.sim import simulate_recording
+
+    subject, lighting, seed, clip_s, gap_s, with_frames = args
+    return simulate_recording(subject, lighting, seed=seed, clip_duration_s=clip_s, gap_s=gap_s,
+                              with_frames=with_frames)
+
+
+def build_frames(subjects, lightings, *, seed: int, period: int, clip_s: float, gap_s: float,
+                 with_frames: bool = True, workers: int = 2, progress: bool = True) -> FrameSet:
+    """Simulate one recording per (subject, lighting) and cut all of them into frames."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    jobs = [(s, l, seed * 100003 + s * 7 + i, clip_s, gap_s, with_frames)
+            for s in subjects for i, l in enumerate(lightings)]
+    sets = []
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        it = pool.map(_simulate, jobs)
+        if progress and tqdm is not None:
+            it = tqdm(it, total=len(jobs), desc="simulate", unit="rec")
+        for i, rec in enumerate(it):
+            sets.append(recording_frames(rec, period, i))
+    return concat_framesets(sets)
+
+
+def sample_indices(fs: FrameSet) -> np.ndarray:
+    """Frames that carry a label (the training/evaluation targets)."""
+    return np.flatnonzero(fs.labels > 0)
+
+
+def history_indices(fs: FrameSet, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each target frame, the indices of its last ``k`` frames (oldest first) and a validity mask
+    (frames before the start of the recording are invalid and fed as empty)."""
+    offs = np.arange(-k + 1, 1)
+    hidx = idx[:, None] + offs[None, :]
+    hidx_c = np.clip(hidx, 0, len(fs.labels) - 1)
+    valid = (hidx >= 0) & (fs.rec_index[hidx_c] == fs.rec_index[idx][:, None])
+    return hidx_c, valid
