@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 RUN := set -o pipefail; source env.sh &&
 
-.PHONY: help setup demo test bench train synth clean
+.PHONY: help setup demo test lint bench train synth clean
 
 help:
 	@echo "make demo   - set up (idempotent), then replay the simulated demo bag through the three nodes"
@@ -17,6 +17,9 @@ setup:
 
 demo: setup
 	@$(RUN) edge-vlm demo
+
+lint: setup
+	@$(RUN) ruff check .
 
 test: setup
 	@$(RUN) python -m pytest -q -p no:cacheprovider tests

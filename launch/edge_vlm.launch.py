@@ -19,7 +19,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from edge_vlm_ros.runner import default_graph_path, load_graph
+from edge_vlm.cores.graph import default_graph_path, load_graph
 
 # config/graph.yaml next to this launch/ folder (repository checkout), else the runner's lookup
 DEFAULT_GRAPH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "graph.yaml")

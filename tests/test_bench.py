@@ -5,7 +5,6 @@ speed targets live in docs/benchmarks.md, never in tests.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 
 from edge_vlm.bench import suite as bench
-from edge_vlm.cli import bench as bench_cli
+from edge_vlm.cli import main
 from edge_vlm.io.codecs import Evt3Decoder, make_decoder
 from edge_vlm.events import concat_events, make_events
 from edge_vlm.inference import native_vit
@@ -151,17 +150,14 @@ def test_trend_and_markdown(tmp_path):
 
 
 def test_cli_decode_json(capsys, tmp_path):
-    p = argparse.ArgumentParser()
-    sub = p.add_subparsers(dest="cmd")
-    bench_cli.add_parser(sub)
-    args = p.parse_args(["bench", "decode", "--json", "--quick", "--repeats", "1", "--out", str(tmp_path / "x.md")])
-    assert args.fn(args) == 0
+    assert main(["bench", "decode", "--json", "--quick", "--repeats", "1", "--out",
+                 str(tmp_path / "x.md")]) == 0
     out = json.loads(capsys.readouterr().out)
     _positive(out, ("mono_mev_per_s", "evt3_sim_mev_per_s"))
     assert out["machine"]["cores"] and "timestamp" in out
     assert not (tmp_path / "x.md").exists()          # only `all` writes the report
     with pytest.raises(SystemExit):
-        p.parse_args(["bench", "nope"])
+        main(["bench", "nope"])
 
 
 def test_shutdown_counters(tmp_path):

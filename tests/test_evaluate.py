@@ -9,7 +9,7 @@ import torch
 
 from edge_vlm.io.bag_writer import write_bag
 from edge_vlm.datasets.dvs128_gesture import Segment, write_splits, write_trial
-from edge_vlm.cli.eval import add_parser
+from edge_vlm.cli import main
 from edge_vlm.evaluation.evaluate import LATENCY_STAGES, evaluate, node_params
 from edge_vlm.events import EVENT_DTYPE
 from edge_vlm.evaluation.metrics import CAPTION_METRICS
@@ -180,19 +180,12 @@ def test_overrides_validation(data):
 
 
 def test_eval_cli(data, tmp_path, capsys):
-    import argparse
-
-    p = argparse.ArgumentParser()
-    add_parser(p.add_subparsers(dest="cmd"))
     out = tmp_path / "cli"
-    args = p.parse_args(["eval", data["bag"], "--out", str(out), "--checkpoint", data["ckpt"], "--max-frames",
-                         "8", "--json", "--no-meteor", "--no-progress", "-p", "use_rgb=never"])
-    assert args.fn(args) == 0
+    assert main(["eval", data["bag"], "--out", str(out), "--checkpoint", data["ckpt"], "--max-frames",
+                 "8", "--json", "--no-meteor", "--no-progress", "-p", "use_rgb=never"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["frames"] == 8 and "per_frame" not in got and got["params"]["vlm_captioner"]["use_rgb"] == "never"
     assert (out / "eval.md").is_file() and (out / "confusion.png").is_file()
-    args = p.parse_args(["eval", str(tmp_path / "missing"), "--out", str(out), "--no-progress"])
-    assert args.fn(args) == 2
-    args = p.parse_args(["eval", data["bag"], "--out", str(out), "--checkpoint", str(tmp_path / "none.pt"),
-                         "--no-progress"])
-    assert args.fn(args) == 3
+    assert main(["eval", str(tmp_path / "missing"), "--out", str(out), "--no-progress"]) == 2
+    assert main(["eval", data["bag"], "--out", str(out), "--checkpoint", str(tmp_path / "none.pt"),
+                 "--no-progress"]) == 3

@@ -2,7 +2,6 @@
 format detection, ``edge-vlm stats`` and ``edge-vlm convert``."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import struct
@@ -289,12 +288,8 @@ def test_detect_dispatch(tmp_path):
 
 
 def _convert(argv):
-    from edge_vlm.io import convert
-    ap = argparse.ArgumentParser()
-    sub = ap.add_subparsers(dest="cmd")
-    convert.add_parser(sub)
-    args = ap.parse_args(["convert", *argv])
-    return args.fn(args)
+    from edge_vlm.cli import main
+    return main(["convert", *argv])
 
 
 def test_convert_keeps_sensor_size(tmp_path, capsys):

@@ -252,7 +252,7 @@ def test_caption_reuse_gates_the_decoder_against_the_last_decoded_prefix(monkeyp
     # prefix moved by more than the threshold from the one decoded last
     prefixes.clear()
     eng = StreamingCaptioner(m, refresh_period=0, caption_reuse_threshold=0.05)
-    fused_seen, dec_ref = [], None
+    fused_seen, dec_ref, prev_label = [], None, None
     orig_fuse = m.fuse
 
     def fuse_spy(*a, **k):

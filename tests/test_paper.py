@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from edge_vlm.evaluation.paper import CLAIMS, NOT_MEASURED, load_bench, lookup, render, run
+from edge_vlm.evaluation.paper import CLAIMS, NOT_MEASURED, load_bench, lookup, render
 
 BENCH = {"timestamp": "2026-01-01T00:00:00+00:00", "accuracy_dense": 0.625, "accuracy_sparse": 0.6,
          "active_token_fraction": 0.1234, "active_token_fraction_low_motion": 0.0871, "speedup_steady": 2.5,
@@ -93,18 +93,15 @@ def test_bench_markdown_is_parsed_robustly(tmp_path):
 
 
 def test_cli_writes_the_table(tmp_path):
-    from edge_vlm.cli import build_parser
+    from edge_vlm.cli import main
 
     b, e, out = tmp_path / "bench.json", tmp_path / "eval.json", tmp_path / "docs" / "paper_table.md"
     b.write_text(json.dumps(BENCH))
     e.write_text(json.dumps(EVAL))
-    args = build_parser().parse_args(["paper-table", "--bench", str(b), "--eval", str(e), "--out", str(out)])
-    assert run(args) == 0
+    assert main(["paper-table", "--bench", str(b), "--eval", str(e), "--out", str(out)]) == 0
     text = out.read_text()
     assert text.startswith("# Paper claims") and "**0.1234**" in text and "**0.5322**" in text
-    args = build_parser().parse_args(["paper-table", "--bench", str(tmp_path / "none.md"), "--eval", str(e),
-                                      "--out", str(out)])
-    assert run(args) == 0 and "bench figures: none" in out.read_text()
+    assert main(["paper-table", "--bench", str(tmp_path / "none.md"), "--eval", str(e),
+                 "--out", str(out)]) == 0 and "bench figures: none" in out.read_text()
     e.write_text("[")
-    args = build_parser().parse_args(["paper-table", "--bench", str(b), "--eval", str(e), "--out", str(out)])
-    assert run(args) == 2
+    assert main(["paper-table", "--bench", str(b), "--eval", str(e), "--out", str(out)]) == 2

@@ -18,8 +18,8 @@ import pytest
 
 from edge_vlm.io.bag_reader import (EVENT_PACKET_TYPE, BagError, event_topics, iter_event_packets,
     iter_events, iter_messages, open_reader, typestore)
-from edge_vlm.io.codecs import Evt3Decoder, make_decoder
-from edge_vlm.events import EventDecodeError, concat_events
+from edge_vlm.io.codecs import Evt3Decoder
+from edge_vlm.events import concat_events
 from edge_vlm.io.stats import STATS_KEYS, event_stats, stats_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

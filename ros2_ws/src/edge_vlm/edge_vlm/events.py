@@ -48,13 +48,20 @@ def concat_events(chunks) -> np.ndarray:
     return np.concatenate(chunks).astype(EVENT_DTYPE, copy=False)
 
 
-def validate_events(ev: np.ndarray, width: int, height: int) -> None:
-    """Raise :class:`EventDecodeError` if coordinates fall outside the sensor."""
+def check_coordinates(x_max: int, y_max: int, width: int, height: int, what: str = "") -> None:
+    """The one coordinate rule of the project: raise :class:`EventDecodeError` when the sensor
+    size is not positive or the largest column / row (``x_max``, ``y_max``; -1 for no events)
+    falls outside it. ``what`` prefixes the message (e.g. ``"mono: "``)."""
     if width <= 0 or height <= 0:
-        raise EventDecodeError(f"invalid sensor size {width}x{height}")
-    if len(ev) == 0:
-        return
-    if int(ev["x"].max()) >= width or int(ev["y"].max()) >= height:
-        raise EventDecodeError(
-            f"event coordinates outside sensor {width}x{height} "
-            f"(max x={int(ev['x'].max())}, max y={int(ev['y'].max())})")
+        raise EventDecodeError(f"{what}invalid sensor size {width}x{height}")
+    if x_max >= width or y_max >= height:
+        raise EventDecodeError(f"{what}event coordinates outside sensor {width}x{height} "
+                               f"(max x={x_max}, max y={y_max})")
+
+
+def check_in_sensor(ev: np.ndarray, width: int, height: int, what: str = "") -> None:
+    """:func:`check_coordinates` of an event array."""
+    if len(ev):
+        check_coordinates(int(ev["x"].max()), int(ev["y"].max()), width, height, what)
+    else:
+        check_coordinates(-1, -1, width, height, what)

@@ -28,10 +28,10 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 
+from edge_vlm.evaluation.records import read_jsonl, summarize
+from edge_vlm.report import fmt_value
 from edge_vlm_ros.common import TOPICS
-from edge_vlm_ros.recorder import read_jsonl
 from edge_vlm_ros.runner import (find_executable, load_graph, parse_overrides, start_graph, stop_graph)
 
 
@@ -153,66 +153,12 @@ def run_on_bag(bag: str, out_dir: str, *, graph: str | None = None, overrides: d
             "player_rc": None if player is None else player.returncode}
 
 
-def _pct(values, q) -> float | None:
-    return float(np.percentile(values, q)) if len(values) else None
+def _f(v, spec: str, none: str = "-") -> str:
+    return fmt_value(v, spec=spec, none=none)
 
 
-def summarize(records: list[dict]) -> tuple[list[dict], dict]:
-    """Per-frame rows (caption joined with its compute cost) and the summary dict."""
-    caps = [r for r in records if r.get("stream") == "caption"]
-    costs = {r["stamp_ns"]: r for r in records if r.get("stream") == "compute_cost"}
-    gts = [r.get("json") or {} for r in records if r.get("stream") == "ground_truth"]
-    gts = [g for g in gts if "t_start_ns" in g and "t_end_ns" in g and "label" in g]
-    packets = {}
-    for r in records:
-        if r.get("stream") == "events" and r.get("stamp_ns") is not None:
-            packets.setdefault(r["stamp_ns"], r["recv_ns"])
-    rows = []
-    for c in sorted(caps, key=lambda r: r["recv_ns"]):
-        d = c["data"]
-        cost = (costs.get(c["stamp_ns"]) or {}).get("data") or {}
-        stages = dict(zip(cost.get("stage_names", []), cost.get("stage_latency_ms", [])))
-        arrivals = [packets[s] for s in d.get("input_stamps", []) if s in packets]
-        gt = next((g for g in gts if g["t_start_ns"] <= d["window_end"] <= g["t_end_ns"]), None)
-        rows.append({
-            "frame": d["frame_index"], "stamp_ns": c["stamp_ns"], "text": d["text"],
-            "label": d["gesture_label"], "name": d["gesture_name"], "confidence": d["gesture_confidence"],
-            "input_mode": d["input_mode"],
-            "active_tokens": cost.get("active_tokens"), "total_tokens": cost.get("total_tokens"),
-            "flops_executed": cost.get("flops_executed"), "flops_dense": cost.get("flops_dense"),
-            "branch": cost.get("branch"), "latency_ms": stages.get("total"),
-            "packet_to_caption_ms": (c["recv_ns"] - max(arrivals)) / 1e6 if arrivals else None,
-            "gt_label": gt["label"] if gt else None,
-        })
-    frac = [r["active_tokens"] / r["total_tokens"] for r in rows if r["total_tokens"]]
-    lat = [r["latency_ms"] for r in rows if r["latency_ms"] is not None]
-    p2c = [r["packet_to_caption_ms"] for r in rows if r["packet_to_caption_ms"] is not None]
-    fe = sum(r["flops_executed"] or 0.0 for r in rows)
-    fd = sum(r["flops_dense"] or 0.0 for r in rows)
-    scored = [r for r in rows if r["gt_label"] is not None]
-    correct = sum(1 for r in scored if r["label"] == r["gt_label"])
-    summary = {
-        "frames_processed": len(rows),
-        "compute_costs": len(costs),
-        "mean_active_token_fraction": float(np.mean(frac)) if frac else None,
-        "flops_executed_total": fe, "flops_dense_total": fd,
-        "flops_saved_fraction": (1.0 - fe / fd) if fd > 0 else None,
-        "latency_ms_p50": _pct(lat, 50), "latency_ms_p95": _pct(lat, 95),
-        "packet_to_caption_ms_p50": _pct(p2c, 50), "packet_to_caption_ms_p95": _pct(p2c, 95),
-        "ground_truth_segments": len(gts),
-        "gesture_frames_scored": len(scored), "gesture_frames_correct": correct,
-        "gesture_accuracy": (correct / len(scored)) if scored else None,
-        "input_modes": {m: sum(1 for r in rows if r["input_mode"] == m) for m in sorted({r["input_mode"] for r in rows})},
-        "distinct_captions": len({r["text"] for r in rows}),
-    }
-    return rows, summary
-
-
-def _fmt(v, spec: str, none: str = "-") -> str:
-    return none if v is None else format(v, spec)
-
-
-def print_report(rows: list[dict], summary: dict, every: int = 0, out=sys.stdout) -> None:
+def print_report(rows: list, summary: dict, every: int = 0, out=sys.stdout) -> None:
+    """Every ``every``-th row (:class:`~edge_vlm.evaluation.records.CaptionRow`) and the summary."""
     if every <= 0:
         every = max(1, -(-len(rows) // 40))
     w = out.write
@@ -220,21 +166,21 @@ def print_report(rows: list[dict], summary: dict, every: int = 0, out=sys.stdout
     for i, r in enumerate(rows):
         if i % every and i != len(rows) - 1:
             continue
-        tok = f"{r['active_tokens']}/{r['total_tokens']}" if r["total_tokens"] else "-"
-        fl = (f"{r['flops_executed'] / 1e6:.1f}/{r['flops_dense'] / 1e6:.1f}"
-              if r["flops_dense"] else "-")
-        w(f"{r['frame']:>7} {r['label']:>4} {_fmt(r['gt_label'], 'd'):>3} {tok:>8} {fl:>19} "
-          f"{_fmt(r['latency_ms'], '.1f'):>7} {_fmt(r['packet_to_caption_ms'], '.1f'):>7}  {r['text']}\n")
+        tok = f"{r.active_tokens}/{r.total_tokens}" if r.total_tokens else "-"
+        fl = (f"{r.flops_executed / 1e6:.1f}/{r.flops_dense / 1e6:.1f}"
+              if r.flops_dense else "-")
+        w(f"{r.frame:>7} {r.label:>4} {_f(r.gt_label, 'd'):>3} {tok:>8} {fl:>19} "
+          f"{_f(r.latency_ms, '.1f'):>7} {_f(r.packet_to_caption_ms, '.1f'):>7}  {r.text}\n")
     s = summary
     w("\nsummary\n")
     w(f"  frames processed          {s['frames_processed']} (compute-cost messages {s['compute_costs']})\n")
-    w(f"  mean active-token frac.   {_fmt(s['mean_active_token_fraction'], '.3f')}\n")
-    w(f"  FLOPs saved vs dense      {_fmt(s['flops_saved_fraction'], '.1%')}\n")
-    w(f"  latency/frame p50 / p95   {_fmt(s['latency_ms_p50'], '.1f')} / {_fmt(s['latency_ms_p95'], '.1f')} ms\n")
-    w(f"  packet->caption p50 / p95 {_fmt(s['packet_to_caption_ms_p50'], '.1f')} / "
-      f"{_fmt(s['packet_to_caption_ms_p95'], '.1f')} ms\n")
+    w(f"  mean active-token frac.   {_f(s['mean_active_token_fraction'], '.3f')}\n")
+    w(f"  FLOPs saved vs dense      {_f(s['flops_saved_fraction'], '.1%')}\n")
+    w(f"  latency/frame p50 / p95   {_f(s['latency_ms_p50'], '.1f')} / {_f(s['latency_ms_p95'], '.1f')} ms\n")
+    w(f"  packet->caption p50 / p95 {_f(s['packet_to_caption_ms_p50'], '.1f')} / "
+      f"{_f(s['packet_to_caption_ms_p95'], '.1f')} ms\n")
     acc = s["gesture_accuracy"]
-    w(f"  gesture accuracy          {_fmt(acc, '.1%', 'n/a (no ground truth)')} "
+    w(f"  gesture accuracy          {_f(acc, '.1%', 'n/a (no ground truth)')} "
       f"({s['gesture_frames_correct']}/{s['gesture_frames_scored']} frames inside "
       f"{s['ground_truth_segments']} ground-truth segments)\n")
     w(f"  input modes               {s['input_modes']}; distinct captions {s['distinct_captions']}\n")
@@ -279,7 +225,8 @@ def main(argv=None) -> int:
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         print(f"edge_vlm_demo: error: {exc}", file=sys.stderr)
         return 2
-    rows, summary = summarize(read_jsonl(res["records"]))
+    rows, result = summarize(read_jsonl(res["records"]))
+    summary = result.to_dict()
     summary.update(bag=os.path.abspath(args.bag), exit_codes=res["exit_codes"], player_rc=res["player_rc"],
                    records=res["records"], logs=res["logs"])
     print()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import time
@@ -77,20 +76,6 @@ class Recorder(Node):
         self.out.write(json.dumps(line) + "\n")
         self.out.flush()
         self.counts[stream] += 1
-
-
-def read_jsonl(path: str) -> list[dict]:
-    """Records of a recorder file (a partial last line is ignored; a missing file gives [])."""
-    out = []
-    if not os.path.exists(path):
-        return out
-    with open(path) as fh:
-        for line in fh:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass
-    return out
 
 
 def main(argv=None) -> int:

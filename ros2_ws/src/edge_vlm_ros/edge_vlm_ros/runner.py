@@ -27,94 +27,12 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from edge_vlm.cores.graph import NodeSpec, load_graph, parse_overrides
+from edge_vlm.paths import repo_root
 
-from edge_vlm.params import NODE_PARAMS, resolve
-
-ROOT = os.environ.get("EDGE_VLM_ROOT") or os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.dirname(os.path.abspath(__file__))))))
-
-
-def default_graph_path() -> str:
-    """config/graph.yaml of the repository (EDGE_VLM_ROOT, or relative to this source tree)."""
-    for base in (os.environ.get("EDGE_VLM_ROOT", ""), ROOT, os.getcwd()):
-        p = os.path.join(base, "config", "graph.yaml") if base else ""
-        if p and os.path.isfile(p):
-            return p
-    return os.path.join(ROOT, "config", "graph.yaml")
-
-
-#: node-relative input topic names (see edge_vlm_ros.common.TOPICS) -> graph.yaml ``inputs`` key
-INPUT_TOPICS = {"event_camera/events": "events", "camera/image_raw": "image"}
-
-
-@dataclass
-class NodeSpec:
-    name: str
-    package: str
-    executable: str
-    namespace: str = ""
-    parameters: dict[str, Any] = field(default_factory=dict)
-    remappings: dict[str, str] = field(default_factory=dict)
-
-
-def load_graph(path: str | None = None, overrides: dict[str, Any] | None = None,
-               namespace: str | None = None, inputs: dict[str, str] | None = None) -> list[NodeSpec]:
-    """Read graph.yaml -> validated node specs.
-
-    ``overrides``: ``{"name": v}`` applies to every node whose spec has
-    ``name``; ``{"node.name": v}`` or ``{"node": {"name": v}}`` to one node.
-    ``namespace`` replaces the graph's namespace; ``inputs`` the input topics.
-    Parameters are validated with ``edge_vlm.params.resolve`` (the node's
-    package name is its key in ``NODE_PARAMS``): unknown names or bad values
-    raise ValueError.
-    """
-    path = path or default_graph_path()
-    with open(path) as fh:
-        doc = yaml.safe_load(fh) or {}
-    topics = dict(doc.get("inputs") or {})
-    topics.update(inputs or {})
-    ns_all = doc.get("namespace") or ""
-    if namespace is not None:
-        ns_all = namespace
-    overrides = dict(overrides or {})
-    specs = []
-    for entry in doc.get("nodes") or []:
-        pkg = entry["package"]
-        if pkg not in NODE_PARAMS:
-            raise ValueError(f"{path}: node package '{pkg}' has no parameter spec in edge_vlm.params")
-        name = entry.get("name", pkg)
-        known = {p.name for p in NODE_PARAMS[pkg]}
-        params = dict(entry.get("parameters") or {})
-        for k, v in overrides.items():
-            if isinstance(v, dict) and k in (name, pkg):
-                params.update(v)
-            elif "." in k:
-                target, _, pname = k.partition(".")
-                if target in (name, pkg):
-                    params[pname] = v
-            elif not isinstance(v, dict) and k in known:
-                params[k] = v
-        validated = resolve(pkg, params)          # raises ValueError with a clear message
-        params = {k: validated[k] for k in params}
-        remaps = {frm: topics[key] for frm, key in INPUT_TOPICS.items() if topics.get(key)}
-        remaps.update({str(k): str(v) for k, v in (entry.get("remappings") or {}).items()})
-        ns = "/".join(s.strip("/") for s in (ns_all, entry.get("namespace") or "") if s and s.strip("/"))
-        specs.append(NodeSpec(name, pkg, entry.get("executable", pkg), "/" + ns if ns else "", params, remaps))
-    if not specs:
-        raise ValueError(f"{path}: no nodes")
-    names = {s.name for s in specs} | {s.package for s in specs}
-    all_params = {p.name for s in specs for p in NODE_PARAMS[s.package]}
-    for k, v in overrides.items():
-        target = k.partition(".")[0] if "." in k else (k if isinstance(v, dict) else None)
-        if target is not None and target not in names:
-            raise ValueError(f"override '{k}': no node '{target}' in {path} (nodes: {sorted(names)})")
-        if target is None and k not in all_params:
-            raise ValueError(f"unknown parameter '{k}': no node of {path} has it")
-    return specs
+ROOT = str(repo_root())
 
 
 def format_value(v: Any) -> str:
@@ -218,23 +136,6 @@ def stop_graph(procs: list[subprocess.Popen], timeout: float = 10.0) -> dict[str
             except subprocess.TimeoutExpired:
                 pass
     return {getattr(p, "node_name", str(p.pid)): p.returncode for p in procs}
-
-
-def parse_overrides(items: list[str], graph_path: str | None = None) -> dict[str, Any]:
-    """``[node.]name=value`` strings -> overrides dict (values parsed as YAML scalars, then by spec type)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"bad parameter '{item}': expected [node.]name=value")
-        key, _, text = item.partition("=")
-        key = key.strip().replace(":", "")
-        value = yaml.safe_load(text) if text.strip() else ""
-        pname = key.rpartition(".")[2]
-        # a string parameter keeps the text as typed (e.g. a checkpoint path like "1.pt" or "007")
-        string_param = any(p.name == pname and isinstance(p.default, str)
-                           for specs in NODE_PARAMS.values() for p in specs)
-        out[key] = text if string_param else value
-    return out
 
 
 def main(argv=None) -> int:

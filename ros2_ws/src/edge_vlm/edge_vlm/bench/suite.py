@@ -795,8 +795,8 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
     Needs the ROS 2 workspace (``source env.sh``); returns ``{"skipped": reason}`` without it.
     """
     try:
-        from edge_vlm_ros.demo import run_on_bag, summarize
-        from edge_vlm_ros.recorder import read_jsonl
+        from edge_vlm_ros.demo import run_on_bag
+        from edge_vlm.evaluation.records import read_jsonl, summarize
     except ImportError as exc:
         return {"skipped": f"ROS 2 workspace not available ({exc}); run `source env.sh`"}
     work = Path(work_dir or (_ROOT / "data" / "bench"))
@@ -826,8 +826,8 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
                 waits.append((r["recv_ns"] / 1e9, float(stages["wait"])))
     caps = sorted((r for r in records if r.get("stream") == "caption"), key=lambda r: r["recv_ns"])
     recv = {r["stamp_ns"]: r["recv_ns"] / 1e9 for r in caps}
-    p2c = [(recv.get(r["stamp_ns"]), r["packet_to_caption_ms"]) for r in rows
-           if r["packet_to_caption_ms"] is not None and r["stamp_ns"] in recv]
+    p2c = [(recv.get(r.stamp_ns), r.packet_to_caption_ms) for r in rows
+           if r.packet_to_caption_ms is not None and r.stamp_ns in recv]
     p2c_trend = _trend([a for a, _ in p2c], [b for _, b in p2c])
     wait_trend = _trend([a for a, _ in waits], [b for _, b in waits])
     counters = _shutdown_counters(os.path.join(res["logs"], "vlm_captioner.log"))
@@ -846,10 +846,10 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
     return {
         "bag": str(bag), "rate": rate, "threads": threads, "packet_ms": packet_ms if bag_default else None, "wall_s": wall, "out_dir": out_dir,
         "exit_codes": res["exit_codes"], "player_rc": res["player_rc"],
-        "frames_processed": summary["frames_processed"], "frames_expected_approx": expected,
-        "frame_latency_ms_p50": summary["latency_ms_p50"], "frame_latency_ms_p95": summary["latency_ms_p95"],
-        "caption_latency_ms_p50": summary["packet_to_caption_ms_p50"],
-        "caption_latency_ms_p95": summary["packet_to_caption_ms_p95"],
+        "frames_processed": summary.frames_processed, "frames_expected_approx": expected,
+        "frame_latency_ms_p50": summary.latency_ms_p50, "frame_latency_ms_p95": summary.latency_ms_p95,
+        "caption_latency_ms_p50": summary.packet_to_caption_ms_p50,
+        "caption_latency_ms_p95": summary.packet_to_caption_ms_p95,
         "caption_latency_trend": p2c_trend, "wait_ms_trend": wait_trend,
         "wait_ms_p95": float(np.percentile([w for _, w in waits], 95)) if waits else None,
         "backlog_grows": grows,
@@ -857,9 +857,9 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
                         "packet->caption latency > 1.5x the first quarter's and +20 ms",
         "frames_dropped": dropped, "captioner_counters": counters,
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
-        "gesture_accuracy": summary["gesture_accuracy"],
-        "mean_active_token_fraction": summary["mean_active_token_fraction"],
-        "flops_saved_fraction": summary["flops_saved_fraction"],
+        "gesture_accuracy": summary.gesture_accuracy,
+        "mean_active_token_fraction": summary.mean_active_token_fraction,
+        "flops_saved_fraction": summary.flops_saved_fraction,
     }
 
 

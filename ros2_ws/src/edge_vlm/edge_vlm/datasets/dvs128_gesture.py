@@ -37,7 +37,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Sequence, Union
+from typing import Any, Callable, Iterator, Literal, Sequence, Union
 
 import numpy as np
 
@@ -269,10 +269,30 @@ def write_splits(root: PathLike, train_names: Sequence[str], test_names: Sequenc
     write_split_list(Path(root) / TEST_LIST, [_trial_filename(n) for n in test_names])
 
 
+def gesture_ground_truth(trial: PathLike, segments: Sequence[Segment],
+                         references: Callable[[int], list[str]]) -> list[dict[str, Any]]:
+    """Ground-truth objects (docs/design.md: clip_id, label, class_name, t_start_ns, t_end_ns,
+    attributes, references, caption) of the labelled segments of a trial; ``references(label)``
+    gives each segment's reference captions (the first one is its caption)."""
+    name = Path(trial).name
+    stem = name[:-len(".aedat")] if name.endswith(".aedat") else name
+    try:
+        user, lighting = parse_trial_name(trial)
+    except ValueError:
+        user, lighting = None, None
+    out = []
+    for i, seg in enumerate(segments):
+        refs = references(seg.label)
+        out.append({"clip_id": f"{stem}_{i:02d}", "label": int(seg.label), "class_name": seg.class_name,
+                    "t_start_ns": int(seg.start_ns), "t_end_ns": int(seg.end_ns),
+                    "attributes": {"source": "DvsGesture", "subject": user, "lighting": lighting},
+                    "references": refs, "caption": refs[0]})
+    return out
+
+
 __all__ = [
     "SENSOR_WIDTH", "SENSOR_HEIGHT", "GESTURE_CLASSES", "GESTURE_PHRASES", "NUM_CLASSES",
-    "class_name", "class_label", "read_aedat31", "write_aedat31", "write_options",
-    "Segment", "read_labels_csv", "write_labels_csv", "read_split_list", "write_split_list",
-    "parse_trial_name", "labels_path", "slice_segment", "Dvs128Dataset", "write_trial",
-    "write_splits",
+    "class_name", "class_label", "Segment", "read_labels_csv", "write_labels_csv", "read_split_list",
+    "write_split_list", "parse_trial_name", "labels_path", "slice_segment", "Dvs128Dataset", "write_trial",
+    "write_splits", "gesture_ground_truth",
 ]

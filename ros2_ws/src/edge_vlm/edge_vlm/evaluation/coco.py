@@ -25,10 +25,8 @@ is meant for your own captioning checkpoints and frames.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +36,10 @@ import numpy as np
 
 __all__ = ["CocoFormatError", "ImageLoadError", "CocoSet", "DOMAIN_NOTE", "DEFAULT_THRESHOLD",
            "load_coco_captions", "load_image", "frame_diff_mask", "run_coco", "markdown_report",
-           "write_report", "add_parser", "run"]
+           "write_report"]
 
 #: default change threshold: mean absolute luma difference per patch, in 0..255 units
 DEFAULT_THRESHOLD = 8.0
-DEFAULT_OUT = "data/coco"
 DOMAIN_NOTE = ("The shipped checkpoint was trained on simulated DVS128-style gesture scenes, so its captions "
                "of COCO photos are out of domain (expect near-zero scores); this harness is for your own "
                "captioning checkpoints and frames.")
@@ -311,50 +308,3 @@ def write_report(r: dict, out_dir: str | os.PathLike) -> dict:
     Path(paths["json"]).write_text(json.dumps(r, indent=1, allow_nan=False))
     Path(paths["markdown"]).write_text(markdown_report(r))
     return paths
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``edge-vlm coco`` on an ``argparse`` subparsers object."""
-    s = subparsers.add_parser(
-        "coco", help="caption a local COCO-format image set (RGB-only, change mask from frame differences)",
-        description=__doc__.split("\n\n")[0] + " " + DOMAIN_NOTE)
-    s.add_argument("--images", required=True, help="folder with the image files")
-    s.add_argument("--captions", required=True, help="COCO captions JSON (images + annotations)")
-    s.add_argument("--checkpoint", default="", help="captioner checkpoint (default: the shipped one)")
-    s.add_argument("--out", default=DEFAULT_OUT, help=f"report folder (default {DEFAULT_OUT}; '' = none)")
-    s.add_argument("--limit", type=int, default=None, help="only the first N images")
-    s.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"changed patch: mean abs luma difference above this (0..255; default {DEFAULT_THRESHOLD:g})")
-    s.add_argument("--refresh-period", type=int, default=0, help="dense re-encode every N images (0 = first only)")
-    s.add_argument("--decoding", choices=["greedy", "beam"], default="greedy")
-    s.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    s.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the Java start-up)")
-    s.add_argument("--json", action="store_true", help="print the result JSON instead of Markdown")
-    s.set_defaults(fn=run)
-    return s
-
-
-def run(args) -> int:
-    """``edge-vlm coco``: exit 0 ok, 2 bad input, 3 missing/corrupt checkpoint."""
-    from edge_vlm.model.checkpoint import CheckpointError
-
-    if args.limit is not None and args.limit < 1 or args.threads < 1 or args.refresh_period < 0:
-        print("edge-vlm coco: --limit and --threads must be >= 1, --refresh-period >= 0", file=sys.stderr)
-        return 2
-    import torch
-
-    torch.set_num_threads(args.threads)
-    try:
-        r = run_coco(args.images, args.captions, checkpoint=args.checkpoint, limit=args.limit,
-                     threshold=args.threshold, refresh_period=args.refresh_period, decoding=args.decoding,
-                     meteor=not args.no_meteor, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (CocoFormatError, FileNotFoundError) as exc:
-        print(f"edge-vlm coco: {exc}", file=sys.stderr)
-        return 2
-    except CheckpointError as exc:
-        print(f"edge-vlm coco: {exc}", file=sys.stderr)
-        return 3
-    if args.out:
-        r["outputs"] = write_report(r, args.out)
-    print(json.dumps(r, indent=1) if args.json else markdown_report(r))
-    return 0

@@ -56,15 +56,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES, GESTURE_PHRASES
+from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES
 from edge_vlm.events import EVENT_DTYPE
 from edge_vlm.evaluation.metrics import (caption_metrics, confusion_matrix, gesture_accuracy,
     json_safe, percentiles)
-from edge_vlm.params import NODE_PARAMS, resolve
 from edge_vlm.cores.captioner import CaptionerCore
 from edge_vlm.stream.frames import FrameClock, period_ns
 from edge_vlm.cores.perception import PerceptionCore
 from edge_vlm.paths import repo_root
+from edge_vlm.cores.graph import replay_params
+from edge_vlm.sim.captions import class_references
 
 __all__ = ["evaluate", "write_report", "node_params", "detect_source", "markdown_report",
            "LATENCY_STAGES", "DVS128_PACKET_NS"]
@@ -87,70 +88,12 @@ _ROOT = repo_root()
 
 
 # ----------------------------------------------------------------------------- parameters
-def default_graph_path() -> str | None:
-    """``config/graph.yaml`` of the repository (EDGE_VLM_ROOT, this source tree, cwd), or None."""
-    for base in (os.environ.get("EDGE_VLM_ROOT", ""), str(_ROOT), os.getcwd()):
-        if base and os.path.isfile(os.path.join(base, "config", "graph.yaml")):
-            return os.path.join(base, "config", "graph.yaml")
-    return None
-
-
-def _graph_params(graph: str | None) -> tuple[dict[str, dict], dict[str, str]]:
-    """(parameters per node package, input topics) of a graph file ('' = none)."""
-    path = default_graph_path() if graph is None else graph
-    if not path:
-        return {}, {}
-    import yaml
-
-    with open(path) as fh:
-        doc = yaml.safe_load(fh) or {}
-    out: dict[str, dict] = {}
-    for entry in doc.get("nodes") or []:
-        pkg = entry.get("package")
-        if pkg in _NODES:
-            out.setdefault(pkg, {}).update(entry.get("parameters") or {})
-    return out, {k: str(v) for k, v in (doc.get("inputs") or {}).items() if v}
-
-
 def node_params(overrides: dict | None = None, checkpoint: str = "", graph: str | None = None
                 ) -> tuple[dict, dict, dict]:
-    """Resolved parameters of sttf_perception and vlm_captioner, and the graph's input topics.
-
-    ``overrides``: ``{"name": v}`` sets ``name`` on every node that has it (an
-    unknown name raises ValueError), ``{"node.name": v}`` or ``{"node": {...}}``
-    on one node. ``checkpoint`` (non-empty) sets vlm_captioner's checkpoint.
-    ``graph``: graph file (None = the repository's config/graph.yaml if found,
-    '' = spec defaults only).
-    """
-    base, inputs = _graph_params(graph)
-    params = {n: dict(base.get(n, {})) for n in _NODES}
-    known = {n: {p.name for p in NODE_PARAMS[n]} for n in _NODES}
-    for k, v in (overrides or {}).items():
-        if isinstance(v, dict):
-            if k not in _NODES:
-                raise ValueError(f"unknown node {k!r} in overrides (known: {list(_NODES)})")
-            params[k].update(v)
-        elif "." in k:
-            node, _, name = k.partition(".")
-            if node not in _NODES:
-                raise ValueError(f"unknown node {node!r} in override {k!r}")
-            params[node][name] = v
-        else:
-            hit = [n for n in _NODES if k in known[n]]
-            if not hit:
-                raise ValueError(f"unknown parameter {k!r} (known: {sorted(known[_NODES[0]] | known[_NODES[1]])})")
-            for n in hit:
-                params[n][k] = v
-    if checkpoint:
-        params["vlm_captioner"]["checkpoint"] = str(checkpoint)
-        params["sttf_perception"]["checkpoint"] = str(checkpoint)
-    perc = resolve("sttf_perception", params["sttf_perception"])
-    capt = resolve("vlm_captioner", params["vlm_captioner"])
-    for k in ("frame_period_ms", "model_width", "model_height", "patch_size"):
-        if perc[k] != capt[k]:
-            raise ValueError(f"'{k}' differs between sttf_perception ({perc[k]}) and vlm_captioner "
-                             f"({capt[k]}): the nodes would not agree on frames/tokens")
-    return perc, capt, inputs
+    """Resolved parameters of sttf_perception and vlm_captioner, and the graph's input topics
+    (:func:`edge_vlm.cores.graph.replay_params`)."""
+    r = replay_params(overrides, checkpoint, graph)
+    return r.perception, r.captioner, r.inputs
 
 
 # ----------------------------------------------------------------------------- sources
@@ -275,18 +218,6 @@ def _bag_stream(path: Path, inputs: dict, want_images: bool) -> _Stream:
     return _Stream(str(path), segments, items(), info)
 
 
-def _class_references(label: int) -> list[str]:
-    """Class-level references for DvsGesture segments (no attributes are known)."""
-    try:
-        from edge_vlm.sim.captions import CLASS_PHRASES
-
-        vp0, vps, gers = CLASS_PHRASES[int(label)]
-        return [f"a person {vp0}"] + [f"a person {v}" for v in vps] + [f"a person is {g}" for g in gers]
-    except Exception:  # simulator not importable: five templates of the dataset's phrase
-        ph = GESTURE_PHRASES[GESTURE_CLASSES[int(label) - 1]]
-        return [f"{s} {ph}" for s in ("a person", "someone", "a subject", "an individual", "the person")]
-
-
 def _dvs128_streams(root: Path) -> tuple[list[_Stream], dict]:
     from edge_vlm.datasets.dvs128_gesture import Dvs128Dataset, TEST_LIST
 
@@ -313,7 +244,7 @@ def _dvs128_streams(root: Path) -> tuple[list[_Stream], dict]:
         name = os.path.basename(trial)
         segs = [{"clip_id": f"{name[:-len('.aedat')] if name.endswith('.aedat') else name}_{i:02d}",
                  "label": int(s.label), "class_name": s.class_name, "t_start_ns": int(s.start_ns),
-                 "t_end_ns": int(s.end_ns), "attributes": {}, "references": _class_references(s.label)}
+                 "t_end_ns": int(s.end_ns), "attributes": {}, "references": class_references(s.label)}
                 for i, s in enumerate(ds.segments(trial))]
         segs.sort(key=lambda s: (s["t_start_ns"], s["t_end_ns"]))
         streams.append(_Stream(name, segs, items(trial)))

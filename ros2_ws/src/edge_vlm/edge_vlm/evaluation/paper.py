@@ -14,17 +14,15 @@ figure that is measured here as context.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from edge_vlm.paths import repo_root
 
-__all__ = ["Measure", "Claim", "CLAIMS", "load_bench", "load_eval", "lookup", "render", "add_parser", "run"]
+__all__ = ["Measure", "Claim", "CLAIMS", "load_bench", "load_eval", "lookup", "render"]
 
 _ROOT = repo_root()
 NOT_MEASURED = "not measured yet"
@@ -277,58 +275,9 @@ def render(bench: dict | None, eval_: dict | None, *, bench_path: str = "", eval
     return "\n".join(lines)
 
 
-def _rel(path: str) -> str:
+def relative_path(path: str) -> str:
     """``path`` relative to the repository root when inside it (stable across checkouts)."""
     try:
         return str(Path(path).resolve().relative_to(_ROOT))
     except ValueError:
         return str(path)
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``edge-vlm paper-table`` on an ``argparse`` subparsers object."""
-    root = os.environ.get("EDGE_VLM_ROOT") or str(_ROOT)
-    s = subparsers.add_parser("paper-table", help="the paper's headline claims next to the measured figures "
-                                                  "(writes docs/paper_table.md)",
-                              description=__doc__.split("\n\n")[0])
-    s.add_argument("--bench", default=None, help="bench figures: JSON or benchmarks Markdown (default: "
-                                                 "docs/benchmarks.json if present, else docs/benchmarks.md)")
-    s.add_argument("--eval", dest="eval_path", default=os.path.join(root, "data", "eval", "eval.json"),
-                   help="eval.json of `edge-vlm eval` (default: data/eval/eval.json)")
-    s.add_argument("--out", default=os.path.join(root, "docs", "paper_table.md"),
-                   help="Markdown output (default docs/paper_table.md; '' = print only)")
-    s.set_defaults(fn=run, _root=root)
-    return s
-
-
-def run(args) -> int:
-    """``edge-vlm paper-table``: exit 0 ok (missing files give "not measured yet" rows), 2 unreadable file."""
-    bench_path = args.bench
-    if bench_path is None:
-        docs = os.path.join(getattr(args, "_root", str(_ROOT)), "docs")
-        js = os.path.join(docs, "benchmarks.json")
-        bench_path = js if os.path.isfile(js) else os.path.join(docs, "benchmarks.md")
-    bench = eval_ = None
-    prov: dict = {}
-    try:
-        if os.path.isfile(bench_path):
-            bench, prov = load_bench(bench_path)
-        else:
-            print(f"edge-vlm paper-table: no bench file {bench_path}: bench rows read '{NOT_MEASURED}'",
-                  file=sys.stderr)
-        if os.path.isfile(args.eval_path):
-            eval_ = load_eval(args.eval_path)
-        else:
-            print(f"edge-vlm paper-table: no eval file {args.eval_path}: eval rows read '{NOT_MEASURED}'",
-                  file=sys.stderr)
-    except (OSError, ValueError) as exc:
-        print(f"edge-vlm paper-table: {exc}", file=sys.stderr)
-        return 2
-    md = render(bench, eval_, bench_path=_rel(bench_path), eval_path=_rel(args.eval_path), bench_prov=prov)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(md, encoding="utf-8")
-        print(f"edge-vlm paper-table: wrote {args.out}", file=sys.stderr)
-    else:
-        print(md)
-    return 0

@@ -114,3 +114,10 @@ def reference_captions(label: int, attributes: dict, seed: int, n: int = 6) -> l
         if len(refs) >= n:
             break
     return refs
+
+
+def class_references(label: int) -> list[str]:
+    """Class-level references of a gesture whose attributes are unknown (real DvsGesture
+    segments): every verb and gerund phrase of the class after "a person"."""
+    vp0, vps, gers = CLASS_PHRASES[int(label)]
+    return [f"a person {vp0}"] + [f"a person {v}" for v in vps] + [f"a person is {g}" for g in gers]

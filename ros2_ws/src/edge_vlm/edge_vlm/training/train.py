@@ -10,7 +10,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,36 +20,7 @@ from edge_vlm.model.sttf import (CaptionModel, ModelConfig, causal_lm_loss, coun
 from edge_vlm.training.data import FrameSet, build_frames, history_indices, sample_indices
 from edge_vlm.model.checkpoint import save_checkpoint
 from edge_vlm.model.tokenizer import Tokenizer
-
-LIGHTINGS = ("lab", "fluorescent", "natural")
-
-
-@dataclass
-class TrainConfig:
-    out: str = "data/train/captioner.pt"
-    subjects: int = 20
-    val_subjects: int = 3
-    test_subjects: int = 3
-    clip_s: float = 1.5
-    gap_s: float = 0.3
-    epochs: int = 15
-    batch: int = 24
-    steps_per_epoch: int = 100
-    lr: float = 1.5e-3
-    weight_decay: float = 0.05
-    seed: int = 0
-    threads: int = 2
-    workers: int = 2
-    patience: int = 5
-    rgb_prob: float = 0.3
-    period_ns: int = 33_333_333
-    dim: int = 128
-    depth: int = 4
-    window: int = 32
-    caption_weight: float = 0.5
-    active_weight: float = 2.0     # lambda of the latency term: lambda * max(0, E[active ratio] - active_target)
-    active_target: float = 0.08    # expected active-token ratio allowed for free (a budget, not a push to 0)
-    eval_frames: int = 600
+from edge_vlm.training.config import LIGHTINGS, TrainConfig
 
 
 def shift_window(x: np.ndarray, dy: int, dx: int, axes: tuple[int, int]) -> np.ndarray:

@@ -33,7 +33,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -45,28 +45,8 @@ from edge_vlm.training.data import build_frames, sample_indices
 from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
 from edge_vlm.model.flops import vit_flops
 from edge_vlm.model.tokenizer import Tokenizer
-from edge_vlm.training.train import (LIGHTINGS, TrainConfig, load_resume, make_batch,
-    plot_confusion, save_resume)
-
-
-@dataclass
-class AncTrainConfig(TrainConfig):
-    out: str = "data/train_anc/captioner.pt"
-    init: str = ""                 # STTF checkpoint to grow from ("" = the shipped one)
-    epochs: int = 4
-    batch: int = 12
-    steps_per_epoch: int = 100
-    lr: float = 1e-3
-    cost_weight: float = 0.3
-    balance_weight: float = 0.1
-    complexity_weight: float = 1.0
-    gate_weight: float = 1.0
-    beta_min: float = 0.25
-    sparse_prob: float = 0.7       # share of steps that train the sparse path with masks
-    sparse_max_age: int = 8        # ... from a dense pass 1..sparse_max_age frames back
-    shift_px: int = 16             # augmentation: random translation of each training window
-    patience: int = 3
-    eval_frames: int = 480
+from edge_vlm.training.train import load_resume, make_batch, plot_confusion, save_resume
+from edge_vlm.training.config import LIGHTINGS, AncTrainConfig
 
 
 def branch_costs(model: AncModel) -> torch.Tensor:

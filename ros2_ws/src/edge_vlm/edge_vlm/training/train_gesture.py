@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -38,22 +37,7 @@ import torch.nn.functional as F
 from edge_vlm.inference.engine import engine_from_params
 from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
 from edge_vlm.model.motion import MIRROR_LABEL
-from edge_vlm.training.train import LIGHTINGS, TrainConfig
-
-
-@dataclass
-class GestureFitConfig(TrainConfig):
-    init: str = ""                      # checkpoint to add the head to ("" = the shipped one)
-    out: str = "data/train_gesture/captioner.pt"
-    epochs: int = 20
-    batch: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    mirror: bool = True
-    motion_width: int = 32              # channels of the head's first convs
-    shift: int = 1                      # training: motion states translated by up to this many patches
-    cache: str = ""                     # file for the collected frames (reused when init and data match)
+from edge_vlm.training.config import LIGHTINGS, GestureFitConfig
 
 
 _WORKER: dict = {}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -36,24 +36,9 @@ from edge_vlm.model.anc import LEVELS, AncModel, complexity_level
 from edge_vlm.training.data import build_frames, sample_indices
 from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
 from edge_vlm.model.tokenizer import Tokenizer
-from edge_vlm.training.train import LIGHTINGS, TrainConfig, make_batch
+from edge_vlm.training.train import make_batch
 from edge_vlm.training.train_anc import _losses, branch_costs
-
-
-@dataclass
-class RouterFitConfig(TrainConfig):
-    init: str = ""                      # joint STTF+ANC checkpoint ("" = the shipped one)
-    out: str = "data/train_router/captioner.pt"
-    samples: int = 2400                 # labelled training frames
-    static_samples: int = 600           # frames between gestures
-    val_samples: int = 600
-    epochs: int = 60
-    batch: int = 128
-    lr: float = 3e-3
-    cost_weight: float = 0.3
-    complexity_weight: float = 1.0
-    balance_weight: float = 0.1
-    loss_clip: float = 1.0
+from edge_vlm.training.config import LIGHTINGS, RouterFitConfig
 
 
 @torch.no_grad()

@@ -6,33 +6,15 @@ workspace (``source env.sh``); it is imported only when that benchmark runs.
 """
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import shlex
 import sys
 
-WHAT = ("decode", "sttf", "anc", "e2e", "all")
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    s = subparsers.add_parser("bench", help="benchmarks: decode+bin throughput, token memory vs dense, "
-                                            "end-to-end latency (all: also writes docs/benchmarks.md)")
-    s.add_argument("what", nargs="?", choices=WHAT, default="all")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--threads", type=int, default=1, help="torch threads of the model (default 1); "
-                                                          "decoding is always single-threaded")
-    s.add_argument("--out", default=None, help="Markdown report (default for `all`: docs/benchmarks.md "
-                                               "of the repository; '' = none)")
-    s.add_argument("--repeats", type=int, default=5, help="timed runs per figure: decode runs, STTF passes per engine and backend (median; default 5)")
-    s.add_argument("--checkpoint", default="", help="captioner checkpoint (default: the shipped one)")
-    s.add_argument("--bag", default=None, help="bag for `e2e` (default: a simulated DVS128 bag)")
-    s.add_argument("--packet-ms", type=float, default=10.0,
-                   help="EventPacket length of the simulated e2e bag (default 10, as `edge-vlm synth`)")
-    s.add_argument("--no-e2e", action="store_true", help="`all` without the node-graph run")
-    s.add_argument("--no-anc", action="store_true", help="`all` without the ANC comparison")
-    s.add_argument("--quick", action="store_true", help="tiny inputs (smoke test; figures not meaningful)")
-    s.set_defaults(fn=run)
-    return s
+from edge_vlm.bench import suite as bench
+from edge_vlm.bench.anc import bench_anc
+from edge_vlm.evaluation.metrics import json_safe
+from edge_vlm.paths import docs_dir
 
 
 def command_line(args) -> str:
@@ -55,15 +37,10 @@ def command_line(args) -> str:
 
 
 def _default_out() -> str:
-    from edge_vlm.bench.suite import _ROOT
-
-    root = os.environ.get("EDGE_VLM_ROOT") or str(_ROOT)
-    return os.path.join(root, "docs", "benchmarks.md")
+    return str(docs_dir() / "benchmarks.md")
 
 
-def run(args) -> int:
-    from edge_vlm.bench import suite as bench
-
+def run_bench(args) -> int:
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.threads < 1 or args.repeats < 1:
         print("edge-vlm bench: --threads and --repeats must be >= 1", file=sys.stderr)
@@ -74,8 +51,6 @@ def run(args) -> int:
         res = bench.bench_sttf(checkpoint=args.checkpoint, threads=args.threads, repeats=args.repeats,
                                quick=args.quick)
     elif args.what == "anc":
-        from edge_vlm.bench.anc import bench_anc
-
         res = bench_anc(checkpoint=args.checkpoint, threads=args.threads, quick=args.quick,
                         plot=None if args.quick else os.path.join(os.path.dirname(_default_out()),
                                                                   "anc_budget_sweep.png"))
@@ -100,9 +75,6 @@ def run(args) -> int:
                 continue
             print(f"{k:>36}: {v}")
         if args.what != "all":
-            import json
-
-            from edge_vlm.evaluation.metrics import json_safe
             print(json.dumps(json_safe(res), indent=1))
     details = res.get("details") or {}
     skipped = res.get("skipped") if args.what == "e2e" else (

@@ -1,0 +1,65 @@
+"""The topics of the edge_vlm graph and their QoS: the one table.
+
+The ROS nodes (``edge_vlm_ros.qos`` turns :class:`QosSpec` into rclpy profiles), the bag
+player and recorder, and the bag writer (offered QoS in a bag's metadata) all read it.
+Names are relative to the node namespace (absolute with the default empty namespace);
+``docs/design.md`` lists the same table.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QosSpec:
+    """History keep-last ``depth``, reliable or best effort, volatile durability."""
+
+    reliable: bool
+    depth: int
+
+
+#: events, images, the change-mask image: best effort, keep last 100
+SENSOR = QosSpec(reliable=False, depth=100)
+#: token masks, route decisions, diagnostics: reliable, keep last 10
+RELIABLE_10 = QosSpec(reliable=True, depth=10)
+#: captions, caption text, compute cost, ground truth: reliable, keep last 50
+RELIABLE_50 = QosSpec(reliable=True, depth=50)
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str          # relative to the node namespace
+    msgtype: str       # ROS 2 type name (pkg/msg/Name)
+    qos: QosSpec
+
+
+TOPICS: dict[str, Topic] = {
+    "events": Topic("event_camera/events", "event_camera_msgs/msg/EventPacket", SENSOR),
+    "image": Topic("camera/image_raw", "sensor_msgs/msg/Image", SENSOR),
+    "ground_truth": Topic("edge_vlm/ground_truth", "std_msgs/msg/String", RELIABLE_50),
+    "token_mask": Topic("edge_vlm/token_mask", "edge_vlm_msgs/msg/TokenMask", RELIABLE_10),
+    "change_mask": Topic("edge_vlm/change_mask", "sensor_msgs/msg/Image", SENSOR),
+    "route": Topic("edge_vlm/route", "edge_vlm_msgs/msg/RouteDecision", RELIABLE_10),
+    "caption": Topic("edge_vlm/caption", "edge_vlm_msgs/msg/Caption", RELIABLE_50),
+    "caption_text": Topic("edge_vlm/caption_text", "std_msgs/msg/String", RELIABLE_50),
+    "compute_cost": Topic("edge_vlm/compute_cost", "edge_vlm_msgs/msg/ComputeCost", RELIABLE_50),
+}
+#: diagnostics go to the absolute topic, as diagnostic_updater publishes them
+DIAGNOSTICS = Topic("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", RELIABLE_10)
+
+#: message types published best effort when a topic is not in the table
+SENSOR_TYPES = frozenset({
+    "event_camera_msgs/msg/EventPacket",
+    "sensor_msgs/msg/Image",
+    "sensor_msgs/msg/CompressedImage",
+    "sensor_msgs/msg/PointCloud2",
+})
+
+
+def qos_of(topic: str, msgtype: str) -> QosSpec:
+    """The QoS of an absolute ``topic`` (the table's, with the default empty namespace), else by
+    type: sensor types best effort keep last 100, anything else reliable keep last 50."""
+    for t in TOPICS.values():
+        if topic == "/" + t.name:
+            return t.qos
+    return SENSOR if msgtype in SENSOR_TYPES else RELIABLE_50
