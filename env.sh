@@ -32,7 +32,9 @@ else
     echo "env.sh: ros2_ws/install missing: run 'make setup' (bash scripts/setup.sh) to build the workspace" >&2
   fi
   export RMW_IMPLEMENTATION=rmw_fastrtps_cpp
-  # node and tool executables (edge_vlm_run, edge_vlm_play, edge_vlm_demo, cameras, nodes) on PATH
+  # every package's executables (install/<pkg>/lib/<pkg>) on PATH: the nodes, edge_vlm_tools
+  # (edge_vlm_run, edge_vlm_play, edge_vlm_record, edge_vlm_demo) and edge_vlm_cameras
+  # (edge_vlm_camera_dv, edge_vlm_camera_rgb, edge_vlm_camera_metavision)
   for _d in "$_edge_vlm_root"/ros2_ws/install/*/; do
     _d="${_d%/}/lib/$(basename "$_d")"
     [ -d "$_d" ] || continue

@@ -6,7 +6,10 @@
 #   3. requirements.txt (pinned ROS 2 Kilted wheels, colcon, libraries, test tools)
 #   4. CMake path fix for the ROS wheels (scripts/fix_cmake_paths.py)
 #   5. pip install -e ros2_ws/src/edge_vlm   (the `edge-vlm` console script)
-#   6. colcon build --symlink-install in ros2_ws (every package under ros2_ws/src)
+#   6. colcon build --symlink-install in ros2_ws (every package under ros2_ws/src), after
+#      removing what an earlier build left of packages no longer under ros2_ws/src and the
+#      console scripts of the ament_python packages (rebuilt; a script that moved to another
+#      package must not stay on PATH)
 #   (first of all, outside the stamp: the native decode+bin kernel
 #    ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so, rebuilt when evbin.c is newer, and its
 #    per-packet entry point as a CPython extension, _native/evbinext<EXT_SUFFIX>, rebuilt when
@@ -139,6 +142,28 @@ list_packages() {
     done | LC_ALL=C sort
 }
 
+# What an earlier build left that this one would not replace: build/ and install/ folders of
+# packages no longer under ros2_ws/src, and each ament_python package's console scripts
+# (install/<pkg>/lib/<pkg>/, written again by colcon's `setup.py develop`).
+prune_stale() {
+  local pkgs d name f
+  pkgs=" $(list_packages | tr '\n' ' ') "
+  for d in "$WS"/build/*/ "$WS"/install/*/; do
+    [ -d "$d" ] || continue
+    name="$(basename "$d")"
+    case "$pkgs" in
+      *" $name "*) ;;
+      *) echo "setup.sh: removing ${d#"$ROOT"/} (no package $name under ros2_ws/src)"; rm -rf "$d" ;;
+    esac
+  done
+  find ros2_ws/src -name package.xml -not -path '*/build/*' -not -path '*/install/*' -print |
+    while IFS= read -r f; do
+      grep -q '<build_type>ament_python</build_type>' "$f" || continue
+      name="$(sed -n 's:.*<name>[[:space:]]*\([^<[:space:]]*\)[[:space:]]*</name>.*:\1:p' "$f" | head -n1)"
+      if [ -n "$name" ]; then rm -rf "$WS/install/$name/lib/$name"; fi
+    done
+}
+
 workspace_complete() {
   [ -f "$WS/install/local_setup.bash" ] || return 1
   [ -d "$WS/build" ] || return 1   # --symlink-install links into build/
@@ -226,6 +251,7 @@ step "5/6 pip install -e ros2_ws/src/edge_vlm (edge-vlm console script)"
 
 # ---- 6. colcon build ------------------------------------------------------------
 step "6/6 colcon build --symlink-install in ros2_ws ($(list_packages | tr '\n' ' '))"
+prune_stale
 # Build against the venv only (an already sourced workspace must not leak in).
 echo "(colcon's warning that $VENV has no 'local_setup.*' files is expected: the ROS wheels live there)"
 (

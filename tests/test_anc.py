@@ -4,18 +4,25 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edge_vlm.model.anc import AncModel, budget_cap
+import edge_vlm.inference.anc_engine as anc_engine
 from edge_vlm.inference.anc_engine import AncStreamingCaptioner
-from edge_vlm.model.sttf import CaptionModel, ModelConfig, init_weights
-from edge_vlm.inference.engine import StreamingCaptioner, engine_from_params
-from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
+from edge_vlm.inference.engine import StreamingCaptioner
+from edge_vlm.inference.factory import apply_params, engine_from_params, load_model
+from edge_vlm.inference.memory import LayerMemory, new_memory
+from edge_vlm.inference.routing import choose_branches
+from edge_vlm.inference.vit import dense_infer, dense_step, sparse_infer
+from edge_vlm.model.anc import AncModel, budget_cap
+from edge_vlm.model.checkpoint import save_checkpoint
+from edge_vlm.model.config import ModelConfig
+from edge_vlm.model.sttf import CaptionModel, init_weights
 from edge_vlm.model.flops import estimator_flops, vit_flops
 from edge_vlm.model.tokenizer import Tokenizer
 
 
 def tiny_pair(seed=0):
     torch.manual_seed(seed)
-    tok = Tokenizer.build(["a person waves the right hand quickly", "a tall person claps hands slowly"])
+    tok = Tokenizer.build(["a person waves the right hand quickly",
+                           "a tall person claps hands slowly"])
     m = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, max_age=8, vocab=tok.vocab))
     init_weights(m)
     m.eval()
@@ -38,7 +45,7 @@ def test_growth_is_function_preserving():
             rs, ra = s.process(blob(f)), e.process(blob(f))
             assert torch.allclose(s.memory, e.memory, atol=1e-5)
             assert rs.label == ra.label and rs.text == ra.text
-        assert ra.route["branch"] == ("small", "medium")[level - 1]
+        assert ra.route.branch == ("small", "medium")[level - 1]
 
 
 def test_sliced_gates_equal_hard_masked_channels_and_save_flops():
@@ -51,14 +58,14 @@ def test_sliced_gates_equal_hard_masked_channels_and_save_flops():
         fc1, fc2 = blk.mlp[0], blk.mlp[2]
         ref = fc2(blk.act_fn(fc1(x)) * keep)
         n = blk.set_budget(beta)
-        assert n == int(keep.sum()) and torch.allclose(blk._mlp(x), ref, atol=1e-5)
+        assert n == int(keep.sum()) and torch.allclose(blk.feed_forward(x), ref, atol=1e-5)
     kept = [AncStreamingCaptioner(a, compute_budget=b).kept[2] for b in (0.7, 0.8, 0.9, 1.0)]
     assert [sum(k) for k in kept] == sorted(sum(k) for k in kept) and sum(kept[0]) < sum(kept[-1])
     c = a.cfg
     with FlopCounterMode(display=False) as fc:
         blk.set_budget(0.5)
-        from edge_vlm.model.sttf import LayerMemory
-        blk.dense_step(torch.randn(c.num_tokens, c.dim), LayerMemory(c.num_tokens, c.dim, c.heads))
+        dense_step(blk, torch.randn(c.num_tokens, c.dim),
+                   LayerMemory(c.num_tokens, c.dim, c.heads))
     from dataclasses import replace
     want = vit_flops(replace(c, mlp_ratio=a.acfg.mlp_ratios[2]), [c.num_tokens], [blk.kept()])
     assert abs(fc.get_total_flops() - want) / want < 0.05
@@ -70,12 +77,12 @@ def test_budget_caps_the_route_and_changes_cost_at_runtime():
     eng = AncStreamingCaptioner(a, force_level=2)
     r_full = [eng.process(blob(f)) for f in range(3)][-1]
     eng.set_budget(0.3)
-    r_switch = eng.process(blob(3))         # the first Tiny frame is dense (its memory was not current)
+    r_switch = eng.process(blob(3))         # the first Tiny frame is dense (its memory is stale)
     r_low = eng.process(blob(4))
-    assert r_full.route["branch"] == "medium" and r_low.route["branch"] == "tiny"
+    assert r_full.route.branch == "medium" and r_low.route.branch == "tiny"
     assert r_switch.refreshed and not r_low.refreshed and not r_full.refreshed
     assert r_low.flops["encoder"] < r_full.flops["encoder"]
-    assert r_low.route["params_active"] < r_full.route["params_active"]
+    assert r_low.route.params_active < r_full.route.params_active
     assert r_low.flops_dense == r_full.flops_dense      # the reference is always Medium-only dense
 
 
@@ -84,11 +91,12 @@ def test_router_runs_a_branch_and_costs_little():
     eng = AncStreamingCaptioner(a)
     for f in range(3):
         r = eng.process(blob(f))
-        assert abs(sum(r.route["weights"]) - 1) < 1e-6 and r.route["branches"]
-        assert abs(sum(r.route["probabilities"]) - 1) < 1e-5
+        assert abs(sum(r.route.weights) - 1) < 1e-6 and r.route.branches
+        assert abs(sum(r.route.probabilities) - 1) < 1e-5
     c = a.cfg
     with FlopCounterMode(display=False) as fc:
-        a.route_logits(torch.rand(1, 4, 128, 128), torch.zeros(1, c.num_tokens), torch.zeros(1, c.num_tokens))
+        a.route_logits(torch.rand(1, 4, 128, 128), torch.zeros(1, c.num_tokens),
+                       torch.zeros(1, c.num_tokens))
     assert abs(fc.get_total_flops() - estimator_flops(c)) / estimator_flops(c) < 0.05
 
 
@@ -96,12 +104,50 @@ def test_anc_checkpoint_roundtrip_and_engine_factory(tmp_path):
     _, a, _ = tiny_pair()
     p = tmp_path / "anc.pt"
     save_checkpoint(str(p), a, extra={"model_id": "anc-test"})
-    b, extra = load_checkpoint(str(p))
+    b, extra = load_model(str(p))
     assert isinstance(b, AncModel) and extra["model_id"] == "anc-test"
     eng = engine_from_params(b, {"compute_budget": 0.5, "refresh_period": 0}, extra)
     assert isinstance(eng, AncStreamingCaptioner) and eng.budget == 0.5
     r = eng.process(blob(0))
-    assert r.route["budget"] == 0.5 and r.route["branch"] in ("tiny", "small")
+    assert r.route.budget == 0.5 and r.route.branch in ("tiny", "small")
+
+
+def test_start_up_and_runtime_parameters_take_the_same_mapping():
+    """engine_from_params is the engine's defaults plus apply_params: an engine built with the
+    parameters and one that gets them at runtime end in the same state and give the same frames."""
+    _, a, _ = tiny_pair()
+    meta = {"layer_thresholds": [0.0, 0.1, 0.1, 0.1]}
+    params = {"event_count_threshold": 5, "refresh_period": 7, "decoding": "beam", "beam_size": 2,
+              "max_caption_tokens": 99, "caption_period": 0, "caption_reuse_threshold": 0.1,
+              "mask_method": "event_count", "drift_bound": 0.5, "layer_threshold_scale": 2.0,
+              "compute_budget": 0.5, "num_threads": torch.get_num_threads(), "use_rgb": "never"}
+    built = engine_from_params(a, params, meta)
+    changed = engine_from_params(a, {}, meta)
+    assert changed.layer_thresholds == meta["layer_thresholds"]      # scale 1 by default
+    apply_params(changed, params, meta)
+
+    def state(e):
+        return (e.k, e.refresh_period, e.decoding, e.beam_size, e.max_tokens, e.caption_period,
+                e.caption_reuse, e.mask_method, e.drift_bound, e.layer_thresholds, e.budget)
+
+    want = (5, 7, "beam", 2, a.cfg.max_len, 1, 0.1, "event_count", 0.5, [0.0, 0.2, 0.2, 0.2], 0.5)
+    assert state(built) == state(changed) == want
+    for f in range(3):
+        r1, r2 = built.process(blob(f)), changed.process(blob(f))
+        assert (r1.text, r1.label, r1.route, r1.active_tokens) == (r2.text, r2.label, r2.route,
+                                                                  r2.active_tokens)
+
+
+def test_routing_rule_caps_renormalises_and_falls_back_to_the_most_probable():
+    p = np.array([0.2, 0.3, 0.5], dtype=np.float32)
+    r = choose_branches(p, 1.0, 0.45)
+    assert r.run == [2] and r.weights == [1.0] and r.probabilities is p
+    r = choose_branches(p, 0.5, 0.5)                  # capped at Small: (0.4, 0.6) -> Small
+    assert r.run == [1] and r.weights == [1.0]
+    r = choose_branches(p, 1.0, 0.25)                 # two branches, weights renormalised
+    assert r.run == [1, 2] and abs(r.weights[0] - 0.375) < 1e-6 and abs(sum(r.weights) - 1) < 1e-6
+    r = choose_branches(np.array([0.34, 0.33, 0.33]), 1.0, 0.5)   # none above: the most probable
+    assert r.run == [0] and r.weights == [1.0]
 
 
 def test_training_forward_and_backward():
@@ -110,12 +156,15 @@ def test_training_forward_and_backward():
     b, t = 2, 3
     hist = torch.from_numpy(np.stack([np.stack([blob(f) for f in range(t)])] * b).astype(np.uint8))
     ids = torch.tensor([tok.encode("a person waves", a.cfg.max_len)] * b)
-    out = a(hist, None, torch.zeros(b, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool), ids[:, :-1],
+    out = a(hist, None, torch.zeros(b, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool),
+            ids[:, :-1],
             beta=torch.tensor([1.0, 0.4]))
     assert len(out["branches"]) == 3 and out["router"].shape == (b, 3)
-    loss = sum(o["gesture"].sum() + o["caption"].sum() for o in out["branches"]) + out["router"].sum()
+    loss = (sum(o["gesture"].sum() + o["caption"].sum() for o in out["branches"])
+            + out["router"].sum())
     loss.backward()
-    assert a.estimator.fc.weight.grad is not None and a.branches[2].blocks[0].theta.grad is not None
+    assert a.estimator.fc.weight.grad is not None
+    assert a.branches[2].blocks[0].theta.grad is not None
     assert a.mask_net.c1.weight.grad is None        # the STTF front end is kept (no gradient)
 
 
@@ -131,9 +180,9 @@ def test_masked_training_step_equals_the_sparse_inference_step():
     idx = torch.tensor([3, 50, 100])
     e[idx] += torch.randn(3, a.cfg.dim)
     with torch.no_grad():
-        mem = br.new_memory()
-        br.dense_infer(e_prev, mem)
-        out, _ = br.sparse_infer(e, idx, mem, [])
+        mem = new_memory(br)
+        dense_infer(br, e_prev, mem)
+        out, _ = sparse_infer(br, e, idx, mem, [])
         m = torch.zeros(1, a.cfg.num_tokens)
         m[0, idx] = 1
         ref = br.masked_forward(e_prev[None], e[None], m)[0]
@@ -145,7 +194,8 @@ def test_training_forward_with_masks_runs():
     b, t = 2, 4
     hist = torch.from_numpy(np.stack([np.stack([blob(f) for f in range(t)])] * b).astype(np.uint8))
     ids = torch.tensor([tok.encode("a person waves", a.cfg.max_len)] * b)
-    out = a(hist, None, torch.zeros(b, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool), ids[:, :-1],
+    out = a(hist, None, torch.zeros(b, dtype=torch.bool), torch.ones(b, t, dtype=torch.bool),
+            ids[:, :-1],
             beta=torch.ones(b), sparse_from=2)
     sum(o["gesture"].sum() for o in out["branches"]).backward()
     assert a.branches[1].blocks[0].qkv.weight.grad is not None
@@ -188,7 +238,7 @@ def test_conditional_decoder_pathway_picks_depth_and_beam_width(monkeypatch):
         calls.clear()
         r = AncStreamingCaptioner(a, force_level=lv, decoding="beam", beam_size=3).process(blob(0))
         assert len(calls) == 1 and calls[0][:3] == want, calls
-        assert r.route["branch"] == ("tiny", "small", "medium")[lv]
+        assert r.route.branch == ("tiny", "small", "medium")[lv]
         assert r.flops["decoder"] == decoder_flops(a.cfg, calls[0][3] + 1, want[1], want[2])
 
 
@@ -234,10 +284,11 @@ def test_switching_back_to_a_branch_catches_up_sparsely():
     eng.set_budget(1.0)
     back = eng.process(blob(5))
     seen = [ref.process(blob(f)) for f in (3, 4, 5)]
-    assert first_tiny.refreshed and first_tiny.route["branch"] == "tiny"
-    assert back.route["branch"] == "medium" and not back.refreshed
-    n_back = back.route["branch_tokens"]["medium"][0]
-    assert max(r.active_tokens for r in seen) <= n_back <= sum(r.active_tokens for r in seen) < a.cfg.num_tokens
+    assert first_tiny.refreshed and first_tiny.route.branch == "tiny"
+    assert back.route.branch == "medium" and not back.refreshed
+    n_back = back.route.branch_tokens["medium"][0]
+    assert (max(r.active_tokens for r in seen) <= n_back <= sum(r.active_tokens for r in seen)
+            < a.cfg.num_tokens)
 
 
 def test_router_wall_time_is_its_own_stage():
@@ -246,7 +297,8 @@ def test_router_wall_time_is_its_own_stage():
     m, a, _ = tiny_pair()
     ra = AncStreamingCaptioner(a).process(blob(0))
     rs = StreamingCaptioner(m).process(blob(0))
-    assert list(ra.latency_ms) == ["mask", "memory", "router", "encoder", "fusion", "decoder", "total"]
+    assert list(ra.latency_ms) == ["mask", "memory", "router", "encoder", "fusion", "decoder",
+                                   "total"]
     assert "router" not in rs.latency_ms
     for r in (ra, rs):
         parts = [v for k, v in r.latency_ms.items() if k != "total"]
@@ -259,23 +311,21 @@ def test_encoder_wall_time_is_the_branch_vits(monkeypatch):
     them (pending tokens, route record, parameter count) goes to the router stage."""
     import time
 
-    from edge_vlm.model.anc import BranchViT
-
     m, a, _ = tiny_pair()
     eng = AncStreamingCaptioner(a, force_level=2)
     eng.process(blob(0))
     slow_vit, slow_route = 0.03, 0.02
-    vit_infer, route = BranchViT.sparse_infer, AncStreamingCaptioner.active_parameters
+    vit_infer, route = anc_engine.sparse_infer, AncStreamingCaptioner.active_parameters
 
-    def sparse_infer(self, *args, **kw):
+    def slow_sparse_infer(*args, **kw):
         time.sleep(slow_vit)
-        return vit_infer(self, *args, **kw)
+        return vit_infer(*args, **kw)
 
     def active_parameters(self, *args, **kw):
         time.sleep(slow_route)
         return route(self, *args, **kw)
 
-    monkeypatch.setattr(BranchViT, "sparse_infer", sparse_infer)
+    monkeypatch.setattr(anc_engine, "sparse_infer", slow_sparse_infer)
     monkeypatch.setattr(AncStreamingCaptioner, "active_parameters", active_parameters)
     r = eng.process(blob(1))
     assert not r.refreshed

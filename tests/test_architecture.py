@@ -41,9 +41,11 @@ LAYERS = {
 LAZY_OK = {"dv_processing", "dv", "cv2", "matplotlib", "pycocoevalcap", "metavision_core",
            "metavision_sdk_core", "metavision_hal"}
 #: never imported by the core package
-ROS_ONLY = {"rclpy", "launch", "launch_ros", "launch_testing", "launch_pytest", "rosidl_runtime_py",
+ROS_ONLY = {"rclpy", "launch", "launch_ros", "launch_testing", "launch_pytest",
+            "rosidl_runtime_py",
             "builtin_interfaces", "std_msgs", "sensor_msgs", "diagnostic_msgs", "rcl_interfaces",
-            "edge_vlm_msgs", "event_camera_msgs", "edge_vlm_ros", "edge_vlm_tools", "edge_vlm_cameras",
+            "edge_vlm_msgs", "event_camera_msgs", "edge_vlm_ros", "edge_vlm_tools",
+            "edge_vlm_cameras",
             "sttf_perception", "anc_router", "vlm_captioner"}
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
@@ -185,7 +187,8 @@ def test_core_imports_downwards_only(mod):
 def test_ros_library_imports_no_node_or_tool():
     bad = [(m, name) for m in modules() if m.split(".")[0] == "edge_vlm_ros"
            for name, _, _ in imports(m)
-           if name.split(".")[0] in ("edge_vlm_tools", "edge_vlm_cameras", "sttf_perception", "anc_router",
+           if name.split(".")[0] in ("edge_vlm_tools", "edge_vlm_cameras", "sttf_perception",
+                                     "anc_router",
                                      "vlm_captioner")]
     assert not bad, bad
 
@@ -220,12 +223,14 @@ def test_unit_sizes(mod):
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
     """``edge-vlm ARGS`` in a fresh interpreter; prints the heavy modules it imported."""
-    code = ("import sys\nfrom edge_vlm.cli import main\ntry:\n    rc = main(sys.argv[1:])\n"
-            "except SystemExit as exc:\n    rc = exc.code\n"
-            "heavy = sorted(m for m in ('torch', 'rclpy', 'cv2', 'matplotlib') if m in sys.modules)\n"
-            "print('HEAVY=' + ','.join(heavy), file=sys.stderr)\nsys.exit(rc)\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC / "edge_vlm"), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+    code = ("import sys\nfrom edge_vlm.cli import main\ntry:\n    rc = main(sys.argv[1:])\nexcept "
+            "SystemExit as exc:\n    rc = exc.code\nheavy = sorted(m for m in ('torch', 'rclpy', "
+            "'cv2', 'matplotlib') if m in sys.modules)\nprint('HEAVY=' + ','.join(heavy), "
+            "file=sys.stderr)\nsys.exit(rc)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC / "edge_vlm"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env=env,
                           timeout=120)
 
 

@@ -34,7 +34,7 @@ T0 = 5_000_123_457              # not on the packet grid on purpose
 DURATION_NS = 60_000_000
 N_EVENTS = 3000
 FRAME_STAMPS = [T0 + 20_000_000, T0 + 45_000_000]
-PLAYER = os.path.join(rosenv.INSTALL, "edge_vlm_ros", "lib", "edge_vlm_ros", "edge_vlm_play")
+PLAYER = os.path.join(rosenv.INSTALL, "edge_vlm_tools", "lib", "edge_vlm_tools", "edge_vlm_play")
 
 
 # ----------------------------------------------------------------- fixtures/data
@@ -189,7 +189,8 @@ def ros_node():
     """This module's rclpy node (own context and domain); fails if the ws is not built."""
     if "node" not in _CTX:
         try:
-            rosenv.require_workspace("event_camera_msgs", "edge_vlm_msgs", "edge_vlm_ros")
+            rosenv.require_workspace("event_camera_msgs", "edge_vlm_msgs", "edge_vlm_ros",
+                                     "edge_vlm_tools")
             if not os.path.isfile(PLAYER):
                 raise rosenv.WorkspaceNotBuilt(f"{PLAYER} missing: run `make setup`")
             rosenv.activate()
@@ -238,7 +239,7 @@ def test_bag_cdr_is_what_rclpy_serializes(bag):
 def test_player_qos_choice():
     """--qos auto follows design.md: sensor data for events/images, reliable otherwise."""
     ros_node()
-    from edge_vlm_ros.player import parse_remaps, qos_for, split_ros_args
+    from edge_vlm_tools.player import parse_remaps, qos_for, split_ros_args
     from rclpy.qos import ReliabilityPolicy
 
     ev = qos_for("/event_camera/events", "event_camera_msgs/msg/EventPacket")
@@ -262,7 +263,7 @@ def test_player_waits_per_topic_subscription_counts():
     """--wait-for TOPIC=N: the demo waits until every event subscriber of the graph (3 nodes +
     the recorder) matched before playing; bad items are refused with a clear message."""
     ros_node()
-    from edge_vlm_ros.player import _parse_wait_for, _wait_for_subscribers
+    from edge_vlm_tools.player import _parse_wait_for, _wait_for_subscribers
 
     assert _parse_wait_for(["event_camera/events=4", "/edge_vlm/ground_truth=1"]) == {
         "event_camera/events": 4, "edge_vlm/ground_truth": 1}

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import shutil
 
 import numpy as np
 import pytest
 
-from edge_vlm.bench import suite as bench
+from edge_vlm.bench import common, decode, e2e, recordings, report, streams, sttf, sttf_timing
+from edge_vlm.bench.anc import SWEEP, bench_anc
 from edge_vlm.cli import main
 from edge_vlm.io.codecs import Evt3Decoder, make_decoder
 from edge_vlm.events import concat_events, make_events
@@ -33,45 +34,49 @@ def _positive(d: dict, keys) -> None:
 
 def test_encode_evt3_round_trip_any_packets():
     ev = _events()
-    words, end = bench.encode_evt3(ev)
+    words, end = streams.encode_evt3(ev)
     assert words.dtype == np.dtype("<u2") and end[-1] == words.size and len(end) == len(ev)
     ref = ev.copy()
     ref["t"] = ref["t"] // 1000 * 1000           # EVT 3.0 has microsecond resolution
     got = Evt3Decoder(128, 128).decode(words.tobytes())
     np.testing.assert_array_equal(got, ref)
-    pk = bench.packetize_evt3(ev)
+    pk = streams.packetize_evt3(ev)
     assert all(w == 128 and h == 128 for _, w, h, _ in pk)
     dec = Evt3Decoder()
-    np.testing.assert_array_equal(concat_events([dec.decode(p[0], p[1], p[2], p[3]) for p in pk]), ref)
+    np.testing.assert_array_equal(
+        concat_events([dec.decode(p[0], p[1], p[2], p[3]) for p in pk]), ref)
     with pytest.raises(ValueError):
-        bench.encode_evt3(ev[::-1])
+        streams.encode_evt3(ev[::-1])
 
 
 def test_packetize_mono_round_trip_and_compress():
     ev = _events()
-    pk = bench.packetize_mono(ev)
+    pk = streams.packetize_mono(ev)
     starts = [tb for *_, tb in pk]
-    assert starts == sorted(starts) and all(s % bench.PACKET_NS == 0 for s in starts)
+    assert starts == sorted(starts) and all(s % streams.PACKET_NS == 0 for s in starts)
     dec = make_decoder("mono")
     np.testing.assert_array_equal(concat_events([dec.decode(*p) for p in pk]), ev)
-    fast = bench.compress_time(ev, 4)
+    fast = streams.compress_time(ev, 4)
     assert len(fast) == len(ev) and bool(np.all(np.diff(fast["t"]) >= 0))
     assert int(fast["t"][-1] - fast["t"][0]) <= int(ev["t"][-1] - ev["t"][0]) // 4 + 1
 
 
 def test_decode_bin_counts_events_and_frames():
     ev = _events()
-    for enc, pk in (("mono", bench.packetize_mono(ev)), ("evt3", bench.packetize_evt3(ev))):
-        n_ev, n_fr = bench.decode_bin(pk, enc)
+    for enc, pk in (("mono", streams.packetize_mono(ev)), ("evt3", streams.packetize_evt3(ev))):
+        n_ev, n_fr = decode.decode_bin(pk, enc)
         assert n_ev == len(ev) and n_fr >= 1
-        fig = bench._stream_figures(pk, enc, repeats=1)
-        _positive(fig, ("mev_per_s", "decode_only_mev_per_s", "decode_us_per_packet", "events", "packets"))
+        assert decode.decode_bin_per_packet(pk, enc) == (n_ev, n_fr)
+        fig = decode.stream_figures(pk, enc, repeats=1, batch=8)
+        _positive(fig, ("mev_per_s", "decode_only_mev_per_s", "decode_us_per_packet", "events",
+                        "packets", "decode_only_batched8_mev_per_s"))
 
 
 def test_bench_decode_quick():
-    r = bench.bench_decode(repeats=1, quick=True)
+    r = decode.bench_decode(repeats=1, quick=True)
     assert r["decode_backend"] in ("native", "numpy")
-    _positive(r, ("mono_mev_per_s", "evt3_sim_mev_per_s", "mono_dense_mev_per_s", "evt3_sim_dense_mev_per_s"))
+    _positive(r, ("mono_mev_per_s", "evt3_sim_mev_per_s", "mono_dense_mev_per_s",
+                  "evt3_sim_dense_mev_per_s"))
     for name, fig in r["real"].items():        # real bags when ../shared/data/real is present
         assert fig["encoding"] == "evt3" and fig["events"] > 0, name
     if r["real"]:
@@ -79,10 +84,10 @@ def test_bench_decode_quick():
 
 
 def test_bench_sttf_quick():
-    r = bench.bench_sttf(threads=1, repeats=1, quick=True)
-    _positive(r, ("frames", "encoder_ms_first_sparse", "encoder_ms_first_dense", "encoder_ms_steady_sparse",
-                  "encoder_ms_steady_dense", "speedup_steady", "speedup_limit", "active_token_fraction",
-                  "flops_ratio", "flops_dense_mean"))
+    r = sttf.bench_sttf(threads=1, repeats=1, quick=True)
+    _positive(r, ("frames", "encoder_ms_first_sparse", "encoder_ms_first_dense",
+                  "encoder_ms_steady_sparse", "encoder_ms_steady_dense", "speedup_steady",
+                  "speedup_limit", "active_token_fraction", "flops_ratio", "flops_dense_mean"))
     assert 0 < r["active_token_fraction"] <= 1 and r["speedup_limit"] >= 1
     assert 0 < r["flops_ratio"] <= 1
     for k in ("caption_agreement", "label_agreement", "accuracy_dense", "accuracy_sparse"):
@@ -90,7 +95,8 @@ def test_bench_sttf_quick():
     # the sparse ViT's approximation (stale context of reused tokens) is measured, not zero
     assert r["token_deviation_max"] is not None and np.isfinite(r["token_deviation_max"])
     curve = r["speedup_by_active_tokens"]
-    assert [c["tokens"] for c in curve] == [8, 16, 32, 64, 128] and all(c["speedup"] > 0 for c in curve)
+    assert [c["tokens"] for c in curve] == [8, 16, 32, 64, 128]
+    assert all(c["speedup"] > 0 for c in curve)
     # both encoder backends timed on the same frames; the speedup divides the faster dense one
     eb = r["encoder_backends"]
     assert r["encoder_backend"] in eb and "torch" in eb
@@ -98,12 +104,15 @@ def test_bench_sttf_quick():
     best = min(v["dense_ms_steady"] for v in eb.values())
     assert r["dense_backend"] in eb and eb[r["dense_backend"]]["dense_ms_steady"] == best
     assert r["encoder_ms_steady_dense"] == pytest.approx(best)
-    assert r["encoder_ms_steady_sparse"] == pytest.approx(eb[r["encoder_backend"]]["sparse_ms_steady"])
+    assert r["encoder_ms_steady_sparse"] == pytest.approx(
+        eb[r["encoder_backend"]]["sparse_ms_steady"])
     assert r["speedup_steady"] == pytest.approx(best / r["encoder_ms_steady_sparse"])
     assert all(c["dense_ms"] == pytest.approx(min(c.get("dense_ms_native", c["dense_ms"]),
-                                                   c.get("dense_ms_torch", c["dense_ms"]))) for c in curve)
+                                                   c.get("dense_ms_torch", c["dense_ms"])))
+               for c in curve)
     fit = r["sparse_cost_fit"]
-    assert fit is None or (fit["frames"] >= 3 and fit["dense_per_token_ms"] > 0 and fit["tokens_mean"] > 0)
+    assert fit is None or (fit["frames"] >= 3 and fit["dense_per_token_ms"] > 0
+                           and fit["tokens_mean"] > 0)
     # both input modes on the same recording (with RGB frames), the same labelled frames
     modes = r["input_modes"]
     assert modes["events_only"]["frames"] == modes["rgb_events"]["frames"] > 0
@@ -115,38 +124,93 @@ def test_bench_sttf_quick():
     ph = r["accuracy_by_clip_phase"]
     assert list(ph) == ["blend_in", "full", "blend_out"]
     assert sum(v["frames"] for v in ph.values()) == r["frames_scored"]
-    assert all(v["frames"] > 0 and 0 <= v["dense"] <= 1 and 0 <= v["sparse"] <= 1 for v in ph.values())
+    assert all(v["frames"] > 0 and 0 <= v["dense"] <= 1 and 0 <= v["sparse"] <= 1
+               for v in ph.values())
 
 
 def test_clip_phase_marks_the_simulated_blends():
     from types import SimpleNamespace
 
-    clip = SimpleNamespace(t_start_ns=1_000_000_000, t_end_ns=2_500_000_000)     # 1.5 s: 0.2 s ramps
+    clip = SimpleNamespace(t_start_ns=1_000_000_000, t_end_ns=2_500_000_000)   # 0.2 s ramps
     ts = (1_100_000_000, 1_200_000_000, 1_210_000_000, 2_290_000_000, 2_310_000_000, 2_500_000_000)
-    assert [bench.clip_phase(clip, t) for t in ts] == [
+    assert [recordings.clip_phase(clip, t) for t in ts] == [
         "blend_in", "blend_in", "full", "full", "blend_out", "blend_out"]
 
 
-def test_bench_e2e_skips_without_ros(monkeypatch):
-    monkeypatch.setitem(sys.modules, "edge_vlm_ros.demo", None)     # import fails
-    r = bench.bench_e2e()
-    assert "skipped" in r
+def test_bench_e2e_skips_without_ros(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))           # no edge_vlm_demo on PATH
+    r = e2e.bench_e2e(work_dir=str(tmp_path))
+    assert "skipped" in r and e2e.DEMO_EXECUTABLE in r["skipped"]
+    assert not list(tmp_path.iterdir())                 # nothing written
+
+
+def test_bench_e2e_quick(tmp_path):
+    """The node graph on a tiny simulated bag, through the workspace's demo tool."""
+    if shutil.which(e2e.DEMO_EXECUTABLE) is None:
+        pytest.skip("ROS 2 workspace not sourced (source env.sh)")
+    logged = []
+    r = e2e.bench_e2e(quick=True, work_dir=str(tmp_path), log=logged.append)
+    assert r["frames_processed"] > 0 and r["frames_expected_approx"] > 0
+    assert r["player_rc"] == 0 and all(rc == 0 for rc in r["exit_codes"].values())
+    assert r["caption_latency_ms_p50"] > 0 and r["frame_latency_ms_p95"] > 0
+    assert r["backlog_grows"] in (True, False, None)
+    assert set(r["caption_latency_trend"]) == {"slope_per_s", "first_quarter_p50",
+                                               "last_quarter_p50"}
+    assert "packets" in r["captioner_counters"] and r["packet_ms"] == 10.0
+    assert any(line.startswith("demo:") for line in logged)
+    assert os.path.isfile(os.path.join(r["out_dir"], "records.jsonl"))
 
 
 def test_trend_and_markdown(tmp_path):
-    tr = bench._trend(list(range(20)), [10.0 + 2 * i for i in range(20)])
-    assert tr["slope_per_s"] == pytest.approx(2.0) and tr["last_quarter_p50"] > tr["first_quarter_p50"]
-    assert bench._trend([0, 1], [1, 2])["slope_per_s"] is None
-    res = {k: 1.5 for k in bench.SUMMARY_KEYS}
-    res.update(timestamp="2026-01-01T00:00:00+00:00", machine=bench.machine_info(1), bench_wall_s=1.0,
-               details={"e2e": {"skipped": "no ROS"}})
-    path = bench.write_markdown(res, tmp_path / "b.md", "edge-vlm bench all --json")
+    tr = e2e.trend(list(range(20)), [10.0 + 2 * i for i in range(20)])
+    assert tr.slope_per_s == pytest.approx(2.0) and tr.last_quarter_p50 > tr.first_quarter_p50
+    assert e2e.trend([0, 1], [1, 2]).slope_per_s is None
+    res = {k: 1.5 for k in report.SUMMARY_KEYS}
+    res.update(timestamp="2026-01-01T00:00:00+00:00", machine=common.machine_info(1),
+               bench_wall_s=1.0, details={"e2e": {"skipped": "no ROS"}})
+    path = report.write_markdown(res, tmp_path / "b.md", "edge-vlm bench all --json")
     text = open(path).read()
     assert "`edge-vlm bench all --json`" in text and "Skipped: no ROS" in text
-    for k in bench.SUMMARY_KEYS:
+    for k in report.SUMMARY_KEYS:
         assert f"`{k}`" in text
-    m = bench.machine_info(2)
+    js = json.loads((tmp_path / "b.json").read_text())
+    assert js["command"] == "edge-vlm bench all --json" and js["bench_wall_s"] == 1.0
+    m = common.machine_info(2)
     assert m["threads"] == 2 and m["cores"] and "cpu" in m and "timestamp" in m
+
+
+def test_bench_all_flattens_the_parts(monkeypatch):
+    """bench_all: each summary figure from the first part holding it, the parts under details."""
+    from edge_vlm.bench import all as bench_all_mod
+
+    calls = []
+
+    def part(name, figures):
+        def run(**kw):
+            calls.append((name, kw))
+            return dict(figures)
+        return run
+
+    monkeypatch.setattr(bench_all_mod, "bench_decode", part("decode", {"mono_mev_per_s": 1.0}))
+    monkeypatch.setattr(bench_all_mod, "bench_sttf", part("sttf", {
+        "accuracy_dense": 0.5, "model": {"checkpoint": None}}))
+    monkeypatch.setattr(bench_all_mod, "bench_anc", part("anc", {
+        "accuracy_dense": 0.9, "budget_sweep": [{"budget": 1.0}]}))
+    monkeypatch.setattr(bench_all_mod, "bench_e2e", part("e2e", {"backlog_grows": False}))
+    r = bench_all_mod.bench_all(quick=True, threads=2)
+    assert [c[0] for c in calls] == ["decode", "sttf", "anc", "e2e"]
+    assert list(r)[:2] == ["timestamp", "machine"] and r["machine"]["threads"] == 2
+    assert list(r)[2:2 + len(report.SUMMARY_KEYS)] == list(report.SUMMARY_KEYS)
+    assert r["mono_mev_per_s"] == 1.0 and r["accuracy_dense"] == 0.5
+    assert r["backlog_grows"] is False
+    assert r["speedup_steady"] is None
+    assert r["budget_sweep"] == [{"budget": 1.0}] and r["checkpoint"] == {"checkpoint": None}
+    assert list(r)[-3:] == ["checkpoint", "details", "bench_wall_s"]
+    assert list(r["details"]) == ["decode", "sttf", "anc", "e2e"]
+    calls.clear()
+    r = bench_all_mod.bench_all(quick=True, e2e=False, anc_part=False)
+    assert [c[0] for c in calls] == ["decode", "sttf"]
+    assert r["details"]["anc"] == r["details"]["e2e"] == {"skipped": "disabled"}
 
 
 def test_cli_decode_json(capsys, tmp_path):
@@ -162,29 +226,31 @@ def test_cli_decode_json(capsys, tmp_path):
 
 def test_shutdown_counters(tmp_path):
     log = tmp_path / "vlm_captioner.log"
-    log.write_text("[INFO] ready: x\n[INFO] [1.0] [vlm_captioner]: shutdown: packets=10 dropped=3 pending=0 "
-                   "mode=abc\n")
-    assert bench._shutdown_counters(str(log)) == {"packets": 10, "dropped": 3, "pending": 0}
-    assert bench._shutdown_counters(str(tmp_path / "missing.log")) == {}
+    log.write_text("[INFO] ready: x\n[INFO] [1.0] [vlm_captioner]: shutdown: packets=10 dropped=3 "
+                   "pending=0 mode=abc\n")
+    assert e2e.shutdown_counters(str(log)) == {"packets": 10, "dropped": 3, "pending": 0}
+    assert e2e.shutdown_counters(str(tmp_path / "missing.log")) == {}
 
 
 def test_bench_anc_quick(tmp_path):
     """The ANC benchmark's keys, on a tiny joint checkpoint (figures not meaningful)."""
     import torch
 
-    from edge_vlm.bench.anc import SWEEP, bench_anc
     from edge_vlm.model.anc import AncModel
-    from edge_vlm.model.sttf import CaptionModel, ModelConfig
+    from edge_vlm.model.config import ModelConfig
+    from edge_vlm.model.sttf import CaptionModel
     from edge_vlm.model.checkpoint import save_checkpoint
     from edge_vlm.model.tokenizer import Tokenizer
 
     torch.manual_seed(0)
-    sttf = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, vocab=Tokenizer.build(["a person waves"]).vocab))
+    vocab = Tokenizer.build(["a person waves"]).vocab
+    small = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, vocab=vocab))
     ck = str(tmp_path / "joint.pt")
-    save_checkpoint(ck, AncModel.grow_from(sttf))
+    save_checkpoint(ck, AncModel.grow_from(small))
     r = bench_anc(checkpoint=ck, quick=True, plot=str(tmp_path / "sweep.png"))
-    for k in ("flops_reduction_low_motion", "walltime_reduction_low_motion", "accuracy_medium_high_motion",
-              "accuracy_anc_high_motion", "router_cost_fraction_of_tiny", "budget_sweep"):
+    for k in ("flops_reduction_low_motion", "walltime_reduction_low_motion",
+              "accuracy_medium_high_motion", "accuracy_anc_high_motion",
+              "router_cost_fraction_of_tiny", "budget_sweep"):
         assert k in r
     assert [b["budget"] for b in r["budget_sweep"]] == list(SWEEP) and len(SWEEP) >= 5
     assert all(b["gflops"] > 0 for b in r["budget_sweep"])
@@ -194,7 +260,7 @@ def test_bench_anc_quick(tmp_path):
     assert os.path.getsize(tmp_path / "sweep.png") > 1000
     with pytest.raises(ValueError, match="STTF-only"):
         ck2 = str(tmp_path / "sttf.pt")
-        save_checkpoint(ck2, sttf)
+        save_checkpoint(ck2, small)
         bench_anc(checkpoint=ck2, quick=True)
 
 
@@ -205,9 +271,9 @@ def test_sparse_cost_fit_recovers_a_line():
     sparse = 0.5 + 0.08 * tokens
     sparse[refreshed] = 25.0                     # off the line: must not enter the fit
     dense = np.full(len(tokens), 25.6)
-    fit = bench._cost_fit(sparse, dense, tokens, refreshed, 256)
+    fit = sttf_timing.cost_fit(sparse, dense, tokens, refreshed, 256)
     assert fit["frames"] == 5
     assert fit["fixed_ms"] == pytest.approx(0.5) and fit["per_token_ms"] == pytest.approx(0.08)
     assert fit["dense_per_token_ms"] == pytest.approx(0.1)
     assert fit["tokens_mean"] == pytest.approx(np.mean([10, 20, 30, 40, 12]))
-    assert bench._cost_fit(sparse, dense, np.full(7, 16.0), refreshed, 256) is None   # no spread
+    assert sttf_timing.cost_fit(sparse, dense, np.full(7, 16.0), refreshed, 256) is None

@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SHARED_REAL
-from edge_vlm.bench import suite as bench
+from edge_vlm.bench import streams as bench
 from edge_vlm.stream import native_evbin as native
 from edge_vlm.stream.binner import FrameBinner
 from edge_vlm.io.codecs import Evt3Decoder, encode_mono, make_decoder
@@ -37,11 +37,14 @@ from edge_vlm.cores.router import RouterCore
 from edge_vlm.stream.histogram import event_histogram
 
 P = 33_333_333
-REAL = [os.path.join(SHARED_REAL, n) for n in ("evt3_prophesee_640x480", "evt3_prophesee_1280x720_trigger")]
+REAL = [os.path.join(SHARED_REAL, n) for n in ("evt3_prophesee_640x480",
+                                               "evt3_prophesee_1280x720_trigger")]
 REAL = [p for p in REAL if os.path.isfile(os.path.join(p, "metadata.yaml"))]
-NATIVE = os.environ.get("EDGE_VLM_NO_NATIVE", "") in ("", "0") and native.load(quiet=True) is not None
+NATIVE = (os.environ.get("EDGE_VLM_NO_NATIVE", "") in ("", "0")
+          and native.load(quiet=True) is not None)
 BACKENDS = ["numpy"] + (["native"] if NATIVE else [])
-needs_native = pytest.mark.skipif(not NATIVE, reason="native kernel not built (scripts/setup.sh) or disabled")
+needs_native = pytest.mark.skipif(not NATIVE,
+                                  reason="native kernel not built (scripts/setup.sh) or disabled")
 
 
 class _RefClock:
@@ -49,7 +52,8 @@ class _RefClock:
 
     def __init__(self, period_ns, max_gap_frames=30):
         self.period, self.max_gap = int(period_ns), int(max_gap_frames)
-        self.current, self.chunks, self.late_events, self.resets, self.size = None, [], 0, 0, (0, 0)
+        self.current, self.chunks, self.late_events, self.resets = None, [], 0, 0
+        self.size = (0, 0)
 
     def push(self, events, width, height):
         self.size = (int(width), int(height))
@@ -103,7 +107,8 @@ class _RefClock:
 
 
 def reference(packets, period=P, max_gap=30):
-    """Per-packet path over ``(encoding, payload, width, height, time_base)``: (frames, counters)."""
+    """Per-packet path over ``(encoding, payload, width, height, time_base)``: (frames,
+    counters)."""
     decs, clock, frames, rejected = {}, _RefClock(period, max_gap), [], 0
     for enc, data, w, h, tb in packets:
         try:
@@ -121,7 +126,8 @@ def reference(packets, period=P, max_gap=30):
                 and tb >= (clock.current + 1) * period):
             frames += clock.flush()
     frames += clock.flush()
-    out = [(f.index, len(f.events), event_histogram(f.events, f.t_start, f.t_end, f.width, f.height))
+    out = [(f.index, len(f.events),
+            event_histogram(f.events, f.t_start, f.t_end, f.width, f.height))
            for f in frames]
     return out, (rejected, clock.late_events, clock.resets)
 
@@ -139,7 +145,8 @@ def binned(packets, period=P, max_gap=30, details=None, **kw):
     out = [(f.index, f.count, f.hist) for f in frames]
     if details is not None:
         details.update(rejections=b.pop_rejections(), fed=b.pop_fed(), packets=b.packets,
-                       events=b.events, unsorted=b.unsorted, sizes=[(f.width, f.height) for f in frames],
+                       events=b.events, unsorted=b.unsorted,
+                       sizes=[(f.width, f.height) for f in frames],
                        current=b.clock.current, backend=b.backend)
         if "evt3" in b.decoders or b.backend == "native":
             details["evt3_state"] = _evt3_state(b)
@@ -170,7 +177,8 @@ def both(packets, **kw):
     dn = {}
     for cap in (None, 1, 1 << 30):          # default, no batching, one batch per frame at most
         extra = {} if cap is None else {"max_batch_bytes": cap}
-        assert_same(binned(packets, **kw, **extra, backend="numpy", details=dn if cap is None else None), ref)
+        assert_same(binned(packets, **kw, **extra, backend="numpy",
+                           details=dn if cap is None else None), ref)
     if NATIVE:
         dk = {}
         assert_same(binned(packets, **kw, backend="native", details=dk), ref)
@@ -196,7 +204,8 @@ def _evt3_state_fresh():
 
 def _events(t, rng, w=128, h=128):
     t = np.asarray(t, dtype=np.int64)
-    return make_events(t, rng.integers(0, w, t.size), rng.integers(0, h, t.size), rng.integers(0, 2, t.size))
+    return make_events(t, rng.integers(0, w, t.size), rng.integers(0, h, t.size),
+                       rng.integers(0, 2, t.size))
 
 
 def _mono_packets(ev, packet_ns, w=128, h=128):
@@ -219,14 +228,22 @@ def test_frame_clock_advance_matches_original_push(seed):
     t = 50 * Pc
     for _ in range(int(rng.integers(1, 30))):
         r = rng.random()
-        t = (t + int(rng.integers(0, 3 * Pc)) if r < 0.6 else t - int(rng.integers(0, 3 * Pc)) if r < 0.75
-             else t + int(rng.integers(6, 50)) * Pc if r < 0.87 else max(0, t - int(rng.integers(6, 50)) * Pc))
+        if r < 0.6:
+            t = t + int(rng.integers(0, 3 * Pc))
+        elif r < 0.75:
+            t = t - int(rng.integers(0, 3 * Pc))
+        elif r < 0.87:
+            t = t + int(rng.integers(6, 50)) * Pc
+        else:
+            t = max(0, t - int(rng.integers(6, 50)) * Pc)
         ts = np.sort(t + rng.integers(-Pc, 3 * Pc, int(rng.integers(0, 20))))
         ts = np.maximum(ts, 0)
         ev = _events(ts, rng)
         a, b = new.push(ev, 128, 128), old.push(ev, 128, 128)
-        assert [(f.index, f.events.tolist()) for f in a] == [(f.index, f.events.tolist()) for f in b]
-        assert (new.current, new.late_events, new.resets) == (old.current, old.late_events, old.resets)
+        assert [(f.index, f.events.tolist()) for f in a] == \
+            [(f.index, f.events.tolist()) for f in b]
+        assert (new.current, new.late_events, new.resets) == \
+            (old.current, old.late_events, old.resets)
     a, b = new.flush(), old.flush()
     assert [(f.index, f.events.tolist()) for f in a] == [(f.index, f.events.tolist()) for f in b]
 
@@ -341,7 +358,8 @@ def test_binner_irregular_mono_streams():
             ts[: n // 2] = ts[: n // 2][::-1]
         tb = t if rng.random() < 0.8 else t - int(rng.integers(0, Pk))
         if rng.random() < 0.05:
-            packets.append(("mono", b"", 128, 128, t + int(rng.integers(0, 3)) * P))   # empty: time only
+            # empty: time only
+            packets.append(("mono", b"", 128, 128, t + int(rng.integers(0, 3)) * P))
         packets.append(("mono", encode_mono(_events(ts, rng), tb), 128, 128, tb))
         t += Pk
     ref = both(packets, period=P)
@@ -360,7 +378,8 @@ def test_binner_scaled_sensor_and_other_encodings(sim):
     us = sim.copy()
     us["t"] = us["t"] // 1000 * 1000                   # libcaer_cmp has microsecond times
     pk = bench.packetize_mono(us, packet_ns=10_000_000)
-    caer = [("libcaer_cmp", encode_libcaer_cmp(make_decoder("mono").decode(*p), p[3]), 128, 128, p[3])
+    caer = [("libcaer_cmp", encode_libcaer_cmp(make_decoder("mono").decode(*p), p[3]), 128, 128,
+             p[3])
             for p in pk]
     both(caer)
 
@@ -383,12 +402,13 @@ def test_binner_rejects_malformed_packets_inside_a_batch(sim):
             packets.append((enc, data, w, h, tb))
             if rng.random() < 0.3:
                 kind = int(rng.integers(0, 5))
-                packets.append([(enc, data + b"\x01", w, h, tb),                     # truncated / odd length
-                                (enc, _bad_coords(enc, tb), w, h, tb),               # outside the sensor
-                                ("bogus", data, w, h, tb),                           # unsupported encoding
-                                (enc, data, 0, h, tb),                               # zero size
-                                (enc, np.array([0x9000, 0x1000], "<u2").tobytes() if enc == "evt3"
-                                 else data[:-3], w, h, tb)][kind])                    # unknown word type
+                unknown = (np.array([0x9000, 0x1000], "<u2").tobytes() if enc == "evt3"
+                           else data[:-3])
+                packets.append([(enc, data + b"\x01", w, h, tb),       # truncated / odd length
+                                (enc, _bad_coords(enc, tb), w, h, tb),  # outside the sensor
+                                ("bogus", data, w, h, tb),              # unsupported encoding
+                                (enc, data, 0, h, tb),                  # zero size
+                                (enc, unknown, w, h, tb)][kind])        # unknown word type
                 n_bad += 1
         ref = both(packets)
         assert ref[1][0] == n_bad > 10 and sum(f[1] for f in ref[0]) == len(sim)
@@ -458,7 +478,8 @@ def test_native_kernel_built():
     assert FrameBinner(P).backend == "native" and native.backend() == "native"
     if os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")) \
             and os.environ.get("EDGE_VLM_NO_NATIVE_EXT", "") in ("", "0"):
-        assert native.load_ext() is not None, f"run scripts/setup.sh (builds the extension): {native.ext_why}"
+        assert native.load_ext() is not None, \
+            f"run scripts/setup.sh (builds the extension): {native.ext_why}"
         assert FrameBinner(P).fast_path == "evbinext"
 
 
@@ -477,13 +498,16 @@ def _random_evt3_stream(rng, n_words, t_jumps=True, w=2048, h=2048):
     jitter (backward TIME_HIGH steps), 24-bit wraps and, with ``t_jumps``, jumps; coordinates
     mostly inside a ``w`` x ``h`` sensor."""
     def coord(n):
-        return int(rng.integers(0, min(max(n, 1), 2048))) if rng.random() < 0.98 else int(rng.integers(0, 2048))
+        if rng.random() < 0.98:
+            return int(rng.integers(0, min(max(n, 1), 2048)))
+        return int(rng.integers(0, 2048))
 
     words, hi, lo = [], int(rng.integers(0, 4096)), 0
     while len(words) < n_words:
         r = rng.random()
         if r < 0.15:
-            step = int(rng.integers(-3, 4)) if rng.random() < 0.9 else int(rng.integers(-4095, 4096))
+            step = (int(rng.integers(-3, 4)) if rng.random() < 0.9
+                    else int(rng.integers(-4095, 4096)))
             hi = (hi + step) % 4096 if t_jumps else min(4095, max(hi, hi + step))
             words.append(0x8000 | hi)
         elif r < 0.4:
@@ -498,7 +522,8 @@ def _random_evt3_stream(rng, n_words, t_jumps=True, w=2048, h=2048):
         elif r < 0.95:
             words.append((0x4000 if rng.random() < 0.5 else 0x5000) | int(rng.integers(0, 4096)))
         else:
-            words.append(int(rng.choice([0x7000, 0xA000, 0xE000, 0xF000])) | int(rng.integers(0, 4096)))
+            words.append(int(rng.choice([0x7000, 0xA000, 0xE000,
+                                         0xF000])) | int(rng.integers(0, 4096)))
     return np.array(words[:n_words], dtype="<u2")
 
 
@@ -529,7 +554,8 @@ def test_evt3_vector_past_2047_both_backends():
     head = [0x8000 | 1, 0x6000 | 2, 0x0000 | 3]
     good = np.array(head + [0x3000 | 2030, 0x4FFF], "<u2").tobytes()             # x 2030..2041
     past = np.array([0x3000 | 2040, 0x4FFF, 0x2000 | 7], "<u2").tobytes()          # x 2040..2051
-    pk = [("evt3", good, 5000, 100, 0), ("evt3", past, 5000, 100, 0), ("evt3", good[6:], 5000, 100, 0)]
+    pk = [("evt3", good, 5000, 100, 0), ("evt3", past, 5000, 100, 0),
+          ("evt3", good[6:], 5000, 100, 0)]
     details = {}
     for backend in BACKENDS:
         binned(pk, backend=backend, details=details.setdefault(backend, {}))
@@ -545,7 +571,7 @@ def test_mono_structured_fuzz_both_backends():
         packets, t = [], 10 * P
         for i in range(150):
             n = int(rng.integers(0, 200))
-            x = rng.integers(0, w + (2 if rng.random() < 0.05 else 0), n)   # some out of the sensor
+            x = rng.integers(0, w + (2 if rng.random() < 0.05 else 0), n)   # some outside
             y = rng.integers(0, h, n)
             tb = t + int(rng.integers(-P, P)) if rng.random() < 0.1 else t
             off = np.sort(rng.integers(0, 1 << 32 if rng.random() < 0.05 else 20_000_000, n))
@@ -555,7 +581,8 @@ def test_mono_structured_fuzz_both_backends():
                      | (y.astype(np.uint64) << np.uint64(48))
                      | (rng.integers(0, 2, n).astype(np.uint64) << np.uint64(63)))
             packets.append(("mono", words.astype("<u8").tobytes(), w, h, tb))
-            t += int(rng.integers(0, 3 * P)) if rng.random() < 0.97 else int(rng.integers(-60, 60)) * P
+            t += (int(rng.integers(0, 3 * P)) if rng.random() < 0.97
+                  else int(rng.integers(-60, 60)) * P)
         both(packets)
 
 
@@ -567,14 +594,17 @@ def test_native_payload_types_and_big_packets(sim):
     assert max(len(p[1]) for p in pk) // 8 > 4096
     ref = both(pk)
     for conv in (lambda d: array.array("B", d), memoryview, lambda d: np.frombuffer(d, np.uint8)):
-        assert_same(binned([(e, conv(d), w, h, tb) for e, d, w, h, tb in pk], backend="native"), ref)
-    vec = np.array([0x8000 | 1, 0x6000 | 2, 0x0000 | 3, 0x3000 | 0] + [0x4FFF] * 10 + [0x3000] + [0x4FFF] * 10,
+        assert_same(binned([(e, conv(d), w, h, tb) for e, d, w, h, tb in pk], backend="native"),
+                    ref)
+    vec = np.array([0x8000 | 1, 0x6000 | 2, 0x0000 | 3,
+                    0x3000 | 0] + [0x4FFF] * 10 + [0x3000] + [0x4FFF] * 10,
                    dtype="<u2")
     big = np.tile(vec, 400)                     # 400 x 240 = 96,000 events in one packet
     pk3 = [("evt3", big.tobytes(), 128, 128, 0),
            ("evt3", np.array([0x8000 | 30, 0x6000], "<u2").tobytes(), 128, 128, 0)]
     both(pk3)
-    assert_same(binned([(e, array.array("B", d), w, h, tb) for e, d, w, h, tb in pk3], backend="native"),
+    assert_same(binned([(e, array.array("B", d), w, h, tb) for e, d, w, h, tb in pk3],
+                       backend="native"),
                 reference(pk3))
 
 
@@ -674,7 +704,8 @@ def test_native_extension_equals_ctypes(sim, monkeypatch):
     evt3 = [("evt3",) + p[:3] + (p[3],) for p in bench.packetize_evt3(sim, packet_ns=10_000_000)]
     odd = []
     for i, (enc, data, w, h, tb) in enumerate(mono[:60]):
-        conv = (bytes, lambda d: array.array("B", d), memoryview, lambda d: array.array("b", d))[i % 4]
+        conv = (bytes, lambda d: array.array("B", d), memoryview,
+                lambda d: array.array("b", d))[i % 4]
         odd.append((enc, conv(data), w, h, [tb, np.int64(tb), 1 << 70, float(tb), True][i % 5]))
         if i % 9 == 0:
             odd.append((enc, data + b"\x01", w, h, tb))

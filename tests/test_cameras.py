@@ -1,4 +1,4 @@
-"""Live sources of edge_vlm_ros (no camera is connected on CI machines).
+"""Live sources of edge_vlm_cameras (no camera is connected on CI machines).
 
 * edge_vlm_camera_dv: no iniVation camera -> one clear line, exit 4; the same
   node replaying an AEDAT4 recording (written here with dv-processing)
@@ -20,7 +20,7 @@ import pytest
 
 import rosenv
 
-PKGS = ("event_camera_msgs", "edge_vlm_ros")
+PKGS = ("event_camera_msgs", "edge_vlm_ros", "edge_vlm_tools", "edge_vlm_cameras")
 DOMAIN = 232 - os.getpid() % 2          # test_faults uses 231 + pid % 2
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,9 +43,9 @@ def node(env):
 
 
 def exe(env, name: str) -> str:
-    from edge_vlm_ros.runner import find_executable
+    from edge_vlm_tools.runner import find_executable
 
-    return find_executable("edge_vlm_ros", name, env)
+    return find_executable("edge_vlm_cameras", name, env)
 
 
 def run_fail(env, name: str, *ros_args: str) -> tuple[int, str]:
@@ -83,16 +83,12 @@ def test_camera_dv_without_camera_exits_clearly(env):
     assert code == 4 and "AEDAT4 recording not found" in out, out
 
 
-def test_camera_dv_packets_roundtrip_through_event_input():
+def test_camera_dv_packets_roundtrip_through_the_decoder():
     from edge_vlm.events import make_events
-    from edge_vlm_ros.camera_dv import make_packet, split_packets
-    from edge_vlm_ros.common import EventInput
+    from edge_vlm.io.codecs import decode_packet
+    from edge_vlm_cameras.packets import make_packet, split_packets
 
     rosenv.activate()
-
-    class Log:
-        def warning(self, _m):
-            raise AssertionError(_m)
 
     rng = np.random.default_rng(3)
     n = 5000
@@ -101,42 +97,44 @@ def test_camera_dv_packets_roundtrip_through_event_input():
     parts = split_packets(ev, 2_000_000)
     assert sum(len(p) for p in parts) == n and all(len(p) for p in parts)
     assert all(int(p["t"][-1]) // 2_000_000 == int(p["t"][0]) // 2_000_000 for p in parts)
-    inp = EventInput(Log())
     out = []
     for i, part in enumerate(parts):
         m = make_packet(part, 640, 480, i, "dv", 123)
         assert m.encoding == "mono" and m.time_base == int(part["t"][0]) and m.seq == i
-        out.append(inp.decode(m))
+        out.append(decode_packet(m.encoding, m.events, m.width, m.height, m.time_base))
     got = np.concatenate(out)
     assert np.array_equal(got, ev)
-    assert inp.rejected == 0 and inp.seq_gaps == 0 and inp.packets == len(parts)
 
 
 def test_camera_dv_replays_aedat4_recording(env, node, tmp_path):
     import dv_processing as dv
 
-    from edge_vlm_ros.common import EventInput, QOS_SENSOR
+    from edge_vlm.io.codecs import decode_packet
+    from edge_vlm_ros.qos import SENSOR
     from event_camera_msgs.msg import EventPacket
 
     path = str(tmp_path / "rec.aedat4")
     w, h = 64, 48
-    writer = dv.io.MonoCameraWriter(path, dv.io.MonoCameraWriter.EventOnlyConfig("DVXplorer_test", (w, h)))
+    config = dv.io.MonoCameraWriter.EventOnlyConfig("DVXplorer_test", (w, h))
+    writer = dv.io.MonoCameraWriter(path, config)
     t0_us = 1_700_000_000_000_000
     n = 30000
     store = dv.EventStore()
-    for i in range(n):                                   # 30000 events over 6 s (discovery can take ~2 s on 2 busy cores)
+    # 30000 events over 6 s (discovery can take ~2 s on 2 busy cores)
+    for i in range(n):
         store.push_back(t0_us + i * 200, (i * 13) % w, (i * 7) % h, bool(i % 3))
     writer.writeEvents(store)
     del writer
 
     got = []
     topic = "/cam_test/events"
-    node.create_subscription(EventPacket, topic, got.append, QOS_SENSOR)
+    node.create_subscription(EventPacket, topic, got.append, SENSOR)
     log = tmp_path / "dv.log"
     # replayed at real time (6 s): discovery may cost the first packets, the rest must be exact
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([exe(env, "edge_vlm_camera_dv"), "--ros-args", "-p", f"aedat4_file:={path}",
-                                 "-p", "rate:=1.0", "-p", "frame_id:=dvx", "-r", f"event_camera/events:={topic}"],
+        proc = subprocess.Popen([exe(env, "edge_vlm_camera_dv"), "--ros-args",
+                                 "-p", f"aedat4_file:={path}", "-p", "rate:=1.0",
+                                 "-p", "frame_id:=dvx", "-r", f"event_camera/events:={topic}"],
                                 env=env, stdout=fh, stderr=subprocess.STDOUT)
     try:
         spin_until(node, lambda: proc.poll() is not None, 40.0, "the replay to end")
@@ -150,10 +148,10 @@ def test_camera_dv_replays_aedat4_recording(env, node, tmp_path):
     assert got, "no EventPacket received"
     seqs = [m.seq for m in got]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert all(m.encoding == "mono" and (m.width, m.height) == (w, h) and m.header.frame_id == "dvx" for m in got)
-    inp = EventInput(None)
-    ev = np.concatenate([inp.decode(m) for m in got])
-    assert inp.rejected == 0
+    assert all(m.encoding == "mono" and (m.width, m.height) == (w, h)
+               and m.header.frame_id == "dvx" for m in got)
+    ev = np.concatenate([decode_packet(m.encoding, m.events, m.width, m.height, m.time_base)
+                         for m in got])
     # best-effort transport may lose packets (discovery, a loaded machine): every event received is
     # exact (its index follows from its time stamp), and a good part arrived
     k = (ev["t"] // 1000 - t0_us) // 200
@@ -162,7 +160,7 @@ def test_camera_dv_replays_aedat4_recording(env, node, tmp_path):
     assert np.array_equal(ev["p"], (k % 3 != 0).astype(np.uint8))
     assert len(ev) >= n // 5
     for m in got:
-        first = inp.decoders["mono"].decode(m.events, m.width, m.height, m.time_base)[0]
+        first = decode_packet(m.encoding, m.events, m.width, m.height, m.time_base)[0]
         assert int(first["t"]) == m.time_base
 
 
@@ -191,7 +189,8 @@ def test_camera_rgb_plays_video_file(env, node, tmp_path):
     import cv2
     from sensor_msgs.msg import Image
 
-    from edge_vlm_ros.common import QOS_SENSOR, image_to_numpy
+    from edge_vlm_ros.conversions import image_to_numpy
+    from edge_vlm_ros.qos import SENSOR
 
     path = str(tmp_path / "clip.avi")
     w, h, n = 64, 48, 30
@@ -206,12 +205,14 @@ def test_camera_rgb_plays_video_file(env, node, tmp_path):
 
     topic = "/cam_test/image_raw"
     got = []
-    node.create_subscription(Image, topic, got.append, QOS_SENSOR)
+    node.create_subscription(Image, topic, got.append, SENSOR)
     log = tmp_path / "rgb.log"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([exe(env, "edge_vlm_camera_rgb"), "--ros-args", "-p", f"device:={path}",
-                                 "-p", "loop:=true", "-p", "rate_hz:=50.0", "-p", "frame_id:=rgb_test",
-                                 "-r", f"camera/image_raw:={topic}"], env=env, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([exe(env, "edge_vlm_camera_rgb"), "--ros-args",
+                                 "-p", f"device:={path}", "-p", "loop:=true",
+                                 "-p", "rate_hz:=50.0", "-p", "frame_id:=rgb_test",
+                                 "-r", f"camera/image_raw:={topic}"],
+                                env=env, stdout=fh, stderr=subprocess.STDOUT)
     try:
         spin_until(node, lambda: len(got) >= 40, 40.0, "40 images (the clip loops)", proc)
     finally:
@@ -227,8 +228,8 @@ def test_camera_rgb_plays_video_file(env, node, tmp_path):
     img = image_to_numpy(got[-1])
     assert img.shape == (h, w, 3)
     right, left = img[h // 2, 3 * w // 4].astype(int), img[h // 2, 2].astype(int)
-    assert right[0] > 200 and right[1] < 60 and right[2] < 60, right      # red, channels in RGB order
-    assert left[2] > 200 and left[0] < 60, left                          # blue
+    assert right[0] > 200 and right[1] < 60 and right[2] < 60, right   # red, channels in RGB order
+    assert left[2] > 200 and left[0] < 60, left                       # blue
 
 
 def test_camera_rgb_file_end_exits_zero(env, tmp_path):
@@ -240,7 +241,8 @@ def test_camera_rgb_file_end_exits_zero(env, tmp_path):
         vw.write(np.full((32, 32, 3), 128, np.uint8))
     vw.release()
     r = subprocess.run([exe(env, "edge_vlm_camera_rgb"), "--ros-args", "-p", f"device:={path}",
-                        "-p", "rate_hz:=100.0"], env=env, capture_output=True, text=True, timeout=60)
+                        "-p", "rate_hz:=100.0"], env=env, capture_output=True, text=True,
+                       timeout=60)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "end of stream" in out and "5 frames published" in out

@@ -23,13 +23,15 @@ def ckpt(tmp_path_factory):
     try:
         import torch
 
-        from edge_vlm.model.sttf import CaptionModel, ModelConfig
+        from edge_vlm.model.config import ModelConfig
+        from edge_vlm.model.sttf import CaptionModel
         from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
         from edge_vlm.model.tokenizer import Tokenizer
 
         torch.manual_seed(0)
         path = str(tmp_path_factory.mktemp("coco_ckpt") / "tiny.pt")
-        save_checkpoint(path, CaptionModel(ModelConfig(dim=32, heads=2, vocab=Tokenizer.build(REFS).vocab)))
+        save_checkpoint(path, CaptionModel(ModelConfig(dim=32, heads=2,
+                                                       vocab=Tokenizer.build(REFS).vocab)))
         load_checkpoint(path)
         return path
     except Exception:   # pragma: no cover - concurrent model rewrite
@@ -54,7 +56,8 @@ def coco(tmp_path_factory):
     (img / "e.jpg").write_bytes(b"not a jpeg at all")
     images = [{"id": i + 1, "file_name": f, "width": 160, "height": 96}
               for i, f in enumerate(["a.png", "b.png", "c.png", "d.png", "e.jpg"])]
-    anns = [{"id": 10 * i + j, "image_id": i + 1, "caption": r} for i in range(5) for j, r in enumerate(REFS)]
+    anns = [{"id": 10 * i + j, "image_id": i + 1,
+             "caption": r} for i in range(5) for j, r in enumerate(REFS)]
     anns.append({"id": 999, "image_id": 77, "caption": "an orphan caption"})
     cap = root / "captions.json"
     cap.write_text(json.dumps({"images": images, "annotations": anns}))
@@ -64,7 +67,8 @@ def coco(tmp_path_factory):
 def test_frame_diff_mask_marks_exactly_the_modified_patches():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
-    assert frame_diff_mask(None, a, 8, 5.0).all() and frame_diff_mask(None, a, 8, 5.0).shape == (24,)
+    first = frame_diff_mask(None, a, 8, 5.0)
+    assert first.all() and first.shape == (24,)
     assert not frame_diff_mask(a, a.copy(), 8, 0.0).any()
     b = a.copy()
     b[8:16, 16:24] = 255 - b[8:16, 16:24]          # patch (row 1, col 2)
@@ -91,7 +95,8 @@ def test_coco_end_to_end(coco, ckpt, tmp_path):
     json.dumps(r, allow_nan=False)
     assert r["note"] == DOMAIN_NOTE and "out of domain" in r["note"]
     assert r["images_processed"] == 3 and r["images_scored"] == 3
-    assert r["skipped"] == {"missing": 1, "unreadable": 1, "no_references": 0, "unknown_image_annotations": 1}
+    assert r["skipped"] == {"missing": 1, "unreadable": 1, "no_references": 0,
+                            "unknown_image_annotations": 1}
     assert {s["file_name"] for s in r["skipped_files"]} == {"d.png", "e.jpg"}
     assert any("77" in w for w in r["warnings"])
     caps = r["captions"]
@@ -101,8 +106,10 @@ def test_coco_end_to_end(coco, ckpt, tmp_path):
             assert caps[m] is not None and 0.0 <= caps[m] <= (10.0 if m == "CIDEr-D" else 1.0), m
     first, same, changed = r["per_image"]
     n = first["total_tokens"]
-    # first image dense; an identical repeat changes nothing; the modified block changes a few patches
-    # (8x8 patches on the 128 grid: the 20x40 white block of the 96x160 image -> rows 0..3, cols 0..4)
+    # first image dense; an identical repeat changes nothing; the modified block changes a few
+    # patches
+    # (8x8 patches on the 128 grid: the 20x40 white block of the 96x160 image -> rows 0..3,
+    # cols 0..4)
     assert first["active_tokens"] == first["change_tokens"] == n
     assert same["change_tokens"] == 0 and same["active_tokens"] <= changed["active_tokens"]
     assert 0 < changed["change_tokens"] < n / 4 and 0 <= changed["active_tokens"] <= n
@@ -120,9 +127,11 @@ def test_coco_end_to_end(coco, ckpt, tmp_path):
 
     out = tmp_path / "rep"
     assert main(["coco", "--images", str(coco["images"]), "--captions", str(coco["captions"]),
-                 "--checkpoint", ckpt, "--limit", "2", "--no-meteor", "--out", str(out), "--json"]) == 0
+                 "--checkpoint", ckpt, "--limit", "2", "--no-meteor", "--out", str(out),
+                 "--json"]) == 0
     got = json.loads((out / "coco.json").read_text())
-    assert got["images_processed"] == 2 and (out / "coco.md").read_text().startswith("# edge-vlm coco")
+    assert got["images_processed"] == 2
+    assert (out / "coco.md").read_text().startswith("# edge-vlm coco")
 
 
 @pytest.mark.parametrize("text, msg", [
@@ -147,7 +156,8 @@ def test_cli_exit_codes(coco, tmp_path):
 
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    assert main(["coco", "--images", str(coco["images"]), "--captions", str(bad), "--out", ""]) == 2
+    assert main(["coco", "--images", str(coco["images"]), "--captions", str(bad), "--out",
+                 ""]) == 2
     assert main(["coco", "--images", str(tmp_path / "nope"), "--captions", str(coco["captions"]),
                  "--out", ""]) == 2
     assert main(["coco", "--images", str(coco["images"]), "--captions", str(coco["captions"]),

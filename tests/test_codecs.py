@@ -200,9 +200,9 @@ def test_evt3_malformed_leaves_state_intact():
 def test_evt3_out_of_range_and_zero_size():
     words = np.array([_w(0x8, 1), _w(0x6, 1), _w(0x0, 479), _w(0x2, 639)], "<u2").tobytes()
     assert len(Evt3Decoder().decode(words, 640, 480)) == 1
-    with pytest.raises(EventDecodeError, match="width"):
+    with pytest.raises(EventDecodeError, match="outside sensor 639x480"):
         Evt3Decoder().decode(words, 639, 480)
-    with pytest.raises(EventDecodeError, match="height"):
+    with pytest.raises(EventDecodeError, match="outside sensor 640x479"):
         decode_packet("evt3", words, 640, 479, 0)
     with pytest.raises(EventDecodeError):
         decode_packet("evt3", words, 0, 480, 0)

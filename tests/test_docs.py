@@ -12,7 +12,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_readme_parameter_tables_are_current():
     readme = open(os.path.join(ROOT, "README.md")).read()
     for node in NODE_PARAMS:
-        assert param_table(node) in readme, f"README parameter table of {node} is stale: python -m edge_vlm.docs"
+        assert param_table(node) in readme, \
+            f"README parameter table of {node} is stale: python -m edge_vlm.docs"
 
 
 def test_readme_first_screen_has_the_two_commands():

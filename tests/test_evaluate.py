@@ -10,10 +10,12 @@ import torch
 from edge_vlm.io.bag_writer import write_bag
 from edge_vlm.datasets.dvs128_gesture import Segment, write_splits, write_trial
 from edge_vlm.cli import main
-from edge_vlm.evaluation.evaluate import LATENCY_STAGES, evaluate, node_params
+from edge_vlm.cores.graph import replay_params
+from edge_vlm.evaluation.evaluate import LATENCY_STAGES, evaluate
 from edge_vlm.events import EVENT_DTYPE
 from edge_vlm.evaluation.metrics import CAPTION_METRICS
-from edge_vlm.model.sttf import CaptionModel, ModelConfig
+from edge_vlm.model.config import ModelConfig
+from edge_vlm.model.sttf import CaptionModel
 from edge_vlm.model.checkpoint import save_checkpoint
 from edge_vlm.model.tokenizer import Tokenizer
 from edge_vlm.cores.captioner import CaptionerCore
@@ -22,14 +24,17 @@ from edge_vlm.cores.perception import PerceptionCore
 
 T0 = 2_000_000_000          # 2 s: recordings do not start at 0
 SEG = 600_000_000           # two 0.6 s gesture segments
-REFS = {2: ["a person waves the right hand", "someone waves their right hand", "a person waving the right hand",
+REFS = {2: ["a person waves the right hand", "someone waves their right hand",
+            "a person waving the right hand",
             "a subject waves with the right hand", "an individual waves the right hand slowly"],
-        9: ["a person plays air drums", "someone drums in the air", "a person playing air drums quickly",
+        9: ["a person plays air drums", "someone drums in the air",
+            "a person playing air drums quickly",
             "a subject pretends to play drums", "an individual plays the air drums"]}
 
 
 def blob_events(seed=0):
-    """A 12x12 blob moving slowly (segment 1) then fast (segment 2); times are whole microseconds."""
+    """A 12x12 blob moving slowly (segment 1) then fast (segment 2); times are whole
+    microseconds."""
     rng = np.random.default_rng(seed)
     chunks = []
     for ms in range(int(2 * SEG / 1e6)):
@@ -50,7 +55,8 @@ def blob_events(seed=0):
 
 def ground_truth():
     return [{"clip_id": f"c{i}", "label": lab, "class_name": "x", "t_start_ns": T0 + i * SEG,
-             "t_end_ns": T0 + (i + 1) * SEG, "attributes": {"motion": mot}, "references": REFS[lab],
+             "t_end_ns": T0 + (i + 1) * SEG, "attributes": {"motion": mot},
+             "references": REFS[lab],
              "caption": REFS[lab][0]} for i, (lab, mot) in enumerate([(2, "low"), (9, "high")])]
 
 
@@ -64,11 +70,14 @@ def data(tmp_path_factory):
     ev = blob_events()
     rng = np.random.default_rng(1)
     k0 = int(ev["t"][0]) // 33_333_333
-    stamps = [(k0 + i + 1) * 33_333_333 for i in range(10)]        # 30 fps 64x64 RGB for the first 10 frames
+    # 30 fps 64x64 RGB for the first 10 frames
+    stamps = [(k0 + i + 1) * 33_333_333 for i in range(10)]
     frames = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in stamps]
-    bag = write_bag(root / "bag", events=ev, frames=frames, frame_stamps_ns=stamps, ground_truth=ground_truth())
+    bag = write_bag(root / "bag", events=ev, frames=frames, frame_stamps_ns=stamps,
+                    ground_truth=ground_truth())
     dvs = root / "DvsGesture"
-    write_trial(dvs, "user01_lab", ev, [Segment(g["label"], g["t_start_ns"] // 1000, g["t_end_ns"] // 1000)
+    write_trial(dvs, "user01_lab", ev,
+                [Segment(g["label"], g["t_start_ns"] // 1000, g["t_end_ns"] // 1000)
                                         for g in ground_truth()])
     write_splits(dvs, [], ["user01_lab"])
     return {"root": root, "ckpt": ckpt, "bag": str(bag), "dvs": str(dvs), "events": ev}
@@ -78,9 +87,11 @@ def test_evaluate_bag_end_to_end(data, tmp_path):
     out = tmp_path / "report"
     r = evaluate(data["bag"], checkpoint=data["ckpt"], progress=False, out_dir=out)
     json.dumps(r, allow_nan=False)
-    for k in ("source", "checkpoint", "params", "frames", "frames_scored", "segments", "segments_scored",
+    for k in ("source", "checkpoint", "params", "frames", "frames_scored", "segments",
+              "segments_scored",
               "accuracy", "confusion", "confusion_segment", "captions", "active_fraction", "flops",
-              "latency_ms", "fps", "low_motion", "high_motion", "stream", "per_segment", "per_frame",
+              "latency_ms", "fps", "low_motion", "high_motion", "stream", "per_segment",
+              "per_frame",
               "outputs", "wall_s", "ms_per_frame"):
         assert k in r, k
     assert r["source"]["kind"] == "bag" and r["source"]["image_topic"] == "/camera/image_raw"
@@ -115,18 +126,21 @@ def test_evaluate_bag_end_to_end(data, tmp_path):
     assert r["low_motion"]["segments"] == 1 and r["high_motion"]["segments"] == 1
     for key in ("low_motion", "high_motion"):
         d = r[key]
-        assert d["frames"] > 0 and 0.0 <= d["frame_accuracy"] <= 1.0 and 0.0 < d["active_fraction_mean"] <= 1.0
+        assert d["frames"] > 0 and 0.0 <= d["frame_accuracy"] <= 1.0
+        assert 0.0 < d["active_fraction_mean"] <= 1.0
     assert r["low_motion"]["frames"] + r["high_motion"]["frames"] == r["frames_scored"]
     st = r["stream"]
     assert st["rejected_packets"] == 0 and st["events"] == len(data["events"])
-    assert st["rgb_frames"] == 10                             # RGB (resized 64 -> 128) for the first frames only
+    assert st["rgb_frames"] == 10       # RGB (resized 64 -> 128) for the first frames only
     assert [f["rgb"] for f in r["per_frame"][:11]] == [True] * 10 + [False]
     fr = r["per_frame"][5]
-    for k in ("index", "t_end", "text", "label", "confidence", "active_tokens", "total_tokens", "flops_executed",
+    for k in ("index", "t_end", "text", "label", "confidence", "active_tokens", "total_tokens",
+              "flops_executed",
               "flops_dense", "latency_ms", "segment", "gt_label"):
         assert k in fr, k
     seg = r["per_segment"][1]
-    assert seg["caption"] == max((f for f in r["per_frame"] if f["segment"] == 1), key=lambda f: f["t_end"])["text"]
+    assert seg["caption"] == max((f for f in r["per_frame"] if f["segment"] == 1),
+                                 key=lambda f: f["t_end"])["text"]
     for name in ("json", "frames", "markdown", "confusion_png", "active_fraction_png"):
         assert os.path.getsize(r["outputs"][name]) > 0, name
     summary = json.loads(Path(r["outputs"]["json"]).read_text())
@@ -137,10 +151,12 @@ def test_evaluate_bag_end_to_end(data, tmp_path):
 
 
 def test_evaluate_is_the_node_logic(data):
-    """Same records as driving FrameClock -> PerceptionCore -> CaptionerCore by hand (events only)."""
+    """Same records as driving FrameClock -> PerceptionCore -> CaptionerCore by hand (events
+    only)."""
     r = evaluate(data["bag"], checkpoint=data["ckpt"], progress=False, meteor=False,
                  overrides={"use_rgb": "never"})
-    pp, cp, _ = node_params({"use_rgb": "never"}, data["ckpt"])
+    rp = replay_params({"use_rgb": "never"}, data["ckpt"])
+    pp, cp = rp.perception, rp.captioner
     perc, capt = PerceptionCore(pp), CaptionerCore(cp)
     clock = FrameClock(33_333_333)
     frames = clock.push(data["events"], 128, 128) + clock.flush()
@@ -155,36 +171,42 @@ def test_evaluate_is_the_node_logic(data):
 
 
 def test_evaluate_dvs128_matches_bag_and_max_frames(data):
-    kw = dict(checkpoint=data["ckpt"], progress=False, meteor=False, overrides={"use_rgb": "never"})
+    kw = dict(checkpoint=data["ckpt"], progress=False, meteor=False,
+              overrides={"use_rgb": "never"})
     rb = evaluate(data["bag"], max_frames=20, **kw)
     rd = evaluate(data["dvs"], max_frames=20, **kw)
     assert rd["source"]["kind"] == "dvs128" and rd["source"]["trials"] == ["user01_lab.aedat"]
     assert rb["frames"] == rd["frames"] == 20
     key = lambda x: (x["index"], x["label"], x["text"], x["active_tokens"], x["gt_label"])  # noqa: E731
     assert [key(x) for x in rb["per_frame"]] == [key(x) for x in rd["per_frame"]]
-    assert rd["low_motion"] is None and rd["high_motion"] is None     # the labels CSV has no attributes
+    # the labels CSV has no motion attribute
+    assert rd["low_motion"] is None and rd["high_motion"] is None
     assert rd["per_segment"][0]["references"][0].startswith("a person ")
 
 
 def test_overrides_validation(data):
-    pp, cp, _ = node_params({"event_count_threshold": 5, "vlm_captioner.decoding": "beam",
-                             "sttf_perception": {"publish_mask_image": False}}, "x.pt", graph="")
+    rp = replay_params({"event_count_threshold": 5, "vlm_captioner.decoding": "beam",
+                        "sttf_perception": {"publish_mask_image": False}}, "x.pt", graph="")
+    pp, cp = rp.perception, rp.captioner
     assert pp["event_count_threshold"] == cp["event_count_threshold"] == 5
     assert cp["decoding"] == "beam" and not pp["publish_mask_image"] and cp["checkpoint"] == "x.pt"
     with pytest.raises(ValueError):
-        node_params({"no_such_param": 1})
+        replay_params({"no_such_param": 1})
     with pytest.raises(ValueError):
-        node_params({"frame_period_ms": "fast"})
+        replay_params({"frame_period_ms": "fast"})
     with pytest.raises(ValueError):
-        node_params({"sttf_perception.frame_period_ms": 20.0})   # the nodes would disagree on frames
+        # the nodes would disagree on frames
+        replay_params({"sttf_perception.frame_period_ms": 20.0})
 
 
 def test_eval_cli(data, tmp_path, capsys):
     out = tmp_path / "cli"
-    assert main(["eval", data["bag"], "--out", str(out), "--checkpoint", data["ckpt"], "--max-frames",
+    assert main(["eval", data["bag"], "--out", str(out), "--checkpoint", data["ckpt"],
+                 "--max-frames",
                  "8", "--json", "--no-meteor", "--no-progress", "-p", "use_rgb=never"]) == 0
     got = json.loads(capsys.readouterr().out)
-    assert got["frames"] == 8 and "per_frame" not in got and got["params"]["vlm_captioner"]["use_rgb"] == "never"
+    assert got["frames"] == 8 and "per_frame" not in got
+    assert got["params"]["vlm_captioner"]["use_rgb"] == "never"
     assert (out / "eval.md").is_file() and (out / "confusion.png").is_file()
     assert main(["eval", str(tmp_path / "missing"), "--out", str(out), "--no-progress"]) == 2
     assert main(["eval", data["bag"], "--out", str(out), "--checkpoint", str(tmp_path / "none.pt"),

@@ -30,7 +30,8 @@ import pytest
 import rosenv
 from test_nodes import GOOD_STAMP_OFFSET, Harness, NodeProc, blob_events, make_test_checkpoint
 
-PKGS = ("edge_vlm_msgs", "event_camera_msgs", "edge_vlm_ros", "sttf_perception", "anc_router", "vlm_captioner")
+PKGS = ("edge_vlm_msgs", "event_camera_msgs", "edge_vlm_ros", "edge_vlm_tools", "sttf_perception",
+        "anc_router", "vlm_captioner")
 DOMAIN = 231 + os.getpid() % 2
 P = 33_333_333
 W = H = 128
@@ -59,22 +60,25 @@ class Diag:
     def __init__(self, harness: Harness):
         from diagnostic_msgs.msg import DiagnosticArray
 
-        from edge_vlm_ros.common import QOS_RELIABLE
+        from edge_vlm_ros.qos import RELIABLE_10
 
         self.h = harness
         self.by_name: dict[str, list] = {}
-        harness.node.create_subscription(DiagnosticArray, "/diagnostics", self._on, QOS_RELIABLE)
+        harness.node.create_subscription(DiagnosticArray, "/diagnostics", self._on, RELIABLE_10)
 
     def _on(self, msg) -> None:
         now = time.monotonic()
         for st in msg.status:
             vals = {kv.key: kv.value for kv in st.values}
-            self.by_name.setdefault(st.name, []).append((now, int.from_bytes(st.level, "little")
-                                                         if isinstance(st.level, bytes) else int(st.level),
-                                                         st.message, vals, st.hardware_id))
+            level = int.from_bytes(st.level, "little") if isinstance(st.level, bytes) \
+                else int(st.level)
+            self.by_name.setdefault(st.name, []).append((now, level, st.message, vals,
+                                                         st.hardware_id))
 
-    def wait(self, node: str, pred=lambda v: True, timeout: float = 15.0, after: float | None = None) -> dict:
-        """Values of the first status of ``edge_vlm/<node>`` arriving after ``after`` that satisfies ``pred``."""
+    def wait(self, node: str, pred=lambda v: True, timeout: float = 15.0,
+             after: float | None = None) -> dict:
+        """Values of the first status of ``edge_vlm/<node>`` arriving after ``after`` that
+        satisfies ``pred``."""
         name = f"edge_vlm/{node}"
         after = time.monotonic() if after is None else after
         found = {}
@@ -90,7 +94,8 @@ class Diag:
         return found
 
     def levels(self, node: str, since: float) -> list[tuple[int, str]]:
-        return [(lvl, m) for t, lvl, m, _v, _hw in self.by_name.get(f"edge_vlm/{node}", []) if t >= since]
+        return [(lvl, m) for t, lvl, m, _v, _hw in self.by_name.get(f"edge_vlm/{node}", [])
+                if t >= since]
 
 
 def num(v: dict, key: str) -> int:
@@ -105,9 +110,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def event_packet(events, time_base: int, seq: int, *, encoding="mono", width=W, height=H, payload=None):
+def event_packet(events, time_base: int, seq: int, *, encoding="mono", width=W, height=H,
+                 payload=None):
     from edge_vlm.io.codecs.mono import encode_mono
-    from edge_vlm_ros.common import ns_to_time
+    from edge_vlm_ros.conversions import ns_to_time
     from event_camera_msgs.msg import EventPacket
 
     m = EventPacket()
@@ -171,10 +177,11 @@ def nodes(env, harness, checkpoint, tmp_path_factory):
     """sttf_perception + anc_router on one input topic; vlm_captioner (local masks) on its own."""
     logs = tmp_path_factory.mktemp("fault_logs")
     procs = {
-        "sttf_perception": NodeProc("sttf_perception", logs, {"publish_mask_image": False, "checkpoint": checkpoint},
+        "sttf_perception": NodeProc("sttf_perception", logs,
+                                    {"publish_mask_image": False, "checkpoint": checkpoint},
                                     {"event_camera/events": "/f/events"}, env),
-        "anc_router": NodeProc("anc_router", logs, {"checkpoint": checkpoint}, {"event_camera/events": "/f/events"},
-                               env),
+        "anc_router": NodeProc("anc_router", logs, {"checkpoint": checkpoint},
+                               {"event_camera/events": "/f/events"}, env),
         "vlm_captioner": NodeProc("vlm_captioner", logs, cap_params(checkpoint), CAP_REMAPS, env),
         "_logs": logs,
     }
@@ -186,8 +193,9 @@ def nodes(env, harness, checkpoint, tmp_path_factory):
 
 # ----------------------------------------------------------------------------- diagnostics
 def test_diagnostics_published_by_every_node(harness, nodes):
-    common = {"packet_rate_hz", "event_rate_hz", "packets", "rejected", "seq_gaps", "dropped", "late_events",
-              "frames", "latency_p50_ms", "latency_p95_ms", "processing_errors", "last_input_age_s"}
+    common = {"packet_rate_hz", "event_rate_hz", "packets", "rejected", "seq_gaps", "dropped",
+              "late_events", "frames", "latency_p50_ms", "latency_p95_ms", "processing_errors",
+              "last_input_age_s"}
     for node in ("sttf_perception", "anc_router", "vlm_captioner"):
         proc = nodes[node]
         assert proc.poll() is None, proc.output()[-2000:]
@@ -206,7 +214,8 @@ def _malformed(kind: str, good: np.ndarray, tb: int, seq: int, rng):
     from edge_vlm.io.codecs.mono import encode_mono
 
     if kind == "encoding":
-        return event_packet(good, tb, seq, encoding=str(rng.choice(["bogus_enc", "evt9", "", "MONO"])))
+        encoding = str(rng.choice(["bogus_enc", "evt9", "", "MONO"]))
+        return event_packet(good, tb, seq, encoding=encoding)
     if kind == "truncated":
         data = encode_mono(good, tb)
         return event_packet(None, tb, seq, payload=data[: len(data) - int(rng.integers(1, 8))])
@@ -225,13 +234,14 @@ def _malformed(kind: str, good: np.ndarray, tb: int, seq: int, rng):
 
 def test_malformed_packets_are_counted_exactly_and_nodes_keep_publishing(harness, nodes):
     from edge_vlm_msgs.msg import RouteDecision, TokenMask
-    from edge_vlm_ros.common import QOS_RELIABLE, QOS_SENSOR, time_to_ns
+    from edge_vlm_ros.conversions import time_to_ns
+    from edge_vlm_ros.qos import RELIABLE_10, SENSOR
     from event_camera_msgs.msg import EventPacket
 
     topic = "/f/events"
-    masks = harness.collect(TokenMask, "/edge_vlm/token_mask", QOS_RELIABLE)
-    routes = harness.collect(RouteDecision, "/edge_vlm/route", QOS_RELIABLE)
-    pub = harness.publisher(EventPacket, topic, QOS_SENSOR)
+    masks = harness.collect(TokenMask, "/edge_vlm/token_mask", RELIABLE_10)
+    routes = harness.collect(RouteDecision, "/edge_vlm/route", RELIABLE_10)
+    pub = harness.publisher(EventPacket, topic, SENSOR)
     harness.wait_subscribers(topic, nodes["sttf_perception"])
     harness.spin_until(lambda: pub.get_subscription_count() >= 2, 30.0, "both nodes subscribed")
     harness.spin_for(0.3)
@@ -268,7 +278,7 @@ def test_malformed_packets_are_counted_exactly_and_nodes_keep_publishing(harness
             seq += 1
             sent += 1
         harness.spin_for(0.012)        # pace: ~1,000 packets/s, far below what the readers drain
-    pub.publish(event_packet(blob_events(0, 0), (k0 + n_frames) * P, seq))   # closes the last frame
+    pub.publish(event_packet(blob_events(0, 0), (k0 + n_frames) * P, seq))  # closes the last frame
     seq += 1
     sent += 1
     harness.seq[topic] = seq
@@ -281,7 +291,8 @@ def test_malformed_packets_are_counted_exactly_and_nodes_keep_publishing(harness
         b = base[node]
 
         def settled(v, b=b):   # every packet sent is either received or counted missing
-            return (num(v, "packets") - num(b, "packets")) + (num(v, "seq_gaps") - num(b, "seq_gaps")) >= sent
+            received = num(v, "packets") - num(b, "packets")
+            return received + (num(v, "seq_gaps") - num(b, "seq_gaps")) >= sent
 
         v = harness.diag.wait(node, settled, timeout=30.0, after=t_start)
         received = num(v, "packets") - num(b, "packets")
@@ -290,7 +301,8 @@ def test_malformed_packets_are_counted_exactly_and_nodes_keep_publishing(harness
         figure(f"{node}_rejects", {"rejected": rejected, "received": received, "missing": missing,
                                    "sent": sent, "malformed": n_bad})
         assert nodes[node].poll() is None, f"{node} died"
-        # exact when nothing was lost on the best-effort topic; lost packets are visible in seq gaps
+        # exact when nothing was lost on the best-effort topic; lost packets are visible in seq
+        # gaps
         assert n_bad - missing <= rejected <= n_bad
         if missing == 0:
             assert rejected == n_bad
@@ -298,20 +310,22 @@ def test_malformed_packets_are_counted_exactly_and_nodes_keep_publishing(harness
         assert any(lvl == 1 and "rejected" in m for lvl, m in lvls), lvls
         assert all(lvl < 2 for lvl, _ in lvls), "rejects are a WARN, not an ERROR"
     # the good packets were processed all along: outputs for (nearly) every frame
-    harness.spin_until(lambda: len(want & {time_to_ns(m.header.stamp) for m in masks}) >= 0.95 * len(want)
-                       and len(want & {time_to_ns(r.header.stamp) for r in routes}) >= 0.95 * len(want),
+    def covered(msgs) -> int:
+        return len(want & {time_to_ns(m.header.stamp) for m in msgs})
+
+    harness.spin_until(lambda: covered(masks) >= 0.95 * len(want)
+                       and covered(routes) >= 0.95 * len(want),
                        20.0, "token masks and route decisions for the frames")
-    got_masks = len(want & {time_to_ns(m.header.stamp) for m in masks})
-    figure("frames_with_outputs", {"frames": len(want), "token_masks": got_masks,
-                                   "routes": len(want & {time_to_ns(r.header.stamp) for r in routes})})
+    figure("frames_with_outputs", {"frames": len(want), "token_masks": covered(masks),
+                                   "routes": covered(routes)})
 
 
 def test_seq_gaps_count_missing_messages(harness, nodes):
-    from edge_vlm_ros.common import QOS_SENSOR
+    from edge_vlm_ros.qos import SENSOR
     from event_camera_msgs.msg import EventPacket
 
     topic = "/f/events"
-    pub = harness.publisher(EventPacket, topic, QOS_SENSOR)
+    pub = harness.publisher(EventPacket, topic, SENSOR)
     harness.wait_subscribers(topic, nodes["sttf_perception"])
     base = harness.diag.wait("sttf_perception")
     s0 = harness.seq.get(topic, 0)
@@ -323,7 +337,8 @@ def test_seq_gaps_count_missing_messages(harness, nodes):
         harness.spin_for(0.01)
     harness.seq[topic] = s0 + 30
     t = time.monotonic()
-    v = harness.diag.wait("sttf_perception", lambda v: num(v, "packets") - num(base, "packets") >= 20,
+    v = harness.diag.wait("sttf_perception",
+                          lambda v: num(v, "packets") - num(base, "packets") >= 20,
                           timeout=15.0, after=t)
     missing = num(v, "seq_gaps") - num(base, "seq_gaps")
     occurrences = num(v, "seq_gap_events") - num(base, "seq_gap_events")
@@ -334,7 +349,7 @@ def test_seq_gaps_count_missing_messages(harness, nodes):
     assert any(lvl == 1 and "missing" in m for lvl, m in lvls), lvls
 
 
-# ----------------------------------------------------------------------------- burst / backpressure
+# ------------------------------------------------------------------------ burst / backpressure
 def _uniform_events(rng, t0: int, t1: int, n: int):
     from edge_vlm.events import make_events
 
@@ -344,21 +359,23 @@ def _uniform_events(rng, t0: int, t1: int, n: int):
 
 def test_burst_keeps_memory_bounded_counts_drops_and_recovers(harness, nodes):
     from edge_vlm_msgs.msg import Caption, ComputeCost
-    from edge_vlm_ros.common import QOS_RELIABLE_50, QOS_SENSOR, time_to_ns
+    from edge_vlm_ros.conversions import time_to_ns
+    from edge_vlm_ros.qos import RELIABLE_50, SENSOR
     from event_camera_msgs.msg import EventPacket
 
     proc = nodes["vlm_captioner"]
     pid = proc.proc.pid
-    caps = harness.collect(Caption, "/edge_vlm/caption", QOS_RELIABLE_50)
-    costs = harness.collect(ComputeCost, "/edge_vlm/compute_cost", QOS_RELIABLE_50)
-    pub = harness.publisher(EventPacket, CAP_TOPIC, QOS_SENSOR)
+    caps = harness.collect(Caption, "/edge_vlm/caption", RELIABLE_50)
+    costs = harness.collect(ComputeCost, "/edge_vlm/compute_cost", RELIABLE_50)
+    pub = harness.publisher(EventPacket, CAP_TOPIC, SENSOR)
     harness.wait_subscribers(CAP_TOPIC, proc, timeout=60.0)
     base = harness.diag.wait("vlm_captioner")
 
     rng = np.random.default_rng(7)
     k0 = 10_000
     t0 = k0 * P
-    phases = [("nominal", 1.0, NOMINAL_RATE), ("burst", BURST_S, BURST_RATE), ("after", 2.0, NOMINAL_RATE)]
+    phases = [("nominal", 1.0, NOMINAL_RATE), ("burst", BURST_S, BURST_RATE),
+              ("after", 2.0, NOMINAL_RATE)]
     msgs, bounds = [], {}
     seq = harness.seq.get(CAP_TOPIC, 0)
     t = t0
@@ -397,7 +414,8 @@ def test_burst_keeps_memory_bounded_counts_drops_and_recovers(harness, nodes):
     def recovered():
         nonlocal peak
         peak = max(peak, rss_mb(pid))
-        return len(after_stamps & {time_to_ns(c.header.stamp) for c in caps}) >= len(after_stamps) // 2
+        got = after_stamps & {time_to_ns(c.header.stamp) for c in caps}
+        return len(got) >= len(after_stamps) // 2
 
     harness.spin_until(recovered, 40.0, "captions after the burst (output recovery)")
     v = harness.diag.wait("vlm_captioner", lambda v: num(v, "pending") == 0 and num(v, "frames")
@@ -408,7 +426,8 @@ def test_burst_keeps_memory_bounded_counts_drops_and_recovers(harness, nodes):
     dropped = num(v, "dropped") - num(base, "dropped")
     missing = num(v, "seq_gaps") - num(base, "seq_gaps")
     figure("burst", {"rate_ev_s": BURST_RATE, "seconds": BURST_S, "packets": len(msgs),
-                     "send_wall_s": round(send_s, 2), "frames_closed": frames, "captions": captions,
+                     "send_wall_s": round(send_s, 2), "frames_closed": frames,
+                     "captions": captions,
                      "dropped_frames": dropped, "missing_packets": missing,
                      "forced_refreshes": num(v, "forced_refreshes"),
                      "rss_start_mb": round(rss0, 1), "rss_peak_mb": round(peak, 1),
@@ -424,47 +443,53 @@ def test_burst_keeps_memory_bounded_counts_drops_and_recovers(harness, nodes):
         idx = sorted((c.frame_index, c) for c in costs if c.frame_index >= k0)
         for (a, _), (b, cb) in zip(idx, idx[1:]):
             if b > a + 1:
-                assert cb.active_tokens == cb.total_tokens, f"frame {b} after a drop was not refreshed"
+                assert cb.active_tokens == cb.total_tokens, \
+                    f"frame {b} after a drop was not refreshed"
 
 
 def test_backpressure_drops_oldest_frames_and_forces_refresh(harness, nodes):
-    """One packet closing 25 frames at once (a catch-up after a stall): exactly 25 - max_pending_frames
-    (8) oldest frames are dropped, the newest 8 are captioned, the first of them densely refreshed."""
+    """One packet closing 25 frames at once (a catch-up after a stall): exactly 25 -
+    max_pending_frames (8) oldest frames are dropped, the newest 8 are captioned, the first of them
+    densely refreshed."""
     from edge_vlm.events import concat_events
     from edge_vlm_msgs.msg import ComputeCost
-    from edge_vlm_ros.common import QOS_RELIABLE_50, QOS_SENSOR
+    from edge_vlm_ros.qos import RELIABLE_50, SENSOR
     from event_camera_msgs.msg import EventPacket
 
     proc = nodes["vlm_captioner"]
-    costs = harness.collect(ComputeCost, "/edge_vlm/compute_cost", QOS_RELIABLE_50)
-    pub = harness.publisher(EventPacket, CAP_TOPIC, QOS_SENSOR)
+    costs = harness.collect(ComputeCost, "/edge_vlm/compute_cost", RELIABLE_50)
+    pub = harness.publisher(EventPacket, CAP_TOPIC, SENSOR)
     harness.wait_subscribers(CAP_TOPIC, proc, timeout=60.0)
     limit, n = 8, 25
     k = 15_000
     seq = harness.seq.get(CAP_TOPIC, 0)
     base = harness.diag.wait("vlm_captioner", lambda v: num(v, "pending") == 0)
-    pub.publish(event_packet(blob_events(k - 1, 600), (k - 1) * P, seq))      # opens frame k-1
-    harness.spin_for(0.3)                                                     # (< the 1 s idle flush)
-    big = concat_events([blob_events(j, 600) for j in range(k, k + n)])     # frames k .. k+n-1 in one packet
-    pub.publish(event_packet(big, k * P, seq + 1))
+    pub.publish(event_packet(blob_events(k - 1, 600), (k - 1) * P, seq))  # opens frame k-1
+    harness.spin_for(0.3)                                                 # (< the 1 s idle flush)
+    big = concat_events([blob_events(j, 600) for j in range(k, k + n)])   # frames k .. k+n-1
+    pub.publish(event_packet(big, k * P, seq + 1))                        # ... in one packet
     harness.spin_for(0.05)
-    pub.publish(event_packet(blob_events(0, 0), (k + n) * P, seq + 2))       # closes frame k+n-1
+    pub.publish(event_packet(blob_events(0, 0), (k + n) * P, seq + 2))    # closes frame k+n-1
     harness.seq[CAP_TOPIC] = seq + 3
     t = time.monotonic()
     want = set(range(k + n - 1 - limit, k + n))
-    harness.spin_until(lambda: want <= {c.frame_index for c in costs}, 30.0, "captions of the kept frames")
+    harness.spin_until(lambda: want <= {c.frame_index for c in costs}, 30.0,
+                       "captions of the kept frames")
     v = harness.diag.wait("vlm_captioner", lambda v: num(v, "pending") == 0, after=t)
     dropped = num(v, "dropped") - num(base, "dropped")
     got = {c.frame_index: c for c in costs if k - 1 <= c.frame_index < k + n}
-    figure("backpressure", {"frames_closed_at_once": n, "max_pending_frames": limit, "dropped": dropped,
-                            "captioned": sorted(got), "first_kept_active": got[k + n - 1 - limit].active_tokens})
+    figure("backpressure", {"frames_closed_at_once": n, "max_pending_frames": limit,
+                            "dropped": dropped, "captioned": sorted(got),
+                            "first_kept_active": got[k + n - 1 - limit].active_tokens})
     assert dropped == n - limit                       # frames k-1 .. k+n-limit-1 (the oldest)
     assert set(got) == want, "dropped frames must be the oldest ones"
     first = got[k + n - 1 - limit]
     assert first.active_tokens == first.total_tokens, "no dense refresh after the drop"
     later = [got[j] for j in sorted(want)[1:]]
-    assert sum(c.active_tokens == c.total_tokens for c in later) <= 1   # at most one periodic refresh
-    assert any(lvl == 1 and "dropped" in m for lvl, m in harness.diag.levels("vlm_captioner", t - 0.5))
+    # at most one periodic refresh
+    assert sum(c.active_tokens == c.total_tokens for c in later) <= 1
+    lvls = harness.diag.levels("vlm_captioner", t - 0.5)
+    assert any(lvl == 1 and "dropped" in m for lvl, m in lvls)
 
 
 # ----------------------------------------------------------------------------- kill / restart
@@ -472,16 +497,16 @@ def test_captioner_sigkill_restart_resumes_and_resyncs(harness, nodes, checkpoin
     from edge_vlm.cores.captioner import CaptionerCore
     from edge_vlm.stream.frames import FrameClock
     from edge_vlm_msgs.msg import Caption, ComputeCost
-    from edge_vlm_ros.common import QOS_RELIABLE_50, QOS_SENSOR
+    from edge_vlm_ros.qos import RELIABLE_50, SENSOR
     from event_camera_msgs.msg import EventPacket
 
-    caps = harness.collect(Caption, "/edge_vlm/caption", QOS_RELIABLE_50)
-    costs = harness.collect(ComputeCost, "/edge_vlm/compute_cost", QOS_RELIABLE_50)
-    pub = harness.publisher(EventPacket, CAP_TOPIC, QOS_SENSOR)
+    caps = harness.collect(Caption, "/edge_vlm/caption", RELIABLE_50)
+    costs = harness.collect(ComputeCost, "/edge_vlm/compute_cost", RELIABLE_50)
+    pub = harness.publisher(EventPacket, CAP_TOPIC, SENSOR)
     proc = nodes["vlm_captioner"]
     if proc.poll() is not None:
-        proc = nodes["vlm_captioner"] = NodeProc("vlm_captioner", nodes["_logs"], cap_params(checkpoint),
-                                                 CAP_REMAPS, env)
+        proc = nodes["vlm_captioner"] = NodeProc("vlm_captioner", nodes["_logs"],
+                                                 cap_params(checkpoint), CAP_REMAPS, env)
     harness.wait_subscribers(CAP_TOPIC, proc, timeout=60.0)
     k0 = 20_000
     n_before, n_after = 8, 3 * REFRESH
@@ -506,12 +531,13 @@ def test_captioner_sigkill_restart_resumes_and_resyncs(harness, nodes, checkpoin
     proc.proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
     t_kill = time.monotonic()
-    new = nodes["vlm_captioner"] = NodeProc("vlm_captioner", nodes["_logs"], cap_params(checkpoint),
-                                            CAP_REMAPS, env)
+    new = nodes["vlm_captioner"] = NodeProc("vlm_captioner", nodes["_logs"],
+                                            cap_params(checkpoint), CAP_REMAPS, env)
 
     def new_reader():
         if new.poll() is not None:
-            raise AssertionError(f"restarted captioner exited {new.returncode}:\n{new.output()[-2000:]}")
+            raise AssertionError(f"restarted captioner exited {new.returncode}:\n"
+                                 f"{new.output()[-2000:]}")
         return bool(subscriber_gids(harness, CAP_TOPIC) - old_gids)
 
     harness.spin_until(new_reader, 60.0, "the restarted captioner's subscription")
@@ -519,7 +545,7 @@ def test_captioner_sigkill_restart_resumes_and_resyncs(harness, nodes, checkpoin
     harness.spin_until(lambda: pub.get_subscription_count() >= 1, 20.0, "writer matched")
     harness.spin_for(2.0)
     restart_s = time.monotonic() - t_kill
-    k_first = k0 + n_before + 1                       # frame k0+n_before is skipped: the node was down
+    k_first = k0 + n_before + 1     # frame k0+n_before is skipped: the node was down
     for k in range(k_first, k_first + n_after):
         send(k)
     pub.publish(event_packet(blob_events(0, 0), (k_first + n_after) * P, seq))
@@ -530,20 +556,24 @@ def test_captioner_sigkill_restart_resumes_and_resyncs(harness, nodes, checkpoin
     after = sorted({c.frame_index: c for c in costs if c.frame_index >= k_first}.items())
     cap_after = {c.frame_index: c for c in caps if c.frame_index >= k_first}
     first_k, first = after[0]
-    figure("restart", {"restart_to_subscribed_s": round(restart_s, 2), "first_frame": first_k - k_first,
+    figure("restart", {"restart_to_subscribed_s": round(restart_s, 2),
+                       "first_frame": first_k - k_first,
                        "active_first": f"{first.active_tokens}/{first.total_tokens}",
                        "active_next": [c.active_tokens for _, c in after[1:REFRESH + 1]]})
     assert first_k == k_first, "the first frame after the restart got no caption"
-    assert first.active_tokens == first.total_tokens, "no dense refresh on the first frame after the restart"
+    assert first.active_tokens == first.total_tokens, \
+        "no dense refresh on the first frame after the restart"
     sparse = [c for k, c in after if 0 < (k - first_k) % REFRESH]
     dense = [c for k, c in after if (k - first_k) % REFRESH == 0]
-    assert sparse and all(c.active_tokens < c.total_tokens for c in sparse), "frames after the refresh not sparse"
+    assert sparse and all(c.active_tokens < c.total_tokens for c in sparse), \
+        "frames after the refresh not sparse"
     assert all(c.active_tokens == c.total_tokens for c in dense), "periodic refresh missing"
 
-    # resynced: the restarted node rebuilds its token memory from the stream on its first frame (dense)
-    # and from then on computes exactly what a fresh captioner started at the same frame computes (no
-    # leftover or half-written state). (An uninterrupted run differs by the pre-restart history still in
-    # its gated memory; that difference decays as tokens are re-merged and vanishes as they expire.)
+    # resynced: the restarted node rebuilds its token memory from the stream on its first frame
+    # (dense) and from then on computes exactly what a fresh captioner started at the same frame
+    # computes (no leftover or half-written state). (An uninterrupted run differs by the
+    # pre-restart history still in its gated memory; that difference decays as tokens are
+    # re-merged and vanishes as they expire.)
     ref = CaptionerCore(cap_params(checkpoint))
     clock = FrameClock(P)
     ref_out = {}
@@ -573,10 +603,11 @@ def test_captioner_sigkill_restart_resumes_and_resyncs(harness, nodes, checkpoin
     ("vlm_captioner", "mask_source:=bogus", "mask_source"),
 ])
 def test_bad_parameter_exits_with_one_clear_line(env, package, arg, needle):
-    from edge_vlm_ros.runner import find_executable
+    from edge_vlm_tools.runner import find_executable
 
     exe = find_executable(package, package, env)
-    r = subprocess.run([exe, "--ros-args", "-p", arg], env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run([exe, "--ros-args", "-p", arg], env=env, capture_output=True, text=True,
+                       timeout=60)
     out = (r.stdout + r.stderr).strip()
     assert r.returncode == 2, out
     errors = [line for line in out.splitlines() if "error" in line.lower()]
@@ -587,13 +618,14 @@ def test_bad_parameter_exits_with_one_clear_line(env, package, arg, needle):
 def test_checkpoint_of_the_wrong_kind_exits_clearly(env, tmp_path):
     import torch
 
-    from edge_vlm_ros.runner import find_executable
+    from edge_vlm_tools.runner import find_executable
 
     exe = find_executable("vlm_captioner", "vlm_captioner", env)
     wrong = tmp_path / "wrong.pt"
     torch.save({"weights": torch.zeros(3)}, str(wrong))     # a real torch file, not our format
-    r = subprocess.run([exe, "--ros-args", "-p", f"checkpoint:={wrong}"], env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([exe, "--ros-args", "-p", f"checkpoint:={wrong}"], env=env,
+                       capture_output=True, text=True, timeout=60)
     out = (r.stdout + r.stderr).strip()
     assert r.returncode == 3, out
-    assert "not an edge_vlm captioner checkpoint" in out and str(wrong) in out and "Traceback" not in out
+    assert "not an edge_vlm captioner checkpoint" in out and str(wrong) in out
+    assert "Traceback" not in out

@@ -13,7 +13,7 @@ from conftest import SHARED_REAL
 from edge_vlm.io.codecs import SUPPORTED_ENCODINGS, decode_packet, make_decoder
 from edge_vlm.io.codecs.libcaer_cmp import LibcaerCmpDecoder, encode_libcaer_cmp
 from edge_vlm.events import EVENT_DTYPE, EventDecodeError, make_events
-from edge_vlm.io.formats import detect_format, read_events
+from edge_vlm.io.formats.detect import detect_format, read_events
 from edge_vlm.io.formats.aedat2 import decode_aedat2, read_aedat2, write_aedat2
 from edge_vlm.io.formats.prophesee import (decode_dat, decode_raw, write_dat, write_raw_evt2,
     write_raw_evt3)
@@ -32,7 +32,8 @@ def _same(a, b) -> bool:
 def _rand(n, w=128, h=128, seed=0, t0_us=1_000_000):
     rng = np.random.default_rng(seed)
     us = t0_us + np.cumsum(rng.integers(0, 300, n))
-    return make_events(us * 1000, rng.integers(0, w, n), rng.integers(0, h, n), rng.integers(0, 2, n))
+    return make_events(us * 1000, rng.integers(0, w, n), rng.integers(0, h, n),
+                       rng.integers(0, 2, n))
 
 
 def _w16(*words) -> bytes:
@@ -42,7 +43,8 @@ def _w16(*words) -> bytes:
 # ------------------------------------------------------------------ libcaer_cmp
 @need_real
 def test_libcaer_cmp_real_bag_oracle():
-    """README oracle: 571,266 CD events, 211,043 ON, 360,223 OFF, first 1,744,227,144,732,712 us."""
+    """README oracle: 571,266 CD events, 211,043 ON, 360,223 OFF, first
+    1,744,227,144,732,712 us."""
     from edge_vlm.io.bag_reader import iter_events
     chunks = list(iter_events(CAER))
     ev = np.concatenate(chunks)
@@ -115,7 +117,8 @@ def test_libcaer_cmp_round_trip_and_split():
 
 
 # ------------------------------------------------------------------ AEDAT 2.0
-def _aedat2_bytes(pairs, header=b"#!AER-DAT2.0\r\n# AEChip: ch.unizh.ini.jaer.chip.retina.DVS128\r\n"):
+def _aedat2_bytes(pairs,
+                  header=b"#!AER-DAT2.0\r\n# AEChip: ch.unizh.ini.jaer.chip.retina.DVS128\r\n"):
     return header + b"".join(struct.pack(">II", a, t) for a, t in pairs)
 
 
@@ -135,7 +138,8 @@ def test_aedat2_davis240_layout_and_wrap():
     a_on = (10 << 22) | (20 << 12) | (1 << 11)
     a_off = (179 << 22) | (239 << 12)
     pairs = [(a_on, 0xFFFFFFF0), (a_off, 5), (0x80000000 | 7, 6), (0x400, 7)]
-    buf = _aedat2_bytes(pairs, b"#!AER-DAT2.0\r\n# AEChip: eu.seebetter.ini.chips.davis.DAVIS240C\r\n")
+    buf = _aedat2_bytes(pairs,
+                        b"#!AER-DAT2.0\r\n# AEChip: eu.seebetter.ini.chips.davis.DAVIS240C\r\n")
     ev, info = decode_aedat2(buf)
     assert (info["camera"], info["width"], info["height"]) == ("DAVIS240", 240, 180)
     assert ev["x"].tolist() == [219, 0] and ev["y"].tolist() == [169, 0]
@@ -211,7 +215,8 @@ def test_evt3_raw_from_real_bag_matches_oracle(tmp_path, style):
 
 def test_dat_hand_built_and_round_trip(tmp_path):
     d = 7 | (9 << 14) | (1 << 28)
-    buf = b"% Version 2\n% Width 304\n% Height 240\n" + bytes([0x0C, 8]) + struct.pack("<II", 42, d)
+    buf = (b"% Version 2\n% Width 304\n% Height 240\n" + bytes([0x0C, 8])
+           + struct.pack("<II", 42, d))
     ev, info = decode_dat(buf)
     assert ev.tolist() == make_events([42_000], [7], [9], [1]).tolist()
     assert (info["width"], info["height"], info["size_source"]) == (304, 240, "header")
@@ -274,7 +279,8 @@ def test_detect_dispatch(tmp_path):
     write_rpg(tmp_path / "d.txt", ev)
     from edge_vlm.io.formats.aedat31 import write_aedat31
     write_aedat31(tmp_path / "e.aedat", ev)
-    kinds = {n: detect_format(tmp_path / n) for n in ("a.aedat", "b.dat", "c.raw", "d.txt", "e.aedat")}
+    kinds = {n: detect_format(tmp_path / n)
+             for n in ("a.aedat", "b.dat", "c.raw", "d.txt", "e.aedat")}
     assert kinds == {"a.aedat": "aedat2", "b.dat": "dat", "c.raw": "raw", "d.txt": "rpg",
                      "e.aedat": "aedat3.1"}
     for n in kinds:

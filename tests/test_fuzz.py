@@ -74,7 +74,8 @@ atexit.register(shutil.rmtree, TMP, True)
 def _events(n: int, w: int, h: int, seed: int, t0_us: int = 1000) -> np.ndarray:
     rng = np.random.default_rng(seed)
     us = t0_us + np.cumsum(rng.integers(0, 40, n))
-    return make_events(us * 1000, rng.integers(0, w, n), rng.integers(0, h, n), rng.integers(0, 2, n))
+    return make_events(us * 1000, rng.integers(0, w, n), rng.integers(0, h, n),
+                       rng.integers(0, 2, n))
 
 
 def _ok(result) -> None:
@@ -262,7 +263,8 @@ def test_fuzz_prophesee_raw(data):
 @HANG
 @FUZZ
 @given(data=st.one_of(mutated(DAT_SEEDS),
-                      st.binary(max_size=200).map(lambda b: b"% Width 304\n% Height 240\n\x0c\x08" + b),
+                      st.binary(max_size=200).map(
+                          lambda b: b"% Width 304\n% Height 240\n\x0c\x08" + b),
                       st.binary(max_size=64)))
 def test_fuzz_prophesee_dat(data):
     _run(decode_dat, data)
@@ -282,7 +284,7 @@ def test_fuzz_rpg(data):
                       st.binary(max_size=64)),
        suffix=st.sampled_from([".aedat", ".dat", ".raw", ".txt", ".bin"]))
 def test_fuzz_detect_read_events(data, suffix):
-    from edge_vlm.io.formats import read_events
+    from edge_vlm.io.formats.detect import read_events
     _via_file(read_events, data, suffix)
 
 

@@ -8,7 +8,8 @@ import pytest
 from edge_vlm.evaluation.metrics import (CAPTION_METRICS, caption_metrics, cider_d,
     confusion_matrix, gesture_accuracy, java_available, json_safe, percentiles, ptb_tokenize)
 
-needs_java = pytest.mark.skipif(not java_available(), reason="Java is needed for the PTB tokenizer / METEOR")
+needs_java = pytest.mark.skipif(not java_available(),
+                                reason="Java is needed for the PTB tokenizer / METEOR")
 
 
 # --------------------------------------------------------------------------- BLEU / ROUGE-L
@@ -36,7 +37,8 @@ def test_bleu_rouge_by_hand():
 
 def test_bleu_brevity_penalty_by_hand():
     # 2 candidate words, closest reference 6 words: BP = exp(1 - 6/2); unigram/bigram precision 1
-    m = caption_metrics({0: "the cat"}, {0: ["the cat sat on the mat"]}, meteor=False, tokenize=False)
+    m = caption_metrics({0: "the cat"}, {0: ["the cat sat on the mat"]}, meteor=False,
+                        tokenize=False)
     assert m["BLEU-1"] == pytest.approx(math.exp(-2), rel=1e-6)
     assert m["BLEU-2"] == pytest.approx(math.exp(-2), rel=1e-6)
     assert m["BLEU-4"] < 1e-3
@@ -64,11 +66,13 @@ def test_cider_d_length_penalty_and_clipping_by_hand():
     m = caption_metrics(c, r, meteor=False, tokenize=False, per_item=True)
     assert m["CIDEr-D"] == pytest.approx((a + 7.5) / 2, rel=1e-9)
     assert m["per_item"]["A"]["CIDEr-D"] == pytest.approx(a, rel=1e-9)
-    # clipping: cand "a a" vs ref "a b": min(2 idf, idf) * idf / (2 idf * sqrt(2) idf) = 1/(2 sqrt 2)
+    # clipping: cand "a a" vs ref "a b": min(2 idf, idf) * idf / (2 idf * sqrt(2) idf)
+    # = 1/(2 sqrt 2)
     # (unclipped it would be twice that); same length -> no penalty
     mean, per = cider_d({"A": "a a", "B": "c d"}, {"A": ["a b"], "B": ["c d"]})
     assert per["A"] == pytest.approx(10 * (1 / (2 * math.sqrt(2))) / 4, rel=1e-9)
-    m = caption_metrics({"A": "a a", "B": "c d"}, {"A": ["a b"], "B": ["c d"]}, meteor=False, tokenize=False,
+    m = caption_metrics({"A": "a a", "B": "c d"}, {"A": ["a b"], "B": ["c d"]}, meteor=False,
+                        tokenize=False,
                         per_item=True)
     assert m["per_item"]["A"]["CIDEr-D"] == pytest.approx(per["A"], rel=1e-9)
 
@@ -79,7 +83,8 @@ def test_cider_d_matches_pycocoevalcap_on_a_corpus():
     cands, refs = {}, {}
     for i in range(12):
         cands[i] = " ".join(rng.choice(words, rng.integers(2, 9)))
-        refs[i] = [" ".join(rng.choice(words, rng.integers(3, 10))) for _ in range(int(rng.integers(1, 6)))]
+        refs[i] = [" ".join(rng.choice(words, rng.integers(3, 10)))
+                   for _ in range(int(rng.integers(1, 6)))]
     mean, per = cider_d(cands, refs)
     m = caption_metrics(cands, refs, meteor=False, tokenize=False, per_item=True)
     assert m["CIDEr-D"] == pytest.approx(mean, rel=1e-9)
@@ -92,14 +97,15 @@ def test_single_item_cider_is_zero():
     assert cider_d({0: "a b c"}, {0: ["a b c"]})[0] == 0.0
 
 
-# --------------------------------------------------------------------------- tokenizer / METEOR / edge cases
+# ----------------------------------------------------------------- tokenizer / METEOR / edge cases
 @needs_java
 def test_ptb_tokenizer_lowercases_and_strips_punctuation():
     toks, name = ptb_tokenize({1: ["A Person, waving quickly.", ""], 2: ["Someone claps!"]})
     assert name == "ptb"
     assert toks == {1: ["a person waving quickly", "emptycaption"], 2: ["someone claps"]}
     # the tokenized and the raw call give the same scores
-    m = caption_metrics({0: "The cat sat on the mat."}, {0: ["the cat sat on a mat"]}, meteor=False)
+    m = caption_metrics({0: "The cat sat on the mat."}, {0: ["the cat sat on a mat"]},
+                        meteor=False)
     assert m["tokenizer"] == "ptb" and m["BLEU-1"] == pytest.approx(5 / 6, rel=1e-6)
 
 
@@ -111,7 +117,8 @@ def test_simple_tokenizer_fallback():
 @needs_java
 def test_meteor_identical_and_disjoint():
     m = caption_metrics({0: "a person waves the right hand", 1: "a person claps hands"},
-                        {0: ["a person waves the right hand"], 1: ["someone plays the air guitar"]},
+                        {0: ["a person waves the right hand"],
+                         1: ["someone plays the air guitar"]},
                         per_item=True)
     assert m["per_item"]["0"]["METEOR"] > 0.95
     assert m["per_item"]["1"]["METEOR"] < m["per_item"]["0"]["METEOR"]
@@ -166,7 +173,8 @@ def test_percentiles():
     assert d["p50"] == pytest.approx(50.5) and d["p95"] == pytest.approx(95.05)
     assert d["p99"] == pytest.approx(99.01) and d["mean"] == pytest.approx(50.5)
     assert d["min"] == 1.0 and d["max"] == 100.0 and d["n"] == 100
-    assert percentiles([7.0]) == {"p50": 7.0, "p95": 7.0, "p99": 7.0, "mean": 7.0, "min": 7.0, "max": 7.0,
+    assert percentiles([7.0]) == {"p50": 7.0, "p95": 7.0, "p99": 7.0, "mean": 7.0, "min": 7.0,
+                                  "max": 7.0,
                                   "n": 1}
     e = percentiles([])
     assert e["n"] == 0 and e["p50"] is None and e["mean"] is None

@@ -4,10 +4,13 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from edge_vlm.model.sttf import (CaptionModel, ModelConfig, age_bucket, decode_beam,
-    decode_greedy, init_weights)
-from edge_vlm.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from edge_vlm.inference.engine import StreamingCaptioner
+from edge_vlm.inference.memory import new_memory
+from edge_vlm.inference.vit import dense_infer, sparse_infer
+from edge_vlm.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from edge_vlm.model.config import ModelConfig, age_bucket
+from edge_vlm.model.decoding import decode_beam, decode_greedy
+from edge_vlm.model.sttf import CaptionModel, init_weights
 from edge_vlm.model.flops import embed_flops, fusion_flops, mask_flops, vit_flops
 from edge_vlm.model.tokenizer import Tokenizer
 
@@ -16,7 +19,8 @@ import pytest
 
 def tiny_model(seed=0, **kw):
     torch.manual_seed(seed)
-    tok = Tokenizer.build(["a person waves the right hand quickly", "a tall person claps hands slowly"])
+    tok = Tokenizer.build(["a person waves the right hand quickly",
+                           "a tall person claps hands slowly"])
     m = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, max_age=8, vocab=tok.vocab, **kw))
     init_weights(m)
     # a random (not zero) mask head and gate, so the tests exercise the learned parts
@@ -43,7 +47,8 @@ def test_training_forward_equals_streaming_dense():
         res = eng.process(hist[f].astype(np.float32))
     ids = torch.tensor([tok.encode("a person waves", m.cfg.max_len)])
     with torch.no_grad():
-        out = m(torch.from_numpy(hist)[None], None, torch.tensor([False]), torch.ones(1, t, dtype=torch.bool),
+        out = m(torch.from_numpy(hist)[None], None, torch.tensor([False]),
+                torch.ones(1, t, dtype=torch.bool),
                 ids[:, :-1])
     probs = torch.softmax(out["gesture"], -1)[0]
     assert int(torch.argmax(probs)) + 1 == res.label
@@ -72,14 +77,14 @@ def test_sparse_layer0_is_exact_and_refresh_resyncs():
     res = eng.process(moving_blob(3))
     changed = torch.nonzero((eng.e != before).any(dim=1)).flatten()
     assert 0 < len(changed) == res.active_tokens
-    ref = m.vit.new_memory()
+    ref = new_memory(m.vit)
     with torch.no_grad():
-        m.vit.dense_infer(eng.e, ref)
+        dense_infer(m.vit, eng.e, ref)
     assert torch.allclose(eng.layers[0].out[changed], ref[0].out[changed], atol=1e-5)
     res = eng.process(moving_blob(4))            # 4 frames since the last dense pass: refresh
     assert res.refreshed
     with torch.no_grad():
-        m.vit.dense_infer(eng.e, ref)
+        dense_infer(m.vit, eng.e, ref)
     assert torch.allclose(eng.memory, m.vit.ln(ref[-1].out), atol=1e-5)
 
 
@@ -88,17 +93,17 @@ def test_layer_gate_compares_with_last_propagated_value():
     propagated input until they cross it (no drift)."""
     m, _ = tiny_model()
     vit = m.vit
-    mem = vit.new_memory()
+    mem = new_memory(vit)
     e = torch.randn(m.cfg.num_tokens, m.cfg.dim)
     with torch.no_grad():
-        vit.dense_infer(e, mem)
+        dense_infer(vit, e, mem)
         idx = torch.tensor([5])
         prop = []
         for step in range(12):
             e[5] += 0.02 * e[5].norm() * torch.ones(m.cfg.dim) / m.cfg.dim ** 0.5
-            _, counts = vit.sparse_infer(e, idx, mem, [0.0, 0.05])
+            _, counts = sparse_infer(vit, e, idx, mem, [0.0, 0.05])
             prop.append(counts[1])
-    assert prop[0] == 0 and 1 in prop          # skipped at first, propagated once the sum crosses 5 %
+    assert prop[0] == 0 and 1 in prop      # skipped at first, propagated once the sum crosses 5 %
     first = prop.index(1)
     assert prop[first + 1] == 0                 # the reference moved to the propagated value
 
@@ -158,16 +163,17 @@ def test_flops_counter_matches_torch():
     x = torch.rand(c.num_tokens, c.patch_dim)
     with FlopCounterMode(display=False) as fc:
         e = m.embed.merge(m.embed(x), torch.zeros(c.num_tokens, c.dim))
-    assert abs(fc.get_total_flops() - embed_flops(c, c.num_tokens)) / embed_flops(c, c.num_tokens) < 0.05
-    mem = m.vit.new_memory()
+    want = embed_flops(c, c.num_tokens)
+    assert abs(fc.get_total_flops() - want) / want < 0.05
+    mem = new_memory(m.vit)
     dense = vit_flops(c, [c.num_tokens] * c.depth)
     with FlopCounterMode(display=False) as fc:
-        vis = m.vit.dense_infer(e, mem)
+        vis = dense_infer(m.vit, e, mem)
     assert abs(fc.get_total_flops() - dense) / dense < 0.05
     idx = torch.arange(0, c.num_tokens, 7)
     sparse = vit_flops(c, [len(idx)] * c.depth)
     with FlopCounterMode(display=False) as fc:
-        m.vit.sparse_infer(e, idx, mem, [])
+        sparse_infer(m.vit, e, idx, mem, [])
     assert abs(fc.get_total_flops() - sparse) / sparse < 0.05
     bucket = torch.zeros(1, c.num_tokens, dtype=torch.long)
     with FlopCounterMode(display=False) as fc:
@@ -281,7 +287,7 @@ def test_policy_calibration_keeps_agreement():
     taus = res["layer_thresholds"]
     assert len(taus) == m.cfg.depth and taus[0] == 0.0
     rows = {r["tau"]: r for r in res["candidates"]}
-    assert rows[0.0]["agreement"] == 1.0          # every changed token propagated: labels as dense here
+    assert rows[0.0]["agreement"] == 1.0   # every changed token propagated: labels as dense here
     assert rows[10.0]["layer_token_fraction"] < rows[0.0]["layer_token_fraction"]
     assert next(r for r in res["candidates"] if r["tau"] == taus[1])["agreement"] >= 0.99
 
@@ -300,8 +306,10 @@ def test_shift_augmentation_translates_the_window_without_wrap():
     fs = FrameSet(hist, rgb, np.full(n, 3), ["a person waves"] * n, [[]] * n, [""] * n,
                   np.zeros(n, dtype=np.int64), np.arange(n), np.arange(n))
     tc = TrainConfig(window=3)
-    h, *_ = make_batch(fs, np.array([n - 1]), m.cfg, tok, tc, np.random.default_rng(0), np.array([True]), shift_px=8)
-    assert h.shape == (1, 3, 4, 128, 128) and int(h.sum()) == int(hist[-3:].sum())   # the blob stays inside
+    h, *_ = make_batch(fs, np.array([n - 1]), m.cfg, tok, tc, np.random.default_rng(0),
+                       np.array([True]), shift_px=8)
+    # the blob stays inside
+    assert h.shape == (1, 3, 4, 128, 128) and int(h.sum()) == int(hist[-3:].sum())
 
 
 def test_speculative_greedy_decoding_equals_plain_greedy():
@@ -344,5 +352,6 @@ def test_decoder_flops_of_a_speculative_pass_match_torch():
     from edge_vlm.model.flops import attention
 
     p = m.cfg.fusion_queries + 4
-    want = decoder_flops(m.cfg, 0, 1, None, first=4) - m.cfg.dec_layers * attention(p, p, m.cfg.dim)
+    want = (decoder_flops(m.cfg, 0, 1, None, first=4)
+            - m.cfg.dec_layers * attention(p, p, m.cfg.dim))
     assert abs(fc.get_total_flops() - want) / want < 0.05

@@ -69,13 +69,17 @@ def test_motion_state_maps():
     for i, s in enumerate(AGE_SCALES):
         np.testing.assert_allclose(maps[i], np.exp(-a / s), rtol=1e-6)
     np.testing.assert_array_equal(maps[len(AGE_SCALES)], (a < max_age).astype(np.float32))
-    np.testing.assert_allclose(maps[len(AGE_SCALES) + 1:len(AGE_SCALES) + 5], np.log1p(counts), rtol=1e-6)
+    na = len(AGE_SCALES)
+    np.testing.assert_allclose(maps[na + 1:na + 5], np.log1p(counts), rtol=1e-6)
     for i, k in enumerate(MOTION_HISTORY):
-        np.testing.assert_allclose(maps[len(AGE_SCALES) + 5 + i], np.log1p(np.sum(totals[-k:], axis=0)), rtol=1e-5)
+        np.testing.assert_allclose(maps[na + 5 + i], np.log1p(np.sum(totals[-k:], axis=0)),
+                                   rtol=1e-5)
     st.reset()
     first = st.update(age, counts, max_age)
-    np.testing.assert_allclose(first[-1], np.log1p(counts.sum(axis=0)), rtol=1e-6)   # history starts empty
-    assert np.array_equal(motion_features(age, counts, [totals[-1]] * len(MOTION_HISTORY), max_age)[:8], first[:8])
+    # the history starts empty
+    np.testing.assert_allclose(first[-1], np.log1p(counts.sum(axis=0)), rtol=1e-6)
+    again = motion_features(age, counts, [totals[-1]] * len(MOTION_HISTORY), max_age)
+    assert np.array_equal(again[:8], first[:8])
 
 
 def test_engine_gesture_comes_from_the_motion_head_with_the_streams_state():
@@ -92,7 +96,7 @@ def test_engine_gesture_comes_from_the_motion_head_with_the_streams_state():
 
     m.motion.forward = spy
     for f in range(5):
-        res = eng.process(moving_blob(f))
+        eng.process(moving_blob(f))
     ref = MotionState(m.cfg.grid)
     eng2 = StreamingCaptioner(m, sparse=False)
     for f in range(5):
@@ -154,7 +158,8 @@ def _synthetic_frames(cfg, n, seed=0):
     motion = 0.1 * torch.rand(n, motion_channels(cfg), cfg.grid, cfg.grid, generator=gen)
     for i, lab in enumerate(label.tolist()):
         motion[i, :, 4 * lab - 2:4 * lab + 2, 3:7] += 1.0
-    return {"motion": motion, "vision": torch.zeros(n, cfg.num_classes), "label": label, "clip": np.arange(n) // 4}
+    return {"motion": motion, "vision": torch.zeros(n, cfg.num_classes), "label": label,
+            "clip": np.arange(n) // 4}
 
 
 def test_fit_head_learns_where_the_motion_is():
@@ -184,7 +189,8 @@ def test_fit_gesture_writes_the_head_and_reuses_its_cache(tmp_path, monkeypatch)
         return _synthetic_frames(m.cfg, 64, len(calls))
 
     monkeypatch.setattr(tg, "collect", fake_collect)
-    tc = GestureFitConfig(init=str(ck), out=str(tmp_path / "out" / "c.pt"), cache=str(tmp_path / "frames.pt"),
+    tc = GestureFitConfig(init=str(ck), out=str(tmp_path / "out" / "c.pt"),
+                          cache=str(tmp_path / "frames.pt"),
                           epochs=2, batch=16, motion_width=8)
     first = tg.fit_gesture(tc, progress=False)
     assert [mirror for _, mirror in calls] == [True, False] and len(calls[0][0]) == 14
@@ -213,7 +219,8 @@ def test_cli_train_passes_the_fit_stages_their_options(monkeypatch):
 
     monkeypatch.setattr(tg, "fit_gesture", fake("gesture"))
     monkeypatch.setattr(tr, "fit_router", fake("router"))
-    assert main(["train", "--model", "gesture", "--init", "a.pt", "--cache", "f.pt", "--motion-width", "16",
+    assert main(["train", "--model", "gesture", "--init", "a.pt", "--cache", "f.pt",
+                 "--motion-width", "16",
                  "--epochs", "3", "--shift", "1", "--no-progress"]) == 0
     assert main(["train", "--model", "router", "--init", "b.pt", "--balance-weight", "0.2"]) == 0
     g, progress = seen["gesture"]
@@ -221,12 +228,14 @@ def test_cli_train_passes_the_fit_stages_their_options(monkeypatch):
         "a.pt", "f.pt", 16, 3, 1, GestureFitConfig().out, False)
     assert g.batch == GestureFitConfig().batch
     r, progress = seen["router"]
-    assert (r.init, r.balance_weight, r.out, progress) == ("b.pt", 0.2, "data/train_router/captioner.pt", True)
+    assert (r.init, r.balance_weight, r.out, progress) == ("b.pt", 0.2,
+                                                           "data/train_router/captioner.pt", True)
     assert r.epochs == type(r)().epochs
 
 
 def test_engine_takes_read_only_frames_without_warning():
-    """The binner hands out read-only histograms; the motion state must not wrap them in torch as is."""
+    """The binner hands out read-only histograms; the motion state must not wrap them in torch as
+    is."""
     import warnings
 
     m, _ = tiny_model()

@@ -1,6 +1,6 @@
-"""The fused encoder-block kernel (_native/sparsevit.c via model/native_vit.py): the same
-arithmetic as the PyTorch path (Block.sparse_step / dense_step), token memory included; its
-float16 weight copies only when exact; the fallbacks; weight changes seen."""
+"""The fused encoder-block kernel (_native/sparsevit.c via inference/native_vit.py): the same
+arithmetic as the PyTorch path (inference/vit.py sparse_step / dense_step), token memory included;
+its float16 weight copies only when exact; the fallbacks; weight changes seen."""
 import os
 import shutil
 
@@ -9,9 +9,15 @@ import pytest
 import torch
 
 from edge_vlm.inference import native_vit
-from edge_vlm.model.anc import GatedBlock
-from edge_vlm.model.sttf import Block, LayerMemory, SparseViT, ModelConfig
 from edge_vlm.inference.engine import StreamingCaptioner
+from edge_vlm.inference.factory import load_model
+from edge_vlm.inference.memory import LayerMemory, new_memory
+from edge_vlm.inference.vit import dense_infer, dense_step, set_native, sparse_infer, sparse_step
+from edge_vlm.model.anc import BranchViT, GatedBlock
+from edge_vlm.model.checkpoint import save_checkpoint
+from edge_vlm.model.config import ModelConfig
+from edge_vlm.model.layers import Block
+from edge_vlm.model.sttf import SparseViT
 
 from test_model import moving_blob, tiny_model
 
@@ -39,7 +45,8 @@ def test_kernel_is_built_and_loaded_where_it_can_be():
         assert native_vit.backend() in ("native", "torch")
 
 
-needs_kernel = pytest.mark.skipif(native_vit.load() is None, reason=f"kernel not loaded: {native_vit.why()}")
+needs_kernel = pytest.mark.skipif(native_vit.load() is None,
+                                  reason=f"kernel not loaded: {native_vit.why()}")
 
 
 def _block(d=32, heads=2, ratio=4, act="relu", half_exact=False, seed=0, gated=False):
@@ -60,7 +67,7 @@ def _memory(blk, n=64, d=32, seed=1):
     lm = LayerMemory(n, d, blk.heads)
     x = torch.randn(n, d, generator=g)
     lm.x.copy_(x)
-    lm.out.copy_(blk.dense_step(x, lm))
+    lm.out.copy_(dense_step(blk, x, lm))
     return lm
 
 
@@ -73,7 +80,7 @@ def _clone(lm):
 
 def _torch_sparse(blk, lm, x, idx):
     lm.x.index_copy_(0, idx, x)
-    y = blk.sparse_step(x, idx, lm)
+    y = sparse_step(blk, x, idx, lm)
     lm.out.index_copy_(0, idx, y)
     return y
 
@@ -96,7 +103,7 @@ def test_sparse_layer_matches_torch(act, n, half_exact):
     assert torch.allclose(got, want, atol=2e-5, rtol=1e-4)
     for k in ("x", "kt", "v", "out"):           # the token memory updated the same way
         assert torch.allclose(getattr(lm, k), getattr(lm_t, k), atol=2e-5, rtol=1e-4), k
-    st = lm._native[1]
+    st = lm._native.struct
     # float16 copies exist exactly when every weight is float16-representable
     assert bool(st.wqkv_h) == half_exact and bool(st.w2_h) == half_exact
 
@@ -115,7 +122,7 @@ def test_sliced_mlp_pads_to_16_channels():
     want = _torch_sparse(blk, lm_t, x.clone(), idx)
     got = native_vit.run_layer(blk, lm, x, idx)
     assert got is not None and torch.allclose(got, want, atol=2e-5, rtol=1e-4)
-    assert lm._native[1].hid == kept + (-kept % 16)
+    assert lm._native.struct.hid == kept + (-kept % 16)
 
 
 @needs_kernel
@@ -123,9 +130,9 @@ def test_sliced_mlp_pads_to_16_channels():
 def test_set_budget_keeps_its_slice_and_weight_changes_are_seen():
     blk = _block(gated=True)
     blk.set_budget(0.5)
-    first = blk._slice
+    first = blk.mlp_slice
     blk.set_budget(0.5)
-    assert blk._slice is first                   # the kernel's packed copy stays valid
+    assert blk.mlp_slice is first                   # the kernel's packed copy stays valid
     lm = _memory(blk)
     idx, x = torch.tensor([0, 7]), torch.randn(2, 32)
     a = native_vit.run_layer(blk, _clone(lm), x, idx)
@@ -143,7 +150,7 @@ def test_fallbacks_write_nothing():
     lm = _memory(blk)
     before = _clone(lm)
     idx, x = torch.tensor([1, 2]), torch.randn(2, 32)
-    assert native_vit.run_layer(blk, lm, x, idx) is None          # autograd recording: PyTorch path
+    assert native_vit.run_layer(blk, lm, x, idx) is None      # autograd recording: PyTorch path
     with torch.no_grad():
         assert native_vit.run_layer(blk, lm, x.double(), idx) is None
         odd = Block(24, 2, 4, "relu").eval()                        # head dim 12: not the kernel's
@@ -166,10 +173,10 @@ def test_vit_passes_match_between_backends():
     e2[idx] += torch.randn(len(idx), 32)
     outs = {}
     for nat in (True, False):
-        vit.native = nat
-        mem = vit.new_memory()
-        d = vit.dense_infer(e, mem)
-        s, counts = vit.sparse_infer(e2, idx, mem, [0.0, 0.3, 0.3])
+        set_native(vit, nat)
+        mem = new_memory(vit)
+        d = dense_infer(vit, e, mem)
+        s, counts = sparse_infer(vit, e2, idx, mem, [0.0, 0.3, 0.3])
         outs[nat] = (d, s, counts, [m.kt.clone() for m in mem])
     assert torch.allclose(outs[True][0], outs[False][0], atol=1e-4)
     assert torch.allclose(outs[True][1], outs[False][1], atol=1e-4)
@@ -183,12 +190,13 @@ def test_engine_results_match_between_backends():
     m, _ = tiny_model()
     runs = {}
     for nat in (True, False):
-        m.vit.native = nat
+        set_native(m.vit, nat)
         eng = StreamingCaptioner(m, sparse=True, refresh_period=4)
         runs[nat] = [eng.process(moving_blob(f)) for f in range(8)]
-    m.vit.native = True
+    set_native(m.vit, True)
     for a, b in zip(runs[True], runs[False]):
-        assert (a.label, a.text, a.active_tokens, a.refreshed) == (b.label, b.text, b.active_tokens, b.refreshed)
+        assert ((a.label, a.text, a.active_tokens, a.refreshed)
+                == (b.label, b.text, b.active_tokens, b.refreshed))
 
 
 @needs_kernel
@@ -200,7 +208,7 @@ def test_sparse_passes_renormalise_only_recomputed_tokens_and_stay_exact():
     cfg = ModelConfig(dim=32, heads=2, depth=2)
     torch.manual_seed(3)
     vit = SparseViT(cfg).eval()
-    mem, ref = vit.new_memory(), vit.new_memory()
+    mem, ref = new_memory(vit), new_memory(vit)
     g = torch.Generator().manual_seed(4)
     e = torch.randn(cfg.num_tokens, 32, generator=g)
 
@@ -211,10 +219,10 @@ def test_sparse_passes_renormalise_only_recomputed_tokens_and_stay_exact():
         e[idx] += torch.randn(len(idx), 32, generator=g)
         outs = []
         for m, nat in ((mem, native), (ref, False)):
-            vit.native = nat
-            outs.append(vit.dense_infer(e, m, inplace=True) if dense
-                        else vit.sparse_infer(e, idx, m, [], inplace=True)[0])
-        vit.native = True
+            set_native(vit, nat)
+            outs.append(dense_infer(vit, e, m, inplace=True) if dense
+                        else sparse_infer(vit, e, idx, m, [], inplace=True)[0])
+        set_native(vit, True)
         assert outs[0] is mem[-1].vis and mem[-1].vis_ok
         assert torch.allclose(outs[0], vit.ln(mem[-1].out), atol=1e-5)
         assert torch.allclose(outs[0], outs[1], atol=1e-4)
@@ -240,16 +248,16 @@ def test_passes_return_a_copy_unless_inplace():
     vit = SparseViT(cfg).eval()
     e = torch.randn(cfg.num_tokens, 32)
     for nat in (True, False):
-        vit.native = nat
-        mem = vit.new_memory()
-        first = vit.dense_infer(e, mem)
+        set_native(vit, nat)
+        mem = new_memory(vit)
+        first = dense_infer(vit, e, mem)
         kept = first.clone()
-        again = vit.sparse_infer(e * 2, torch.tensor([1, 2, 3]), mem, [])[0]
+        again = sparse_infer(vit, e * 2, torch.tensor([1, 2, 3]), mem, [])[0]
         assert first is not mem[-1].vis and again is not mem[-1].vis
         assert torch.equal(first, kept) and not torch.equal(again, kept)
-        shared = vit.sparse_infer(e * 3, torch.tensor([4, 5]), mem, [], inplace=True)[0]
+        shared = sparse_infer(vit, e * 3, torch.tensor([4, 5]), mem, [], inplace=True)[0]
         assert shared is mem[-1].vis
-    vit.native = True
+    set_native(vit, True)
 
 
 @needs_kernel
@@ -257,7 +265,6 @@ def test_passes_return_a_copy_unless_inplace():
 def test_a_new_anc_budget_rebuilds_the_cached_pass():
     """An ANC branch's channel slice (set_budget) is part of the cached native plan: a new budget
     makes it stale, and the pass then matches the PyTorch path at the new budget."""
-    from edge_vlm.model.anc import BranchViT
     cfg = ModelConfig(dim=32, heads=2, depth=2)
     torch.manual_seed(6)
     vit = BranchViT(cfg, depth=2, mlp_ratio=4, temperature=0.05).eval()
@@ -267,11 +274,11 @@ def test_a_new_anc_budget_rebuilds_the_cached_pass():
     for beta in (0.9, 0.3):
         vit.set_budget(beta)
         for nat in (True, False):
-            vit.native = nat
-            mem = outs.setdefault(nat, vit.new_memory())
-            vit.dense_infer(e, mem)
-            outs[nat, beta] = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
-        vit.native = True
+            set_native(vit, nat)
+            mem = outs.setdefault(nat, new_memory(vit))
+            dense_infer(vit, e, mem)
+            outs[nat, beta] = sparse_infer(vit, e * 1.5, idx, mem, [])[0]
+        set_native(vit, True)
         assert torch.allclose(outs[True, beta], outs[False, beta], atol=1e-4)
     assert not torch.allclose(outs[True, 0.9], outs[True, 0.3])
 
@@ -290,26 +297,26 @@ def test_whole_pass_sees_weight_and_memory_changes():
     def both():
         out = {}
         for nat in (True, False):
-            vit.native = nat
-            mem = vit.new_memory()
-            vit.dense_infer(e, mem)
-            out[nat] = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
-        vit.native = True
+            set_native(vit, nat)
+            mem = new_memory(vit)
+            dense_infer(vit, e, mem)
+            out[nat] = sparse_infer(vit, e * 1.5, idx, mem, [])[0]
+        set_native(vit, True)
         return out
 
     a = both()
     assert torch.allclose(a[True], a[False], atol=1e-4)
-    mem = vit.new_memory()
-    vit.dense_infer(e, mem)
-    before = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
+    mem = new_memory(vit)
+    dense_infer(vit, e, mem)
+    before = sparse_infer(vit, e * 1.5, idx, mem, [])[0]
     vit.blocks[1].proj.weight.mul_(2.0)
-    after = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
-    vit.native = False
-    want = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
-    vit.native = True
+    after = sparse_infer(vit, e * 1.5, idx, mem, [])[0]
+    set_native(vit, False)
+    want = sparse_infer(vit, e * 1.5, idx, mem, [])[0]
+    set_native(vit, True)
     assert not torch.allclose(before, after) and torch.allclose(after, want, atol=1e-4)
     mem[1].kt = mem[1].kt.clone()                  # a replaced memory tensor: new pointers
-    again = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
+    again = sparse_infer(vit, e * 1.5, idx, mem, [])[0]
     assert torch.allclose(again, want, atol=1e-4)
 
 
@@ -323,29 +330,31 @@ def test_shared_version_counter_keeps_the_model_and_sees_every_change():
     sd = {k: v.clone() for k, v in vit.state_dict().items()}
     old = list(vit.parameters())
     assert native_vit.share_version_counter(vit)
-    assert list(vit.state_dict()) == list(sd) and all(torch.equal(vit.state_dict()[k], v) for k, v in sd.items())
-    assert all(a is not b and a.requires_grad == b.requires_grad for a, b in zip(vit.parameters(), old))
+    assert list(vit.state_dict()) == list(sd)
+    assert all(torch.equal(vit.state_dict()[k], v) for k, v in sd.items())
+    assert all(a is not b and a.requires_grad == b.requires_grad
+               for a, b in zip(vit.parameters(), old))
     shared = vit.__dict__["_native_shared"]
     assert "_native_shared" not in dict(vit.named_parameters())
     e = torch.randn(cfg.num_tokens, 32)
     idx = torch.tensor([1, 9, 30])
 
     with torch.no_grad():
-        mem = vit.new_memory()
-        vit.dense_infer(e, mem)
+        mem = new_memory(vit)
+        dense_infer(vit, e, mem)
 
     def step(native=True):
         """The same sparse step on the same memory (recomputing the same tokens is idempotent)."""
-        vit.native = native
+        set_native(vit, native)
         with torch.no_grad():
-            out = vit.sparse_infer(e * 1.5, idx, mem, [])[0]
-        vit.native = True
+            out = sparse_infer(vit, e * 1.5, idx, mem, [])[0]
+        set_native(vit, True)
         return out
 
     before = step()
     v0 = shared._version
     with torch.no_grad():
-        vit.blocks[0].mlp[2].bias.add_(torch.linspace(-1, 1, 32))   # a weight far from the shared one
+        vit.blocks[0].mlp[2].bias.add_(torch.linspace(-1, 1, 32))  # far from the shared one
     assert shared._version > v0
     after = step()
     assert not torch.allclose(before, after) and torch.allclose(after, step(False), atol=1e-4)
@@ -371,11 +380,9 @@ def test_shared_version_counter_leaves_odd_models_alone():
     assert "_native_shared" not in vit.__dict__ and "_native_shared" not in half.__dict__
 
 
-def test_loaded_checkpoints_share_one_version_counter_per_encoder(tmp_path):
-    from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
-
+def test_loaded_models_share_one_version_counter_per_encoder(tmp_path):
     m, _ = tiny_model()
     save_checkpoint(str(tmp_path / "m.pt"), m)
-    loaded, _ = load_checkpoint(str(tmp_path / "m.pt"))
+    loaded, _ = load_model(str(tmp_path / "m.pt"))
     vits = [x for x in loaded.modules() if isinstance(x, SparseViT)]
     assert vits and all("_native_shared" in v.__dict__ for v in vits)

@@ -1,7 +1,7 @@
 """Each node alone, in its own process, driven by a test node in this process.
 
 The launch_pytest shape without ``launch``: the node processes are started
-with the same command lines the runner uses (``edge_vlm_ros.runner.node_command``),
+with the same command lines the runner uses (``edge_vlm_tools.runner.node_command``),
 every node gets its own input topics (remapped) so the nodes do not feed each
 other, and all assertions wait with timeouts. The module uses its own
 ROS_DOMAIN_ID. An unbuilt workspace is a failure (WorkspaceNotBuilt), not a skip.
@@ -18,7 +18,8 @@ import pytest
 
 import rosenv
 
-PKGS = ("edge_vlm_msgs", "event_camera_msgs", "edge_vlm_ros", "sttf_perception", "anc_router", "vlm_captioner")
+PKGS = ("edge_vlm_msgs", "event_camera_msgs", "edge_vlm_ros", "edge_vlm_tools", "sttf_perception",
+        "anc_router", "vlm_captioner")
 DOMAIN = 1 + os.getpid() % 115                    # test_integration uses 116..230
 P = 33_333_333                                    # frame period of the default parameters (ns)
 K0 = 3000                                         # first frame index of the synthetic stream
@@ -40,7 +41,8 @@ def make_test_checkpoint(path: str) -> str:
     import torch
 
     from edge_vlm.model.anc import AncModel
-    from edge_vlm.model.sttf import CaptionModel, ModelConfig
+    from edge_vlm.model.config import ModelConfig
+    from edge_vlm.model.sttf import CaptionModel
     from edge_vlm.model.checkpoint import save_checkpoint
     from edge_vlm.model.tokenizer import Tokenizer
 
@@ -66,7 +68,8 @@ def make_test_checkpoint(path: str) -> str:
     return path
 
 
-def blob_events(k: int, n: int = 600, x0: int = 20, y0: int = 40, size: int = 16, seed: int = 0) -> np.ndarray:
+def blob_events(k: int, n: int = 600, x0: int = 20, y0: int = 40, size: int = 16,
+                seed: int = 0) -> np.ndarray:
     """``n`` events of a square blob moving right, inside frame ``k``, time sorted."""
     from edge_vlm.events import make_events
 
@@ -119,19 +122,22 @@ class Harness:
 
         def ready():
             if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"{proc.name} exited with {proc.returncode}:\n{proc.output()[-3000:]}")
+                raise AssertionError(f"{proc.name} exited with {proc.returncode}:\n"
+                                     f"{proc.output()[-3000:]}")
             return pub.get_subscription_count() >= 1
 
         self.spin_until(ready, timeout, f"a subscriber on {topic}")
         self.spin_for(0.3)   # let the subscriber side match too
 
     def send_packet(self, topic: str, *, events=None, time_base: int = 0, encoding: str = "mono",
-                    width: int = W, height: int = H, payload: bytes | None = None, seq: int | None = None):
+                    width: int = W, height: int = H, payload: bytes | None = None,
+                    seq: int | None = None):
         from edge_vlm.io.codecs.mono import encode_mono
-        from edge_vlm_ros.common import QOS_SENSOR, ns_to_time
+        from edge_vlm_ros.conversions import ns_to_time
+        from edge_vlm_ros.qos import SENSOR
         from event_camera_msgs.msg import EventPacket
 
-        pub = self.publisher(EventPacket, topic, QOS_SENSOR)
+        pub = self.publisher(EventPacket, topic, SENSOR)
         s = self.seq.get(topic, 0) if seq is None else seq
         self.seq[topic] = s + 1
         m = EventPacket()
@@ -149,7 +155,8 @@ class Harness:
 
     def send_frames(self, topic: str, k_from: int, k_to: int, n: int = 600, close: bool = True,
                     between=None) -> list[int]:
-        """Events of frames k_from..k_to-1 in two packets per frame; an empty packet closes the last frame.
+        """Events of frames k_from..k_to-1 in two packets per frame; an empty packet closes the
+        last frame.
 
         Returns the header stamps (ns) of the packets sent. ``between(k)`` runs before frame k.
         """
@@ -161,7 +168,7 @@ class Harness:
             half = (k * P + P // 2)
             for lo, hi in ((k * P, half), (half, (k + 1) * P)):
                 part = ev[(ev["t"] >= lo) & (ev["t"] < hi)]
-                m = self.send_packet(topic, events=part, time_base=lo)
+                self.send_packet(topic, events=part, time_base=lo)
                 stamps.append(lo + GOOD_STAMP_OFFSET)
             self.spin_for(0.02)
         if close:
@@ -173,13 +180,14 @@ class NodeProc:
     """One node executable in its own process, output to a log file."""
 
     def __init__(self, package: str, log_dir, params=None, remaps=None, env=None):
-        from edge_vlm_ros.runner import NodeSpec, find_executable, node_command
+        from edge_vlm.cores.graph import NodeSpec
+        from edge_vlm_tools.runner import find_executable, node_command
 
         self.name = package
         self.env = env
         exe = find_executable(package, package, env)
-        self.cmd = node_command(NodeSpec(package, package, package, "", dict(params or {}), dict(remaps or {})),
-                                exe)
+        spec = NodeSpec(package, package, package, "", dict(params or {}), dict(remaps or {}))
+        self.cmd = node_command(spec, exe)
         self.log_path = os.path.join(str(log_dir), f"{package}.log")
         with open(self.log_path, "wb") as out:
             self.proc = subprocess.Popen(self.cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -196,7 +204,7 @@ class NodeProc:
             return fh.read()
 
     def stop(self, timeout: float = 15.0) -> int:
-        from edge_vlm_ros.runner import stop_graph
+        from edge_vlm_tools.runner import stop_graph
         self.proc.name = self.name
         stop_graph([self.proc], timeout)
         return self.proc.returncode
@@ -229,14 +237,19 @@ def nodes(env, harness, checkpoint, tmp_path_factory):
     """The three nodes, isolated on their own input topics, started in parallel."""
     logs = tmp_path_factory.mktemp("logs")
     procs = {
-        "sttf_perception": NodeProc("sttf_perception", logs, {"publish_mask_image": True, "checkpoint": checkpoint},
+        "sttf_perception": NodeProc("sttf_perception", logs,
+                                    {"publish_mask_image": True, "checkpoint": checkpoint},
                                     {"event_camera/events": "/t/sttf/events"}, env),
-        "anc_router": NodeProc("anc_router", logs, {"compute_budget": 1.0, "checkpoint": checkpoint},
+        "anc_router": NodeProc("anc_router", logs,
+                               {"compute_budget": 1.0, "checkpoint": checkpoint},
                                {"event_camera/events": "/t/router/events"}, env),
         "vlm_captioner": NodeProc("vlm_captioner", logs,
-                                  {"checkpoint": checkpoint, "mask_source": "topic", "mask_timeout_ms": 100.0},
-                                  {"event_camera/events": "/t/cap/events", "edge_vlm/token_mask": "/t/cap/mask",
-                                   "edge_vlm/route": "/t/cap/route", "camera/image_raw": "/t/cap/image"}, env),
+                                  {"checkpoint": checkpoint, "mask_source": "topic",
+                                   "mask_timeout_ms": 100.0},
+                                  {"event_camera/events": "/t/cap/events",
+                                   "edge_vlm/token_mask": "/t/cap/mask",
+                                   "edge_vlm/route": "/t/cap/route",
+                                   "camera/image_raw": "/t/cap/image"}, env),
     }
     yield procs
     for p in procs.values():
@@ -252,15 +265,18 @@ def test_perception_publishes_token_masks(harness, nodes):
     from sensor_msgs.msg import Image
 
     from edge_vlm_msgs.msg import TokenMask
-    from edge_vlm_ros.common import QOS_RELIABLE, QOS_SENSOR, time_to_ns
+    from edge_vlm_ros.conversions import time_to_ns
+    from edge_vlm_ros.qos import RELIABLE_10, SENSOR
 
-    masks = harness.collect(TokenMask, "/edge_vlm/token_mask", QOS_RELIABLE)
-    images = harness.collect(Image, "/edge_vlm/change_mask", QOS_SENSOR)
-    harness.send_packet("/t/sttf/events", events=blob_events(0, 0), time_base=(K0 - 10) * P)  # creates the publisher
+    masks = harness.collect(TokenMask, "/edge_vlm/token_mask", RELIABLE_10)
+    images = harness.collect(Image, "/edge_vlm/change_mask", SENSOR)
+    # creates the publisher
+    harness.send_packet("/t/sttf/events", events=blob_events(0, 0), time_base=(K0 - 10) * P)
     harness.wait_subscribers("/t/sttf/events", nodes["sttf_perception"])
     harness.send_frames("/t/sttf/events", K0, K0 + 6)
     want = {(k + 1) * P for k in range(K0, K0 + 6)}
-    harness.spin_until(lambda: want <= {time_to_ns(m.header.stamp) for m in masks}, 15.0, "6 token masks")
+    harness.spin_until(lambda: want <= {time_to_ns(m.header.stamp) for m in masks}, 15.0,
+                       "6 token masks")
     harness.spin_until(lambda: len(images) >= 5, 5.0, "change mask images")
     for m in masks:
         stamp = time_to_ns(m.header.stamp)
@@ -286,26 +302,28 @@ def test_perception_publishes_token_masks(harness, nodes):
 
 def test_perception_rejects_malformed_packets_and_keeps_running(harness, nodes):
     from edge_vlm_msgs.msg import TokenMask
-    from edge_vlm_ros.common import QOS_RELIABLE, time_to_ns
+    from edge_vlm_ros.conversions import time_to_ns
+    from edge_vlm_ros.qos import RELIABLE_10
 
     topic = "/t/sttf/events"
-    masks = harness.collect(TokenMask, "/edge_vlm/token_mask", QOS_RELIABLE)
+    masks = harness.collect(TokenMask, "/edge_vlm/token_mask", RELIABLE_10)
     if topic not in harness.pubs:
         harness.send_packet(topic, events=blob_events(0, 0), time_base=(K0 - 10) * P)
     harness.wait_subscribers(topic, nodes["sttf_perception"])
     k = K0 + 20
     good = blob_events(k)
     tb = k * P
-    harness.send_packet(topic, events=good, time_base=tb, encoding="bogus_enc")                 # unknown encoding
-    harness.send_packet(topic, payload=b"\x01" * 13, time_base=tb)                               # truncated payload
+    harness.send_packet(topic, events=good, time_base=tb, encoding="bogus_enc")  # unknown encoding
+    harness.send_packet(topic, payload=b"\x01" * 13, time_base=tb)              # truncated payload
     bad = good.copy()
     bad["x"][5] = 200
     from edge_vlm.io.codecs.mono import encode_mono
-    harness.send_packet(topic, payload=encode_mono(bad, tb), time_base=tb)                       # x outside 128
-    harness.send_packet(topic, events=good, time_base=tb, width=0, height=0)                     # zero size
+    harness.send_packet(topic, payload=encode_mono(bad, tb), time_base=tb)      # x outside 128
+    harness.send_packet(topic, events=good, time_base=tb, width=0, height=0)    # zero size
     harness.spin_for(0.2)
     proc = nodes["sttf_perception"]
-    harness.spin_until(lambda: proc.output().count("rejected packet seq=") >= 4, 10.0, "4 rejection log lines")
+    harness.spin_until(lambda: proc.output().count("rejected packet seq=") >= 4, 10.0,
+                       "4 rejection log lines")
     assert proc.poll() is None, "node died on malformed input"
     out = proc.output()
     assert "bogus_enc" in out and "truncated" in out and "outside sensor" in out and "0x0" in out
@@ -324,21 +342,24 @@ def test_router_decisions_and_runtime_budget(harness, nodes):
     from rcl_interfaces.srv import SetParameters
 
     from edge_vlm_msgs.msg import RouteDecision
-    from edge_vlm_ros.common import QOS_RELIABLE, time_to_ns
+    from edge_vlm_ros.conversions import time_to_ns
+    from edge_vlm_ros.qos import RELIABLE_10
 
     topic = "/t/router/events"
-    routes = harness.collect(RouteDecision, "/edge_vlm/route", QOS_RELIABLE)
+    routes = harness.collect(RouteDecision, "/edge_vlm/route", RELIABLE_10)
     harness.send_packet(topic, events=blob_events(0, 0), time_base=(K0 - 10) * P)
     harness.wait_subscribers(topic, nodes["anc_router"])
     harness.send_frames(topic, K0, K0 + 4, n=2000)          # the rigged estimator says "medium"
     want = {(k + 1) * P for k in range(K0, K0 + 4)}
-    harness.spin_until(lambda: want <= {time_to_ns(r.header.stamp) for r in routes}, 15.0, "4 route decisions")
+    harness.spin_until(lambda: want <= {time_to_ns(r.header.stamp) for r in routes}, 15.0,
+                       "4 route decisions")
     for r in routes:
         assert list(r.levels) == ["tiny", "small", "medium"]
         assert sum(r.probabilities) == pytest.approx(1.0, abs=1e-4)
         assert r.complexity_level == 2 and 0.0 <= r.complexity_score <= 1.0
         assert r.compute_budget == pytest.approx(1.0)
-        assert list(r.branches_run) == ["medium"] and list(r.branch_weights) == [pytest.approx(1.0)]
+        assert list(r.branches_run) == ["medium"]
+        assert list(r.branch_weights) == [pytest.approx(1.0)]
         assert 0.0 < r.estimated_flops < r.estimated_flops_dense
     assert _grid_ok(time_to_ns(r.header.stamp) for r in routes)
 
@@ -347,8 +368,8 @@ def test_router_decisions_and_runtime_budget(harness, nodes):
 
     def set_param(name, value: float):
         req = SetParameters.Request()
-        req.parameters = [Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
-                                                                    double_value=value))]
+        req.parameters = [Parameter(name=name, value=ParameterValue(
+            type=ParameterType.PARAMETER_DOUBLE, double_value=value))]
         fut = client.call_async(req)
         harness.spin_until(fut.done, 10.0, "SetParameters response")
         return fut.result().results[0]
@@ -375,17 +396,17 @@ def test_captioner_captions_and_costs(harness, nodes):
     from std_msgs.msg import String
 
     from edge_vlm_msgs.msg import Caption, ComputeCost, RouteDecision, TokenMask
-    from edge_vlm_ros.common import QOS_RELIABLE, QOS_RELIABLE_50, QOS_SENSOR, ns_to_time, numpy_to_image, \
-        time_to_ns
+    from edge_vlm_ros.conversions import ns_to_time, numpy_to_image, time_to_ns
+    from edge_vlm_ros.qos import RELIABLE_10, RELIABLE_50, SENSOR
     from sensor_msgs.msg import Image
 
     topic = "/t/cap/events"
-    caps = harness.collect(Caption, "/edge_vlm/caption", QOS_RELIABLE_50)
-    texts = harness.collect(String, "/edge_vlm/caption_text", QOS_RELIABLE_50)
-    costs = harness.collect(ComputeCost, "/edge_vlm/compute_cost", QOS_RELIABLE_50)
-    mask_pub = harness.publisher(TokenMask, "/t/cap/mask", QOS_RELIABLE)
-    route_pub = harness.publisher(RouteDecision, "/t/cap/route", QOS_RELIABLE)
-    image_pub = harness.publisher(Image, "/t/cap/image", QOS_SENSOR)
+    caps = harness.collect(Caption, "/edge_vlm/caption", RELIABLE_50)
+    texts = harness.collect(String, "/edge_vlm/caption_text", RELIABLE_50)
+    costs = harness.collect(ComputeCost, "/edge_vlm/compute_cost", RELIABLE_50)
+    mask_pub = harness.publisher(TokenMask, "/t/cap/mask", RELIABLE_10)
+    route_pub = harness.publisher(RouteDecision, "/t/cap/route", RELIABLE_10)
+    image_pub = harness.publisher(Image, "/t/cap/image", SENSOR)
     harness.send_packet(topic, events=blob_events(0, 0), time_base=(K0 - 10) * P)
     harness.wait_subscribers(topic, nodes["vlm_captioner"], timeout=60.0)
     harness.wait_subscribers("/t/cap/mask", nodes["vlm_captioner"])
@@ -396,7 +417,7 @@ def test_captioner_captions_and_costs(harness, nodes):
 
     def before(k):
         end = (k + 1) * P
-        if k in (k_mask, K0 + 4):          # the mask for this frame arrives before the frame closes
+        if k in (k_mask, K0 + 4):   # the mask for this frame arrives before the frame closes
             m = TokenMask()
             m.header.stamp = ns_to_time(end)
             m.total_tokens, m.grid_width, m.grid_height, m.patch_size = 256, 16, 16, 8
@@ -406,7 +427,8 @@ def test_captioner_captions_and_costs(harness, nodes):
         if k == k_route:
             r = RouteDecision()
             r.header.stamp = ns_to_time(end)
-            r.levels, r.branches_run, r.branch_weights = ["tiny", "small", "medium"], ["small"], [1.0]
+            r.levels = ["tiny", "small", "medium"]
+            r.branches_run, r.branch_weights = ["small"], [1.0]
             route_pub.publish(r)
         if k == k_rgb:
             image_pub.publish(numpy_to_image(np.full((64, 96, 3), 128, np.uint8), "rgb8", end))
@@ -415,12 +437,13 @@ def test_captioner_captions_and_costs(harness, nodes):
     sent = harness.send_frames(topic, K0, K0 + 6, between=before)
     want = [(k + 1) * P for k in range(K0, K0 + 6)]
     harness.spin_until(lambda: set(want) <= {time_to_ns(c.header.stamp) for c in caps}
-                       and set(want) <= {time_to_ns(c.header.stamp) for c in costs}, 30.0, "6 captions + costs")
+                       and set(want) <= {time_to_ns(c.header.stamp) for c in costs}, 30.0,
+                       "6 captions + costs")
     harness.spin_for(0.3)
     by_stamp = {time_to_ns(c.header.stamp): c for c in caps}
     cost_by_stamp = {time_to_ns(c.header.stamp): c for c in costs}
-    assert [time_to_ns(c.header.stamp) for c in caps] == sorted(time_to_ns(c.header.stamp) for c in caps), \
-        "captions out of order"
+    cap_stamps = [time_to_ns(c.header.stamp) for c in caps]
+    assert cap_stamps == sorted(cap_stamps), "captions out of order"
     assert len(texts) >= len(want)
     for k, stamp in zip(range(K0, K0 + 6), want):
         c, cost = by_stamp[stamp], cost_by_stamp[stamp]
@@ -433,20 +456,22 @@ def test_captioner_captions_and_costs(harness, nodes):
         assert {k * P + GOOD_STAMP_OFFSET, k * P + P // 2 + GOOD_STAMP_OFFSET} <= in_stamps
         assert c.input_mode == ("rgb+events" if k == k_rgb else "events")
         assert 0 < cost.active_tokens <= cost.total_tokens == 256
-        # dense reference = Medium-only dense without a router: a dense Medium frame costs the router more
+        # dense reference = Medium-only dense without a router: a dense Medium frame costs the
+        # router more
         assert 0 < cost.flops_executed <= 1.01 * cost.flops_dense
-        assert cost.flops_saved_fraction == pytest.approx(max(0.0, 1 - cost.flops_executed / cost.flops_dense),
-                                                          abs=1e-6)
+        saved = max(0.0, 1 - cost.flops_executed / cost.flops_dense)
+        assert cost.flops_saved_fraction == pytest.approx(saved, abs=1e-6)
         assert len(cost.stage_names) == len(cost.stage_latency_ms)
         assert cost.stage_names[0] == "decode" and cost.stage_names[-1] == "total"
         assert {"encoder", "decoder"} <= set(cost.stage_names)
         assert all(v >= 0.0 for v in cost.stage_latency_ms)
         assert cost.params_active > 0 and cost.compute_budget == pytest.approx(1.0)
-        assert cost.branch == "medium"     # the joint model routes itself (rigged estimator: medium)
+        assert cost.branch == "medium"   # the joint model routes itself (rigged estimator: medium)
     assert (k_rgb + 1) * P in {time_to_ns(s) for s in by_stamp[(k_rgb + 1) * P].input_stamps}
     assert sent  # packet stamps were checked above
 
-    # compute_budget changed on the running node: the published compute cost changes from the next frame
+    # compute_budget changed on the running node: the published compute cost changes from the
+    # next frame
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
 
@@ -464,7 +489,7 @@ def test_captioner_captions_and_costs(harness, nodes):
                        "costs after the budget change")
     cost_by_stamp = {time_to_ns(c.header.stamp): c for c in costs}
     medium = [cost_by_stamp[st] for st in want[1:]]
-    tiny = [cost_by_stamp[st] for st in want2[1:]]      # the first tiny frame is dense (branch switch)
+    tiny = [cost_by_stamp[st] for st in want2[1:]]  # the first tiny frame is dense (branch switch)
     assert all(c.branch == "tiny" and c.compute_budget == pytest.approx(0.3) for c in tiny)
     assert max(c.params_active for c in tiny) < min(c.params_active for c in medium)
     assert np.mean([c.flops_executed for c in tiny]) < np.mean([c.flops_executed for c in medium])
@@ -477,12 +502,12 @@ def test_captioner_captions_and_costs(harness, nodes):
 
 
 def test_captioner_missing_checkpoint_exits_clearly(env, tmp_path):
-    from edge_vlm_ros.runner import find_executable
+    from edge_vlm_tools.runner import find_executable
 
     exe = find_executable("vlm_captioner", "vlm_captioner", env)
     missing = str(tmp_path / "no_such_checkpoint.pt")
-    r = subprocess.run([exe, "--ros-args", "-p", f"checkpoint:={missing}"], env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([exe, "--ros-args", "-p", f"checkpoint:={missing}"], env=env,
+                       capture_output=True, text=True, timeout=60)
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "checkpoint not found" in out and missing in out
@@ -490,17 +515,17 @@ def test_captioner_missing_checkpoint_exits_clearly(env, tmp_path):
 
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    r = subprocess.run([exe, "--ros-args", "-p", f"checkpoint:={corrupt}"], env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([exe, "--ros-args", "-p", f"checkpoint:={corrupt}"], env=env,
+                       capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "cannot load checkpoint" in r.stderr + r.stdout
     assert "Traceback" not in r.stdout + r.stderr
 
 
 def test_invalid_parameter_exits_clearly(env):
-    from edge_vlm_ros.runner import find_executable
+    from edge_vlm_tools.runner import find_executable
 
     exe = find_executable("sttf_perception", "sttf_perception", env)
-    r = subprocess.run([exe, "--ros-args", "-p", "event_count_threshold:=0"], env=env, capture_output=True,
-                       text=True, timeout=60)
+    r = subprocess.run([exe, "--ros-args", "-p", "event_count_threshold:=0"], env=env,
+                       capture_output=True, text=True, timeout=60)
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "event_count_threshold" in out and "Traceback" not in out

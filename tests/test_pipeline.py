@@ -45,7 +45,8 @@ def test_frame_clock_counts_late_events_and_restarts_on_jumps():
 
 
 def test_histogram_and_mask():
-    e = make_events(np.arange(8) * 1000, [0, 1, 2, 3, 9, 9, 9, 9], [0] * 4 + [20] * 4, [1, 0, 1, 0, 1, 1, 1, 1])
+    e = make_events(np.arange(8) * 1000, [0, 1, 2, 3, 9, 9, 9, 9], [0] * 4 + [20] * 4,
+                    [1, 0, 1, 0, 1, 1, 1, 1])
     h = event_histogram(e, 0, 8000, 128, 128)
     assert h.shape == (4, 128, 128) and h.sum() == 8
     assert h[1, 0, 0] == 1 and h[0, 0, 1] == 1 and h[3, 20, 9] == 4   # later half, ON -> channel 3
@@ -54,7 +55,8 @@ def test_histogram_and_mask():
     core = PerceptionCore({"event_count_threshold": 4, "mask_method": "event_count"})
     res = core.process(FrameClock(8000).push(np.concatenate([e, ev([9000])]), 128, 128)[0])
     assert sorted(res.active_indices.tolist()) == [0, 2 * 16 + 1]
-    assert res.mask_image.shape == (128, 128) and res.mask_image[0, 0] == 255 and res.mask_image[100, 100] == 0
+    assert res.mask_image.shape == (128, 128)
+    assert res.mask_image[0, 0] == 255 and res.mask_image[100, 100] == 0
     assert np.all((res.scores > 0) & (res.scores <= 1))
 
 
@@ -66,9 +68,11 @@ def test_scaled_sensor_maps_to_model_grid():
 
 def test_router_levels_and_budget_cap():
     r = RouterCore({"low_density": 0.001, "high_density": 0.01, "router_method": "density"})
-    busy = FrameClock(P).push(ev(np.linspace(0, P - 1, 2000).astype(np.int64).tolist() + [P]), 128, 128)[0]
+    busy_t = np.linspace(0, P - 1, 2000).astype(np.int64).tolist() + [P]
+    busy = FrameClock(P).push(ev(busy_t), 128, 128)[0]
     out = r.process(busy)
-    assert out.level == 2 and out.branches == ["medium"] and abs(out.probabilities.sum() - 1) < 1e-5
+    assert out.level == 2 and out.branches == ["medium"]
+    assert abs(out.probabilities.sum() - 1) < 1e-5
     r.set_budget(0.3)
     assert r.process(busy).branches == ["tiny"]
     r.set_budget(0.6)
@@ -76,16 +80,19 @@ def test_router_levels_and_budget_cap():
 
 
 def test_learned_mask_and_router_cores(tmp_path):
-    """Defaults: the checkpoint's change-mask net (untrained = the count rule) and ANC estimator."""
+    """Defaults: the checkpoint's change-mask net (untrained = the count rule) and ANC
+    estimator."""
     import torch
 
     from edge_vlm.model.anc import AncModel
-    from edge_vlm.model.sttf import CaptionModel, ModelConfig
     from edge_vlm.model.checkpoint import CheckpointError, save_checkpoint
+    from edge_vlm.model.config import ModelConfig
+    from edge_vlm.model.sttf import CaptionModel
     from edge_vlm.model.tokenizer import Tokenizer
 
     torch.manual_seed(0)
-    sttf = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, vocab=Tokenizer.build(["a b"]).vocab))
+    vocab = Tokenizer.build(["a b"]).vocab
+    sttf = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, vocab=vocab))
     joint = AncModel.grow_from(sttf)
     with torch.no_grad():
         joint.estimator.fc.weight.zero_()
@@ -93,14 +100,16 @@ def test_learned_mask_and_router_cores(tmp_path):
     ck, ck_sttf = str(tmp_path / "joint.pt"), str(tmp_path / "sttf.pt")
     save_checkpoint(ck, joint)
     save_checkpoint(ck_sttf, sttf)
-    e = make_events(np.arange(8) * 1000, [0, 1, 2, 3, 9, 9, 9, 9], [0] * 4 + [20] * 4, [1, 0, 1, 0, 1, 1, 1, 1])
+    e = make_events(np.arange(8) * 1000, [0, 1, 2, 3, 9, 9, 9, 9], [0] * 4 + [20] * 4,
+                    [1, 0, 1, 0, 1, 1, 1, 1])
     frame = FrameClock(8000).push(np.concatenate([e, ev([9000])]), 128, 128)[0]
     res = PerceptionCore({"checkpoint": ck}).process(frame)
     assert res.method == "learned" and res.threshold == 0.5
     assert sorted(res.active_indices.tolist()) == [0, 2 * 16 + 1]       # >= 3 events per patch
     r = RouterCore({"checkpoint": ck})
     out = r.process(frame)
-    assert out.level == 2 and out.branches == ["medium"] and 0 < out.est_flops < out.est_flops_dense
+    assert out.level == 2 and out.branches == ["medium"]
+    assert 0 < out.est_flops < out.est_flops_dense
     r.set_budget(0.3)
     assert r.process(frame).branches == ["tiny"]
     with pytest.raises(CheckpointError, match="no ANC complexity estimator"):

@@ -88,9 +88,11 @@ def test_every_class_once():
 
 
 def test_left_vs_right_hand_wave_sides():
-    cx = make_subject(SUBJECT).geometry(W, H)["cx"]
-    right = _signal(simulate_clip(2, SUBJECT, "lab", seed=1, duration_s=0.6, with_frames=False).events)
-    left = _signal(simulate_clip(3, SUBJECT, "lab", seed=1, duration_s=0.6, with_frames=False).events)
+    cx = make_subject(SUBJECT).geometry(W, H).cx
+    right = _signal(simulate_clip(2, SUBJECT, "lab", seed=1, duration_s=0.6,
+                                  with_frames=False).events)
+    left = _signal(simulate_clip(3, SUBJECT, "lab", seed=1, duration_s=0.6,
+                                 with_frames=False).events)
     # the subject's right hand is on the image's LEFT
     assert np.median(right["x"]) < cx - 15
     assert np.median(left["x"]) > cx + 15
@@ -115,7 +117,7 @@ def _angular_slope(ev: np.ndarray, shoulder: np.ndarray) -> float:
 
 
 def test_clockwise_vs_counter_clockwise():
-    shoulders = make_subject(SUBJECT).geometry(W, H)["shoulders"]
+    shoulders = make_subject(SUBJECT).geometry(W, H).shoulders
     slopes = {}
     for label, arm in ((4, 0), (5, 0), (6, 1), (7, 1)):
         ev = simulate_clip(label, SUBJECT, "lab", seed=3, duration_s=1.2, with_frames=False,
@@ -135,7 +137,8 @@ def test_frames_aligned(clip_wave):
     # where the frames change is where the events are (same scene, same time span)
     g = c.frames.astype(float).mean(axis=3)
     changed = np.abs(np.diff(g, axis=0)).max(axis=0) > 25
-    ev = c.events[(c.events["t"] >= c.frame_stamps_ns[0]) & (c.events["t"] < c.frame_stamps_ns[-1])]
+    ev = c.events[(c.events["t"] >= c.frame_stamps_ns[0])
+                  & (c.events["t"] < c.frame_stamps_ns[-1])]
     active = _count_map(ev) >= 3
     assert changed.sum() > 100 and active.sum() > 100
     assert (changed & active).sum() > 0.8 * changed.sum()
@@ -143,7 +146,7 @@ def test_frames_aligned(clip_wave):
 
 
 def test_lighting_noise_and_flicker():
-    n = {l: simulate_static(2, l, seed=0, duration_s=0.5) for l in LIGHTING_NAMES}
+    n = {light: simulate_static(2, light, seed=0, duration_s=0.5) for light in LIGHTING_NAMES}
     assert len(n["natural"]) > 3 * len(n["lab"])        # dim: more background activity
     assert len(n["fluorescent"]) > 2 * len(n["lab"])    # 100 Hz flicker creates events
     fl = n["fluorescent"]
@@ -152,8 +155,10 @@ def test_lighting_noise_and_flicker():
 
 
 def test_speed_and_motion_attributes():
-    slow = simulate_clip(1, SUBJECT, "lab", seed=2, duration_s=0.6, with_frames=False, speed="slow")
-    fast = simulate_clip(4, SUBJECT, "lab", seed=2, duration_s=0.6, with_frames=False, speed="fast")
+    slow = simulate_clip(1, SUBJECT, "lab", seed=2, duration_s=0.6, with_frames=False,
+                         speed="slow")
+    fast = simulate_clip(4, SUBJECT, "lab", seed=2, duration_s=0.6, with_frames=False,
+                         speed="fast")
     assert slow.attributes["speed"] == "slow" and slow.attributes["motion"] == "low"
     assert fast.attributes["speed"] == "fast" and fast.attributes["motion"] == "high"
     assert "slowly" in slow.caption and "quickly" in fast.caption
@@ -164,7 +169,8 @@ def test_canonical_caption_template():
     attrs = {"size": "tall", "position": "left", "speed": "fast"}
     assert canonical_caption(2, attrs) == "a tall person on the left waves the right hand quickly"
     attrs = {"size": "medium", "position": "center", "speed": "normal"}
-    assert canonical_caption(4, attrs) == "a person in the center rotates the right arm clockwise at a steady pace"
+    assert canonical_caption(4, attrs) == ("a person in the center rotates the right arm "
+                                           "clockwise at a steady pace")
 
 
 def test_recording():

@@ -14,7 +14,8 @@ setup(
     zip_safe=False,
     maintainer="edge_vlm maintainers",
     maintainer_email="maintainers@edge-vlm.dev",
-    description="Event frames to complexity level to route decision (ANC router node of edge_vlm).",
+    description="Event frames to complexity level to route decision (ANC router node of "
+                "edge_vlm).",
     license="Apache-2.0",
     # the node executable is named like the package: install/anc_router/lib/anc_router/anc_router
     entry_points={"console_scripts": ["anc_router = anc_router.node:main"]},

@@ -16,6 +16,7 @@ setup(
     maintainer_email="maintainers@edge-vlm.dev",
     description="Event frames to change mask / token mask (STTF perception node of edge_vlm).",
     license="Apache-2.0",
-    # the node executable is named like the package: install/sttf_perception/lib/sttf_perception/sttf_perception
+    # the node executable is named like the package:
+    # install/sttf_perception/lib/sttf_perception/sttf_perception
     entry_points={"console_scripts": ["sttf_perception = sttf_perception.node:main"]},
 )

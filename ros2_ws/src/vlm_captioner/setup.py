@@ -14,8 +14,10 @@ setup(
     zip_safe=False,
     maintainer="edge_vlm maintainers",
     maintainer_email="maintainers@edge-vlm.dev",
-    description="Token memory and captioning model to captions and compute cost (captioner node of edge_vlm).",
+    description="Token memory and captioning model to captions and compute cost (captioner "
+                "node of edge_vlm).",
     license="Apache-2.0",
-    # the node executable is named like the package: install/vlm_captioner/lib/vlm_captioner/vlm_captioner
+    # the node executable is named like the package:
+    # install/vlm_captioner/lib/vlm_captioner/vlm_captioner
     entry_points={"console_scripts": ["vlm_captioner = vlm_captioner.node:main"]},
 )

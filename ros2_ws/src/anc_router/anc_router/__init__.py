@@ -1,1 +1,2 @@
-"""anc_router: event frames -> complexity level -> route decision (thin node around edge_vlm.pipeline.RouterCore)."""
+"""anc_router: event frames -> complexity level -> route decision (thin node around
+edge_vlm.cores.router.RouterCore)."""

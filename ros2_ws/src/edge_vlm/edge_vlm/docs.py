@@ -1,4 +1,5 @@
-"""Markdown for the README, generated from the single sources of truth (tests check it is in sync)."""
+"""Markdown for the README, generated from the single sources of truth (tests check it is in
+sync)."""
 from __future__ import annotations
 
 from edge_vlm.params import NODE_PARAMS

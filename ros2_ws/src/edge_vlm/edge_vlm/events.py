@@ -48,20 +48,37 @@ def concat_events(chunks) -> np.ndarray:
     return np.concatenate(chunks).astype(EVENT_DTYPE, copy=False)
 
 
-def check_coordinates(x_max: int, y_max: int, width: int, height: int, what: str = "") -> None:
+def _num(v: int | None) -> str:
+    return "?" if v is None else str(v)
+
+
+def _size(width: int | None, height: int | None) -> str:
+    return f"{_num(width)}x{_num(height)}"
+
+
+def check_coordinates(x_max: int | None, y_max: int | None, width: int | None,
+                      height: int | None, what: str = "") -> None:
     """The one coordinate rule of the project: raise :class:`EventDecodeError` when the sensor
     size is not positive or the largest column / row (``x_max``, ``y_max``; -1 for no events)
-    falls outside it. ``what`` prefixes the message (e.g. ``"mono: "``)."""
-    if width <= 0 or height <= 0:
-        raise EventDecodeError(f"{what}invalid sensor size {width}x{height}")
-    if x_max >= width or y_max >= height:
-        raise EventDecodeError(f"{what}event coordinates outside sensor {width}x{height} "
-                               f"(max x={x_max}, max y={y_max})")
+    falls outside it. A ``width`` / ``height`` of None leaves that axis unchecked (its maximum
+    may then be None too). ``what`` prefixes the message (e.g. ``"mono: "``)."""
+    if (width is not None and width <= 0) or (height is not None and height <= 0):
+        raise EventDecodeError(f"{what}invalid sensor size {_size(width, height)}")
+    if (width is not None and x_max >= width) or (height is not None and y_max >= height):
+        raise EventDecodeError(f"{what}event coordinates outside sensor {_size(width, height)} "
+                               f"(max x={_num(x_max)}, max y={_num(y_max)})")
 
 
-def check_in_sensor(ev: np.ndarray, width: int, height: int, what: str = "") -> None:
+def check_xy(x: np.ndarray, y: np.ndarray, width: int | None, height: int | None,
+             what: str = "") -> None:
+    """:func:`check_coordinates` of coordinate arrays (an axis' maximum is taken only when
+    that axis is checked)."""
+    x_max = (int(x.max()) if x.size else -1) if width is not None else None
+    y_max = (int(y.max()) if y.size else -1) if height is not None else None
+    check_coordinates(x_max, y_max, width, height, what)
+
+
+def check_in_sensor(ev: np.ndarray, width: int | None, height: int | None,
+                    what: str = "") -> None:
     """:func:`check_coordinates` of an event array."""
-    if len(ev):
-        check_coordinates(int(ev["x"].max()), int(ev["y"].max()), width, height, what)
-    else:
-        check_coordinates(-1, -1, width, height, what)
+    check_xy(ev["x"], ev["y"], width, height, what)

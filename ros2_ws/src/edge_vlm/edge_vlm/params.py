@@ -33,7 +33,8 @@ class ParamSpec:
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
             raise ValueError(f"parameter '{self.name}' must be {want.__name__}, got {value!r}")
         if self.choices and value not in self.choices:
-            raise ValueError(f"parameter '{self.name}' must be one of {list(self.choices)}, got {value!r}")
+            raise ValueError(f"parameter '{self.name}' must be one of {list(self.choices)}, got "
+                             f"{value!r}")
         if self.min_value is not None and value < self.min_value:
             raise ValueError(f"parameter '{self.name}' must be >= {self.min_value}, got {value!r}")
         if self.max_value is not None and value > self.max_value:
@@ -42,117 +43,162 @@ class ParamSpec:
 
 
 _COMMON = (
-    ParamSpec("frame_period_ms", 33.333333, "Length of one processing frame in sensor time (ms). All nodes cut "
-              "the event stream on the same absolute grid k*period, so their outputs share stamps.",
+    ParamSpec("frame_period_ms", 33.333333,
+              "Length of one processing frame in sensor time (ms). All nodes cut the event stream "
+              "on the same absolute grid k*period, so their outputs share stamps.",
               read_only=True, min_value=1.0, max_value=1000.0),
-    ParamSpec("model_width", 128, "Width of the model's input grid (px). Sensors of another size are "
-              "rescaled by integer coordinate scaling x*model_width//sensor_width.", read_only=True,
+    ParamSpec("model_width", 128,
+              "Width of the model's input grid (px). Sensors of another size are rescaled by "
+              "integer coordinate scaling x*model_width//sensor_width.",
+              read_only=True,
               min_value=16, max_value=1024),
-    ParamSpec("model_height", 128, "Height of the model's input grid (px); see model_width.", read_only=True,
+    ParamSpec("model_height", 128, "Height of the model's input grid (px); see model_width.",
+              read_only=True,
               min_value=16, max_value=1024),
-    ParamSpec("patch_size", 8, "Side of one square patch/token in model pixels (128/8 -> 16x16 = 256 tokens).",
+    ParamSpec("patch_size", 8,
+              "Side of one square patch/token in model pixels (128/8 -> 16x16 = 256 tokens).",
               read_only=True, min_value=2, max_value=64),
 )
 
 _MASK = (
-    ParamSpec("mask_method", "learned", "Change mask: 'learned' (the checkpoint's change-mask conv net on the "
-              "event histogram) or 'event_count' (rule fallback: a patch changed when it has at least "
+    ParamSpec("mask_method", "learned",
+              "Change mask: 'learned' (the checkpoint's change-mask conv net on the event "
+              "histogram) or 'event_count' (rule fallback: a patch changed when it has at least "
               "event_count_threshold events in the frame).", choices=("learned", "event_count")),
-    ParamSpec("event_count_threshold", 3, "Rule fallback (mask_method = event_count): events a patch needs in "
-              "one frame to count as changed; sparser patches are treated as empty (noise filter).",
+    ParamSpec("event_count_threshold", 3,
+              "Rule fallback (mask_method = event_count): events a patch needs in one frame to "
+              "count as changed; sparser patches are treated as empty (noise filter).",
               min_value=1, max_value=10000),
-    ParamSpec("checkpoint", "", "Path of the STTF checkpoint (change-mask net and captioner); empty = the "
-              "checkpoint shipped with edge_vlm (edge_vlm/checkpoints/captioner.pt).", read_only=True),
+    ParamSpec("checkpoint", "",
+              "Path of the STTF checkpoint (change-mask net and captioner); empty = the "
+              "checkpoint shipped with edge_vlm (edge_vlm/checkpoints/captioner.pt).",
+              read_only=True),
 )
 
 NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
     "sttf_perception": _COMMON + _MASK + (
-        ParamSpec("publish_mask_image", True, "Also publish the change mask as a mono8 image (255 = active patch)."),
+        ParamSpec("publish_mask_image", True,
+                  "Also publish the change mask as a mono8 image (255 = active patch)."),
     ),
     "anc_router": _COMMON + (
-        ParamSpec("router_method", "learned", "'learned': the checkpoint's ANC complexity estimator (conv net on "
-                  "the event histogram) and hard routing, as the captioner routes; 'density': rule fallback on "
-                  "the event density (low_density / high_density).", choices=("learned", "density")),
-        ParamSpec("checkpoint", "", "Path of the joint STTF+ANC checkpoint (router_method = learned); empty = "
-                  "the checkpoint shipped with edge_vlm.", read_only=True),
-        ParamSpec("compute_budget", 1.0, "Compute budget in (0, 1]: 1 allows the largest branch; lower values "
-                  "cap the routed branch and scale the channel gates. Can be changed at runtime.",
+        ParamSpec("router_method", "learned",
+                  "'learned': the checkpoint's ANC complexity estimator (conv net on the event "
+                  "histogram) and hard routing, as the captioner routes; 'density': rule fallback "
+                  "on the event density (low_density / high_density).",
+                  choices=("learned", "density")),
+        ParamSpec("checkpoint", "",
+                  "Path of the joint STTF+ANC checkpoint (router_method = learned); empty = the "
+                  "checkpoint shipped with edge_vlm.", read_only=True),
+        ParamSpec("compute_budget", 1.0,
+                  "Compute budget in (0, 1]: 1 allows the largest branch; lower values cap the "
+                  "routed branch and scale the channel gates. Can be changed at runtime.",
                   min_value=0.01, max_value=1.0),
-        ParamSpec("low_density", 0.002, "router_method = density: events per pixel per frame below which a "
-                  "frame is level 0 (tiny).",
+        ParamSpec("low_density", 0.002,
+                  "router_method = density: events per pixel per frame below which a frame is "
+                  "level 0 (tiny).",
                   min_value=0.0),
-        ParamSpec("high_density", 0.02, "router_method = density: events per pixel per frame above which a "
-                  "frame is level 2 (medium).",
+        ParamSpec("high_density", 0.02,
+                  "router_method = density: events per pixel per frame above which a frame is "
+                  "level 2 (medium).",
                   min_value=0.0),
     ),
     "vlm_captioner": _COMMON + _MASK + (
-        ParamSpec("mask_source", "topic", "'topic': use sttf_perception's TokenMask for the same frame (falls "
-                  "back to a locally computed mask after mask_timeout_ms); 'local': always compute it here.",
+        ParamSpec("mask_source", "topic",
+                  "'topic': use sttf_perception's TokenMask for the same frame (falls back to a "
+                  "locally computed mask after mask_timeout_ms); 'local': always compute it here.",
                   choices=("topic", "local")),
-        ParamSpec("mask_timeout_ms", 150.0, "How long a closed frame waits for its TokenMask before the local "
-                  "mask is used (counted in diagnostics).", min_value=0.0, max_value=10000.0),
-        ParamSpec("use_rgb", "auto", "'auto': fuse RGB frames when they arrive on the image topic; 'never': "
-                  "events only; 'always': wait for an RGB frame for every processed frame.",
+        ParamSpec("mask_timeout_ms", 150.0,
+                  "How long a closed frame waits for its TokenMask before the local mask is used "
+                  "(counted in diagnostics).", min_value=0.0, max_value=10000.0),
+        ParamSpec("use_rgb", "auto",
+                  "'auto': fuse RGB frames when they arrive on the image topic; 'never': events "
+                  "only; 'always': wait for an RGB frame for every processed frame.",
                   choices=("auto", "never", "always")),
-        ParamSpec("refresh_period", 30, "Dense encoder pass over all tokens every N frames (0 = never); "
-                  "the sparse frames in between recompute only the changed tokens.", min_value=0),
-        ParamSpec("drift_bound", 0.0, "Also run a dense pass when the memory change accumulated by sparse "
-                  "frames since the last dense pass exceeds this fraction of the memory's norm (0 = off).",
+        ParamSpec("refresh_period", 30,
+                  "Dense encoder pass over all tokens every N frames (0 = never); the sparse "
+                  "frames in between recompute only the changed tokens.", min_value=0),
+        ParamSpec("drift_bound", 0.0,
+                  "Also run a dense pass when the memory change accumulated by sparse frames "
+                  "since the last dense pass exceeds this fraction of the memory's norm (0 = "
+                  "off).",
                   min_value=0.0),
-        ParamSpec("layer_threshold_scale", 1.0, "Scale of the per-layer gate thresholds stored in the "
-                  "checkpoint (a token is propagated through layer l only while its input moved more than "
-                  "the threshold from its last propagated value); 0 = propagate every changed token.",
+        ParamSpec("layer_threshold_scale", 1.0,
+                  "Scale of the per-layer gate thresholds stored in the checkpoint (a token is "
+                  "propagated through layer l only while its input moved more than the threshold "
+                  "from its last propagated value); 0 = propagate every changed token.",
                   min_value=0.0),
-        ParamSpec("decoding", "greedy", "Caption decoding: 'greedy' or 'beam'.", choices=("greedy", "beam")),
+        ParamSpec("decoding", "greedy", "Caption decoding: 'greedy' or 'beam'.",
+                  choices=("greedy", "beam")),
         ParamSpec("beam_size", 3, "Beam width when decoding = 'beam'.", min_value=1, max_value=16),
-        ParamSpec("max_caption_tokens", 20, "Longest caption in tokens.", min_value=1, max_value=64),
-        ParamSpec("caption_period", 1, "Run the text decoder every N frames (and whenever the recognised "
-                  "gesture changes or the memory is refreshed); frames in between republish the last text "
-                  "and report zero decoder FLOPs. Gesture and compute cost are computed every frame. "
-                  "1 = decode every frame.", min_value=1, max_value=1000),
-        ParamSpec("caption_reuse_threshold", 0.05, "Republish the last text instead of decoding when the fused "
-                  "vision prefix moved less than this (relative L2) from the prefix that text was decoded from "
-                  "(the gate compares with the last decoded prefix, so slow drift still re-decodes), unless the "
-                  "gesture or the decoder pathway changed. 0 = decode whenever caption_period says so.",
+        ParamSpec("max_caption_tokens", 20, "Longest caption in tokens.", min_value=1,
+                  max_value=64),
+        ParamSpec("caption_period", 1,
+                  "Run the text decoder every N frames (and whenever the recognised gesture "
+                  "changes or the memory is refreshed); frames in between republish the last text "
+                  "and report zero decoder FLOPs. Gesture and compute cost are computed every "
+                  "frame. 1 = decode every frame.", min_value=1, max_value=1000),
+        ParamSpec("caption_reuse_threshold", 0.05,
+                  "Republish the last text instead of decoding when the fused vision prefix moved "
+                  "less than this (relative L2) from the prefix that text was decoded from (the "
+                  "gate compares with the last decoded prefix, so slow drift still re-decodes), "
+                  "unless the gesture or the decoder pathway changed. 0 = decode whenever "
+                  "caption_period says so.",
                   min_value=0.0, max_value=1.0),
-        ParamSpec("compute_budget", 1.0, "Compute budget in (0, 1] of the joint STTF+ANC model: caps the routed "
-                  "branch (<= 1/3 tiny, <= 2/3 small) and slices the channel gates; published with every compute "
-                  "cost. Can be changed at runtime (next frame).", min_value=0.01, max_value=1.0),
-        ParamSpec("num_threads", 1, "torch intra-op threads of the model.", min_value=1, max_value=64),
-        ParamSpec("max_pending_frames", 30, "Backpressure: most closed frames waiting for the model; when "
-                  "full the oldest are dropped (counted in diagnostics) and the next processed frame is a "
-                  "dense token refresh. Can be changed at runtime.", min_value=1, max_value=10000),
+        ParamSpec("compute_budget", 1.0,
+                  "Compute budget in (0, 1] of the joint STTF+ANC model: caps the routed branch "
+                  "(<= 1/3 tiny, <= 2/3 small) and slices the channel gates; published with every "
+                  "compute cost. Can be changed at runtime (next "
+                  "frame).", min_value=0.01, max_value=1.0),
+        ParamSpec("num_threads", 1, "torch intra-op threads of the model.", min_value=1,
+                  max_value=64),
+        ParamSpec("max_pending_frames", 30,
+                  "Backpressure: most closed frames waiting for the model; when full the oldest "
+                  "are dropped (counted in diagnostics) and the next processed frame is a dense "
+                  "token refresh. Can be changed at runtime.", min_value=1, max_value=10000),
     ),
 
-    # ---- live sources (edge_vlm_ros camera_*.py): not part of config/graph.yaml's processing graph
+    # ---- live sources (package edge_vlm_cameras): not part of graph.yaml's processing graph
     "camera_dv": (
-        ParamSpec("serial_number", "", "iniVation camera to open (serial number); empty = the first one found.",
+        ParamSpec("serial_number", "",
+                  "iniVation camera to open (serial number); empty = the first one found.",
                   read_only=True),
-        ParamSpec("aedat4_file", "", "Replay this AEDAT4 recording instead of a live camera (empty = live).",
+        ParamSpec("aedat4_file", "",
+                  "Replay this AEDAT4 recording instead of a live camera (empty = live).",
                   read_only=True),
-        ParamSpec("rate", 1.0, "Replay speed of aedat4_file (1 = real time, 0 = as fast as possible); "
-                  "ignored for live cameras.", read_only=True, min_value=0.0, max_value=1000.0),
-        ParamSpec("frame_id", "event_camera", "header.frame_id of the published EventPackets.", read_only=True),
-        ParamSpec("packet_period_ms", 2.0, "Longest sensor-time span of one EventPacket (ms); camera batches "
-                  "are split on this grid.", read_only=True, min_value=0.1, max_value=1000.0),
+        ParamSpec("rate", 1.0,
+                  "Replay speed of aedat4_file (1 = real time, 0 = as fast as possible); ignored "
+                  "for live cameras.", read_only=True, min_value=0.0, max_value=1000.0),
+        ParamSpec("frame_id", "event_camera", "header.frame_id of the published EventPackets.",
+                  read_only=True),
+        ParamSpec("packet_period_ms", 2.0,
+                  "Longest sensor-time span of one EventPacket (ms); camera batches are split on "
+                  "this grid.", read_only=True, min_value=0.1, max_value=1000.0),
     ),
     "camera_metavision": (
-        ParamSpec("device", "", "Prophesee camera serial, or a RAW/HDF5 file to replay; empty = the first "
+        ParamSpec("device", "",
+                  "Prophesee camera serial, or a RAW/HDF5 file to replay; empty = the first "
                   "camera found.", read_only=True),
-        ParamSpec("frame_id", "event_camera", "header.frame_id of the published EventPackets.", read_only=True),
-        ParamSpec("packet_period_ms", 2.0, "Sensor-time span of one EventPacket (ms).", read_only=True,
+        ParamSpec("frame_id", "event_camera", "header.frame_id of the published EventPackets.",
+                  read_only=True),
+        ParamSpec("packet_period_ms", 2.0, "Sensor-time span of one EventPacket (ms).",
+                  read_only=True,
                   min_value=0.1, max_value=1000.0),
     ),
     "camera_rgb": (
         ParamSpec("device", "0", "OpenCV VideoCapture source: a device index ('0'), a device path "
-                  "('/dev/video0'), a video file or a stream URL.", read_only=True),
-        ParamSpec("rate_hz", 0.0, "Publish rate (Hz); 0 = the source's own frame rate (30 if unknown).",
+                                 "('/dev/video0'), a video file or a stream URL.", read_only=True),
+        ParamSpec("rate_hz", 0.0,
+                  "Publish rate (Hz); 0 = the source's own frame rate (30 if unknown).",
                   read_only=True, min_value=0.0, max_value=1000.0),
-        ParamSpec("loop", False, "Restart a video file at its end (otherwise the node exits 0).", read_only=True),
-        ParamSpec("frame_id", "camera", "header.frame_id of the published images.", read_only=True),
-        ParamSpec("image_width", 0, "Resize to this width (px); 0 = native.", read_only=True, min_value=0,
+        ParamSpec("loop", False, "Restart a video file at its end (otherwise the node exits 0).",
+                  read_only=True),
+        ParamSpec("frame_id", "camera", "header.frame_id of the published images.",
+                  read_only=True),
+        ParamSpec("image_width", 0, "Resize to this width (px); 0 = native.", read_only=True,
+                  min_value=0,
                   max_value=8192),
-        ParamSpec("image_height", 0, "Resize to this height (px); 0 = native.", read_only=True, min_value=0,
+        ParamSpec("image_height", 0, "Resize to this height (px); 0 = native.", read_only=True,
+                  min_value=0,
                   max_value=8192),
     ),
 }

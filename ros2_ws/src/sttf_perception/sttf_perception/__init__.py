@@ -1,1 +1,2 @@
-"""sttf_perception: event frames -> change mask / token mask (thin node around edge_vlm.pipeline.PerceptionCore)."""
+"""sttf_perception: event frames -> change mask / token mask (thin node around
+edge_vlm.cores.perception.PerceptionCore)."""

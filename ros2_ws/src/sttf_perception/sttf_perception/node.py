@@ -1,9 +1,11 @@
-"""sttf_perception node: EventPacket -> FrameClock -> PerceptionCore -> TokenMask (+ mono8 change mask).
+"""sttf_perception node: EventPacket -> FrameClock -> PerceptionCore -> TokenMask (+ mono8 change
+mask).
 
 Subscribes  ``/event_camera/events``  (event_camera_msgs/EventPacket, sensor QoS)
 Publishes   ``/edge_vlm/token_mask``  (edge_vlm_msgs/TokenMask, reliable keep last 10)
             ``/edge_vlm/change_mask`` (sensor_msgs/Image mono8, sensor QoS; if publish_mask_image)
-            ``/diagnostics``          (diagnostic_msgs/DiagnosticArray, 1 Hz, status ``edge_vlm/sttf_perception``)
+            ``/diagnostics``          (diagnostic_msgs/DiagnosticArray, 1 Hz, status
+                                       ``edge_vlm/sttf_perception``)
 Every output about frame k carries ``header.stamp`` = frame end ``(k+1)*P``.
 """
 from __future__ import annotations
@@ -14,12 +16,38 @@ import time
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from edge_vlm.cores.perception import PerceptionCore
+from edge_vlm.cores.perception import MaskResult, PerceptionCore
+from edge_vlm.stream.frames import Frame
 from edge_vlm_msgs.msg import TokenMask
-from edge_vlm_ros.common import (QOS_RELIABLE, QOS_SENSOR, TOPICS, FrameNode, add_param_validation,
-                                 declare_from_spec, ns_to_time, numpy_to_image, run_node)
+from edge_vlm_ros.conversions import ns_to_time, numpy_to_image
+from edge_vlm_ros.frame_node import FrameNode
+from edge_vlm_ros.params import add_param_validation, declare_from_spec
+from edge_vlm_ros.qos import publisher
+from edge_vlm_ros.run import run_node
 
 NAME = "sttf_perception"
+
+
+def token_mask_msg(frame: Frame, r: MaskResult, params: dict, frame_id: str) -> TokenMask:
+    """The TokenMask of ``frame``: its active patches on the model grid, stamped at the frame
+    end."""
+    m = TokenMask()
+    m.header.stamp = ns_to_time(frame.t_end)
+    m.header.frame_id = frame_id
+    m.grid_width, m.grid_height = int(r.grid_width), int(r.grid_height)
+    m.patch_size = int(params["patch_size"])
+    # the patch grid lives on the model grid (sensor coordinates are rescaled to it)
+    m.image_width = int(params["model_width"])
+    m.image_height = int(params["model_height"])
+    m.active_indices = r.active_indices.astype("uint32").tolist()
+    m.scores = r.scores.astype("float32").tolist()
+    m.threshold = float(r.threshold)
+    m.total_tokens = int(r.total_tokens)
+    m.active_fraction = float(r.active_fraction)
+    m.method = str(r.method)
+    m.event_count = int(r.event_count)
+    m.window_start = ns_to_time(frame.t_start)
+    return m
 
 
 class PerceptionNode(FrameNode, Node):
@@ -28,11 +56,12 @@ class PerceptionNode(FrameNode, Node):
         self.params = declare_from_spec(self, NAME)
         self.core = PerceptionCore(self.params)
         add_param_validation(self, NAME, self._on_params)
-        self.pub_mask = self.create_publisher(TokenMask, TOPICS["token_mask"], QOS_RELIABLE)
-        self.pub_image = self.create_publisher(Image, TOPICS["change_mask"], QOS_SENSOR)
+        self.pub_mask = publisher(self, TokenMask, "token_mask")
+        self.pub_image = publisher(self, Image, "change_mask")
         self.setup_frames(self.params)
-        self.get_logger().info(f"ready: frame period {self.period} ns, patch {self.params['patch_size']}, "
-                               f"threshold {self.params['event_count_threshold']}")
+        self.get_logger().info(f"ready: frame period {self.period} ns, patch "
+                               f"{self.params['patch_size']}, threshold "
+                               f"{self.params['event_count_threshold']}")
 
     def _on_params(self, changed: dict) -> None:
         self.params.update(changed)
@@ -44,24 +73,9 @@ class PerceptionNode(FrameNode, Node):
         for f in frames:
             t0 = time.perf_counter()
             r = self.core.process(f)
-            self.record_frame((time.perf_counter() - t0) * 1e3, float(r.active_fraction))
-            m = TokenMask()
-            m.header.stamp = ns_to_time(f.t_end)
-            m.header.frame_id = frame_id
-            m.grid_width, m.grid_height = int(r.grid_width), int(r.grid_height)
-            m.patch_size = int(self.core.params["patch_size"])
-            # the patch grid lives on the model grid (sensor coordinates are rescaled to it)
-            m.image_width = int(self.core.params["model_width"])
-            m.image_height = int(self.core.params["model_height"])
-            m.active_indices = r.active_indices.astype("uint32").tolist()
-            m.scores = r.scores.astype("float32").tolist()
-            m.threshold = float(r.threshold)
-            m.total_tokens = int(r.total_tokens)
-            m.active_fraction = float(r.active_fraction)
-            m.method = str(r.method)
-            m.event_count = int(r.event_count)
-            m.window_start = ns_to_time(f.t_start)
-            self.pub_mask.publish(m)
+            self.diagnostics.record_frame((time.perf_counter() - t0) * 1e3,
+                                          float(r.active_fraction))
+            self.pub_mask.publish(token_mask_msg(f, r, self.core.params, frame_id))
             if self.params["publish_mask_image"]:
                 self.pub_image.publish(numpy_to_image(r.mask_image, "mono8", f.t_end, frame_id))
 

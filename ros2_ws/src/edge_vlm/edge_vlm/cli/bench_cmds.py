@@ -2,7 +2,7 @@
 
 ``all`` prints the flat figures (``--json``: one JSON object) and writes
 ``docs/benchmarks.md`` (``--out``; ``--out ''`` skips it). ``e2e`` needs the ROS 2
-workspace (``source env.sh``); it is imported only when that benchmark runs.
+workspace (``source env.sh``): it runs the graph with the workspace's ``edge_vlm_demo``.
 """
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ import os
 import shlex
 import sys
 
-from edge_vlm.bench import suite as bench
+from edge_vlm.bench.all import bench_all
 from edge_vlm.bench.anc import bench_anc
+from edge_vlm.bench.common import machine_info, utc_timestamp
+from edge_vlm.bench.decode import bench_decode
+from edge_vlm.bench.e2e import bench_e2e
+from edge_vlm.bench.report import to_json, write_markdown
+from edge_vlm.bench.sttf import bench_sttf
 from edge_vlm.evaluation.metrics import json_safe
 from edge_vlm.paths import docs_dir
 
@@ -31,8 +36,8 @@ def command_line(args) -> str:
     for flag, v in (("--checkpoint", args.checkpoint), ("--bag", args.bag), ("--out", args.out)):
         if v:
             parts += [flag, shlex.quote(str(v))]
-    parts += [f for f, on in (("--no-e2e", args.no_e2e), ("--no-anc", args.no_anc), ("--quick", args.quick))
-              if on]
+    parts += [f for f, on in (("--no-e2e", args.no_e2e), ("--no-anc", args.no_anc),
+                              ("--quick", args.quick)) if on]
     return " ".join(parts)
 
 
@@ -40,46 +45,63 @@ def _default_out() -> str:
     return str(docs_dir() / "benchmarks.md")
 
 
+def _run(args, log) -> dict:
+    """The benchmark ``args.what`` asks for."""
+    if args.what == "decode":
+        return bench_decode(repeats=args.repeats, quick=args.quick)
+    if args.what == "sttf":
+        return bench_sttf(checkpoint=args.checkpoint, threads=args.threads,
+                          repeats=args.repeats, quick=args.quick)
+    if args.what == "anc":
+        plot = None if args.quick else os.path.join(os.path.dirname(_default_out()),
+                                                    "anc_budget_sweep.png")
+        return bench_anc(checkpoint=args.checkpoint, threads=args.threads, quick=args.quick,
+                         plot=plot)
+    if args.what == "e2e":
+        return bench_e2e(bag=args.bag, checkpoint=args.checkpoint, threads=args.threads,
+                         quick=args.quick, log=log, packet_ms=args.packet_ms)
+    return bench_all(checkpoint=args.checkpoint, threads=args.threads, repeats=args.repeats,
+                     quick=args.quick, e2e=not args.no_e2e, log=log, packet_ms=args.packet_ms,
+                     anc_part=not args.no_anc)
+
+
+def _print(res: dict, args) -> None:
+    if args.json:
+        print(to_json(res))
+        return
+    for k, v in res.items():
+        if k != "details" and not isinstance(v, dict):
+            print(f"{k:>36}: {v}")
+    if args.what != "all":
+        print(json.dumps(json_safe(res), indent=1))
+
+
+def _skipped(res: dict, what: str) -> str | None:
+    """Why a part did not run (``e2e``, or the e2e / ANC part of ``all``)."""
+    if what == "e2e":
+        return res.get("skipped")
+    if what == "all":
+        details = res.get("details") or {}
+        return details.get("e2e", {}).get("skipped") or details.get("anc", {}).get("skipped")
+    return None
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def run_bench(args) -> int:
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.threads < 1 or args.repeats < 1:
         print("edge-vlm bench: --threads and --repeats must be >= 1", file=sys.stderr)
         return 2
-    if args.what == "decode":
-        res = bench.bench_decode(repeats=args.repeats, quick=args.quick)
-    elif args.what == "sttf":
-        res = bench.bench_sttf(checkpoint=args.checkpoint, threads=args.threads, repeats=args.repeats,
-                               quick=args.quick)
-    elif args.what == "anc":
-        res = bench_anc(checkpoint=args.checkpoint, threads=args.threads, quick=args.quick,
-                        plot=None if args.quick else os.path.join(os.path.dirname(_default_out()),
-                                                                  "anc_budget_sweep.png"))
-    elif args.what == "e2e":
-        res = bench.bench_e2e(bag=args.bag, checkpoint=args.checkpoint, threads=args.threads, quick=args.quick,
-                              log=log, packet_ms=args.packet_ms)
-    else:
-        res = bench.bench_all(checkpoint=args.checkpoint, threads=args.threads, repeats=args.repeats,
-                              quick=args.quick, e2e=not args.no_e2e, log=log, packet_ms=args.packet_ms,
-                              anc_part=not args.no_anc)
+    res = _run(args, _log)
     if args.what != "all":
-        res = {"timestamp": bench.machine_info()["timestamp"], "machine": bench.machine_info(args.threads), **res}
+        res = {"timestamp": utc_timestamp(), "machine": machine_info(args.threads), **res}
     out = args.out if args.out is not None else (_default_out() if args.what == "all" else "")
     if out and args.what == "all":
-        res["report"] = bench.write_markdown(res, out, command_line(args))
-    if args.json:
-        print(bench.to_json(res))
-    else:
-        flat = {k: v for k, v in res.items() if k not in ("details",)}
-        for k, v in flat.items():
-            if isinstance(v, dict):
-                continue
-            print(f"{k:>36}: {v}")
-        if args.what != "all":
-            print(json.dumps(json_safe(res), indent=1))
-    details = res.get("details") or {}
-    skipped = res.get("skipped") if args.what == "e2e" else (
-        details.get("e2e", {}).get("skipped") or details.get("anc", {}).get("skipped") if args.what == "all"
-        else None)
+        res["report"] = write_markdown(res, out, command_line(args))
+    _print(res, args)
+    skipped = _skipped(res, args.what)
     if skipped and skipped != "disabled":
         # a benchmark that could not run is an error, not a silently missing figure
         print(f"edge-vlm bench {args.what}: a part was skipped: {skipped}", file=sys.stderr)

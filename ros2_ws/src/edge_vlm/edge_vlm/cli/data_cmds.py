@@ -32,7 +32,8 @@ def run_stats(args) -> int:
 
 def run_synth(args) -> int:
     meta = synth(args.out, subjects=args.subjects, lightings=args.lightings, seed=args.seed,
-                 clip_s=args.clip_s, gap_s=args.gap_s, with_frames=not args.no_frames, fmt=args.format,
+                 clip_s=args.clip_s, gap_s=args.gap_s, with_frames=not args.no_frames,
+                 fmt=args.format,
                  storage=args.storage, packet_ms=args.packet_ms)
     print(json.dumps(meta, indent=1))
     return 0
@@ -62,7 +63,8 @@ def run_convert(args) -> int:
             if args.limit is not None:
                 trials = trials[:args.limit]
             os.makedirs(args.output, exist_ok=True)
-            results = [_convert_one(Path(t), Path(args.output) / Path(t).name[:-len(".aedat")], args)
+            results = [_convert_one(Path(t), Path(args.output) / Path(t).name[:-len(".aedat")],
+                                    args)
                        for t in trials]
             summary: dict = {"trials": len(results), "bags": results}
         else:

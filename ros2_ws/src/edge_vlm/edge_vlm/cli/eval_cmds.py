@@ -12,8 +12,7 @@ from pathlib import Path
 import torch
 
 from edge_vlm.cores.graph import parse_overrides
-from edge_vlm.evaluation.coco import DEFAULT_THRESHOLD, CocoFormatError, markdown_report as coco_markdown
-from edge_vlm.evaluation.coco import run_coco, write_report as coco_write_report
+from edge_vlm.evaluation import coco
 from edge_vlm.evaluation.evaluate import evaluate, markdown_report
 from edge_vlm.evaluation.paper import NOT_MEASURED, load_bench, load_eval, relative_path, render
 from edge_vlm.events import EventDecodeError
@@ -32,7 +31,8 @@ def run_eval(args) -> int:
     try:
         overrides = parse_overrides(args.param or [])
         result = evaluate(args.source, checkpoint=args.checkpoint, overrides=overrides,
-                          max_frames=args.max_frames, progress=not args.no_progress, out_dir=args.out,
+                          max_frames=args.max_frames, progress=not args.no_progress,
+                          out_dir=args.out,
                           graph=args.graph, meteor=not args.no_meteor)
     except CheckpointError as exc:
         return _fail("eval", str(exc), 3)
@@ -51,17 +51,18 @@ def run_coco_cmd(args) -> int:
         return _fail("coco", "--limit and --threads must be >= 1, --refresh-period >= 0")
     torch.set_num_threads(args.threads)
     try:
-        r = run_coco(args.images, args.captions, checkpoint=args.checkpoint, limit=args.limit,
-                     threshold=DEFAULT_THRESHOLD if args.threshold is None else args.threshold,
-                     refresh_period=args.refresh_period, decoding=args.decoding,
-                     meteor=not args.no_meteor, log=lambda m: print(m, file=sys.stderr, flush=True))
-    except (CocoFormatError, FileNotFoundError) as exc:
+        threshold = coco.DEFAULT_THRESHOLD if args.threshold is None else args.threshold
+        r = coco.run_coco(args.images, args.captions, checkpoint=args.checkpoint, limit=args.limit,
+                          threshold=threshold, refresh_period=args.refresh_period,
+                          decoding=args.decoding, meteor=not args.no_meteor,
+                          log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (coco.CocoFormatError, FileNotFoundError) as exc:
         return _fail("coco", str(exc))
     except CheckpointError as exc:
         return _fail("coco", str(exc), 3)
     if args.out:
-        r["outputs"] = coco_write_report(r, args.out)
-    print(json.dumps(r, indent=1) if args.json else coco_markdown(r))
+        r["outputs"] = coco.write_report(r, args.out)
+    print(json.dumps(r, indent=1) if args.json else coco.markdown_report(r))
     return 0
 
 
@@ -77,16 +78,19 @@ def run_paper_table(args) -> int:
         if os.path.isfile(bench_path):
             bench, prov = load_bench(bench_path)
         else:
-            print(f"edge-vlm paper-table: no bench file {bench_path}: bench rows read '{NOT_MEASURED}'",
+            print(f"edge-vlm paper-table: no bench file {bench_path}: bench rows read "
+                  f"'{NOT_MEASURED}'",
                   file=sys.stderr)
         if os.path.isfile(args.eval_path):
             eval_ = load_eval(args.eval_path)
         else:
-            print(f"edge-vlm paper-table: no eval file {args.eval_path}: eval rows read '{NOT_MEASURED}'",
+            print(f"edge-vlm paper-table: no eval file {args.eval_path}: eval rows read "
+                  f"'{NOT_MEASURED}'",
                   file=sys.stderr)
     except (OSError, ValueError) as exc:
         return _fail("paper-table", str(exc))
-    md = render(bench, eval_, bench_path=relative_path(bench_path), eval_path=relative_path(args.eval_path),
+    md = render(bench, eval_, bench_path=relative_path(bench_path),
+                eval_path=relative_path(args.eval_path),
                 bench_prov=prov)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

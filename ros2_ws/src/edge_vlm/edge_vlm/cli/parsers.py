@@ -21,24 +21,29 @@ def add_stats(sub) -> None:
 
 
 def add_synth(sub) -> None:
-    s = sub.add_parser("synth", help="simulate DVS128 gesture recordings (DVS128 layout and/or ROS 2 bag)")
+    s = sub.add_parser("synth",
+                       help="simulate DVS128 gesture recordings (DVS128 layout and/or ROS 2 bag)")
     s.add_argument("--out", default="data/synth")
     s.add_argument("--subjects", type=int, nargs="+", default=[0])
-    s.add_argument("--lightings", nargs="+", default=["lab"], choices=["lab", "fluorescent", "natural"])
+    s.add_argument("--lightings", nargs="+", default=["lab"],
+                   choices=["lab", "fluorescent", "natural"])
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--clip-s", type=float, default=1.5)
     s.add_argument("--gap-s", type=float, default=0.3)
     s.add_argument("--no-frames", action="store_true", help="events only (like a DVS128)")
     s.add_argument("--format", choices=["bag", "dvs128", "both"], default="both")
     s.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
-    s.add_argument("--packet-ms", type=float, default=10.0, help="EventPacket length in sensor time (ms)")
+    s.add_argument("--packet-ms", type=float, default=10.0,
+                   help="EventPacket length in sensor time (ms)")
 
 
 def add_convert(sub) -> None:
-    p = sub.add_parser("convert", help="convert an event recording (AEDAT 2/3.1/4, Prophesee RAW/DAT, "
-                                       "RPG events.txt, DvsGesture) to a ROS 2 bag")
+    p = sub.add_parser("convert",
+                       help="convert an event recording (AEDAT 2/3.1/4, Prophesee RAW/DAT, RPG "
+                            "events.txt, DvsGesture) to a ROS 2 bag")
     p.add_argument("input", help="event file, DvsGesture trial (.aedat) or directory, or bag")
-    p.add_argument("output", help="output bag folder (for a DvsGesture directory: a parent folder)")
+    p.add_argument("output",
+                   help="output bag folder (for a DvsGesture directory: a parent folder)")
     p.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3")
     p.add_argument("--packet-ms", type=float, default=2.0,
                    help="EventPacket length in ms of sensor time (default 2)")
@@ -48,25 +53,29 @@ def add_convert(sub) -> None:
                    help="AEDAT 2.0 address layout (default: from the file header, else DVS128)")
     p.add_argument("--split", choices=("train", "test", "all"), default="all",
                    help="DvsGesture directory: which trials")
-    p.add_argument("--limit", type=int, default=None, help="DvsGesture directory: at most N trials")
+    p.add_argument("--limit", type=int, default=None,
+                   help="DvsGesture directory: at most N trials")
     p.add_argument("--overwrite", action="store_true", help="replace existing output bags")
 
 
 def add_train(sub) -> None:
     d = TrainConfig()
-    s = sub.add_parser("train", help="train the STTF (or joint STTF+ANC) captioning model on simulated "
-                                     "data (resumable)")
+    s = sub.add_parser("train",
+                       help="train the STTF (or joint STTF+ANC) captioning model on simulated "
+                            "data (resumable)")
     s.add_argument("--model", choices=("sttf", "anc", "router", "gesture"), default="sttf",
-                   help="sttf: the STTF model from scratch; anc: the joint STTF+ANC model grown from "
-                        "--init; router: fit the router of the joint checkpoint --init on its frozen "
-                        "branches; gesture: fit the gesture head's motion net on the frozen checkpoint "
-                        "--init")
-    s.add_argument("--init", default="", help="anc: STTF checkpoint to grow from; router, gesture: "
-                                              "checkpoint (default: the shipped one)")
+                   help="sttf: the STTF model from scratch; anc: the joint STTF+ANC model grown "
+                        "from --init; router: fit the router of the joint checkpoint --init on "
+                        "its frozen branches; gesture: fit the gesture head's motion net on the "
+                        "frozen checkpoint --init")
+    s.add_argument("--init", default="",
+                   help="anc: STTF checkpoint to grow from; router, gesture: checkpoint (default: "
+                        "the shipped one)")
     s.add_argument("--out", default=d.out)
     s.add_argument("--subjects", type=int, default=d.subjects)
     s.add_argument("--epochs", type=int, default=None, help=f"default {d.epochs} (sttf) / 4 (anc)")
-    s.add_argument("--steps", type=int, default=None, help=f"steps per epoch, default {d.steps_per_epoch}")
+    s.add_argument("--steps", type=int, default=None,
+                   help=f"steps per epoch, default {d.steps_per_epoch}")
     s.add_argument("--batch", type=int, default=None, help=f"default {d.batch} (sttf) / 12 (anc)")
     s.add_argument("--seed", type=int, default=d.seed)
     s.add_argument("--threads", type=int, default=d.threads)
@@ -79,7 +88,8 @@ def add_train(sub) -> None:
     s.add_argument("--clip-s", type=float, default=d.clip_s)
     s.add_argument("--active-weight", type=float, default=d.active_weight,
                    help="lambda of the expected active-token ratio in the loss")
-    s.add_argument("--patience", type=int, default=None, help="early stopping (epochs without improvement)")
+    s.add_argument("--patience", type=int, default=None,
+                   help="early stopping (epochs without improvement)")
     s.add_argument("--balance-weight", type=float, default=None,
                    help="anc: weight of the routing load-balancing (entropy) term (default 0.1)")
     s.add_argument("--resume", action="store_true", help="continue from <out>.resume")
@@ -88,21 +98,24 @@ def add_train(sub) -> None:
     s.add_argument("--shift", type=int, default=None,
                    help="gesture: translate the training motion states by up to this many patches "
                         "(default 1)")
-    s.add_argument("--cache", default="", help="gesture: file keeping the streamed frames, reused by a "
-                                               "rerun on the same checkpoint and data")
+    s.add_argument("--cache", default="",
+                   help="gesture: file keeping the streamed frames, reused by a rerun on the same "
+                        "checkpoint and data")
     s.add_argument("--no-progress", action="store_true")
 
 
 def add_calibrate(sub) -> None:
-    s = sub.add_parser("calibrate", help="fit the sparse ViT's per-layer gate thresholds on the validation "
-                                         "subjects and store them in the checkpoint")
+    s = sub.add_parser("calibrate",
+                       help="fit the sparse ViT's per-layer gate thresholds on the validation "
+                            "subjects and store them in the checkpoint")
     s.add_argument("checkpoint")
     s.add_argument("--subjects", type=int, nargs="+", default=None,
                    help="simulated subjects (default: the validation subjects of edge-vlm train)")
 
 
 def add_demo(sub) -> None:
-    s = sub.add_parser("demo", help="replay a bag (default: the simulated demo bag) through the three nodes")
+    s = sub.add_parser("demo", help="replay a bag (default: the simulated demo bag) through the "
+                                    "three nodes")
     s.add_argument("--bag", default="")
     s.add_argument("--checkpoint", default="")
     s.add_argument("--out-dir", default=os.path.join(DEMO_DIR, "run"),
@@ -111,54 +124,65 @@ def add_demo(sub) -> None:
 
 
 def add_play(sub) -> None:
-    s = sub.add_parser("play", help="bag player (ros2 bag play is not available here)", add_help=False)
+    s = sub.add_parser("play", help="bag player (ros2 bag play is not available here)",
+                       add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER)
 
 
 def add_eval(sub) -> None:
     s = sub.add_parser(
         "eval", help="evaluate captions/gestures/compute offline on a bag or a DvsGesture folder",
-        description="Replay SOURCE (ROS 2 bag folder/.db3/.mcap, DvsGesture folder, or `edge-vlm synth` "
-                    "output) through the exact per-frame logic of sttf_perception + vlm_captioner and "
-                    "report gesture accuracy, caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D), "
-                    "active-token fraction, FLOPs and latency.")
+        description="Replay SOURCE (ROS 2 bag folder/.db3/.mcap, DvsGesture folder, or `edge-vlm "
+                    "synth` output) through the exact per-frame logic of sttf_perception + "
+                    "vlm_captioner and report gesture accuracy, caption metrics (BLEU-1..4, "
+                    "METEOR, ROUGE-L, CIDEr-D), active-token fraction, FLOPs and latency.")
     s.add_argument("source", help="bag folder / .db3 / .mcap, or DvsGesture folder")
     s.add_argument("--out", default=EVAL_OUT, help=f"output folder (default: {EVAL_OUT})")
-    s.add_argument("--checkpoint", default="", help="captioner checkpoint (default: the shipped one)")
+    s.add_argument("--checkpoint", default="",
+                   help="captioner checkpoint (default: the shipped one)")
     s.add_argument("--max-frames", type=int, default=None, help="stop after N processed frames")
-    s.add_argument("--json", action="store_true", help="print the summary as JSON instead of Markdown")
+    s.add_argument("--json", action="store_true",
+                   help="print the summary as JSON instead of Markdown")
     s.add_argument("-p", "--param", action="append", default=[], metavar="[NODE.]NAME=VALUE",
-                   help="node parameter override, e.g. -p use_rgb=never -p vlm_captioner.decoding=beam")
+                   help="node parameter override, e.g. -p use_rgb=never -p "
+                        "vlm_captioner.decoding=beam")
     s.add_argument("--graph", default=None, help="graph file with node parameters (default: the "
                                                  "bringup package's config/graph.yaml)")
-    s.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves ~10 s of Java start-up)")
+    s.add_argument("--no-meteor", action="store_true",
+                   help="skip METEOR (saves ~10 s of Java start-up)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def add_coco(sub) -> None:
-    s = sub.add_parser("coco", help="caption a local COCO-format image set (RGB-only, change mask from "
-                                    "frame differences)")
+    s = sub.add_parser("coco",
+                       help="caption a local COCO-format image set (RGB-only, change mask from "
+                            "frame differences)")
     s.add_argument("--images", required=True, help="folder with the image files")
     s.add_argument("--captions", required=True, help="COCO captions JSON (images + annotations)")
-    s.add_argument("--checkpoint", default="", help="captioner checkpoint (default: the shipped one)")
-    s.add_argument("--out", default=COCO_OUT, help=f"report folder (default {COCO_OUT}; '' = none)")
+    s.add_argument("--checkpoint", default="",
+                   help="captioner checkpoint (default: the shipped one)")
+    s.add_argument("--out", default=COCO_OUT,
+                   help=f"report folder (default {COCO_OUT}; '' = none)")
     s.add_argument("--limit", type=int, default=None, help="only the first N images")
     s.add_argument("--threshold", type=float, default=None,
-                   help="changed patch: mean abs luma difference above this (0..255; default: "
-                        "the harness's, edge_vlm.evaluation.coco.DEFAULT_THRESHOLD)")
+                   help="changed patch: mean abs luma difference above this (0..255; default: the "
+                        "harness's, edge_vlm.evaluation.coco.DEFAULT_THRESHOLD)")
     s.add_argument("--refresh-period", type=int, default=0,
                    help="dense re-encode every N images (0 = first only)")
     s.add_argument("--decoding", choices=["greedy", "beam"], default="greedy")
     s.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    s.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves the Java start-up)")
+    s.add_argument("--no-meteor", action="store_true",
+                   help="skip METEOR (saves the Java start-up)")
     s.add_argument("--json", action="store_true", help="print the result JSON instead of Markdown")
 
 
 def add_paper_table(sub) -> None:
-    s = sub.add_parser("paper-table", help="the paper's headline claims next to the measured figures "
-                                           "(writes docs/paper_table.md)")
-    s.add_argument("--bench", default=None, help="bench figures: JSON or benchmarks Markdown (default: "
-                                                 "docs/benchmarks.json if present, else docs/benchmarks.md)")
+    s = sub.add_parser("paper-table",
+                       help="the paper's headline claims next to the measured figures (writes "
+                            "docs/paper_table.md)")
+    s.add_argument("--bench", default=None,
+                   help="bench figures: JSON or benchmarks Markdown (default: "
+                        "docs/benchmarks.json if present, else docs/benchmarks.md)")
     s.add_argument("--eval", dest="eval_path", default=str(repo_root() / EVAL_OUT / "eval.json"),
                    help="eval.json of `edge-vlm eval` (default: data/eval/eval.json)")
     s.add_argument("--out", default=str(docs_dir() / "paper_table.md"),
@@ -170,17 +194,22 @@ def add_bench(sub) -> None:
                                      "end-to-end latency (all: also writes docs/benchmarks.md)")
     s.add_argument("what", nargs="?", choices=BENCH_WHAT, default="all")
     s.add_argument("--json", action="store_true", help="print one JSON object")
-    s.add_argument("--threads", type=int, default=1, help="torch threads of the model (default 1); "
-                                                          "decoding is always single-threaded")
-    s.add_argument("--out", default=None, help="Markdown report (default for `all`: docs/benchmarks.md "
-                                               "of the repository; '' = none)")
+    s.add_argument("--threads", type=int, default=1,
+                   help="torch threads of the model (default 1); decoding is always "
+                        "single-threaded")
+    s.add_argument("--out", default=None,
+                   help="Markdown report (default for `all`: docs/benchmarks.md of the "
+                        "repository; '' = none)")
     s.add_argument("--repeats", type=int, default=5,
                    help="timed runs per figure: decode runs, STTF passes per engine and backend "
                         "(median; default 5)")
-    s.add_argument("--checkpoint", default="", help="captioner checkpoint (default: the shipped one)")
+    s.add_argument("--checkpoint", default="",
+                   help="captioner checkpoint (default: the shipped one)")
     s.add_argument("--bag", default=None, help="bag for `e2e` (default: a simulated DVS128 bag)")
     s.add_argument("--packet-ms", type=float, default=10.0,
-                   help="EventPacket length of the simulated e2e bag (default 10, as `edge-vlm synth`)")
+                   help="EventPacket length of the simulated e2e bag (default 10, as `edge-vlm "
+                        "synth`)")
     s.add_argument("--no-e2e", action="store_true", help="`all` without the node-graph run")
     s.add_argument("--no-anc", action="store_true", help="`all` without the ANC comparison")
-    s.add_argument("--quick", action="store_true", help="tiny inputs (smoke test; figures not meaningful)")
+    s.add_argument("--quick", action="store_true",
+                   help="tiny inputs (smoke test; figures not meaningful)")

@@ -17,8 +17,8 @@ def _run_tool(name: str, argv: list[str]) -> int:
     package, exe = TOOLS[name]
     path = shutil.which(exe)
     if path is None:
-        print(f"edge-vlm {name}: error: {exe} (ROS 2 package {package}) not found: run `make setup` "
-              "and `source env.sh` first", file=sys.stderr)
+        print(f"edge-vlm {name}: error: {exe} (ROS 2 package {package}) not found: run `make "
+              "setup` and `source env.sh` first", file=sys.stderr)
         return 2
     try:
         return subprocess.call([path, *argv])
@@ -28,7 +28,8 @@ def _run_tool(name: str, argv: list[str]) -> int:
 
 def run_demo(args) -> int:
     bag = args.bag or demo_data()
-    argv = [bag, "--out-dir", args.out_dir] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+    argv = [bag, "--out-dir",
+            args.out_dir] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
     os.makedirs(args.out_dir, exist_ok=True)
     return _run_tool("demo", argv + list(args.extra))
 

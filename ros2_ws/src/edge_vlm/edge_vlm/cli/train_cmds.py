@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 
-from edge_vlm.sim import split_subjects
+from edge_vlm.training import train_gesture, train_router
 from edge_vlm.training.config import AncTrainConfig, GestureFitConfig, RouterFitConfig, TrainConfig
+from edge_vlm.training.data import subject_split
 from edge_vlm.training.policy import calibrate_checkpoint
 from edge_vlm.training.train import train
 from edge_vlm.training.train_anc import train_anc
-from edge_vlm.training.train_gesture import fit_gesture
-from edge_vlm.training.train_router import fit_router
 
 
 def _given(value, default):
@@ -19,11 +18,11 @@ def _given(value, default):
 def _fit_frozen(args) -> dict:
     """``--model gesture | router``: fit on the frozen checkpoint ``--init``."""
     if args.model == "gesture":
-        cls, fit = GestureFitConfig, fit_gesture
+        cls, fit = GestureFitConfig, train_gesture.fit_gesture
         extra = {"batch": args.batch, "motion_width": args.motion_width, "cache": args.cache,
                  "shift": args.shift}
     else:
-        cls, fit = RouterFitConfig, fit_router
+        cls, fit = RouterFitConfig, train_router.fit_router
         extra = {"balance_weight": args.balance_weight}
     d = cls()
     cfg = cls(out=args.out if args.out != TrainConfig().out else d.out, init=args.init,
@@ -72,8 +71,7 @@ def run_train(args) -> int:
 
 def run_calibrate(args) -> int:
     tc = TrainConfig()
-    _, held = split_subjects(tc.subjects, tc.val_subjects + tc.test_subjects, tc.seed)
-    subjects = args.subjects or list(held[:tc.val_subjects])
+    subjects = args.subjects or subject_split(tc).val
     res = calibrate_checkpoint(args.checkpoint, subjects, seed=tc.seed)
     print(json.dumps({"subjects": [int(s) for s in subjects], **res}, indent=1))
     return 0

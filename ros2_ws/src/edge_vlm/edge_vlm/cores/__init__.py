@@ -1,1 +1,2 @@
-"""Per-node logic without rclpy (perception, router, captioner scheduling), used by the ROS nodes and by offline evaluation."""
+"""Per-node logic without rclpy (perception, router, captioner scheduling), used by the ROS nodes
+and by offline evaluation."""

@@ -52,8 +52,7 @@ def default_graph_path() -> str:
     env = os.environ.get("EDGE_VLM_GRAPH", "")
     if env:
         return env
-    candidates = [repo_root() / "ros2_ws" / "src" / BRINGUP / "config" / "graph.yaml",
-                  repo_root() / "config" / "graph.yaml"]
+    candidates = [repo_root() / "ros2_ws" / "src" / BRINGUP / "config" / "graph.yaml"]
     try:
         candidates.append(Path(get_package_share_directory(BRINGUP)) / "config" / "graph.yaml")
     except (PackageNotFoundError, ValueError, KeyError, OSError):
@@ -72,7 +71,8 @@ def read_graph(path: str | None = None) -> GraphFile:
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: not a graph file (a YAML mapping)")
     inputs = {str(k): str(v) for k, v in (doc.get("inputs") or {}).items() if v}
-    return GraphFile(str(path), inputs, str(doc.get("namespace") or ""), list(doc.get("nodes") or []))
+    return GraphFile(str(path), inputs, str(doc.get("namespace") or ""),
+                     list(doc.get("nodes") or []))
 
 
 def _node_overrides(name: str, pkg: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +98,8 @@ def _check_overrides(overrides: dict[str, Any], specs: list[NodeSpec], where: st
     for k, v in overrides.items():
         target = k.partition(".")[0] if "." in k else (k if isinstance(v, dict) else None)
         if target is not None and target not in names:
-            raise ValueError(f"override '{k}': no node '{target}' in {where} (nodes: {sorted(names)})")
+            raise ValueError(f"override '{k}': no node '{target}' in {where} (nodes: "
+                             f"{sorted(names)})")
         if target is None and k not in all_params:
             raise ValueError(f"unknown parameter '{k}': no node of {where} has it")
 
@@ -107,7 +108,8 @@ def _spec(entry: dict, graph: GraphFile, overrides: dict[str, Any], topics: dict
           ns_all: str) -> NodeSpec:
     pkg = entry["package"]
     if pkg not in NODE_PARAMS:
-        raise ValueError(f"{graph.path}: node package '{pkg}' has no parameter spec in edge_vlm.params")
+        raise ValueError(f"{graph.path}: node package '{pkg}' has no parameter spec in "
+                         "edge_vlm.params")
     name = entry.get("name", pkg)
     params = dict(entry.get("parameters") or {})
     params.update(_node_overrides(name, pkg, overrides))
@@ -115,12 +117,15 @@ def _spec(entry: dict, graph: GraphFile, overrides: dict[str, Any], topics: dict
     params = {k: validated[k] for k in params}
     remaps = {frm: topics[key] for frm, key in INPUT_TOPICS.items() if topics.get(key)}
     remaps.update({str(k): str(v) for k, v in (entry.get("remappings") or {}).items()})
-    ns = "/".join(s.strip("/") for s in (ns_all, entry.get("namespace") or "") if s and s.strip("/"))
-    return NodeSpec(name, pkg, entry.get("executable", pkg), "/" + ns if ns else "", params, remaps)
+    parts = (ns_all, entry.get("namespace") or "")
+    ns = "/".join(s.strip("/") for s in parts if s and s.strip("/"))
+    return NodeSpec(name, pkg, entry.get("executable", pkg), "/" + ns if ns else "", params,
+                    remaps)
 
 
 def load_graph(path: str | None = None, overrides: dict[str, Any] | None = None,
-               namespace: str | None = None, inputs: dict[str, str] | None = None) -> list[NodeSpec]:
+               namespace: str | None = None, inputs: dict[str,
+                                                          str] | None = None) -> list[NodeSpec]:
     """Read a graph file -> validated node specs (see the module doc on ``overrides``).
 
     ``namespace`` replaces the graph's namespace; ``inputs`` its input topics. Unknown names,
@@ -173,8 +178,9 @@ def replay_params(overrides: dict | None = None, checkpoint: str = "",
     capt = by_pkg.get("vlm_captioner") or resolve("vlm_captioner", {})
     for k in SHARED_GRID:
         if perc[k] != capt[k]:
-            raise ValueError(f"'{k}' differs between sttf_perception ({perc[k]}) and vlm_captioner "
-                             f"({capt[k]}): the nodes would not agree on frames/tokens")
+            raise ValueError(f"'{k}' differs between sttf_perception ({perc[k]}) and "
+                             f"vlm_captioner ({capt[k]}): the nodes would not agree on "
+                             "frames/tokens")
     return ReplayParams(perc, capt, inputs)
 
 

@@ -1,10 +1,14 @@
-"""sttf_perception's logic without rclpy: event frame -> change mask (learned net or event-count rule)."""
+"""sttf_perception's logic without rclpy: event frame -> change mask (learned net or event-count
+rule)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from edge_vlm.inference.engine import hist_tensor
+from edge_vlm.inference.factory import load_model
 from edge_vlm.params import resolve
 from edge_vlm.stream.frames import Frame, frame_histogram
 from edge_vlm.stream.histogram import patch_counts
@@ -27,7 +31,8 @@ class MaskResult:
         return len(self.active_indices) / max(1, self.total_tokens)
 
 
-def event_count_mask(hist: np.ndarray, patch: int, threshold: int) -> tuple[np.ndarray, np.ndarray]:
+def event_count_mask(hist: np.ndarray, patch: int,
+                     threshold: int) -> tuple[np.ndarray, np.ndarray]:
     """Rule-based change mask: (bool per patch, score per patch = 1 - exp(-count/threshold))."""
     counts = patch_counts(hist, patch)
     return counts >= threshold, (1.0 - np.exp(-counts / float(threshold))).astype(np.float32)
@@ -41,12 +46,8 @@ class PerceptionCore:
         self.params = p = resolve("sttf_perception", overrides)
         self.mask_net = None
         if p["mask_method"] == "learned":
-            import torch
-
-            from edge_vlm.model.checkpoint import load_checkpoint
-
             torch.set_num_threads(1)
-            model, _ = load_checkpoint(p["checkpoint"])   # CheckpointError: the node exits 3
+            model, _ = load_model(p["checkpoint"])   # CheckpointError: the node exits 3
             self.mask_net = model.mask_net
 
     def process(self, frame: Frame) -> MaskResult:
@@ -54,10 +55,6 @@ class PerceptionCore:
         patch = int(p["patch_size"])
         hist = frame_histogram(frame, p)
         if self.mask_net is not None:
-            import torch
-
-            from edge_vlm.inference.engine import hist_tensor
-
             with torch.no_grad():
                 logit = self.mask_net(hist_tensor(hist)[None])[0]
             g = int(p["model_height"]) // patch

@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
+import torch
 
+from edge_vlm.inference.engine import hist_tensor
+from edge_vlm.inference.factory import load_model
+from edge_vlm.inference.routing import choose_branches
+from edge_vlm.model.anc import LEVELS, budget_cap
+from edge_vlm.model.checkpoint import CheckpointError
+from edge_vlm.model.config import age_bucket
+from edge_vlm.model.flops import estimator_flops, vit_flops
 from edge_vlm.params import resolve
 from edge_vlm.stream.frames import Frame, frame_histogram
-
-
-LEVELS = ("tiny", "small", "medium")
 
 
 @dataclass
@@ -22,8 +28,17 @@ class RouteResult:
     branches: list
     weights: list
     budget: float
-    est_flops: float = 0.0        # learned router: encoder FLOPs of the routed branches (changed tokens)
+    est_flops: float = 0.0        # learned router: encoder FLOPs of the routed branches (changed
+    #                               tokens)
     est_flops_dense: float = 0.0  # Medium branch, every token
+
+
+class Estimate(NamedTuple):
+    """The learned complexity estimate of a frame."""
+
+    probabilities: np.ndarray    # level probabilities (float32)
+    level: int                   # the most probable level
+    changed: int                 # tokens in the frame's change mask
 
 
 class RouterCore:
@@ -32,35 +47,28 @@ class RouterCore:
     ``router_method: learned`` (default): the checkpoint's ANC complexity estimator on the
     frame's histogram plus the change-mask state it needs (changed and recently changed
     fractions, tracked here exactly as the captioner's token memory tracks them), hard
-    routing as the captioner does it. ``density``: the rule fallback, a softmax over the
-    distance of log event density to level centres set by ``low_density`` / ``high_density``.
-    Either way the budget caps the level (<= 1/3 tiny only, <= 2/3 up to small).
+    routing as the captioner does it (:func:`~edge_vlm.inference.routing.choose_branches`).
+    ``density``: the rule fallback, a softmax over the distance of log event density to level
+    centres set by ``low_density`` / ``high_density``. Either way the budget caps the level
+    (<= 1/3 tiny only, <= 2/3 up to small).
     """
 
     def __init__(self, overrides: dict | None = None):
         self.params = p = resolve("anc_router", overrides)
         self.model = None
         if p["router_method"] == "learned":
-            import torch
-
-            from edge_vlm.model.checkpoint import CheckpointError, load_checkpoint
-
             torch.set_num_threads(1)
-            self.model, _ = load_checkpoint(p["checkpoint"])
+            self.model, _ = load_model(p["checkpoint"])
             if not hasattr(self.model, "estimator"):
-                raise CheckpointError(f"checkpoint {p['checkpoint'] or '(shipped default)'} has no ANC complexity "
-                                      "estimator (STTF only); use router_method:=density or a joint checkpoint")
+                name = p["checkpoint"] or "(shipped default)"
+                raise CheckpointError(f"checkpoint {name} has no ANC complexity estimator (STTF "
+                                      "only); use router_method:=density or a joint checkpoint")
             self.age = None
 
     def set_budget(self, budget: float) -> None:
         self.params = resolve("anc_router", {**self.params, "compute_budget": budget})
 
-    def _learned(self, frame: Frame) -> tuple[np.ndarray, int, int]:
-        import torch
-
-        from edge_vlm.model.sttf import age_bucket
-        from edge_vlm.inference.engine import hist_tensor
-
+    def _estimate(self, frame: Frame) -> Estimate:
         c = self.model.cfg
         hist = frame_histogram(frame, self.params)
         ht = hist_tensor(hist)[None]
@@ -71,30 +79,32 @@ class RouterCore:
             bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]
             logits = self.model.route_logits(ht, torch.from_numpy(change)[None], bucket)
         probs = torch.softmax(logits, dim=-1)[0].numpy().astype(np.float32)
-        return probs, int(np.argmax(probs)), int(change.sum())
+        return Estimate(probs, int(np.argmax(probs)), int(change.sum()))
 
     def process(self, frame: Frame) -> RouteResult:
-        from edge_vlm.model.anc import budget_cap
-
         p = self.params
-        pixels = float(p["model_width"] * p["model_height"])
-        density = frame.n_events / pixels
-        cap = budget_cap(float(p["compute_budget"]))
+        density = frame.n_events / float(p["model_width"] * p["model_height"])
+        budget = float(p["compute_budget"])
         if self.model is not None:
-            from dataclasses import replace
+            return self._learned(frame, density, budget)
+        return self._by_density(density, budget)
 
-            from edge_vlm.model.flops import estimator_flops, vit_flops
+    def _learned(self, frame: Frame, density: float, budget: float) -> RouteResult:
+        """The estimator's levels, routed by the captioner's rule; FLOPs of the routed branches."""
+        est = self._estimate(frame)
+        a, c = self.model.acfg, self.model.cfg
+        routing = choose_branches(est.probabilities, budget, a.router_threshold)
+        flops = estimator_flops(c, a.est_hidden) + sum(
+            vit_flops(replace(c, mlp_ratio=a.mlp_ratios[b]), [est.changed] * a.depths[b])
+            for b in routing.run)
+        dense = vit_flops(replace(c, mlp_ratio=a.mlp_ratios[2]), [c.num_tokens] * a.depths[2])
+        return RouteResult(LEVELS, est.probabilities, est.level, density,
+                           [LEVELS[b] for b in routing.run], routing.weights, budget,
+                           float(flops), float(dense))
 
-            probs, level, n_changed = self._learned(frame)
-            q = probs[:cap + 1] / probs[:cap + 1].sum()
-            a, c = self.model.acfg, self.model.cfg
-            run = [b for b in range(cap + 1) if q[b] > a.router_threshold] or [int(np.argmax(q))]
-            w = q[run] / q[run].sum()
-            est = estimator_flops(c, a.est_hidden) + sum(
-                vit_flops(replace(c, mlp_ratio=a.mlp_ratios[b]), [n_changed] * a.depths[b]) for b in run)
-            dense = vit_flops(replace(c, mlp_ratio=a.mlp_ratios[2]), [c.num_tokens] * a.depths[2])
-            return RouteResult(LEVELS, probs, level, density, [LEVELS[b] for b in run], [float(x) for x in w],
-                               float(p["compute_budget"]), float(est), float(dense))
+    def _by_density(self, density: float, budget: float) -> RouteResult:
+        """The rule fallback: levels by log event density."""
+        p = self.params
         lo, hi = math.log(max(p["low_density"], 1e-9)), math.log(max(p["high_density"], 1e-8))
         centres = np.array([lo - 0.5 * (hi - lo), 0.5 * (lo + hi), hi + 0.5 * (hi - lo)])
         x = math.log(max(density, 1e-9))
@@ -102,5 +112,5 @@ class RouterCore:
         probs = np.exp(logits - logits.max())
         probs = (probs / probs.sum()).astype(np.float32)
         level = 0 if density < p["low_density"] else (2 if density > p["high_density"] else 1)
-        run = min(level, cap)
-        return RouteResult(LEVELS, probs, level, density, [LEVELS[run]], [1.0], float(p["compute_budget"]))
+        run = min(level, budget_cap(budget))
+        return RouteResult(LEVELS, probs, level, density, [LEVELS[run]], [1.0], budget)

@@ -1,4 +1,4 @@
-"""DVS128 Gesture dataset (IBM DvsGesture) I/O: AEDAT 3.1, labels, split lists.
+"""DVS128 Gesture dataset (IBM DvsGesture): classes, labels, split lists, trials.
 
 The real download (folder ``DvsGesture``) holds, per trial,
 ``userXX_<lighting>.aedat`` (AEDAT 3.1 event recording) and
@@ -7,27 +7,9 @@ The real download (folder ``DvsGesture``) holds, per trial,
 files unchanged and writes files in the same format (used for test fixtures
 and for exporting simulator output).
 
-AEDAT 3.1 layout (little-endian throughout), as specified by iniVation
-("AEDAT 3.1" file-format page) and implemented in libcaer
-``include/libcaer/events/common.h`` and ``events/polarity.h``:
-
-* ASCII header lines, each ``#...\\r\\n``: first ``#!AER-DAT3.1``, then
-  ``#Format: RAW``, ``#Source <id>: <name>`` (DvsGesture: ``#Source 1: DVS128``),
-  ``#Start-Time: ...``, last ``#!END-HEADER``.
-* Packets: a 28-byte header ``<hhiiiiii`` = eventType, eventSource, eventSize,
-  eventTSOffset, eventTSOverflow, eventCapacity, eventNumber, eventValid,
-  followed by ``eventCapacity * eventSize`` bytes; only the first
-  ``eventNumber`` slots hold events.
-* Polarity events (eventType 1, eventSize 8, eventTSOffset 4): ``uint32 data``
-  + ``int32 timestamp`` (us). ``data`` bit 0 = valid mark, bit 1 = polarity
-  (1 = ON), bits 2-16 = y (15 bits), bits 17-31 = x (15 bits). The 64-bit
-  time is ``(eventTSOverflow << 31) | timestamp`` (libcaer ``TS_OVERFLOW_SHIFT``
-  = 31).
-* Coordinates: AEDAT 3.1 puts (0, 0) in the upper-left corner (AEDAT 3.0 and
-  jAER's AEDAT 2.0 used lower-left), which is this project's convention, so x
-  and y are returned exactly as stored (no flip); the SpikingJelly and
-  dv-python based DvsGesture loaders do the same. The DVS128 is 128x128.
-
+The recordings are AEDAT 3.1 files, read and written by
+:mod:`edge_vlm.io.formats.aedat31` (layout and coordinate convention there:
+(0, 0) is the upper-left corner, as in this project, and the DVS128 is 128x128).
 Events use :data:`edge_vlm.events.EVENT_DTYPE` with ``t = us * 1000`` (ns).
 Malformed input raises :class:`edge_vlm.events.EventDecodeError`.
 """
@@ -37,17 +19,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence, Union
+from typing import Any, Callable, Iterator, Literal, NamedTuple, Sequence
 
 import numpy as np
 
 from edge_vlm.events import EventDecodeError
-from edge_vlm.io.formats.aedat31 import read_aedat31, write_aedat31
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-SENSOR_WIDTH = 128
-SENSOR_HEIGHT = 128
+from edge_vlm.io.formats.aedat31 import PathLike, read_aedat31, write_aedat31
 
 #: DvsGesture class names; label ``k`` (1..11) is ``GESTURE_CLASSES[k - 1]``.
 GESTURE_CLASSES: tuple[str, ...] = (
@@ -64,29 +41,19 @@ GESTURE_CLASSES: tuple[str, ...] = (
     "other_gestures",
 )
 
-#: Human-readable verb phrases per class name ("a person ... ").
-GESTURE_PHRASES: dict[str, str] = {
-    "hand_clapping": "claps hands",
-    "right_hand_wave": "waves the right hand",
-    "left_hand_wave": "waves the left hand",
-    "right_arm_clockwise": "rotates the right arm clockwise",
-    "right_arm_counter_clockwise": "rotates the right arm counter-clockwise",
-    "left_arm_clockwise": "rotates the left arm clockwise",
-    "left_arm_counter_clockwise": "rotates the left arm counter-clockwise",
-    "arm_roll": "rolls the arms",
-    "air_drums": "plays air drums",
-    "air_guitar": "plays air guitar",
-    "other_gestures": "makes another gesture",
-}
-
 NUM_CLASSES = len(GESTURE_CLASSES)
+
+
+def check_label(label: int) -> int:
+    """``label`` if it is a DvsGesture label (1..11), else ValueError."""
+    if not 1 <= label <= NUM_CLASSES:
+        raise ValueError(f"gesture label {label} outside 1..{NUM_CLASSES}")
+    return label
 
 
 def class_name(label: int) -> str:
     """Class name of a 1-based DvsGesture label."""
-    if not 1 <= label <= NUM_CLASSES:
-        raise ValueError(f"gesture label {label} outside 1..{NUM_CLASSES}")
-    return GESTURE_CLASSES[label - 1]
+    return GESTURE_CLASSES[check_label(label) - 1]
 
 
 def class_label(name: str) -> int:
@@ -182,12 +149,19 @@ _TRIAL_RE = re.compile(r"^user(\d+)_(.+)\.aedat$")
 Split = Literal["train", "test", "all"]
 
 
-def parse_trial_name(trial: PathLike) -> tuple[int, str]:
+class TrialName(NamedTuple):
+    """What a trial's file name says."""
+
+    user: int
+    lighting: str
+
+
+def parse_trial_name(trial: PathLike) -> TrialName:
     """``(user id, lighting)`` from ``.../user01_fluorescent_led.aedat``."""
     m = _TRIAL_RE.match(os.path.basename(os.fspath(trial)))
     if m is None:
         raise ValueError(f"not a DvsGesture trial name: {os.fspath(trial)!r}")
-    return int(m.group(1)), m.group(2)
+    return TrialName(int(m.group(1)), m.group(2))
 
 
 def labels_path(trial: PathLike) -> Path:
@@ -201,6 +175,21 @@ def slice_segment(events: np.ndarray, seg: Segment) -> np.ndarray:
     """Events with ``seg.start_ns <= t < seg.end_ns`` (``events`` sorted by t)."""
     lo, hi = np.searchsorted(events["t"], [seg.start_ns, seg.end_ns], side="left")
     return events[lo:hi]
+
+
+class Trial(NamedTuple):
+    """One recording of the data set."""
+
+    events: np.ndarray            # EVENT_DTYPE, sorted by time
+    segments: list[Segment]
+
+
+class Sample(NamedTuple):
+    """One labelled gesture of the data set."""
+
+    trial: str                    # the trial's aedat path
+    segment: Segment
+    events: np.ndarray            # its events in [start, end)
 
 
 class Dvs128Dataset:
@@ -234,19 +223,19 @@ class Dvs128Dataset:
         """Labelled segments of a trial (path or bare aedat filename)."""
         return read_labels_csv(labels_path(self._path(trial)))
 
-    def load(self, trial: PathLike) -> tuple[np.ndarray, list[Segment]]:
+    def load(self, trial: PathLike) -> Trial:
         """Events (sorted by time, stable) and segments of one trial."""
         events, info = read_aedat31(self._path(trial))
         if not info["monotonic"]:
             events = events[np.argsort(events["t"], kind="stable")]
-        return events, self.segments(trial)
+        return Trial(events, self.segments(trial))
 
-    def iter_samples(self, split: Split = "all") -> Iterator[tuple[str, Segment, np.ndarray]]:
-        """Yield ``(trial path, segment, events in [start, end))`` for a split."""
+    def iter_samples(self, split: Split = "all") -> Iterator[Sample]:
+        """Yield the labelled segments of a split, trial by trial."""
         for trial in self.trials(split):
             events, segments = self.load(trial)
             for seg in segments:
-                yield trial, seg, slice_segment(events, seg)
+                yield Sample(trial, seg, slice_segment(events, seg))
 
 
 def _trial_filename(name: str) -> str:
@@ -283,7 +272,8 @@ def gesture_ground_truth(trial: PathLike, segments: Sequence[Segment],
     out = []
     for i, seg in enumerate(segments):
         refs = references(seg.label)
-        out.append({"clip_id": f"{stem}_{i:02d}", "label": int(seg.label), "class_name": seg.class_name,
+        out.append({"clip_id": f"{stem}_{i:02d}", "label": int(seg.label),
+                    "class_name": seg.class_name,
                     "t_start_ns": int(seg.start_ns), "t_end_ns": int(seg.end_ns),
                     "attributes": {"source": "DvsGesture", "subject": user, "lighting": lighting},
                     "references": refs, "caption": refs[0]})
@@ -291,8 +281,9 @@ def gesture_ground_truth(trial: PathLike, segments: Sequence[Segment],
 
 
 __all__ = [
-    "SENSOR_WIDTH", "SENSOR_HEIGHT", "GESTURE_CLASSES", "GESTURE_PHRASES", "NUM_CLASSES",
-    "class_name", "class_label", "Segment", "read_labels_csv", "write_labels_csv", "read_split_list",
-    "write_split_list", "parse_trial_name", "labels_path", "slice_segment", "Dvs128Dataset", "write_trial",
-    "write_splits", "gesture_ground_truth",
+    "GESTURE_CLASSES", "NUM_CLASSES",
+    "check_label", "class_name", "class_label", "Segment", "read_labels_csv", "write_labels_csv",
+    "read_split_list", "write_split_list", "TrialName", "parse_trial_name", "labels_path",
+    "slice_segment", "Trial", "Sample", "Dvs128Dataset", "write_trial", "write_splits",
+    "gesture_ground_truth",
 ]

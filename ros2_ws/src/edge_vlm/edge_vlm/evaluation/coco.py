@@ -33,6 +33,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from PIL import Image
+
+from edge_vlm.evaluation.metrics import caption_metrics, json_safe, percentiles
+from edge_vlm.inference.factory import engine_from_params, load_model
+from edge_vlm.report import fmt_value
 
 __all__ = ["CocoFormatError", "ImageLoadError", "CocoSet", "DOMAIN_NOTE", "DEFAULT_THRESHOLD",
            "load_coco_captions", "load_image", "frame_diff_mask", "run_coco", "markdown_report",
@@ -40,9 +45,9 @@ __all__ = ["CocoFormatError", "ImageLoadError", "CocoSet", "DOMAIN_NOTE", "DEFAU
 
 #: default change threshold: mean absolute luma difference per patch, in 0..255 units
 DEFAULT_THRESHOLD = 8.0
-DOMAIN_NOTE = ("The shipped checkpoint was trained on simulated DVS128-style gesture scenes, so its captions "
-               "of COCO photos are out of domain (expect near-zero scores); this harness is for your own "
-               "captioning checkpoints and frames.")
+DOMAIN_NOTE = ("The shipped checkpoint was trained on simulated DVS128-style gesture scenes, so "
+               "its captions of COCO photos are out of domain (expect near-zero scores); this "
+               "harness is for your own captioning checkpoints and frames.")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -60,7 +65,7 @@ class CocoSet:
     images: list[dict]                                   # {"id", "file_name", ...}, file order
     references: dict[Any, list[str]]                     # image id -> captions
     annotations: int = 0                                 # annotations read
-    unknown_image_annotations: int = 0                   # annotations whose image_id is not in "images"
+    unknown_image_annotations: int = 0                   # annotations of ids not in "images"
     warnings: list[str] = field(default_factory=list)
 
 
@@ -96,12 +101,15 @@ def load_coco_captions(path: str | os.PathLike) -> CocoSet:
     refs: dict[Any, list[str]] = {im["id"]: [] for im in images}
     unknown: list = []
     for i, an in enumerate(doc["annotations"]):
-        if not isinstance(an, dict) or "image_id" not in an or not isinstance(an.get("caption"), str):
-            raise CocoFormatError(f"{path}: annotations[{i}] needs an 'image_id' and a string 'caption'")
+        if not isinstance(an, dict) or "image_id" not in an \
+                or not isinstance(an.get("caption"), str):
+            raise CocoFormatError(f"{path}: annotations[{i}] needs an 'image_id' and a string "
+                                  "'caption'")
         try:
             target = refs.get(an["image_id"])
         except TypeError:          # unhashable image_id (list, dict)
-            raise CocoFormatError(f"{path}: annotations[{i}].image_id must be an integer or a string") from None
+            raise CocoFormatError(f"{path}: annotations[{i}].image_id must be an integer or a "
+                                  "string") from None
         if target is None:
             unknown.append(an["image_id"])
         else:
@@ -114,15 +122,14 @@ def load_coco_captions(path: str | os.PathLike) -> CocoSet:
 
 
 def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Image file -> ``(size, size, 3)`` uint8 RGB: shorter side resized to ``size``, then center crop.
+    """Image file -> ``(size, size, 3)`` uint8 RGB: shorter side resized to ``size``, then
+    center crop.
 
     Raises :class:`ImageLoadError` for a missing or undecodable file.
     """
     if not os.path.isfile(path):
         raise ImageLoadError(f"image not found: {path}")
     try:
-        from PIL import Image
-
         with Image.open(path) as im:
             im = im.convert("RGB")
             w, h = im.size
@@ -131,13 +138,12 @@ def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
             im = im.resize((nw, nh), Image.BILINEAR)
             left, top = (nw - size) // 2, (nh - size) // 2
             return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
-    except ImportError:            # pragma: no cover - Pillow is in the project's requirements
-        raise ImageLoadError("Pillow is not installed (pip install pillow)") from None
     except Exception as exc:       # truncated/corrupt file, unknown format...
         raise ImageLoadError(f"cannot decode image {path}: {type(exc).__name__}: {exc}") from exc
 
 
-def frame_diff_mask(prev_rgb: np.ndarray | None, rgb: np.ndarray, patch: int, threshold: float) -> np.ndarray:
+def frame_diff_mask(prev_rgb: np.ndarray | None, rgb: np.ndarray, patch: int,
+                    threshold: float) -> np.ndarray:
     """Per-patch change mask from two RGB frames (``(H, W, 3)`` uint8, same shape).
 
     A patch changed when the mean absolute luma difference (BT.601 weights,
@@ -164,14 +170,81 @@ def _total(flops: Any) -> float:
 
 
 def _stats(values: list[float]) -> dict:
-    from edge_vlm.evaluation.metrics import percentiles
-
     return percentiles(values)
 
 
+@dataclass
+class _Stream:
+    """The RGB-only stream of one run: its engine and what it produced."""
+
+    eng: Any
+    hist: np.ndarray                       # the all-zero event histogram
+    image_size: int
+    patch: int
+    threshold: float
+    prev: np.ndarray | None = None
+    per_image: list[dict] = field(default_factory=list)
+    skipped: dict[str, int] = field(
+        default_factory=lambda: {"missing": 0, "unreadable": 0, "no_references": 0})
+    skipped_files: list[dict] = field(default_factory=list)
+
+
+def _caption_image(st: _Stream, k: int, im: dict, images_dir: str, refs: list[str],
+                   say: Callable[[str], None]) -> None:
+    """Load, mask and caption one image of the stream (a missing or unreadable one is skipped)."""
+    path = os.path.join(images_dir, im["file_name"])
+    t0 = time.perf_counter()
+    try:
+        rgb = load_image(path, st.image_size)
+    except ImageLoadError as exc:
+        st.skipped["missing" if not os.path.isfile(path) else "unreadable"] += 1
+        st.skipped_files.append({"id": im["id"], "file_name": im["file_name"], "reason": str(exc)})
+        say(f"coco: skipped {im['file_name']}: {exc}")
+        return
+    t1 = time.perf_counter()
+    mask = frame_diff_mask(st.prev, rgb, st.patch, st.threshold)
+    t2 = time.perf_counter()
+    r = st.eng.process(st.hist, rgb=rgb, change_mask=mask)
+    st.prev = rgb
+    if not refs:
+        st.skipped["no_references"] += 1
+    st.per_image.append({
+        "id": im["id"], "file_name": im["file_name"], "caption": r.text, "references": refs,
+        "change_tokens": int(mask.sum()), "active_tokens": int(r.active_tokens),
+        "total_tokens": int(r.total_tokens), "refreshed": bool(getattr(r, "refreshed", k == 0)),
+        "flops": _total(r.flops), "flops_dense": _total(r.flops_dense),
+        "latency_ms": {"load": (t1 - t0) * 1e3, "frame_diff": (t2 - t1) * 1e3, **r.latency_ms}})
+
+
+def _summary(st: _Stream, meteor: bool) -> dict:
+    """Caption metrics, active tokens, FLOPs and latency of the captioned images."""
+    per_image = st.per_image
+    scored = [p for p in per_image if p["references"]]
+    caps = caption_metrics({i: p["caption"] for i, p in enumerate(scored)},
+                           {i: p["references"] for i, p in enumerate(scored)}, meteor=meteor)
+    frac = [p["active_tokens"] / p["total_tokens"] for p in per_image]
+    fl, fd = sum(p["flops"] for p in per_image), sum(p["flops_dense"] for p in per_image)
+    n = len(per_image)
+    stages = sorted({s for p in per_image for s in p["latency_ms"]})
+    return {
+        "images_processed": n, "images_scored": len(scored), "captions": caps,
+        "active_fraction": {**_stats(frac),
+                            "mean_after_first": (float(np.mean(frac[1:])) if len(frac) > 1
+                                                 else None)},
+        "change_fraction_mean": (float(np.mean([p["change_tokens"] / p["total_tokens"]
+                                                for p in per_image])) if per_image else None),
+        "flops": {"executed_mean": fl / n if n else None, "dense_mean": fd / n if n else None,
+                  "ratio": fl / fd if fd else None,
+                  "saved_fraction": 1.0 - fl / fd if fd else None},
+        "latency_ms": {s: _stats([p["latency_ms"][s] for p in per_image if s in p["latency_ms"]])
+                       for s in stages}}
+
+
 def run_coco(images_dir: str | os.PathLike, captions: str | os.PathLike, *, checkpoint: str = "",
-             limit: int | None = None, threshold: float = DEFAULT_THRESHOLD, refresh_period: int = 0,
-             decoding: str = "greedy", meteor: bool = True, log: Callable[[str], None] | None = None) -> dict:
+             limit: int | None = None, threshold: float = DEFAULT_THRESHOLD,
+             refresh_period: int = 0,
+             decoding: str = "greedy", meteor: bool = True,
+             log: Callable[[str], None] | None = None) -> dict:
     """Caption the images of a COCO-format set as one RGB-only stream and score the captions.
 
     ``limit``: only the first N images of ``"images"``. ``refresh_period``:
@@ -179,58 +252,24 @@ def run_coco(images_dir: str | os.PathLike, captions: str | os.PathLike, *, chec
     undecodable image is skipped and counted; images without references are
     captioned but not scored. Raises :class:`CocoFormatError` (bad captions
     file), ``FileNotFoundError`` (no image folder) and
-    :class:`~edge_vlm.model.engine.CheckpointError`.
+    :class:`~edge_vlm.model.checkpoint.CheckpointError`.
     """
-    from edge_vlm.evaluation.metrics import caption_metrics, json_safe
-    from edge_vlm.inference.engine import engine_from_params
-    from edge_vlm.model.checkpoint import load_checkpoint
-
     say = log or (lambda msg: None)
     t_start = time.perf_counter()
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"image folder not found: {images_dir}")
     cs = load_coco_captions(captions)
-    model, extra = load_checkpoint(checkpoint)
+    model, extra = load_model(checkpoint)
     cfg = model.cfg
-    eng = engine_from_params(model, {"refresh_period": refresh_period, "decoding": decoding}, extra)
+    eng = engine_from_params(model, {"refresh_period": refresh_period, "decoding": decoding},
+                             extra)
     hist = np.zeros((cfg.event_channels, cfg.image_size, cfg.image_size), dtype=np.float32)
+    st = _Stream(eng, hist, cfg.image_size, cfg.patch, threshold)
     todo = cs.images if limit is None else cs.images[:max(0, int(limit))]
-    skipped: dict[str, int] = {"missing": 0, "unreadable": 0, "no_references": 0}
-    skipped_files: list[dict] = []
-    per_image: list[dict] = []
-    prev = None
     for k, im in enumerate(todo):
-        path = os.path.join(os.fspath(images_dir), im["file_name"])
-        t0 = time.perf_counter()
-        try:
-            rgb = load_image(path, cfg.image_size)
-        except ImageLoadError as exc:
-            skipped["missing" if not os.path.isfile(path) else "unreadable"] += 1
-            skipped_files.append({"id": im["id"], "file_name": im["file_name"], "reason": str(exc)})
-            say(f"coco: skipped {im['file_name']}: {exc}")
-            continue
-        t1 = time.perf_counter()
-        mask = frame_diff_mask(prev, rgb, cfg.patch, threshold)
-        t2 = time.perf_counter()
-        r = eng.process(hist, rgb=rgb, change_mask=mask)
-        prev = rgb
-        refs = cs.references.get(im["id"]) or []
-        if not refs:
-            skipped["no_references"] += 1
-        per_image.append({
-            "id": im["id"], "file_name": im["file_name"], "caption": r.text, "references": refs,
-            "change_tokens": int(mask.sum()), "active_tokens": int(r.active_tokens),
-            "total_tokens": int(r.total_tokens), "refreshed": bool(getattr(r, "refreshed", k == 0)),
-            "flops": _total(r.flops), "flops_dense": _total(r.flops_dense),
-            "latency_ms": {"load": (t1 - t0) * 1e3, "frame_diff": (t2 - t1) * 1e3, **r.latency_ms}})
+        _caption_image(st, k, im, os.fspath(images_dir), cs.references.get(im["id"]) or [], say)
         if (k + 1) % 50 == 0:
             say(f"coco: {k + 1}/{len(todo)} images")
-    scored = [p for p in per_image if p["references"]]
-    caps = caption_metrics({i: p["caption"] for i, p in enumerate(scored)},
-                           {i: p["references"] for i, p in enumerate(scored)}, meteor=meteor)
-    frac = [p["active_tokens"] / p["total_tokens"] for p in per_image]
-    fl, fd = sum(p["flops"] for p in per_image), sum(p["flops_dense"] for p in per_image)
-    stages = sorted({s for p in per_image for s in p["latency_ms"]})
     result = {
         "note": DOMAIN_NOTE,
         "mode": "rgb-only: zero event histogram, change mask from frame differences",
@@ -239,63 +278,55 @@ def run_coco(images_dir: str | os.PathLike, captions: str | os.PathLike, *, chec
         "checkpoint": checkpoint or "(shipped default)",
         "model_id": str(extra.get("model_id", "captioner")),
         "model": {"image_size": cfg.image_size, "patch": cfg.patch, "num_tokens": cfg.num_tokens},
-        "params": {"threshold": float(threshold), "refresh_period": int(refresh_period), "decoding": decoding,
-                   "limit": limit},
-        "images_processed": len(per_image), "images_scored": len(scored),
-        "skipped": {**skipped, "unknown_image_annotations": cs.unknown_image_annotations},
-        "skipped_files": skipped_files, "warnings": list(cs.warnings),
-        "captions": caps,
-        "active_fraction": {**_stats(frac),
-                            "mean_after_first": float(np.mean(frac[1:])) if len(frac) > 1 else None},
-        "change_fraction_mean": (float(np.mean([p["change_tokens"] / p["total_tokens"] for p in per_image]))
-                                 if per_image else None),
-        "flops": {"executed_mean": fl / len(per_image) if per_image else None,
-                  "dense_mean": fd / len(per_image) if per_image else None,
-                  "ratio": fl / fd if fd else None, "saved_fraction": 1.0 - fl / fd if fd else None},
-        "latency_ms": {s: _stats([p["latency_ms"][s] for p in per_image if s in p["latency_ms"]])
-                       for s in stages},
-        "per_image": per_image,
+        "params": {"threshold": float(threshold), "refresh_period": int(refresh_period),
+                   "decoding": decoding, "limit": limit},
+        "skipped": {**st.skipped, "unknown_image_annotations": cs.unknown_image_annotations},
+        "skipped_files": st.skipped_files, "warnings": list(cs.warnings),
+        **_summary(st, meteor),
+        "per_image": st.per_image,
         "wall_s": time.perf_counter() - t_start,
     }
     return json_safe(result)
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return f"{v:.{digits}g}"
-    return str(v)
+    return fmt_value(v, digits)
+
+
+def _table(r: dict) -> list[str]:
+    caps, af, fl, sk = r["captions"], r["active_fraction"], r["flops"], r["skipped"]
+    rows = [("images processed (scored)", f"{r['images_processed']} ({r['images_scored']})"),
+            ("skipped: missing / unreadable / no references",
+             f"{sk['missing']} / {sk['unreadable']} / {sk['no_references']}"),
+            ("annotations for unknown image ids (ignored)", sk["unknown_image_annotations"])]
+    rows += [(m, _fmt(caps.get(m))) for m in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR",
+                                              "ROUGE-L", "CIDEr-D")]
+    rows += [("caption tokenizer", caps.get("tokenizer") or "n/a"),
+             ("active-token fraction mean / p50 / p95",
+              " / ".join(_fmt(af[k], 3) for k in ("mean", "p50", "p95"))),
+             ("active-token fraction, images after the first", _fmt(af["mean_after_first"], 3)),
+             ("FLOPs per image, executed / dense",
+              f"{_fmt(fl['executed_mean'])} / {_fmt(fl['dense_mean'])}"),
+             ("FLOPs executed / dense", _fmt(fl["ratio"], 3))]
+    lat = r["latency_ms"]
+    rows += [(f"latency {s} p50 / p95 (ms)", f"{_fmt(lat[s]['p50'])} / {_fmt(lat[s]['p95'])}")
+             for s in ("encoder", "decoder", "total") if s in lat]
+    return ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
 
 def markdown_report(r: dict) -> str:
     """The summary of :func:`run_coco` as Markdown."""
-    caps, af, fl, sk = r["captions"], r["active_fraction"], r["flops"], r["skipped"]
-    lat = r["latency_ms"]
+    prm = r["params"]
     lines = ["# edge-vlm coco", "", f"> {r['note']}", "",
              f"Images `{r['source']['images']}`, captions `{r['source']['captions']}`, checkpoint "
-             f"`{r['checkpoint']}`. Mode: {r['mode']} (threshold {_fmt(r['params']['threshold'])} luma levels, "
-             f"refresh period {r['params']['refresh_period']}, {r['params']['decoding']} decoding).", "",
-             "| metric | value |", "|---|---|",
-             f"| images processed (scored) | {r['images_processed']} ({r['images_scored']}) |",
-             f"| skipped: missing / unreadable / no references | {sk['missing']} / {sk['unreadable']} / "
-             f"{sk['no_references']} |",
-             f"| annotations for unknown image ids (ignored) | {sk['unknown_image_annotations']} |"]
-    lines += [f"| {m} | {_fmt(caps.get(m))} |" for m in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR",
-                                                          "ROUGE-L", "CIDEr-D")]
-    lines += [f"| caption tokenizer | {caps.get('tokenizer') or 'n/a'} |",
-              f"| active-token fraction mean / p50 / p95 | {_fmt(af['mean'], 3)} / {_fmt(af['p50'], 3)} / "
-              f"{_fmt(af['p95'], 3)} |",
-              f"| active-token fraction, images after the first | {_fmt(af['mean_after_first'], 3)} |",
-              f"| FLOPs per image, executed / dense | {_fmt(fl['executed_mean'])} / {_fmt(fl['dense_mean'])} |",
-              f"| FLOPs executed / dense | {_fmt(fl['ratio'], 3)} |"]
-    for s in ("encoder", "decoder", "total"):
-        if s in lat:
-            lines.append(f"| latency {s} p50 / p95 (ms) | {_fmt(lat[s]['p50'])} / {_fmt(lat[s]['p95'])} |")
+             f"`{r['checkpoint']}`. Mode: {r['mode']} (threshold {_fmt(prm['threshold'])} luma "
+             f"levels, refresh period {prm['refresh_period']}, {prm['decoding']} decoding).", ""]
+    lines += _table(r)
     for w in r.get("warnings") or []:
         lines += ["", f"Warning: {w}"]
     if r.get("skipped_files"):
-        lines += ["", "Skipped images:"] + [f"- `{s['file_name']}`: {s['reason']}" for s in r["skipped_files"][:20]]
+        lines += ["", "Skipped images:"]
+        lines += [f"- `{s['file_name']}`: {s['reason']}" for s in r["skipped_files"][:20]]
     lines.append("")
     return "\n".join(lines)
 

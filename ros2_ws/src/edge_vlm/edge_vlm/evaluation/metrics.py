@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import re
 import shutil
+import subprocess
+import tempfile
 import threading
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
@@ -47,7 +50,8 @@ CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", 
 EMPTY_CAPTION = "emptycaption"
 
 # the punctuation pycocoevalcap's PTBTokenizer removes after tokenizing
-_PTB_PUNCT = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-",
+_PTB_PUNCT = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":",
+              "-",
               "--", "...", ";", "-lrb-", "-rrb-", "-lcb-", "-rcb-"}
 
 
@@ -79,8 +83,8 @@ def _simple_tokenize(text: str) -> str:
     text = text.lower().replace("\n", " ")
     text = re.sub(r"([.,!?;:()\[\]{}\"`])", r" \1 ", text)
     text = re.sub(r"(\w)'(\w)", r"\1 '\2", text)
-    return " ".join(w for w in text.split() if w not in _PTB_PUNCT and w not in {"(", ")", "[", "]",
-                                                                                "{", "}", '"'})
+    brackets = {"(", ")", "[", "]", "{", "}", '"'}
+    return " ".join(w for w in text.split() if w not in _PTB_PUNCT and w not in brackets)
 
 
 def ptb_tokenize(captions: Mapping[object, Sequence[str]], *, use_java: bool | None = None
@@ -101,21 +105,19 @@ def ptb_tokenize(captions: Mapping[object, Sequence[str]], *, use_java: bool | N
         if toks is not None:
             it = iter(toks)
             return {k: [next(it) or EMPTY_CAPTION for _ in clean[k]] for k in keys}, "ptb"
-    return {k: [_simple_tokenize(c) or EMPTY_CAPTION for c in v] for k, v in clean.items()}, "simple"
+    simple = {k: [_simple_tokenize(c) or EMPTY_CAPTION for c in v] for k, v in clean.items()}
+    return simple, "simple"
 
 
 def _run_ptb(sentences: list[str]) -> list[str] | None:
     """pycocoevalcap's PTBTokenizer command (same jar, flags and punctuation filter), but with
     the temp file outside site-packages and the tokenizer's stderr chatter captured."""
-    import os
-    import subprocess
-    import tempfile
-
     try:
         from pycocoevalcap.tokenizer import ptbtokenizer as ptb
     except ImportError:
         return None
-    jar = os.path.join(os.path.dirname(os.path.abspath(ptb.__file__)), ptb.STANFORD_CORENLP_3_4_1_JAR)
+    jar = os.path.join(os.path.dirname(os.path.abspath(ptb.__file__)),
+                       ptb.STANFORD_CORENLP_3_4_1_JAR)
     if not os.path.isfile(jar):
         return None
     with tempfile.TemporaryDirectory(prefix="edge_vlm_ptb_") as d:
@@ -125,7 +127,8 @@ def _run_ptb(sentences: list[str]) -> list[str] | None:
         try:
             proc = subprocess.run(["java", "-cp", jar, "edu.stanford.nlp.process.PTBTokenizer",
                                    "-preserveLines", "-lowerCase", src],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300, check=False)
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300,
+                                  check=False)
         except (OSError, subprocess.SubprocessError):
             return None
     if proc.returncode != 0:
@@ -197,7 +200,8 @@ def cider_d(candidates: Mapping[object, str], references: Mapping[object, Sequen
 
 
 # ----------------------------------------------------------------------------- captions
-def bleu_scores(candidates: Mapping[object, str], references: Mapping[object, Sequence[str]]) -> dict:
+def bleu_scores(candidates: Mapping[object, str],
+                references: Mapping[object, Sequence[str]]) -> dict:
     """Corpus BLEU-1..4 (pycocoevalcap, 'closest' reference length) of tokenized captions."""
     from pycocoevalcap.bleu.bleu import Bleu
 
@@ -207,7 +211,8 @@ def bleu_scores(candidates: Mapping[object, str], references: Mapping[object, Se
     return {f"BLEU-{i + 1}": float(s) for i, s in enumerate(score)}
 
 
-def caption_metrics(candidates: Mapping[object, str], references: Mapping[object, Sequence[str]], *,
+def caption_metrics(candidates: Mapping[object, str], references: Mapping[object, Sequence[str]],
+                    *,
                     meteor: bool = True, tokenize: bool = True, per_item: bool = False) -> dict:
     """Corpus caption metrics of one candidate per item against its references.
 
@@ -233,7 +238,8 @@ def caption_metrics(candidates: Mapping[object, str], references: Mapping[object
         gts = {i: toks[("r", i)] for i in range(len(keys))}
     else:
         name = "none"
-        res = {i: [(" ".join(str(candidates[k]).split()) or EMPTY_CAPTION)] for i, k in enumerate(keys)}
+        res = {i: [(" ".join(str(candidates[k]).split()) or EMPTY_CAPTION)]
+               for i, k in enumerate(keys)}
         gts = {i: [" ".join(str(r).split()) for r in references[k]] for i, k in enumerate(keys)}
     out["tokenizer"] = name
     items: dict = {i: {} for i in range(len(keys))}
@@ -251,7 +257,8 @@ def caption_metrics(candidates: Mapping[object, str], references: Mapping[object
     out["ROUGE-L"] = float(score)
     for i in range(len(keys)):
         items[i]["ROUGE-L"] = float(per[i])
-    # pycocoevalcap's Cider = CIDEr-D (clipped tf, Gaussian length penalty sigma 6, x10), see cider_d()
+    # pycocoevalcap's Cider = CIDEr-D (clipped tf, Gaussian length penalty sigma 6, x10),
+    # see cider_d()
     score, per = Cider(n=4, sigma=6.0).compute_score(gts, res)
     out["CIDEr-D"] = float(score)
     for i in range(len(keys)):
@@ -318,11 +325,14 @@ def gesture_accuracy(y_true: Iterable[int], y_pred: Iterable[int]) -> dict:
     if t.shape != p.shape:
         raise ValueError(f"{t.size} true labels but {p.size} predictions")
     correct = int((t == p).sum())
-    return {"accuracy": (correct / t.size) if t.size else None, "correct": correct, "total": int(t.size)}
+    return {"accuracy": (correct / t.size) if t.size else None, "correct": correct,
+            "total": int(t.size)}
 
 
-def confusion_matrix(y_true: Iterable[int], y_pred: Iterable[int], num_classes: int = NUM_CLASSES) -> dict:
-    """Confusion matrix over the 1-based labels 1..num_classes (rows = truth, columns = prediction).
+def confusion_matrix(y_true: Iterable[int], y_pred: Iterable[int],
+                     num_classes: int = NUM_CLASSES) -> dict:
+    """Confusion matrix over the 1-based labels 1..num_classes (rows = truth, columns =
+    prediction).
 
     Returns ``{"labels", "class_names", "counts" (int, K x K), "normalized"
     (each row divided by its total; all-zero rows stay 0), "support" (row
@@ -337,7 +347,8 @@ def confusion_matrix(y_true: Iterable[int], y_pred: Iterable[int], num_classes: 
     np.add.at(counts, (t - 1, p - 1), 1)
     support = counts.sum(axis=1)
     norm = counts / np.maximum(support, 1)[:, None]
-    names = list(GESTURE_CLASSES[:k]) + [f"class_{i}" for i in range(len(GESTURE_CLASSES) + 1, k + 1)]
+    names = list(GESTURE_CLASSES[:k])
+    names += [f"class_{i}" for i in range(len(GESTURE_CLASSES) + 1, k + 1)]
     return {"labels": list(range(1, k + 1)), "class_names": names, "counts": counts.tolist(),
             "normalized": [[float(v) for v in row] for row in norm], "support": support.tolist(),
             "per_class_accuracy": [float(norm[i, i]) if support[i] else None for i in range(k)]}

@@ -54,42 +54,51 @@ _EVAL = "`edge-vlm eval data/demo/bag --out data/eval`"
 #: the paper's headline claims, in table order (the figures come from the files)
 CLAIMS: tuple[Claim, ...] = (
     Claim("STTF keeps 31 of 196 tokens per frame (84% fewer)", "active fraction 31/196 = 0.158",
-          (Measure("bench", "active_token_fraction", "active-token fraction, simulated held-out recording"),
+          (Measure("bench", "active_token_fraction",
+                   "active-token fraction, simulated held-out recording"),
            Measure("bench", "active_token_fraction_low_motion", "same, low-motion gesture frames"),
-           Measure("eval", "active_fraction.mean", "mean active fraction, demo bag (events only)")),
+           Measure("eval", "active_fraction.mean",
+                   "mean active fraction, demo bag (events only)")),
           f"`edge-vlm bench sttf` (part of {_BENCH_ALL}); {_EVAL}",
-          "16x16 = 256 tokens of 8x8 patches on DVS128's native 128x128 (the paper: 14x14 = 196 at 224/16), "
-          "so fractions are compared; periodic dense refreshes are included."),
+          "16x16 = 256 tokens of 8x8 patches on DVS128's native 128x128 (the paper: 14x14 = 196 "
+          "at 224/16), so fractions are compared; periodic dense refreshes are included."),
     Claim("STTF keeps 95.6% accuracy on DVS128 Gesture (vs the dense model)", "95.6%",
           (Measure("bench", "accuracy_sparse", "per-frame gesture accuracy, token memory"),
            Measure("bench", "accuracy_dense", "same frames, dense encoder"),
-           Measure("bench", "segment_accuracy_sparse", "per-clip accuracy (majority vote of its frames), token memory"),
+           Measure("bench", "segment_accuracy_sparse",
+                   "per-clip accuracy (majority vote of its frames), token memory"),
            Measure("bench", "segment_accuracy_dense", "same clips, dense encoder"),
            Measure("bench", "accuracy_sparse", "retained: sparse / dense", over="accuracy_dense"),
-           Measure("bench", "caption_agreement", "frames whose sparse caption equals the dense one")),
+           Measure("bench", "caption_agreement",
+                   "frames whose sparse caption equals the dense one")),
           f"`edge-vlm bench sttf` (part of {_BENCH_ALL})",
-          "Simulated DVS128-style recordings of held-out subjects, not the real DVS128 Gesture test set "
-          "(see the last row); the absolute accuracy is that of this project's small model, the "
-          "sparse / dense ratio is the retained accuracy. The paper's 95.6% classifies whole samples, "
-          "which the per-clip figure measures; per frame, the frames where the arm blends in from and "
-          "out to the rest pose (a clip's first and last 0.2 s) are the hard ones "
-          "(`accuracy_by_clip_phase` in docs/benchmarks.md)."),
+          "Simulated DVS128-style recordings of held-out subjects, not the real DVS128 Gesture "
+          "test set (see the last row); the absolute accuracy is that of this project's small "
+          "model, the sparse / dense ratio is the retained accuracy. The paper's 95.6% classifies "
+          "whole samples, which the per-clip figure measures; per frame, the frames where the arm "
+          "blends in from and out to the rest pose (a clip's first and last 0.2 s) are the hard "
+          "ones (`accuracy_by_clip_phase` in docs/benchmarks.md)."),
     Claim("STTF: 6.1x faster encoder than dense", "6.1x",
           (Measure("bench", "speedup_steady", "encoder wall time dense / sparse, steady state"),
-           Measure("bench", "speedup_total_steady", "whole frame (encoder + fusion + decoder) dense / sparse"),
+           Measure("bench", "speedup_total_steady",
+                   "whole frame (encoder + fusion + decoder) dense / sparse"),
            Measure("bench", "speedup_limit", "ideal: total / active tokens")),
           f"`edge-vlm bench sttf` (part of {_BENCH_ALL})",
           "Batch 1 on a CPU (the bench machine, see above), no GPU: the paper's hardware differs, "
-          "so only ratios are comparable. Sparse on the fused native kernel; dense is the faster of that "
-          "kernel and the PyTorch calls on the same frames (`encoder_backends` in docs/benchmarks.md)."),
+          "so only ratios are comparable. Sparse on the fused native kernel; dense is the faster "
+          "of that kernel and the PyTorch calls on the same frames (`encoder_backends` in "
+          "docs/benchmarks.md)."),
     Claim("ANC: up to 90% fewer FLOPs in low-motion scenes", "up to 0.90 fewer FLOPs",
           (Measure("bench", "flops_reduction_low_motion", "FLOPs saved, low-motion scenes"),
            Measure("bench", "walltime_reduction_low_motion", "wall time saved, low-motion scenes"),
-           Measure("bench", "flops_ratio", "context (token memory, not ANC): FLOPs executed / dense")),
+           Measure("bench", "flops_ratio",
+                   "context (token memory, not ANC): FLOPs executed / dense")),
           _BENCH_ALL, "Fraction saved = 1 - executed / baseline FLOPs."),
-    Claim("ANC: the savings do not cost accuracy in high-motion scenes (checks behind the claim above)",
+    Claim("ANC: the savings do not cost accuracy in high-motion scenes (checks behind the claim "
+          "above)",
           "no separate number",
-          (Measure("bench", "accuracy_anc_high_motion", "gesture accuracy, ANC, high-motion scenes"),
+          (Measure("bench", "accuracy_anc_high_motion",
+                   "gesture accuracy, ANC, high-motion scenes"),
            Measure("bench", "accuracy_medium_high_motion", "same, Medium branch only"),
            Measure("bench", "router_cost_fraction_of_tiny", "router FLOPs / Tiny branch FLOPs")),
           _BENCH_ALL, "Supporting measurements of this project, not numbers from the paper."),
@@ -98,27 +107,33 @@ CLAIMS: tuple[Claim, ...] = (
            Measure("bench", "params_medium", "Medium branch parameters")),
           _BENCH_ALL, "Counted from the model, not from the paper's description."),
     Claim("COCO captioning CIDEr of the 3B VLM", "COCO CIDEr (3B model)",
-          (Measure("eval", "captions.CIDEr-D", "context, not comparable: CIDEr-D of this project's model "
-                                               "on simulated gesture captions (demo bag)"),),
+          (Measure("eval", "captions.CIDEr-D",
+                   "context, not comparable: CIDEr-D of this project's model on simulated gesture "
+                   "captions (demo bag)"),),
           f"{_EVAL}; with your own data: `edge-vlm coco --images DIR --captions captions.json "
           "--checkpoint YOURS.pt`",
-          "Cannot be checked here: no 3B VLM weights and no COCO images on this offline machine (nothing is "
-          "downloaded), CPU only. The shipped model is trained on simulated gesture scenes, so COCO "
-          "photos are out of domain for it; `edge-vlm coco` scores a local COCO-format set with the same "
-          "metrics (pycocoevalcap, COCO protocol).", checkable=False),
+          "Cannot be checked here: no 3B VLM weights and no COCO images on this offline machine "
+          "(nothing is downloaded), CPU only. The shipped model is trained on simulated gesture "
+          "scenes, so COCO photos are out of domain for it; `edge-vlm coco` scores a local "
+          "COCO-format set with the same metrics (pycocoevalcap, COCO "
+          "protocol).", checkable=False),
     Claim("Energy per frame on Jetson / Snapdragon", "energy on Jetson / Snapdragon",
           (Measure("eval", "flops.executed_mean", "context: FLOPs executed per frame, demo bag"),
            Measure("eval", "flops.ratio", "context: FLOPs executed / dense")),
           _EVAL,
-          "Cannot be checked here: no Jetson or Snapdragon board and no power meter. FLOPs per frame "
-          "(published with every output on /edge_vlm/compute_cost) are the hardware-independent proxy; "
-          "docker/README.md describes an untested Jetson build.", checkable=False),
+          "Cannot be checked here: no Jetson or Snapdragon board and no power meter. FLOPs per "
+          "frame (published with every output on /edge_vlm/compute_cost) are the "
+          "hardware-independent proxy; docker/README.md describes an untested "
+          "Jetson build.", checkable=False),
     Claim("Gesture accuracy on the real DVS128 Gesture dataset", "DVS128 Gesture accuracy",
-          (Measure("eval", "accuracy.frame.accuracy", "context: per-frame accuracy, simulated demo bag"),
-           Measure("eval", "accuracy.segment.accuracy", "context: per-segment (majority vote), simulated")),
+          (Measure("eval", "accuracy.frame.accuracy",
+                   "context: per-frame accuracy, simulated demo bag"),
+           Measure("eval", "accuracy.segment.accuracy",
+                   "context: per-segment (majority vote), simulated")),
           "`edge-vlm eval /path/to/DvsGesture --out data/eval_dvs128` (with the dataset on disk)",
-          "Cannot be checked here: the IBM DVS128 Gesture dataset is not available offline (no download "
-          "possible); every accuracy in this table is on the project's simulated DVS128-style recordings.",
+          "Cannot be checked here: the IBM DVS128 Gesture dataset is not available offline (no "
+          "download possible); every accuracy in this table is on the project's simulated "
+          "DVS128-style recordings.",
           checkable=False),
 )
 
@@ -173,7 +188,8 @@ def load_bench(path: str | os.PathLike) -> tuple[dict, dict]:
     for key, value in re.findall(r"^\|\s*`([A-Za-z0-9_.\-]+)`\s*\|([^|\n]*)\|", text, flags=re.M):
         figures.setdefault(key, _scalar(value))          # first table wins (the summary)
     if not figures:
-        raise ValueError(f"{path}: no bench figures found (no ```json block, no | `key` | value | rows)")
+        raise ValueError(f"{path}: no bench figures found (no ```json block, no | `key` | value | "
+                         "rows)")
     return figures, prov
 
 
@@ -246,25 +262,29 @@ def render(bench: dict | None, eval_: dict | None, *, bench_path: str = "", eval
     sources = {"bench": bench, "eval": eval_}
     bp = bench_prov or {}
     lines = ["# Paper claims vs this project's measurements", "",
-             "Generated by `edge-vlm paper-table` from measurement files; no figure is typed in by hand. "
-             f"A figure missing from them reads \"{NOT_MEASURED}\".", ""]
+             "Generated by `edge-vlm paper-table` from measurement files; no figure is typed in "
+             f"by hand. A figure missing from them reads \"{NOT_MEASURED}\".", ""]
     if bench is None:
-        lines.append(f"- bench figures: none (no file{f' `{bench_path}`' if bench_path else ''}; run {_BENCH_ALL})")
+        lines.append(f"- bench figures: none (no file{f' `{bench_path}`' if bench_path else ''}; "
+                     f"run {_BENCH_ALL})")
     else:
         by = f" produced by `{bp['command']}`" if bp.get("command") else ""
         at = f" at {bp['timestamp']}" if bp.get("timestamp") else ""
         lines.append(f"- bench figures: `{bench_path}`{by}{at}"
                      + (f"; machine: {bp['machine']}" if bp.get("machine") else ""))
     if eval_ is None:
-        lines.append(f"- evaluation: none (no file{f' `{eval_path}`' if eval_path else ''}; run {_EVAL})")
+        lines.append(f"- evaluation: none (no file{f' `{eval_path}`' if eval_path else ''}; run "
+                     f"{_EVAL})")
     else:
-        src = (eval_.get("source") or {}).get("path") if isinstance(eval_.get("source"), dict) else None
+        source = eval_.get("source")
+        src = source.get("path") if isinstance(source, dict) else None
         lines.append(f"- evaluation: `{eval_path}`" + (f" of `{src}`" if src else "")
                      + (f", checkpoint `{os.path.basename(str(eval_['checkpoint']))}`"
                         if eval_.get("checkpoint") else ""))
-    lines += ["", "Regenerate: `edge-vlm bench all --json && edge-vlm eval data/demo/bag --out data/eval "
-              "&& edge-vlm paper-table`", "",
-              "| # | claim (paper) | paper | measured here | command | note |", "|---|---|---|---|---|---|"]
+    lines += ["", "Regenerate: `edge-vlm bench all --json && edge-vlm eval data/demo/bag --out "
+                  "data/eval && edge-vlm paper-table`", "",
+              "| # | claim (paper) | paper | measured here | command | note |",
+              "|---|---|---|---|---|---|"]
     for i, c in enumerate(CLAIMS, 1):
         got = [f"{m.label}: **{_fmt(_value(m, sources))}**" for m in c.measures]
         if not c.checkable:

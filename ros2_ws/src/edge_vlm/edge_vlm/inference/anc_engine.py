@@ -7,11 +7,14 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from edge_vlm.inference.engine import EncoderOutput, StreamingCaptioner, hist_tensor
+from edge_vlm.inference.memory import new_memory
+from edge_vlm.inference.routing import Route, Routing, choose_branches
+from edge_vlm.inference.vit import dense_infer, sparse_infer
 from edge_vlm.model.anc import LEVELS, AncModel, branch_params, budget_cap
-from edge_vlm.model.sttf import age_bucket
+from edge_vlm.model.config import age_bucket
 from edge_vlm.model.flops import (decoder_flops, embed_flops, estimator_flops, fusion_flops,
-    mask_flops, vit_flops)
-from edge_vlm.inference.engine import StreamingCaptioner, hist_tensor
+                                  mask_flops, vit_flops)
 
 
 class AncStreamingCaptioner(StreamingCaptioner):
@@ -26,14 +29,15 @@ class AncStreamingCaptioner(StreamingCaptioner):
     ``flops_dense`` of every result is the Medium-only dense model at full budget.
     """
 
-    def __init__(self, model: AncModel, *, compute_budget: float = 1.0, force_level: int | None = None, **kw):
+    def __init__(self, model: AncModel, *, compute_budget: float = 1.0,
+                 force_level: int | None = None, **kw):
         self.force_level = force_level
         super().__init__(model, **kw)
         self.set_budget(compute_budget)
 
     def reset(self) -> None:
         super().reset()
-        self.branch_layers = [br.new_memory() for br in self.model.branches]
+        self.branch_layers = [new_memory(br) for br in self.model.branches]
         # per branch: tokens whose memory input changed since it last ran (None: never ran, or
         # the whole memory was rebuilt since: its next run is dense)
         self.pending: list[np.ndarray | None] = [None] * len(self.model.branches)
@@ -44,26 +48,22 @@ class AncStreamingCaptioner(StreamingCaptioner):
         self.kept = [br.set_budget(self.budget) for br in self.model.branches]
         self._params_cache: dict = {}
 
-    def route(self, hist: np.ndarray, change: np.ndarray) -> tuple[np.ndarray, list[int], list[float]]:
-        """(level probabilities, branches to run, their weights) for the current frame."""
+    def route(self, hist: np.ndarray, change: np.ndarray) -> Routing:
+        """The branches to run the current frame with, and their weights
+        (:func:`~edge_vlm.inference.routing.choose_branches`, or ``force_level``)."""
         bucket = age_bucket(torch.from_numpy(self.age), self.cfg.max_age)[None]
-        logits = self.model.route_logits(hist_tensor(hist)[None], torch.from_numpy(change)[None], bucket)
+        logits = self.model.route_logits(hist_tensor(hist)[None], torch.from_numpy(change)[None],
+                                         bucket)
         probs = torch.softmax(logits, dim=-1)[0].numpy()
-        cap = budget_cap(self.budget)
         if self.force_level is not None:
-            return probs, [min(int(self.force_level), cap)], [1.0]
-        p = probs[:cap + 1] / probs[:cap + 1].sum()
-        run = [b for b in range(cap + 1) if p[b] > self.model.acfg.router_threshold] or [int(np.argmax(p))]
-        w = p[run] / p[run].sum()
-        return probs, run, [float(x) for x in w]
+            return Routing(probs, [min(int(self.force_level), budget_cap(self.budget))], [1.0])
+        return choose_branches(probs, self.budget, self.model.acfg.router_threshold)
 
-    def _encode(self, hist: np.ndarray, change: np.ndarray, changed: np.ndarray, resync: bool) -> dict:
+    def _encode(self, hist: np.ndarray, change: np.ndarray, changed: np.ndarray, resync: bool,
+                refresh: bool) -> EncoderOutput:
         c = self.cfg
         t0 = time.perf_counter()
-        probs, run, weights = self.route(hist, change)
-        refresh = (not self.sparse or resync or self._force_dense
-                   or (self.refresh_period > 0 and self.since_dense >= self.refresh_period)
-                   or (self.drift_bound > 0 and self.drift > self.drift_bound))
+        routing = self.route(hist, change)
         vis, tokens, any_dense = None, {}, False
         for b in range(len(self.pending)):       # what every branch has to catch up on
             if self.pending[b] is not None:
@@ -72,16 +72,17 @@ class AncStreamingCaptioner(StreamingCaptioner):
                 else:
                     self.pending[b][changed] = True
         vit_s = 0.0                              # the branch ViTs' own time (the encoder stage)
-        for b, w in zip(run, weights):
+        for b, w in zip(routing.run, routing.weights):
             br, mem = self.model.branches[b], self.branch_layers[b]
             todo = self.pending[b]
             dense = refresh or todo is None or 2 * int(todo.sum()) > c.num_tokens
             idx = None if dense else torch.from_numpy(np.flatnonzero(todo))
             t_vit = time.perf_counter()
             if dense:
-                out = br.dense_infer(self.e, mem, inplace=True)
+                out = dense_infer(br, self.e, mem, inplace=True)
             else:
-                out, tokens[b] = br.sparse_infer(self.e, idx, mem, self.layer_thresholds, inplace=True)
+                out, tokens[b] = sparse_infer(br, self.e, idx, mem, self.layer_thresholds,
+                                              inplace=True)
             if w != 1.0:                         # one branch: its output as is (weight 1)
                 out = out * w
             vis = out if vis is None else vis + out
@@ -90,21 +91,19 @@ class AncStreamingCaptioner(StreamingCaptioner):
                 tokens[b] = [c.num_tokens] * br.depth
                 any_dense = True
             self.pending[b] = np.zeros(c.num_tokens, dtype=bool)
-        if refresh:
-            self.since_dense, self.drift, self._force_dense = 1, 0.0, False
-        else:
-            self.since_dense += 1
-        dom = run[int(np.argmax(weights))]
-        route = {"branch": LEVELS[dom], "level": int(np.argmax(probs)), "probabilities": [float(x) for x in probs],
-                 "branches": [LEVELS[b] for b in run], "weights": weights, "budget": self.budget,
-                 "kept_channels": list(self.kept[dom]), "branch_tokens": {LEVELS[b]: t for b, t in tokens.items()}}
-        route["params_active"] = self.active_parameters(run, self.model.acfg.decoder_layers[dom])
-        return {"vis": vis, "layer_tokens": tokens[dom], "dense": any_dense,
-                "decoder_layers": self.model.acfg.decoder_layers[dom],
-                "decoder_beam": int(self.model.acfg.decoder_beams[dom]), "route": route, "run": run,
-                "tokens": tokens,
-                # the routing stage: the router and this bookkeeping, i.e. all but the ViT calls
-                "router_ms": (time.perf_counter() - t0) * 1e3 - vit_s * 1e3}
+        a = self.model.acfg
+        dom = routing.run[int(np.argmax(routing.weights))]
+        route = Route(branch=LEVELS[dom], level=int(np.argmax(routing.probabilities)),
+                      probabilities=[float(x) for x in routing.probabilities],
+                      branches=[LEVELS[b] for b in routing.run], weights=routing.weights,
+                      budget=self.budget, kept_channels=list(self.kept[dom]),
+                      branch_tokens={LEVELS[b]: t for b, t in tokens.items()},
+                      params_active=self.active_parameters(routing.run, a.decoder_layers[dom]))
+        return EncoderOutput(vis, tokens[dom], any_dense, decoder_layers=a.decoder_layers[dom],
+                             decoder_beam=int(a.decoder_beams[dom]), route=route,
+                             branch_tokens=tokens,
+                             # the routing stage: the router and this bookkeeping (not the ViTs)
+                             router_ms=(time.perf_counter() - t0) * 1e3 - vit_s * 1e3)
 
     def active_parameters(self, run: list[int], dec_layers: int) -> int:
         """Parameters used by a frame that ran the branches ``run`` (at the current budget) and
@@ -116,19 +115,20 @@ class AncStreamingCaptioner(StreamingCaptioner):
             shared = sum(p.numel() for name, p in m.named_parameters()
                          if not name.startswith(("branches.", "decoder.blocks.")))
             dec = sum(p.numel() for blk in m.decoder.blocks[:dec_layers] for p in blk.parameters())
-            n = self._params_cache[key] = int(shared + dec + sum(branch_params(m.branches[b], self.kept[b])
-                                                                for b in run))
+            branches = sum(branch_params(m.branches[b], self.kept[b]) for b in run)
+            n = self._params_cache[key] = int(shared + dec + branches)
         return n
 
-    def _flops(self, enc: dict, n_embed: int, generated: int, beams: int, learned_mask: bool) -> tuple[dict, float]:
+    def _flops(self, enc: EncoderOutput, n_embed: int, generated: int, beams: int,
+               learned_mask: bool) -> tuple[dict, float]:
         c, m = self.cfg, self.model
         enc_fl = embed_flops(c, n_embed)
-        for b, toks in enc["tokens"].items():
+        for b, toks in enc.branch_tokens.items():
             enc_fl += vit_flops(replace(c, mlp_ratio=m.acfg.mlp_ratios[b]), toks, self.kept[b])
         flops = {"change_mask": mask_flops(c) if learned_mask else 0.0,
                  "router": estimator_flops(c, m.acfg.est_hidden),
                  "encoder": enc_fl, "fusion": fusion_flops(c),
-                 "decoder": decoder_flops(c, generated, beams, enc["decoder_layers"])}
+                 "decoder": decoder_flops(c, generated, beams, enc.decoder_layers)}
         med = replace(c, mlp_ratio=m.acfg.mlp_ratios[2])
         dense = ((mask_flops(c) if learned_mask else 0.0) + embed_flops(c, n_embed)
                  + vit_flops(med, [c.num_tokens] * m.acfg.depths[2]) + fusion_flops(c)

@@ -2,15 +2,15 @@
 
 Per frame:
 
-* change mask: the learned :class:`~edge_vlm.model.captioner.ChangeMaskNet` (default),
+* change mask: the learned :class:`~edge_vlm.model.sttf.ChangeMaskNet` (default),
   the rule "patch has >= ``event_count_threshold`` events", or a mask given by the caller
   (sttf_perception's TokenMask, or a frame difference in RGB-only mode);
 * token memory update (model semantics, identical in sparse and dense mode): patches in
   the mask are embedded and merged into their cached token by the learned gate, tokens
   that reach ``max_age`` frames without change expire (re-embedded from the current
   frame), the first frame / a forced resync / an RGB on-off switch re-embeds every patch;
-* encoder: ``sparse=True`` recomputes only the tokens whose memory input changed, through
-  every layer (per-layer gate against the last propagated value); a dense pass over all
+* encoder (:mod:`.vit`): ``sparse=True`` recomputes only the tokens whose memory input changed,
+  through every layer (per-layer gate against the last propagated value); a dense pass over all
   tokens runs on the first frame, every ``refresh_period`` frames, and when the
   accumulated memory change since the last dense pass exceeds ``drift_bound``.
   ``sparse=False`` is the dense baseline (every token, every layer, every frame);
@@ -25,17 +25,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
 from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES
-from edge_vlm.model.sttf import (CaptionModel, ModelConfig, age_bucket, decode_beam,
-    decode_greedy)
+from edge_vlm.inference.memory import new_memory
+from edge_vlm.inference.routing import Route
+from edge_vlm.inference.vit import dense_infer, sparse_infer
+from edge_vlm.model.config import ModelConfig, age_bucket
+from edge_vlm.model.decoding import decode_beam, decode_greedy
 from edge_vlm.model.flops import decoder_flops, frame_flops
 from edge_vlm.model.motion import MotionState, patch_channel_counts
+from edge_vlm.model.sttf import CaptionModel
 from edge_vlm.model.tokenizer import Tokenizer
-
+from edge_vlm.stream.histogram import patch_counts
 
 
 @dataclass
@@ -55,13 +60,77 @@ class FrameResult:
     frame_index: int = 0
     caption_fresh: bool = True  # False: text reused (caption_period, caption_reuse_threshold)
     layer_tokens: list = field(default_factory=list)   # tokens recomputed per encoder layer
-    route: dict = field(default_factory=dict)          # ANC: branch, level, probabilities, budget, params
+    route: Route | None = None                         # the joint STTF+ANC engine's route
 
     @property
     def flops_executed(self) -> float:
         return float(sum(self.flops.values()))
 
 
+@dataclass(slots=True)
+class StageTimes:
+    """``time.perf_counter()`` at the stage boundaries of one frame (s)."""
+
+    start: float
+    mask: float             # change mask done
+    memory: float           # token memory updated
+    encoder: float          # encoder done
+    fusion: float           # fusion and gesture head done
+    decoder: float = 0.0    # text decoder done
+
+    def latency_ms(self, router_ms: float | None) -> dict[str, float]:
+        """Per-stage wall time (ms); an ANC router that ran inside the encoder stage is reported
+        as its own stage (the encoder time is the ViT's alone)."""
+        lat = {"mask": (self.mask - self.start) * 1e3, "memory": (self.memory - self.mask) * 1e3}
+        enc = (self.encoder - self.memory) * 1e3
+        if router_ms is not None:
+            lat["router"] = router_ms
+            enc -= router_ms
+        lat.update({"encoder": enc, "fusion": (self.fusion - self.encoder) * 1e3,
+                    "decoder": (self.decoder - self.fusion) * 1e3,
+                    "total": (self.decoder - self.start) * 1e3})
+        return lat
+
+
+@dataclass(slots=True)
+class EncoderOutput:
+    """The encoder stage of a frame (``_encode``)."""
+
+    vis: torch.Tensor                   # vision tokens (N, D)
+    layer_tokens: list[int]             # tokens recomputed per layer (ANC: the dominant branch's)
+    dense: bool                         # a dense pass ran
+    decoder_layers: int | None = None   # ANC: decoder blocks of the dominant level (None: all)
+    decoder_beam: int | None = None     # ANC: its widest beam (None: the engine's beam_size)
+    route: Route | None = None          # ANC
+    branch_tokens: dict[int, list[int]] = field(default_factory=dict)   # ANC: per branch that ran
+    router_ms: float | None = None      # ANC: the routing stage's wall time (in the encoder stage)
+
+
+@dataclass(slots=True)
+class Perception:
+    """Every stage of a frame but the text decoder (:meth:`StreamingCaptioner.perceive`)."""
+
+    change: np.ndarray                  # the change mask (bool, N)
+    changed: np.ndarray                 # tokens whose memory input changed (indices)
+    enc: EncoderOutput
+    resync: bool                        # the whole memory was re-embedded
+    fused: torch.Tensor                 # fused queries (1, Q, D)
+    logits: torch.Tensor                # gesture logits (K,)
+    vision_logits: torch.Tensor         # the vision head's (K,)
+    motion: torch.Tensor | None         # the motion state the motion head read (1, C, g, g)
+    learned_mask: bool                  # the change mask came from the mask net
+    times: StageTimes
+
+
+@dataclass(slots=True)
+class DecodedCaption:
+    """The last decoded text and what it was decoded from (the reference of the caption gate)."""
+
+    ids: list[int]
+    score: float
+    label: int                          # gesture class index (0-based)
+    pathway: tuple                      # (decoder layers, beam width)
+    prefix: torch.Tensor                # the fused queries it was decoded from
 
 
 def hist_tensor(hist: np.ndarray) -> torch.Tensor:
@@ -75,41 +144,66 @@ def hist_tensor(hist: np.ndarray) -> torch.Tensor:
 MASK_MODES = ("learned", "event_count")
 
 
+def _mask_method(eng: StreamingCaptioner, value) -> str:
+    if str(value) not in MASK_MODES:
+        raise ValueError(f"mask_method must be one of {MASK_MODES}, got {value!r}")
+    return str(value)
+
+
+#: the engine's parameters by their vlm_captioner node names: (attribute, its value from the
+#: parameter's); set alike at construction and at runtime (:meth:`StreamingCaptioner.set_param`,
+#: :func:`edge_vlm.inference.factory.apply_params`)
+PARAMS: dict[str, tuple[str, Callable]] = {
+    "event_count_threshold": ("k", lambda eng, v: int(v)),
+    "refresh_period": ("refresh_period", lambda eng, v: int(v)),
+    "decoding": ("decoding", lambda eng, v: str(v)),
+    "beam_size": ("beam_size", lambda eng, v: int(v)),
+    "max_caption_tokens": ("max_tokens", lambda eng, v: min(int(v), eng.cfg.max_len)),
+    "caption_period": ("caption_period", lambda eng, v: max(1, int(v))),
+    "caption_reuse_threshold": ("caption_reuse", lambda eng, v: float(v)),
+    "mask_method": ("mask_method", _mask_method),
+    "drift_bound": ("drift_bound", lambda eng, v: float(v)),
+}
+
+
 class StreamingCaptioner:
     """Stateful captioner: feed one frame at a time with :meth:`process`."""
 
-    def __init__(self, model: CaptionModel, *, event_count_threshold: int = 3, refresh_period: int = 0,
-                 decoding: str = "greedy", beam_size: int = 3, max_caption_tokens: int = 20,
-                 sparse: bool = True, rgb_hold_frames: int = 3, caption_period: int = 1,
-                 mask_method: str = "learned", layer_thresholds: list[float] | None = None,
-                 drift_bound: float = 0.0, caption_reuse_threshold: float = 0.0):
-        if mask_method not in MASK_MODES:
-            raise ValueError(f"mask_method must be one of {MASK_MODES}, got {mask_method!r}")
+    def __init__(self, model: CaptionModel, *, event_count_threshold: int = 3,
+                 refresh_period: int = 0, decoding: str = "greedy", beam_size: int = 3,
+                 max_caption_tokens: int = 20, sparse: bool = True, rgb_hold_frames: int = 3,
+                 caption_period: int = 1, mask_method: str = "learned",
+                 layer_thresholds: list[float] | None = None, drift_bound: float = 0.0,
+                 caption_reuse_threshold: float = 0.0):
         self.model = model
         self.cfg: ModelConfig = model.cfg
         self.tok = Tokenizer(self.cfg.vocab)
-        self.k = int(event_count_threshold)
-        self.refresh_period = int(refresh_period)
-        self.decoding = decoding
-        self.beam_size = int(beam_size)
-        self.max_tokens = min(int(max_caption_tokens), self.cfg.max_len)
+        for name, value in (("mask_method", mask_method),
+                            ("event_count_threshold", event_count_threshold),
+                            ("refresh_period", refresh_period), ("decoding", decoding),
+                            ("beam_size", beam_size), ("max_caption_tokens", max_caption_tokens),
+                            ("caption_period", caption_period),
+                            ("caption_reuse_threshold", caption_reuse_threshold),
+                            ("drift_bound", drift_bound)):
+            self.set_param(name, value)
         self.sparse = sparse
         self.rgb_hold_frames = int(rgb_hold_frames)
-        self.caption_period = max(1, int(caption_period))
-        self.caption_reuse = float(caption_reuse_threshold)
-        self.mask_method = mask_method
         self.layer_thresholds = [float(x) for x in (layer_thresholds or [])]
-        self.drift_bound = float(drift_bound)
         with torch.no_grad():
             self._empty = model.embed.empty()
         self.reset()
+
+    def set_param(self, name: str, value) -> None:
+        """Set the engine parameter ``name`` (a key of :data:`PARAMS`); the next frame sees it."""
+        attr, convert = PARAMS[name]
+        setattr(self, attr, convert(self, value))
 
     def reset(self) -> None:
         """Forget the token memory (the next frame re-embeds every patch and runs dense)."""
         c = self.cfg
         self.e = torch.zeros(c.num_tokens, c.dim)                # memory input tokens (gated)
         self.age = np.full(c.num_tokens, c.max_age, dtype=np.int64)
-        self.layers = self.model.vit.new_memory() if hasattr(self.model, "vit") else []
+        self.layers = new_memory(self.model.vit) if hasattr(self.model, "vit") else []
         # encoder output (vision tokens): after a frame, the encoder memory's own tensor, which
         # the next frame updates in place (clone it to keep a frame's)
         self.memory = torch.zeros(c.num_tokens, c.dim)
@@ -121,11 +215,12 @@ class StreamingCaptioner:
         self.held_age = 0
         self._resync = True
         self._force_dense = False
-        self.last_caption: tuple | None = None   # (ids, score, label, (decoder layers, beam width), prefix)
+        self.last_caption: DecodedCaption | None = None
         self.motion_state = MotionState(c.grid)
 
     def force_refresh(self) -> None:
-        """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense pass."""
+        """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense
+        pass."""
         self._resync = True
 
     # -- inputs --
@@ -136,8 +231,6 @@ class StreamingCaptioner:
             with torch.no_grad():
                 logits = self.model.mask_net(hist_tensor(hist)[None])
             return (logits[0] > 0).numpy()
-        from edge_vlm.stream.histogram import patch_counts
-
         return patch_counts(hist, c.patch).reshape(-1) >= self.k
 
     def _content(self, hist: np.ndarray, rgb: np.ndarray | None, idx: np.ndarray,
@@ -146,7 +239,8 @@ class StreamingCaptioner:
         ``events_on`` (denoised), RGB (or zeros)."""
         c = self.cfg
         g, p = c.grid, c.patch
-        ev = hist.reshape(c.event_channels, g, p, g, p).transpose(1, 3, 0, 2, 4).reshape(c.num_tokens, -1)
+        ev = hist.reshape(c.event_channels, g, p, g, p).transpose(1, 3, 0, 2, 4).reshape(
+            c.num_tokens, -1)
         rows = np.log1p(ev[idx].astype(np.float32)) * events_on[idx, None]
         if rgb is not None:
             im = rgb.reshape(g, p, g, p, 3).transpose(0, 2, 4, 1, 3).reshape(c.num_tokens, -1)
@@ -196,64 +290,57 @@ class StreamingCaptioner:
                                 / before.norm(dim=-1).sum().clamp(min=1e-6))
         return changed
 
-    def _encode(self, hist: np.ndarray, change: np.ndarray, changed: np.ndarray, resync: bool) -> dict:
-        """The encoder stage: dense or sparse ViT over the memory. Returns ``vis`` (N, D),
-        ``layer_tokens`` and ``dense``; subclasses add routing information."""
-        c = self.cfg
-        dense = (not self.sparse or resync or self._force_dense
-                 or (self.refresh_period > 0 and self.since_dense >= self.refresh_period)
-                 or (self.drift_bound > 0 and self.drift > self.drift_bound))
-        if dense:
-            vis = self.model.vit.dense_infer(self.e, self.layers, inplace=True)
-            layer_tokens = [c.num_tokens] * c.depth
-            self.since_dense, self.drift, self._force_dense = 1, 0.0, False
-        else:
-            vis, layer_tokens = self.model.vit.sparse_infer(
-                self.e, torch.from_numpy(changed), self.layers, self.layer_thresholds, inplace=True)
-            self.since_dense += 1
-        return {"vis": vis, "layer_tokens": layer_tokens, "dense": dense}
+    def _encode(self, hist: np.ndarray, change: np.ndarray, changed: np.ndarray, resync: bool,
+                refresh: bool) -> EncoderOutput:
+        """The encoder stage: the ViT over the memory, dense when ``refresh`` (:meth:`perceive`
+        decides) else sparse over the tokens ``changed``; subclasses add routing."""
+        if refresh:
+            vis = dense_infer(self.model.vit, self.e, self.layers, inplace=True)
+            return EncoderOutput(vis, [self.cfg.num_tokens] * self.cfg.depth, True)
+        vis, layer_tokens = sparse_infer(self.model.vit, self.e, torch.from_numpy(changed),
+                                         self.layers, self.layer_thresholds, inplace=True)
+        return EncoderOutput(vis, layer_tokens, False)
 
-    @staticmethod
-    def _latency(t0: float, t1: float, t1b: float, t2: float, t3: float, t4: float,
-                 router_ms: float | None) -> dict[str, float]:
-        """Per-stage wall time (ms) from the stage boundaries; an ANC router that ran inside the
-        encoder stage is reported as its own stage (the encoder time is the ViT's alone)."""
-        lat = {"mask": (t1 - t0) * 1e3, "memory": (t1b - t1) * 1e3}
-        enc = (t2 - t1b) * 1e3
-        if router_ms is not None:
-            lat["router"] = router_ms
-            enc -= router_ms
-        lat.update({"encoder": enc, "fusion": (t3 - t2) * 1e3, "decoder": (t4 - t3) * 1e3, "total": (t4 - t0) * 1e3})
-        return lat
-
-    def _flops(self, enc: dict, n_embed: int, generated: int, beams: int, learned_mask: bool) -> tuple[dict, float]:
+    def _flops(self, enc: EncoderOutput, n_embed: int, generated: int, beams: int,
+               learned_mask: bool) -> tuple[dict, float]:
         """(per-stage FLOPs of this frame, FLOPs of the dense model on it)."""
         c = self.cfg
-        flops = frame_flops(c, enc["layer_tokens"], n_embed, generated, beams, learned_mask=learned_mask)
+        flops = frame_flops(c, enc.layer_tokens, n_embed, generated, beams,
+                            learned_mask=learned_mask)
         dense = sum(frame_flops(c, [c.num_tokens] * c.depth, n_embed, generated, beams,
                                 learned_mask=learned_mask).values())
         return flops, dense
 
     @torch.no_grad()
     def perceive(self, hist: np.ndarray, rgb: np.ndarray | None = None,
-                 change_mask: np.ndarray | None = None) -> dict:
+                 change_mask: np.ndarray | None = None) -> Perception:
         """Every stage of :meth:`process` but the text decoder: change mask, memory, encoder,
-        fusion and gesture logits (``logits`` (K,), with ``vision_logits`` and the ``motion``
-        state it read). ``edge-vlm train --model gesture`` streams recordings through it."""
+        fusion and gesture logits (with the vision head's and the ``motion`` state it read).
+        ``edge-vlm train --model gesture`` streams recordings through it."""
         t0 = time.perf_counter()
         c = self.cfg
         rgb = self._hold_rgb(rgb)
         hist = np.asarray(hist, dtype=np.float32)
         learned = change_mask is None and self.mask_method == "learned"
-        change = self.change_mask(hist) if change_mask is None else np.asarray(change_mask, dtype=bool)
+        change = (self.change_mask(hist) if change_mask is None
+                  else np.asarray(change_mask, dtype=bool))
         has_rgb = rgb is not None
         resync = self._resync or self.last_rgb != has_rgb
         self._resync = False
         t1 = time.perf_counter()
         changed = self._update_memory(hist, rgb, change, resync)
         t1b = time.perf_counter()
-        enc = self._encode(hist, change, changed, resync)
-        self.memory = enc["vis"]
+        # the dense-refresh rule of every engine: dense baseline, resync (first frame, dropped
+        # frames, RGB on/off), forced, every refresh_period frames, memory drift over its bound
+        refresh = (not self.sparse or resync or self._force_dense
+                   or (self.refresh_period > 0 and self.since_dense >= self.refresh_period)
+                   or (self.drift_bound > 0 and self.drift > self.drift_bound))
+        enc = self._encode(hist, change, changed, resync, refresh)
+        if refresh:
+            self.since_dense, self.drift, self._force_dense = 1, 0.0, False
+        else:
+            self.since_dense += 1
+        self.memory = enc.vis
         t2 = time.perf_counter()
         bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]
         fused, z = self.model.fuse(self.memory[None], bucket, torch.from_numpy(change)[None])
@@ -264,79 +351,62 @@ class StreamingCaptioner:
         vision = self.model.gesture_logits(fused, z, bucket)
         logits = vision if motion is None else self.model.motion(motion, vision)
         self.last_rgb = has_rgb
-        return {"change": change, "changed": changed, "enc": enc, "resync": resync, "fused": fused,
-                "logits": logits[0], "vision_logits": vision[0], "motion": motion, "learned_mask": learned,
-                "t": (t0, t1, t1b, t2, time.perf_counter())}
+        return Perception(change, changed, enc, resync, fused, logits[0], vision[0], motion,
+                          learned, StageTimes(t0, t1, t1b, t2, time.perf_counter()))
 
     @torch.no_grad()
     def process(self, hist: np.ndarray, rgb: np.ndarray | None = None,
                 change_mask: np.ndarray | None = None) -> FrameResult:
-        """Process one frame. ``hist``: (C,H,W) event counts on the model grid; ``rgb``: (H,W,3) uint8.
+        """Process one frame. ``hist``: (C,H,W) event counts on the model grid; ``rgb``: (H,W,3)
+        uint8.
 
         ``change_mask`` (bool, N): an externally computed change mask (e.g. from
         sttf_perception); this engine's ``mask_method`` is used when it is None.
         """
         c = self.cfg
         p = self.perceive(hist, rgb, change_mask)
-        change, changed, enc, resync, fused = p["change"], p["changed"], p["enc"], p["resync"], p["fused"]
-        t0, t1, t1b, t2, t3 = p["t"]
-        learned = p["learned_mask"]
-        probs = torch.softmax(p["logits"], dim=-1)
+        enc, fused = p.enc, p.fused
+        probs = torch.softmax(p.logits, dim=-1)
         cls = int(torch.argmax(probs))
-        layers = enc.get("decoder_layers")
+        layers = enc.decoder_layers
         # beam width: the node's beam_size, capped by the decoder pathway (ANC: Tiny is greedy)
-        beams = min(self.beam_size, enc.get("decoder_beam", self.beam_size)) if self.decoding == "beam" else 1
+        cap = self.beam_size if enc.decoder_beam is None else enc.decoder_beam
+        beams = min(self.beam_size, cap) if self.decoding == "beam" else 1
         # the text decoder (the costliest stage) runs after a resync and whenever the recognised
         # gesture or the decoder pathway changes, else every caption_period frames if the fused
         # prefix moved more than caption_reuse from the one the last text was decoded from;
         # other frames republish the last text
         last = self.last_caption
         spec: dict = {}
-        fresh = (last is None or resync or last[2] != cls or last[3] != (layers, beams)
+        fresh = (last is None or p.resync or last.label != cls or last.pathway != (layers, beams)
                  or (self.frames_seen % self.caption_period == 0
-                     and (self.caption_reuse <= 0
-                          or float((fused - last[4]).norm()) > self.caption_reuse * float(last[4].norm()))))
+                     and (self.caption_reuse <= 0 or float((fused - last.prefix).norm())
+                          > self.caption_reuse * float(last.prefix.norm()))))
+        tok = self.tok
         if not fresh:
-            ids, score = self.last_caption[:2]
+            ids, score = last.ids, last.score
         elif beams > 1:
-            ids, score = decode_beam(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens, beams, layers)
-        else:   # speculative: the last text as the draft (exact greedy result, one pass if unchanged)
-            ids, score = decode_greedy(self.model, fused, self.tok.bos, self.tok.eos, self.max_tokens, layers,
-                                       draft=last[0] if last is not None else None, stats=spec)
+            ids, score = decode_beam(self.model, fused, tok.bos, tok.eos, self.max_tokens, beams,
+                                     layers)
+        else:   # speculative: the last text as the draft (exact greedy result, one pass if same)
+            ids, score = decode_greedy(self.model, fused, tok.bos, tok.eos, self.max_tokens,
+                                       layers, draft=last.ids if last is not None else None,
+                                       stats=spec)
         if fresh:
-            self.last_caption = (ids, score, cls, (layers, beams), fused)
-        t4 = time.perf_counter()
-        n_embed = c.num_tokens if resync else int(len(changed))
-        flops, dense_fl = self._flops(enc, n_embed, len(ids) + 1, beams, learned)
+            self.last_caption = DecodedCaption(ids, score, cls, (layers, beams), fused)
+        p.times.decoder = time.perf_counter()
+        n_embed = c.num_tokens if p.resync else int(len(p.changed))
+        flops, dense_fl = self._flops(enc, n_embed, len(ids) + 1, beams, p.learned_mask)
         if not fresh:
             flops["decoder"] = 0.0
         elif spec.get("first", 1) > 1:
             flops["decoder"] = decoder_flops(c, spec["steps"], 1, layers, first=spec["first"])
         self.frames_seen += 1
         return FrameResult(
-            text=self.tok.decode(ids), score=float(score), label=cls + 1, gesture_name=GESTURE_CLASSES[cls],
-            confidence=float(probs[cls]), active_tokens=int(enc["layer_tokens"][0]), total_tokens=c.num_tokens,
-            change_tokens=int(change.sum()), refreshed=bool(enc["dense"]), flops=flops, flops_dense=float(dense_fl),
-            latency_ms=self._latency(t0, t1, t1b, t2, t3, t4, enc.get("router_ms")),
-            frame_index=self.frames_seen - 1, caption_fresh=fresh, layer_tokens=list(enc["layer_tokens"]),
-            route=enc.get("route", {}))
-
-
-def engine_from_params(model: CaptionModel, params: dict, meta: dict | None = None,
-                       sparse: bool = True) -> StreamingCaptioner:
-    """The engine as the vlm_captioner node configures it (one place for node, eval and bench).
-    Per-layer gate thresholds come from the checkpoint (``layer_thresholds``, fitted on
-    validation by ``edge-vlm train``), scaled by the ``layer_threshold_scale`` parameter."""
-    meta = meta or {}
-    scale = float(params.get("layer_threshold_scale", 1.0))
-    taus = [scale * float(x) for x in meta.get("layer_thresholds", [])]
-    kw = {k: params[k] for k in ("refresh_period", "decoding", "beam_size", "max_caption_tokens",
-                                  "caption_period", "mask_method", "drift_bound", "caption_reuse_threshold") if k in params}
-    if hasattr(model, "acfg"):
-        from edge_vlm.inference.anc_engine import AncStreamingCaptioner
-
-        return AncStreamingCaptioner(model, event_count_threshold=int(params.get("event_count_threshold", 3)),
-                                     sparse=sparse, layer_thresholds=taus,
-                                     compute_budget=float(params.get("compute_budget", 1.0)), **kw)
-    return StreamingCaptioner(model, event_count_threshold=int(params.get("event_count_threshold", 3)),
-                              sparse=sparse, layer_thresholds=taus, **kw)
+            text=tok.decode(ids), score=float(score), label=cls + 1,
+            gesture_name=GESTURE_CLASSES[cls], confidence=float(probs[cls]),
+            active_tokens=int(enc.layer_tokens[0]), total_tokens=c.num_tokens,
+            change_tokens=int(p.change.sum()), refreshed=bool(enc.dense),
+            flops=flops, flops_dense=float(dense_fl), latency_ms=p.times.latency_ms(enc.router_ms),
+            frame_index=self.frames_seen - 1, caption_fresh=fresh,
+            layer_tokens=list(enc.layer_tokens), route=enc.route)

@@ -1,12 +1,14 @@
-"""ctypes loader of the fused encoder-block kernel (``_native/sparsevit.c`` -> ``libsparsevit.so``).
+"""ctypes loader of the fused encoder-block kernel (``_native/sparsevit.c`` -> ``libsparsevit.so``)
+and the cache of what it reads (packed weights, layer structs, whole-pass plans).
 
-:meth:`SparseViT.sparse_infer <edge_vlm.model.captioner.SparseViT.sparse_infer>` and
-``dense_infer`` run a whole pass in one C call (:func:`encode`: gather, every layer, final norm)
-when no per-layer threshold is set, else layer by layer (:func:`run_layer`), whenever
-:func:`load` returns the library: instead of ~20 PyTorch calls per layer, with the weights stored
-once in packed panels instead of packed again by every small matmul. It is the same arithmetic
-as ``Block.sparse_step`` / ``Block.dense_step`` (float32; results agree to rounding, checked by
-``tests/test_native_vit.py``). The PyTorch path runs instead, with the same results, when:
+The inference passes (:func:`~edge_vlm.inference.vit.sparse_infer` and ``dense_infer``) run a
+whole pass in one C call (:func:`encode`: gather, every layer, final norm) when no per-layer
+threshold is set, else layer by layer (:func:`run_layer`), whenever :func:`load` returns the
+library: instead of ~20 PyTorch calls per layer, with the weights stored once in packed panels
+instead of packed again by every small matmul. It is the same arithmetic as the PyTorch steps
+(:func:`~edge_vlm.inference.vit.sparse_step` / ``dense_step``; float32, results agree to
+rounding, checked by ``tests/test_native_vit.py``). The PyTorch path runs instead, with the same
+results, when:
 
 * the library is not built (``scripts/setup.sh`` builds it with gcc), is older than its source,
   or has another ABI; the CPU lacks AVX2/FMA/F16C; ``EDGE_VLM_NO_NATIVE_VIT=1`` is set (read once,
@@ -20,21 +22,24 @@ library is not used. The kernel is single-threaded, like the nodes' default ``nu
 from __future__ import annotations
 
 import ctypes
+import itertools
 import operator
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from edge_vlm.stream.native_evbin import check_built
 from edge_vlm.paths import NATIVE_DIR
+from edge_vlm.stream.native_evbin import check_built
 
 _DIR = str(NATIVE_DIR)
 LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
 SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
 ABI = 6
 _PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
-_WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1", "w2_t", "b2")
+_WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1",
+            "w2_t", "b2")
 _MEMORY = ("mem_x", "mem_kt", "mem_v", "mem_out")
 _HALF = ("wqkv_h", "wproj_h", "w1_h", "w2_h")
 
@@ -106,19 +111,41 @@ def pack_half(w: torch.Tensor) -> torch.Tensor | None:
     return h if torch.equal(h.float(), w) else None
 
 
-def _weights(blk) -> tuple:
+@dataclass(slots=True)
+class PackedWeights:
+    """A block's inference weights as the kernel reads them (cached on the block as
+    ``_native_weights`` while its parameters and its channel slice are unchanged)."""
+
+    versions: tuple           # version counters of ``sources`` when they were packed
+    tensors: tuple            # the kernel's tensors, in the order of _WEIGHTS
+    hidden: int               # MLP channels, padded to a multiple of 16
+    sources: tuple            # what they were packed from (parameters, or an ANC slice's tensors)
+    mlp_slice: tuple | None   # the block's ``mlp_slice`` then (compared by identity)
+    halves: tuple             # exact float16 copies of the 4 linear weights, else None each
+
+
+@dataclass(slots=True)
+class LayerView:
+    """The kernel's view of (block weights, layer memory), cached on the layer memory as
+    ``_native``; the packed weights stay alive with the pointers into them."""
+
+    weights: PackedWeights
+    struct: LayerStruct
+    memory: tuple             # the layer memory's (x, kt, v, out) tensors it points into
+
+
+def _weights(blk) -> PackedWeights:
     """The block's inference weights as the kernel reads them (packed linear weights, the MLP
-    padded to a multiple of 16 hidden channels),
-    cached on the block while its parameters (and an ANC block's channel slice) are unchanged."""
+    padded to a multiple of 16 hidden channels), cached on the block."""
     cached = blk.__dict__.get("_native_weights")
-    sliced = blk._slice                           # an ANC block's channel slice (a new tuple per budget)
-    if (cached is not None and cached[4] is sliced
-            and all(t._version == v for t, v in zip(cached[3], cached[0]))):
-        return cached                             # fast path: ~2 us (module attribute access costs ~15)
+    sliced = blk.mlp_slice                # an ANC block's channel slice (a new tuple per budget)
+    if (cached is not None and cached.mlp_slice is sliced
+            and all(t._version == v for t, v in zip(cached.sources, cached.versions))):
+        return cached
     w1, b1, w2, b2 = blk.mlp_params()
-    src = (blk.ln1.weight, blk.ln1.bias, blk.qkv.weight, blk.qkv.bias, blk.proj.weight, blk.proj.bias,
-           blk.ln2.weight, blk.ln2.bias, w1, b1, w2, b2)
-    key = tuple(t._version for t in src)          # in-place updates (load_state_dict, optimiser) bump it
+    src = (blk.ln1.weight, blk.ln1.bias, blk.qkv.weight, blk.qkv.bias, blk.proj.weight,
+           blk.proj.bias, blk.ln2.weight, blk.ln2.bias, w1, b1, w2, b2)
+    key = tuple(t._version for t in src)  # in-place updates (load_state_dict, optimiser) bump it
     hid = int(w1.shape[0])
     pad = -hid % 16
     with torch.no_grad():
@@ -128,7 +155,7 @@ def _weights(blk) -> tuple:
         ts = tuple(pack(t) if t.dim() == 2 else t.detach().contiguous() for t in
                    (src[:8] + (w1p, b1p, w2p, b2)))
         halves = tuple(pack_half(ts[i]) for i in (2, 4, 8, 10))
-    cached = (key, ts, hid + pad, src, sliced, halves)
+    cached = PackedWeights(key, ts, hid + pad, src, sliced, halves)
     blk._native_weights = cached
     return cached
 
@@ -140,27 +167,29 @@ def _struct(blk, lm) -> LayerStruct | None:
     if d % 16 or blk.heads <= 0 or d % blk.heads or (d // blk.heads) % 16 or n % 16:
         return None
     weights = _weights(blk)
-    _, ws, hid, _, _, halves = weights
     mem = (lm.x, lm.kt, lm.v, lm.out)
     cached = lm.__dict__.get("_native")
-    if cached is not None and cached[0] is weights and all(a is b for a, b in zip(cached[2], mem)):
-        return cached[1]
+    if (cached is not None and cached.weights is weights
+            and all(a is b for a, b in zip(cached.memory, mem))):
+        return cached.struct
+    ws = weights.tensors
     if any(t.dtype != torch.float32 or not t.is_contiguous() for t in ws + mem):
         return None
-    st = LayerStruct(d=d, heads=blk.heads, hid=hid, ntok=n, act=0 if blk.act_fn is torch.nn.functional.relu else 1,
+    st = LayerStruct(d=d, heads=blk.heads, hid=weights.hidden, ntok=n,
+                     act=0 if blk.act_fn is F.relu else 1,
                      eps1=float(blk.ln1.eps), eps2=float(blk.ln2.eps))
     for name, t in zip(_WEIGHTS + _MEMORY, ws + mem):
         setattr(st, name, t.data_ptr())
-    if all(h is not None for h in halves):
-        for name, h in zip(_HALF, halves):
+    if all(h is not None for h in weights.halves):
+        for name, h in zip(_HALF, weights.halves):
             setattr(st, name, h.data_ptr())
-    lm._native = (weights, st, mem)     # the packed weights stay alive with the pointers into them
+    lm._native = LayerView(weights, st, mem)
     return st
 
 
 def run_layer(blk, lm, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor | None:
     """Layer ``blk`` over the tokens ``idx`` (x: their (n, D) inputs) through the kernel, updating
-    ``lm`` like ``sparse_infer``'s PyTorch path (input, keys, values, output of those tokens).
+    ``lm`` like the PyTorch sparse step (input, keys, values, output of those tokens).
     Returns the (n, D) outputs, or None when the kernel does not apply (the caller then runs
     the PyTorch path; nothing was written)."""
     lib = load()
@@ -185,8 +214,9 @@ def share_version_counter(vit) -> bool:
     parameters (they are new objects; values, names, ``requires_grad`` and ``state_dict`` are
     unchanged). Returns False (nothing changed) for tied weights or a parameter that is not a
     float32 CPU tensor."""
-    params = [(m, name, p) for m in vit.modules() for name, p in m._parameters.items() if p is not None]
-    if (not params or len({id(p) for _, _, p in params}) != len(params)          # tied weights: leave
+    params = [(m, name, p) for m in vit.modules() for name, p in m._parameters.items()
+              if p is not None]
+    if (not params or len({id(p) for _, _, p in params}) != len(params)      # tied weights: leave
             or any(p.dtype != torch.float32 or p.device.type != "cpu" for _, _, p in params)):
         return False
     flat = torch.empty(sum(p.numel() for _, _, p in params))
@@ -204,10 +234,13 @@ def share_version_counter(vit) -> bool:
 
 
 _VERSION = operator.attrgetter("_version")
+#: ``dict.get`` keys reading the blocks' ``mlp_slice`` (an instance attribute where set, i.e. by
+#: ``GatedBlock.set_budget``; None otherwise) from their ``__dict__``: cheaper than Module reads
+_SLICE_KEYS = itertools.repeat("mlp_slice")
 
-#: bumped when a layer memory's tensor is replaced or an ANC block's channel slice changes (the
-#: setters of ``LayerMemory`` and ``Block._slice`` call :func:`invalidate`): cached plans are then
-#: rebuilt. Weight values are checked by their version counters, blocks and memories by identity.
+#: bumped when a layer memory's tensor is replaced (``LayerMemory``'s setters call
+#: :func:`invalidate`): cached plans are then rebuilt. Weight values are checked by their version
+#: counters, blocks and memories by identity, an ANC block's channel slice by identity.
 _generation = 0
 
 
@@ -217,24 +250,54 @@ def invalidate() -> None:
     _generation += 1
 
 
-def _plan(vit, mem):
-    """What :func:`encode` passes to ``svit_encode`` for (vit, mem): the array of layer structs
-    and the final norm's pointers, cached on the first layer memory. Revalidated per call with a
-    few C-level compares (in a streaming engine every Python step is a cache miss): no
-    :func:`invalidate` since it was built, the same block and layer-memory objects, their
-    weights (and the final norm's and ``pos``) at the same version counters (one read after
-    :func:`share_version_counter`)."""
-    blocks = vit._modules["blocks"]._modules        # (not vit.blocks: Module.__getattr__ is Python)
+@dataclass(slots=True)
+class Plan:
+    """What :func:`encode` passes to ``svit_encode`` for (vit, memory), and what :func:`_plan`
+    revalidates it against (cached on the first layer memory as ``_native_plan``)."""
+
+    ptrs: ctypes.Array        # the layers' structs (they point into the packed weights, memories)
+    n_layers: int             # layers the kernel runs (the first ones: <= n_blocks)
+    n_blocks: int
+    pos: torch.Tensor         # the position embedding (kept alive: pos_ptr points into it)
+    pos_ptr: int
+    ln_w: int                 # the final norm's weight, bias and eps
+    ln_b: int
+    eps: float
+    generation: int           # _generation when built
+    blocks: dict              # the ViT's blocks (its ``_modules["blocks"]._modules``) then
+    block_dicts: list         # ... their ``__dict__``s
+    slices: list              # ... and their ``mlp_slice`` (compared by identity)
+    memories: list            # the layer memories then
+    flat: list                # every weight read (the final norm's and ``pos`` included)
+    versions: list            # ... and their version counters then
+    shared: torch.Tensor | None     # the ViT's shared version counter (share_version_counter)
+    shared_version: int | None
+
+
+def _plan(vit, mem) -> Plan | None:
+    """The plan of :func:`encode` for (vit, mem), cached on the first layer memory. Revalidated
+    per call with a few C-level compares (in a streaming engine every Python step is a cache
+    miss): no :func:`invalidate` since it was built, the same block and layer-memory objects
+    and channel slices, their weights (and the final norm's and ``pos``) at the same version
+    counters (one read after :func:`share_version_counter`)."""
+    blocks = vit._modules["blocks"]._modules      # (not vit.blocks: Module.__getattr__ is Python)
     shared = vit.__dict__.get("_native_shared")
     cached = mem[0].__dict__.get("_native_plan") if mem else None
-    if cached is not None:
-        plan, gen, blks, lms, flat, versions, shared_c, shared_v = cached
-        if (gen == _generation and blocks == blks and mem == lms
-                and (shared._version == shared_v if shared is not None and shared is shared_c
-                     else list(map(_VERSION, flat)) == versions)):
-            return plan
-    mem[-1].vis_ok = False                    # new weights, final norm or memory: normalise all anew
-    gen, blks = _generation, list(blocks.values())
+    if (cached is not None and cached.generation == _generation and blocks == cached.blocks
+            and mem == cached.memories
+            and all(map(operator.is_, map(dict.get, cached.block_dicts, _SLICE_KEYS),
+                        cached.slices))
+            and (shared._version == cached.shared_version
+                 if shared is not None and shared is cached.shared
+                 else list(map(_VERSION, cached.flat)) == cached.versions)):
+        return cached
+    return _build_plan(vit, mem, blocks, shared)
+
+
+def _build_plan(vit, mem, blocks: dict, shared: torch.Tensor | None) -> Plan | None:
+    """A new plan for (vit, mem), cached on ``mem[0]``; None when the kernel does not apply."""
+    mem[-1].vis_ok = False                # new weights, final norm or memory: normalise all anew
+    blks = list(blocks.values())
     structs = []
     for blk, lm in zip(blks, mem):
         st = _struct(blk, lm)
@@ -243,20 +306,24 @@ def _plan(vit, mem):
         structs.append(ctypes.addressof(st))
     if not structs:
         return None
-    ptrs = (ctypes.c_void_p * len(structs))(*structs)
     tail = (vit.pos, vit.ln.weight, vit.ln.bias)
     if any(t.dtype != torch.float32 or not t.is_contiguous() for t in tail):
         return None
-    # (the structs point into the packed weights and the memories: kept alive by those objects)
-    plan = (ptrs, len(structs), len(blks), vit.pos.detach(), vit.pos.data_ptr(), vit.ln.weight.data_ptr(),
-            vit.ln.bias.data_ptr(), float(vit.ln.eps))
-    flat = [t for blk in blks[:len(structs)] for t in blk._native_weights[3]] + list(tail)
-    mem[0]._native_plan = (plan, gen, dict(blocks), list(mem), flat, list(map(_VERSION, flat)),
-                           shared, shared._version if shared is not None else None)
+    flat = [t for blk in blks[:len(structs)] for t in blk._native_weights.sources] + list(tail)
+    plan = Plan(ptrs=(ctypes.c_void_p * len(structs))(*structs), n_layers=len(structs),
+                n_blocks=len(blks), pos=vit.pos.detach(), pos_ptr=vit.pos.data_ptr(),
+                ln_w=vit.ln.weight.data_ptr(), ln_b=vit.ln.bias.data_ptr(), eps=float(vit.ln.eps),
+                generation=_generation, blocks=dict(blocks),
+                block_dicts=[blk.__dict__ for blk in blks],
+                slices=[blk.__dict__.get("mlp_slice") for blk in blks], memories=list(mem),
+                flat=flat, versions=list(map(_VERSION, flat)), shared=shared,
+                shared_version=shared._version if shared is not None else None)
+    mem[0]._native_plan = plan
     return plan
 
 
-def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
+def encode(vit, mem, e: torch.Tensor,
+           idx: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, int]:
     """A whole inference pass of ``vit`` (a SparseViT) over the tokens ``idx`` in one native call,
     without per-layer gating (a sparse pass with thresholds 0, or a dense pass with every token).
     Returns (vision tokens (N, D) after the final norm, or None; the current (n, D) activations
@@ -275,10 +342,10 @@ def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor |
     plan = _plan(vit, mem)
     if plan is None:
         return None, e[idx] + vit.pos[idx], 0
-    ptrs, nl, nblocks, _, pos, ln_w, ln_b, eps = plan
     n_all, d = e.shape
     ec = e if e.is_contiguous() else e.contiguous()
-    ii = idx if idx.dtype == torch.int64 and idx.is_contiguous() else idx.to(torch.int64).contiguous()
+    ii = (idx if idx.dtype == torch.int64 and idx.is_contiguous()
+          else idx.to(torch.int64).contiguous())
     last = mem[-1]
     vis, x = last.vis, last.scratch
     if vis is None:
@@ -288,8 +355,10 @@ def encode(vit, mem, e: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor |
         x = last.scratch = torch.empty(n_all, d)
     all_rows = n == n_all or not last.vis_ok
     last.vis_ok = False                       # until this pass has written it
-    done = lib.svit_encode(ptrs, nl, n, ii.data_ptr(), ec.data_ptr(), pos, x.data_ptr(),
-                           ln_w, ln_b, eps, vis.data_ptr() if nl == nblocks else None, all_rows)
+    nl, nblocks = plan.n_layers, plan.n_blocks
+    done = lib.svit_encode(plan.ptrs, nl, n, ii.data_ptr(), ec.data_ptr(), plan.pos_ptr,
+                           x.data_ptr(), plan.ln_w, plan.ln_b, plan.eps,
+                           vis.data_ptr() if nl == nblocks else None, all_rows)
     if done == nblocks:
         last.vis_ok = True
         return vis, None, done

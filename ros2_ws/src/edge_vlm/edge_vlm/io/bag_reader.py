@@ -6,8 +6,9 @@
 * :func:`open_reader` / :func:`iter_messages` -- raw CDR messages of a bag
   (rosbag2 directory with sqlite3 or mcap storage, its ``metadata.yaml``, or
   a single ``.db3`` / ``.mcap`` file).
-* :func:`event_topics`, :func:`iter_event_packets`, :func:`iter_events` --
-  ``event_camera_msgs/msg/EventPacket`` topics, messages and decoded events.
+* :func:`event_topics`, :func:`iter_event_packets`, :func:`iter_events`,
+  :func:`event_stream` -- ``event_camera_msgs/msg/EventPacket`` topics, messages and
+  decoded events.
 
 Bags written by rosbag2 record a type description hash; rosbags needs the
 type itself to deserialize, so EventPacket is always registered here (from
@@ -16,26 +17,31 @@ the workspace ``.msg`` file, or else from the definition stored in the bag).
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
 from rosbags.rosbag2 import Reader
-from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg
+from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 
-from edge_vlm.io.codecs import PacketDecoder, make_decoder
 from edge_vlm.events import EventDecodeError
+from edge_vlm.io.codecs import PacketDecoder, make_decoder
 from edge_vlm.paths import WORKSPACE_SRC
+
+try:                              # a ROS 2 install: interface packages from the ament index
+    from ament_index_python.packages import get_package_share_directory
+except ImportError:
+    get_package_share_directory = None
 
 __all__ = ["BagError", "EVENT_PACKET_TYPE", "MSG_PACKAGES", "typestore", "msg_dir",
            "open_reader", "iter_messages", "event_topics", "iter_event_packets",
-           "iter_events"]
+           "iter_events", "RawMessage", "EventStream", "event_stream"]
 
 EVENT_PACKET_TYPE = "event_camera_msgs/msg/EventPacket"
 #: interface packages whose ``msg/*.msg`` files :func:`typestore` registers
 MSG_PACKAGES: tuple[str, ...] = ("event_camera_msgs", "edge_vlm_msgs")
-_SRC = WORKSPACE_SRC                                # .../ros2_ws/src
 _STORAGE_SUFFIXES = (".db3", ".mcap")
 
 
@@ -49,13 +55,14 @@ def msg_dir(pkg: str) -> Path | None:
     Looks in the source tree next to this package first (``<src>/<pkg>/msg``),
     then in an installed ament index (if ``ament_index_python`` is importable).
     """
-    cand = _SRC / pkg / "msg"
+    cand = WORKSPACE_SRC / pkg / "msg"
     if cand.is_dir():
         return cand
+    if get_package_share_directory is None:
+        return None
     try:
-        from ament_index_python.packages import get_package_share_directory
         cand = Path(get_package_share_directory(pkg)) / "msg"
-    except Exception:            # not importable / package not installed
+    except Exception:            # package not installed
         return None
     return cand if cand.is_dir() else None
 
@@ -67,7 +74,6 @@ def typestore():
     Registers every ``msg/*.msg`` file of :data:`MSG_PACKAGES` that exists.
     Cached; call ``typestore.cache_clear()`` to pick up new ``.msg`` files.
     """
-    from rosbags.typesys import get_typestore
     store = getattr(Stores, "ROS2_KILTED", Stores.LATEST)
     ts = get_typestore(store)
     types: dict = {}
@@ -81,7 +87,7 @@ def typestore():
     return ts
 
 
-def _ensure_type(ts, conn) -> None:
+def ensure_type(ts, conn) -> None:
     """Register ``conn.msgtype`` from the definition stored in the bag if unknown."""
     if conn.msgtype in ts.types or conn.msgdef is None or not conn.msgdef.data:
         return
@@ -139,9 +145,18 @@ def open_reader(path: str | os.PathLike) -> Reader:
         raise BagError(f"cannot open bag {str(path)!r}: {exc}") from exc
 
 
-def iter_messages(path: str | os.PathLike, topics: Iterable[str] | None = None
-                  ) -> Iterator[tuple[str, str, int, bytes]]:
-    """Yield ``(topic, msgtype, t_ns, raw_cdr_bytes)`` in bag (time) order."""
+class RawMessage(NamedTuple):
+    """One message of a bag, not deserialized."""
+
+    topic: str
+    msgtype: str              # ROS 2 type name (pkg/msg/Name)
+    t_ns: int                 # bag time
+    raw: bytes                # CDR
+
+
+def iter_messages(path: str | os.PathLike,
+                  topics: Iterable[str] | None = None) -> Iterator[RawMessage]:
+    """Yield the messages of a bag (of ``topics`` only, when given) in bag (time) order."""
     reader = open_reader(path)
     try:
         wanted = None if topics is None else set(topics)
@@ -149,7 +164,7 @@ def iter_messages(path: str | os.PathLike, topics: Iterable[str] | None = None
         if not conns:
             return
         for conn, t_ns, raw in reader.messages(connections=conns):
-            yield conn.topic, conn.msgtype, int(t_ns), bytes(raw)
+            yield RawMessage(conn.topic, conn.msgtype, int(t_ns), bytes(raw))
     finally:
         reader.close()
 
@@ -163,7 +178,12 @@ def event_topics(path: str | os.PathLike) -> list[str]:
         reader.close()
 
 
-def _iter_packets(path, topic: str | None) -> Iterator[tuple[str, object]]:
+class _TopicPacket(NamedTuple):
+    topic: str
+    msg: object               # a deserialized EventPacket
+
+
+def _iter_packets(path, topic: str | None) -> Iterator[_TopicPacket]:
     reader = open_reader(path)
     try:
         ts = typestore()
@@ -172,7 +192,7 @@ def _iter_packets(path, topic: str | None) -> Iterator[tuple[str, object]]:
         if topic is not None and not conns:
             raise BagError(f"no {EVENT_PACKET_TYPE} topic {topic!r} in {str(path)!r}")
         for c in conns:
-            _ensure_type(ts, c)
+            ensure_type(ts, c)
         if not conns:
             return
         for conn, _, raw in reader.messages(connections=conns):
@@ -181,15 +201,24 @@ def _iter_packets(path, topic: str | None) -> Iterator[tuple[str, object]]:
             except Exception as exc:
                 raise EventDecodeError(
                     f"malformed {conn.msgtype} message on {conn.topic}: {exc}") from exc
-            yield conn.topic, msg
+            yield _TopicPacket(conn.topic, msg)
     finally:
         reader.close()
 
 
 def iter_event_packets(path: str | os.PathLike, topic: str | None = None) -> Iterator[object]:
     """Yield deserialized EventPacket messages (every EventPacket topic by default)."""
-    for _, msg in _iter_packets(path, topic):
-        yield msg
+    for packet in _iter_packets(path, topic):
+        yield packet.msg
+
+
+def _decode(dec: PacketDecoder, msg, topic: str, encoding: str) -> np.ndarray:
+    """The events of one EventPacket of a stream whose encoding is ``encoding``."""
+    if str(msg.encoding) != encoding:
+        raise EventDecodeError(f"encoding changed on {topic}: {encoding!r} -> {msg.encoding!r}")
+    if msg.is_bigendian:
+        raise EventDecodeError(f"big-endian {encoding} payloads are not supported")
+    return dec.decode(msg.events, int(msg.width), int(msg.height), int(msg.time_base))
 
 
 def iter_events(path: str | os.PathLike, topic: str | None = None,
@@ -206,10 +235,34 @@ def iter_events(path: str | os.PathLike, topic: str | None = None,
         enc = str(msg.encoding)
         if top not in decs:
             decs[top] = make_decoder(enc)
-            encs[top] = enc
-        elif encs.setdefault(top, enc) != enc:
-            raise EventDecodeError(f"encoding changed on {top}: {encs[top]!r} -> {enc!r}")
-        if msg.is_bigendian:
-            raise EventDecodeError(f"big-endian {enc} payloads are not supported")
-        yield decs[top].decode(msg.events, int(msg.width), int(msg.height),
-                               int(msg.time_base))
+        yield _decode(decs[top], msg, top, encs.setdefault(top, enc))
+
+
+class EventStream(NamedTuple):
+    """One EventPacket topic of a bag, decoded lazily packet by packet (:func:`event_stream`)."""
+
+    topic: str
+    encoding: str                   # of the first packet ("" without packets)
+    width: int                      # of the first packet (0 without packets)
+    height: int
+    decoder: PacketDecoder | None   # its counters (evt3 triggers) once ``chunks`` is consumed
+    chunks: Iterator[np.ndarray]    # the events of each packet, in bag order
+
+
+def event_stream(path: str | os.PathLike, topic: str | None = None) -> EventStream:
+    """The EventPacket topic ``topic`` of a bag (default: the first one, sorted; a bag without
+    any raises :class:`BagError`), decoded with one decoder made for the first packet's
+    encoding (:class:`EventDecodeError` if unsupported, or if a later packet changes it)."""
+    if topic is None:
+        topics = event_topics(path)
+        if not topics:
+            raise BagError(f"no {EVENT_PACKET_TYPE} topic in {str(path)!r}")
+        topic = topics[0]
+    packets = iter_event_packets(path, topic)
+    first = next(packets, None)
+    if first is None:
+        return EventStream(topic, "", 0, 0, None, iter(()))
+    enc = str(first.encoding)
+    dec = make_decoder(enc)
+    chunks = (_decode(dec, msg, topic, enc) for msg in itertools.chain((first,), packets))
+    return EventStream(topic, enc, int(first.width), int(first.height), dec, chunks)

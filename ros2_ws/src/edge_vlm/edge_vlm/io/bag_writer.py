@@ -1,8 +1,9 @@
 """Write ROS 2 bags (rosbag2: sqlite3 or mcap) from events, frames and ground truth.
 
 Core library: uses ``rosbags`` only, never rclpy.  The bags carry rosbag2
-metadata (version 9, type description hashes, offered QoS per the design card)
-so that both ``rosbags`` and a real ROS 2 install (``ros2 bag play``) read them.
+metadata (version 9, type description hashes, the offered QoS of
+:func:`edge_vlm.topics.qos_of`) so that both ``rosbags`` and a real ROS 2
+install (``ros2 bag play``) read them.
 
 Layout of a written bag (topics are arguments):
 
@@ -21,15 +22,20 @@ Layout of a written bag (topics are arguments):
 from __future__ import annotations
 
 import heapq
-import importlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
+from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, QosReliability,
+                                QosTime)
+from rosbags.rosbag2 import StoragePlugin, Writer
 
-from edge_vlm.events import EVENT_DTYPE, EventDecodeError
+from edge_vlm.events import EVENT_DTYPE, EventDecodeError, check_coordinates
+from edge_vlm.io.bag_reader import typestore
+from edge_vlm.io.codecs import make_encoder
+from edge_vlm.topics import TOPICS, QosSpec, qos_of
 
 __all__ = [
     "write_bag",
@@ -37,63 +43,25 @@ __all__ = [
     "EVENTS_TYPE",
     "IMAGE_TYPE",
     "STRING_TYPE",
-    "qos_sensor_data",
-    "qos_reliable",
 ]
 
-EVENTS_TYPE = "event_camera_msgs/msg/EventPacket"
-IMAGE_TYPE = "sensor_msgs/msg/Image"
-STRING_TYPE = "std_msgs/msg/String"
+EVENTS_TYPE = TOPICS["events"].msgtype
+IMAGE_TYPE = TOPICS["image"].msgtype
+STRING_TYPE = TOPICS["ground_truth"].msgtype
 DEFAULT_FRAME_PERIOD_NS = 33_333_333
-
-# The definition of ros2_ws/src/event_camera_msgs/msg/EventPacket.msg (used only
-# when edge_vlm.bag is not importable).  Type hash:
-# RIHS01_d6fa176260b1f37e5a40845305315e150a0f18191241eb64f407442aa29844aa
-_EVENT_PACKET_MSG = """\
-std_msgs/Header header
-uint32 height
-uint32 width
-uint64 seq
-uint64 time_base
-string encoding
-bool is_bigendian
-uint8[] events
-"""
+_STORAGE = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 
 
-# --------------------------------------------------------------------------- types
-def _typestore():
-    """The project's typestore (``edge_vlm.bag.typestore()``), else a local one."""
-    try:
-        from edge_vlm.io.bag_reader import typestore  # type: ignore[attr-defined]
-    except ImportError:
-        return _fallback_typestore()
-    return typestore()
-
-
-_FALLBACK = None
-
-
-def _fallback_typestore():
-    global _FALLBACK
-    if _FALLBACK is None:
-        from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-        ts = get_typestore(Stores.ROS2_KILTED)
-        ts.register(get_types_from_msg(_EVENT_PACKET_MSG, EVENTS_TYPE))
-        _FALLBACK = ts
-    return _FALLBACK
-
-
-def _qos(reliable: bool, depth: int):
-    from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
-                                    QosReliability, QosTime)
-
+# --------------------------------------------------------------------------- QoS
+def offered_qos(topic: str, msgtype: str) -> Qos:
+    """The offered QoS recorded for ``topic`` (:func:`edge_vlm.topics.qos_of`) as rosbags
+    metadata: keep last, volatile, automatic liveliness, default (infinite) durations."""
+    spec: QosSpec = qos_of(topic, msgtype)
     zero = QosTime(0, 0)  # 0 = "default" = infinite, as rosbag2 treats it
     return Qos(
         history=QosHistory.KEEP_LAST,
-        depth=depth,
-        reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
+        depth=spec.depth,
+        reliability=QosReliability.RELIABLE if spec.reliable else QosReliability.BEST_EFFORT,
         durability=QosDurability.VOLATILE,
         deadline=zero,
         lifespan=zero,
@@ -103,17 +71,15 @@ def _qos(reliable: bool, depth: int):
     )
 
 
-def qos_sensor_data():
-    """Offered QoS recorded for events/images: best effort, keep last 100 (design.md)."""
-    return _qos(False, 100)
-
-
-def qos_reliable(depth: int = 50):
-    """Offered QoS recorded for ground truth: reliable, keep last ``depth``."""
-    return _qos(True, depth)
-
-
 # --------------------------------------------------------------------------- helpers
+class _BagMessage(NamedTuple):
+    """One serialized message of a stream, in bag-time order."""
+
+    stamp: int        # bag time, ns
+    conn: Any         # the rosbags connection of its topic
+    data: bytes       # CDR
+
+
 def _time(ts, ns: int):
     ns = int(ns)
     if ns < 0:
@@ -125,16 +91,6 @@ def _time(ts, ns: int):
 def _header(ts, ns: int, frame_id: str):
     Header = ts.types["std_msgs/msg/Header"]
     return Header(stamp=_time(ts, ns), frame_id=frame_id)
-
-
-def _encoder(encoding: str):
-    """``encode_<encoding>(events, time_base) -> bytes`` from ``edge_vlm.codecs``."""
-    try:
-        mod = importlib.import_module(f"{__package__}.codecs.{encoding}")
-        return getattr(mod, f"encode_{encoding}")
-    except (ImportError, AttributeError):
-        raise ValueError(f"no encoder for EventPacket encoding {encoding!r} "
-                         f"(edge_vlm.codecs.{encoding}.encode_{encoding})") from None
 
 
 def _as_events(events) -> np.ndarray:
@@ -151,13 +107,14 @@ def _as_events(events) -> np.ndarray:
     return ev
 
 
-def _event_packets(ts, events, *, width, height, encoding, packet_ns, frame_id, conn):
+def _event_packets(ts, events, *, width, height, encoding, packet_ns, frame_id,
+                   conn) -> Iterator[_BagMessage]:
     ev = _as_events(events)
     if len(ev) == 0:
         return
     if int(ev["t"][0]) < 0:
         raise EventDecodeError("events with negative time cannot be written to a bag")
-    encode = _encoder(encoding)
+    encode = make_encoder(encoding)
     EventPacket = ts.types[EVENTS_TYPE]
     t = ev["t"]
     k0 = int(t[0]) // packet_ns
@@ -175,7 +132,7 @@ def _event_packets(ts, events, *, width, height, encoding, packet_ns, frame_id, 
             encoding=encoding, is_bigendian=False,
             events=np.frombuffer(payload, dtype=np.uint8),
         )
-        yield end, conn, ts.serialize_cdr(msg, EVENTS_TYPE)
+        yield _BagMessage(end, conn, ts.serialize_cdr(msg, EVENTS_TYPE))
 
 
 def _rgb8(frame) -> np.ndarray:
@@ -193,7 +150,7 @@ def _rgb8(frame) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _frame_msgs(ts, frames, stamps, *, frame_id, conn):
+def _frame_msgs(ts, frames, stamps, *, frame_id, conn) -> Iterator[_BagMessage]:
     Image = ts.types[IMAGE_TYPE]
     items = sorted(zip((int(s) for s in stamps), range(len(stamps))))
     for stamp, i in items:
@@ -201,10 +158,10 @@ def _frame_msgs(ts, frames, stamps, *, frame_id, conn):
         h, w = img.shape[:2]
         msg = Image(header=_header(ts, stamp, frame_id), height=h, width=w, encoding="rgb8",
                     is_bigendian=0, step=w * 3, data=img.reshape(-1))
-        yield stamp, conn, ts.serialize_cdr(msg, IMAGE_TYPE)
+        yield _BagMessage(stamp, conn, ts.serialize_cdr(msg, IMAGE_TYPE))
 
 
-def _gt_msgs(ts, ground_truth, *, conn):
+def _gt_msgs(ts, ground_truth, *, conn) -> Iterator[_BagMessage]:
     String = ts.types[STRING_TYPE]
     items = []
     for i, seg in enumerate(ground_truth):
@@ -214,7 +171,7 @@ def _gt_msgs(ts, ground_truth, *, conn):
     items.sort(key=lambda it: (it[0], it[1]))
     for t0, _, seg in items:
         text = json.dumps(seg, sort_keys=False, ensure_ascii=False, default=_json_default)
-        yield t0, conn, ts.serialize_cdr(String(data=text), STRING_TYPE)
+        yield _BagMessage(t0, conn, ts.serialize_cdr(String(data=text), STRING_TYPE))
 
 
 def _json_default(o: Any):
@@ -238,9 +195,9 @@ def write_bag(
     frame_stamps_ns: Sequence[int] | None = None,
     ground_truth: Iterable[dict] | None = None,
     storage: str = "sqlite3",
-    events_topic: str = "/event_camera/events",
-    image_topic: str = "/camera/image_raw",
-    gt_topic: str = "/edge_vlm/ground_truth",
+    events_topic: str = "/" + TOPICS["events"].name,
+    image_topic: str = "/" + TOPICS["image"].name,
+    gt_topic: str = "/" + TOPICS["ground_truth"].name,
     frame_id: str = "dvs128",
     overwrite: bool = False,
 ) -> Path:
@@ -248,8 +205,8 @@ def write_bag(
 
     ``events``: :data:`~edge_vlm.events.EVENT_DTYPE` array (absolute sensor time
     in ns; sorted here if needed), cut into EventPacket messages every
-    ``packet_ns`` of sensor time and encoded with
-    ``edge_vlm.codecs.<encoding>.encode_<encoding>(events, time_base)``.
+    ``packet_ns`` of sensor time and encoded with the ``encoding``'s encoder
+    (:func:`edge_vlm.io.codecs.make_encoder`).
     ``frames``: HxWx3 uint8 images written as ``rgb8`` sensor_msgs/Image at
     ``frame_stamps_ns`` (default: the ends of consecutive 30 fps frame periods
     on the absolute grid, starting with the period holding the first event).
@@ -257,56 +214,74 @@ def write_bag(
     std_msgs/String at its ``t_start_ns``.
     ``storage``: ``"sqlite3"`` or ``"mcap"``.  ``overwrite`` removes an existing
     bag folder at ``path`` first (otherwise an existing path is an error).
-    Topics without data get no connection.  Messages are written in bag-time
-    order.
+    Topics without data get no connection; each gets the offered QoS of
+    :func:`edge_vlm.topics.qos_of`.  Messages are written in bag-time order.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
-
-    plugins = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
-    if storage not in plugins:
-        raise ValueError(f"storage must be 'sqlite3' or 'mcap', not {storage!r}")
-    packet_ns = int(packet_ns)
-    if not 0 < packet_ns <= 0xFFFFFFFF:
-        raise ValueError(f"packet_ns must be in (0, 2**32) ns, got {packet_ns}")
-    if int(width) <= 0 or int(height) <= 0:
-        raise ValueError(f"invalid sensor size {width}x{height}")
-    path = Path(path)
-    if path.exists():
-        if not overwrite:
-            raise FileExistsError(f"bag path {path} exists (pass overwrite=True)")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-
-    ts = _typestore()
+    packet_ns = _check_args(storage, packet_ns, width, height)
+    path = _clear(Path(path), overwrite)
+    ts = typestore()
     have_events = events is not None and len(events) > 0
     frames = list(frames) if frames is not None else []
-    if frames:
-        if frame_stamps_ns is None:
-            first = int(np.min(np.asarray(events)["t"])) if have_events else 0
-            k0 = first // DEFAULT_FRAME_PERIOD_NS
-            frame_stamps_ns = [(k0 + i + 1) * DEFAULT_FRAME_PERIOD_NS for i in range(len(frames))]
-        frame_stamps_ns = [int(s) for s in frame_stamps_ns]
-        if len(frame_stamps_ns) != len(frames):
-            raise ValueError(f"{len(frames)} frames but {len(frame_stamps_ns)} frame stamps")
+    stamps = _frame_stamps(len(frames), frame_stamps_ns, events if have_events else None)
     gt = list(ground_truth) if ground_truth is not None else []
 
-    with Writer(path, version=9, storage_plugin=plugins[storage]) as writer:
-        streams: list[Iterator] = []
+    with Writer(path, version=9, storage_plugin=_STORAGE[storage]) as writer:
+        streams: list[Iterator[_BagMessage]] = []
         if have_events:
-            conn = writer.add_connection(events_topic, EVENTS_TYPE, typestore=ts,
-                                         offered_qos_profiles=[qos_sensor_data()])
+            conn = _connect(writer, ts, events_topic, EVENTS_TYPE)
             streams.append(_event_packets(ts, events, width=width, height=height,
                                           encoding=encoding, packet_ns=packet_ns,
                                           frame_id=frame_id, conn=conn))
         if frames:
-            conn = writer.add_connection(image_topic, IMAGE_TYPE, typestore=ts,
-                                         offered_qos_profiles=[qos_sensor_data()])
-            streams.append(_frame_msgs(ts, frames, frame_stamps_ns, frame_id=frame_id, conn=conn))
+            conn = _connect(writer, ts, image_topic, IMAGE_TYPE)
+            streams.append(_frame_msgs(ts, frames, stamps, frame_id=frame_id, conn=conn))
         if gt:
-            conn = writer.add_connection(gt_topic, STRING_TYPE, typestore=ts,
-                                         offered_qos_profiles=[qos_reliable(50)])
+            conn = _connect(writer, ts, gt_topic, STRING_TYPE)
             streams.insert(0, _gt_msgs(ts, gt, conn=conn))
         # Each stream is time ordered; merge keeps ties in stream order
         # (ground truth first, then events, then frames).
-        for stamp, conn, data in heapq.merge(*streams, key=lambda m: m[0]):
-            writer.write(conn, stamp, data)
+        for msg in heapq.merge(*streams, key=lambda m: m.stamp):
+            writer.write(msg.conn, msg.stamp, msg.data)
     return path
+
+
+def _check_args(storage: str, packet_ns: int, width: int, height: int) -> int:
+    """Validate the storage, packet length (returned as int) and sensor size."""
+    if storage not in _STORAGE:
+        raise ValueError(f"storage must be 'sqlite3' or 'mcap', not {storage!r}")
+    packet_ns = int(packet_ns)
+    if not 0 < packet_ns <= 0xFFFFFFFF:
+        raise ValueError(f"packet_ns must be in (0, 2**32) ns, got {packet_ns}")
+    check_coordinates(-1, -1, int(width), int(height))
+    return packet_ns
+
+
+def _clear(path: Path, overwrite: bool) -> Path:
+    """``path``, after removing what is there when ``overwrite`` (else that is an error)."""
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"bag path {path} exists (pass overwrite=True)")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return path
+
+
+def _frame_stamps(n_frames: int, stamps: Sequence[int] | None,
+                  events: np.ndarray | None) -> list[int]:
+    """The stamps of ``n_frames`` frames: ``stamps`` (checked), else the ends of consecutive
+    frame periods from the one holding the first event (or time 0 without events)."""
+    if not n_frames:
+        return []
+    if stamps is None:
+        first = int(np.min(np.asarray(events)["t"])) if events is not None else 0
+        k0 = first // DEFAULT_FRAME_PERIOD_NS
+        stamps = [(k0 + i + 1) * DEFAULT_FRAME_PERIOD_NS for i in range(n_frames)]
+    stamps = [int(s) for s in stamps]
+    if len(stamps) != n_frames:
+        raise ValueError(f"{n_frames} frames but {len(stamps)} frame stamps")
+    return stamps
+
+
+def _connect(writer: Writer, ts, topic: str, msgtype: str):
+    """Add the connection of ``topic`` with its offered QoS."""
+    return writer.add_connection(topic, msgtype, typestore=ts,
+                                 offered_qos_profiles=[offered_qos(topic, msgtype)])

@@ -1,8 +1,8 @@
 """Any readable event recording -> a ROS 2 bag (``edge-vlm convert``).
 
-The input is anything :func:`edge_vlm.io.formats.read_events` reads (AEDAT 2.0 / 3.1 / 4.0,
-Prophesee RAW EVT 2.0/3.0 and DAT, RPG ``events.txt``, another bag). Events are written as
-``mono`` EventPackets cut every ``packet_ms`` of sensor time
+The input is anything :func:`edge_vlm.io.formats.detect.read_events` reads (AEDAT 2.0 / 3.1 /
+4.0, Prophesee RAW EVT 2.0/3.0 and DAT, RPG ``events.txt``, another bag). Events are written
+as ``mono`` EventPackets cut every ``packet_ms`` of sensor time
 (:func:`edge_vlm.io.bag_writer.write_bag`); the sensor size is kept (``width``/``height``
 override it). Ground-truth objects given by the caller (DvsGesture labels: see
 :func:`edge_vlm.datasets.dvs128_gesture.gesture_ground_truth`) go to
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from edge_vlm.events import EventDecodeError, check_in_sensor
+from edge_vlm.events import check_in_sensor
 from edge_vlm.io.bag_writer import write_bag
-from edge_vlm.io.formats import read_events
+from edge_vlm.io.formats.detect import read_events
 
 #: longest EventPacket (mono offsets are 32-bit ns)
 MAX_PACKET_NS = 4_000_000_000
@@ -53,12 +53,11 @@ def convert_file(inp: str | os.PathLike, out: str | os.PathLike, *, storage: str
     ev, info = read_events(inp, camera=camera)
     w = int(width if width is not None else info["width"])
     h = int(height if height is not None else info["height"])
-    if w <= 0 or h <= 0:
-        raise EventDecodeError(f"invalid sensor size {w}x{h}")
     check_in_sensor(ev, w, h)
     if ev.size > 1 and np.any(np.diff(ev["t"]) < 0):
         ev = ev[np.argsort(ev["t"], kind="stable")]
     gt = list(ground_truth or [])
     write_bag(out, events=ev, width=w, height=h, encoding="mono", packet_ns=packet_ns,
               ground_truth=gt, storage=storage, overwrite=overwrite)
-    return Conversion(os.fspath(inp), os.fspath(out), info["format"], int(ev.size), w, h, len(gt), storage)
+    return Conversion(os.fspath(inp), os.fspath(out), info["format"], int(ev.size), w, h,
+                      len(gt), storage)

@@ -3,8 +3,8 @@
 * :func:`event_stats` -- stats of an iterable of event-array chunks;
 * :func:`stats_path` -- stats of a recording on disk: a ROS 2 bag (directory,
   its ``metadata.yaml``, ``.db3`` or ``.mcap``), an AEDAT 3.1 file
-  (``.aedat``, read by :func:`edge_vlm.dvs128.read_aedat31`) or any other
-  file :func:`edge_vlm.formats.read_events` reads (AEDAT 2.0/4.0, Prophesee
+  (``.aedat``, read by :func:`edge_vlm.io.formats.aedat31.read_aedat31`) or any other
+  file :func:`edge_vlm.io.formats.detect.read_events` reads (AEDAT 2.0/4.0, Prophesee
   RAW/DAT, RPG ``events.txt``; ``source`` names the format).
 
 All sums are exact integers (no floats); ``t`` sums are split into high and
@@ -12,13 +12,14 @@ low 32-bit halves so int64 accumulators can never overflow.
 """
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any, Iterable
 
 import numpy as np
 
-from edge_vlm.events import EventDecodeError
+from edge_vlm.io.bag_reader import event_stream
+from edge_vlm.io.formats.aedat31 import read_aedat31
+from edge_vlm.io.formats.detect import read_events
 
 __all__ = ["STATS_KEYS", "event_stats", "stats_path"]
 
@@ -63,18 +64,15 @@ def event_stats(chunks: Iterable[np.ndarray], width: int, height: int,
 
 
 def _stats_aedat(path: str) -> dict[str, Any]:
-    """AEDAT 3.1 hook: delegates reading to :func:`edge_vlm.dvs128.read_aedat31`."""
-    from edge_vlm.io.formats.aedat31 import read_aedat31  # written elsewhere; lazy on purpose
-    events, info = read_aedat31(path)
-    info = info if isinstance(info, dict) else {}
-    out = event_stats([events], int(info.get("width", 128)), int(info.get("height", 128)),
-                      "aedat3.1")
+    """AEDAT 3.1 (:func:`~edge_vlm.io.formats.aedat31.read_aedat31`), as a 128x128 sensor."""
+    events, _ = read_aedat31(path)
+    out = event_stats([events], 128, 128, "aedat3.1")
     out["source"] = "aedat3.1"
     return out
 
 
 def _other_format(p: str) -> bool:
-    """True for an event file that is neither a bag nor AEDAT 3.1 (see edge_vlm.formats)."""
+    """True for an event file that is neither a bag nor AEDAT 3.1 (see edge_vlm.io.formats)."""
     if not os.path.isfile(p) or p.lower().endswith((".db3", ".mcap", ".yaml")):
         return False
     with open(p, "rb") as f:
@@ -86,7 +84,6 @@ def _other_format(p: str) -> bool:
 
 def _stats_file(p: str) -> dict[str, Any]:
     """Other formats: AEDAT 2.0/4.0, Prophesee RAW/DAT, RPG events.txt."""
-    from edge_vlm.io.formats.detect import read_events  # lazy: keeps bag-only use light
     events, info = read_events(p)
     out = event_stats([events], int(info["width"]), int(info["height"]), str(info["encoding"]))
     out["source"] = str(info["format"])
@@ -97,48 +94,25 @@ def _stats_file(p: str) -> dict[str, Any]:
 
 
 def stats_path(path: str | os.PathLike, topic: str | None = None) -> dict[str, Any]:
-    """Stats of a recording: a ROS 2 bag or an ``.aedat`` (3.1) file.
+    """Stats of a recording: a ROS 2 bag, an ``.aedat`` (3.1) file or any other event file.
 
     For a bag, the EventPacket topic ``topic`` (default: the first one, sorted)
     is decoded packet by packet with one stateful decoder; width, height and
     encoding come from the first packet.  Extras: ``topic``, ``sum_t_ns``,
     ``packets`` and, for evt3, ``triggers_rising``/``triggers_falling``.
-    Raises :class:`edge_vlm.bag.BagError` for an unreadable bag and
-    :class:`EventDecodeError` for undecodable data (e.g. an unsupported
-    encoding such as ``libcaer_cmp``).
+    Raises :class:`edge_vlm.io.bag_reader.BagError` for an unreadable bag and
+    :class:`~edge_vlm.events.EventDecodeError` for undecodable data (e.g. an
+    unsupported encoding).
     """
     p = os.fspath(path)
     if _other_format(p):
         return _stats_file(p)
     if p.lower().endswith(".aedat"):
         return _stats_aedat(p)
-
-    from edge_vlm.io.bag_reader import BagError, event_topics, iter_event_packets
-    from edge_vlm.io.codecs import make_decoder
-
-    if topic is None:
-        topics = event_topics(p)
-        if not topics:
-            raise BagError(f"no event_camera_msgs/msg/EventPacket topic in {p!r}")
-        topic = topics[0]
-    packets = iter_event_packets(p, topic)
-    first = next(packets, None)
-    if first is None:
-        return {**event_stats([], 0, 0, ""), "topic": topic}
-    width, height, enc = int(first.width), int(first.height), str(first.encoding)
-    dec = make_decoder(enc)               # EventDecodeError if unsupported
-
-    def chunks():
-        for msg in itertools.chain((first,), packets):
-            if str(msg.encoding) != enc:
-                raise EventDecodeError(f"encoding changed on {topic}: {enc!r} -> {msg.encoding!r}")
-            if msg.is_bigendian:
-                raise EventDecodeError(f"big-endian {enc} payloads are not supported")
-            yield dec.decode(msg.events, int(msg.width), int(msg.height), int(msg.time_base))
-
-    out = event_stats(chunks(), width, height, enc)
-    out["topic"] = topic
-    if hasattr(dec, "triggers_rising"):
-        out["triggers_rising"] = int(dec.triggers_rising)
-        out["triggers_falling"] = int(dec.triggers_falling)
+    stream = event_stream(p, topic)
+    out = event_stats(stream.chunks, stream.width, stream.height, stream.encoding)
+    out["topic"] = stream.topic
+    if hasattr(stream.decoder, "triggers_rising"):
+        out["triggers_rising"] = int(stream.decoder.triggers_rising)
+        out["triggers_falling"] = int(stream.decoder.triggers_falling)
     return out

@@ -49,7 +49,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edge_vlm.model.sttf import Block, CaptionModel, ModelConfig, SparseViT
+from edge_vlm.model.config import ModelConfig
+from edge_vlm.model.layers import Block
+from edge_vlm.model.sttf import CaptionModel, SparseViT
 
 LEVELS = ("tiny", "small", "medium")
 
@@ -63,15 +65,17 @@ def complexity_level(speed_px_s) -> np.ndarray:
     """Complexity level (0 tiny, 1 small, 2 medium) of hand speeds (array-like, px/s);
     frames without a gesture (speed 0) are level 0."""
     v = np.asarray(speed_px_s, dtype=np.float64)
-    return (v >= COMPLEXITY_SPEEDS[0]).astype(np.int64) + (v >= COMPLEXITY_SPEEDS[1]).astype(np.int64)
+    return ((v >= COMPLEXITY_SPEEDS[0]).astype(np.int64)
+            + (v >= COMPLEXITY_SPEEDS[1]).astype(np.int64))
 
 
 @dataclass
 class AncConfig:
     depths: list = field(default_factory=lambda: [1, 4, 8])
     mlp_ratios: list = field(default_factory=lambda: [1, 4, 8])
-    decoder_layers: list = field(default_factory=lambda: [1, 2, 2])   # conditional decoder pathway
-    decoder_beams: list = field(default_factory=lambda: [1, 3, 3])    # ... its beam width (<= beam_size)
+    # the conditional decoder pathway: decoder blocks and beam width (<= beam_size) per level
+    decoder_layers: list = field(default_factory=lambda: [1, 2, 2])
+    decoder_beams: list = field(default_factory=lambda: [1, 3, 3])
     router_threshold: float = 0.5
     gate_temperature: float = 0.05
     est_hidden: int = 8
@@ -95,13 +99,15 @@ class ComplexityEstimator(nn.Module):
         self.c2 = nn.Conv2d(hidden, hidden, 3, stride=2, padding=1)
         self.fc = nn.Linear(hidden + 3, len(LEVELS))
 
-    def forward(self, hist: torch.Tensor, change_frac: torch.Tensor, recent_frac: torch.Tensor) -> torch.Tensor:
+    def forward(self, hist: torch.Tensor, change_frac: torch.Tensor,
+                recent_frac: torch.Tensor) -> torch.Tensor:
         """``hist`` (B,C,H,W) counts, fractions (B,) -> level logits (B, 3)."""
         x = F.avg_pool2d(torch.log1p(hist), 4)
         x = F.gelu(self.c1(x))
         x = F.gelu(self.c2(x)).mean(dim=(2, 3))
         n = torch.log1p(hist.sum(dim=(1, 2, 3))) / 10.0
-        return self.fc(torch.cat([x, n[:, None], change_frac[:, None], recent_frac[:, None]], dim=1))
+        return self.fc(torch.cat([x, n[:, None], change_frac[:, None], recent_frac[:, None]],
+                                 dim=1))
 
 
 class GatedBlock(Block):
@@ -111,81 +117,75 @@ class GatedBlock(Block):
     def __init__(self, dim: int, heads: int, mlp_ratio: int, act: str, temperature: float):
         super().__init__(dim, heads, mlp_ratio, act)
         hid = mlp_ratio * dim
-        self.theta = nn.Parameter(torch.linspace(0.0, 0.9, hid))   # channel c kept while beta > theta_c
+        self.theta = nn.Parameter(torch.linspace(0.0, 0.9, hid))   # channel c kept: beta > theta_c
         self.temperature = temperature
         self.beta: torch.Tensor | None = None                       # training: (B,) budgets
-        self._slice: tuple | None = None                            # inference: sliced weights
 
     def gates(self, beta: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid((beta[:, None] - self.theta[None]) / self.temperature)
 
     def set_budget(self, beta: float | None) -> int:
-        """Inference: slice the MLP to the channels kept at ``beta`` (None = all). Returns the count."""
+        """Inference: slice the MLP to the channels kept at ``beta`` (None = all). Returns the
+        count."""
         fc1, fc2 = self.mlp[0], self.mlp[2]
         if beta is None:
-            self._slice = None
+            self.mlp_slice = None
             return fc1.out_features
         keep = torch.nonzero(self.theta.detach() < beta).flatten()
         if len(keep) == 0:
             keep = torch.argmin(self.theta.detach()).view(1)
         stamp = (keep, tuple(t._version for t in (fc1.weight, fc1.bias, fc2.weight, fc2.bias)))
-        if self._slice is not None and self._stamp[1] == stamp[1] and torch.equal(self._stamp[0], keep):
-            return len(keep)                # same channels, same weights: keep the slice (and its native copy)
+        if (self.mlp_slice is not None and self._stamp[1] == stamp[1]
+                and torch.equal(self._stamp[0], keep)):
+            return len(keep)      # same channels, same weights: keep the slice (and packed copy)
         self._stamp = stamp
-        self._slice = (fc1.weight.detach()[keep].contiguous(), fc1.bias.detach()[keep].contiguous(),
-                       fc2.weight.detach()[:, keep].contiguous(), fc2.bias.detach())
+        self.mlp_slice = (fc1.weight.detach()[keep].contiguous(),
+                          fc1.bias.detach()[keep].contiguous(),
+                          fc2.weight.detach()[:, keep].contiguous(), fc2.bias.detach())
         return len(keep)
 
     def kept(self) -> int:
-        return self.mlp[0].out_features if self._slice is None else self._slice[0].shape[0]
-
-    def mlp_params(self) -> tuple:
-        return super().mlp_params() if self._slice is None else self._slice
+        return self.mlp[0].out_features if self.mlp_slice is None else self.mlp_slice[0].shape[0]
 
     def kv_out(self, x: torch.Tensor, mix: tuple | None = None) -> tuple:
-        """Training: (keys, values, output) of the whole (B, N, D) input; ``mix = (m, k_old, v_old)``
-        replaces the keys/values of the tokens with m = 0 by the cached ones (a sparse step)."""
-        b, t, d = x.shape
-        h = self.heads
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        """Training: (keys, values, output) of the whole (B, N, D) input; ``mix = (m, k_old,
+        v_old)`` replaces the keys/values of the tokens with m = 0 by the cached ones (a sparse
+        step)."""
+        q, k, v = self.attn_qkv(x)
         if mix is not None:
             m, k_old, v_old = mix
             mk = m[:, None, :, None]
             k, v = mk * k + (1 - mk) * k_old, mk * v + (1 - mk) * v_old
-        out = F.scaled_dot_product_attention(q, k, v)
-        x = x + self.proj(out.transpose(1, 2).reshape(b, t, d))
+        x = self.attn_residual(x, F.scaled_dot_product_attention(q, k, v))
         fc1, fc2 = self.mlp[0], self.mlp[2]
         hdn = self.act_fn(fc1(self.ln2(x)))
         if self.beta is not None:
             hdn = hdn * self.gates(self.beta)[:, None, :]
         return k, v, x + fc2(hdn)
 
-    def forward(self, x: torch.Tensor, cache: dict | None = None, causal_from: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None,
+                causal_from: int | None = None) -> torch.Tensor:
+        """Training with channel gates at the budgets ``beta`` (:meth:`kv_out`); else a Block."""
         if self.beta is None:
             return super().forward(x, cache, causal_from)
-        b, t, d = x.shape
-        h = self.heads
-        q, k, v = self.qkv(self.ln1(x)).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)
-        x = x + self.proj(out.transpose(1, 2).reshape(b, t, d))
-        fc1, fc2 = self.mlp[0], self.mlp[2]
-        hdn = self.act_fn(fc1(self.ln2(x))) * self.gates(self.beta)[:, None, :]
-        return x + fc2(hdn)
+        return self.kv_out(x)[2]
 
 
 class BranchViT(SparseViT):
     def __init__(self, cfg: ModelConfig, depth: int, mlp_ratio: int, temperature: float):
         bcfg = replace(cfg, depth=depth, mlp_ratio=mlp_ratio)
         super().__init__(bcfg)
-        self.blocks = nn.ModuleList([GatedBlock(cfg.dim, cfg.heads, mlp_ratio, cfg.encoder_act, temperature)
-                                     for _ in range(depth)])
+        self.blocks = nn.ModuleList([GatedBlock(cfg.dim, cfg.heads, mlp_ratio, cfg.encoder_act,
+                                                temperature) for _ in range(depth)])
         self.depth, self.mlp_ratio = depth, mlp_ratio
 
-    def masked_forward(self, e_prev: torch.Tensor, e: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    def masked_forward(self, e_prev: torch.Tensor, e: torch.Tensor,
+                       m: torch.Tensor) -> torch.Tensor:
         """Training with masks (fixed shapes): one sparse step from a dense pass on ``e_prev``.
         Tokens with ``m`` = 1 are recomputed at every layer with the fresh keys/values of the
         recomputed tokens and the cached ones of the rest; tokens with m = 0 keep their cached
-        input, keys, values and output, exactly as :meth:`sparse_infer` does at inference."""
+        input, keys, values and output, exactly as the streaming sparse pass
+        (:func:`edge_vlm.inference.vit.sparse_infer`) does."""
         with torch.no_grad():
             x = e_prev + self.pos
             cache = []
@@ -250,7 +250,8 @@ class AncModel(CaptionModel):
         """(histogram, changed fraction, recently-changed fraction) the estimator reads."""
         return hist, change.float().mean(dim=1), (bucket <= 4).float().mean(dim=1)
 
-    def route_logits(self, hist: torch.Tensor, change: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
+    def route_logits(self, hist: torch.Tensor, change: torch.Tensor,
+                     bucket: torch.Tensor) -> torch.Tensor:
         """hist (B,C,H,W) float counts, change (B,N) mask, bucket (B,N) age buckets."""
         return self.estimator(*self.estimator_inputs(hist, change, bucket))
 
@@ -265,23 +266,23 @@ class AncModel(CaptionModel):
         ctx = torch.enable_grad() if front_grad else torch.no_grad()
         with ctx:
             w = self.memory_window(hist, rgb, has_rgb, valid, snapshot=sparse_from)
-        e, bucket, m = w["e"], w["bucket"], w["m_st"]
+        e, bucket, m = w.e, w.bucket, w.m_st
         changed = None
         if sparse_from is not None:
-            changed = (w["e"] != w["e_prev"]).any(dim=-1).float()
+            changed = (w.e != w.e_prev).any(dim=-1).float()
         if not front_grad:
-            m = w["mask"].float()
-        est_in = self.estimator_inputs(hist[:, -1].float(), w["mask"], bucket)
+            m = w.mask.float()
+        est_in = self.estimator_inputs(hist[:, -1].float(), w.mask, bucket)
         logits_r = self.estimator(*est_in)
         outs = []
         for br, dl in zip(self.branches, self.acfg.decoder_layers):
             br.set_beta(beta)
-            vis = br(e) if changed is None else br.masked_forward(w["e_prev"], e, changed)
+            vis = br(e) if changed is None else br.masked_forward(w.e_prev, e, changed)
             br.set_beta(None)
             fused, z = self.fuse(vis, bucket, m)
             outs.append({"gesture": self.gesture_logits(fused, z, bucket),
                          "caption": self.decoder(fused, tokens_in, dl)})
-        return {"branches": outs, "router": logits_r, "mask": w["mask"], "p_change": w["p_change"],
+        return {"branches": outs, "router": logits_r, "mask": w.mask, "p_change": w.p_change,
                 "estimator_inputs": est_in}
 
 

@@ -1,26 +1,31 @@
-"""Checkpoint files of the captioning models (STTF and joint STTF+ANC): save, load, the shipped default."""
+"""Checkpoint files of the captioning models (STTF and joint STTF+ANC): save, load, the shipped
+default."""
 from __future__ import annotations
 
 import os
 
 import torch
 
-from edge_vlm.model.sttf import CaptionModel, ModelConfig, SparseViT
-from edge_vlm.inference.native_vit import share_version_counter
+from edge_vlm.model.anc import AncConfig, AncModel
+from edge_vlm.model.config import ModelConfig
+from edge_vlm.model.sttf import CaptionModel
+from edge_vlm.paths import PACKAGE_DIR
 
 FORMAT = "edge_vlm.sttf/2"
 FORMAT_ANC = "edge_vlm.sttf_anc/1"
-DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  "checkpoints", "captioner.pt")
+#: the shipped checkpoint (``checkpoints/`` of the package)
+DEFAULT_CHECKPOINT = str(PACKAGE_DIR / "checkpoints" / "captioner.pt")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or incompatible."""
 
 
-def save_checkpoint(path: str, model: CaptionModel, extra: dict | None = None, half: bool = True) -> None:
+def save_checkpoint(path: str, model: CaptionModel, extra: dict | None = None,
+                    half: bool = True) -> None:
     """Save config + weights (fp16 by default to keep shipped checkpoints small)."""
-    state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    state = {k: (v.half() if half and v.is_floating_point() else v)
+             for k, v in model.state_dict().items()}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     blob = {"format": FORMAT, "config": model.cfg.to_dict(), "state": state, "extra": extra or {}}
@@ -31,7 +36,8 @@ def save_checkpoint(path: str, model: CaptionModel, extra: dict | None = None, h
 
 
 def load_checkpoint(path: str = "") -> tuple[CaptionModel, dict]:
-    """Load a checkpoint (empty path = the shipped default). Raises CheckpointError."""
+    """Load a checkpoint (empty path = the shipped default), in eval mode. Raises CheckpointError.
+    For streaming inference load it with :func:`edge_vlm.inference.factory.load_model`."""
     path = path or DEFAULT_CHECKPOINT
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path} (train one with `edge-vlm train`)")
@@ -41,18 +47,15 @@ def load_checkpoint(path: str = "") -> tuple[CaptionModel, dict]:
             raise CheckpointError(f"not an edge_vlm captioner checkpoint: {path}")
         cfg = ModelConfig(**blob["config"])
         if blob["format"] == FORMAT_ANC:
-            from edge_vlm.model.anc import AncConfig, AncModel
-
             model = AncModel(cfg, AncConfig(**blob["anc_config"]))
         else:
             model = CaptionModel(cfg)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state"].items()})
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in blob["state"].items()})
     except CheckpointError:
         raise
     except Exception as exc:  # corrupt file, wrong tensors, pickle errors...
-        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"cannot load checkpoint {path}: {type(exc).__name__}: "
+                              f"{exc}") from exc
     model.eval()
-    for m in model.modules():          # one version counter per encoder: a cheap per-frame check
-        if isinstance(m, SparseViT):
-            share_version_counter(m)
     return model, blob.get("extra", {})

@@ -13,7 +13,8 @@ cross-attention, gesture head with its motion net), ``decoder`` (KV-cached Micro
 """
 from __future__ import annotations
 
-from edge_vlm.model.sttf import ModelConfig
+from edge_vlm.model.config import ModelConfig
+from edge_vlm.model.motion import motion_channels
 
 
 def linear(n: int, d_in: int, d_out: int) -> float:
@@ -31,7 +32,8 @@ def conv(h: int, w: int, c_in: int, c_out: int, k: int) -> float:
 
 def mask_flops(cfg: ModelConfig) -> float:
     s, hid = cfg.image_size, cfg.mask_hidden
-    return (conv(s // 2, s // 2, cfg.event_channels, hid // 2, 3) + conv(s // 4, s // 4, hid // 2, hid, 3)
+    return (conv(s // 2, s // 2, cfg.event_channels, hid // 2, 3)
+            + conv(s // 4, s // 4, hid // 2, hid, 3)
             + conv(cfg.grid, cfg.grid, hid, 1, 1))
 
 
@@ -57,7 +59,8 @@ def vit_flops(cfg: ModelConfig, layer_tokens: list[int], hidden: list[int] | Non
 def estimator_flops(cfg: ModelConfig, hidden: int = 8) -> float:
     """ANC complexity estimator (two stride-2 convs on the 4x-pooled histogram, a linear layer)."""
     s = cfg.image_size // 4
-    return (conv(s // 2, s // 2, cfg.event_channels, hidden, 3) + conv(s // 4, s // 4, hidden, hidden, 3)
+    return (conv(s // 2, s // 2, cfg.event_channels, hidden, 3)
+            + conv(s // 4, s // 4, hidden, hidden, 3)
             + linear(1, hidden + 3, 3))
 
 
@@ -66,14 +69,14 @@ def encoder_flops(cfg: ModelConfig, layer_tokens: list[int], n_embed: int) -> fl
 
 
 def motion_head_flops(cfg: ModelConfig) -> float:
-    """The gesture head's conv net on the motion state (:class:`.motion.MotionHead`); 0 without it."""
+    """The gesture head's conv net on the motion state (:class:`.motion.MotionHead`); 0 without
+    it."""
     if not cfg.motion_head:
         return 0.0
-    from edge_vlm.model.motion import motion_channels
-
     g, w = cfg.grid, cfg.motion_width
-    return (conv(g, g, motion_channels(cfg) + 2, w, 3) + conv(g, g, w, w, 3) + conv(g // 2, g // 2, w, 2 * w, 3)
-            + conv(g // 4, g // 4, 2 * w, 2 * w, 3) + linear(1, 2 * w * (g // 4) ** 2, cfg.num_classes))
+    return (conv(g, g, motion_channels(cfg) + 2, w, 3) + conv(g, g, w, w, 3)
+            + conv(g // 2, g // 2, w, 2 * w, 3) + conv(g // 4, g // 4, 2 * w, 2 * w, 3)
+            + linear(1, 2 * w * (g // 4) ** 2, cfg.num_classes))
 
 
 def fusion_flops(cfg: ModelConfig) -> float:
@@ -105,8 +108,8 @@ def decoder_flops(cfg: ModelConfig, generated: int, beams: int = 1, layers: int 
     return total
 
 
-def frame_flops(cfg: ModelConfig, layer_tokens: list[int], n_embed: int, generated: int, beams: int = 1,
-                learned_mask: bool = True) -> dict[str, float]:
+def frame_flops(cfg: ModelConfig, layer_tokens: list[int], n_embed: int, generated: int,
+                beams: int = 1, learned_mask: bool = True) -> dict[str, float]:
     """Per-stage FLOPs of one processed frame."""
     return {
         "change_mask": mask_flops(cfg) if learned_mask else 0.0,

@@ -1,11 +1,11 @@
-"""The gesture head's temporal input: the token memory's motion state, and the head that reads it.
+"""The gesture head's temporal input: the token memory's motion state, and the head that reads
+it.
 
-Why: the vision tokens alone (fusion queries + recently changed tokens, the first gesture
-head) reached ~0.45 per-frame accuracy on held-out simulated subjects. The classes that
-failed differ in *how* the arm moves over the last second (clockwise vs counter-clockwise,
-clap vs drums), which a single memory snapshot with coarse age buckets hardly shows. The
-token memory already keeps, per patch, the frames since it last changed (its age): over a
-gesture that is a time surface of the trajectory, whose gradient is the direction of motion.
+Why: gestures differ in *how* the arm moves over the last second (clockwise vs
+counter-clockwise, clap vs drums), which a single memory snapshot with coarse age buckets (the
+vision head: fusion queries + recently changed tokens) hardly shows. The token memory keeps,
+per patch, the frames since it last changed (its age): over a gesture that is a time surface
+of the trajectory, whose gradient is the direction of motion.
 
 Motion state of one frame (``motion_channels(cfg)`` maps of ``grid x grid``, one cell per patch):
 
@@ -25,15 +25,13 @@ effect on them shows in the gesture accuracy). Trained by ``edge-vlm train --mod
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-if TYPE_CHECKING:  # captioner imports this module
-    from edge_vlm.model.sttf import ModelConfig
+from edge_vlm.model.config import ModelConfig
 
 #: frames summed in the event-history maps
 MOTION_HISTORY = (4, 12)
@@ -59,20 +57,22 @@ def _block_sum(n: int, patch: int) -> torch.Tensor:
 
 def patch_channel_counts(hist: np.ndarray | torch.Tensor, patch: int) -> np.ndarray:
     """``(C, H, W)`` event counts (array, or float32 tensor: the engine passes
-    :func:`~.engine.hist_tensor`, which copies the binner's read-only frames) ->
-    ``(C, H/patch, W/patch)`` counts per patch and channel.
-    Two small matmuls with 0/1 block matrices: ~8x faster than numpy's multi-axis sum on a
-    128x128x4 frame, and exact for counts (integers below 2**24 in float32). In torch, not
-    numpy: numpy's BLAS starts its own threads, which spin against the other nodes' processes
-    (torch keeps to the node's ``num_threads``)."""
+    :func:`~edge_vlm.inference.engine.hist_tensor`, which copies the binner's read-only frames)
+    -> ``(C, H/patch, W/patch)`` counts per patch and channel.
+    Two small matmuls with 0/1 block matrices: faster than numpy's multi-axis sum, and exact
+    for counts (integers below 2**24 in float32). In torch, not numpy: numpy's BLAS starts its
+    own threads, which spin against the other nodes' processes (torch keeps to the node's
+    ``num_threads``)."""
     c, h, w = hist.shape
-    x = hist if isinstance(hist, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(hist, dtype=np.float32))
+    x = (hist if isinstance(hist, torch.Tensor)
+         else torch.from_numpy(np.ascontiguousarray(hist, dtype=np.float32)))
     x = x.reshape(c * h, w)
     r = (x @ _block_sum(w, patch)).reshape(c, h, w // patch).transpose(1, 2) @ _block_sum(h, patch)
     return r.transpose(1, 2).contiguous().numpy()
 
 
-def motion_features(age: np.ndarray, counts: np.ndarray, history: list[np.ndarray], max_age: int) -> np.ndarray:
+def motion_features(age: np.ndarray, counts: np.ndarray, history: list[np.ndarray],
+                    max_age: int) -> np.ndarray:
     """The motion state maps (float32, ``(motion_channels, g, g)``).
 
     ``age`` (N,) frames since each patch last changed (``max_age`` = not within the horizon),
@@ -106,7 +106,8 @@ class MotionState:
         n = len(self.ring)
         self.ring[self.pos % n] = counts.sum(axis=0)
         self.pos += 1
-        hist = [self.ring[[(self.pos - 1 - i) % n for i in range(min(k, n))]].sum(axis=0) for k in MOTION_HISTORY]
+        hist = [self.ring[[(self.pos - 1 - i) % n for i in range(min(k, n))]].sum(axis=0)
+                for k in MOTION_HISTORY]
         return motion_features(age, counts, hist, max_age)
 
 
@@ -127,7 +128,8 @@ class MotionHead(nn.Module):
         yy, xx = torch.meshgrid(torch.linspace(-1, 1, g), torch.linspace(-1, 1, g), indexing="ij")
         self.register_buffer("coord", torch.stack([yy, xx])[None], persistent=False)
 
-    def forward(self, state: torch.Tensor, vision_logits: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, state: torch.Tensor,
+                vision_logits: torch.Tensor | None = None) -> torch.Tensor:
         """``state`` (B, motion_channels, g, g); ``vision_logits`` (B, K) or None."""
         out = self.net(torch.cat([state, self.coord.expand(state.shape[0], -1, -1, -1)], dim=1))
         if vision_logits is not None:
@@ -135,5 +137,6 @@ class MotionHead(nn.Module):
         return out
 
 
-__all__ = ["MOTION_HISTORY", "MIRROR_LABEL", "MotionHead", "MotionState", "motion_channels", "motion_features",
+__all__ = ["MOTION_HISTORY", "MIRROR_LABEL", "MotionHead", "MotionState", "motion_channels",
+           "motion_features",
            "patch_channel_counts"]

@@ -1,4 +1,5 @@
-"""Word-level tokenizer for the simulator's caption language (vocabulary stored in the checkpoint)."""
+"""Word-level tokenizer for the simulator's caption language (vocabulary stored in the
+checkpoint)."""
 from __future__ import annotations
 
 import re
@@ -25,7 +26,8 @@ class Tokenizer:
 
     def encode(self, text: str, max_len: int) -> list[int]:
         """``[bos, w1, ..., eos]`` padded with pad to ``max_len + 1``."""
-        ids = [self.bos] + [self.index.get(w, self.unk) for w in words(text)][: max_len - 1] + [self.eos]
+        body = [self.index.get(w, self.unk) for w in words(text)][: max_len - 1]
+        ids = [self.bos] + body + [self.eos]
         return ids + [self.pad] * (max_len + 1 - len(ids))
 
     def decode(self, ids) -> str:

@@ -31,9 +31,9 @@ CLASS_PHRASES: dict[int, tuple[str, list[str], list[str]]] = {
                                             "turns the right arm in clockwise circles"],
         ["rotating the right arm clockwise", "circling their right arm clockwise",
          "making clockwise circles with the right arm"]),
-    5: ("rotates the right arm counter-clockwise", ["circles the right arm counter-clockwise",
-                                                    "swings their right arm around anticlockwise",
-                                                    "turns the right arm in counter-clockwise circles"],
+    5: ("rotates the right arm counter-clockwise",
+        ["circles the right arm counter-clockwise", "swings their right arm around anticlockwise",
+         "turns the right arm in counter-clockwise circles"],
         ["rotating the right arm counter-clockwise", "circling their right arm anticlockwise",
          "making counter-clockwise circles with the right arm"]),
     6: ("rotates the left arm clockwise", ["circles the left arm clockwise",
@@ -41,9 +41,9 @@ CLASS_PHRASES: dict[int, tuple[str, list[str], list[str]]] = {
                                            "turns the left arm in clockwise circles"],
         ["rotating the left arm clockwise", "circling their left arm clockwise",
          "making clockwise circles with the left arm"]),
-    7: ("rotates the left arm counter-clockwise", ["circles the left arm counter-clockwise",
-                                                   "swings their left arm around anticlockwise",
-                                                   "turns the left arm in counter-clockwise circles"],
+    7: ("rotates the left arm counter-clockwise",
+        ["circles the left arm counter-clockwise", "swings their left arm around anticlockwise",
+         "turns the left arm in counter-clockwise circles"],
         ["rotating the left arm counter-clockwise", "circling their left arm anticlockwise",
          "making counter-clockwise circles with the left arm"]),
     8: ("rolls the arms", ["rolls their forearms around each other", "does an arm roll",
@@ -59,9 +59,11 @@ CLASS_PHRASES: dict[int, tuple[str, list[str], list[str]]] = {
          ["making another gesture", "moving the arms freely", "making random arm movements"]),
 }
 
-SUBJECT_WORDS = {"small": ("a small person", ["a short person", "a small person", "a short subject"]),
+SUBJECT_WORDS = {"small": ("a small person",
+                           ["a short person", "a small person", "a short subject"]),
                  "medium": ("a person", ["someone", "a person", "a subject", "an individual"]),
-                 "tall": ("a tall person", ["a tall individual", "a tall person", "a tall subject"])}
+                 "tall": ("a tall person",
+                          ["a tall individual", "a tall person", "a tall subject"])}
 POSITION_WORDS = {"left": ("on the left", ["on the left side", "on the left of the view",
                                            "at the left of the frame", "on the left"]),
                   "center": ("in the center", ["in the middle", "in the center of the view",
@@ -79,7 +81,8 @@ LIGHTING_WORDS = {"lab": ["in a bright room", "under bright light"],
 
 def canonical_caption(label: int, attributes: dict) -> str:
     """The fixed-template caption the captioning model is trained to produce."""
-    return " ".join((SUBJECT_WORDS[attributes["size"]][0], POSITION_WORDS[attributes["position"]][0],
+    return " ".join((SUBJECT_WORDS[attributes["size"]][0],
+                     POSITION_WORDS[attributes["position"]][0],
                      CLASS_PHRASES[label][0], SPEED_WORDS[attributes["speed"]][0]))
 
 
@@ -120,4 +123,5 @@ def class_references(label: int) -> list[str]:
     """Class-level references of a gesture whose attributes are unknown (real DvsGesture
     segments): every verb and gerund phrase of the class after "a person"."""
     vp0, vps, gers = CLASS_PHRASES[int(label)]
-    return [f"a person {vp0}"] + [f"a person {v}" for v in vps] + [f"a person is {g}" for g in gers]
+    return ([f"a person {vp0}"] + [f"a person {v}" for v in vps]
+            + [f"a person is {g}" for g in gers])

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
+from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES, check_label
 from edge_vlm.sim.captions import canonical_caption, reference_captions
 from edge_vlm.sim.dvs import EventSimulator, assemble, make_sensor, noise_events
-from edge_vlm.sim.gestures import (GESTURE_CLASSES, REST, GestureParams, Subject, blend_weight,
-    gesture_angles, hand_speed, joints, make_subject, motion_level, sample_params)
-from edge_vlm.sim.render import (LIGHTING_NAMES, LOG_EPS, LightingModel, lighting_spec,
-    figure_pad, render_figure, render_room, render_static, to_rgb8)
+from edge_vlm.sim.gestures import (REST, GestureParams, Subject, blend_weight, gesture_angles,
+                                   hand_speed, joints, make_subject, motion_level, sample_params)
+from edge_vlm.sim.render import (LIGHTING_NAMES, LOG_EPS, LightingModel, figure_pad,
+                                 lighting_spec, render_figure, render_room, render_static,
+                                 to_rgb8)
 
 FRAME_PERIOD_NS = 33_333_333     # 30 fps, the project's frame grid
 DVS_RATE_HZ = 1000               # internal DVS time step
@@ -44,7 +47,8 @@ class Clip:
     frame_stamps_ns: np.ndarray | None    # (N,) int64
     label: int                            # 1..11
     class_name: str
-    attributes: dict                      # speed, position, size, handedness, lighting, subject, motion, ...
+    #: speed, position, size, handedness, lighting, subject, motion, ...
+    attributes: dict
     caption: str                          # canonical caption
     references: list                      # >= 5 paraphrases, canonical first
     t_start_ns: int
@@ -83,19 +87,28 @@ class _Segment:
     ramp_s: float
 
 
+class _LogIrradiance(NamedTuple):
+    """Log irradiance of some pixels at some times."""
+
+    idx: np.ndarray         # (M,) flat pixel indices
+    L: np.ndarray           # (T, M) float32 log irradiance
+
+
 class _Scene:
     """Subject + room + lighting + pose timeline; renders reflectance for any times."""
 
     def __init__(self, subject: Subject, lighting: str, width: int, height: int,
                  segments: list[_Segment]):
         li = LIGHTING_NAMES.index(lighting)
-        room_rng = np.random.default_rng(np.random.SeedSequence([0x200A, _u(subject.subject_id), li]))
+        room_rng = np.random.default_rng(
+            np.random.SeedSequence([0x200A, _u(subject.subject_id), li]))
         self.subject, self.width, self.height = subject, width, height
         self.spec = lighting_spec(lighting)
         self.light = LightingModel(self.spec, width, height, room_rng)
-        self.static = render_static(subject, render_room(subject, width, height, room_rng), width, height)
+        self.static = render_static(subject, render_room(subject, width, height, room_rng),
+                                    width, height)
         self.segments = segments
-        self.ppu = subject.geometry(width, height)["ppu"]
+        self.ppu = subject.geometry(width, height).ppu
 
     def canon(self, t_s: np.ndarray) -> np.ndarray:
         """Canonical arm angles (T, 2, 2) at scene times ``t_s`` (s)."""
@@ -107,7 +120,8 @@ class _Scene:
                 w = blend_weight(tr, seg.duration_s, seg.ramp_s)[:, None, None]
                 g = gesture_angles(seg.params, tr)
                 # blend out along the short way: drop whole turns accumulated by arm circles
-                turns = np.round((gesture_angles(seg.params, np.array([seg.duration_s]))[0] - REST) / (2 * np.pi))
+                end = gesture_angles(seg.params, np.array([seg.duration_s]))[0]
+                turns = np.round((end - REST) / (2 * np.pi))
                 g[tr > seg.duration_s / 2] -= 2 * np.pi * turns
                 out[m] = REST + w * (g - REST)
         return out
@@ -128,8 +142,8 @@ class _Scene:
             self.flick_idx = np.flatnonzero(swing >= 0.9 * threshold)
 
     def log_irradiance(self, t_s: np.ndarray, t_abs_s: np.ndarray,
-                       t_prev_s: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Log irradiance of the pixels that can change: (flat indices (M,), L (T, M) float32).
+                       t_prev_s: float | None = None) -> _LogIrradiance:
+        """Log irradiance of the pixels that can change.
 
         Only the window swept by the arms (including their pose at ``t_prev_s``)
         is rendered; elsewhere the image is static, except flickering pixels.
@@ -152,10 +166,11 @@ class _Scene:
             fy, fx = np.divmod(self.flick_idx, self.width)
             fi = self.flick_idx[~((fy >= y0) & (fy < y1) & (fx >= x0) & (fx < x1))]
             wave = self.light.flicker_wave(t_abs_s)
-            irr_f = self.irr_static[fi][None] * (1 + self.light.flicker.ravel()[fi][None] * wave[:, None])
+            irr_f = self.irr_static[fi][None] * (
+                1 + self.light.flicker.ravel()[fi][None] * wave[:, None])
             idx = np.concatenate([idx, fi])
             L = np.concatenate([L, np.log(irr_f + LOG_EPS)], axis=1)
-        return idx, L
+        return _LogIrradiance(idx, L)
 
     def frames(self, t_s: np.ndarray, t_abs_s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = np.empty((t_s.shape[0], self.height, self.width, 3), np.uint8)
@@ -166,9 +181,17 @@ class _Scene:
         return out
 
 
+class _Simulated(NamedTuple):
+    """What :func:`_simulate_scene` made."""
+
+    events: np.ndarray                    # EVENT_DTYPE, time-sorted
+    frames: np.ndarray | None             # (N, H, W, 3) uint8 (None: frames not asked for)
+    stamps: np.ndarray | None             # (N,) int64 frame stamps, ns
+
+
 def _simulate_scene(scene: _Scene, t0_ns: int, duration_ns: int, with_frames: bool,
-                    ss: np.random.SeedSequence, sensor_seed: int):
-    """Run the DVS over [t0, t0 + duration) and render frames; returns (events, frames, stamps)."""
+                    ss: np.random.SeedSequence, sensor_seed: int) -> _Simulated:
+    """Run the DVS over [t0, t0 + duration) and render frames."""
     r_init, r_noise, r_frames = (np.random.default_rng(s) for s in ss.spawn(3))
     sensor = make_sensor(scene.width, scene.height, sensor_seed)
     dt_ns = int(round(1e9 / DVS_RATE_HZ))
@@ -177,7 +200,8 @@ def _simulate_scene(scene: _Scene, t0_ns: int, duration_ns: int, with_frames: bo
     t_steps[-1] = t0_ns + duration_ns
     rel = (t_steps - t0_ns) / 1e9
     scene.setup_dvs(sensor.threshold)
-    refl0 = render_figure(scene.static, scene.joints(rel[:1]), scene.subject, scene.ppu) @ np.float32([0.299, 0.587, 0.114])
+    refl0 = (render_figure(scene.static, scene.joints(rel[:1]), scene.subject, scene.ppu)
+             @ np.float32([0.299, 0.587, 0.114]))
     L0 = np.log(scene.light.irradiance(refl0, t_steps[:1] / 1e9)[0] + LOG_EPS).ravel()
     sim = EventSimulator(sensor, L0, t0_ns, r_init)
     for b in range(1, n_steps + 1, BATCH_STEPS):
@@ -190,9 +214,10 @@ def _simulate_scene(scene: _Scene, t0_ns: int, duration_ns: int, with_frames: bo
     frames = stamps = None
     if with_frames:
         k0 = -(-t0_ns // FRAME_PERIOD_NS)
-        stamps = np.arange(k0, -(-(t0_ns + duration_ns) // FRAME_PERIOD_NS), dtype=np.int64) * FRAME_PERIOD_NS
+        k1 = -(-(t0_ns + duration_ns) // FRAME_PERIOD_NS)
+        stamps = np.arange(k0, k1, dtype=np.int64) * FRAME_PERIOD_NS
         frames = scene.frames((stamps - t0_ns) / 1e9, stamps / 1e9, r_frames)
-    return events, frames, stamps
+    return _Simulated(events, frames, stamps)
 
 
 def _attributes(scene: _Scene, seg: _Segment, lighting: str, n_events: int) -> dict:
@@ -206,18 +231,19 @@ def _attributes(scene: _Scene, seg: _Segment, lighting: str, n_events: int) -> d
             "event_rate_hz": round(n_events / max(seg.duration_s, 1e-9), 1)}
 
 
-def _make_clip(scene, seg, label, lighting, events, frames, stamps, t_start, t_end, clip_id, cap_seed):
-    attrs = _attributes(scene, seg, lighting, len(events))
-    return Clip(events=events, frames=frames, frame_stamps_ns=stamps, label=label,
+def _make_clip(scene: _Scene, seg: _Segment, label: int, lighting: str, sim: _Simulated,
+               t_start: int, t_end: int, clip_id: str, cap_seed: int) -> Clip:
+    attrs = _attributes(scene, seg, lighting, len(sim.events))
+    return Clip(events=sim.events, frames=sim.frames, frame_stamps_ns=sim.stamps, label=label,
                 class_name=GESTURE_CLASSES[label - 1], attributes=attrs,
-                caption=canonical_caption(label, attrs), references=reference_captions(label, attrs, cap_seed),
+                caption=canonical_caption(label, attrs),
+                references=reference_captions(label, attrs, cap_seed),
                 t_start_ns=int(t_start), t_end_ns=int(t_end), subject=scene.subject.subject_id,
                 lighting=lighting, clip_id=clip_id)
 
 
 def _check(label: int, lighting: str) -> int:
-    if not 1 <= int(label) <= len(GESTURE_CLASSES):
-        raise ValueError(f"gesture label {label} outside 1..{len(GESTURE_CLASSES)}")
+    check_label(int(label))
     lighting_spec(lighting)
     return LIGHTING_NAMES.index(lighting)
 
@@ -233,22 +259,25 @@ def simulate_clip(label: int, subject: int, lighting: str, *, seed: int, duratio
     ss = np.random.SeedSequence([0xC11, _u(seed), int(label), _u(subject), li])
     r_par, r_sim = ss.spawn(2)
     subj = make_subject(subject)
-    seg = _Segment(sample_params(int(label), subj, np.random.default_rng(r_par), speed), 0.0, duration_s, 0.0)
+    params = sample_params(int(label), subj, np.random.default_rng(r_par), speed)
+    seg = _Segment(params, 0.0, duration_s, 0.0)
     scene = _Scene(subj, lighting, width, height, [seg])
     dur_ns = int(round(duration_s * 1e9))
-    ev, fr, st = _simulate_scene(scene, int(t0_ns), dur_ns, with_frames, r_sim, sensor_seed)
+    sim = _simulate_scene(scene, int(t0_ns), dur_ns, with_frames, r_sim, sensor_seed)
     clip_id = f"user{subject:02d}_{lighting}_g{label:02d}_s{seed}"
-    return _make_clip(scene, seg, int(label), lighting, ev, fr, st, t0_ns, t0_ns + dur_ns, clip_id,
+    return _make_clip(scene, seg, int(label), lighting, sim, t0_ns, t0_ns + dur_ns, clip_id,
                       cap_seed=int(ss.generate_state(1)[0]))
 
 
 def simulate_static(subject: int, lighting: str, *, seed: int, duration_s: float = 1.0,
-                    t0_ns: int = 0, width: int = 128, height: int = 128, sensor_seed: int = 0) -> np.ndarray:
+                    t0_ns: int = 0, width: int = 128, height: int = 128,
+                    sensor_seed: int = 0) -> np.ndarray:
     """Events of the subject standing still (rest pose): noise and flicker only."""
     li = _check(1, lighting)
     ss = np.random.SeedSequence([0x57A, _u(seed), _u(subject), li])
     scene = _Scene(make_subject(subject), lighting, width, height, [])
-    return _simulate_scene(scene, int(t0_ns), int(round(duration_s * 1e9)), False, ss, sensor_seed)[0]
+    dur_ns = int(round(duration_s * 1e9))
+    return _simulate_scene(scene, int(t0_ns), dur_ns, False, ss, sensor_seed).events
 
 
 def blend_ramp_s(clip_duration_s: float) -> float:
@@ -275,34 +304,49 @@ def simulate_recording(subject: int, lighting: str, *, seed: int, labels=range(1
     r_par, r_sim = ss.spawn(2)
     rng = np.random.default_rng(r_par)
     ramp = blend_ramp_s(clip_duration_s)
-    segs = [_Segment(sample_params(lab, subj, rng), gap_s + k * (clip_duration_s + gap_s), clip_duration_s, ramp)
+    segs = [_Segment(sample_params(lab, subj, rng), gap_s + k * (clip_duration_s + gap_s),
+                     clip_duration_s, ramp)
             for k, lab in enumerate(labels)]
     total_ns = int(round((gap_s + len(labels) * (clip_duration_s + gap_s)) * 1e9))
     scene = _Scene(subj, lighting, width, height, segs)
-    ev, fr, st = _simulate_scene(scene, int(t0_ns), total_ns, with_frames, r_sim, sensor_seed)
+    sim = _simulate_scene(scene, int(t0_ns), total_ns, with_frames, r_sim, sensor_seed)
     name = f"user{subject:02d}_{lighting}"
     clips = []
     for k, (lab, seg) in enumerate(zip(labels, segs)):
         a = int(t0_ns) + int(round(seg.start_s * 1e9))
         b = a + int(round(seg.duration_s * 1e9))
-        i0, i1 = np.searchsorted(ev["t"], [a, b])
-        cf = cs = None
-        if fr is not None:
-            j0, j1 = np.searchsorted(st, [a, b])
-            cf, cs = fr[j0:j1], st[j0:j1]
-        clips.append(_make_clip(scene, seg, lab, lighting, ev[i0:i1], cf, cs, a, b,
-                                f"{name}_s{seed}_{k:02d}_g{lab:02d}", cap_seed=_u(seed * 1000 + k)))
-    return Recording(events=ev, frames=fr, frame_stamps_ns=st, clips=clips, subject=int(subject),
-                     lighting=lighting, name=name, t_start_ns=int(t0_ns), t_end_ns=int(t0_ns) + total_ns)
+        clips.append(_make_clip(scene, seg, lab, lighting, _cut(sim, a, b), a, b,
+                                f"{name}_s{seed}_{k:02d}_g{lab:02d}",
+                                cap_seed=_u(seed * 1000 + k)))
+    return Recording(events=sim.events, frames=sim.frames, frame_stamps_ns=sim.stamps,
+                     clips=clips, subject=int(subject), lighting=lighting, name=name,
+                     t_start_ns=int(t0_ns), t_end_ns=int(t0_ns) + total_ns)
 
 
-def split_subjects(n_subjects: int, n_test: int, seed: int) -> tuple[list[int], list[int]]:
+def _cut(sim: _Simulated, a: int, b: int) -> _Simulated:
+    """The events and frames of ``sim`` stamped in [a, b)."""
+    i0, i1 = np.searchsorted(sim.events["t"], [a, b])
+    if sim.frames is None:
+        return _Simulated(sim.events[i0:i1], None, None)
+    j0, j1 = np.searchsorted(sim.stamps, [a, b])
+    return _Simulated(sim.events[i0:i1], sim.frames[j0:j1], sim.stamps[j0:j1])
+
+
+class SubjectSplit(NamedTuple):
+    """Subject ids of a split, both sorted (``train, held_out = split_subjects(...)``)."""
+
+    train: list[int]
+    held_out: list[int]
+
+
+def split_subjects(n_subjects: int, n_test: int, seed: int) -> SubjectSplit:
     """Split subject ids 1..n_subjects into (train, held-out) lists, both sorted."""
     if not 0 <= n_test <= n_subjects:
         raise ValueError(f"n_test={n_test} outside 0..{n_subjects}")
     perm = np.random.default_rng([0x5B1, _u(seed)]).permutation(np.arange(1, n_subjects + 1))
-    return sorted(int(x) for x in perm[n_test:]), sorted(int(x) for x in perm[:n_test])
+    return SubjectSplit(sorted(int(x) for x in perm[n_test:]),
+                        sorted(int(x) for x in perm[:n_test]))
 
 
 __all__ = ["Clip", "Recording", "simulate_clip", "simulate_recording", "simulate_static",
-           "split_subjects", "FRAME_PERIOD_NS", "DVS_RATE_HZ"]
+           "SubjectSplit", "split_subjects", "FRAME_PERIOD_NS", "DVS_RATE_HZ"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,6 +37,14 @@ class DVSSensor:
     hot_gain: np.ndarray       # (k,) rate multiplier of each hot pixel
     hot_pol: np.ndarray        # (k,) uint8 polarity of each hot pixel
     refractory_ns: int
+
+
+class PixelEvents(NamedTuple):
+    """Events by flat pixel index, in no particular order."""
+
+    t: np.ndarray           # int64 ns
+    idx: np.ndarray         # int64 flat pixel index (y * width + x)
+    p: np.ndarray           # uint8 polarity
 
 
 @lru_cache(maxsize=16)
@@ -107,7 +116,8 @@ class EventSimulator:
                        np.concatenate(rec_n), np.concatenate(rec_r))
 
     def _emit(self, act, t_ns, La, K, F, N, R0) -> None:
-        """Events of all (step, pixel) crossings of a batch, with interpolated times + refractory."""
+        """Events of all (step, pixel) crossings of a batch, with interpolated times and the
+        refractory period."""
         refr = float(self.sensor.refractory_ns)
         # order records per pixel, then time (for the refractory period across steps)
         o = np.lexsort((K, F))
@@ -149,31 +159,33 @@ class EventSimulator:
         kept_last = np.minimum(t1 + (j0 + (cnt - 1) * m) * gap, tk - 1)
         self.t_last[act[F[has]]] = kept_last[has].astype(np.int64) + self.t0
 
-    def signal(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All signal events so far as (t ns, flat pixel index, polarity), unsorted."""
+    def signal(self) -> PixelEvents:
+        """All signal events so far, unsorted."""
         if not self._t:
-            return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
-        return np.concatenate(self._t), np.concatenate(self._i), np.concatenate(self._p)
+            return PixelEvents(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
+        return PixelEvents(np.concatenate(self._t), np.concatenate(self._i),
+                           np.concatenate(self._p))
 
 
-def noise_events(sensor: DVSSensor, t0_ns: int, t1_ns: int, ba_rate_hz: float, hot_rate_hz: float,
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def noise_events(sensor: DVSSensor, t0_ns: int, t1_ns: int, ba_rate_hz: float,
+                 hot_rate_hz: float, rng: np.random.Generator) -> PixelEvents:
     """Background-activity (Poisson, ``ba_rate_hz`` per pixel) and hot-pixel events in [t0, t1)."""
     dur = max(0, t1_ns - t0_ns) / 1e9
     npx = sensor.width * sensor.height
     n_ba = int(rng.poisson(ba_rate_hz * npx * dur))
     n_hot = rng.poisson(hot_rate_hz * sensor.hot_gain * dur)
     idx = np.concatenate([rng.integers(0, npx, n_ba), np.repeat(sensor.hot_idx, n_hot)])
-    pol = np.concatenate([rng.integers(0, 2, n_ba).astype(np.uint8), np.repeat(sensor.hot_pol, n_hot)])
+    pol = np.concatenate([rng.integers(0, 2, n_ba).astype(np.uint8),
+                          np.repeat(sensor.hot_pol, n_hot)])
     t = rng.integers(t0_ns, max(t1_ns, t0_ns + 1), idx.size, dtype=np.int64)
-    return t, idx.astype(np.int64), pol
+    return PixelEvents(t, idx.astype(np.int64), pol)
 
 
-def assemble(parts, width: int) -> np.ndarray:
-    """(t, flat index, p) tuples -> one time-sorted EVENT_DTYPE array (stable, deterministic)."""
-    t = np.concatenate([p[0] for p in parts])
-    i = np.concatenate([p[1] for p in parts])
-    pol = np.concatenate([p[2] for p in parts])
+def assemble(parts: list[PixelEvents], width: int) -> np.ndarray:
+    """Pixel events -> one time-sorted EVENT_DTYPE array (stable, deterministic)."""
+    t = np.concatenate([p.t for p in parts])
+    i = np.concatenate([p.idx for p in parts])
+    pol = np.concatenate([p.p for p in parts])
     order = np.argsort(t, kind="stable")
     ev = np.zeros(t.size, dtype=EVENT_DTYPE)  # zeroed: padding bytes are deterministic too
     ev["t"] = t[order]

@@ -22,8 +22,8 @@ def simulate_recordings(subjects: list[int], lightings: list[str], seed: int, cl
     """One recording per (subject, lighting), one after the other on a common time line."""
     recs, t0 = [], 0
     for i, (s, light) in enumerate((s, light) for s in subjects for light in lightings):
-        rec = simulate_recording(s, light, seed=seed * 1000 + i, clip_duration_s=clip_s, gap_s=gap_s,
-                                 with_frames=with_frames, t0_ns=t0)
+        rec = simulate_recording(s, light, seed=seed * 1000 + i, clip_duration_s=clip_s,
+                                 gap_s=gap_s, with_frames=with_frames, t0_ns=t0)
         recs.append(rec)
         t0 = int(rec.events["t"][-1]) + 500_000_000  # half a second of silence between recordings
     return recs
@@ -50,13 +50,15 @@ def write_sim_bag(path: str, recs: list[Recording], storage: str, packet_ms: flo
     if with_frames:
         frames = np.concatenate([r.frames for r in recs])
         stamps = np.concatenate([r.frame_stamps_ns for r in recs])
-    write_bag(path, events=concat_events([r.events for r in recs]), frames=frames, frame_stamps_ns=stamps,
-              ground_truth=gt, storage=storage, packet_ns=int(round(packet_ms * 1e6)))
+    write_bag(path, events=concat_events([r.events for r in recs]), frames=frames,
+              frame_stamps_ns=stamps, ground_truth=gt, storage=storage,
+              packet_ns=int(round(packet_ms * 1e6)))
     return path
 
 
-def synth(out: str, *, subjects: list[int], lightings: list[str], seed: int, clip_s: float, gap_s: float,
-          with_frames: bool, fmt: str, storage: str, packet_ms: float = 10.0) -> dict:
+def synth(out: str, *, subjects: list[int], lightings: list[str], seed: int, clip_s: float,
+          gap_s: float, with_frames: bool, fmt: str, storage: str,
+          packet_ms: float = 10.0) -> dict:
     """Simulate recordings and write them as a DVS128 Gesture directory and/or one ROS 2 bag;
     returns what ``synth.json`` records (the parameters and the paths written)."""
     os.makedirs(out, exist_ok=True)
@@ -65,10 +67,11 @@ def synth(out: str, *, subjects: list[int], lightings: list[str], seed: int, cli
     if fmt in ("dvs128", "both"):
         written["dvs128"] = write_dvs128(os.path.join(out, "DvsGesture"), recs)
     if fmt in ("bag", "both"):
-        written["bag"] = write_sim_bag(os.path.join(out, "bag"), recs, storage, packet_ms, with_frames)
-    meta = {"subjects": subjects, "lightings": lightings, "seed": seed, "clip_s": clip_s, "gap_s": gap_s,
-            "with_frames": with_frames, "packet_ms": packet_ms, "recordings": [r.name for r in recs],
-            **written}
+        written["bag"] = write_sim_bag(os.path.join(out, "bag"), recs, storage, packet_ms,
+                                       with_frames)
+    meta = {"subjects": subjects, "lightings": lightings, "seed": seed, "clip_s": clip_s,
+            "gap_s": gap_s, "with_frames": with_frames, "packet_ms": packet_ms,
+            "recordings": [r.name for r in recs], **written}
     with open(os.path.join(out, "synth.json"), "w") as f:
         json.dump(meta, f, indent=1)
     return meta
@@ -80,6 +83,6 @@ def demo_data(out: str = DEMO_DIR) -> str:
     if os.path.isfile(os.path.join(bag, "metadata.yaml")):
         return bag
     _, held_out = split_subjects(20, 6, 0)
-    synth(out, subjects=[int(held_out[-1])], lightings=["lab", "natural"], seed=DEMO_SEED, clip_s=1.5,
-          gap_s=0.3, with_frames=False, fmt="bag", storage="sqlite3")
+    synth(out, subjects=[int(held_out[-1])], lightings=["lab", "natural"], seed=DEMO_SEED,
+          clip_s=1.5, gap_s=0.3, with_frames=False, fmt="bag", storage="sqlite3")
     return bag

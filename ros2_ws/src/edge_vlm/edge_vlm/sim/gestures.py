@@ -25,18 +25,11 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
-try:  # single source of truth when the DVS128 I/O module is present
-    from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES  # type: ignore
-except Exception:  # pragma: no cover - fallback, same list
-    GESTURE_CLASSES = (
-        "hand_clapping", "right_hand_wave", "left_hand_wave", "right_arm_clockwise",
-        "right_arm_counter_clockwise", "left_arm_clockwise", "left_arm_counter_clockwise",
-        "arm_roll", "air_drums", "air_guitar", "other_gestures")
-
-NUM_CLASSES = len(GESTURE_CLASSES)
+from edge_vlm.datasets.dvs128_gesture import check_label
 CLOCKWISE_AS_SEEN_BY = "subject"   # or "camera"
 
 SPEEDS = ("slow", "normal", "fast")
@@ -80,6 +73,15 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
     return v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
 
 
+class BodyGeometry(NamedTuple):
+    """Where a subject stands on the sensor, in pixels."""
+
+    ppu: float                 # pixels per body unit
+    cx: float                  # body midline x
+    sy: float                  # shoulder height y
+    shoulders: np.ndarray      # (2, 2) shoulder points (x, y): image left, image right
+
+
 @dataclass(frozen=True)
 class Subject:
     """A procedurally generated person (deterministic from ``subject_id``)."""
@@ -98,13 +100,14 @@ class Subject:
     hair: tuple
     short_sleeves: bool
 
-    def geometry(self, width: int = 128, height: int = 128) -> dict:
+    def geometry(self, width: int = 128, height: int = 128) -> BodyGeometry:
         """Pixel geometry: scale ``ppu`` (px per bu), midline, shoulder points."""
         ppu = self.scale * min(width, height) / 128.0
         cx = self.x_frac * width
-        sy = height * 0.43 + (self.y_offset - 9.0 * (self.scale - 1.0)) * min(width, height) / 128.0
+        sy = (height * 0.43
+              + (self.y_offset - 9.0 * (self.scale - 1.0)) * min(width, height) / 128.0)
         shoulders = np.array([[cx - SHOULDER_HALF * ppu, sy], [cx + SHOULDER_HALF * ppu, sy]])
-        return {"ppu": ppu, "cx": cx, "sy": sy, "shoulders": shoulders}
+        return BodyGeometry(ppu, cx, sy, shoulders)
 
 
 def make_subject(subject_id: int) -> Subject:
@@ -128,7 +131,8 @@ def make_subject(subject_id: int) -> Subject:
         if abs(float(luma(shirt)) - sl) > 0.18:
             break
     return Subject(
-        subject_id=int(subject_id), size=size, scale=SIZE_SCALE[size] * float(rng.uniform(0.97, 1.03)),
+        subject_id=int(subject_id), size=size,
+        scale=SIZE_SCALE[size] * float(rng.uniform(0.97, 1.03)),
         position=position, x_frac=float(x_frac), y_offset=float(rng.uniform(-5.0, 5.0)),
         tempo=tempo, speed_probs=speed_probs,
         handedness="left" if rng.uniform() < 0.2 else "right",
@@ -167,8 +171,7 @@ def _noise_coeffs(rng: np.random.Generator, k: int, amp: float, fmax: float) -> 
 def sample_params(label: int, subject: Subject, rng: np.random.Generator,
                   speed: str | None = None) -> GestureParams:
     """Draw the random parameters of one performance of ``label``."""
-    if not 1 <= label <= NUM_CLASSES:
-        raise ValueError(f"gesture label {label} outside 1..{NUM_CLASSES}")
+    check_label(label)
     if speed is None:
         speed = SPEEDS[int(rng.choice(3, p=np.asarray(subject.speed_probs)))]
     freq = BASE_FREQ_HZ[label] * SPEED_FACTOR[speed] * subject.tempo * rng.uniform(0.95, 1.05)
@@ -205,7 +208,8 @@ def sample_params(label: int, subject: Subject, rng: np.random.Generator,
 
 def _smooth(t: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     """Sum of sinusoids: smooth zero-mean noise evaluated at ``t``."""
-    return (coeffs[:, 0] * np.sin(2 * np.pi * coeffs[:, 1] * t[:, None] + coeffs[:, 2])).sum(axis=1)
+    return (coeffs[:, 0]
+            * np.sin(2 * np.pi * coeffs[:, 1] * t[:, None] + coeffs[:, 2])).sum(axis=1)
 
 
 def _body_to_canon(p: np.ndarray, arm: int) -> np.ndarray:
@@ -225,7 +229,8 @@ def inverse_kinematics(target: np.ndarray) -> np.ndarray:
     d = np.hypot(target[:, 0], target[:, 1])
     d = np.clip(d, abs(UPPER_ARM - FOREARM) + 1e-3, UPPER_ARM + FOREARM - 1e-3)
     alpha = np.arctan2(target[:, 1], target[:, 0])
-    beta = np.arccos(np.clip((UPPER_ARM ** 2 + d ** 2 - FOREARM ** 2) / (2 * UPPER_ARM * d), -1, 1))
+    beta = np.arccos(np.clip((UPPER_ARM ** 2 + d ** 2 - FOREARM ** 2) / (2 * UPPER_ARM * d),
+                             -1, 1))
     a1 = alpha + beta
     elbow = UPPER_ARM * np.stack([np.cos(a1), np.sin(a1)], axis=1)
     hand = d[:, None] * np.stack([np.cos(alpha), np.sin(alpha)], axis=1)
@@ -242,7 +247,8 @@ def _circle_dir(arm: int, clockwise: bool) -> float:
 
 
 def gesture_angles(p: GestureParams, t: np.ndarray) -> np.ndarray:
-    """Canonical arm angles (T, 2 arms, 2 links) of the gesture at times ``t`` (s, from its start)."""
+    """Canonical arm angles (T, 2 arms, 2 links) of the gesture at times ``t`` (s, from its
+    start)."""
     t = np.asarray(t, dtype=np.float64)
     T = t.shape[0]
     u = 2 * np.pi * p.freq_hz * t + p.phase0 + _smooth(t, p.phase_noise)
@@ -252,7 +258,8 @@ def gesture_angles(p: GestureParams, t: np.ndarray) -> np.ndarray:
     if lab == 1:  # hand_clapping: both hands meet in front of the chest
         d = 2.6 + 11.0 * am * ((1 + np.cos(u)) / 2) ** 0.8
         for arm in (0, 1):
-            tgt = np.stack([SHOULDER_HALF - d, 17.0 + 1.5 * np.sin(u) + 2 * p.pose_jitter[arm, 0]], 1)
+            tgt = np.stack([SHOULDER_HALF - d,
+                            17.0 + 1.5 * np.sin(u) + 2 * p.pose_jitter[arm, 0]], 1)
             out[:, arm] = inverse_kinematics(tgt)
     elif lab in (2, 3):  # hand waves: upper arm out, forearm up and swinging
         arm = 0 if lab == 2 else 1
@@ -323,9 +330,9 @@ def joints(subject: Subject, canon: np.ndarray, width: int = 128, height: int = 
     ang = canon_to_image_angles(canon)
     T = canon.shape[0]
     out = np.empty((T, 2, 3, 2))
-    out[:, :, 0] = g["shoulders"][None]
-    e = np.stack([np.cos(ang[..., 0]), np.sin(ang[..., 0])], -1) * (UPPER_ARM * g["ppu"])
-    h = np.stack([np.cos(ang[..., 1]), np.sin(ang[..., 1])], -1) * (FOREARM * g["ppu"])
+    out[:, :, 0] = g.shoulders[None]
+    e = np.stack([np.cos(ang[..., 0]), np.sin(ang[..., 0])], -1) * (UPPER_ARM * g.ppu)
+    h = np.stack([np.cos(ang[..., 1]), np.sin(ang[..., 1])], -1) * (FOREARM * g.ppu)
     out[:, :, 1] = out[:, :, 0] + e
     out[:, :, 2] = out[:, :, 1] + h
     return out

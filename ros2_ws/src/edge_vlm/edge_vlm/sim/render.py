@@ -40,7 +40,8 @@ class LightingSpec:
 
 LIGHTINGS: dict[str, LightingSpec] = {
     "lab": LightingSpec("lab", 1.0, 1.0, 0.05, 0.0, 0.0, 100.0, 0.05, 120.0, 1.0),
-    "fluorescent": LightingSpec("fluorescent", 0.55, 0.85, 0.0, 0.025, 0.09, 100.0, 0.15, 120.0, 2.5),
+    "fluorescent": LightingSpec("fluorescent", 0.55, 0.85, 0.0, 0.025, 0.09, 100.0, 0.15, 120.0,
+                                2.5),
     "natural": LightingSpec("natural", 0.25, 0.65, 0.35, 0.0, 0.0, 100.0, 0.5, 120.0, 5.0),
 }
 
@@ -64,8 +65,9 @@ class LightingModel:
         self.spec = spec
         xs = (np.arange(width) + 0.5) / width
         ys = (np.arange(height) + 0.5) / height
-        field = spec.illum * (1.0 + spec.gradient * (xs[None, :] - 0.5) * 2 * rng.choice([-1, 1])) \
-            * np.ones((height, 1))
+        field = (spec.illum
+                 * (1.0 + spec.gradient * (xs[None, :] - 0.5) * 2 * rng.choice([-1, 1]))
+                 * np.ones((height, 1)))
         mean_r = 0.4  # contrast is compressed towards a mid gray
         self.gain = (field * spec.contrast).astype(np.float32)
         self.offset = (field * (1 - spec.contrast) * mean_r).astype(np.float32)
@@ -97,7 +99,8 @@ class LightingModel:
 
     def flicker_wave(self, t_s: np.ndarray) -> np.ndarray:
         """cos of the 100 Hz flicker at absolute times ``t_s`` (s), float32 (T,)."""
-        return np.cos(2 * np.pi * self.spec.flicker_hz * np.asarray(t_s) + self.flicker_phase).astype(np.float32)
+        phase = 2 * np.pi * self.spec.flicker_hz * np.asarray(t_s) + self.flicker_phase
+        return np.cos(phase).astype(np.float32)
 
 
 # --------------------------------------------------------------------------
@@ -120,13 +123,15 @@ def render_room(subject: Subject, width: int, height: int, rng: np.random.Genera
     shade = np.zeros((height, width), np.float32)
     for _ in range(4):  # smooth low-frequency shading
         kx, ky = rng.uniform(0.5, 3.0, 2)
-        shade += rng.uniform(0.01, 0.03) * np.cos(2 * np.pi * (kx * xs + ky * ys) + rng.uniform(0, 6.3))
+        shade += rng.uniform(0.01, 0.03) * np.cos(2 * np.pi * (kx * xs + ky * ys)
+                                                  + rng.uniform(0, 6.3))
     img = wall[None, None, :] * (1.0 + shade[..., None])
     for _ in range(int(rng.integers(2, 5))):  # furniture, doors, posters (soft-edged boxes)
         x0, y0 = rng.uniform(-0.1, 0.9), rng.uniform(-0.1, 0.8)
         w, h = rng.uniform(0.08, 0.35), rng.uniform(0.08, 0.5)
         m = (np.clip((xs - x0) * width + 0.5, 0, 1) * np.clip((x0 + w - xs) * width + 0.5, 0, 1)
-             * np.clip((ys - y0) * height + 0.5, 0, 1) * np.clip((y0 + h - ys) * height + 0.5, 0, 1))
+             * np.clip((ys - y0) * height + 0.5, 0, 1)
+             * np.clip((y0 + h - ys) * height + 0.5, 0, 1))
         col = _color_with_luma(rng, float(np.clip(target + rng.uniform(-0.2, 0.2), 0.05, 0.95)))
         img = img * (1 - m[..., None]) + col * m[..., None]
     img *= 1.0 + rng.normal(0.0, 0.05, (height, width, 1))  # fine static texture
@@ -173,13 +178,13 @@ def _gray(color, rgb: bool):
 
 def render_static(subject: Subject, room: np.ndarray, width: int, height: int) -> np.ndarray:
     """Room + torso + neck + head (H, W, 3) reflectance; these never move."""
-    g = subject.geometry(width, height)
-    ppu, cx, sy = g["ppu"], g["cx"], g["sy"]
+    ppu, cx, sy, _ = subject.geometry(width, height)
     img = room[None].copy()
     one = lambda x, y: np.array([[x, y]], np.float64)  # noqa: E731
     shirt, skin, hair = subject.shirt, subject.skin, subject.hair
     _draw(img, one(cx, sy + 9 * ppu), one(cx, height + 40 * ppu), TORSO_R * ppu, shirt)
-    _draw(img, one(cx - 12 * ppu, sy + 2 * ppu), one(cx + 12 * ppu, sy + 2 * ppu), 5.0 * ppu, shirt)
+    _draw(img, one(cx - 12 * ppu, sy + 2 * ppu), one(cx + 12 * ppu, sy + 2 * ppu), 5.0 * ppu,
+          shirt)
     _draw(img, one(cx, sy - 2 * ppu), one(cx, sy - 10 * ppu), 3.2 * ppu, skin)
     hy = sy - HEAD_UP * ppu
     _draw(img, one(cx, hy - 2.5 * ppu), one(cx, hy - 2.5 * ppu), HEAD_R * ppu, hair)
@@ -187,7 +192,8 @@ def render_static(subject: Subject, room: np.ndarray, width: int, height: int) -
     return img[0]
 
 
-def render_figure(base: np.ndarray, joints_xy: np.ndarray, subject: Subject, ppu: float) -> np.ndarray:
+def render_figure(base: np.ndarray, joints_xy: np.ndarray, subject: Subject,
+                  ppu: float) -> np.ndarray:
     """Draw the arms of T poses over a static image.
 
     ``base`` is (h, w, 3) RGB or (h, w) gray reflectance (possibly a crop: then

@@ -1,1 +1,2 @@
-"""From EventPackets to frames: frame clock, histograms, decode+bin (FrameBinner), packet intake."""
+"""From EventPackets to frames: frame clock, histograms, decode+bin (FrameBinner), packet
+intake."""

@@ -1,108 +1,57 @@
-"""Decode + frame binning of an EventPacket stream (what the nodes run).
+"""Decode + frame binning of an EventPacket stream: what every node does with its packets.
 
-:class:`FrameBinner` does what a node does with every EventPacket -- stateful
-decode, :class:`~edge_vlm.pipeline.FrameClock` on the absolute grid of period
-``P``, :func:`~edge_vlm.repr.event_histogram` of every closed frame on the model
-grid -- with the same results (histograms, event counts, frame indices, clock
-counters, rejected packets), but without ~35 small numpy calls per packet:
+:class:`FrameBinner` does what per-packet processing does -- stateful decode,
+:class:`~edge_vlm.stream.frames.FrameClock` on the absolute grid of period ``P``,
+:func:`~edge_vlm.stream.histogram.event_histogram` of every closed frame on the model grid --
+with the same results (histograms, event counts, frame indices, clock counters, rejected
+packets), but in few vectorised calls per packet. Two backends, same results
+(``FrameBinner.backend``; ``backend=`` picks one):
 
-* On arrival a packet gets only cheap, pure-Python checks (sensor size,
-  encoding, payload length, mono ``time_base`` range); a packet failing them
-  is rejected at once. It is buffered while it ends inside the open frame:
-  ``mono`` from the times of its first and last words, ``evt3`` from the last
-  TIME_HIGH / TIME_LOW words of its tail (a short pure-Python scan). Any other
-  packet (it may close frames, or hold late events or a jump), or
-  ``max_batch_bytes`` buffered, decodes the buffer in ONE vectorized pass. So
-  frames are emitted on the packet that closes them, as with per-packet
-  decoding. (The peek only decides *when* to decode: results never depend on
-  it; an evt3 tail without time words just decodes at once.)
-* ``mono`` goes from the uint64 words straight to histogram bins (a
-  channel-less bin ``p * H * W + y * W + x`` of the model grid by two table
-  look-ups, event times from the low 32 bits plus each packet's ``time_base``);
-  ``evt3`` joins the payloads (exact: the decoder state carries over) and uses
-  :meth:`~edge_vlm.codecs.evt3.Evt3Decoder.decode_columns`. Other encodings
-  (``libcaer_cmp``) are decoded packet by packet.
-* The frames closed by a batch are binned by ONE ``bincount`` over
-  ``h * 2HW + bin`` (``h``: half-frame index from the open frame's start). This
-  equals per-packet processing when the batch's events are time-ordered,
-  start in the open frame and span at most ``max_gap_frames``; any other
-  batch (late events, jumps, unsorted packets) is replayed packet by packet
-  with the :meth:`FrameClock.advance` rules. A batch that fails to decode is
-  decoded again packet by packet: the malformed packets are rejected and
-  counted, the good ones kept.
+* ``"native"`` (where ``_native/libevbin.so`` is built; :mod:`edge_vlm.stream.binner_native`):
+  one call of the C kernel per ``mono`` / ``evt3`` packet of the current stream;
+* ``"numpy"`` (no library, or ``EDGE_VLM_NO_NATIVE=1``): a packet gets cheap pure-Python
+  checks on arrival (sensor size, encoding, payload length, mono ``time_base`` range) and is
+  buffered while it ends inside the open frame (``mono``: the times of its first and last
+  words; ``evt3``: the last time words of its tail); any other packet, or
+  ``max_batch_bytes`` buffered, decodes the buffer in ONE pass (``mono`` words straight to
+  histogram bins by two table look-ups; ``evt3`` through
+  :meth:`~edge_vlm.io.codecs.evt3.Evt3Decoder.decode_columns`; other encodings packet by
+  packet) and bins the frames it closes with ONE ``bincount`` when that is exact (events
+  time-ordered, starting in the open frame, spanning at most ``max_gap_frames``); any other
+  batch is replayed packet by packet with the :meth:`FrameClock.advance` rules, and a batch
+  that fails to decode is decoded again packet by packet (the malformed packets rejected).
 
-Two backends, same results (``FrameBinner.backend``; ``backend=`` picks one):
-
-* ``"native"`` (the default where ``_native/libevbin.so`` is built, see
-  :mod:`edge_vlm.native`): ``mono`` / ``evt3`` packets of the current stream
-  (bytes or rclpy's ``array('B')``) go through ONE call of the kernel each, no
-  buffering (a builtin function of the small ``evbinext`` extension where it is
-  built, else ctypes; ctypes for the rare calls; ``FrameBinner.fast_path``):
-  evbin.c decodes them (a stateful EVT 3.0 decoder of the same semantics as
-  :mod:`edge_vlm.codecs.evt3`) into scratch columns (t, bin) and, when the
-  packet is time-ordered, starts in the open frame and spans at most
-  ``max_gap_frames``, counts them into the open frame, closing frames into
-  float32 output histograms; any other packet is binned here with the
-  :meth:`FrameClock.advance` rules on the same open frame, and a packet the
-  kernel finds malformed is handed to the numpy decoder for its rejection
-  message. Output histograms are handed out read-only and reused for later
-  frames once no one references them (nor a view of them); the kernel knows
-  which bins it wrote into a buffer last time and zeroes just those (no 256 KB
-  memset per frame on a sparse stream).
-* ``"numpy"`` (no library, or ``EDGE_VLM_NO_NATIVE=1``): as follows.
-
-Frames come out as :class:`~edge_vlm.pipeline.Frame` with ``events=None``,
-``hist`` (float32 ``(2*TIME_BINS, model_h, model_w)``, READ-ONLY on both
-backends: copy it to change it) and ``count``.
-Differences from per-packet binning (tests/test_binner.py checks the rest):
-each packet's coordinates are scaled with that packet's sensor size (the
-per-packet path scales a frame with the size of the last packet pushed: they
-differ only if the sensor size changes inside a frame); an evt3 vector running
-past x = 2047 (possible only on a sensor wider than EVT 3.0 addresses) rejects
-the packet. The numpy backend reports a malformed packet buffered in a batch
-when the batch is decoded, the native one at once.
+Frames come out as :class:`~edge_vlm.stream.frames.Frame` with ``events=None``, ``hist``
+(float32 ``(2*TIME_BINS, model_h, model_w)``, READ-ONLY on both backends: copy it to change
+it) and ``count``. docs/design.md ("Decode + bin") lists the two documented differences from
+per-packet binning; tests/test_binner.py checks the rest.
 """
 from __future__ import annotations
 
-import array
-import ctypes
-import sys
 import time
 from collections import deque
 from itertools import accumulate
 
 import numpy as np
 
-from edge_vlm.stream import native_evbin as native
+from edge_vlm.events import EVENT_DTYPE, EventDecodeError, check_coordinates, check_in_sensor
 from edge_vlm.io.codecs import SUPPORTED_ENCODINGS, make_decoder
 from edge_vlm.io.codecs.evt3 import WRAP_THRESHOLD_HIGH
 from edge_vlm.io.codecs.mono import check_mono_packet, payload_bytes
-from edge_vlm.events import EVENT_DTYPE, EventDecodeError
-from edge_vlm.stream.frames import Frame, FrameClock
-from edge_vlm.stream.histogram import TIME_BINS, scale_coords
+from edge_vlm.stream import native_evbin as native
+from edge_vlm.stream.binner_native import CHECK, CLOSED, NO_STREAM, NativeBinning, payload_pointer
+from edge_vlm.stream.frames import Buffered, Decoded, FedPacket, Frame, FrameClock, Rejection
+from edge_vlm.stream.histogram import TIME_BINS, BinTables, bin_tables, scale_coords
 
-__all__ = ["FrameBinner", "MAX_BATCH_BYTES"]
+__all__ = ["FrameBinner", "MAX_BATCH_BYTES", "Rejection", "FedPacket"]
 
 #: buffered payload bytes that force a decode (bounds the latency of a stream whose peek fails)
 MAX_BATCH_BYTES = 1 << 17
-_BAD = -(1 << 30)            # table entry of an out-of-sensor coordinate: makes the bin negative
 _TAIL_BYTES = 64             # evt3 peek: the tail scanned in Python for the last time words
 _ONES = np.ones(0)           # bincount weights (float64 counts)
-_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 _perf = time.perf_counter
-_Array = array.array
-_VoidP = ctypes.c_void_p
-_refcount = sys.getrefcount
-_POOL = 8                    # output histograms kept for reuse (native backend)
-_LIST_FRACTION = 16          # an output buffer lists up to 1/16 of its bins (then: memset)
-_LUTS: dict = {}             # FrameBinner._tables, by (encoding, sensor w, h, model w, h)
-_CHECK, _CLOSED = native.EVB_CHECK, native.EVB_CLOSED
-_NO_STREAM = object()
-
-
-def _address(a: np.ndarray) -> int:
-    """Address of a writable, C-contiguous array's data (cheaper than ``a.ctypes.data``)."""
-    return ctypes.addressof(ctypes.c_char.from_buffer(a))
+_CHECK, _CLOSED = CHECK, CLOSED
+_NO_STREAM = NO_STREAM
 
 
 def _counts(code: np.ndarray, size: int) -> np.ndarray:
@@ -115,38 +64,16 @@ def _counts(code: np.ndarray, size: int) -> np.ndarray:
     return np.bincount(code, _ONES[:m], minlength=size).astype(np.float32)
 
 
-def _payload_ptr(data):
-    """evbin_push's payload argument for ctypes: bytes as is, array('B') by address."""
-    return data if type(data) is bytes else _VoidP(data.buffer_info()[0])
 
 
-def _ctypes_pusher(st, stref, f_push):
-    """evbinext's ``push(data, time_base)`` through ctypes (where the extension is not built)."""
-    def push(data, time_base):
-        if type(data) is bytes:
-            ptr, nb = data, len(data)
-        elif type(data) is _Array and data.typecode == "B":
-            ptr, nb = data.buffer_info()
-            ptr = _VoidP(ptr)
-        else:
-            return _CHECK
-        try:
-            if _I64_MIN <= time_base <= _I64_MAX:       # (ctypes would wrap it)
-                st.nbytes, st.time_base = nb, time_base
-                return f_push(stref, ptr)
-        except TypeError:                               # time_base is no integer
-            pass
-        return _CHECK
-    return push
-
-
-class FrameBinner:
+class FrameBinner(NativeBinning):
     """Decode and bin one EventPacket stream into closed frames (see the module doc).
 
     ``push`` returns the frames a packet closes (oldest first), ``flush`` closes the open
     frame (end of stream). Rejected packets are counted in ``rejected`` and listed as
-    ``(tag, reason)`` in ``rejections`` (drain with :meth:`pop_rejections`). With
-    ``track_packets``, ``fed`` lists ``(tag, first frame, last frame)`` of every decoded
+    :class:`~edge_vlm.stream.frames.Rejection` in ``rejections`` (drain with
+    :meth:`pop_rejections`). With ``track_packets``, ``fed`` lists a
+    :class:`~edge_vlm.stream.frames.FedPacket` (tag, first frame, last frame) for every decoded
     packet with events (drain with :meth:`pop_fed`). ``busy_s``: time spent in
     ``push``/``flush``. ``backend``: None picks ``"native"`` when the kernel loads, else
     ``"numpy"``; ``"native"`` raises RuntimeError when it does not load.
@@ -158,7 +85,7 @@ class FrameBinner:
         self.clock = FrameClock(period_ns, max_gap_frames)
         self.period = self.clock.period
         self.mw, self.mh = int(model_width), int(model_height)
-        self.cb = 2 * self.mh * self.mw        # bins of one time sub-bin (polarity x rows x columns)
+        self.cb = 2 * self.mh * self.mw        # bins of one time sub-bin (polarity x rows x cols)
         self.max_batch_bytes = int(max_batch_bytes)
         self.track = bool(track_packets)
         self.decoders: dict = {}
@@ -167,8 +94,8 @@ class FrameBinner:
         self.fast_path = None        # native backend: "evbinext" or "ctypes" (its per-packet call)
         self.busy_s = 0.0
         self.rejections: deque = deque(maxlen=1000)
-        self.fed: list[tuple[object, int, int]] = []
-        self._pend: list[tuple[np.ndarray, int, object]] = []     # (payload uint8, time_base, tag)
+        self.fed: list[FedPacket] = []
+        self._pend: list[Buffered] = []                          # packets waiting for a decode
         self._pend_key: tuple | None = None                      # (encoding, width, height)
         self._pend_bytes = 0
         self._open_t: list[np.ndarray] = []                      # open frame: event times (ns)
@@ -182,7 +109,8 @@ class FrameBinner:
             raise ValueError(f"backend must be 'native', 'numpy' or None, not {backend!r}")
         lib = native.load() if backend != "numpy" else None
         if backend == "native" and lib is None:
-            raise RuntimeError("the native decode+bin kernel is not available (see edge_vlm.native)")
+            raise RuntimeError("the native decode+bin kernel is not available (see "
+                               "edge_vlm.native)")
         self.backend = "native" if lib is not None else "numpy"
         self._general = FrameBinner._push    # (a function, not a bound method: no reference cycle)
         if lib is not None:
@@ -210,8 +138,9 @@ class FrameBinner:
                     self.clock.current = st.cur
                     return [f]
                 if r != _CHECK:
-                    return self._native_result(r, tag, _payload_ptr(data))
-            return self._general(self, str(encoding), data, int(width), int(height), int(time_base), tag)
+                    return self._native_result(r, tag, payload_pointer(data))
+            return self._general(self, str(encoding), data, int(width), int(height),
+                                 int(time_base), tag)
         finally:
             self.busy_s += _perf() - t0
 
@@ -233,12 +162,12 @@ class FrameBinner:
         """Events decoded (late ones included)."""
         return self._events + (self._st.events if self._st is not None else 0)
 
-    def pop_rejections(self) -> list[tuple[object, str]]:
+    def pop_rejections(self) -> list[Rejection]:
         out = list(self.rejections)
         self.rejections.clear()
         return out
 
-    def pop_fed(self) -> list[tuple[object, int, int]]:
+    def pop_fed(self) -> list[FedPacket]:
         out, self.fed = self.fed, []
         return out
 
@@ -250,19 +179,21 @@ class FrameBinner:
     def resets(self) -> int:
         return self.clock.resets
 
-    # ------------------------------------------------------------------ cheap checks (both backends)
+    # ------------------------------------------------------------ cheap checks (both backends)
     def _stream_ok(self, enc: str, w: int, h: int, tag) -> bool:
         """Sensor size and encoding of a packet; rejects (and counts) it when they are bad."""
         if w <= 0 or h <= 0:
             self._reject(tag, f"invalid sensor size {w}x{h}")
             return False
         if enc not in SUPPORTED_ENCODINGS:
-            self._reject(tag, f"unsupported encoding {enc!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+            self._reject(tag, f"unsupported encoding {enc!r} (supported: "
+                              f"{', '.join(SUPPORTED_ENCODINGS)})")
             return False
         return True
 
     def _payload(self, enc: str, data, w: int, h: int, tb: int, tag) -> np.ndarray | None:
-        """The payload as uint8, after the length / mono time_base checks; None (rejected) if bad."""
+        """The payload as uint8, after the length / mono time_base checks; None (rejected) if
+        bad."""
         try:
             buf = np.frombuffer(data, np.uint8) if type(data) is bytes else payload_bytes(data)
             if enc == "mono":
@@ -275,252 +206,24 @@ class FrameBinner:
             return None
         return buf
 
-    # ------------------------------------------------------------------ native kernel
-    # One call of evbin.c (evbin_push: evbinext's builtin, else ctypes) per packet decodes it
-    # into two scratch columns (t, channel-less bin) and, when exact, counts them into the open
-    # frame (kept in C: uint32 counts + the bins touched), closing frames into output buffers
-    # given from here (read-only histograms, pooled: see _new_hist); no buffering. The rest --
-    # rejection messages (the numpy decoder's), the FrameClock rules for late events / jumps /
-    # unsorted packets (evbin_add / evbin_close / evbin_discard on the same open frame), other
-    # encodings, empty packets -- stays in Python.
-    def _native_init(self, lib) -> None:
-        self._lib = lib
-        self._f_push, self._f_resume = lib.evbin_push, lib.evbin_resume
-        st = self._st = native.EvbinState()
-        self._stp = ctypes.addressof(st)             # for the calls with argtypes
-        self._stref = ctypes.byref(st)               # for evbin_push / evbin_resume
-        st.period, st.max_gap, st.cb = self.period, self.clock.max_gap, self.cb
-        st.olcap = self._olcap = 2 * self.cb // _LIST_FRACTION
-        ext = native.load_ext()
-        # push(data, time_base) -> evbin_push's code: the extension's builtin bound to the state
-        # (it keeps `st` alive), else the same in Python with ctypes
-        self._fast = (ext.pusher(self._stp, st, _Array) if ext is not None
-                      else _ctypes_pusher(st, self._stref, self._f_push))
-        self.fast_path = "evbinext" if ext is not None else "ctypes"
-        self._acc = np.zeros(2 * self.cb, dtype=np.uint32)        # the open frame's counts
-        self._touched = np.empty(2 * self.cb + 1, dtype=np.int32)   # (+1: evbin.c's branchless append)
-        st.acc, st.touched = _address(self._acc), _address(self._touched)
-        self._pool: list = []                # (histogram, address, root) of _new_hist, newest last
-        self._out = None                     # output histogram of the next frame to close
-        self._set_out()
-        self._t = self._c = None
-        self._grow(4096)
-        self._nluts: dict = {}
-        self._general = FrameBinner._npush
-
-    def _new_hist(self) -> tuple[np.ndarray, int, np.ndarray]:
-        """An output buffer for the next frame to close: ``(hist, address, root)``.
-
-        ``root`` (float32) holds the histogram (``hist``: a read-only view of its head, what
-        the frame hands out), then evbin.c's int32 header and list of the bins it wrote last
-        (see evbin.c): on reuse the kernel zeroes just those. Nobody outside can change the
-        buffer: ``root`` is read-only too, so a view of ``hist`` cannot be made writable.
-        A buffer is reused once nothing references it any more (``sys.getrefcount``: only
-        the pool's tuple on ``hist``; that tuple and ``hist``'s base on ``root``, so no view
-        of it is alive either). Called as a frame is handed out: the buffer of the frame
-        before it is likely free by then. A new buffer is all zeros (header 0)."""
-        pool = self._pool
-        if len(pool) > 1:
-            for j in (-2, 0):                      # the frame before the last one, the oldest
-                ent = pool[j]
-                # references: the pool's tuple and the argument (+ hist.base for root)
-                if _refcount(ent[0]) == 2 and _refcount(ent[2]) == 3:
-                    del pool[j]
-                    pool.append(ent)
-                    return ent
-        n = 2 * self.cb
-        root = np.zeros(n + 1 + self._olcap, dtype=np.float32)
-        h = root[:n].reshape(2 * TIME_BINS, self.mh, self.mw)
-        ent = (h, _address(root), root)
-        h.flags.writeable = root.flags.writeable = False
-        if len(pool) >= _POOL:
-            del pool[0]                            # still referenced: left to its holder
-        pool.append(ent)
-        return ent
-
-    def _set_out(self) -> None:
-        self._out, self._st.out, _ = self._new_hist()
-
-    def _grow(self, n: int) -> None:
-        st = self._st
-        cap = max(int(n), 2 * st.cap, 4096)
-        self._t, self._c = np.empty(cap, dtype=np.int64), np.empty(cap, dtype=np.int32)
-        st.t, st.c, st.cap = _address(self._t), _address(self._c), cap
-
-    def _native_stream(self, enc: str, w: int, h: int) -> None:
-        """Point the kernel at the coordinate tables (and sensor size) of the stream (enc, w, h)."""
-        key = (enc, w, h)
-        ent = self._nluts.get(key)
-        if ent is None:
-            a, b = self._tables(enc, w, h)
-            if len(self._nluts) >= 8:          # (only the entry installed below is in use)
-                self._nluts.pop(next(iter(self._nluts)))
-            ent = self._nluts[key] = (a, b, a.ctypes.data, b.ctypes.data)
-        st = self._st
-        st.lut_a, st.lut_b, st.width, st.height, st.mono = ent[2], ent[3], w, h, enc == "mono"
-
-    def _npush(self, enc: str, data, w: int, h: int, tb: int, tag) -> list[Frame]:
-        """push() of the native backend, the general case: any payload type, empty payloads,
-        a new stream (encoding / sensor size), packets failing the cheap checks."""
-        self._packets += 1
-        self._nenc = _NO_STREAM            # the hot path again once a packet is accepted here
-        if not self._stream_ok(enc, w, h, tag):
-            return []
-        buf = self._payload(enc, data, w, h, tb, tag)
-        if buf is None:
-            return []
-        if enc not in ("mono", "evt3"):
-            return self._one_packet(enc, buf, w, h, tb, tag)
-        if buf.size == 0:
-            self.clock.size = (w, h)
-            cur = self.clock.current
-            if enc == "mono" and cur is not None and self._st.open_count and tb >= (cur + 1) * self.period:
-                return self._close_open_frame()     # an empty mono packet carries sensor time
-            return []
-        buf = np.ascontiguousarray(buf)
-        self._native_stream(enc, w, h)
-        ptr = _VoidP(buf.ctypes.data)
-        st = self._st
-        st.nbytes, st.time_base = buf.size, (tb if enc == "mono" else 0)   # (evt3 ignores it)
-        self._packets -= 1                 # counted by the kernel
-        r = self._f_push(self._stref, ptr)
-        if r == _CHECK:
-            raise RuntimeError("edge_vlm native kernel: evbin_push refused a checked packet")
-        rejected = self.rejected
-        frames = self._native_result(r, tag, ptr, size=(w, h))
-        if self.rejected == rejected:
-            self._nenc, self._nw, self._nh = enc, w, h
-        return frames
-
-    def _native_result(self, r: int, tag, ptr, size=None) -> list[Frame]:
-        """The frames of evbin_push's return code ``r`` < 0 (``ptr``: its payload argument, to
-        call again; ``size``: set the clock's sensor size once the packet is accepted)."""
-        st = self._st
-        while r == native.EVB_GROW:
-            self._grow(st.need)
-            r = self._f_push(self._stref, ptr)
-        if r == native.EVB_BAD:
-            return self._native_bad(ptr, st.nbytes, st.time_base, tag)
-        if size is not None:
-            self.clock.size = size
-        n = st.n
-        if r == native.EVB_SLOW:
-            return self._nbin_packet(self._t[:n], self._c[:n], tag)
-        if n and self.track:
-            self._fed_scratch(n, tag)
-        if r >= 0:                                 # no frame closed (after EVB_GROW / from _npush)
-            return []
-        frames: list[Frame] = []
-        while r < 0:
-            if r == native.EVB_NO_OUT:             # a frame closes: give it an output buffer
-                self._set_out()
-            else:
-                frames.append(self._ntake())
-                if r != native.EVB_CLOSED_MORE:
-                    if r != native.EVB_CLOSED:
-                        raise RuntimeError(f"edge_vlm native kernel: unexpected return code {r}")
-                    break
-            r = self._f_resume(self._stref)
-        self.clock.current = st.cur
-        return frames
-
-    def _native_bad(self, ptr, nb: int, tb: int, tag) -> list[Frame]:
-        """A packet the kernel found malformed: the numpy decoder (same state) says why."""
-        buf = np.frombuffer(ptr if type(ptr) is bytes else (ctypes.c_char * nb).from_address(ptr.value), np.uint8)
-        enc, (w, h) = ("mono" if self._st.mono else "evt3"), (self._st.width, self._st.height)
-        if enc == "evt3":
-            self._evt3_to_numpy()
-        try:
-            t, c, _ = self._decode(enc, [(buf, tb, tag)], w, h)
-        except EventDecodeError as exc:
-            self._reject(tag, str(exc))
-            return []
-        # the kernel and numpy disagree (a bug): keep numpy's verdict, so results stay the same
-        if enc == "evt3":
-            self._evt3_from_numpy()
-        self.clock.size = (w, h)
-        self._events += t.size
-        return self._nbin_packet(t, c.astype(np.int32), tag)
-
-    def _evt3_to_numpy(self) -> None:
-        s, st = self._decoder("evt3")._s, self._st
-        s.y, s.time_low, s.time_high, s.wraps = st.y, st.time_low, st.time_high, st.wraps
-        s.base_x, s.pol, s.seen_high, s.valid = st.base_x, st.pol, bool(st.seen_high), bool(st.valid)
-
-    def _evt3_from_numpy(self) -> None:
-        s, st = self._decoder("evt3")._s, self._st
-        st.y, st.time_low, st.time_high, st.wraps = s.y, s.time_low, s.time_high, s.wraps
-        st.base_x, st.pol, st.seen_high, st.valid = s.base_x, s.pol, int(s.seen_high), int(s.valid)
-
-    def _fed_scratch(self, n: int, tag) -> None:
-        """fed entry of a packet binned by the kernel (its events are time-ordered in the scratch)."""
-        P = self.period
-        self.fed.append((tag, int(self._t[0]) // P, int(self._t[n - 1]) // P))
-
-    def _ntake(self) -> Frame:
-        """The frame the kernel just closed (into ``_out``; a new output buffer is set)."""
-        st, hist, pool = self._st, self._out, self._pool
-        ent = pool[-2] if len(pool) > 1 else None
-        # the common case of _new_hist inline: the previous frame's buffer is free again
-        if ent is not None and _refcount(ent[0]) == 2 and _refcount(ent[2]) == 3:
-            pool[-2] = pool[-1]                # (the buffer of this frame)
-            pool[-1] = ent
-        else:
-            ent = self._new_hist()
-        self._out = ent[0]
-        st.out = ent[1]
-        k = st.closed_k
-        w, h = self.clock.size
-        P = self.period
-        return Frame(k, k * P, (k + 1) * P, None, w, h, hist, st.closed_count)
-
-    def _nclose(self, k: int) -> Frame:
-        if self._lib.evbin_close(self._stp, k) != 0:
-            raise RuntimeError("edge_vlm native kernel: evbin_close failed")
-        return self._ntake()
 
     def _sorted_fed(self, t: np.ndarray, c: np.ndarray, tag) -> tuple[np.ndarray, np.ndarray]:
-        """A packet's events time-sorted (counted in ``unsorted``), its frame span recorded when tracking."""
+        """A packet's events time-sorted (counted in ``unsorted``), its frame span recorded when
+        tracking."""
         if t.size > 1 and bool((t[1:] < t[:-1]).any()):
             self.unsorted += 1
             order = np.argsort(t, kind="stable")
             t, c = t[order], c[order]
         if self.track:
             P = self.period
-            self.fed.append((tag, int(t[0]) // P, int(t[-1]) // P))
+            self.fed.append(FedPacket(tag, int(t[0]) // P, int(t[-1]) // P))
         return t, c
 
-    def _nbin_packet(self, t: np.ndarray, c: np.ndarray, tag) -> list[Frame]:
-        """:meth:`_bin_packet` on the kernel's open frame: the FrameClock rules in Python."""
-        if t.size == 0:
-            return []
-        t, c = self._sorted_fed(t, c, tag)
-        P = self.period
-        clock, st, lib = self.clock, self._st, self._lib
-        keep, closes, restart = clock.advance(t)
-        if restart:
-            lib.evbin_discard(self._stp)
-        if keep is not None:
-            t, c = t[keep], c[keep]
-        t = np.ascontiguousarray(t, dtype=np.int64)
-        c = np.ascontiguousarray(c, dtype=np.int32)
-        tp, cp = t.ctypes.data, c.ctypes.data
-        frames: list[Frame] = []
-        a = 0
-        for k, e in closes:
-            if e > a and lib.evbin_add(self._stp, tp, cp, a, e, k) != 0:
-                raise RuntimeError("edge_vlm native kernel: events outside their frame")
-            frames.append(self._nclose(k))
-            a = e
-        if a < t.size and lib.evbin_add(self._stp, tp, cp, a, t.size, clock.current) != 0:
-            raise RuntimeError("edge_vlm native kernel: events outside their frame")
-        st.has_cur, st.cur = 1, clock.current
-        return frames
 
     # ------------------------------------------------------------------ arrival
     def _reject(self, tag, reason: str) -> None:
         self.rejected += 1
-        self.rejections.append((tag, reason))
+        self.rejections.append(Rejection(tag, reason))
 
     def _push(self, enc: str, data, w: int, h: int, tb: int, tag) -> list[Frame]:
         self._packets += 1
@@ -542,7 +245,7 @@ class FrameBinner:
                 if cur is not None and self._open_t and tb >= (cur + 1) * self.period:
                     frames += self._close_open_frame()
             return frames
-        self._pend.append((buf, tb, tag))
+        self._pend.append(Buffered(buf, tb, tag))
         self._pend_key = key
         self._pend_bytes += buf.size
         cur = self.clock.current
@@ -597,37 +300,14 @@ class FrameBinner:
             dec = self.decoders[enc] = make_decoder(enc)
         return dec
 
-    def _tables(self, enc: str, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-        """Look-up tables to the channel-less bin ``p*mh*mw + ym*mw + xm`` (int32; _BAD outside
-        the sensor): mono (x, y | p << 15); evt3 (y, x | p << 11). Shared by all binners."""
-        key = (enc, w, h, self.mw, self.mh)
-        lut = _LUTS.get(key)
-        if lut is None:
-            mw, mh = self.mw, self.mh
-            if enc == "mono":
-                x = np.arange(1 << 16)
-                y, p = x & 0x7FFF, x >> 15
-                lx = np.where(x < w, scale_coords(x, x, w, w, mw, mw)[0], _BAD)
-                ly = np.where(y < h, scale_coords(y, y, h, h, mh, mh)[0] * mw + p * mh * mw, _BAD)
-                lut = (lx.astype(np.int32), ly.astype(np.int32))
-            else:
-                y, v = np.arange(1 << 11), np.arange(1 << 12)
-                x, p = v & 0x7FF, v >> 11
-                ly = np.where(y < h, scale_coords(y, y, h, h, mh, mh)[0] * mw, _BAD)
-                lx = np.where(x < w, scale_coords(x, x, w, w, mw, mw)[0] + p * mh * mw, _BAD)
-                lut = (ly.astype(np.int32), lx.astype(np.int32))
-            for a in lut:
-                a.flags.writeable = False
-            if len(_LUTS) >= 32:
-                _LUTS.pop(next(iter(_LUTS)))
-            _LUTS[key] = lut
-        return lut
+    def _tables(self, enc: str, w: int, h: int) -> BinTables:
+        return bin_tables(enc, w, h, self.mw, self.mh)
 
-    def _decode(self, enc: str, pend: list, w: int, h: int) -> tuple[np.ndarray, np.ndarray, list]:
+    def _decode(self, enc: str, pend: list[Buffered], w: int, h: int) -> Decoded:
         """Decode buffered packets of one stream in one pass: (t ns, bin, event end per packet).
 
         Raises :class:`EventDecodeError` (state unchanged) if any of them is malformed."""
-        bufs = [p[0] for p in pend]
+        bufs = [p.payload for p in pend]
         raw = bufs[0] if len(bufs) == 1 else np.concatenate(bufs)
         if enc == "mono":
             words = raw.view("<u8")
@@ -635,18 +315,17 @@ class FrameBinner:
             lx, lyp = self._tables(enc, w, h)
             c = lx.take(half[2::4])
             c += lyp.take(half[3::4])
-            if c.size and int(c.min()) < 0:
-                raise EventDecodeError(
-                    f"mono: event coordinates outside sensor {w}x{h} "
-                    f"(max x={int(half[2::4].max())}, max y={int((half[3::4] & 0x7FFF).max())})")
+            if c.size and int(c.min()) < 0:       # a table entry outside the sensor
+                check_coordinates(int(half[2::4].max()), int((half[3::4] & 0x7FFF).max()), w, h,
+                                  "mono: ")
             t = words.view(np.uint32)[0::2].astype(np.int64)
             counts = [b.size // 8 for b in bufs]
-            tbs = [p[1] for p in pend]
+            tbs = [p.time_base for p in pend]
             if min(tbs) == max(tbs):
                 t += tbs[0]
             else:
                 t += np.repeat(np.array(tbs, dtype=np.int64), counts)
-            return t, c, list(accumulate(counts))
+            return Decoded(t, c, list(accumulate(counts)))
         dec = self._decoder(enc)
         try:        # the decoder checks the coordinates (before it commits its state)
             t, y, xp, ev_ends = dec.decode_columns(
@@ -656,7 +335,7 @@ class FrameBinner:
         ly, lxp = self._tables(enc, w, h)
         c = ly.take(y)
         c += lxp.take(xp)
-        return t, c, (ev_ends.tolist() if ev_ends is not None else [t.size])
+        return Decoded(t, c, ev_ends.tolist() if ev_ends is not None else [t.size])
 
     def _one_packet(self, enc: str, buf: np.ndarray, w: int, h: int, tb: int, tag) -> list[Frame]:
         """Any other encoding: decode the packet alone into events, then bin it."""
@@ -664,8 +343,7 @@ class FrameBinner:
             ev = np.asarray(self._decoder(enc).decode(buf, w, h, tb))
             if ev.dtype != EVENT_DTYPE:
                 ev = ev.astype(EVENT_DTYPE)
-            if len(ev) and (int(ev["x"].max()) >= w or int(ev["y"].max()) >= h):
-                raise EventDecodeError(f"event coordinates outside sensor {w}x{h}")
+            check_in_sensor(ev, w, h)
         except EventDecodeError as exc:
             self._reject(tag, str(exc))
             return []
@@ -684,14 +362,14 @@ class FrameBinner:
         pend, self._pend, self._pend_bytes = self._pend, [], 0
         enc, w, h = self._pend_key
         try:
-            parts = [(self._decode(enc, pend, w, h), [p[2] for p in pend])]
+            parts = [(self._decode(enc, pend, w, h), [p.tag for p in pend])]
         except EventDecodeError:
             parts = []                       # a malformed packet inside: packet by packet
             for p in pend:
                 try:
-                    parts.append((self._decode(enc, [p], w, h), [p[2]]))
+                    parts.append((self._decode(enc, [p], w, h), [p.tag]))
                 except EventDecodeError as exc:
-                    self._reject(p[2], str(exc))
+                    self._reject(p.tag, str(exc))
         frames: list[Frame] = []
         if parts:
             self.clock.size = (w, h)            # as FrameClock.push of an accepted packet
@@ -723,7 +401,7 @@ class FrameBinner:
             starts = [0, *ends[:-1]]
             for a, e, tag in zip(starts, ends, tags):
                 if e > a:
-                    self.fed.append((tag, int(t[a]) // P, int(t[e - 1]) // P))
+                    self.fed.append(FedPacket(tag, int(t[a]) // P, int(t[e - 1]) // P))
         clock.current = cur
         n_closed = t1 // P - cur
         if n_closed == 0:
@@ -740,11 +418,11 @@ class FrameBinner:
         return frames
 
     def _bin_packet(self, t: np.ndarray, c: np.ndarray, tag) -> list[Frame]:
-        """One packet's events through :meth:`FrameClock.advance` (late events, jumps, restarts)."""
+        """One packet's events through :meth:`FrameClock.advance` (late events, jumps,
+        restarts)."""
         if t.size == 0:
             return []
         t, c = self._sorted_fed(t, c, tag)
-        P = self.period
         keep, closes, restart = self.clock.advance(t)
         if restart:
             self._open_t, self._open_c = [], []
@@ -797,5 +475,6 @@ class FrameBinner:
             b = np.searchsorted(t, base + P * np.arange(1, n)).tolist()
             counts = np.diff([0, *b, t.size]).tolist()
         w, h = self.clock.size
-        return [Frame(k0 + i, (k0 + i) * P, (k0 + i + 1) * P, None, w, h, hist=hist[i], count=int(counts[i]))
+        return [Frame(k0 + i, (k0 + i) * P, (k0 + i + 1) * P, None, w, h, hist=hist[i],
+                      count=int(counts[i]))
                 for i in range(n)]

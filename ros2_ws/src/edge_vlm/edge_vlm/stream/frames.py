@@ -1,15 +1,14 @@
-"""Per-node processing cores (no rclpy). Nodes are thin adapters around these.
+"""Frames on the absolute sensor-time grid, the clock that cuts a stream into them, and what a
+binner reports about the packets it saw.
 
-* :class:`FrameClock` cuts a time-ordered event stream into frames on the
-  absolute grid ``[k*P, (k+1)*P)``; every node uses it, so frame stamps agree.
-* :class:`PerceptionCore` (sttf_perception): frame -> change mask / token mask.
-* :class:`RouterCore` (anc_router): frame -> complexity level and route.
-* :class:`CaptionerCore` (vlm_captioner): frame (+ optional RGB, + optional
-  external mask) -> caption, gesture and compute cost, with the token memory.
+:class:`FrameClock` cuts a time-ordered event stream into frames on the absolute grid
+``[k*P, (k+1)*P)``; every node uses it (through :class:`~edge_vlm.stream.binner.FrameBinner`),
+so frame stamps agree between nodes without a synchroniser.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -32,6 +31,14 @@ class Frame:
     def n_events(self) -> int:
         """Number of events of the frame (binned or not)."""
         return int(self.count) if self.count is not None else len(self.events)
+
+
+class Advance(NamedTuple):
+    """What one push does to the clock (:meth:`FrameClock.advance`)."""
+
+    keep: np.ndarray | None            # the events that are not late (None: all)
+    closes: list[tuple[int, int]]      # (frame index, end) of every frame closed, oldest first
+    restart: bool                      # the open frame's earlier events must be discarded
 
 
 class FrameClock:
@@ -58,7 +65,7 @@ class FrameClock:
         self.resets = 0
         self.size = (0, 0)
 
-    def advance(self, t: np.ndarray) -> tuple[np.ndarray | None, list[tuple[int, int]], bool]:
+    def advance(self, t: np.ndarray) -> Advance:
         """Advance the clock over the (time-ordered, non-empty) event times ``t`` of one push.
 
         Returns ``(keep, closes, restart)``: ``keep`` selects the events that are not late
@@ -73,7 +80,7 @@ class FrameClock:
             self.current = int(t[0]) // P
         cur = self.current
         if cur * P <= int(t[0]) and int(t[-1]) < (cur + 1) * P:
-            return None, [], False              # inside the open frame (the common case): no work
+            return Advance(None, [], False)     # inside the open frame (the common case): no work
         k = t // P
         keep, restart = None, False
         late = k < cur
@@ -88,7 +95,7 @@ class FrameClock:
                 keep = ~late
                 k = k[keep]
                 if len(k) == 0:
-                    return keep, [], False
+                    return Advance(keep, [], False)
         closes: list[tuple[int, int]] = []
         last = int(k[-1])
         off = 0
@@ -102,7 +109,7 @@ class FrameClock:
             ends = np.searchsorted(k[off:], np.arange(cur + 1, last + 1)) + off
             closes += zip(range(cur, last), ends.tolist())
         self.current = last
-        return keep, closes, restart
+        return Advance(keep, closes, restart)
 
     def push(self, events: np.ndarray, width: int, height: int) -> list[Frame]:
         """Add time-ordered events; return the frames this closes (oldest first)."""
@@ -144,9 +151,41 @@ def period_ns(params: dict) -> int:
 
 
 def frame_histogram(frame: Frame, params: dict) -> np.ndarray:
-    """The frame's event histogram on the model grid of ``params`` (precomputed by FrameBinner if so)."""
+    """The frame's event histogram on the model grid of ``params`` (precomputed by FrameBinner
+    if so)."""
     mw, mh = int(params["model_width"]), int(params["model_height"])
     if frame.hist is not None and frame.hist.shape[1:] == (mh, mw):
         return frame.hist
     return event_histogram(frame.events, frame.t_start, frame.t_end, frame.width, frame.height,
                            int(params["model_width"]), int(params["model_height"]))
+
+
+class Rejection(NamedTuple):
+    """A packet the binner rejected: the caller's tag and why."""
+
+    tag: object
+    reason: str
+
+
+class FedPacket(NamedTuple):
+    """A decoded packet with events: the caller's tag and the frames its events fell in."""
+
+    tag: object
+    first_frame: int
+    last_frame: int
+
+
+class Buffered(NamedTuple):
+    """A packet waiting in the numpy backend's batch."""
+
+    payload: np.ndarray       # uint8
+    time_base: int
+    tag: object
+
+
+class Decoded(NamedTuple):
+    """Decoded packets of one stream: event times (ns), channel-less bins, event end per packet."""
+
+    t: np.ndarray
+    c: np.ndarray
+    ends: list[int]

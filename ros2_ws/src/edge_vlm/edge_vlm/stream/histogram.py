@@ -11,6 +11,8 @@ in the README).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 TIME_BINS = 2
@@ -26,7 +28,8 @@ def scale_coords(x: np.ndarray, y: np.ndarray, sensor_w: int, sensor_h: int,
 
 
 def event_histogram(events: np.ndarray, t_start: int, t_end: int, sensor_w: int, sensor_h: int,
-                    model_w: int = 128, model_h: int = 128, time_bins: int = TIME_BINS) -> np.ndarray:
+                    model_w: int = 128, model_h: int = 128,
+                    time_bins: int = TIME_BINS) -> np.ndarray:
     """Counts per (channel, y, x) of ``events`` inside ``[t_start, t_end)``.
 
     Returns float32 of shape ``(2*time_bins, model_h, model_w)``.
@@ -58,3 +61,42 @@ def patch_counts(hist: np.ndarray, patch: int) -> np.ndarray:
 def normalize_histogram(hist: np.ndarray) -> np.ndarray:
     """Model input transform of event counts: log1p, so bursts do not dominate."""
     return np.log1p(hist)
+
+
+#: table entry of an out-of-sensor coordinate: makes the bin negative
+OUTSIDE = -(1 << 30)
+_TABLES: dict = {}           # bin_tables, by (encoding, sensor w, h, model w, h)
+
+
+class BinTables(NamedTuple):
+    """Two look-up tables whose sum is an event's channel-less bin ``p*mh*mw + ym*mw + xm`` on the
+    model grid (int32; :data:`OUTSIDE` for a coordinate outside the sensor): indexed by a mono
+    word's (x, y | p << 15) halves, or by an evt3 event's (y, x | p << 11)."""
+
+    a: np.ndarray
+    b: np.ndarray
+
+
+def bin_tables(enc: str, w: int, h: int, mw: int, mh: int) -> BinTables:
+    """The read-only look-up tables of an encoding and sensor size (cached, shared)."""
+    key = (enc, w, h, mw, mh)
+    lut = _TABLES.get(key)
+    if lut is None:
+        if enc == "mono":
+            x = np.arange(1 << 16)
+            y, p = x & 0x7FFF, x >> 15
+            lx = np.where(x < w, scale_coords(x, x, w, w, mw, mw)[0], OUTSIDE)
+            ly = np.where(y < h, scale_coords(y, y, h, h, mh, mh)[0] * mw + p * mh * mw, OUTSIDE)
+            lut = BinTables(lx.astype(np.int32), ly.astype(np.int32))
+        else:
+            y, v = np.arange(1 << 11), np.arange(1 << 12)
+            x, p = v & 0x7FF, v >> 11
+            ly = np.where(y < h, scale_coords(y, y, h, h, mh, mh)[0] * mw, OUTSIDE)
+            lx = np.where(x < w, scale_coords(x, x, w, w, mw, mw)[0] + p * mh * mw, OUTSIDE)
+            lut = BinTables(ly.astype(np.int32), lx.astype(np.int32))
+        for a in lut:
+            a.flags.writeable = False
+        if len(_TABLES) >= 32:
+            _TABLES.pop(next(iter(_TABLES)))
+        _TABLES[key] = lut
+    return lut

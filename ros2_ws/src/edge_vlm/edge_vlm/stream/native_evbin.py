@@ -1,4 +1,5 @@
-"""ctypes loader of the native decode + bin kernel (``_native/evbin.c`` -> ``_native/libevbin.so``).
+"""ctypes loader of the native decode + bin kernel (``_native/evbin.c`` ->
+``_native/libevbin.so``).
 
 ``scripts/setup.sh`` builds the library (``gcc -O2 -shared -fPIC``). :func:`load` returns it
 with its function signatures set, or None -- library missing or not loadable, a big-endian
@@ -27,7 +28,8 @@ import sys
 import sysconfig
 from edge_vlm.paths import NATIVE_DIR
 
-__all__ = ["EvbinState", "load", "load_ext", "backend", "check_built", "LIB_PATH", "SOURCE_PATH", "EXT_PATH",
+__all__ = ["EvbinState", "load", "load_ext", "backend", "check_built", "LIB_PATH", "SOURCE_PATH",
+           "EXT_PATH",
            "EVB_CLOSED", "EVB_CLOSED_MORE", "EVB_SLOW", "EVB_BAD", "EVB_GROW", "EVB_NO_OUT",
            "EVB_CHECK"]
 
@@ -35,11 +37,13 @@ _DIR = str(NATIVE_DIR)
 LIB_PATH = os.path.join(_DIR, "libevbin.so")
 SOURCE_PATH = os.path.join(_DIR, "evbin.c")
 EXT_SOURCE_PATH = os.path.join(_DIR, "evbinext.c")
-#: the extension module, for this interpreter (its EXT_SUFFIX: a build for another Python is ignored)
+#: the extension module, for this interpreter (its EXT_SUFFIX: a build for another Python is
+#: ignored)
 EXT_PATH = os.path.join(_DIR, "evbinext" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 
 # return codes of evbin_push / evbin_resume (>= 0: done, that many events, no frame closed)
-EVB_CLOSED, EVB_CLOSED_MORE, EVB_SLOW, EVB_BAD, EVB_GROW, EVB_NO_OUT, EVB_CHECK = -1, -2, -3, -4, -5, -6, -7
+EVB_CLOSED, EVB_CLOSED_MORE, EVB_SLOW, EVB_BAD = -1, -2, -3, -4
+EVB_GROW, EVB_NO_OUT, EVB_CHECK = -5, -6, -7
 #: EVBIN_ABI of evbin.c (bump both when evbin_t or a signature changes)
 ABI = 5
 
@@ -54,9 +58,11 @@ class EvbinState(ctypes.Structure):
         (("lut_a", "lut_b", "t", "c"), _PTR),
         (("cap",), _I64),
         (("acc", "touched", "out"), _PTR),
-        (("olcap", "n_touched", "has_cur", "cur", "open_count", "mono", "nbytes", "time_base", "packets",
+        (("olcap", "n_touched", "has_cur", "cur", "open_count", "mono", "nbytes", "time_base",
+          "packets",
           "events", "n", "unsorted",
-          "pos", "closed_k", "closed_count", "need", "y", "time_low", "time_high", "wraps", "base_x",
+          "pos", "closed_k", "closed_count", "need", "y", "time_low", "time_high", "wraps",
+          "base_x",
           "pol", "seen_high", "valid"), _I64),
     ) for name in names]
 
@@ -91,7 +97,8 @@ def check_built(path: str, sources: tuple[str, ...], exc: type[Exception] = OSEr
         raise exc(f"{path} not built (run scripts/setup.sh)")
     newest = max((os.path.getmtime(p) for p in sources if os.path.isfile(p)), default=0.0)
     if newest > os.path.getmtime(path):
-        raise exc(f"{path} is older than {', '.join(os.path.basename(p) for p in sources)} (run scripts/setup.sh)")
+        raise exc(f"{path} is older than {', '.join(os.path.basename(p) for p in sources)} (run "
+                  "scripts/setup.sh)")
 
 
 def load(quiet: bool = False) -> ctypes.CDLL | None:
@@ -109,7 +116,8 @@ def load(quiet: bool = False) -> ctypes.CDLL | None:
             lib.evbin_abi.restype = _I64
             abi = int(lib.evbin_abi())
             if abi != (ctypes.sizeof(EvbinState) | ABI << 16):
-                raise OSError(f"{LIB_PATH} does not match native.py (ABI {abi:#x}; run scripts/setup.sh)")
+                raise OSError(f"{LIB_PATH} does not match native.py (ABI {abi:#x}; run "
+                              "scripts/setup.sh)")
             for name, args in _SIGNATURES.items():
                 fn = getattr(lib, name)
                 if args is not None:

@@ -30,10 +30,11 @@ class TrainConfig:
     depth: int = 4
     window: int = 32
     caption_weight: float = 0.5
-    active_weight: float = 2.0     # lambda of the latency term: lambda * max(0, E[active ratio] - active_target)
-    active_target: float = 0.08    # expected active-token ratio allowed for free (a budget, not a push to 0)
+    # lambda of the latency term: lambda * max(0, E[active ratio] - active_target)
+    active_weight: float = 2.0
+    # expected active-token ratio allowed for free (a budget, not a push to 0)
+    active_target: float = 0.08
     eval_frames: int = 600
-
 
 
 @dataclass
@@ -56,7 +57,6 @@ class AncTrainConfig(TrainConfig):
     eval_frames: int = 480
 
 
-
 @dataclass
 class GestureFitConfig(TrainConfig):
     init: str = ""                      # checkpoint to add the head to ("" = the shipped one)
@@ -68,9 +68,8 @@ class GestureFitConfig(TrainConfig):
     label_smoothing: float = 0.1
     mirror: bool = True
     motion_width: int = 32              # channels of the head's first convs
-    shift: int = 1                      # training: motion states translated by up to this many patches
-    cache: str = ""                     # file for the collected frames (reused when init and data match)
-
+    shift: int = 1                      # training: motion states moved by up to this many patches
+    cache: str = ""                     # collected frames' file (reused if init and data match)
 
 
 @dataclass

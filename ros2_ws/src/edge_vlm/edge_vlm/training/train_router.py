@@ -1,10 +1,10 @@
-"""`edge-vlm train --model router`: fit the ANC router of a joint checkpoint on its frozen branches.
+"""`edge-vlm train --model router`: fit the ANC router of a joint checkpoint on its frozen
+branches.
 
 Why a stage of its own: inside the joint training (``train_anc``) the router sees one
-small batch per step while the branches move under it, and in both shipped runs it
-settled on one branch for every frame (Tiny with the cost term alone, Medium once a
-complexity term was added: the per-sample loss gaps between branches outweighed it).
-Here the branches are frozen, so each training frame's routing problem is fixed and cheap:
+small batch per step while the branches move under it, and it settles on one branch for
+every frame (docs/design.md, "Router stage"). Here the branches are frozen, so each
+training frame's routing problem is fixed and cheap:
 
 1. ``collect``: for ``samples`` labelled training frames (windows as in training, events
    only, no augmentation) the estimator inputs (the last frame's histogram, the change and
@@ -27,86 +27,102 @@ import json
 import os
 import time
 from dataclasses import replace
+from typing import TypedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from edge_vlm.model.anc import LEVELS, AncModel, complexity_level
-from edge_vlm.training.data import build_frames, sample_indices
-from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
+from edge_vlm.inference.factory import load_model
+from edge_vlm.model.checkpoint import save_checkpoint
 from edge_vlm.model.tokenizer import Tokenizer
+from edge_vlm.training.config import RouterFitConfig
+from edge_vlm.training.data import FrameSet, run_frames, sample_indices, subject_split
+from edge_vlm.training.schedule import seed_run
 from edge_vlm.training.train import make_batch
-from edge_vlm.training.train_anc import _losses, branch_costs
-from edge_vlm.training.config import LIGHTINGS, RouterFitConfig
+from edge_vlm.training.train_anc import batch_neg_entropy, branch_costs, branch_losses
+
+
+class RouterFrames(TypedDict):
+    """Collected frames (:func:`collect`): the estimator's inputs and each frame's routing
+    problem."""
+    hist: torch.Tensor          # (N, C, H, W) uint8: the last frame's event counts
+    change: torch.Tensor        # (N,) change fraction
+    recent: torch.Tensor        # (N,) recently-changed fraction
+    loss: torch.Tensor          # (N, 3) per-branch task loss, NaN for frames without a gesture
+    level: torch.Tensor         # (N,) complexity level
+    motion: list[str]           # (N,) motion kind ('low' / 'high' / 'static')
 
 
 @torch.no_grad()
-def collect(model: AncModel, fs, idx: np.ndarray, tok: Tokenizer, tc: RouterFitConfig,
-            rng: np.random.Generator, progress: bool = True) -> dict:
-    """Estimator inputs, per-branch losses (NaN for frames without a gesture) and levels of ``idx``."""
+def collect(model: AncModel, fs: FrameSet, idx: np.ndarray, tok: Tokenizer, tc: RouterFitConfig,
+            rng: np.random.Generator, progress: bool = True) -> RouterFrames:
+    """Estimator inputs, per-branch losses (NaN for frames without a gesture) and levels of
+    ``idx``."""
     model.eval()
     hist, cf, rf, loss = [], [], [], []
     it = range(0, len(idx), 24)
-    try:
-        from tqdm import tqdm
-        if progress:
-            it = tqdm(it, desc="router: collect", unit="batch")
-    except ImportError:  # pragma: no cover
-        pass
+    if progress:
+        it = tqdm(it, desc="router: collect", unit="batch")
     for s in it:
         bi = idx[s:s + 24]
-        h, rgb, has_rgb, valid, ids, labels = make_batch(fs, bi, model.cfg, tok, tc, rng,
-                                                         np.zeros(len(bi), dtype=bool))
-        lab = labels >= 0
-        out = model(h, rgb, has_rgb, valid, ids[:, :-1], beta=None)
+        b = make_batch(fs, bi, model.cfg, tok, tc, rng, np.zeros(len(bi), dtype=bool))
+        lab = b.labels >= 0
+        out = model(b.hist, b.rgb, b.has_rgb, b.valid, b.ids[:, :-1], beta=None)
         per = torch.full((len(bi), len(LEVELS)), float("nan"))
         if bool(lab.any()):
             sub = {"branches": [{k: v[lab] for k, v in o.items()} for o in out["branches"]]}
-            per[lab] = _losses(model, sub, ids[lab], labels[lab], tok.pad, tc.caption_weight)
+            per[lab] = branch_losses(sub, b.ids[lab], b.labels[lab], tok.pad, tc.caption_weight)
         h_last, c, r = out["estimator_inputs"]
         hist.append(h_last.to(torch.uint8))           # (make_batch's counts are uint8 already)
         cf.append(c)
         rf.append(r)
         loss.append(per)
     speed = fs.speed[idx] if fs.speed is not None else np.zeros(len(idx), dtype=np.float32)
-    return {"hist": torch.cat(hist), "change": torch.cat(cf), "recent": torch.cat(rf), "loss": torch.cat(loss),
-            "level": torch.from_numpy(complexity_level(speed)),
-            "motion": [fs.motion[i] or "static" for i in idx]}
+    return RouterFrames(hist=torch.cat(hist), change=torch.cat(cf), recent=torch.cat(rf),
+                        loss=torch.cat(loss), level=torch.from_numpy(complexity_level(speed)),
+                        motion=[fs.motion[i] or "static" for i in idx])
 
 
-def router_objective(logits: torch.Tensor, loss: torch.Tensor, level: torch.Tensor, costs: torch.Tensor,
-                     tc: RouterFitConfig) -> torch.Tensor:
-    """The router loss of a batch (see the module doc); ``loss`` (B, 3) NaN for frames without a task."""
+def router_objective(logits: torch.Tensor, loss: torch.Tensor, level: torch.Tensor,
+                     costs: torch.Tensor, tc: RouterFitConfig) -> torch.Tensor:
+    """The router loss of a batch (see the module doc); ``loss`` (B, 3) NaN for frames without
+    a task."""
     task = loss - torch.nan_to_num(loss, nan=0.0).min(dim=1, keepdim=True).values
     task = torch.nan_to_num(task, nan=0.0).clamp(max=tc.loss_clip)
     g = F.gumbel_softmax(logits, tau=1.0, hard=False)
-    mean_p = torch.softmax(logits, dim=-1).mean(dim=0)
-    neg_entropy = (mean_p * torch.log(mean_p.clamp(min=1e-8))).sum()
+    neg_entropy = batch_neg_entropy(logits)
     return ((g * (task + tc.cost_weight * costs[None])).sum(dim=1).mean()
-            + tc.complexity_weight * F.cross_entropy(logits, level) + tc.balance_weight * neg_entropy)
+            + tc.complexity_weight * F.cross_entropy(logits, level)
+            + tc.balance_weight * neg_entropy)
 
 
 @torch.no_grad()
-def routing_report(model: AncModel, data: dict) -> dict:
+def routing_report(model: AncModel, data: RouterFrames) -> dict:
     """Hard routing (argmax) of the collected frames: share per motion kind, level agreement,
     and the routed frames' mean task loss against Medium's."""
     logits = model.estimator(data["hist"].float(), data["change"], data["recent"])
     route = logits.argmax(dim=-1)
     motions = np.array(data["motion"])
-    share = {str(m): np.bincount(route[motions == m].numpy(), minlength=3).tolist() for m in sorted(set(data["motion"]))}
+    share = {str(m): np.bincount(route[motions == m].numpy(), minlength=3).tolist()
+             for m in sorted(set(data["motion"]))}
     lab = ~torch.isnan(data["loss"][:, 0])
     routed = data["loss"][lab].gather(1, route[lab][:, None])[:, 0]
-    return {"route_share": (np.bincount(route.numpy(), minlength=3) / max(1, len(route))).tolist(),
-            "route_share_by_motion": {m: (np.array(v) / max(1, sum(v))).round(4).tolist() for m, v in share.items()},
+    return {"route_share": (np.bincount(route.numpy(), minlength=3)
+                            / max(1, len(route))).tolist(),
+            "route_share_by_motion": {m: (np.array(v) / max(1, sum(v))).round(4).tolist()
+                                      for m, v in share.items()},
             "level_agreement": float((route == data["level"]).float().mean()),
             "task_loss_routed": float(routed.mean()) if len(routed) else None,
             "task_loss_medium": float(data["loss"][lab][:, 2].mean()) if len(routed) else None,
             "frames": int(len(route))}
 
 
-def fit_estimator(model: AncModel, train: dict, val: dict | None, costs: torch.Tensor, tc: RouterFitConfig,
-                  rng: np.random.Generator, progress: bool = False) -> list[dict]:
+def fit_estimator(model: AncModel, train: RouterFrames, val: RouterFrames | None,
+                  costs: torch.Tensor, tc: RouterFitConfig, rng: np.random.Generator,
+                  progress: bool = False) -> list[dict]:
     """Train ``model.estimator`` (only) on collected frames with :func:`router_objective`;
     returns a validation record every 10 epochs."""
     est = model.estimator
@@ -138,43 +154,47 @@ def fit_estimator(model: AncModel, train: dict, val: dict | None, costs: torch.T
     return history
 
 
-def fit_router(tc: RouterFitConfig, progress: bool = True) -> dict:
-    from edge_vlm.sim import split_subjects
+def _pick(fs: FrameSet, n_lab: int, n_static: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_lab`` labelled frames and ``n_static`` frames between gestures, drawn at random
+    (sorted)."""
+    lab = sample_indices(fs)
+    gap = np.flatnonzero(fs.labels == 0)
+    a = rng.choice(lab, min(n_lab, len(lab)), replace=False)
+    b = (rng.choice(gap, min(n_static, len(gap)), replace=False) if len(gap)
+         else np.zeros(0, np.int64))
+    return np.sort(np.concatenate([a, b]))
 
-    torch.manual_seed(tc.seed)
-    torch.set_num_threads(tc.threads)
-    rng = np.random.default_rng(tc.seed)
+
+def fit_router(tc: RouterFitConfig, progress: bool = True) -> dict:
+    """Fit the router of the joint checkpoint ``tc.init`` on its frozen branches; write the
+    checkpoint with a ``router_fit`` record and ``router_fit.json`` next to it."""
+    rng = seed_run(tc)
     t0 = time.time()
-    model, meta = load_checkpoint(tc.init)
+    model, meta = load_model(tc.init)
     if not isinstance(model, AncModel):
-        raise ValueError(f"{tc.init or 'the shipped checkpoint'} is not a joint STTF+ANC checkpoint")
+        raise ValueError(f"{tc.init or 'the shipped checkpoint'} is not a joint STTF+ANC "
+                         "checkpoint")
     tok = Tokenizer(model.cfg.vocab)
     tc = replace(tc, window=model.cfg.max_age)
-    train_ids, held = split_subjects(tc.subjects, tc.val_subjects + tc.test_subjects, tc.seed)
-    val_ids = list(held[:tc.val_subjects])
-    kw = dict(seed=tc.seed, period=tc.period_ns, clip_s=tc.clip_s, gap_s=tc.gap_s, workers=tc.workers,
-              progress=progress, with_frames=False)
-    fs_train = build_frames(list(train_ids), LIGHTINGS, **kw)
-    fs_val = build_frames(val_ids, LIGHTINGS, **kw)
-
-    def pick(fs, n_lab, n_static):
-        lab = sample_indices(fs)
-        gap = np.flatnonzero(fs.labels == 0)
-        a = rng.choice(lab, min(n_lab, len(lab)), replace=False)
-        b = rng.choice(gap, min(n_static, len(gap)), replace=False) if len(gap) else np.zeros(0, np.int64)
-        return np.sort(np.concatenate([a, b]))
-
-    train = collect(model, fs_train, pick(fs_train, tc.samples, tc.static_samples), tok, tc, rng, progress)
-    val = collect(model, fs_val, pick(fs_val, tc.val_samples, tc.val_samples // 4), tok, tc, rng, progress)
+    split = subject_split(tc)
+    fs_train = run_frames(tc, split.train, progress, with_frames=False)
+    fs_val = run_frames(tc, split.val, progress, with_frames=False)
+    train = collect(model, fs_train, _pick(fs_train, tc.samples, tc.static_samples, rng), tok,
+                    tc, rng, progress)
+    val = collect(model, fs_val, _pick(fs_val, tc.val_samples, tc.val_samples // 4, rng), tok,
+                  tc, rng, progress)
     t_collect = time.time() - t0
     before = {"train": routing_report(model, train), "val": routing_report(model, val)}
 
     history = fit_estimator(model, train, val, branch_costs(model), tc, rng, progress)
     after = {"train": routing_report(model, train), "val": routing_report(model, val)}
     fit = {"config": {k: v for k, v in tc.__dict__.items()}, "before": before, "after": after,
-           "val_subjects": val_ids, "seconds": round(time.time() - t0, 1), "collect_seconds": round(t_collect, 1)}
+           "val_subjects": split.val, "seconds": round(time.time() - t0, 1),
+           "collect_seconds": round(t_collect, 1)}
     save_checkpoint(tc.out, model, extra={**meta, "router_fit": fit})
-    summary = {"checkpoint": tc.out, "checkpoint_bytes": os.path.getsize(tc.out), "history": history, **fit}
-    with open(os.path.join(os.path.dirname(os.path.abspath(tc.out)), "router_fit.json"), "w") as f:
+    summary = {"checkpoint": tc.out, "checkpoint_bytes": os.path.getsize(tc.out),
+               "history": history, **fit}
+    with open(os.path.join(os.path.dirname(os.path.abspath(tc.out)), "router_fit.json"),
+              "w") as f:
         json.dump(summary, f, indent=1)
     return summary

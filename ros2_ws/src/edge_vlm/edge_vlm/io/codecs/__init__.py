@@ -4,25 +4,33 @@
 * :func:`make_decoder` -- a decoder object for a stream of packets; its
   ``decode(data, width, height, time_base)`` keeps state across packets
   (required for ``evt3``, whose time/y/x-base state spans packets).
+* :func:`make_encoder` -- the encoder ``encode(events, time_base) -> bytes`` of an
+  encoding (``mono``, ``libcaer_cmp``), for bag writing and tests.
 
 Every failure is an :class:`edge_vlm.events.EventDecodeError`.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
 from edge_vlm.events import EventDecodeError
 from edge_vlm.io.codecs.evt3 import Evt3Decoder
-from edge_vlm.io.codecs.libcaer_cmp import LibcaerCmpDecoder
+from edge_vlm.io.codecs.libcaer_cmp import LibcaerCmpDecoder, encode_libcaer_cmp
 from edge_vlm.io.codecs.mono import decode_mono, encode_mono
 
 __all__ = ["SUPPORTED_ENCODINGS", "decode_packet", "make_decoder", "PacketDecoder",
-           "MonoDecoder", "Evt3Decoder", "LibcaerCmpDecoder", "encode_mono", "decode_mono"]
+           "MonoDecoder", "Evt3Decoder", "LibcaerCmpDecoder", "encode_mono", "decode_mono",
+           "PacketEncoder", "ENCODERS", "make_encoder"]
 
 #: EventPacket ``encoding`` strings this package can decode.
 SUPPORTED_ENCODINGS: tuple[str, ...] = ("mono", "evt3", "libcaer_cmp")
+
+#: ``encode(events, time_base) -> payload``: events (EVENT_DTYPE) relative to ``time_base`` (ns)
+PacketEncoder = Callable[[np.ndarray, int], bytes]
+#: the encoder of each EventPacket ``encoding`` this package can write
+ENCODERS: dict[str, PacketEncoder] = {"mono": encode_mono, "libcaer_cmp": encode_libcaer_cmp}
 
 
 class PacketDecoder(Protocol):
@@ -60,6 +68,15 @@ def make_decoder(encoding: str) -> PacketDecoder:
     if encoding == "libcaer_cmp":
         return LibcaerCmpDecoder()
     raise _unsupported(encoding)
+
+
+def make_encoder(encoding: str) -> PacketEncoder:
+    """The encoder of ``encoding``; ValueError if this package cannot write it."""
+    try:
+        return ENCODERS[encoding]
+    except KeyError:
+        raise ValueError(f"no encoder for EventPacket encoding {encoding!r} "
+                         f"(supported: {', '.join(ENCODERS)})") from None
 
 
 def decode_packet(encoding: str, data, width: int, height: int, time_base: int,

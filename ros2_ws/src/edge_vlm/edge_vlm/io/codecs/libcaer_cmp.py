@@ -42,9 +42,11 @@ expanded with ``np.unpackbits`` + ``np.repeat``.  No per-word Python loop.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from edge_vlm.events import EVENT_DTYPE, EventDecodeError
+from edge_vlm.events import EVENT_DTYPE, EventDecodeError, check_coordinates, check_xy
 from edge_vlm.io.codecs.mono import payload_bytes
 
 __all__ = ["LibcaerCmpDecoder", "encode_libcaer_cmp", "TIME_HIGH", "TIME_LOW", "ADDR_X",
@@ -61,6 +63,27 @@ def _ffill_index(mask: np.ndarray) -> np.ndarray:
     """Index of the last True at or before each position (-1 where none)."""
     idx = np.where(mask, np.arange(mask.size, dtype=np.int64), -1)
     return np.maximum.accumulate(idx) if idx.size else idx
+
+
+class _Words(NamedTuple):
+    """A payload's words split into codes and payloads, with the per-word state filled in."""
+
+    code: np.ndarray        # uint8 word codes
+    val: np.ndarray         # int64 12-bit payloads
+    t_us: np.ndarray        # time offset (us) at each word (restarts at 0 each packet)
+    x: np.ndarray           # current x at each word
+    base: np.ndarray        # vector y base at each word
+    vpol: np.ndarray        # vector polarity at each word
+    is_y: np.ndarray        # ADDR_Y words (single events)
+    is_b: np.ndarray        # VECT_BASE_Y words
+    is_v: np.ndarray        # VECT_8 words
+
+
+class _Columns(NamedTuple):
+    x: np.ndarray
+    t_us: np.ndarray
+    y: np.ndarray
+    p: np.ndarray
 
 
 class LibcaerCmpDecoder:
@@ -92,24 +115,32 @@ class LibcaerCmpDecoder:
         """Decode one payload (bytes-like / uint8 array) to :data:`EVENT_DTYPE` events."""
         width = self.width if width is None else int(width)
         height = self.height if height is None else int(height)
-        if (width is not None and width <= 0) or (height is not None and height <= 0):
-            raise EventDecodeError(f"libcaer_cmp: invalid sensor size {width}x{height}")
-        try:
-            time_base = int(time_base)
-        except (TypeError, ValueError) as exc:
-            raise EventDecodeError(f"libcaer_cmp: invalid time_base {time_base!r}") from exc
-        if not 0 <= time_base <= _INT64_MAX - _MAX_OFFSET_NS:
-            raise EventDecodeError(
-                f"libcaer_cmp: time_base {time_base} ns outside the int64 event time range")
-        buf = payload_bytes(data)
-        if buf.size % 2:
-            raise EventDecodeError(
-                f"libcaer_cmp: payload of {buf.size} bytes is not a whole number of 16-bit words")
-        words = buf.view("<u2")
-        n = words.size
-        if n == 0:
+        check_coordinates(-1, -1, width, height, "libcaer_cmp: ")
+        time_base = _time_base(time_base)
+        words = _payload_words(data)
+        if words.size == 0:
             self.packets += 1
             return np.zeros(0, dtype=EVENT_DTYPE)
+        w = self._fill(words)
+        cols = _events(w)
+        check_xy(cols.x, cols.y, width, height, "libcaer_cmp: ")
+        ev = np.empty(cols.y.size, dtype=EVENT_DTYPE)
+        ev["t"] = cols.t_us * 1000 + time_base
+        ev["x"] = cols.x
+        ev["y"] = cols.y
+        ev["p"] = cols.p
+
+        # ---- commit the carried state
+        self.x = int(w.x[-1])
+        if w.is_b.any() or w.is_v.any():
+            self.base_y = int((w.base[-1] + 8 * int(w.is_v[-1])) & 0xFFFF)
+            self.pol = int(w.vpol[-1])
+        self.events_decoded += int(ev.size)
+        self.packets += 1
+        return ev
+
+    def _fill(self, words: np.ndarray) -> _Words:
+        """Codes, payloads and the forward-filled time, x and vector base / polarity."""
         code = (words >> 12).astype(np.uint8)
         if int(code.max()) > VECT_8:
             bad = int(code[np.argmax(code > VECT_8)])
@@ -135,45 +166,48 @@ class LibcaerCmpDecoder:
         since = np.where(has_b, n_v_before - n_v_before[bc], n_v_before)
         base = np.where(has_b, val[bc] & 0x7FF, self.base_y) + 8 * since
         vpol = np.where(has_b, (val[bc] >> 11) & 1, self.pol)
+        return _Words(code, val, t_us, xs, base, vpol, code == ADDR_Y, is_b, is_v)
 
-        # ---- events: ADDR_Y singles and VECT_8 vectors, in word order
-        is_y = code == ADDR_Y
-        ew = np.flatnonzero(is_y | is_v)
-        ey_word = is_y[ew]
-        ev_x = xs[ew]
-        ev_t = t_us[ew]
-        ev_y = np.where(ey_word, val[ew] & 0x7FF, base[ew])
-        ev_p = np.where(ey_word, (val[ew] >> 11) & 1, vpol[ew])
-        if not ey_word.all():
-            vbits = np.where(ey_word, 0, val[ew] & 0xFF).astype(np.uint8)
-            cnt = np.where(ey_word, 1, _POPCOUNT8[vbits])
-            bits = np.unpackbits(vbits[~ey_word].reshape(-1, 1), axis=1, bitorder="little")
-            _, cols = np.nonzero(bits)
-            ev_x, ev_t, ev_y, ev_p = (np.repeat(a, cnt) for a in (ev_x, ev_t, ev_y, ev_p))
-            vec = np.flatnonzero(~np.repeat(ey_word, cnt))
-            ev_y[vec] += cols
-            ev_y &= 0xFFFF                         # uint16 arithmetic of the reference
-        if ev_y.size:
-            if width is not None and int(ev_x.max()) >= width:
-                raise EventDecodeError(
-                    f"libcaer_cmp: x={int(ev_x.max())} outside sensor width {width}")
-            if height is not None and int(ev_y.max()) >= height:
-                raise EventDecodeError(
-                    f"libcaer_cmp: y={int(ev_y.max())} outside sensor height {height}")
-        ev = np.empty(ev_y.size, dtype=EVENT_DTYPE)
-        ev["t"] = ev_t * 1000 + time_base
-        ev["x"] = ev_x
-        ev["y"] = ev_y
-        ev["p"] = ev_p
 
-        # ---- commit the carried state
-        self.x = int(xs[-1])
-        if is_b.any() or is_v.any():
-            self.base_y = int((base[-1] + 8 * int(is_v[-1])) & 0xFFFF)
-            self.pol = int(vpol[-1])
-        self.events_decoded += int(ev.size)
-        self.packets += 1
-        return ev
+def _time_base(time_base) -> int:
+    """``time_base`` as an int, checked so that every event time fits int64 ns."""
+    try:
+        time_base = int(time_base)
+    except (TypeError, ValueError) as exc:
+        raise EventDecodeError(f"libcaer_cmp: invalid time_base {time_base!r}") from exc
+    if not 0 <= time_base <= _INT64_MAX - _MAX_OFFSET_NS:
+        raise EventDecodeError(
+            f"libcaer_cmp: time_base {time_base} ns outside the int64 event time range")
+    return time_base
+
+
+def _payload_words(data) -> np.ndarray:
+    """The little-endian 16-bit words of a payload."""
+    buf = payload_bytes(data)
+    if buf.size % 2:
+        raise EventDecodeError(
+            f"libcaer_cmp: payload of {buf.size} bytes is not a whole number of 16-bit words")
+    return buf.view("<u2")
+
+
+def _events(w: _Words) -> _Columns:
+    """The events of ADDR_Y singles and VECT_8 vectors, in word order."""
+    ew = np.flatnonzero(w.is_y | w.is_v)
+    ey_word = w.is_y[ew]
+    ev_x = w.x[ew]
+    ev_t = w.t_us[ew]
+    ev_y = np.where(ey_word, w.val[ew] & 0x7FF, w.base[ew])
+    ev_p = np.where(ey_word, (w.val[ew] >> 11) & 1, w.vpol[ew])
+    if not ey_word.all():
+        vbits = np.where(ey_word, 0, w.val[ew] & 0xFF).astype(np.uint8)
+        cnt = np.where(ey_word, 1, _POPCOUNT8[vbits])
+        bits = np.unpackbits(vbits[~ey_word].reshape(-1, 1), axis=1, bitorder="little")
+        _, cols = np.nonzero(bits)
+        ev_x, ev_t, ev_y, ev_p = (np.repeat(a, cnt) for a in (ev_x, ev_t, ev_y, ev_p))
+        vec = np.flatnonzero(~np.repeat(ey_word, cnt))
+        ev_y[vec] += cols
+        ev_y &= 0xFFFF                         # uint16 arithmetic of the reference
+    return _Columns(ev_x, ev_t, ev_y, ev_p)
 
 
 def encode_libcaer_cmp(events: np.ndarray, time_base: int) -> bytes:

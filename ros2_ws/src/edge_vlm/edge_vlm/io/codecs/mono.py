@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edge_vlm.events import EVENT_DTYPE, EventDecodeError
+from edge_vlm.events import EVENT_DTYPE, EventDecodeError, check_coordinates
 
 __all__ = ["encode_mono", "decode_mono", "check_mono_packet", "payload_bytes"]
 
@@ -59,12 +59,13 @@ def check_mono_packet(nbytes: int, time_base: int, width: int, height: int) -> N
     Raises :class:`EventDecodeError` for a zero sensor size, a ``time_base`` whose event
     times would not fit int64 ns, or a payload length that is not a multiple of 8.
     """
-    if width <= 0 or height <= 0:
-        raise EventDecodeError(f"mono: invalid sensor size {width}x{height}")
+    check_coordinates(-1, -1, width, height, "mono: ")
     if not -(1 << 63) <= time_base <= (1 << 63) - 1 - 0xFFFFFFFF:   # int64 ns, no wrap
-        raise EventDecodeError(f"mono: time_base {time_base} ns is outside the int64 event time range")
+        raise EventDecodeError(
+            f"mono: time_base {time_base} ns is outside the int64 event time range")
     if nbytes % 8:
-        raise EventDecodeError(f"mono: payload of {nbytes} bytes is not a multiple of 8 (truncated)")
+        raise EventDecodeError(
+            f"mono: payload of {nbytes} bytes is not a multiple of 8 (truncated)")
 
 
 def decode_mono(data, time_base: int, width: int, height: int) -> np.ndarray:
@@ -83,10 +84,7 @@ def decode_mono(data, time_base: int, width: int, height: int) -> np.ndarray:
         return ev
     x = (w >> np.uint64(32)).astype(np.uint16)          # keeps the low 16 bits
     y = ((w >> np.uint64(48)) & np.uint64(0x7FFF)).astype(np.uint16)
-    if int(x.max()) >= width or int(y.max()) >= height:
-        raise EventDecodeError(
-            f"mono: event coordinates outside sensor {width}x{height} "
-            f"(max x={int(x.max())}, max y={int(y.max())})")
+    check_coordinates(int(x.max()), int(y.max()), width, height, "mono: ")
     ev["t"] = (w & np.uint64(0xFFFFFFFF)).astype(np.int64) + np.int64(time_base)
     ev["x"] = x
     ev["y"] = y

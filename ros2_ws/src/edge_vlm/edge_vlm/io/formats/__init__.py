@@ -1,18 +1,17 @@
-"""Event file readers (pure numpy; never imports rclpy).
+"""Event file readers and writers (pure numpy; never imports rclpy).
 
-* :func:`read_events` (``formats.detect``) -- any supported file -> ``(events, info)``;
-* ``formats.aedat2`` -- jAER AEDAT 2.0 (DVS128, DAVIS240);
-* ``formats.aedat4`` -- iniVation AEDAT 4.0 (through dv_processing);
-* ``formats.prophesee`` -- Prophesee RAW (EVT 2.0 / 3.0) and DAT;
-* ``formats.rpg`` -- RPG ``events.txt``;
-* AEDAT 3.1 lives in :mod:`edge_vlm.dvs128`, EventPacket payloads in
-  :mod:`edge_vlm.codecs`.
+* :func:`.detect.read_events` -- any supported file (or bag) -> ``(events, info)``, the
+  reader picked by :func:`.detect.detect_format`;
+* :mod:`.aedat2` -- jAER AEDAT 2.0 (DVS128, DAVIS240);
+* :mod:`.aedat31` -- iniVation AEDAT 3.1 (the DVS128 Gesture files);
+* :mod:`.aedat4` -- iniVation AEDAT 4.0 (through dv_processing);
+* :mod:`.prophesee` -- Prophesee RAW (EVT 2.0 / 3.0) and DAT;
+* :mod:`.rpg` -- RPG ``events.txt``;
+* :mod:`.common` -- :class:`~.common.ReadResult` and the rules every reader shares.
 
-All readers return :data:`edge_vlm.events.EVENT_DTYPE` arrays (t in ns) and
-raise :class:`edge_vlm.events.EventDecodeError` on malformed input.
+EventPacket payloads are decoded by :mod:`edge_vlm.io.codecs`. All readers return
+:data:`edge_vlm.events.EVENT_DTYPE` arrays (t in ns) and raise
+:class:`edge_vlm.events.EventDecodeError` on malformed input. This package imports none of
+its modules, so that reading one format (e.g. AEDAT 3.1 for the data set) does not load the
+others nor the bag reader.
 """
-from __future__ import annotations
-
-from edge_vlm.io.formats.detect import KNOWN_SENSORS, detect_format, read_events
-
-__all__ = ["read_events", "detect_format", "KNOWN_SENSORS"]

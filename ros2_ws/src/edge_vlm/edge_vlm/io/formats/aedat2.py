@@ -35,11 +35,11 @@ Events: :data:`edge_vlm.events.EVENT_DTYPE`, ``t = us * 1000``.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 
-from edge_vlm.events import EVENT_DTYPE, EventDecodeError
+from edge_vlm.events import EVENT_DTYPE, EventDecodeError, check_xy
+from edge_vlm.io.formats.common import HeaderLines, ReadResult, unwrap_u32
 
 __all__ = ["CAMERAS", "read_aedat2", "decode_aedat2", "write_aedat2", "AEDAT2_MAGIC"]
 
@@ -50,7 +50,7 @@ _MAX_HEADER = 1 << 20
 _RAW_DTYPE = np.dtype([("addr", ">u4"), ("ts", ">u4")])
 
 
-def _split_header(buf: bytes, magic: bytes) -> tuple[list[str], int]:
+def _split_header(buf: bytes, magic: bytes) -> HeaderLines:
     """Header lines (decoded, no EOL) and the data offset of a ``#``-header file."""
     if not buf.startswith(magic):
         raise EventDecodeError(f"not an {magic.decode()} file (starts with {buf[:16]!r})")
@@ -64,7 +64,7 @@ def _split_header(buf: bytes, magic: bytes) -> tuple[list[str], int]:
         pos = end + 1
         if lines[-1].lower().replace(" ", "") == "#endofasciiheader":
             break                    # newer jAER files end the header explicitly
-    return lines, pos
+    return HeaderLines(lines, pos)
 
 
 def _camera_from_header(lines: list[str]) -> str | None:
@@ -78,18 +78,8 @@ def _camera_from_header(lines: list[str]) -> str | None:
     return None
 
 
-def unwrap_u32(ts: np.ndarray) -> np.ndarray:
-    """uint32 timestamps -> int64, adding 2**32 at every backward jump > 2**31."""
-    t = ts.astype(np.int64)
-    if t.size > 1:
-        wraps = np.cumsum(np.diff(t) < -(1 << 31))
-        if wraps.size and wraps[-1]:
-            t[1:] += wraps << 32
-    return t
-
-
 def decode_aedat2(buf: bytes, camera: str | None = None,
-                  orientation: str = "jaer") -> tuple[np.ndarray, dict[str, Any]]:
+                  orientation: str = "jaer") -> ReadResult:
     """Decode AEDAT 2.0 bytes; see the module docstring. Returns ``(events, info)``."""
     if orientation not in ("jaer", "raw"):
         raise ValueError(f"orientation must be 'jaer' or 'raw', not {orientation!r}")
@@ -116,10 +106,7 @@ def decode_aedat2(buf: bytes, camera: str | None = None,
         rx = (a >> 12) & 0x3FF
         ry = (a >> 22) & 0x1FF
         p = (a >> 11) & 1
-        if keep.any() and (int(rx[keep].max()) >= w or int(ry[keep].max()) >= h):
-            raise EventDecodeError(
-                f"AEDAT 2.0 DAVIS240 address outside {w}x{h} "
-                f"(max raw x={int(rx[keep].max())}, y={int(ry[keep].max())})")
+        check_xy(rx[keep], ry[keep], w, h, "AEDAT 2.0 DAVIS240 raw address: ")
     ev = np.empty(int(np.count_nonzero(keep)), dtype=EVENT_DTYPE)
     ev["t"] = t_us[keep] * 1000
     if orientation == "jaer":
@@ -134,11 +121,11 @@ def decode_aedat2(buf: bytes, camera: str | None = None,
             "header": lines, "raw_events": int(a.size),
             "special_events": int(a.size - ev.size),
             "monotonic": bool(np.all(np.diff(ev["t"]) >= 0))}
-    return ev, info
+    return ReadResult(ev, info)
 
 
 def read_aedat2(path: str | os.PathLike, camera: str | None = None,
-                orientation: str = "jaer") -> tuple[np.ndarray, dict[str, Any]]:
+                orientation: str = "jaer") -> ReadResult:
     """Read a jAER AEDAT 2.0 file; see :func:`decode_aedat2`."""
     with open(path, "rb") as f:
         return decode_aedat2(f.read(), camera=camera, orientation=orientation)
@@ -160,8 +147,7 @@ def write_aedat2(path: str | os.PathLike, events: np.ndarray, camera: str = "DVS
         raise ValueError("AEDAT 2.0 stores whole non-negative microseconds")
     x = ev["x"].astype(np.int64)
     y = ev["y"].astype(np.int64)
-    if x.size and (int(x.max()) >= w or int(y.max()) >= h):
-        raise ValueError(f"events outside the {cam} sensor {w}x{h}")
+    check_xy(x, y, w, h, f"AEDAT 2.0 {cam}: ")
     if orientation == "jaer":
         x, y = (w - 1) - x, (h - 1) - y
     p = (ev["p"] != 0).astype(np.int64)
@@ -175,7 +161,8 @@ def write_aedat2(path: str | os.PathLike, events: np.ndarray, camera: str = "DVS
     chip = {"DVS128": "ch.unizh.ini.jaer.chip.retina.DVS128",
             "DAVIS240": "eu.seebetter.ini.chips.davis.DAVIS240C"}[cam]
     hdr = [AEDAT2_MAGIC.decode(), "# This is a raw AE data file - do not edit",
-           "# Data format is int32 address, int32 timestamp (8 bytes total), repeated for each event",
+           "# Data format is int32 address, int32 timestamp (8 bytes total), "
+           "repeated for each event",
            "# Timestamps tick is 1 us", f"# AEChip: {chip}"]
     hdr += [ln if ln.startswith("#") else "#" + ln for ln in header_extra]
     hdr.append("# End Of ASCII Header")

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence, Union
 
 import numpy as np
 
 from edge_vlm.events import EventDecodeError, empty_events
+from edge_vlm.io.formats.common import HeaderLines, ReadResult
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -63,7 +65,7 @@ _START_RE = re.compile(r"^#Start-Time: (.*)$")
 _FORMAT_RE = re.compile(r"^#Format: (.*)$")
 
 
-def _parse_header(buf: bytes) -> tuple[list[str], int]:
+def _parse_header(buf: bytes) -> HeaderLines:
     """Split the ASCII header off ``buf``: (lines without CRLF, data offset)."""
     if not buf.startswith(AEDAT31_VERSION_LINE.encode()):
         head = buf[:16]
@@ -84,11 +86,133 @@ def _parse_header(buf: bytes) -> tuple[list[str], int]:
         lines.append(line)
         pos = end + 1
         if line == AEDAT_END_HEADER:
-            return lines, pos
+            return HeaderLines(lines, pos)
     raise EventDecodeError(f"AEDAT header longer than {_MAX_HEADER_LINES} lines")
 
 
-def read_aedat31(path: PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+class _Header(NamedTuple):
+    """What the header lines between the version line and ``#!END-HEADER`` say."""
+
+    sources: dict[int, str]        # ``#Source <id>: <name>``
+    start_time: str | None         # the first ``#Start-Time:``
+    extra: list[str]               # every other line
+
+
+def _header_fields(lines: list[str]) -> _Header:
+    sources: dict[int, str] = {}
+    start_time: str | None = None
+    extra: list[str] = []
+    for line in lines[1:-1]:
+        if (m := _SOURCE_RE.match(line)) is not None:
+            sources[int(m.group(1))] = m.group(2)
+        elif start_time is None and (m := _START_RE.match(line)) is not None:
+            start_time = m.group(1)
+        elif (m := _FORMAT_RE.match(line)) is not None:
+            if m.group(1) != "RAW":
+                raise EventDecodeError(f"unsupported AEDAT 3.1 format {m.group(1)!r}")
+        else:
+            extra.append(line)
+    return _Header(sources, start_time, extra)
+
+
+@dataclass
+class _Packets:
+    """The packets of a file: the polarity ones' event bytes, the others counted."""
+
+    chunks: list[memoryview] = field(default_factory=list)    # valid slots of each packet
+    overflows: list[int] = field(default_factory=list)        # eventTSOverflow of each
+    counts: list[int] = field(default_factory=list)           # eventNumber of each
+    skipped_by_type: dict[int, int] = field(default_factory=dict)
+    n_packets: int = 0
+    packet_size: int = 0                                       # largest eventCapacity
+
+
+class _PacketHeader(NamedTuple):
+    """The fields of a packet header this reader uses."""
+
+    etype: int          # eventType
+    esize: int          # eventSize
+    capacity: int       # eventCapacity (slots in the body)
+    number: int         # eventNumber (slots holding events)
+    overflow: int       # eventTSOverflow
+    ts_offset: int      # eventTSOffset
+
+
+def _packet_header(buf: bytes, pos: int) -> _PacketHeader:
+    """The header of the packet at ``pos``, checked (and its body against the file size)."""
+    total = len(buf)
+    if total - pos < PACKET_HEADER_SIZE:
+        raise EventDecodeError(
+            f"truncated AEDAT packet header at byte {pos}: "
+            f"{total - pos} of {PACKET_HEADER_SIZE} bytes")
+    h = np.frombuffer(buf, PACKET_HEADER_DTYPE, 1, pos)[0]
+    etype, esize = int(h["eventType"]), int(h["eventSize"])
+    cap, num = int(h["eventCapacity"]), int(h["eventNumber"])
+    ovf = int(h["eventTSOverflow"])
+    if etype < 0 or esize <= 0 or cap < 0 or num < 0 or num > cap or ovf < 0:
+        raise EventDecodeError(
+            f"corrupt AEDAT packet header at byte {pos}: type={etype} size={esize} "
+            f"capacity={cap} number={num} overflow={ovf}")
+    if pos + PACKET_HEADER_SIZE + cap * esize > total:
+        raise EventDecodeError(
+            f"truncated AEDAT packet at byte {pos}: needs {cap * esize} body bytes, "
+            f"{total - pos - PACKET_HEADER_SIZE} left")
+    return _PacketHeader(etype, esize, cap, num, ovf, int(h["eventTSOffset"]))
+
+
+def _scan_packets(buf: bytes, pos: int) -> _Packets:
+    """Walk the packets from ``pos`` to the end of ``buf``."""
+    out = _Packets()
+    view = memoryview(buf)
+    while pos < len(buf):
+        h = _packet_header(buf, pos)
+        body = pos + PACKET_HEADER_SIZE
+        if h.etype == POLARITY_EVENT:
+            if h.esize != POLARITY_DTYPE.itemsize or h.ts_offset != 4:
+                raise EventDecodeError(
+                    f"polarity packet at byte {pos} has eventSize={h.esize}, "
+                    f"eventTSOffset={h.ts_offset} (expected 8, 4)")
+            out.chunks.append(view[body:body + h.number * h.esize])
+            out.overflows.append(h.overflow)
+            out.counts.append(h.number)
+            out.packet_size = max(out.packet_size, h.capacity)
+        else:
+            out.skipped_by_type[h.etype] = out.skipped_by_type.get(h.etype, 0) + h.number
+        out.n_packets += 1
+        pos = body + h.capacity * h.esize
+    return out
+
+
+class _Polarity(NamedTuple):
+    """The valid polarity events of a file."""
+
+    events: np.ndarray       # EVENT_DTYPE
+    us: np.ndarray           # their times in us (int64)
+    invalid: int             # polarity events with the valid bit clear
+
+
+def _polarity_events(packets: _Packets) -> _Polarity:
+    """The valid events of the polarity packets (times unwrapped with eventTSOverflow)."""
+    raw = np.frombuffer(b"".join(packets.chunks), POLARITY_DTYPE)
+    ovf_per_event = np.repeat(np.asarray(packets.overflows, np.int64),
+                              np.asarray(packets.counts, np.int64))
+    valid = (raw["data"] & _VALID_BIT).astype(bool)
+    data = raw["data"][valid]
+    ts = raw["timestamp"][valid]
+    if ts.size and int(ts.min()) < 0:
+        raise EventDecodeError("negative polarity timestamp in AEDAT file")
+    us = (ovf_per_event[valid] << _TS_OVERFLOW_SHIFT) | ts.astype(np.int64)
+    if us.size and int(us.max()) > np.iinfo(np.int64).max // 1000:
+        raise EventDecodeError("AEDAT timestamp too large for int64 nanoseconds")
+    events = empty_events(int(data.size))
+    events["t"] = us * 1000
+    events["x"] = (data >> _X_SHIFT) & _ADDR_MASK
+    events["y"] = (data >> _Y_SHIFT) & _ADDR_MASK
+    events["p"] = (data >> _POL_SHIFT) & 1
+    return _Polarity(events, us, int(raw.size - data.size))
+
+
+def read_aedat31(path: PathLike) -> ReadResult:
     """Read the polarity events of an AEDAT 3.1 file.
 
     Returns ``(events, info)``: ``events`` (EVENT_DTYPE, file order, valid
@@ -104,97 +228,26 @@ def read_aedat31(path: PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     with open(path, "rb") as f:
         buf = f.read()
     lines, pos = _parse_header(buf)
-
-    sources: dict[int, str] = {}
-    start_time: str | None = None
-    extra: list[str] = []
-    for line in lines[1:-1]:
-        if (m := _SOURCE_RE.match(line)) is not None:
-            sources[int(m.group(1))] = m.group(2)
-        elif start_time is None and (m := _START_RE.match(line)) is not None:
-            start_time = m.group(1)
-        elif (m := _FORMAT_RE.match(line)) is not None:
-            if m.group(1) != "RAW":
-                raise EventDecodeError(f"unsupported AEDAT 3.1 format {m.group(1)!r}")
-        else:
-            extra.append(line)
-
-    chunks: list[memoryview] = []
-    overflows: list[int] = []
-    counts: list[int] = []
-    skipped_by_type: dict[int, int] = {}
-    n_packets = 0
-    packet_size = 0
-    view = memoryview(buf)
-    total = len(buf)
-    while pos < total:
-        if total - pos < PACKET_HEADER_SIZE:
-            raise EventDecodeError(
-                f"truncated AEDAT packet header at byte {pos}: "
-                f"{total - pos} of {PACKET_HEADER_SIZE} bytes")
-        h = np.frombuffer(buf, PACKET_HEADER_DTYPE, 1, pos)[0]
-        etype, esize = int(h["eventType"]), int(h["eventSize"])
-        cap, num = int(h["eventCapacity"]), int(h["eventNumber"])
-        ovf = int(h["eventTSOverflow"])
-        if etype < 0 or esize <= 0 or cap < 0 or num < 0 or num > cap or ovf < 0:
-            raise EventDecodeError(
-                f"corrupt AEDAT packet header at byte {pos}: type={etype} size={esize} "
-                f"capacity={cap} number={num} overflow={ovf}")
-        body = pos + PACKET_HEADER_SIZE
-        end = body + cap * esize
-        if end > total:
-            raise EventDecodeError(
-                f"truncated AEDAT packet at byte {pos}: needs {cap * esize} body bytes, "
-                f"{total - body} left")
-        if etype == POLARITY_EVENT:
-            if esize != POLARITY_DTYPE.itemsize or int(h["eventTSOffset"]) != 4:
-                raise EventDecodeError(
-                    f"polarity packet at byte {pos} has eventSize={esize}, "
-                    f"eventTSOffset={int(h['eventTSOffset'])} (expected 8, 4)")
-            chunks.append(view[body:body + num * esize])
-            overflows.append(ovf)
-            counts.append(num)
-            packet_size = max(packet_size, cap)
-        else:
-            skipped_by_type[etype] = skipped_by_type.get(etype, 0) + num
-        n_packets += 1
-        pos = end
-
-    raw = np.frombuffer(b"".join(chunks), POLARITY_DTYPE)
-    ovf_per_event = np.repeat(np.asarray(overflows, np.int64),
-                              np.asarray(counts, np.int64))
-    valid = (raw["data"] & _VALID_BIT).astype(bool)
-    data = raw["data"][valid]
-    ts = raw["timestamp"][valid]
-    if ts.size and int(ts.min()) < 0:
-        raise EventDecodeError("negative polarity timestamp in AEDAT file")
-    us = (ovf_per_event[valid] << _TS_OVERFLOW_SHIFT) | ts.astype(np.int64)
-    if us.size and int(us.max()) > np.iinfo(np.int64).max // 1000:
-        raise EventDecodeError("AEDAT timestamp too large for int64 nanoseconds")
-
-    events = empty_events(int(data.size))
-    events["t"] = us * 1000
-    events["x"] = (data >> _X_SHIFT) & _ADDR_MASK
-    events["y"] = (data >> _Y_SHIFT) & _ADDR_MASK
-    events["p"] = (data >> _POL_SHIFT) & 1
-
-    first_id = min(sources) if sources else None
+    head = _header_fields(lines)
+    packets = _scan_packets(buf, pos)
+    events, us, invalid = _polarity_events(packets)
+    first_id = min(head.sources) if head.sources else None
     info: dict[str, Any] = {
         "header": lines,
-        "sources": sources,
+        "sources": head.sources,
         "source_id": first_id,
-        "source": sources[first_id] if first_id is not None else None,
-        "start_time": start_time,
-        "header_extra": extra,
-        "packets": n_packets,
-        "polarity_packets": len(counts),
-        "packet_size": packet_size,
-        "skipped_events": sum(skipped_by_type.values()),
-        "skipped_by_type": skipped_by_type,
-        "invalid_events": int(raw.size - data.size),
+        "source": head.sources[first_id] if first_id is not None else None,
+        "start_time": head.start_time,
+        "header_extra": head.extra,
+        "packets": packets.n_packets,
+        "polarity_packets": len(packets.counts),
+        "packet_size": packets.packet_size,
+        "skipped_events": sum(packets.skipped_by_type.values()),
+        "skipped_by_type": packets.skipped_by_type,
+        "invalid_events": invalid,
         "monotonic": bool(np.all(us[1:] >= us[:-1])),
     }
-    return events, info
+    return ReadResult(events, info)
 
 
 def write_options(info: dict[str, Any]) -> dict[str, Any]:
@@ -243,12 +296,14 @@ def write_aedat31(path: PathLike, events: np.ndarray, *, source: str = "DVS128",
         if np.any(t % 1000):
             raise ValueError("AEDAT 3.1 stores whole microseconds; event times "
                              "(ns) must be multiples of 1000")
-        if min(int(x.min()), int(y.min())) < 0 or max(int(x.max()), int(y.max())) > _ADDR_MASK:
+        if (min(int(x.min()), int(y.min())) < 0
+                or max(int(x.max()), int(y.max())) > _ADDR_MASK):
             raise ValueError("event coordinates must fit 15 bits (0..32767)")
         if not np.all((p == 0) | (p == 1)):
             raise ValueError("event polarity must be 0 or 1")
 
-    header = [AEDAT31_VERSION_LINE, "#Format: RAW", _header_line(f"#Source {source_id}: {source}")]
+    header = [AEDAT31_VERSION_LINE, "#Format: RAW",
+              _header_line(f"#Source {source_id}: {source}")]
     if start_time is not None:
         header.append(_header_line(f"#Start-Time: {start_time}"))
     header.extend(_header_line(line) for line in header_extra)
@@ -257,7 +312,8 @@ def write_aedat31(path: PathLike, events: np.ndarray, *, source: str = "DVS128",
     us = t // 1000
     overflow = us >> _TS_OVERFLOW_SHIFT
     body = np.empty(t.size, POLARITY_DTYPE)
-    body["data"] = ((x << _X_SHIFT) | (y << _Y_SHIFT) | (p << _POL_SHIFT) | _VALID_BIT).astype(np.uint32)
+    body["data"] = ((x << _X_SHIFT) | (y << _Y_SHIFT) | (p << _POL_SHIFT)
+                    | _VALID_BIT).astype(np.uint32)
     body["timestamp"] = (us & 0x7FFFFFFF).astype(np.int32)
 
     # Packet starts: every overflow change, and every packet_size events within a run.

@@ -19,16 +19,16 @@ turns a hang, a crash or an error there into EventDecodeError.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 
-from edge_vlm.events import EVENT_DTYPE, EventDecodeError, concat_events
+from edge_vlm.events import EVENT_DTYPE, EventDecodeError, check_in_sensor, concat_events
+from edge_vlm.io.formats.common import ReadResult
+from edge_vlm.paths import PACKAGE_DIR
 
 __all__ = ["read_aedat4", "write_aedat4", "AEDAT4_MAGIC", "available"]
 
@@ -61,7 +61,7 @@ with open(sys.argv[4], "w") as f:
 
 
 def read_aedat4(path: str | os.PathLike, *, isolate: bool = True,
-                timeout: float | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+                timeout: float | None = None) -> ReadResult:
     """Read the event stream of an AEDAT 4.0 file (see the module doc on ``isolate``)."""
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -72,7 +72,7 @@ def read_aedat4(path: str | os.PathLike, *, isolate: bool = True,
         return _read_direct(path)
     if timeout is None:
         timeout = 60.0 + os.path.getsize(path) / 20e6
-    pkg_root = str(Path(__file__).resolve().parents[3])
+    pkg_root = str(PACKAGE_DIR.parent)          # the folder edge_vlm is imported from
     with tempfile.TemporaryDirectory(prefix="edge_vlm_aedat4_") as tmp:
         ev_f, info_f = os.path.join(tmp, "ev.npy"), os.path.join(tmp, "info.json")
         try:
@@ -88,16 +88,15 @@ def read_aedat4(path: str | os.PathLike, *, isolate: bool = True,
                 raise EventDecodeError(why)
             raise EventDecodeError(f"AEDAT 4.0 file {path!r}: reader process failed "
                                    f"(exit {r.returncode}) {why}")
-        import json
         with open(info_f) as f:
             info = json.load(f)
         ev = np.load(ev_f, allow_pickle=False)
     if ev.dtype != EVENT_DTYPE:
         ev = ev.astype(EVENT_DTYPE)
-    return ev, info
+    return ReadResult(ev, info)
 
 
-def _read_direct(path: str) -> tuple[np.ndarray, dict[str, Any]]:
+def _read_direct(path: str) -> ReadResult:
     """In-process read with dv_processing (may hang on corrupted files)."""
     try:
         import dv_processing as dv
@@ -129,13 +128,10 @@ def _read_direct(path: str) -> tuple[np.ndarray, dict[str, Any]]:
     except Exception as exc:          # RuntimeError, ValueError, ... from the C++ library
         raise EventDecodeError(f"cannot read AEDAT 4.0 file {path!r}: {exc}") from exc
     events = concat_events(chunks)
-    if width <= 0 or height <= 0:
-        raise EventDecodeError(f"AEDAT 4.0 invalid resolution {width}x{height}")
-    if events.size and (int(events["x"].max()) >= width or int(events["y"].max()) >= height):
-        raise EventDecodeError(f"AEDAT 4.0 events outside {width}x{height}")
-    return events, {"format": "aedat4", "encoding": "aedat4", "width": width,
-                    "height": height, "camera": camera,
-                    "monotonic": bool(np.all(np.diff(events["t"]) >= 0))}
+    check_in_sensor(events, width, height, "AEDAT 4.0: ")
+    return ReadResult(events, {"format": "aedat4", "encoding": "aedat4", "width": width,
+                               "height": height, "camera": camera,
+                               "monotonic": bool(np.all(np.diff(events["t"]) >= 0))})
 
 
 def write_aedat4(path: str | os.PathLike, events: np.ndarray, width: int, height: int,

@@ -6,13 +6,13 @@ magic bytes first and file extension second:
 ==========================  ===================================  ==============
 magic / extension           reader                               info["format"]
 ==========================  ===================================  ==============
-``#!AER-DAT2.0``            :func:`formats.aedat2.read_aedat2`   aedat2
-``#!AER-DAT3.1``            :func:`edge_vlm.dvs128.read_aedat31` aedat3.1
-``#!AER-DAT4.0``            :func:`formats.aedat4.read_aedat4`   aedat4
-``%`` header, ``.raw``      :func:`formats.prophesee.read_raw`   prophesee_raw_evt2/evt3
-``%`` header, ``.dat``      :func:`formats.prophesee.read_dat`   prophesee_dat
-``.txt`` (text)             :func:`formats.rpg.read_rpg`         rpg_txt
-bag dir / .db3 / .mcap      EventPacket topic via edge_vlm.bag   rosbag2
+``#!AER-DAT2.0``            :func:`.aedat2.read_aedat2`          aedat2
+``#!AER-DAT3.1``            :func:`.aedat31.read_aedat31`        aedat3.1
+``#!AER-DAT4.0``            :func:`.aedat4.read_aedat4`          aedat4
+``%`` header, ``.raw``      :func:`.prophesee.read_raw`          prophesee_raw_evt2/evt3
+``%`` header, ``.dat``      :func:`.prophesee.read_dat`          prophesee_dat
+``.txt`` (text)             :func:`.rpg.read_rpg`                rpg_txt
+bag dir / .db3 / .mcap      ``io.bag_reader.event_stream``       rosbag2
 ==========================  ===================================  ==============
 
 ``info`` always has ``format``, ``encoding``, ``width``, ``height`` (the
@@ -26,9 +26,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from edge_vlm.events import EventDecodeError, concat_events
+from edge_vlm.events import EventDecodeError, check_in_sensor, concat_events
+from edge_vlm.io.bag_reader import event_stream
+from edge_vlm.io.formats.aedat2 import read_aedat2
+from edge_vlm.io.formats.aedat4 import read_aedat4
+from edge_vlm.io.formats.aedat31 import read_aedat31
+from edge_vlm.io.formats.common import ReadResult
+from edge_vlm.io.formats.prophesee import read_dat, read_raw
+from edge_vlm.io.formats.rpg import read_rpg
 
 __all__ = ["read_events", "detect_format", "KNOWN_SENSORS"]
 
@@ -84,68 +89,41 @@ def detect_format(path: str | os.PathLike) -> str:
     raise EventDecodeError(f"{str(path)!r}: unknown event file format")
 
 
-def _read_bag(path, topic: str | None) -> tuple[np.ndarray, dict[str, Any]]:
-    from edge_vlm.io.bag_reader import BagError, event_topics, iter_event_packets
-    from edge_vlm.io.codecs import make_decoder
-
-    if topic is None:
-        topics = event_topics(path)
-        if not topics:
-            raise BagError(f"no EventPacket topic in {str(path)!r}")
-        topic = topics[0]
-    dec = None
-    enc = ""
-    w = h = 0
-    chunks = []
-    for msg in iter_event_packets(path, topic):
-        if dec is None:
-            enc, w, h = str(msg.encoding), int(msg.width), int(msg.height)
-            dec = make_decoder(enc)
-        elif str(msg.encoding) != enc:
-            raise EventDecodeError(f"encoding changed on {topic}: {enc!r} -> {msg.encoding!r}")
-        if msg.is_bigendian:
-            raise EventDecodeError(f"big-endian {enc} payloads are not supported")
-        chunks.append(dec.decode(msg.events, int(msg.width), int(msg.height), int(msg.time_base)))
-    return concat_events(chunks), {"format": "rosbag2", "encoding": enc, "width": w,
-                                   "height": h, "topic": topic}
+def _read_bag(path, topic: str | None) -> ReadResult:
+    stream = event_stream(path, topic)
+    return ReadResult(concat_events(stream.chunks),
+                      {"format": "rosbag2", "encoding": stream.encoding, "width": stream.width,
+                       "height": stream.height, "topic": stream.topic})
 
 
-def _read_aedat31(path) -> tuple[np.ndarray, dict[str, Any]]:
-    from edge_vlm.io.formats.aedat31 import read_aedat31
-
+def _read_aedat31(path) -> ReadResult:
     ev, info = read_aedat31(path)
     name = str(info.get("source") or "").upper().replace(" ", "")
     size = next((v for k, v in KNOWN_SENSORS.items() if name.startswith(k)), None)
     if size is None:          # unknown chip: smallest size holding the events
         size = ((int(ev["x"].max()) + 1, int(ev["y"].max()) + 1) if ev.size else (128, 128))
     info = dict(info, format="aedat3.1", encoding="aedat3.1", width=size[0], height=size[1])
-    if ev.size and (int(ev["x"].max()) >= size[0] or int(ev["y"].max()) >= size[1]):
-        raise EventDecodeError(f"AEDAT 3.1 events outside the {name} sensor {size[0]}x{size[1]}")
-    return ev, info
+    check_in_sensor(ev, size[0], size[1], f"AEDAT 3.1 ({name}): ")
+    return ReadResult(ev, info)
 
 
-def read_events(path: str | os.PathLike, **options: Any) -> tuple[np.ndarray, dict[str, Any]]:
+def read_events(path: str | os.PathLike, **options: Any) -> ReadResult:
     """Read every CD event of ``path``: ``(EVENT_DTYPE array, info)``; see module doc."""
     kind = detect_format(path)
     if kind == "bag":
         ev, info = _read_bag(path, options.get("topic"))
     elif kind == "aedat2":
-        from edge_vlm.io.formats.aedat2 import read_aedat2
         ev, info = read_aedat2(path, camera=options.get("camera"),
                                orientation=options.get("orientation", "jaer"))
     elif kind == "aedat3.1":
         ev, info = _read_aedat31(path)
     elif kind == "aedat4":
-        from edge_vlm.io.formats.aedat4 import read_aedat4
         ev, info = read_aedat4(path)
     elif kind == "raw":
-        from edge_vlm.io.formats.prophesee import read_raw
         ev, info = read_raw(path)
     elif kind == "dat":
-        from edge_vlm.io.formats.prophesee import read_dat
         ev, info = read_dat(path)
     else:
-        from edge_vlm.io.formats.rpg import read_rpg
         ev, info = read_rpg(path)
     info["path"] = os.fspath(path)
-    return ev, info
+    return ReadResult(ev, info)

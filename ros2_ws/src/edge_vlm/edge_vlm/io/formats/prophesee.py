@@ -7,7 +7,7 @@ newer files end it with ``% end``, older ones at the first byte that is not
 ``%``.
 
 RAW EVT 3.0: the payload is one EVT 3.0 word stream, decoded by
-:class:`edge_vlm.codecs.evt3.Evt3Decoder` (sensor time, 24-bit wraps unwrapped).
+:class:`edge_vlm.io.codecs.evt3.Evt3Decoder` (sensor time, 24-bit wraps unwrapped).
 
 RAW EVT 2.0: little-endian 32-bit words, type in bits 28-31:
 
@@ -39,26 +39,39 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from edge_vlm.io.codecs.evt3 import Evt3Decoder
 from edge_vlm.events import EVENT_DTYPE, EventDecodeError
+from edge_vlm.io.codecs.evt3 import Evt3Decoder
+from edge_vlm.io.formats.common import ReadResult, sensor_size, unwrap_u32
 
-__all__ = ["parse_header", "decode_raw", "read_raw", "decode_dat", "read_dat",
-           "write_raw_evt2", "write_raw_evt3", "write_dat", "decode_evt2"]
+__all__ = ["PercentHeader", "HeaderSize", "parse_header", "decode_raw", "read_raw", "decode_dat",
+           "read_dat", "write_raw_evt2", "write_raw_evt3", "write_dat", "decode_evt2"]
 
 _MAX_HEADER_LINES = 10_000
 _GEOM_RE = re.compile(r"^\s*(\d+)\s*x\s*(\d+)\s*$")
 _INT_RE = re.compile(r"^\s*(\d+)\s*$")
 
 
-def parse_header(buf: bytes) -> tuple[dict[str, str], list[str], int]:
-    """Parse the ``%`` header: ``(keys, lines, data offset)``.
+class PercentHeader(NamedTuple):
+    """The ``%`` header of a RAW / DAT file."""
 
-    ``keys`` maps the first word of each line (lower case) to the rest.
-    """
+    keys: dict[str, str]      # the first word of each line (lower case) -> the rest
+    lines: list[str]          # every line, without the ``%``
+    offset: int               # where the data starts
+
+
+class HeaderSize(NamedTuple):
+    """The sensor size a header gives (None: not given)."""
+
+    width: int | None
+    height: int | None
+
+
+def parse_header(buf: bytes) -> PercentHeader:
+    """Parse the ``%`` header (up to ``% end`` or the first line without ``%``)."""
     lines: list[str] = []
     keys: dict[str, str] = {}
     pos = 0
@@ -76,10 +89,10 @@ def parse_header(buf: bytes) -> tuple[dict[str, str], list[str], int]:
         k, _, v = line.partition(" ")
         if k:
             keys.setdefault(k.lower(), v.strip())
-    return keys, lines, pos
+    return PercentHeader(keys, lines, pos)
 
 
-def _geometry(keys: dict[str, str]) -> tuple[int | None, int | None]:
+def _geometry(keys: dict[str, str]) -> HeaderSize:
     """(width, height) from ``geometry``, ``format ...;width=;height=`` or Width/Height."""
     w = h = None
     fmt = keys.get("format", "")
@@ -98,7 +111,7 @@ def _geometry(keys: dict[str, str]) -> tuple[int | None, int | None]:
         h = int(keys["height"])
     if w is not None and h is not None and (w <= 0 or h <= 0 or w > 65535 or h > 65535):
         raise EventDecodeError(f"invalid sensor size {w}x{h} in header")
-    return w, h
+    return HeaderSize(w, h)
 
 
 def _evt_version(keys: dict[str, str]) -> str | None:
@@ -110,23 +123,13 @@ def _evt_version(keys: dict[str, str]) -> str | None:
         evt, evt or None)
 
 
-def _finish(ev: np.ndarray, w: int | None, h: int | None, what: str) -> tuple[int, int, str]:
-    if w is None or h is None:
-        w = int(ev["x"].max()) + 1 if ev.size else 1
-        h = int(ev["y"].max()) + 1 if ev.size else 1
-        return w, h, "inferred"
-    if ev.size and (int(ev["x"].max()) >= w or int(ev["y"].max()) >= h):
-        raise EventDecodeError(
-            f"{what}: event outside sensor {w}x{h} "
-            f"(max x={int(ev['x'].max())}, max y={int(ev['y'].max())})")
-    return w, h, "header"
-
-
-def decode_evt2(payload) -> tuple[np.ndarray, dict[str, int]]:
-    """Decode an EVT 2.0 word stream (bytes-like); returns (events, counters)."""
+def decode_evt2(payload) -> ReadResult:
+    """Decode an EVT 2.0 word stream (bytes-like); its info holds the trigger counters and the
+    CD events dropped before the first TIME_HIGH."""
     buf = np.frombuffer(memoryview(payload).cast("B"), np.uint8)
     if buf.size % 4:
-        raise EventDecodeError(f"EVT 2.0 payload of {buf.size} bytes is not whole 32-bit words")
+        raise EventDecodeError(
+            f"EVT 2.0 payload of {buf.size} bytes is not whole 32-bit words")
     w = buf.view("<u4")
     typ = (w >> 28).astype(np.uint8)
     bad = ~np.isin(typ, (0x0, 0x1, 0x8, 0xA, 0xE, 0xF))
@@ -147,11 +150,12 @@ def decode_evt2(payload) -> tuple[np.ndarray, dict[str, int]]:
     ev["p"] = typ[cd]
     trig = np.flatnonzero((typ == 0xA) & valid)
     rising = int(np.count_nonzero(w[trig] & 1))
-    return ev, {"triggers_rising": rising, "triggers_falling": int(trig.size) - rising,
-                "dropped_before_time": int(np.count_nonzero((typ <= 1) & ~valid))}
+    return ReadResult(ev, {"triggers_rising": rising,
+                           "triggers_falling": int(trig.size) - rising,
+                           "dropped_before_time": int(np.count_nonzero((typ <= 1) & ~valid))})
 
 
-def decode_raw(buf: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+def decode_raw(buf: bytes) -> ReadResult:
     """Decode the bytes of a Prophesee RAW file (EVT 2.0 or 3.0)."""
     buf = bytes(buf)
     if not buf.startswith(b"%"):
@@ -171,19 +175,19 @@ def decode_raw(buf: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     else:
         raise EventDecodeError(f"unsupported Prophesee RAW event format {ver!r} "
                                "(supported: EVT 2.0, EVT 3.0)")
-    w, h, src = _finish(ev, w, h, f"RAW {ver}")
-    info = {"format": f"prophesee_raw_{ver}", "encoding": ver, "width": w, "height": h,
-            "size_source": src, "header": lines, **extra}
-    return ev, info
+    size = sensor_size(ev, w, h, f"RAW {ver}: ")
+    info = {"format": f"prophesee_raw_{ver}", "encoding": ver, "width": size.width,
+            "height": size.height, "size_source": size.source, "header": lines, **extra}
+    return ReadResult(ev, info)
 
 
-def read_raw(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+def read_raw(path: str | os.PathLike) -> ReadResult:
     """Read a Prophesee ``.raw`` file; see :func:`decode_raw`."""
     with open(path, "rb") as f:
         return decode_raw(f.read())
 
 
-def decode_dat(buf: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+def decode_dat(buf: bytes) -> ReadResult:
     """Decode the bytes of a Prophesee ``.dat`` CD file."""
     buf = bytes(buf)
     keys, lines, pos = parse_header(buf)
@@ -191,27 +195,27 @@ def decode_dat(buf: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         raise EventDecodeError("DAT file has no event type/size bytes after the header")
     ev_type, ev_size = buf[pos], buf[pos + 1]
     if ev_size != 8:
-        raise EventDecodeError(f"DAT event size {ev_size} (only 8-byte CD events are supported)")
+        raise EventDecodeError(
+            f"DAT event size {ev_size} (only 8-byte CD events are supported)")
     body = len(buf) - pos - 2
     if body % 8:
-        raise EventDecodeError(f"DAT data of {body} bytes is not whole 8-byte events (truncated)")
+        raise EventDecodeError(
+            f"DAT data of {body} bytes is not whole 8-byte events (truncated)")
     raw = np.frombuffer(buf, np.dtype([("t", "<u4"), ("d", "<u4")]), body // 8, pos + 2)
-    from edge_vlm.io.formats.aedat2 import unwrap_u32
     d = raw["d"]
     ev = np.empty(d.size, dtype=EVENT_DTYPE)
     ev["t"] = unwrap_u32(raw["t"]) * 1000
     ev["x"] = d & 0x3FFF
     ev["y"] = (d >> 14) & 0x3FFF
     ev["p"] = (d >> 28) != 0
-    w, h = _geometry(keys)
-    w, h, src = _finish(ev, w, h, "DAT")
-    info = {"format": "prophesee_dat", "encoding": "dat", "width": w, "height": h,
-            "size_source": src, "header": lines, "event_type": int(ev_type),
-            "monotonic": bool(np.all(np.diff(ev["t"]) >= 0))}
-    return ev, info
+    size = sensor_size(ev, *_geometry(keys), "DAT: ")
+    info = {"format": "prophesee_dat", "encoding": "dat", "width": size.width,
+            "height": size.height, "size_source": size.source, "header": lines,
+            "event_type": int(ev_type), "monotonic": bool(np.all(np.diff(ev["t"]) >= 0))}
+    return ReadResult(ev, info)
 
 
-def read_dat(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+def read_dat(path: str | os.PathLike) -> ReadResult:
     """Read a Prophesee ``.dat`` CD file; see :func:`decode_dat`."""
     with open(path, "rb") as f:
         return decode_dat(f.read())
@@ -230,8 +234,9 @@ def write_dat(path: str | os.PathLike, events: np.ndarray, width: int, height: i
         raise ValueError("DAT stores whole non-negative microseconds")
     raw = np.empty(t.size, np.dtype([("t", "<u4"), ("d", "<u4")]))
     raw["t"] = ((t // 1000) & 0xFFFFFFFF).astype(np.uint32)
-    raw["d"] = (ev["x"].astype(np.uint32) & 0x3FFF) | ((ev["y"].astype(np.uint32) & 0x3FFF) << 14) \
-        | ((ev["p"] != 0).astype(np.uint32) << 28)
+    raw["d"] = ((ev["x"].astype(np.uint32) & 0x3FFF)
+                | ((ev["y"].astype(np.uint32) & 0x3FFF) << 14)
+                | ((ev["p"] != 0).astype(np.uint32) << 28))
     with open(path, "wb") as f:
         f.write(_header_bytes(["Data file containing CD events.", "Version 2",
                                f"Width {int(width)}", f"Height {int(height)}"]))
@@ -239,7 +244,8 @@ def write_dat(path: str | os.PathLike, events: np.ndarray, width: int, height: i
         f.write(raw.tobytes())
 
 
-def write_raw_evt2(path: str | os.PathLike, events: np.ndarray, width: int, height: int) -> None:
+def write_raw_evt2(path: str | os.PathLike, events: np.ndarray, width: int,
+                   height: int) -> None:
     """Write CD events (sorted by t, whole us) as an EVT 2.0 RAW file."""
     ev = np.asarray(events)
     us = ev["t"].astype(np.int64) // 1000

@@ -14,11 +14,10 @@ Parsing is vectorized (one ``str.split`` plus numpy string conversions).
 from __future__ import annotations
 
 import os
-from typing import Any
-
 import numpy as np
 
 from edge_vlm.events import EVENT_DTYPE, EventDecodeError
+from edge_vlm.io.formats.common import ReadResult, sensor_size
 
 __all__ = ["read_rpg", "decode_rpg", "write_rpg"]
 
@@ -50,7 +49,7 @@ def _times_ns(tok: np.ndarray) -> np.ndarray:
         return np.round(f * 1e9).astype(np.int64)
 
 
-def decode_rpg(text: str | bytes) -> tuple[np.ndarray, dict[str, Any]]:
+def decode_rpg(text: str | bytes) -> ReadResult:
     """Decode the text of an ``events.txt`` file."""
     if isinstance(text, (bytes, bytearray, memoryview)):
         try:
@@ -87,19 +86,13 @@ def decode_rpg(text: str | bytes) -> tuple[np.ndarray, dict[str, Any]]:
             raise EventDecodeError("events.txt: polarity must be -1, 0 or 1")
         ev["t"] = _times_ns(arr[:, 0])
         ev["x"], ev["y"], ev["p"] = x, y, p > 0
-    src = "header"
-    if w is None:
-        w = int(ev["x"].max()) + 1 if ev.size else 1
-        h = int(ev["y"].max()) + 1 if ev.size else 1
-        src = "inferred"
-    elif ev.size and (int(ev["x"].max()) >= w or int(ev["y"].max()) >= h):
-        raise EventDecodeError(f"events.txt: event outside sensor {w}x{h}")
-    return ev, {"format": "rpg_txt", "encoding": "rpg_txt", "width": w, "height": h,
-                "size_source": src,
-                "monotonic": bool(np.all(np.diff(ev["t"]) >= 0))}
+    size = sensor_size(ev, w, h, "events.txt: ")
+    return ReadResult(ev, {"format": "rpg_txt", "encoding": "rpg_txt", "width": size.width,
+                           "height": size.height, "size_source": size.source,
+                           "monotonic": bool(np.all(np.diff(ev["t"]) >= 0))})
 
 
-def read_rpg(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+def read_rpg(path: str | os.PathLike) -> ReadResult:
     """Read an ``events.txt`` file; see :func:`decode_rpg`."""
     with open(path, "rb") as f:
         return decode_rpg(f.read())

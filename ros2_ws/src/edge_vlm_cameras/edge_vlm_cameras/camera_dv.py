@@ -1,8 +1,9 @@
-"""edge_vlm_camera_dv: an iniVation camera (dv-processing) -> event_camera_msgs/EventPacket ``mono``.
+"""edge_vlm_camera_dv: an iniVation camera (dv-processing) -> event_camera_msgs/EventPacket
+``mono``.
 
 Usage::
 
-    edge_vlm_camera_dv                                        # first camera found (DVXplorer, DAVIS, DVS128...)
+    edge_vlm_camera_dv              # first camera found (DVXplorer, DAVIS, DVS128...)
     edge_vlm_camera_dv --ros-args -p serial_number:=DXA00093
     edge_vlm_camera_dv --ros-args -p aedat4_file:=rec.aedat4 -p rate:=1.0   # replay a recording
 
@@ -21,27 +22,40 @@ Parameters: ``edge_vlm.params.NODE_PARAMS['camera_dv']``.
 """
 from __future__ import annotations
 
-import array
 import os
 import sys
 import threading
 import time
+from typing import Any, NamedTuple
 
 import numpy as np
+from event_camera_msgs.msg import EventPacket
 from rclpy.node import Node
 
-from edge_vlm_ros.common import (QOS_SENSOR, TOPICS, DeviceError, EndOfStream, declare_from_spec, ns_to_time,
-                                 run_node)
+from edge_vlm.events import make_events
+from edge_vlm_cameras.packets import make_packet, split_packets
+from edge_vlm_ros.params import declare_from_spec
+from edge_vlm_ros.qos import publisher
+from edge_vlm_ros.run import DeviceError, EndOfStream, run_node
 
 NAME = "camera_dv"
 
 
-def open_source(serial_number: str = "", aedat4_file: str = ""):
-    """A dv-processing event source -> (source, description, is_live). Raises DeviceError."""
+class EventSource(NamedTuple):
+    """An opened dv-processing event source."""
+
+    source: Any          # dv.io.camera camera or dv.io.MonoCameraRecording
+    description: str     # "camera NAME" or "recording PATH (NAME)"
+    live: bool           # a camera (else a recording)
+
+
+def open_source(serial_number: str = "", aedat4_file: str = "") -> EventSource:
+    """A dv-processing event source (a camera, or a recording to replay). Raises DeviceError."""
     try:
         import dv_processing as dv
     except ImportError as exc:
-        raise DeviceError(f"dv-processing is not installed ({exc}): pip install dv-processing") from None
+        raise DeviceError(f"dv-processing is not installed ({exc}): pip install "
+                          "dv-processing") from None
     if aedat4_file:
         if not os.path.isfile(aedat4_file):
             raise DeviceError(f"AEDAT4 recording not found: {aedat4_file}")
@@ -51,14 +65,15 @@ def open_source(serial_number: str = "", aedat4_file: str = ""):
             raise DeviceError(f"cannot read AEDAT4 recording {aedat4_file}: {exc}") from None
         if not rec.isEventStreamAvailable():
             raise DeviceError(f"AEDAT4 recording {aedat4_file} has no event stream")
-        return rec, f"recording {aedat4_file} ({rec.getCameraName()})", False
+        return EventSource(rec, f"recording {aedat4_file} ({rec.getCameraName()})", False)
     try:
         found = list(dv.io.camera.discover())
     except Exception as exc:
         raise DeviceError(f"cannot list iniVation cameras: {exc}") from None
     if not found:
-        raise DeviceError("no iniVation camera connected (dv.io.camera.discover() found none); connect one, "
-                          "check USB permissions (udev rules), or replay a file with -p aedat4_file:=...")
+        raise DeviceError("no iniVation camera connected (dv.io.camera.discover() found none); "
+                          "connect one, check USB permissions (udev rules), or replay a file "
+                          "with -p aedat4_file:=...")
     try:
         cam = dv.io.camera.open(serial_number) if serial_number else dv.io.camera.open()
     except Exception as exc:
@@ -67,53 +82,23 @@ def open_source(serial_number: str = "", aedat4_file: str = ""):
                           f"(found: {names})") from None
     if not cam.isEventStreamAvailable():
         raise DeviceError(f"camera {cam.getCameraName()} has no event stream")
-    return cam, f"camera {cam.getCameraName()}", True
+    return EventSource(cam, f"camera {cam.getCameraName()}", True)
 
 
 def dv_to_events(arr: np.ndarray) -> np.ndarray:
     """dv EventStore.numpy() (timestamp us, x, y, polarity) -> edge_vlm EVENT_DTYPE (t in ns)."""
-    from edge_vlm.events import make_events
-
     return make_events(arr["timestamp"].astype(np.int64) * 1000, arr["x"].astype(np.uint16),
                        arr["y"].astype(np.uint16), arr["polarity"].astype(np.uint8))
-
-
-def split_packets(events: np.ndarray, period_ns: int) -> list[np.ndarray]:
-    """Split time-ordered events on the absolute grid k*period_ns (one packet per occupied cell)."""
-    if len(events) == 0:
-        return []
-    k = events["t"] // int(period_ns)
-    cuts = np.flatnonzero(np.diff(k)) + 1
-    return np.split(events, cuts)
-
-
-def make_packet(events: np.ndarray, width: int, height: int, seq: int, frame_id: str, stamp_ns: int):
-    """EventPacket ``mono`` of time-ordered ``events`` (time_base = first event time)."""
-    from edge_vlm.io.codecs.mono import encode_mono
-    from event_camera_msgs.msg import EventPacket
-
-    time_base = int(events["t"][0]) if len(events) else 0
-    m = EventPacket()
-    m.header.stamp = ns_to_time(stamp_ns)
-    m.header.frame_id = frame_id
-    m.width, m.height = int(width), int(height)
-    m.seq = int(seq)
-    m.time_base = time_base
-    m.encoding = "mono"
-    m.is_bigendian = False
-    m.events = array.array("B", encode_mono(events, time_base))
-    return m
 
 
 class DvCameraNode(Node):
     def __init__(self):
         super().__init__(NAME)
         self.params = p = declare_from_spec(self, NAME)
-        self.source, self.description, self.live = open_source(p["serial_number"], p["aedat4_file"])
+        self.source, self.description, self.live = open_source(p["serial_number"],
+                                                               p["aedat4_file"])
         self.width, self.height = (int(v) for v in self.source.getEventResolution())
-        from event_camera_msgs.msg import EventPacket
-
-        self.pub = self.create_publisher(EventPacket, TOPICS["events"], QOS_SENSOR)
+        self.pub = publisher(self, EventPacket, "events")
         self.period_ns = int(round(float(p["packet_period_ms"]) * 1e6))
         self.seq = 0
         self.events_out = 0
@@ -122,13 +107,15 @@ class DvCameraNode(Node):
         self._thread = threading.Thread(target=self._read_loop, name="dv_reader", daemon=True)
         self._thread.start()
         self.create_timer(0.1, self._watch)
-        self.get_logger().info(f"ready: {self.description} {self.width}x{self.height} -> {self.pub.topic_name} "
+        self.get_logger().info(f"ready: {self.description} {self.width}x{self.height} -> "
+                               f"{self.pub.topic_name} "
                                f"(mono, {p['packet_period_ms']} ms packets)")
 
     def _publish(self, events: np.ndarray) -> None:
         for part in split_packets(events, self.period_ns):
             stamp = self.get_clock().now().nanoseconds
-            self.pub.publish(make_packet(part, self.width, self.height, self.seq, self.params["frame_id"], stamp))
+            self.pub.publish(make_packet(part, self.width, self.height, self.seq,
+                                         self.params["frame_id"], stamp))
             self.seq += 1
             self.events_out += len(part)
 
@@ -159,7 +146,8 @@ class DvCameraNode(Node):
         except (EndOfStream, DeviceError) as exc:  # handed to the executor thread by _watch
             self._done = exc
         except Exception as exc:
-            self._done = DeviceError(f"reading {self.description} failed: {type(exc).__name__}: {exc}")
+            self._done = DeviceError(f"reading {self.description} failed: "
+                                     f"{type(exc).__name__}: {exc}")
 
     def _watch(self) -> None:
         if self._done is not None:

@@ -1,4 +1,5 @@
-"""edge_vlm_camera_metavision (optional): a Prophesee camera via the Metavision SDK -> EventPacket ``mono``.
+"""edge_vlm_camera_metavision (optional): a Prophesee camera via the Metavision SDK ->
+EventPacket ``mono``.
 
 Usage::
 
@@ -21,9 +22,14 @@ import sys
 import threading
 
 import numpy as np
+from event_camera_msgs.msg import EventPacket
 from rclpy.node import Node
 
-from edge_vlm_ros.common import QOS_SENSOR, TOPICS, DeviceError, EndOfStream, declare_from_spec, run_node
+from edge_vlm.events import make_events
+from edge_vlm_cameras.packets import make_packet
+from edge_vlm_ros.params import declare_from_spec
+from edge_vlm_ros.qos import publisher
+from edge_vlm_ros.run import DeviceError, EndOfStream, run_node
 
 NAME = "camera_metavision"
 
@@ -33,17 +39,16 @@ def import_events_iterator():
     try:
         from metavision_core.event_io import EventsIterator
     except ImportError as exc:
-        raise DeviceError(f"Metavision SDK not installed (cannot import metavision_core: {exc}); install "
-                          "Prophesee's Metavision SDK, or run metavision_driver, which publishes "
-                          "/event_camera/events") from None
+        raise DeviceError(f"Metavision SDK not installed (cannot import metavision_core: {exc}); "
+                          "install Prophesee's Metavision SDK, or run metavision_driver, which "
+                          "publishes /event_camera/events") from None
     return EventsIterator
 
 
 def metavision_to_events(evs: np.ndarray) -> np.ndarray:
     """Metavision CD events (x, y, p, t in us) -> EVENT_DTYPE (t in ns)."""
-    from edge_vlm.events import make_events
-
-    return make_events(evs["t"].astype(np.int64) * 1000, evs["x"].astype(np.uint16), evs["y"].astype(np.uint16),
+    return make_events(evs["t"].astype(np.int64) * 1000, evs["x"].astype(np.uint16),
+                       evs["y"].astype(np.uint16),
                        evs["p"].astype(np.uint8))
 
 
@@ -57,20 +62,19 @@ class MetavisionCameraNode(Node):
             self.it = events_iterator(input_path=p["device"], mode="delta_t", delta_t=period_us)
             self.height, self.width = (int(v) for v in self.it.get_size())
         except Exception as exc:
-            raise DeviceError(f"cannot open Prophesee source '{p['device'] or '(first camera)'}': {exc}") from None
-        from event_camera_msgs.msg import EventPacket
-
-        self.pub = self.create_publisher(EventPacket, TOPICS["events"], QOS_SENSOR)
+            source = p["device"] or "(first camera)"
+            raise DeviceError(f"cannot open Prophesee source '{source}': {exc}") from None
+        self.pub = publisher(self, EventPacket, "events")
         self.seq = 0
         self._done: BaseException | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read_loop, name="metavision_reader", daemon=True)
+        self._thread = threading.Thread(target=self._read_loop, name="metavision_reader",
+                                        daemon=True)
         self._thread.start()
         self.create_timer(0.1, self._watch)
         self.get_logger().info(f"ready: {self.width}x{self.height} -> {self.pub.topic_name}")
 
     def _read_loop(self) -> None:
-        from edge_vlm_ros.camera_dv import make_packet
         try:
             for evs in self.it:
                 if self._stop.is_set():
@@ -78,12 +82,14 @@ class MetavisionCameraNode(Node):
                 if len(evs) == 0:
                     continue
                 ev = metavision_to_events(evs)
-                self.pub.publish(make_packet(ev, self.width, self.height, self.seq, self.params["frame_id"],
+                self.pub.publish(make_packet(ev, self.width, self.height, self.seq,
+                                             self.params["frame_id"],
                                              self.get_clock().now().nanoseconds))
                 self.seq += 1
             self._done = EndOfStream(f"{self.seq} packets published")
         except Exception as exc:
-            self._done = DeviceError(f"reading the Prophesee source failed: {type(exc).__name__}: {exc}")
+            self._done = DeviceError(f"reading the Prophesee source failed: "
+                                     f"{type(exc).__name__}: {exc}")
 
     def _watch(self) -> None:
         if self._done is not None:

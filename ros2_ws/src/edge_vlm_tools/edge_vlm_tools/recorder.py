@@ -3,7 +3,7 @@
 Usage::
 
     edge_vlm_record OUT.jsonl [--topics caption compute_cost ground_truth route token_mask ...]
-                    [--namespace NS] [--duration S]
+                    [--duration S] [--ros-args ...]
 
 Streams: caption, caption_text, compute_cost, ground_truth, route, token_mask,
 and ``events`` (EventPacket arrival times and sizes only, no payload).
@@ -18,33 +18,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 
 import rclpy
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
-from edge_vlm_ros.common import QOS_RELIABLE, QOS_RELIABLE_50, QOS_SENSOR, TOPICS, msg_to_dict, time_to_ns
+from edge_vlm.topics import TOPICS
+from edge_vlm_ros.conversions import message_class, msg_to_dict, time_to_ns
+from edge_vlm_ros.qos import subscription
+from edge_vlm_ros.run import interrupt_on_signals
 
-#: short name -> (topic key in common.TOPICS, type, QoS)
-STREAMS = {
-    "caption": ("caption", "edge_vlm_msgs/msg/Caption", QOS_RELIABLE_50),
-    "caption_text": ("caption_text", "std_msgs/msg/String", QOS_RELIABLE_50),
-    "compute_cost": ("compute_cost", "edge_vlm_msgs/msg/ComputeCost", QOS_RELIABLE_50),
-    "ground_truth": ("ground_truth", "std_msgs/msg/String", QOS_RELIABLE_50),
-    "route": ("route", "edge_vlm_msgs/msg/RouteDecision", QOS_RELIABLE),
-    "token_mask": ("token_mask", "edge_vlm_msgs/msg/TokenMask", QOS_RELIABLE),
-    # EventPacket arrivals only (seq, stamp, payload size; no payload): for packet-to-caption latency
-    "events": ("events", "event_camera_msgs/msg/EventPacket", QOS_SENSOR),
-}
+#: the streams that can be recorded: keys of the topic table ``edge_vlm.topics.TOPICS`` (its
+#: name, type and QoS); ``events`` records EventPacket arrivals only (seq, stamp, payload
+#: size; no payload): for packet-to-caption latency
+STREAMS = ("caption", "caption_text", "compute_cost", "ground_truth", "route", "token_mask",
+           "events")
 DEFAULT_STREAMS = ("caption", "compute_cost", "ground_truth", "route", "token_mask")
-
-
-def _msg_class(type_name: str):
-    import importlib
-    pkg, _, name = type_name.partition("/msg/")
-    return getattr(importlib.import_module(f"{pkg}.msg"), name)
 
 
 class Recorder(Node):
@@ -53,9 +44,9 @@ class Recorder(Node):
         self.out = out
         self.counts = {s: 0 for s in streams}
         for s in streams:
-            key, type_name, qos = STREAMS[s]
-            self.create_subscription(_msg_class(type_name), TOPICS[key],
-                                     lambda msg, s=s, t=type_name: self._write(s, t, msg), qos)
+            type_name = TOPICS[s].msgtype
+            subscription(self, message_class(type_name), s,
+                         lambda msg, s=s, t=type_name: self._write(s, t, msg))
 
     def _write(self, stream: str, type_name: str, msg) -> None:
         recv = time.time_ns()
@@ -65,8 +56,9 @@ class Recorder(Node):
         else:
             data = msg_to_dict(msg)
         header = getattr(msg, "header", None)
-        line = {"topic": "/" + TOPICS[STREAMS[stream][0]], "stream": stream, "type": type_name,
-                "recv_ns": recv, "stamp_ns": time_to_ns(header.stamp) if header is not None else None,
+        line = {"topic": "/" + TOPICS[stream].name, "stream": stream, "type": type_name,
+                "recv_ns": recv,
+                "stamp_ns": time_to_ns(header.stamp) if header is not None else None,
                 "data": data}
         if type_name == "std_msgs/msg/String":
             try:
@@ -88,15 +80,11 @@ def main(argv=None) -> int:
     ap.add_argument("out", help="output file (JSON lines)")
     ap.add_argument("--topics", nargs="+", default=list(DEFAULT_STREAMS), choices=sorted(STREAMS),
                     help="streams to record (default: %(default)s)")
-    ap.add_argument("--duration", type=float, default=0.0, help="stop after SEC seconds (0 = until SIGINT)")
+    ap.add_argument("--duration", type=float, default=0.0,
+                    help="stop after SEC seconds (0 = until SIGINT)")
     args = ap.parse_args(argv)
 
-    def _stop(_sig, _frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    from rclpy.signals import SignalHandlerOptions
+    interrupt_on_signals()
     rclpy.init(args=["edge_vlm_record"] + ros_args, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     with open(args.out, "w") as fh:
@@ -110,7 +98,8 @@ def main(argv=None) -> int:
             pass
         finally:
             if node is not None:
-                print("edge_vlm_record: wrote " + ", ".join(f"{k}={v}" for k, v in node.counts.items()),
+                print("edge_vlm_record: wrote "
+                      + ", ".join(f"{k}={v}" for k, v in node.counts.items()),
                       file=sys.stderr, flush=True)
                 node.destroy_node()
             rclpy.try_shutdown()

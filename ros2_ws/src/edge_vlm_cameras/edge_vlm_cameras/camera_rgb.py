@@ -1,4 +1,5 @@
-"""edge_vlm_camera_rgb: an OpenCV VideoCapture source -> sensor_msgs/Image rgb8 on ``camera/image_raw``.
+"""edge_vlm_camera_rgb: an OpenCV VideoCapture source -> sensor_msgs/Image rgb8 on
+``camera/image_raw``.
 
 Usage::
 
@@ -19,19 +20,30 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any, NamedTuple
 
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from edge_vlm_ros.common import (QOS_SENSOR, TOPICS, DeviceError, EndOfStream, declare_from_spec,
-                                 numpy_to_image, run_node)
+from edge_vlm_ros.conversions import numpy_to_image
+from edge_vlm_ros.params import declare_from_spec
+from edge_vlm_ros.qos import publisher
+from edge_vlm_ros.run import DeviceError, EndOfStream, run_node
 
 NAME = "camera_rgb"
 MAX_READ_FAILURES = 30          # consecutive failed reads of a live source before giving up
 
 
-def open_capture(device: str):
-    """``cv2.VideoCapture`` of ``device`` (index, path, file or URL) -> (capture, is_file). Raises DeviceError."""
+class Capture(NamedTuple):
+    """An opened OpenCV source."""
+
+    cap: Any             # cv2.VideoCapture
+    is_file: bool        # a video file (else a device or stream)
+
+
+def open_capture(device: str) -> Capture:
+    """``cv2.VideoCapture`` of ``device`` (index, path, file or URL) -> (capture, is_file).
+    Raises DeviceError."""
     try:
         import cv2
     except ImportError as exc:  # pragma: no cover - opencv-python-headless is a requirement
@@ -47,7 +59,7 @@ def open_capture(device: str):
     if not cap.isOpened():
         cap.release()
         raise DeviceError(f"cannot open video source '{dev}' (OpenCV VideoCapture failed)")
-    return cap, is_file
+    return Capture(cap, is_file)
 
 
 class RgbCameraNode(Node):
@@ -65,14 +77,15 @@ class RgbCameraNode(Node):
         self._first = frame
         fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.rate = float(p["rate_hz"]) or (fps if 0.0 < fps <= 1000.0 else 30.0)
-        self.pub = self.create_publisher(Image, TOPICS["image"], QOS_SENSOR)
+        self.pub = publisher(self, Image, "image")
         self.frames = 0
         self.failures = 0
         self.loops = 0
         self.create_timer(1.0 / self.rate, self._tick)
         h, w = frame.shape[:2]
-        self.get_logger().info(f"ready: '{p['device']}' ({'file' if self.is_file else 'live'}, {w}x{h}, "
-                               f"source {fps:.1f} fps) -> {self.pub.topic_name} at {self.rate:.1f} Hz")
+        kind = "file" if self.is_file else "live"
+        self.get_logger().info(f"ready: '{p['device']}' ({kind}, {w}x{h}, source {fps:.1f} fps) "
+                               f"-> {self.pub.topic_name} at {self.rate:.1f} Hz")
 
     def _read(self):
         if self._first is not None:

@@ -1,4 +1,7 @@
-"""edge_vlm_run: start the node graph of ``config/graph.yaml`` without ``ros2 launch``.
+"""edge_vlm_run: start the node graph of ``graph.yaml`` without ``ros2 launch``.
+
+The graph file is found by ``edge_vlm.cores.graph.default_graph_path`` (``EDGE_VLM_GRAPH``,
+else ``config/graph.yaml`` of the edge_vlm_bringup package), as the launch file finds it.
 
 Each node runs as its own process::
 
@@ -7,17 +10,17 @@ Each node runs as its own process::
 
 Usage::
 
-    edge_vlm_run [--graph config/graph.yaml] [--namespace NS] [--events-topic T]
-                 [-p [node.]name=value ...] [--keep-going]
+    edge_vlm_run [--graph GRAPH.yaml] [--namespace NS] [--events-topic T] [--image-topic T]
+                 [-p [node.]name=value ...] [--log-dir DIR] [--keep-going] [--print]
 
 ``-p compute_budget=0.5`` sets the parameter on every node that has it;
 ``-p vlm_captioner.checkpoint=/x.pt`` on one node. SIGINT/SIGTERM are
 forwarded to the nodes; when a node dies the runner reports it and (unless
 ``--keep-going``) stops the others and exits non-zero.
 
-Python API: :func:`load_graph` (also used by ``launch/edge_vlm.launch.py``),
-:func:`start_graph` -> list of ``subprocess.Popen`` (each with ``.node_name``),
-:func:`stop_graph`. This module does not import rclpy.
+Python API: :func:`start_graph` -> list of ``subprocess.Popen`` (each with ``.node_name``),
+:func:`stop_graph`, :func:`find_executable`, :func:`node_command` (the graph itself:
+``edge_vlm.cores.graph.load_graph``, as the launch file reads it). No rclpy here.
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ import subprocess
 import sys
 import time
 from typing import Any
+
+from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 
 from edge_vlm.cores.graph import NodeSpec, load_graph, parse_overrides
 from edge_vlm.paths import repo_root
@@ -59,15 +64,14 @@ def node_command(spec: NodeSpec, executable: str) -> list[str]:
 
 def find_executable(package: str, executable: str, env: dict | None = None) -> str:
     """``<prefix>/lib/<package>/<executable>`` via ament_index (AMENT_PREFIX_PATH of ``env``)."""
-    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
-
     candidates = []
     saved = os.environ.get("AMENT_PREFIX_PATH")
     try:
         if env is not None and env.get("AMENT_PREFIX_PATH"):
             os.environ["AMENT_PREFIX_PATH"] = env["AMENT_PREFIX_PATH"]
         try:
-            candidates.append(os.path.join(get_package_prefix(package), "lib", package, executable))
+            candidates.append(os.path.join(get_package_prefix(package), "lib", package,
+                                           executable))
         except (PackageNotFoundError, KeyError, ValueError, EnvironmentError):
             pass
     finally:
@@ -75,7 +79,8 @@ def find_executable(package: str, executable: str, env: dict | None = None) -> s
             os.environ.pop("AMENT_PREFIX_PATH", None)
         else:
             os.environ["AMENT_PREFIX_PATH"] = saved
-    candidates.append(os.path.join(ROOT, "ros2_ws", "install", package, "lib", package, executable))
+    candidates.append(os.path.join(ROOT, "ros2_ws", "install", package, "lib", package,
+                                   executable))
     for c in candidates:
         if os.path.isfile(c) and os.access(c, os.X_OK):
             return c
@@ -106,7 +111,8 @@ def start_graph(graph_path: str | None = None, overrides: dict[str, Any] | None 
                 os.makedirs(log_dir, exist_ok=True)
                 log_path = os.path.join(log_dir, f"{spec.name}.log")
                 out = open(log_path, "wb")
-            p = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None,
+            p = subprocess.Popen(cmd, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT if out else None,
                                  start_new_session=True)
             if out is not None:
                 out.close()
@@ -138,17 +144,72 @@ def stop_graph(procs: list[subprocess.Popen], timeout: float = 10.0) -> dict[str
     return {getattr(p, "node_name", str(p.pid)): p.returncode for p in procs}
 
 
-def main(argv=None) -> int:
+class Supervisor:
+    """Forwards SIGINT/SIGTERM to the running nodes and watches them until all ended."""
+
+    def __init__(self, procs: list[subprocess.Popen], keep_going: bool = False):
+        self.procs = procs
+        self.keep_going = keep_going
+        self.signal: int | None = None      # the signal that stops the graph, once one did
+
+    def forward(self, sig, _frame=None) -> None:
+        self.signal = sig
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    p.send_signal(sig)
+                except ProcessLookupError:
+                    pass
+
+    def watch(self) -> int:
+        """Wait until every node ended; report the first that exits on its own (then, unless
+        ``keep_going``, stop the others). The exit code: that node's (1 if it was 0), else 0."""
+        code = 0
+        reported = set()
+        while True:
+            alive = [p for p in self.procs if p.poll() is None]
+            for p in self.procs:
+                if p.returncode is None or p.pid in reported:
+                    continue
+                reported.add(p.pid)
+                if self.signal is None:
+                    print(f"edge_vlm_run: node {p.node_name} exited with code {p.returncode}",
+                          file=sys.stderr, flush=True)
+                    code = code or (p.returncode or 1)
+                    if not self.keep_going:
+                        self.signal = signal.SIGINT
+                        stop_graph(self.procs)
+            if not alive:
+                break
+            time.sleep(0.2)
+        if self.signal is not None and code == 0:
+            bad = {p.node_name: p.returncode for p in self.procs
+                   if p.returncode not in (0, -signal.SIGINT, 130)}
+            if bad:
+                print(f"edge_vlm_run: nodes ended with {bad}", file=sys.stderr)
+        return code
+
+
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="edge_vlm_run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--graph", default=None, help="graph file (default: config/graph.yaml)")
-    ap.add_argument("--namespace", default=None, help="namespace for every node (replaces the graph's)")
-    ap.add_argument("--events-topic", default=None, help="EventPacket input topic (replaces inputs.events)")
-    ap.add_argument("--image-topic", default=None, help="RGB image input topic (replaces inputs.image)")
+    ap.add_argument("--graph", default=None,
+                    help="graph file (default: config/graph.yaml of edge_vlm_bringup)")
+    ap.add_argument("--namespace", default=None,
+                    help="namespace for every node (replaces the graph's)")
+    ap.add_argument("--events-topic", default=None,
+                    help="EventPacket input topic (replaces inputs.events)")
+    ap.add_argument("--image-topic", default=None,
+                    help="RGB image input topic (replaces inputs.image)")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="[NODE.]NAME=VALUE")
-    ap.add_argument("--log-dir", default=None, help="write each node's output to LOG_DIR/<node>.log")
+    ap.add_argument("--log-dir", default=None,
+                    help="write each node's output to LOG_DIR/<node>.log")
     ap.add_argument("--keep-going", action="store_true", help="keep the other nodes when one dies")
     ap.add_argument("--print", action="store_true", help="print the node commands and exit")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     inputs = {k: v for k, v in (("events", args.events_topic), ("image", args.image_topic)) if v}
     try:
         overrides = parse_overrides(args.param)
@@ -161,43 +222,12 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"edge_vlm_run: error: {exc}", file=sys.stderr)
         return 2
-
-    stopping = {"sig": None}
-
-    def forward(sig, _frame):
-        stopping["sig"] = sig
-        for p in procs:
-            if p.poll() is None:
-                try:
-                    p.send_signal(sig)
-                except ProcessLookupError:
-                    pass
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    print("edge_vlm_run: started " + ", ".join(f"{p.node_name} (pid {p.pid})" for p in procs), flush=True)
-    code = 0
-    reported = set()
-    while True:
-        alive = [p for p in procs if p.poll() is None]
-        for p in procs:
-            if p.returncode is not None and p.pid not in reported:
-                reported.add(p.pid)
-                if stopping["sig"] is None:
-                    print(f"edge_vlm_run: node {p.node_name} exited with code {p.returncode}",
-                          file=sys.stderr, flush=True)
-                    code = code or (p.returncode or 1)
-                    if not args.keep_going:
-                        stopping["sig"] = signal.SIGINT
-                        stop_graph(procs)
-        if not alive:
-            break
-        time.sleep(0.2)
-    if stopping["sig"] is not None and code == 0:
-        bad = {p.node_name: p.returncode for p in procs if p.returncode not in (0, -signal.SIGINT, 130)}
-        if bad:
-            print(f"edge_vlm_run: nodes ended with {bad}", file=sys.stderr)
-    return code
+    supervisor = Supervisor(procs, args.keep_going)
+    signal.signal(signal.SIGINT, supervisor.forward)
+    signal.signal(signal.SIGTERM, supervisor.forward)
+    print("edge_vlm_run: started " + ", ".join(f"{p.node_name} (pid {p.pid})" for p in procs),
+          flush=True)
+    return supervisor.watch()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+"""End to end: the node graph on a simulated DVS128 bag played at 1x, per-frame processing and
+packet->caption latency, and whether a backlog builds up.
+
+The graph runs in the ROS 2 workspace's demo tool (``edge_vlm_demo``, on PATH after
+``source env.sh``), started as a subprocess: the core never imports ROS. The tool writes the
+recorder's records (``records.jsonl``), the node logs (``logs/<node>.log``) and its summary
+(``summary.json``) to the run's folder; the figures come from the records.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from edge_vlm.bench.streams import simulated_events
+from edge_vlm.evaluation.records import CaptionRow, read_jsonl, summarize
+from edge_vlm.io.bag_writer import write_bag
+from edge_vlm.paths import data_dir
+
+__all__ = ["DEMO_EXECUTABLE", "BACKLOG_RULE", "DemoRun", "Trend", "e2e_bag", "trend",
+           "shutdown_counters", "run_demo", "bench_e2e"]
+
+#: the ROS 2 workspace's tool that runs the graph on a bag (package ``edge_vlm_tools``)
+DEMO_EXECUTABLE = "edge_vlm_demo"
+BACKLOG_RULE = ("frames dropped by the captioner's backpressure, or the last quarter's median "
+                "packet->caption latency > 1.5x the first quarter's and +20 ms")
+#: stop after no caption arrived for this long (s)
+_DRAIN_S = 3.0
+_FRAME_PERIOD_NS = 33_333_333
+
+
+@dataclass
+class DemoRun:
+    """What a run of the demo tool left: records file, node logs, exit codes."""
+
+    records: str
+    logs: str
+    exit_codes: dict[str, int]
+    player_rc: int | None
+
+
+@dataclass
+class Trend:
+    """Slope (per s) of a series over time and the medians of its first and last quarter."""
+
+    slope_per_s: float | None
+    first_quarter_p50: float | None
+    last_quarter_p50: float | None
+
+
+class Series(NamedTuple):
+    """Values over time (s)."""
+
+    times: list[float]
+    values: list[float]
+
+
+def e2e_bag(out_dir: str | os.PathLike, labels=range(1, 12), clip_s: float = 1.0,
+            gap_s: float = 0.3, seed: int = 11, packet_ms: float = 10.0) -> str:
+    """A simulated DVS128 bag (events + ground truth, no RGB) of a held-out subject,
+    EventPackets of ``packet_ms`` (10 ms: ``edge-vlm synth``'s default); made once, then
+    reused."""
+    labels = [int(x) for x in labels]
+    name = f"bag_s{seed}_c{clip_s:g}_g{gap_s:g}_p{packet_ms:g}_l{'-'.join(map(str, labels))}"
+    path = Path(out_dir) / name
+    if (path / "metadata.yaml").is_file():
+        return str(path)
+    rec = simulated_events(labels=labels, clip_s=clip_s, gap_s=gap_s, seed=seed)
+    write_bag(path, events=rec.events, ground_truth=[c.ground_truth() for c in rec.clips],
+              overwrite=True, packet_ns=int(round(packet_ms * 1e6)))
+    return str(path)
+
+
+def trend(ts: list[float], vs: list[float]) -> Trend:
+    """Slope (per s) of ``vs`` over ``ts`` and the medians of its first and last quarter."""
+    if len(vs) < 8:
+        return Trend(None, None, None)
+    t, v = np.asarray(ts, dtype=float), np.asarray(vs, dtype=float)
+    q = len(v) // 4
+    slope = float(np.polyfit(t - t[0], v, 1)[0]) if t[-1] > t[0] else None
+    return Trend(slope, float(np.median(v[:q])), float(np.median(v[-q:])))
+
+
+def shutdown_counters(log_path: str | os.PathLike) -> dict[str, int]:
+    """``key=value`` integers of the node's last ``shutdown:`` log line ({} when absent)."""
+    try:
+        with open(log_path, errors="replace") as fh:
+            lines = [ln for ln in fh if "shutdown:" in ln]
+    except OSError:
+        return {}
+    out = {}
+    for tok in (lines[-1].split("shutdown:", 1)[1].split() if lines else []):
+        k, _, v = tok.partition("=")
+        if v.lstrip("-").isdigit():
+            out[k] = int(v)
+    return out
+
+
+def run_demo(exe: str, bag: str, out_dir: str, overrides: dict, rate: float = 1.0,
+             drain: float = _DRAIN_S, log: Callable[[str], None] | None = None) -> DemoRun:
+    """``edge_vlm_demo BAG --out-dir OUT_DIR ...``: start the graph and the recorder, play the
+    bag, drain, stop. Its progress lines (``demo: ...``) go to ``log``. Raises RuntimeError
+    when the graph could not run (no ``summary.json``, or exit code 2); a run without captions
+    is a result."""
+    cmd = [exe, str(bag), "--out-dir", out_dir, "--rate", str(rate), "--drain", str(drain)]
+    for k, v in overrides.items():
+        cmd += ["-p", f"{k}={v}"]
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as proc:
+        for line in proc.stdout:
+            tail.append(line)
+            if log is not None and line.startswith("demo:"):
+                log(line.rstrip("\n"))
+    summary_path = os.path.join(out_dir, "summary.json")
+    if proc.returncode == 2 or not os.path.isfile(summary_path):
+        raise RuntimeError(f"{os.path.basename(exe)} exited with code {proc.returncode}:\n"
+                           + "".join(tail))
+    with open(summary_path) as fh:
+        summary = json.load(fh)
+    return DemoRun(records=summary["records"], logs=summary["logs"],
+                   exit_codes=summary["exit_codes"], player_rc=summary["player_rc"])
+
+
+def _wait_series(records: list[dict]) -> Series:
+    """The captioner's wait stage (frame close -> processing start, ms) by arrival time."""
+    out = Series([], [])
+    for r in records:
+        if r.get("stream") == "compute_cost":
+            d = r.get("data") or {}
+            stages = dict(zip(d.get("stage_names", []), d.get("stage_latency_ms", [])))
+            if "wait" in stages:
+                out.times.append(r["recv_ns"] / 1e9)
+                out.values.append(float(stages["wait"]))
+    return out
+
+
+def _caption_latency_series(records: list[dict], rows: list[CaptionRow]) -> Series:
+    """Packet -> caption latency (ms) by caption arrival time."""
+    caps = sorted((r for r in records if r.get("stream") == "caption"), key=lambda r: r["recv_ns"])
+    recv = {r["stamp_ns"]: r["recv_ns"] / 1e9 for r in caps}
+    out = Series([], [])
+    for r in rows:
+        if r.packet_to_caption_ms is not None and r.stamp_ns in recv:
+            out.times.append(recv.get(r.stamp_ns))
+            out.values.append(r.packet_to_caption_ms)
+    return out
+
+
+def _backlog_grows(p2c: Trend, dropped: int | None) -> bool | None:
+    """:data:`BACKLOG_RULE` (None when the run was too short to tell)."""
+    grows = None
+    if p2c.slope_per_s is not None:
+        f, last = p2c.first_quarter_p50, p2c.last_quarter_p50
+        grows = bool(last > 1.5 * f and last - f > 20.0)
+    if dropped:          # the bounded queue was full: the backlog hit its cap (latency plateaus)
+        grows = True
+    return grows
+
+
+def _expected_frames(records: list[dict]) -> int | None:
+    """Frames the graph should have captioned: the bag's sensor span / period."""
+    ev_stamps = sorted(r["stamp_ns"] for r in records
+                       if r.get("stream") == "events" and r.get("stamp_ns"))
+    if not ev_stamps:
+        return None
+    return int((ev_stamps[-1] - ev_stamps[0]) // _FRAME_PERIOD_NS) + 1
+
+
+def _figures(run: DemoRun) -> dict:
+    """The e2e figures of a run's records and captioner log."""
+    records = read_jsonl(run.records)
+    rows, summary = summarize(records)
+    p2c = trend(*_caption_latency_series(records, rows))
+    waits = _wait_series(records)
+    counters = shutdown_counters(os.path.join(run.logs, "vlm_captioner.log"))
+    dropped = counters.get("dropped")
+    return {
+        "frames_processed": summary.frames_processed,
+        "frames_expected_approx": _expected_frames(records),
+        "frame_latency_ms_p50": summary.latency_ms_p50,
+        "frame_latency_ms_p95": summary.latency_ms_p95,
+        "caption_latency_ms_p50": summary.packet_to_caption_ms_p50,
+        "caption_latency_ms_p95": summary.packet_to_caption_ms_p95,
+        "caption_latency_trend": asdict(p2c), "wait_ms_trend": asdict(trend(*waits)),
+        "wait_ms_p95": float(np.percentile(waits.values, 95)) if waits.values else None,
+        "backlog_grows": _backlog_grows(p2c, dropped), "backlog_rule": BACKLOG_RULE,
+        "frames_dropped": dropped, "captioner_counters": counters,
+        "load_avg_1m_after": round(os.getloadavg()[0], 2),
+        "gesture_accuracy": summary.gesture_accuracy,
+        "mean_active_token_fraction": summary.mean_active_token_fraction,
+        "flops_saved_fraction": summary.flops_saved_fraction,
+    }
+
+
+def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, rate: float = 1.0,
+              work_dir: str | None = None, quick: bool = False,
+              log: Callable[[str], None] | None = None, packet_ms: float = 10.0) -> dict:
+    """Play a simulated DVS128 bag at ``rate`` (1 = real time) through the node graph.
+
+    Needs the ROS 2 workspace (``source env.sh``: :data:`DEMO_EXECUTABLE` on PATH); returns
+    ``{"skipped": reason}`` without it.
+    """
+    exe = shutil.which(DEMO_EXECUTABLE)
+    if exe is None:
+        return {"skipped": f"ROS 2 workspace not available ({DEMO_EXECUTABLE} not on PATH); "
+                           "run `source env.sh`"}
+    work = Path(work_dir or (data_dir() / "bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    bag_default = bag is None
+    if bag is None:
+        bag = e2e_bag(work, labels=(2, 8) if quick else range(1, 12),
+                      clip_s=0.5 if quick else 1.0, packet_ms=packet_ms)
+    overrides = {"vlm_captioner.num_threads": int(threads)}
+    if checkpoint:
+        overrides["vlm_captioner.checkpoint"] = os.path.abspath(checkpoint)
+    out_dir = str(work / "e2e_last")          # records and node logs of the latest run
+    shutil.rmtree(out_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    run = run_demo(exe, bag, out_dir, overrides, rate=rate, drain=_DRAIN_S, log=log)
+    wall = time.perf_counter() - t0
+    return {"bag": str(bag), "rate": rate, "threads": threads,
+            "packet_ms": packet_ms if bag_default else None, "wall_s": wall, "out_dir": out_dir,
+            "exit_codes": run.exit_codes, "player_rc": run.player_rc, **_figures(run)}

@@ -1,0 +1,325 @@
+"""``docs/benchmarks.md`` and ``docs/benchmarks.json``: the figures of
+:func:`~edge_vlm.bench.all.bench_all`, the command that produced them and the machine."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from edge_vlm.bench.decode import DENSE_FACTOR
+from edge_vlm.evaluation.metrics import json_safe
+from edge_vlm.report import fmt_value
+
+__all__ = ["SUMMARY_KEYS", "DESCRIPTIONS", "markdown", "write_markdown", "to_json"]
+
+#: the flat figures of :func:`~edge_vlm.bench.all.bench_all` (``edge-vlm bench all --json``),
+#: in table order
+SUMMARY_KEYS = (
+    "mono_mev_per_s", "evt3_mev_per_s", "evt3_sim_mev_per_s", "mono_dense_mev_per_s",
+    "evt3_sim_dense_mev_per_s", "evt3_decode_us_per_packet",
+    "frame_latency_ms_p95", "caption_latency_ms_p50", "caption_latency_ms_p95", "backlog_grows",
+    "accuracy_dense", "accuracy_sparse", "active_token_fraction",
+    "active_token_fraction_low_motion",
+    "speedup_steady", "speedup_limit", "flops_ratio", "caption_agreement", "token_deviation_max",
+    "encoder_ms_first_sparse", "encoder_ms_first_dense", "encoder_ms_steady_sparse",
+    "encoder_ms_steady_dense", "segment_accuracy_dense", "segment_accuracy_sparse",
+    "accuracy_sparse_rgb_events",
+    "flops_reduction_low_motion", "walltime_reduction_low_motion", "accuracy_medium_high_motion",
+    "accuracy_anc_high_motion", "router_cost_fraction_of_tiny")
+
+#: what each figure of :data:`SUMMARY_KEYS` measures (the report's table)
+DESCRIPTIONS = {
+    "mono_mev_per_s": "mono decode + bin (FrameBinner), simulated DVS128 stream (~10 kev/s), "
+                      "10 ms packets, 1 thread (Mev/s)",
+    "evt3_mev_per_s": "evt3 decode + bin, the two real Prophesee bags packet by packet as "
+                      "recorded (Mev/s)",
+    "evt3_sim_mev_per_s": "evt3 decode + bin, simulated stream encoded as EVT 3.0, 10 ms "
+                          "packets (Mev/s)",
+    "mono_dense_mev_per_s": f"mono decode + bin, the simulated stream played {DENSE_FACTOR}x "
+                            "faster (~200 kev/s, the real 640x480 bag's rate), 10 ms packets "
+                            "(Mev/s)",
+    "evt3_sim_dense_mev_per_s": f"evt3 decode + bin, the simulated stream played {DENSE_FACTOR}x "
+                                "faster, 10 ms packets (Mev/s)",
+    "evt3_decode_us_per_packet": "evt3 decode only, real bags: time per packet (us)",
+    "frame_latency_ms_p95": "node graph, simulated DVS128 bag (10 ms packets) at 1x: per-frame "
+                            "processing (captioner total stage), p95 (ms)",
+    "caption_latency_ms_p50": "node graph at 1x: packet -> caption, p50 (ms)",
+    "caption_latency_ms_p95": "node graph at 1x: packet -> caption, p95 (ms)",
+    "backlog_grows": "node graph at 1x: does packet -> caption latency grow over the run",
+    "accuracy_dense": "per-frame gesture accuracy, dense encoder (the 3 held-out test subjects x "
+                      "3 lightings, events only)",
+    "accuracy_sparse": "per-frame gesture accuracy, STTF sparse encoder (same frames)",
+    "segment_accuracy_dense": "per-clip gesture accuracy (majority vote of the clip's frames), "
+                              "dense encoder",
+    "segment_accuracy_sparse": "per-clip gesture accuracy (majority vote of the clip's frames), "
+                               "STTF sparse",
+    "accuracy_sparse_rgb_events": "per-frame gesture accuracy, STTF sparse, RGB + events input "
+                                  "(each test subject under lab light; events only on the same "
+                                  "recordings in details.sttf.input_modes)",
+    "active_token_fraction": "mean fraction of tokens recomputed per frame (steady state, "
+                             "refreshes included)",
+    "active_token_fraction_low_motion": "same, frames of low-motion gestures",
+    "speedup_steady": "encoder wall time dense / sparse, steady state (frames after the first; "
+                      "timing recording); dense = the faster of the native-kernel and PyTorch "
+                      "backends",
+    "speedup_limit": "total / active tokens on the timing recording (the encoder's ideal "
+                     "speedup)",
+    "flops_reduction_low_motion": "1 - FLOPs(STTF+ANC) / FLOPs(Medium-only dense), low-motion + "
+                                  "static frames (all stages)",
+    "walltime_reduction_low_motion": "1 - wall time(STTF+ANC) / wall time(Medium-only dense), "
+                                     "same frames",
+    "accuracy_medium_high_motion": "per-frame accuracy of Medium-only dense on high-motion "
+                                   "frames",
+    "accuracy_anc_high_motion": "per-frame accuracy of STTF+ANC on the same frames",
+    "router_cost_fraction_of_tiny": "FLOPs of estimator + router / FLOPs of the Tiny branch "
+                                    "(dense)",
+    "flops_ratio": "FLOPs executed sparse / dense (whole model, per frame)",
+    "caption_agreement": "fraction of frames whose sparse caption equals the dense one",
+    "token_deviation_max": "max over frames of abs(sparse token memory - dense re-encode), per "
+                           "element",
+    "encoder_ms_first_sparse": "encoder time, first frame (dense refresh), sparse engine (ms)",
+    "encoder_ms_first_dense": "encoder time, first frame, dense engine (ms)",
+    "encoder_ms_steady_sparse": "encoder time per frame, steady state, sparse (ms)",
+    "encoder_ms_steady_dense": "encoder time per frame, steady state, dense (ms)",
+}
+
+#: the rows of the STTF table, in order
+_STTF_KEYS = (
+    "accuracy_dense", "accuracy_sparse", "accuracy_retained", "accuracy_sparse_rgb_events",
+    "segment_accuracy_dense", "segment_accuracy_sparse", "accuracy_dense_low_motion",
+    "accuracy_sparse_low_motion", "accuracy_dense_high_motion", "accuracy_sparse_high_motion",
+    "caption_agreement", "label_agreement", "token_deviation_max", "token_deviation_mean",
+    "active_token_fraction", "active_tokens_mean", "active_token_fraction_p95",
+    "change_token_fraction", "layer_token_fraction", "active_token_fraction_low_motion",
+    "active_token_fraction_high_motion", "active_token_fraction_static", "refresh_frames",
+    "encoder_ms_first_sparse", "encoder_ms_first_dense", "speedup_first",
+    "encoder_ms_steady_sparse", "encoder_ms_steady_dense", "encoder_ms_steady_sparse_no_refresh",
+    "speedup_steady", "speedup_limit", "memory_encoder_ms_steady_sparse",
+    "memory_encoder_ms_steady_dense", "speedup_memory_encoder_steady", "total_ms_steady_sparse",
+    "total_ms_steady_dense", "speedup_total_steady", "flops_ratio", "encoder_flops_ratio",
+    "frames_scored")
+#: the rows of the end-to-end table, in order
+_E2E_KEYS = ("frames_processed", "frames_expected_approx", "frames_dropped", "missing_packets",
+             "forced_refreshes", "frame_latency_ms_p50", "frame_latency_ms_p95",
+             "caption_latency_ms_p50", "caption_latency_ms_p95", "wait_ms_p95", "backlog_grows",
+             "gesture_accuracy", "mean_active_token_fraction", "flops_saved_fraction",
+             "load_avg_1m_after")
+_BRANCHES = ("tiny", "small", "medium")
+
+
+def _header(result: dict, command: str) -> list[str]:
+    m = result.get("machine", {})
+    checkpoint = (result.get("checkpoint") or {}).get("checkpoint") or "untrained model"
+    return ["# edge_vlm benchmarks", "",
+            f"Produced by `{command}` at {result.get('timestamp')} "
+            f"(took {result.get('bench_wall_s', 0):.0f} s).", "",
+            f"Machine: {m.get('cpu')}, {m.get('cores')} cores, torch threads {m.get('threads')}, "
+            f"torch {m.get('torch')}, numpy {m.get('numpy')}, Python {m.get('python')} "
+            f"(load average at the end: {m.get('load_avg_1m')}).", "",
+            f"Checkpoint: {checkpoint}", "",
+            "| figure | value | what |", "|---|---|---|"]
+
+
+def _summary_rows(result: dict) -> list[str]:
+    return [f"| `{k}` | {fmt_value(result.get(k))} | {DESCRIPTIONS.get(k, '')} |"
+            for k in SUMMARY_KEYS]
+
+
+def _decode_section(dec: dict) -> list[str]:
+    """Decode + bin per stream."""
+    lines = ["", "## Decode + bin per stream (1 thread, median of "
+             f"{dec.get('repeats')} runs after a warm-up)", "",
+             "Rates use the decoding thread's CPU time (`time.thread_time`: one core's work, "
+             "robust to other load); the wall-clock rate is given too. Decode + bin = one "
+             "stateful decoder, the nodes' FrameClock and `event_histogram` of every closed "
+             "33 ms frame on the 128x128 grid "
+             f"(FrameBinner, `{dec.get('decode_backend', 'numpy')}` backend).", "",
+             "| stream | encoding | packets | events | bytes/packet | decode+bin Mev/s | (wall) | "
+             "decode-only Mev/s | decode us/packet | decode-only, 8 packets joined |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [(f"simulated {k}", v) for k, v in (dec.get("simulated") or {}).items()
+            if isinstance(v, dict)]
+    rows += [(f"simulated, 10 ms packets {k}", v)
+             for k, v in (dec.get("simulated_10ms") or {}).items() if isinstance(v, dict)]
+    rows += [(f"simulated x{DENSE_FACTOR} {k}", v)
+             for k, v in (dec.get("simulated_dense") or {}).items() if isinstance(v, dict)]
+    rows += [(f"real `{k}`", v) for k, v in (dec.get("real") or {}).items()]
+    for name, v in rows:
+        lines.append(f"| {name} | {v['encoding']} | {v['packets']} | {v['events']:,} | "
+                     f"{v['bytes_per_packet_mean']:.0f} | {fmt_value(v['mev_per_s'])} | "
+                     f"{fmt_value(v.get('mev_per_s_wall'))} | "
+                     f"{fmt_value(v['decode_only_mev_per_s'])} | "
+                     f"{fmt_value(v['decode_us_per_packet'])} | "
+                     f"{fmt_value(v.get('decode_only_batched8_mev_per_s'))} |")
+    return lines
+
+
+def _phase_table(ph: dict) -> list[str]:
+    lines = ["", "Per-frame accuracy by where the frame lies in its clip "
+             "(`accuracy_by_clip_phase`; the simulated arm blends in from and out to the rest "
+             "pose over the clip's first and last 0.2 s):", "",
+             "| phase | frames | dense | sparse |", "|---|---|---|---|"]
+    for k, r in ph.items():
+        lines.append(f"| {k} | {r['frames']} | {fmt_value(r['dense'])} | "
+                     f"{fmt_value(r['sparse'])} |")
+    return lines
+
+
+def _backend_table(st: dict, eb: dict) -> list[str]:
+    lines = ["", "Encoder stage per backend, same frames (`encoder_backends`; `speedup_steady` "
+             f"divides the faster dense backend, here `{st.get('dense_backend')}`, by the sparse "
+             f"`{st.get('encoder_backend')}` one):", "",
+             "| backend | dense ms, first | sparse ms, first | dense ms, steady | "
+             "sparse ms, steady | speedup, steady |", "|---|---|---|---|---|---|"]
+    for k, r in eb.items():
+        lines.append(f"| {k} | {fmt_value(r['dense_ms_first'])} | "
+                     f"{fmt_value(r['sparse_ms_first'])} | {fmt_value(r['dense_ms_steady'])} | "
+                     f"{fmt_value(r['sparse_ms_steady'])} | {fmt_value(r['speedup_steady'])} |")
+    return lines
+
+
+def _cost_fit_line(fit: dict) -> list[str]:
+    return ["", "Where a sparse frame's encoder time goes (`sparse_cost_fit`: least squares over "
+            f"the {fit['frames']} timed sparse frames that were not refreshes): "
+            f"{fmt_value(fit['fixed_ms'])} ms per frame + {fmt_value(fit['per_token_ms'])} ms "
+            f"per active token (mean {fmt_value(fit['tokens_mean'])} tokens), against "
+            f"{fmt_value(fit['dense_per_token_ms'])} ms per token of a dense frame."]
+
+
+def _curve_table(curve: list[dict]) -> list[str]:
+    lines = ["", "Encoder (ViT) alone, random active sets: sparse speedup vs its ideal N/n "
+             "(`speedup_by_active_tokens`; dense = the faster backend):", "",
+             "| active tokens | dense ms | sparse ms | speedup | ideal | efficiency | "
+             "dense ms, torch | sparse ms, torch |", "|---|---|---|---|---|---|---|---|"]
+    for c in curve:
+        lines.append(f"| {c['tokens']} | {fmt_value(c['dense_ms'])} | "
+                     f"{fmt_value(c['sparse_ms'])} | {fmt_value(c['speedup'])} | "
+                     f"{fmt_value(c['limit'])} | {fmt_value(c['efficiency'])} | "
+                     f"{fmt_value(c.get('dense_ms_torch'))} | "
+                     f"{fmt_value(c.get('sparse_ms_torch'))} |")
+    return lines
+
+
+def _sttf_section(st: dict) -> list[str]:
+    """STTF vs dense: the figures, then clip phases, backends, cost fit, speedup curve."""
+    lines = ["", f"## STTF vs dense ({st.get('frames')} frames of "
+             f"{len(st.get('recordings') or [])} test recordings, batch 1, {st.get('threads')} "
+             f"torch thread(s); timing on `{st.get('timing_recording')}`, per-frame median of "
+             f"{st.get('repeats')} passes)", "",
+             "| figure | value |", "|---|---|"]
+    lines += [f"| `{k}` | {fmt_value(st.get(k))} |" for k in _STTF_KEYS]
+    if st.get("accuracy_by_clip_phase"):
+        lines += _phase_table(st["accuracy_by_clip_phase"])
+    if st.get("encoder_backends"):
+        lines += _backend_table(st, st["encoder_backends"])
+    if st.get("sparse_cost_fit"):
+        lines += _cost_fit_line(st["sparse_cost_fit"])
+    if st.get("speedup_by_active_tokens"):
+        lines += _curve_table(st["speedup_by_active_tokens"])
+    return lines
+
+
+def _shares(share: dict) -> str:
+    return " / ".join(fmt_value(share.get(k)) for k in _BRANCHES)
+
+
+def _ablation_table(an: dict) -> list[str]:
+    lines = [f"{an.get('frames')} frames of "
+             f"{', '.join(f'`{r}`' for r in an.get('recordings', []))} "
+             f"({an.get('frames_low_motion')} low-motion/static, "
+             f"{an.get('frames_high_motion')} high-motion). FLOPs per frame over all stages "
+             "(analytic), wall = engine total latency.", "",
+             "| mode | accuracy | acc. low motion | acc. high motion | GFLOPs/frame | "
+             "GFLOPs low | ms/frame | ms low | params active | "
+             "low-motion branches (tiny/small/medium) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, r in (an.get("ablation") or {}).items():
+        lines.append(f"| {mode} | {fmt_value(r['accuracy'])} | "
+                     f"{fmt_value(r['accuracy_low_motion'])} | "
+                     f"{fmt_value(r['accuracy_high_motion'])} | {fmt_value(r['gflops'])} | "
+                     f"{fmt_value(r['gflops_low_motion'])} | {fmt_value(r['ms'])} | "
+                     f"{fmt_value(r['ms_low_motion'])} | {fmt_value(r['params_active_mean'])} | "
+                     f"{_shares(r.get('branch_share_low_motion') or {})} |")
+    return lines
+
+
+def _sweep_table(sweep: list[dict]) -> list[str]:
+    lines = ["", "Budget sweep (STTF+ANC, same frames; plot `docs/anc_budget_sweep.png`):", "",
+             "| budget | GFLOPs/frame | accuracy | branch share tiny/small/medium |",
+             "|---|---|---|---|"]
+    for b in sweep:
+        lines.append(f"| {b['budget']} | {fmt_value(b['gflops'])} | {fmt_value(b['accuracy'])} | "
+                     f"{_shares(b.get('branch_share') or {})} |")
+    return lines
+
+
+def _caption_gate_line(cg: dict) -> list[str]:
+    return ["", "Caption gate (`caption_reuse_threshold` = "
+            f"{fmt_value(cg.get('caption_reuse_threshold'))}, STTF+ANC): text decoded on "
+            f"{fmt_value(cg.get('decoded_fraction'))} of the frames "
+            f"({fmt_value(cg.get('decoded_fraction_low_motion'))} of the low-motion ones); "
+            "published text equal to that of an engine decoding every frame on "
+            f"{fmt_value(cg.get('text_agreement_with_decoding_every_frame'))} of the frames."]
+
+
+def _anc_section(an: dict) -> list[str]:
+    """ANC against Medium-only: the ablation, the budget sweep, the caption gate."""
+    lines = ["", "## ANC: the joint STTF+ANC checkpoint against Medium-only (same frames, "
+             "batch 1)", ""]
+    if "skipped" in an:
+        return lines + [f"Skipped: {an['skipped']}"]
+    lines += _ablation_table(an)
+    lines += _sweep_table(an.get("budget_sweep") or [])
+    if an.get("caption_gate"):
+        lines += _caption_gate_line(an["caption_gate"])
+    return lines
+
+
+def _e2e_section(ee: dict) -> list[str]:
+    """The node graph at 1x: the figures and the packet->caption trend."""
+    lines = ["", f"## End to end (node graph, simulated DVS128 bag, "
+             f"{fmt_value(ee.get('packet_ms'))} ms EventPackets, played at 1x)", ""]
+    if "skipped" in ee:
+        return lines + [f"Skipped: {ee['skipped']}"]
+    lines += ["| figure | value |", "|---|---|"]
+    cc = ee.get("captioner_counters") or {}
+    ee = {**ee, "missing_packets": cc.get("missing_packets"),
+          "forced_refreshes": cc.get("forced_refreshes")}
+    lines += [f"| `{k}` | {fmt_value(ee.get(k))} |" for k in _E2E_KEYS]
+    tr = ee.get("caption_latency_trend") or {}
+    lines += ["", f"packet->caption trend: slope {fmt_value(tr.get('slope_per_s'))} ms/s, "
+              f"median first quarter {fmt_value(tr.get('first_quarter_p50'))} ms, last quarter "
+              f"{fmt_value(tr.get('last_quarter_p50'))} ms "
+              f"(backlog rule: {ee.get('backlog_rule')})."]
+    return lines
+
+
+def markdown(result: dict, command: str) -> str:
+    """``docs/benchmarks.md``: the figures, the command that produced them and the machine."""
+    d = result.get("details", {})
+    lines = _header(result, command) + _summary_rows(result)
+    if d.get("decode"):
+        lines += _decode_section(d["decode"])
+    if d.get("sttf"):
+        lines += _sttf_section(d["sttf"])
+    if d.get("anc"):
+        lines += _anc_section(d["anc"])
+    if d.get("e2e"):
+        lines += _e2e_section(d["e2e"])
+    lines.append("")
+    return "\n".join(lines)
+
+
+def to_json(result: dict) -> str:
+    """``result`` as one line of JSON (numpy values and non-finite floats made safe)."""
+    return json.dumps(json_safe(result))
+
+
+def write_markdown(result: dict, path: str | os.PathLike, command: str) -> str:
+    """Write the Markdown report and, next to it, the full JSON (``<name>.json``)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(markdown(result, command))
+    p.with_suffix(".json").write_text(
+        json.dumps({"command": command, **json.loads(to_json(result))}, indent=1))
+    return str(p)

@@ -1,0 +1,166 @@
+"""Scores of a replay: frames matched to ground-truth segments, gesture accuracy per frame and
+per segment, caption metrics, active tokens, FLOPs, latency and the motion splits.
+
+A frame is scored when its end ``t_end`` lies in ``(t_start_ns, t_end_ns]`` of a ground-truth
+segment. Gesture accuracy is reported per frame and per segment (majority vote of the segment's
+frames; ties go to the label with the larger summed confidence). Caption metrics score ONE
+caption per segment: the caption of the segment's last scored frame (the one that has seen the
+most of the gesture, which is also what a listener of ``/edge_vlm/caption`` holds when the
+segment ends) against the segment's references, over the corpus of segments (BLEU-1..4,
+METEOR, ROUGE-L, CIDEr-D; see :mod:`edge_vlm.evaluation.metrics`).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES
+from edge_vlm.evaluation.metrics import (caption_metrics, confusion_matrix, gesture_accuracy,
+                                         percentiles)
+from edge_vlm.evaluation.replay import LATENCY_STAGES, FrameRecord
+from edge_vlm.evaluation.sources import Stream
+
+
+@dataclass
+class _StreamSegments:
+    first: int                   # global index of the stream's first segment
+    starts: np.ndarray           # t_start_ns, sorted
+    reach: np.ndarray            # running maximum of t_end_ns
+    segments: list[dict]
+
+
+def assign_segments(records: list[FrameRecord], streams: list[Stream]) -> list[dict]:
+    """Set ``segment`` (global index or None) and ``gt_label`` of each record; returns every
+    segment (with ``stream`` and ``id``) in global order."""
+    segments, lookup = [], {}
+    for s in streams:
+        first = len(segments)
+        for i, seg in enumerate(s.segments):
+            segments.append({**seg, "stream": s.name, "id": seg.get("clip_id") or f"{s.name}#{i}"})
+        ends = [seg["t_end_ns"] for seg in s.segments] or [0]
+        lookup[s.name] = _StreamSegments(
+            first, np.asarray([seg["t_start_ns"] for seg in s.segments], dtype=np.int64),
+            np.maximum.accumulate(np.asarray(ends, dtype=np.int64)), s.segments)
+    for r in records:
+        r.segment, r.gt_label = None, None
+        ss = lookup.get(r.stream)
+        if ss is None:
+            continue
+        t = r.t_end
+        # the last segment with t_start < t_end, then back while some segment <= j reaches t
+        j = int(np.searchsorted(ss.starts, t, side="left")) - 1
+        while j >= 0 and ss.reach[j] >= t:
+            if t <= ss.segments[j]["t_end_ns"]:
+                r.segment, r.gt_label = ss.first + j, int(ss.segments[j]["label"])
+                break
+            j -= 1
+    return segments
+
+
+def vote(frames: list[FrameRecord]) -> int:
+    """The segment's label: majority of its frames, ties to the larger summed confidence."""
+    votes = Counter(r.label for r in frames)
+    conf: Counter = Counter()
+    for r in frames:
+        conf[r.label] += r.confidence
+    best = max(votes.values())
+    return max((lab for lab, v in votes.items() if v == best), key=lambda lab: (conf[lab], -lab))
+
+
+def per_segment(records: list[FrameRecord], segments: list[dict]) -> list[dict]:
+    """One summary per segment with scored frames."""
+    by_seg: dict[int, list[FrameRecord]] = {}
+    for r in records:
+        if r.segment is not None:
+            by_seg.setdefault(r.segment, []).append(r)
+    out = []
+    for i, seg in enumerate(segments):
+        fr = by_seg.get(i)
+        if not fr:
+            continue
+        last = max(fr, key=lambda r: r.t_end)
+        out.append({
+            "id": seg["id"], "stream": seg["stream"], "label": int(seg["label"]),
+            "class_name": seg.get("class_name") or GESTURE_CLASSES[int(seg["label"]) - 1],
+            "t_start_ns": seg["t_start_ns"], "t_end_ns": seg["t_end_ns"], "frames": len(fr),
+            "predicted": vote(fr),
+            "frame_accuracy": float(np.mean([r.label == r.gt_label for r in fr])),
+            "caption": last.text, "references": list(seg.get("references") or []),
+            "motion": (seg.get("attributes") or {}).get("motion"),
+            "active_fraction_mean": float(np.mean([r.active_fraction for r in fr]))})
+    return out
+
+
+def gesture_scores(scored: list[FrameRecord], segs: list[dict]) -> dict:
+    """Accuracy and confusion matrices, per frame and per segment."""
+    return {
+        "accuracy": {"frame": gesture_accuracy([r.gt_label for r in scored],
+                                               [r.label for r in scored]),
+                     "segment": gesture_accuracy([s["label"] for s in segs],
+                                                 [s["predicted"] for s in segs])},
+        "confusion": confusion_matrix([r.gt_label for r in scored], [r.label for r in scored]),
+        "confusion_segment": confusion_matrix([s["label"] for s in segs],
+                                              [s["predicted"] for s in segs])}
+
+
+def caption_scores(segs: list[dict], meteor: bool) -> dict:
+    """Corpus caption metrics of the segments with references (each segment also gets its own
+    ``caption_scores``)."""
+    with_refs = [s for s in segs if s["references"]]
+    caps = caption_metrics({s["id"]: s["caption"] for s in with_refs},
+                           {s["id"]: s["references"] for s in with_refs}, meteor=meteor,
+                           per_item=True)
+    per_item = caps.pop("per_item", {})
+    for s in segs:
+        s["caption_scores"] = per_item.get(str(s["id"]))
+    caps["scored_on"] = "caption of each segment's last scored frame vs the segment's references"
+    return caps
+
+
+def compute_scores(records: list[FrameRecord]) -> dict:
+    """Active tokens, FLOPs and latency over every processed frame."""
+    pa = percentiles([r.active_fraction for r in records], (50, 95))
+    change = (float(np.mean([r.change_tokens / max(1, r.total_tokens) for r in records]))
+              if records else None)
+    ex = float(np.mean([r.flops_executed for r in records])) if records else None
+    de = float(np.mean([r.flops_dense for r in records])) if records else None
+    return {
+        "active_fraction": {"mean": pa["mean"], "p50": pa["p50"], "p95": pa["p95"],
+                            "change_mean": change},
+        "flops": {"executed_mean": ex, "dense_mean": de,
+                  "ratio": (ex / de) if ex is not None and de else None,
+                  "saved_fraction": (1.0 - ex / de) if ex is not None and de else None},
+        "latency_ms": {st: percentiles([r.latency_ms.get(st, 0.0) for r in records])
+                       for st in LATENCY_STAGES}}
+
+
+def motion_split(level: str, scored: list[FrameRecord], segs: list[dict],
+                 segments: list[dict]) -> dict:
+    """Scores of the segments whose ``attributes.motion`` is ``level``."""
+    chosen = [s for s in segs if s["motion"] == level]
+    ids = {i for i, seg in enumerate(segments)
+           if (seg.get("attributes") or {}).get("motion") == level}
+    fr = [r for r in scored if r.segment in ids]
+    return {"segments": len(chosen), "frames": len(fr),
+            "frame_accuracy": gesture_accuracy([r.gt_label for r in fr],
+                                               [r.label for r in fr])["accuracy"],
+            "segment_accuracy": gesture_accuracy([s["label"] for s in chosen],
+                                                 [s["predicted"] for s in chosen])["accuracy"],
+            "active_fraction_mean": (float(np.mean([r.active_fraction for r in fr])) if fr
+                                     else None)}
+
+
+def summarize(records: list[FrameRecord], segments: list[dict], meteor: bool) -> dict:
+    """Every score of the replay (a JSON document; see
+    :func:`~edge_vlm.evaluation.evaluate.evaluate`)."""
+    scored = [r for r in records if r.segment is not None]
+    segs = per_segment(records, segments)
+    out = {**gesture_scores(scored, segs), "captions": caption_scores(segs, meteor),
+           **compute_scores(records)}
+    motions = {s["motion"] for s in segs if s["motion"] is not None}
+    for level in ("low", "high"):
+        out[f"{level}_motion"] = motion_split(level, scored, segs, segments) if motions else None
+    out["per_segment"] = segs
+    return out

@@ -1,0 +1,109 @@
+"""Running one node process: rclpy init, spin until SIGINT/SIGTERM, shutdown, exit code.
+
+Exit codes: 0 (stopped, or :class:`EndOfStream`), 2 (invalid parameter,
+:class:`~edge_vlm_ros.params.ParameterError`), 3 (missing/corrupt checkpoint,
+``edge_vlm.model.checkpoint.CheckpointError``), 4 (camera / video source,
+:class:`DeviceError`). Each error is one clean line on stderr, no traceback.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any, Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.signals import SignalHandlerOptions
+
+from edge_vlm_ros.params import ParameterError
+
+EXIT_OK = 0
+EXIT_PARAMETER = 2
+EXIT_CHECKPOINT = 3
+EXIT_DEVICE = 4
+#: the module whose ``CheckpointError`` means exit 3 (it loads torch: looked up, not imported,
+#: so the camera nodes start without torch; a node that never loaded it cannot raise it)
+CHECKPOINT_MODULE = "edge_vlm.model.checkpoint"
+
+
+class DeviceError(RuntimeError):
+    """A camera / video source that cannot be opened or stopped working (clean error, exit 4)."""
+
+
+class EndOfStream(Exception):
+    """A finite source (video or recording file) is over: the node exits with code 0."""
+
+
+def _stop(_sig, _frame):
+    raise KeyboardInterrupt
+
+
+def interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (instead of rclpy's own
+    handling): they end ``spin()`` while the context is still valid, so what a process reports
+    at its end (counters) still reaches the log and /rosout."""
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+
+
+def _checkpoint_error() -> type | None:
+    return getattr(sys.modules.get(CHECKPOINT_MODULE), "CheckpointError", None)
+
+
+def exit_code(exc: BaseException) -> int | None:
+    """The exit code of a clean error ``exc`` (None: not one of them)."""
+    if isinstance(exc, ParameterError):
+        return EXIT_PARAMETER
+    if isinstance(exc, DeviceError):
+        return EXIT_DEVICE
+    checkpoint_error = _checkpoint_error()
+    if checkpoint_error is not None and isinstance(exc, checkpoint_error):
+        return EXIT_CHECKPOINT
+    return None
+
+
+def _report(node, name: str) -> None:
+    """The node's shutdown report (counters), then destroy it; never raises."""
+    try:
+        node.shutdown_report()
+    except Exception as exc:  # pragma: no cover - reporting must not mask the exit
+        print(f"[{name}] shutdown report failed: {exc}", file=sys.stderr, flush=True)
+    try:
+        node.destroy_node()
+    except Exception:
+        pass
+
+
+def run_node(factory: Callable[[], Any], args=None, name: str = "node") -> int:
+    """Init rclpy, build the node with ``factory()``, spin until SIGINT/SIGTERM; return an exit
+    code.
+
+    Clean one-line errors (no traceback wall) for invalid parameters (exit 2),
+    a missing/corrupt checkpoint (exit 3) and a camera that cannot be opened
+    or a missing camera SDK (:class:`DeviceError`, exit 4). :class:`EndOfStream`
+    (a file source is over) ends the node normally (exit 0). The node's
+    ``shutdown_report()`` runs at the end.
+    """
+    interrupt_on_signals()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    node = None
+    code = EXIT_OK
+    try:
+        node = factory()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except EndOfStream as exc:
+        print(f"[{name}] end of stream{': ' + str(exc) if str(exc) else ''}", file=sys.stderr,
+              flush=True)
+    except Exception as exc:
+        code = exit_code(exc)
+        if code is None:
+            raise
+        what = "invalid parameter: " if code == EXIT_PARAMETER else ""
+        print(f"[{name}] error: {what}{exc}", file=sys.stderr, flush=True)
+    finally:
+        if node is not None:
+            _report(node, name)
+        rclpy.try_shutdown()
+    return code
