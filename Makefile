@@ -7,7 +7,7 @@ RUN := set -o pipefail; source env.sh &&
 
 help:
 	@echo "make demo   - set up (idempotent), then replay the simulated demo bag through the three nodes"
-	@echo "make test   - set up (idempotent), then run the test suite"
+	@echo "make test   - set up (idempotent), then lint (ruff, 99 columns) and run the test suite"
 	@echo "make bench  - benchmarks (writes docs/benchmarks.md)"
 	@echo "make train  - retrain the shipped STTF+ANC checkpoint (CPU, ~105 min)"
 	@echo "make setup  - create .venv, install pinned dependencies, build the ROS 2 workspace"
@@ -22,7 +22,7 @@ lint: setup
 	@$(RUN) ruff check .
 
 test: setup
-	@$(RUN) python -m pytest -q -p no:cacheprovider tests
+	@$(RUN) ruff check . && python -m pytest -q -p no:cacheprovider tests
 
 # Benchmarks (decode throughput, STTF vs dense, end-to-end latency); writes docs/benchmarks.md
 bench: setup

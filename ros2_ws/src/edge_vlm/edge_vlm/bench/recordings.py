@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge_vlm.bench.streams import PACKET_NS, SIM_SEED, packet_bounds, simulated_events
+from edge_vlm.bench.streams import PACKET_NS, SIM_SEED, simulated_events
+from edge_vlm.io.packets import packet_grid
 from edge_vlm.sim import Clip, Recording, split_subjects
 from edge_vlm.sim.dataset import blend_ramp_s
 from edge_vlm.stream.frames import FrameClock, frame_histogram, period_ns
@@ -62,7 +63,7 @@ def sim_frames(rec: Recording, params: dict) -> list[SimFrame]:
     """Frames of a simulated recording as the nodes cut them: histogram + ground truth (+ the
     latest RGB frame at or before the frame's end when the recording has frames)."""
     clock = FrameClock(period_ns(params))
-    starts, bounds = packet_bounds(rec.events["t"], PACKET_NS)
+    starts, bounds = packet_grid(rec.events["t"], PACKET_NS)
     fs = []
     for i in range(len(starts)):
         fs += clock.push(rec.events[bounds[i]:bounds[i + 1]], 128, 128)

@@ -16,9 +16,10 @@ from edge_vlm.io.bag_reader import iter_event_packets
 from edge_vlm.io.codecs import encode_mono
 from edge_vlm.paths import shared_real_data
 from edge_vlm.sim import Recording, simulate_recording, split_subjects
+from edge_vlm.io.packets import packet_grid
 
-__all__ = ["PACKET_NS", "SIM_SEED", "Packet", "BagPackets", "PacketBounds", "Evt3Words",
-           "simulated_events", "packet_bounds", "compress_time", "packetize_mono", "encode_evt3",
+__all__ = ["PACKET_NS", "SIM_SEED", "Packet", "BagPackets", "Evt3Words",
+           "simulated_events", "compress_time", "packetize_mono", "encode_evt3",
            "packetize_evt3", "real_evt3_bags", "bag_packets"]
 
 #: packet length of simulated streams: 10 ms, ``edge-vlm synth``'s default (``--packet-ms``)
@@ -34,13 +35,6 @@ class BagPackets(NamedTuple):
 
     encoding: str
     packets: list[Packet]
-
-
-class PacketBounds(NamedTuple):
-    """Packet start times and event index bounds (``len(starts) + 1``) on a packet grid."""
-
-    starts: np.ndarray
-    bounds: np.ndarray
 
 
 class Evt3Words(NamedTuple):
@@ -62,16 +56,6 @@ def simulated_events(labels=range(1, 12), clip_s: float = 1.5, gap_s: float = 0.
                               clip_duration_s=clip_s, gap_s=gap_s, with_frames=with_frames)
 
 
-def packet_bounds(t: np.ndarray, packet_ns: int) -> PacketBounds:
-    """Packets of the absolute ``packet_ns`` grid over the times ``t``, empty packets included."""
-    if len(t) == 0:
-        return PacketBounds(np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64))
-    k0, k1 = int(t[0]) // packet_ns, int(t[-1]) // packet_ns
-    starts = np.arange(k0, k1 + 1, dtype=np.int64) * packet_ns
-    bounds = np.searchsorted(t, np.append(starts, (k1 + 1) * packet_ns), side="left")
-    return PacketBounds(starts, bounds)
-
-
 def compress_time(events: np.ndarray, factor: int) -> np.ndarray:
     """The same events played ``factor`` times faster (a denser stream with the same content)."""
     out = np.array(events, copy=True)
@@ -84,7 +68,7 @@ def compress_time(events: np.ndarray, factor: int) -> np.ndarray:
 def packetize_mono(events: np.ndarray, width: int = 128, height: int = 128,
                    packet_ns: int = PACKET_NS) -> list[Packet]:
     """``mono`` packets of ``packet_ns`` (as the bag writer cuts them)."""
-    starts, bounds = packet_bounds(events["t"], packet_ns)
+    starts, bounds = packet_grid(events["t"], packet_ns)
     return [(encode_mono(events[bounds[i]:bounds[i + 1]], int(s)), width, height, int(s))
             for i, s in enumerate(starts)]
 
@@ -127,7 +111,7 @@ def packetize_evt3(events: np.ndarray, width: int = 128, height: int = 128,
                    packet_ns: int = PACKET_NS) -> list[Packet]:
     """``evt3`` packets holding ``packet_ns`` of events each."""
     words, end = encode_evt3(events)
-    starts, bounds = packet_bounds(events["t"], packet_ns)
+    starts, bounds = packet_grid(events["t"], packet_ns)
     wb = np.concatenate(([0], end))[bounds]
     return [(words[wb[i]:wb[i + 1]].tobytes(), width, height, int(s))
             for i, s in enumerate(starts)]

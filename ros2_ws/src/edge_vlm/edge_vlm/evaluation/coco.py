@@ -37,7 +37,7 @@ from PIL import Image
 
 from edge_vlm.evaluation.metrics import caption_metrics, json_safe, percentiles
 from edge_vlm.inference.factory import engine_from_params, load_model
-from edge_vlm.report import fmt_value
+from edge_vlm.report import fmt_value as fmt
 
 __all__ = ["CocoFormatError", "ImageLoadError", "CocoSet", "DOMAIN_NOTE", "DEFAULT_THRESHOLD",
            "load_coco_captions", "load_image", "frame_diff_mask", "run_coco", "markdown_report",
@@ -289,27 +289,23 @@ def run_coco(images_dir: str | os.PathLike, captions: str | os.PathLike, *, chec
     return json_safe(result)
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
-    return fmt_value(v, digits)
-
-
 def _table(r: dict) -> list[str]:
     caps, af, fl, sk = r["captions"], r["active_fraction"], r["flops"], r["skipped"]
     rows = [("images processed (scored)", f"{r['images_processed']} ({r['images_scored']})"),
             ("skipped: missing / unreadable / no references",
              f"{sk['missing']} / {sk['unreadable']} / {sk['no_references']}"),
             ("annotations for unknown image ids (ignored)", sk["unknown_image_annotations"])]
-    rows += [(m, _fmt(caps.get(m))) for m in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR",
+    rows += [(m, fmt(caps.get(m))) for m in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR",
                                               "ROUGE-L", "CIDEr-D")]
     rows += [("caption tokenizer", caps.get("tokenizer") or "n/a"),
              ("active-token fraction mean / p50 / p95",
-              " / ".join(_fmt(af[k], 3) for k in ("mean", "p50", "p95"))),
-             ("active-token fraction, images after the first", _fmt(af["mean_after_first"], 3)),
+              " / ".join(fmt(af[k], 3) for k in ("mean", "p50", "p95"))),
+             ("active-token fraction, images after the first", fmt(af["mean_after_first"], 3)),
              ("FLOPs per image, executed / dense",
-              f"{_fmt(fl['executed_mean'])} / {_fmt(fl['dense_mean'])}"),
-             ("FLOPs executed / dense", _fmt(fl["ratio"], 3))]
+              f"{fmt(fl['executed_mean'])} / {fmt(fl['dense_mean'])}"),
+             ("FLOPs executed / dense", fmt(fl["ratio"], 3))]
     lat = r["latency_ms"]
-    rows += [(f"latency {s} p50 / p95 (ms)", f"{_fmt(lat[s]['p50'])} / {_fmt(lat[s]['p95'])}")
+    rows += [(f"latency {s} p50 / p95 (ms)", f"{fmt(lat[s]['p50'])} / {fmt(lat[s]['p95'])}")
              for s in ("encoder", "decoder", "total") if s in lat]
     return ["| metric | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
 
@@ -319,7 +315,7 @@ def markdown_report(r: dict) -> str:
     prm = r["params"]
     lines = ["# edge-vlm coco", "", f"> {r['note']}", "",
              f"Images `{r['source']['images']}`, captions `{r['source']['captions']}`, checkpoint "
-             f"`{r['checkpoint']}`. Mode: {r['mode']} (threshold {_fmt(prm['threshold'])} luma "
+             f"`{r['checkpoint']}`. Mode: {r['mode']} (threshold {fmt(prm['threshold'])} luma "
              f"levels, refresh period {prm['refresh_period']}, {prm['decoding']} decoding).", ""]
     lines += _table(r)
     for w in r.get("warnings") or []:

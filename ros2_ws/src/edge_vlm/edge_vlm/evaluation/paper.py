@@ -20,7 +20,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 from edge_vlm.paths import repo_root
+from edge_vlm.report import fmt_value
 
 __all__ = ["Measure", "Claim", "CLAIMS", "load_bench", "load_eval", "lookup", "render"]
 
@@ -238,17 +240,7 @@ def _value(m: Measure, sources: dict[str, dict | None]) -> Any:
 
 
 def _fmt(v: Any) -> str:
-    if v is _MISSING:
-        return NOT_MEASURED
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return NOT_MEASURED if v is _MISSING else fmt_value(v, grouped=False)   # 4 significant digits
 
 
 def _cell(text: str) -> str:

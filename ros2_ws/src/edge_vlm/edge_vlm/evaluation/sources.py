@@ -25,6 +25,7 @@ from edge_vlm.cores.images import RawImage
 from edge_vlm.datasets.dvs128_gesture import TEST_LIST, Dvs128Dataset, gesture_ground_truth
 from edge_vlm.io import bag_reader
 from edge_vlm.io.codecs.mono import encode_mono
+from edge_vlm.io.packets import packet_grid
 from edge_vlm.sim.captions import class_references
 from edge_vlm.topics import TOPICS
 
@@ -176,13 +177,11 @@ def _trial_packets(ds: Dvs128Dataset, trial: str) -> Iterator[SourcePacket]:
     if len(events) == 0:
         return
     P = DVS128_PACKET_NS
-    t = events["t"]
-    k0, k1 = int(t[0]) // P, int(t[-1]) // P
-    bounds = np.searchsorted(t, np.arange(k0, k1 + 2, dtype=np.int64) * P, side="left")
-    for seq, k in enumerate(range(k0, k1 + 1)):
+    starts, bounds = packet_grid(events["t"], P)
+    for seq, start in enumerate(starts.tolist()):
         chunk = events[bounds[seq]:bounds[seq + 1]]
-        yield SourcePacket(k * P + P, "mono", 128, 128, k * P, seq,
-                           encode_mono(chunk, k * P) if len(chunk) else b"")
+        yield SourcePacket(start + P, "mono", 128, 128, start, seq,
+                           encode_mono(chunk, start) if len(chunk) else b"")
 
 
 def dvs128_streams(root: Path) -> tuple[list[Stream], dict]:

@@ -36,6 +36,7 @@ from edge_vlm.events import EVENT_DTYPE, EventDecodeError, check_coordinates
 from edge_vlm.io.bag_reader import typestore
 from edge_vlm.io.codecs import make_encoder
 from edge_vlm.topics import TOPICS, QosSpec, qos_of
+from edge_vlm.io.packets import packet_grid
 
 __all__ = [
     "write_bag",
@@ -116,13 +117,8 @@ def _event_packets(ts, events, *, width, height, encoding, packet_ns, frame_id,
         raise EventDecodeError("events with negative time cannot be written to a bag")
     encode = make_encoder(encoding)
     EventPacket = ts.types[EVENTS_TYPE]
-    t = ev["t"]
-    k0 = int(t[0]) // packet_ns
-    k1 = int(t[-1]) // packet_ns
-    starts = np.arange(k0, k1 + 2, dtype=np.int64) * np.int64(packet_ns)
-    bounds = np.searchsorted(t, starts, side="left")
-    for seq, k in enumerate(range(k0, k1 + 1)):
-        start = k * packet_ns
+    starts, bounds = packet_grid(ev["t"], packet_ns)
+    for seq, start in enumerate(starts.tolist()):
         end = start + packet_ns
         chunk = ev[bounds[seq]:bounds[seq + 1]]
         payload = encode(chunk, start) if len(chunk) else b""

@@ -301,10 +301,6 @@ def _copy_block(src: Block, dst: GatedBlock) -> None:
         d2.bias.copy_(s2.bias)
 
 
-def anc_config_from(blob: dict) -> AncConfig:
-    return AncConfig(**blob)
-
-
 def branch_params(br: BranchViT, kept: list[int] | None = None) -> int:
     """Parameters a branch uses with ``kept[l]`` MLP channels at layer l (default all)."""
     d = br.pos.shape[1]

@@ -58,11 +58,6 @@ def patch_counts(hist: np.ndarray, patch: int) -> np.ndarray:
     return hist.reshape(c, h // patch, patch, w // patch, patch).sum(axis=(0, 2, 4))
 
 
-def normalize_histogram(hist: np.ndarray) -> np.ndarray:
-    """Model input transform of event counts: log1p, so bursts do not dominate."""
-    return np.log1p(hist)
-
-
 #: table entry of an out-of-sensor coordinate: makes the bin negative
 OUTSIDE = -(1 << 30)
 _TABLES: dict = {}           # bin_tables, by (encoding, sensor w, h, model w, h)

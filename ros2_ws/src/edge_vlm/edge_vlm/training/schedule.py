@@ -3,6 +3,7 @@ learning rate (linear warm-up, then cosine decay), early stopping on validation,
 state saved after every epoch so that ``--resume`` continues a run where it stopped."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from edge_vlm.model.checkpoint import save_checkpoint
 from edge_vlm.training.config import TrainConfig
 
 
@@ -92,3 +94,15 @@ def optimizer_step(opt: torch.optim.Optimizer, sched, loss: torch.Tensor, params
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     sched.step()
+
+
+def save_fit(out: str, model, meta: dict, name: str, fit: dict, history: list) -> dict:
+    """A fitted checkpoint: ``fit`` stored in its extras under ``name`` (e.g. ``router_fit``), and
+    ``<name>.json`` (checkpoint path and size, ``history``, ``fit``) written next to it; returns
+    that summary."""
+    save_checkpoint(out, model, extra={**meta, name: fit})
+    summary = {"checkpoint": out, "checkpoint_bytes": os.path.getsize(out), "history": history,
+               **fit}
+    with open(os.path.join(os.path.dirname(os.path.abspath(out)), f"{name}.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary

@@ -42,12 +42,12 @@ from tqdm import tqdm
 
 from edge_vlm.cores.graph import replay_params
 from edge_vlm.inference.factory import engine_from_params, load_model
-from edge_vlm.model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+from edge_vlm.model.checkpoint import DEFAULT_CHECKPOINT
 from edge_vlm.model.motion import MIRROR_LABEL
 from edge_vlm.sim import simulate_recording
 from edge_vlm.training.config import LIGHTINGS, GestureFitConfig
 from edge_vlm.training.data import SubjectSplit, recording_frames, subject_split
-from edge_vlm.training.schedule import seed_run
+from edge_vlm.training.schedule import save_fit, seed_run
 
 
 @dataclass
@@ -308,10 +308,4 @@ def fit_gesture(tc: GestureFitConfig, progress: bool = True) -> dict:
            "val_subjects": split.val, "train_subjects": split.train,
            "seconds": round(time.time() - t0, 1), "collect_seconds": round(t_collect, 1),
            "streamed_frames_from_cache": frames.from_cache}
-    save_checkpoint(tc.out, model, extra={**meta, "gesture_fit": fit})
-    summary = {"checkpoint": tc.out, "checkpoint_bytes": os.path.getsize(tc.out),
-               "history": history, **fit}
-    with open(os.path.join(os.path.dirname(os.path.abspath(tc.out)), "gesture_fit.json"),
-              "w") as f:
-        json.dump(summary, f, indent=1)
-    return summary
+    return save_fit(tc.out, model, meta, "gesture_fit", fit, history)

@@ -24,7 +24,6 @@ training frame's routing problem is fixed and cheap:
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from typing import TypedDict
@@ -36,13 +35,12 @@ from tqdm import tqdm
 
 from edge_vlm.model.anc import LEVELS, AncModel, complexity_level
 from edge_vlm.inference.factory import load_model
-from edge_vlm.model.checkpoint import save_checkpoint
 from edge_vlm.model.tokenizer import Tokenizer
 from edge_vlm.training.config import RouterFitConfig
 from edge_vlm.training.data import FrameSet, run_frames, sample_indices, subject_split
-from edge_vlm.training.schedule import seed_run
 from edge_vlm.training.train import make_batch
 from edge_vlm.training.train_anc import batch_neg_entropy, branch_costs, branch_losses
+from edge_vlm.training.schedule import save_fit, seed_run
 
 
 class RouterFrames(TypedDict):
@@ -191,10 +189,4 @@ def fit_router(tc: RouterFitConfig, progress: bool = True) -> dict:
     fit = {"config": {k: v for k, v in tc.__dict__.items()}, "before": before, "after": after,
            "val_subjects": split.val, "seconds": round(time.time() - t0, 1),
            "collect_seconds": round(t_collect, 1)}
-    save_checkpoint(tc.out, model, extra={**meta, "router_fit": fit})
-    summary = {"checkpoint": tc.out, "checkpoint_bytes": os.path.getsize(tc.out),
-               "history": history, **fit}
-    with open(os.path.join(os.path.dirname(os.path.abspath(tc.out)), "router_fit.json"),
-              "w") as f:
-        json.dump(summary, f, indent=1)
-    return summary
+    return save_fit(tc.out, model, meta, "router_fit", fit, history)
