@@ -177,7 +177,9 @@ def test_evaluate_dvs128_matches_bag_and_max_frames(data):
     rd = evaluate(data["dvs"], max_frames=20, **kw)
     assert rd["source"]["kind"] == "dvs128" and rd["source"]["trials"] == ["user01_lab.aedat"]
     assert rb["frames"] == rd["frames"] == 20
-    key = lambda x: (x["index"], x["label"], x["text"], x["active_tokens"], x["gt_label"])  # noqa: E731
+    def key(x):
+        return x["index"], x["label"], x["text"], x["active_tokens"], x["gt_label"]
+
     assert [key(x) for x in rb["per_frame"]] == [key(x) for x in rd["per_frame"]]
     # the labels CSV has no motion attribute
     assert rd["low_motion"] is None and rd["high_motion"] is None

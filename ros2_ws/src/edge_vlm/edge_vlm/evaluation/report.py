@@ -28,8 +28,9 @@ def markdown_report(result: dict) -> str:
         ("segments (scored)", f"{result['segments']} ({result['segments_scored']})"),
         ("gesture accuracy, per frame",
          f"{_f(acc['frame']['accuracy'])} ({acc['frame']['correct']}/{acc['frame']['total']})"),
-        ("gesture accuracy, per segment (majority vote)", f"{_f(acc['segment']['accuracy'])} "
-                                                          f"({acc['segment']['correct']}/{acc['segment']['total']})"),
+        ("gesture accuracy, per segment (majority vote)",
+         f"{_f(acc['segment']['accuracy'])} "
+         f"({acc['segment']['correct']}/{acc['segment']['total']})"),
     ]
     rows += [(f"{m} (last frame of each segment)", _f(caps.get(m))) for m in
              ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")]
