@@ -219,9 +219,9 @@ def test_conditional_decoder_pathway_picks_depth_and_beam_width(monkeypatch):
     calls = []
     beam, greedy = E.decode_beam, E.decode_greedy
 
-    def spy_beam(model, fused, bos, eos, max_len, width, layers):
+    def spy_beam(model, fused, bos, eos, max_len, width, layers, **kw):
         calls.append(("beam", width, layers))
-        ids, score = beam(model, fused, bos, eos, max_len, width, layers)
+        ids, score = beam(model, fused, bos, eos, max_len, width, layers, **kw)
         calls[-1] += (len(ids),)
         return ids, score
 

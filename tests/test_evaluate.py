@@ -14,6 +14,8 @@ from edge_vlm.cores.graph import replay_params
 from edge_vlm.evaluation.evaluate import LATENCY_STAGES, evaluate
 from edge_vlm.events import EVENT_DTYPE
 from edge_vlm.evaluation.metrics import CAPTION_METRICS
+from edge_vlm.evaluation.trust import TRUST_KEYS
+from edge_vlm.evaluation.trust_report import timeline_figure
 from edge_vlm.model.config import ModelConfig
 from edge_vlm.model.sttf import CaptionModel
 from edge_vlm.model.checkpoint import save_checkpoint
@@ -92,8 +94,19 @@ def test_evaluate_bag_end_to_end(data, tmp_path):
               "accuracy", "confusion", "confusion_segment", "captions", "active_fraction", "flops",
               "latency_ms", "fps", "low_motion", "high_motion", "stream", "per_segment",
               "per_frame",
-              "outputs", "wall_s", "ms_per_frame"):
+              "outputs", "wall_s", "ms_per_frame", "ground_truth", "trust"):
         assert k in r, k
+    assert r["ground_truth"] is True
+    tr = r["trust"]
+    for k in ("caption_label_consistency", "reliability") + TRUST_KEYS:
+        assert k in tr, k
+    for k in ("caption_label_consistency", "caption_class_accuracy", "accuracy", "ece"):
+        assert 0.0 <= tr[k] <= 1.0, k
+    assert tr["accuracy"] == pytest.approx(r["accuracy"]["frame"]["accuracy"])
+    # only gesture segments: no frame for the scene metrics
+    assert tr["false_gesture_rate_non_gesture"] is None and tr["nothing_moves_rate_empty"] is None
+    assert tr["calibration_frames"] == r["frames_scored"] == sum(tr["reliability"]["count"])
+    assert tr["label_switches_per_s_in_gesture"] >= 0.0
     assert r["source"]["kind"] == "bag" and r["source"]["image_topic"] == "/camera/image_raw"
     # 1.2 s of events from 2 s on the 33.3 ms grid (frames 60..95)
     t = data["events"]["t"]
@@ -105,7 +118,7 @@ def test_evaluate_bag_end_to_end(data, tmp_path):
         assert a["total"] > 0 and 0.0 <= a["accuracy"] <= 1.0
     assert r["accuracy"]["segment"]["total"] == 2
     cm = np.asarray(r["confusion"]["normalized"])
-    assert cm.shape == (11, 11) and np.all((cm >= 0) & (cm <= 1))
+    assert cm.shape == (12, 12) and np.all((cm >= 0) & (cm <= 1))     # 0 = no gesture
     assert np.asarray(r["confusion"]["counts"]).sum() == r["frames_scored"]
     caps = r["captions"]
     assert caps["n"] == 2 and caps["tokenizer"] in ("ptb", "simple")
@@ -131,6 +144,9 @@ def test_evaluate_bag_end_to_end(data, tmp_path):
     assert r["low_motion"]["frames"] + r["high_motion"]["frames"] == r["frames_scored"]
     st = r["stream"]
     assert st["rejected_packets"] == 0 and st["events"] == len(data["events"])
+    assert sum(st["label_distribution"].values()) == pytest.approx(1.0)
+    assert st["top_caption"] in {f["text"] for f in r["per_frame"]}
+    assert st["branch_shares"] == {"base": 1.0}           # no anc_router in the replay
     assert st["rgb_frames"] == 10       # RGB (resized 64 -> 128) for the first frames only
     assert [f["rgb"] for f in r["per_frame"][:11]] == [True] * 10 + [False]
     fr = r["per_frame"][5]
@@ -141,13 +157,15 @@ def test_evaluate_bag_end_to_end(data, tmp_path):
     seg = r["per_segment"][1]
     assert seg["caption"] == max((f for f in r["per_frame"] if f["segment"] == 1),
                                  key=lambda f: f["t_end"])["text"]
-    for name in ("json", "frames", "markdown", "confusion_png", "active_fraction_png"):
+    for name in ("json", "frames", "markdown", "confusion_png", "active_fraction_png",
+                 "timeline_png", "reliability_png"):
         assert os.path.getsize(r["outputs"][name]) > 0, name
     summary = json.loads(Path(r["outputs"]["json"]).read_text())
     assert "per_frame" not in summary and summary["frames"] == n_frames
     assert len(Path(r["outputs"]["frames"]).read_text().splitlines()) == n_frames
     md = Path(r["outputs"]["markdown"]).read_text()
     assert "CIDEr-D" in md and "| total |" in md and "low_motion" in md
+    assert "caption_label_consistency" in md and "ece" in md and "Stream statistics" in md
 
 
 def test_evaluate_is_the_node_logic(data):
@@ -213,3 +231,39 @@ def test_eval_cli(data, tmp_path, capsys):
     assert main(["eval", str(tmp_path / "missing"), "--out", str(out), "--no-progress"]) == 2
     assert main(["eval", data["bag"], "--out", str(out), "--checkpoint", str(tmp_path / "none.pt"),
                  "--no-progress"]) == 3
+
+
+def test_evaluate_unlabelled_bag(data, tmp_path):
+    """A bag without ground truth: stream statistics, a timeline plot that does not mention
+    ground truth, no accuracy-type values."""
+    ev = data["events"]
+    bag = write_bag(tmp_path / "bag", events=ev[ev["t"] < T0 + 300_000_000])
+    out = tmp_path / "report"
+    r = evaluate(str(bag), checkpoint=data["ckpt"], progress=False, meteor=False, out_dir=out,
+                 overrides={"use_rgb": "never"})
+    json.dumps(r, allow_nan=False)
+    assert r["ground_truth"] is False and r["segments"] == 0 and r["frames"] > 0
+    assert r["accuracy"]["frame"]["accuracy"] is None and r["captions"]["BLEU-4"] is None
+    for k in TRUST_KEYS:
+        assert r["trust"][k] is None, k
+    assert 0.0 <= r["trust"]["caption_label_consistency"] <= 1.0
+    st = r["stream"]
+    for k in ("label_distribution", "label_switches_per_s", "scene_kind_distribution",
+              "branch_shares", "top_caption", "top_caption_share", "caption_examples"):
+        assert k in st, k
+    assert sum(st["label_distribution"].values()) == pytest.approx(1.0)
+    assert 0.0 < st["top_caption_share"] <= 1.0 and st["caption_examples"]
+    assert st["caption_examples"][0]["text"] == r["per_frame"][0]["text"]
+    assert set(r["outputs"]) >= {"timeline_png", "active_fraction_png", "markdown"}
+    assert "reliability_png" not in r["outputs"] and "confusion_png" not in r["outputs"]
+    assert os.path.getsize(r["outputs"]["timeline_png"]) > 0
+    assert not (out / "confusion.png").exists()
+    md = Path(r["outputs"]["markdown"]).read_text()
+    assert "no ground truth" in md and "Stream statistics" in md and "accuracy, per" not in md
+    from matplotlib.text import Text
+
+    fig = timeline_figure(r["per_frame"], ground_truth=False)
+    words = " ".join(t.get_text() for t in fig.findobj(Text)).lower()
+    assert "published gesture" in words
+    for w in ("ground", "truth", "gt", "accuracy"):
+        assert w not in words.split() and "ground-truth" not in words, w

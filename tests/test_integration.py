@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 import rosenv
+from edge_vlm.evaluation.trust import caption_class
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BRINGUP = os.path.join(ROOT, "ros2_ws", "src", "edge_vlm_bringup")
@@ -141,7 +142,9 @@ def test_graph_on_simulated_bag(env, tmp_path):
     for c, k in zip(caps, costs):
         d, cost = c["data"], k["data"]
         assert d["text"].strip(), "empty caption"
-        assert 1 <= d["gesture_label"] <= 11 and d["gesture_name"]
+        assert 0 <= d["gesture_label"] <= 11
+        assert bool(d["gesture_name"]) == (d["gesture_label"] > 0)
+        assert caption_class(d["text"]) == d["gesture_label"], d   # grounded captions
         assert c["stamp_ns"] % P == 0 and d["window_end"] == c["stamp_ns"]
         assert d["window_end"] - d["window_start"] == P
         assert d["frame_index"] * P == d["window_start"]

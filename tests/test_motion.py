@@ -9,6 +9,7 @@ from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
 from edge_vlm.model.flops import fusion_flops, motion_head_flops
 from edge_vlm.model.motion import (AGE_SCALES, MIRROR_LABEL, MOTION_HISTORY, MotionState,
     motion_channels, motion_features, patch_channel_counts)
+from edge_vlm.training.targets import IGNORE
 from edge_vlm.training.train_gesture import GestureFitConfig, accuracy, fit_head, stream_recording
 
 from test_model import moving_blob, tiny_model
@@ -139,16 +140,19 @@ def test_checkpoint_roundtrip_keeps_the_motion_head(tmp_path):
         assert k == k2 and torch.equal(v, v2)
 
 
-def test_stream_recording_keeps_labelled_frames_and_their_clips():
+def test_stream_recording_keeps_every_frame_and_its_segments():
     m, _ = tiny_model()
     m.add_motion_head()
     hist = np.stack([moving_blob(f % 10) for f in range(12)])
     labels = np.array([0, 2, 2, 2, 0, 0, 5, 5, 3, 3, 3, 0])
-    out = stream_recording(m, {}, {}, hist, labels)
-    assert out["motion"].shape == (8, motion_channels(m.cfg), m.cfg.grid, m.cfg.grid)
-    assert out["vision"].shape == (8, 11)
-    assert out["label"].tolist() == [2, 2, 2, 5, 5, 3, 3, 3]
-    assert out["clip"].tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+    kind = np.where(labels > 0, 1, 0)
+    targets = {"gesture": labels, "kind": kind, "direction": np.zeros(12, np.int64),
+               "speed": np.full(12, IGNORE), "position": np.full(12, IGNORE)}
+    out = stream_recording(m, {}, {}, hist, targets)
+    assert out["motion"].shape == (12, motion_channels(m.cfg), m.cfg.grid, m.cfg.grid)
+    assert out["vision"].shape == (12, 11)
+    assert out["targets"]["gesture"].tolist() == labels.tolist()
+    assert out["clip"].tolist() == [0, 1, 1, 1, 2, 2, 3, 3, 4, 4, 4, 5]
 
 
 def _synthetic_frames(cfg, n, seed=0):
@@ -158,7 +162,10 @@ def _synthetic_frames(cfg, n, seed=0):
     motion = 0.1 * torch.rand(n, motion_channels(cfg), cfg.grid, cfg.grid, generator=gen)
     for i, lab in enumerate(label.tolist()):
         motion[i, :, 4 * lab - 2:4 * lab + 2, 3:7] += 1.0
-    return {"motion": motion, "vision": torch.zeros(n, cfg.num_classes), "label": label,
+    targets = {"gesture": label, "kind": torch.ones(n, dtype=torch.long),
+               "direction": torch.zeros(n, dtype=torch.long),
+               "speed": torch.full((n,), IGNORE), "position": torch.full((n,), IGNORE)}
+    return {"motion": motion, "vision": torch.zeros(n, cfg.num_classes), "targets": targets,
             "clip": np.arange(n) // 4}
 
 

@@ -80,7 +80,9 @@ def make_message(kind: str):
             gesture_confidence=0.9375,
             input_stamps=[_time(6, 966_666_667), _time(7, 0), _time(7, 1)],
             window_start=_time(6, 0), window_end=_time(7, 1), model_id="edge-vlm-tiny@0.1",
-            frame_index=2**63 + 11, input_mode="rgb+events")
+            frame_index=2**63 + 11, input_mode="rgb+events", scene="gesture",
+            scene_confidence=0.8125, motion_direction="none", motion_speed="fast",
+            motion_position="left")
     if kind == "ComputeCost":
         return cls(
             header=_header(100, 500), active_tokens=17, total_tokens=64, branch="small",

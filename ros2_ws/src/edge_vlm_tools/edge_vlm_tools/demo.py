@@ -193,15 +193,16 @@ def print_report(rows: list, summary: dict, every: int = 0, out=sys.stdout) -> N
     if every <= 0:
         every = max(1, -(-len(rows) // 40))
     w = out.write
-    w(f"{'frame':>7} {'gest':>4} {'gt':>3} {'tokens':>8} {'MFLOPs exec/dense':>19} "
-      f"{'lat ms':>7} {'p2c ms':>7}  caption\n")
+    w(f"{'frame':>7} {'gest':>4} {'gt':>3} {'scene':>13} {'tokens':>8} "
+      f"{'MFLOPs exec/dense':>19} {'lat ms':>7} {'p2c ms':>7}  caption\n")
     for i, r in enumerate(rows):
         if i % every and i != len(rows) - 1:
             continue
         tok = f"{r.active_tokens}/{r.total_tokens}" if r.total_tokens else "-"
         fl = (f"{r.flops_executed / 1e6:.1f}/{r.flops_dense / 1e6:.1f}"
               if r.flops_dense else "-")
-        w(f"{r.frame:>7} {r.label:>4} {_f(r.gt_label, 'd'):>3} {tok:>8} {fl:>19} "
+        w(f"{r.frame:>7} {r.label:>4} {_f(r.gt_label, 'd'):>3} {r.scene or '-':>13} {tok:>8} "
+          f"{fl:>19} "
           f"{_f(r.latency_ms, '.1f'):>7} {_f(r.packet_to_caption_ms, '.1f'):>7}  {r.text}\n")
     s = summary
     w("\nsummary\n")
@@ -217,6 +218,10 @@ def print_report(rows: list, summary: dict, every: int = 0, out=sys.stdout) -> N
     w(f"  gesture accuracy          {_f(acc, '.1%', 'n/a (no ground truth)')} "
       f"({s['gesture_frames_correct']}/{s['gesture_frames_scored']} frames inside "
       f"{s['ground_truth_segments']} ground-truth segments)\n")
+    if s.get("scene_frames_scored"):
+        w(f"  'no gesture' on scenes    {s['scene_frames_no_gesture']}/{s['scene_frames_scored']} "
+          "frames of the scenes without a gesture\n")
+    w(f"  caption names the label   {_f(s.get('caption_label_consistency'), '.1%')} of frames\n")
     w(f"  input modes               {s['input_modes']}; "
       f"distinct captions {s['distinct_captions']}\n")
 

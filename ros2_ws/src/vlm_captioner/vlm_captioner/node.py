@@ -50,6 +50,12 @@ def caption_msg(out: CaptionOutput, frame_id: str, model_id: str) -> Caption:
     c.gesture_label = int(res.label)
     c.gesture_name = str(res.gesture_name) if res.label else ""
     c.gesture_confidence = float(res.confidence)
+    if res.scene is not None:
+        c.scene = res.scene.kind
+        c.scene_confidence = float(res.scene.kind_confidence)
+        c.motion_direction = res.scene.direction
+        c.motion_speed = res.scene.speed
+        c.motion_position = res.scene.position
     c.input_stamps = [ns_to_time(s) for s in out.input_stamps]
     c.window_start = ns_to_time(f.t_start)
     c.window_end = c.header.stamp

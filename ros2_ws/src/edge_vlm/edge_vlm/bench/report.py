@@ -25,7 +25,9 @@ SUMMARY_KEYS = (
     "encoder_ms_steady_dense", "segment_accuracy_dense", "segment_accuracy_sparse",
     "accuracy_sparse_rgb_events",
     "flops_reduction_low_motion", "walltime_reduction_low_motion", "accuracy_medium_high_motion",
-    "accuracy_anc_high_motion", "router_cost_fraction_of_tiny")
+    "accuracy_anc_high_motion", "router_cost_fraction_of_tiny",
+    "caption_label_consistency", "caption_class_accuracy", "false_gesture_rate_non_gesture",
+    "nothing_moves_rate_empty", "ece", "label_switches_per_s_in_gesture", "top_caption_share")
 
 #: what each figure of :data:`SUMMARY_KEYS` measures (the report's table)
 DESCRIPTIONS = {
@@ -74,6 +76,19 @@ DESCRIPTIONS = {
     "router_cost_fraction_of_tiny": "FLOPs of estimator + router / FLOPs of the Tiny branch "
                                     "(dense)",
     "flops_ratio": "FLOPs executed sparse / dense (whole model, per frame)",
+    "caption_label_consistency": "share of frames whose caption names exactly the published "
+                                 "gesture (none for 'no gesture'): STTF sparse, the test "
+                                 "subjects' gesture recordings + one scene recording each",
+    "caption_class_accuracy": "share of gesture frames whose caption names the true class",
+    "false_gesture_rate_non_gesture": "share of frames of the non-gesture scenes published as "
+                                      "one of the 10 specific gestures",
+    "nothing_moves_rate_empty": "share of frames of empty / still scenes captioned 'nothing "
+                                "moves'",
+    "ece": "expected calibration error of the published confidence (15 bins; gesture and "
+           "non-gesture frames; correct = published label == truth, 0 on non-gesture scenes)",
+    "label_switches_per_s_in_gesture": "published label changes per second inside gesture "
+                                       "segments",
+    "top_caption_share": "share of frames with the most frequent caption (all test frames)",
     "caption_agreement": "fraction of frames whose sparse caption equals the dense one",
     "token_deviation_max": "max over frames of abs(sparse token memory - dense re-encode), per "
                            "element",

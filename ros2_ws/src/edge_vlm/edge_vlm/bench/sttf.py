@@ -18,10 +18,12 @@ from edge_vlm.bench.engines import bench_model, sttf_engine
 from edge_vlm.bench.recordings import sim_frames, test_recordings
 from edge_vlm.bench.sttf_timing import (time_encoders, timing_figures, timing_medians,
                                         vit_speedup_curve)
+from edge_vlm.bench.trust import trust_figures
 from edge_vlm.cores.graph import replay_params
 from edge_vlm.inference.engine import FrameResult
 from edge_vlm.model.sttf import CaptionModel
 from edge_vlm.sim import Recording
+from edge_vlm.stream.frames import period_ns
 
 __all__ = ["AccuracyPass", "accuracy_pass", "rgb_mode_accuracy", "active_fraction",
            "quality_figures", "bench_sttf"]
@@ -45,6 +47,15 @@ class AccuracyPass:
     #: the clip's motion class; "first" for the first frame of a recording (dense in both)
     motion: list[str] = field(default_factory=list)
     phase: list[str | None] = field(default_factory=list)
+    rec_frames: list[int] = field(default_factory=list)     # frames of each recording
+
+    def by_recording(self) -> list[list[FrameResult]]:
+        """The sparse engine's results, one list per recording."""
+        out, i = [], 0
+        for n in self.rec_frames:
+            out.append(self.sparse[i:i + n])
+            i += n
+        return out
 
 
 def accuracy_pass(model: CaptionModel, params: dict, minfo: dict,
@@ -55,6 +66,7 @@ def accuracy_pass(model: CaptionModel, params: dict, minfo: dict,
     with torch.no_grad():
         for rec in recs:
             frames = sim_frames(rec, params)
+            out.rec_frames.append(len(frames))
             es = sttf_engine(model, params, True, minfo)
             ed = sttf_engine(model, params, False, minfo)
             for j, f in enumerate(frames):
@@ -218,6 +230,8 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3,
     quality = quality_figures(acc)
     curve = vit_speedup_curve(model, quick=quick)
     rgb_modes = rgb_mode_accuracy(model, params, minfo, quick=quick)
+    trust = trust_figures(model, params, minfo, recs, acc.by_recording(), period_ns(params),
+                          quick=quick)
     scored = sum(g is not None for g in acc.gt)
     return {
         "model": minfo, "threads": threads, "repeats": repeats,
@@ -228,4 +242,5 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3,
         "speedup_by_active_tokens": curve,
         "input_modes": rgb_modes,
         "accuracy_sparse_rgb_events": rgb_modes["rgb_events"]["accuracy"],
+        **trust,
     }

@@ -20,12 +20,14 @@ COMMANDS = {
     "convert": (parsers.add_convert, "edge_vlm.cli.data_cmds:run_convert"),
     "train": (parsers.add_train, "edge_vlm.cli.train_cmds:run_train"),
     "calibrate": (parsers.add_calibrate, "edge_vlm.cli.train_cmds:run_calibrate"),
+    "finetune": (parsers.add_finetune, "edge_vlm.cli.train_cmds:run_finetune"),
     "demo": (parsers.add_demo, "edge_vlm.cli.ros_cmds:run_demo"),
     "play": (parsers.add_play, "edge_vlm.cli.ros_cmds:run_play"),
     "eval": (parsers.add_eval, "edge_vlm.cli.eval_cmds:run_eval"),
     "coco": (parsers.add_coco, "edge_vlm.cli.eval_cmds:run_coco_cmd"),
     "paper-table": (parsers.add_paper_table, "edge_vlm.cli.eval_cmds:run_paper_table"),
     "bench": (parsers.add_bench, "edge_vlm.cli.bench_cmds:run_bench"),
+    "sim-stats": (parsers.add_sim_stats, "edge_vlm.cli.sim_cmds:run_sim_stats"),
 }
 
 

@@ -33,8 +33,8 @@ def run_stats(args) -> int:
 def run_synth(args) -> int:
     meta = synth(args.out, subjects=args.subjects, lightings=args.lightings, seed=args.seed,
                  clip_s=args.clip_s, gap_s=args.gap_s, with_frames=not args.no_frames,
-                 fmt=args.format,
-                 storage=args.storage, packet_ms=args.packet_ms)
+                 fmt=args.format, storage=args.storage, packet_ms=args.packet_ms,
+                 scenes=args.scenes)
     print(json.dumps(meta, indent=1))
     return 0
 

@@ -35,6 +35,12 @@ def add_synth(sub) -> None:
     s.add_argument("--storage", choices=["sqlite3", "mcap"], default="sqlite3")
     s.add_argument("--packet-ms", type=float, default=10.0,
                    help="EventPacket length in sensor time (ms)")
+    s.add_argument("--scenes", action="store_true",
+                   help="after each gesture recording, a recording of the scenes beyond the 11 "
+                        "gestures (nothing moving, walk, stand up, sit down, object moved, "
+                        "object swings, two movers, camera shake) on the same time line; the "
+                        "bag's ground truth holds both, the DvsGesture layout only the gestures "
+                        "(it has no scene classes)")
 
 
 def add_convert(sub) -> None:
@@ -101,6 +107,70 @@ def add_train(sub) -> None:
     s.add_argument("--cache", default="",
                    help="gesture: file keeping the streamed frames, reused by a rerun on the same "
                         "checkpoint and data")
+    add_train_data(s)
+    s.add_argument("--no-progress", action="store_true")
+
+
+def add_train_data(s) -> None:
+    """``edge-vlm train --data``: the real DVS128 Gesture download instead of simulated data."""
+    d = TrainConfig()
+    s.add_argument("--data", default="", metavar="DvsGesture",
+                   help="sttf: train on the real DVS128 Gesture download (not in this "
+                        "repository and not downloadable here: bring your own copy) instead of "
+                        "simulated data: a folder of userXX_<lighting>.aedat (AEDAT 3.1) + "
+                        "_labels.csv + trials_to_train.txt / trials_to_test.txt. Trains on the "
+                        "official train trials minus --val-users held-out users (validation, "
+                        "early stopping), reports per-frame and per-sample accuracy on the test "
+                        "trials")
+    s.add_argument("--val-users", type=int, default=d.val_users,
+                   help="--data: users of the train trials held out for validation "
+                        f"(default {d.val_users}, picked with --seed)")
+    s.add_argument("--test-frames", type=int, default=d.test_frames,
+                   help="--data: labelled test frames scored (random subset; 0 = all, default)")
+    s.add_argument("--frames-dir", default=d.frames_dir,
+                   help="--data: keep the frame histograms in memory-mapped files here "
+                        "(64 KiB a frame: the full train split is estimated at over 10 GB at "
+                        "30 fps; default: in memory)")
+
+
+FINETUNE_OUT = os.path.join("data", "finetune", "captioner.pt")
+
+
+def add_finetune(sub) -> None:
+    s = sub.add_parser(
+        "finetune",
+        help="adapt a checkpoint's gesture and scene heads to your own labelled recordings",
+        description="Fine-tune the gesture head (and the scene head, if the checkpoint has one) "
+                    "on the labelled recordings of DIR: AEDAT 3.1 trials + labels CSV in the "
+                    "DvsGesture layout, and/or ROS 2 bags labelled on /edge_vlm/ground_truth. "
+                    "Only the small motion head is adapted, starting from the checkpoint's, on "
+                    "the frozen encoder: a few labelled minutes are far too few to retrain the "
+                    "encoder or the captioner (they would overfit and forget the other scenes), "
+                    "and the captions follow what the heads found. Whole recordings are held "
+                    "out for validation (a single recording: its last segments); the best "
+                    "validation epoch is kept, the temperatures refitted on validation, and the "
+                    "checkpoint's head and the fine-tuned one are scored on the same held-out "
+                    "frames (finetune.json next to --out). Classes absent from DIR lose ground: "
+                    "label every gesture your robot must keep recognising.")
+    s.add_argument("checkpoint", metavar="CKPT",
+                   help='checkpoint to adapt ("" or "shipped": the shipped one)')
+    s.add_argument("--data", required=True, metavar="DIR", help="folder of labelled recordings")
+    s.add_argument("--out", default=FINETUNE_OUT,
+                   help=f"checkpoint written (default {FINETUNE_OUT})")
+    s.add_argument("--epochs", type=int, default=20, help="passes over the frames (default 20)")
+    s.add_argument("--lr", type=float, default=1e-3,
+                   help="peak learning rate (default 1e-3, below the 3e-3 of a fresh head)")
+    s.add_argument("--val-share", type=float, default=0.25,
+                   help="share of the recordings held out for validation (default 0.25; at "
+                        "least one recording each side)")
+    s.add_argument("--seed", type=int, default=0, help="picks the validation recordings")
+    s.add_argument("--no-mirror", action="store_true",
+                   help="do not also train on the left-right mirrored recordings")
+    s.add_argument("--no-rehearse", action="store_true",
+                   help="scene head: do not mix a simulated recording of the other scenes into "
+                        "the training frames (they keep the scene groups from drifting to "
+                        "'gesture' everywhere)")
+    s.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     s.add_argument("--no-progress", action="store_true")
 
 
@@ -135,7 +205,12 @@ def add_eval(sub) -> None:
         description="Replay SOURCE (ROS 2 bag folder/.db3/.mcap, DvsGesture folder, or `edge-vlm "
                     "synth` output) through the exact per-frame logic of sttf_perception + "
                     "vlm_captioner and report gesture accuracy, caption metrics (BLEU-1..4, "
-                    "METEOR, ROUGE-L, CIDEr-D), active-token fraction, FLOPs and latency.")
+                    "METEOR, ROUGE-L, CIDEr-D), trust metrics (caption/label consistency, false "
+                    "gestures on scenes without one, calibration ECE + reliability diagram, "
+                    "label switches), active-token fraction, FLOPs and latency. A source "
+                    "without ground truth (a bag without its topic) gets the statistics that "
+                    "need none: label and scene distributions, label switches, ANC routing, "
+                    "top caption and example captions, and a timeline plot.")
     s.add_argument("source", help="bag folder / .db3 / .mcap, or DvsGesture folder")
     s.add_argument("--out", default=EVAL_OUT, help=f"output folder (default: {EVAL_OUT})")
     s.add_argument("--checkpoint", default="",
@@ -213,3 +288,31 @@ def add_bench(sub) -> None:
     s.add_argument("--no-anc", action="store_true", help="`all` without the ANC comparison")
     s.add_argument("--quick", action="store_true",
                    help="tiny inputs (smoke test; figures not meaningful)")
+
+
+def add_sim_stats(sub) -> None:
+    s = sub.add_parser(
+        "sim-stats",
+        help="sensor statistics of recordings side by side (event rate per pixel, ON/OFF, "
+             "inter-event intervals, hot pixels, static-scene rate): simulated vs real",
+        description="For each REC (a bag or any event file `edge-vlm stats` reads), read at "
+                    "most the first --max-seconds / --max-events, and for each --sim-sensors "
+                    "seed, simulate a session; print one Markdown table (a column per "
+                    "recording) or JSON; --plot overlays the distributions.")
+    s.add_argument("recordings", nargs="*", metavar="REC")
+    s.add_argument("--sim-sensors", type=int, nargs="+", default=[], metavar="SEED",
+                   help="also simulate a session (the 11 gestures of subject 1, ~20 s) seen by "
+                        "each of these sensors (0: the nominal sensor; others: randomised)")
+    s.add_argument("--sim-lightings", nargs="+", default=["lab"],
+                   choices=["lab", "fluorescent", "natural"],
+                   help="lightings of the --sim-sensors sessions (default lab)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--plot", default="", metavar="PNG", help="write the distributions here")
+    s.add_argument("--static-window-ms", type=float, default=None,
+                   help="window of the static-scene rate (p10 of the windows; default 100)")
+    s.add_argument("--hot-k", type=float, default=None,
+                   help="hot pixel: rate above k x the median of the active pixels (default 10)")
+    s.add_argument("--max-events", type=int, default=None,
+                   help="read at most this many events per recording (default 5,000,000)")
+    s.add_argument("--max-seconds", type=float, default=None,
+                   help="read at most this much sensor time per recording (default 30)")

@@ -105,13 +105,19 @@ def evaluate(source, *, checkpoint: str = "", overrides: dict | None = None,
     Returns a JSON-safe dict: ``source`` (kind, path, topics / split, trials), ``checkpoint``,
     ``model_id``, ``params`` (per node), ``frame_period_ns``, ``frames``, ``frames_scored``,
     ``segments``, ``segments_scored``, ``accuracy`` ({frame, segment}: {accuracy, correct,
-    total}), ``confusion`` (per frame) and ``confusion_segment``, ``captions`` (BLEU-1..4,
+    total} over the gesture frames / segments), ``confusion`` (per frame, 12 x 12 with 0 = no
+    gesture) and ``confusion_segment``, ``captions`` (BLEU-1..4,
     METEOR, ROUGE-L, CIDEr-D, n, tokenizer, scored_on), ``active_fraction`` (mean, p50, p95,
     change_mean), ``flops`` (executed_mean, dense_mean, ratio, saved_fraction), ``latency_ms``
     ({stage: p50/p95/p99/mean/min/max/n} for :data:`LATENCY_STAGES`), ``fps`` (wall,
     pipeline), ``wall_s``, ``ms_per_frame``, ``low_motion`` / ``high_motion`` (segments,
     frames, frame_accuracy, segment_accuracy, active_fraction_mean; None without
-    ``attributes['motion']``), ``stream`` (packet/event/RGB counters), ``per_segment``,
+    ``attributes['motion']``), ``ground_truth`` (whether the source has any; without it the
+    accuracy-type values are None), ``trust``
+    (:func:`~edge_vlm.evaluation.trust.trust_metrics`: caption/label consistency, false gestures
+    on scenes without one, "nothing moves" on empty scenes, ECE + reliability data, label
+    switches in gestures), ``stream`` (packet/event/RGB counters and the statistics that need
+    no ground truth, :func:`~edge_vlm.evaluation.trust.stream_statistics`), ``per_segment``,
     ``per_frame`` and, with ``out_dir``, ``outputs``.
     """
     params = replay_params(overrides, checkpoint, graph)
@@ -143,12 +149,13 @@ def evaluate(source, *, checkpoint: str = "", overrides: dict | None = None,
         "frames_scored": sum(1 for r in records if r.segment is not None),
         "segments": len(segments),
         "segments_scored": len(summary["per_segment"]),
-        **{k: v for k, v in summary.items() if k != "per_segment"},
+        "ground_truth": bool(segments),
+        **{k: v for k, v in summary.items() if k not in ("per_segment", "stream_statistics")},
         "fps": {"wall": (n / wall) if wall > 0 else None,
                 "pipeline": (1e3 / mean_total) if mean_total else None},
         "wall_s": wall,
         "ms_per_frame": (wall * 1e3 / n) if n else None,
-        "stream": asdict(replay.finalize_stats()),
+        "stream": {**asdict(replay.finalize_stats()), **summary["stream_statistics"]},
         "per_segment": summary["per_segment"],
         "per_frame": [asdict(r) for r in records],
     }

@@ -19,7 +19,8 @@ Captions (COCO caption protocol, ``pycocoevalcap`` 1.2):
   :func:`cider_d` documents/cross-checks it (the tests compare both).
 
 Gestures and costs: :func:`gesture_accuracy`, :func:`confusion_matrix`
-(11 x 11 over the 1-based DvsGesture labels, rows = truth, row-normalized),
+(11 x 11 over the 1-based DvsGesture labels, or 12 x 12 with 0 = no gesture; rows = truth,
+row-normalized),
 :func:`percentiles` (p50/p95/p99 + mean/min/max).
 """
 from __future__ import annotations
@@ -39,10 +40,12 @@ import numpy as np
 
 from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES, NUM_CLASSES
 
-__all__ = ["CAPTION_METRICS", "EMPTY_CAPTION", "ptb_tokenize", "caption_metrics", "cider_d",
-           "bleu_scores", "gesture_accuracy", "confusion_matrix", "percentiles", "json_safe",
-           "java_available"]
+__all__ = ["CAPTION_METRICS", "EMPTY_CAPTION", "NO_GESTURE_NAME", "ptb_tokenize",
+           "caption_metrics", "cider_d", "bleu_scores", "gesture_accuracy", "confusion_matrix",
+           "percentiles", "json_safe", "java_available"]
 
+#: class name of label 0 (no gesture: a scene without one, or the model saying so)
+NO_GESTURE_NAME = "no_gesture"
 #: names of the caption metrics, in report order
 CAPTION_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
 #: stands in for an empty candidate caption (an empty line breaks the PTB
@@ -312,16 +315,17 @@ def _close_meteor(m) -> None:
 
 
 # ----------------------------------------------------------------------------- gestures
-def _labels(values: Iterable) -> np.ndarray:
+def _labels(values: Iterable, lowest: int = 1) -> np.ndarray:
     a = np.asarray(list(values), dtype=np.int64).reshape(-1)
-    if a.size and (a.min() < 1 or a.max() > NUM_CLASSES):
-        raise ValueError(f"gesture labels must be in 1..{NUM_CLASSES}")
+    if a.size and (a.min() < lowest or a.max() > NUM_CLASSES):
+        raise ValueError(f"gesture labels must be in {lowest}..{NUM_CLASSES}")
     return a
 
 
 def gesture_accuracy(y_true: Iterable[int], y_pred: Iterable[int]) -> dict:
-    """``{"accuracy", "correct", "total"}`` (accuracy None when there is nothing to score)."""
-    t, p = _labels(y_true), _labels(y_pred)
+    """``{"accuracy", "correct", "total"}`` (accuracy None when there is nothing to score).
+    Labels 0..11: 0 is "no gesture" (a scene without one, or the model saying so)."""
+    t, p = _labels(y_true, 0), _labels(y_pred, 0)
     if t.shape != p.shape:
         raise ValueError(f"{t.size} true labels but {p.size} predictions")
     correct = int((t == p).sum())
@@ -330,26 +334,29 @@ def gesture_accuracy(y_true: Iterable[int], y_pred: Iterable[int]) -> dict:
 
 
 def confusion_matrix(y_true: Iterable[int], y_pred: Iterable[int],
-                     num_classes: int = NUM_CLASSES) -> dict:
+                     num_classes: int = NUM_CLASSES, *, no_gesture: bool = False) -> dict:
     """Confusion matrix over the 1-based labels 1..num_classes (rows = truth, columns =
-    prediction).
+    prediction); ``no_gesture``: label 0 (:data:`NO_GESTURE_NAME`) as the first row/column.
 
     Returns ``{"labels", "class_names", "counts" (int, K x K), "normalized"
     (each row divided by its total; all-zero rows stay 0), "support" (row
     totals), "per_class_accuracy" (diagonal of normalized; None without
     support)}``.
     """
-    t, p = _labels(y_true), _labels(y_pred)
+    lo = 0 if no_gesture else 1
+    t, p = _labels(y_true, lo), _labels(y_pred, lo)
     if t.shape != p.shape:
         raise ValueError(f"{t.size} true labels but {p.size} predictions")
-    k = int(num_classes)
+    k = int(num_classes) + 1 - lo
     counts = np.zeros((k, k), dtype=np.int64)
-    np.add.at(counts, (t - 1, p - 1), 1)
+    np.add.at(counts, (t - lo, p - lo), 1)
     support = counts.sum(axis=1)
     norm = counts / np.maximum(support, 1)[:, None]
-    names = list(GESTURE_CLASSES[:k])
-    names += [f"class_{i}" for i in range(len(GESTURE_CLASSES) + 1, k + 1)]
-    return {"labels": list(range(1, k + 1)), "class_names": names, "counts": counts.tolist(),
+    names = list(GESTURE_CLASSES[:int(num_classes)])
+    names += [f"class_{i}" for i in range(len(GESTURE_CLASSES) + 1, int(num_classes) + 1)]
+    names = [NO_GESTURE_NAME] * (1 - lo) + names
+    return {"labels": list(range(lo, int(num_classes) + 1)), "class_names": names,
+            "counts": counts.tolist(),
             "normalized": [[float(v) for v in row] for row in norm], "support": support.tolist(),
             "per_class_accuracy": [float(norm[i, i]) if support[i] else None for i in range(k)]}
 

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from edge_vlm.evaluation.trust import caption_class
+
 
 @dataclass
 class CaptionRow:
@@ -34,7 +36,9 @@ class CaptionRow:
     branch: str | None
     latency_ms: float | None          # the captioner's ``total`` stage (decode + model)
     packet_to_caption_ms: float | None
-    gt_label: int | None
+    gt_label: int | None              # 1..11 gesture, 0 a scene without gesture, None: no GT
+    scene: str = ""                   # the scene kind the captioner published
+    gt_scene: str | None = None       # the ground truth's scene kind
 
 
 @dataclass
@@ -55,6 +59,9 @@ class GraphSummary:
     gesture_accuracy: float | None
     input_modes: dict[str, int] = field(default_factory=dict)
     distinct_captions: int = 0
+    scene_frames_scored: int = 0            # frames of scenes without a gesture
+    scene_frames_no_gesture: int = 0        # ... published as "no gesture"
+    caption_label_consistency: float | None = None   # caption names the published gesture
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +115,8 @@ def caption_rows(records: list[dict]) -> list[CaptionRow]:
             flops_dense=cost.get("flops_dense"), branch=cost.get("branch"),
             latency_ms=stages.get("total"),
             packet_to_caption_ms=(c["recv_ns"] - max(arrivals)) / 1e6 if arrivals else None,
-            gt_label=gt["label"] if gt else None))
+            gt_label=gt["label"] if gt else None, scene=d.get("scene", ""),
+            gt_scene=(gt.get("scene") or ("gesture" if gt["label"] else None)) if gt else None))
     return rows
 
 
@@ -120,8 +128,9 @@ def summarize(records: list[dict]) -> tuple[list[CaptionRow], GraphSummary]:
     p2c = [r.packet_to_caption_ms for r in rows if r.packet_to_caption_ms is not None]
     fe = sum(r.flops_executed or 0.0 for r in rows)
     fd = sum(r.flops_dense or 0.0 for r in rows)
-    scored = [r for r in rows if r.gt_label is not None]
+    scored = [r for r in rows if r.gt_label]
     correct = sum(1 for r in scored if r.label == r.gt_label)
+    scenes = [r for r in rows if r.gt_label == 0]
     modes = sorted({r.input_mode for r in rows})
     summary = GraphSummary(
         frames_processed=len(rows),
@@ -135,5 +144,9 @@ def summarize(records: list[dict]) -> tuple[list[CaptionRow], GraphSummary]:
         gesture_frames_scored=len(scored), gesture_frames_correct=correct,
         gesture_accuracy=(correct / len(scored)) if scored else None,
         input_modes={m: sum(1 for r in rows if r.input_mode == m) for m in modes},
-        distinct_captions=len({r.text for r in rows}))
+        distinct_captions=len({r.text for r in rows}),
+        scene_frames_scored=len(scenes),
+        scene_frames_no_gesture=sum(1 for r in scenes if r.label == 0),
+        caption_label_consistency=(float(np.mean([caption_class(r.text) == r.label
+                                                  for r in rows])) if rows else None))
     return rows, summary

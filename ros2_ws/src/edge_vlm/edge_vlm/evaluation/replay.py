@@ -57,8 +57,11 @@ class FrameRecord:
     flops_dense: float
     rgb: bool
     latency_ms: dict[str, float]
+    branch: str | None = None         # ANC branch (joint model) or anc_router's
+    scene: dict | None = None         # the engine's SceneReport (kind, gesture, ...), if any
     segment: int | None = None        # index of its ground-truth segment (set by scoring)
-    gt_label: int | None = None
+    gt_label: int | None = None       # its label (0: a scene without gesture)
+    gt_scene: str | None = None       # its scene kind ("gesture", "nothing", "walk", ...)
 
 
 @dataclass
@@ -84,6 +87,13 @@ class _Open:
     scheduler: CaptionScheduler
     masks: dict[int, MaskResult] = field(default_factory=dict)
     perception_ms: dict[int, float] = field(default_factory=dict)
+
+
+def _scene_dict(scene) -> dict | None:
+    """The engine's SceneReport as a JSON-ready dict (None when the engine reports none)."""
+    if scene is None:
+        return None
+    return scene.to_dict() if hasattr(scene, "to_dict") else dict(vars(scene))
 
 
 class Replay:
@@ -194,7 +204,8 @@ class Replay:
             refreshed=bool(res.refreshed),
             flops_executed=float(res.flops_executed), flops_dense=float(res.flops_dense),
             rgb=out.rgb,
-            latency_ms=latency))
+            latency_ms=latency, branch=out.branch or None,
+            scene=_scene_dict(getattr(res, "scene", None))))
 
     def finalize_stats(self) -> ReplayStats:
         """The counters, with the captioner's image counters."""

@@ -1,6 +1,7 @@
 """The evaluation's report files: ``eval.json`` (everything but the per-frame records),
-``frames.jsonl`` (one record per frame), ``eval.md`` (tables), ``confusion.png`` (per-frame
-normalized confusion matrix) and ``active_fraction.png``."""
+``frames.jsonl`` (one record per frame), ``eval.md`` (tables), ``active_fraction.png``,
+``timeline.png`` (published gesture and scene over time) and, with ground truth,
+``confusion.png`` (per-frame normalized confusion matrix) and ``reliability.png``."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from edge_vlm.evaluation.metrics import json_safe
+from edge_vlm.evaluation.trust_report import (NO_GROUND_TRUTH, plot_reliability, plot_timeline,
+                                              stream_markdown, trust_markdown)
 from edge_vlm.report import fmt_value
 
 
@@ -26,14 +29,20 @@ def markdown_report(result: dict) -> str:
         ("checkpoint", f"`{result['checkpoint']}` ({result['model_id']})"),
         ("frames (scored)", f"{result['frames']} ({result['frames_scored']})"),
         ("segments (scored)", f"{result['segments']} ({result['segments_scored']})"),
-        ("gesture accuracy, per frame",
-         f"{_f(acc['frame']['accuracy'])} ({acc['frame']['correct']}/{acc['frame']['total']})"),
-        ("gesture accuracy, per segment (majority vote)",
-         f"{_f(acc['segment']['accuracy'])} "
-         f"({acc['segment']['correct']}/{acc['segment']['total']})"),
     ]
-    rows += [(f"{m} (last frame of each segment)", _f(caps.get(m))) for m in
-             ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")]
+    if result.get("ground_truth", True):
+        rows += [
+            ("gesture accuracy, per frame (gesture segments)",
+             f"{_f(acc['frame']['accuracy'])} "
+             f"({acc['frame']['correct']}/{acc['frame']['total']})"),
+            ("gesture accuracy, per segment (majority vote)",
+             f"{_f(acc['segment']['accuracy'])} "
+             f"({acc['segment']['correct']}/{acc['segment']['total']})"),
+        ]
+        rows += [(f"{m} (last frame of each segment)", _f(caps.get(m))) for m in
+                 ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")]
+    else:
+        rows.append(("ground truth", NO_GROUND_TRUTH))
     rows += [
         ("active-token fraction mean / p50 / p95",
          " / ".join(_f(af[k], 3) for k in ("mean", "p50", "p95"))),
@@ -59,10 +68,12 @@ def markdown_report(result: dict) -> str:
             lines.append(f"| {key} | {d.get('segments', 0)} | {d.get('frames', 0)} | "
                          f"{_f(d.get('frame_accuracy'))} | {_f(d.get('segment_accuracy'))} | "
                          f"{_f(d.get('active_fraction_mean'), 3)} |")
-    lines += ["",
-              "Captions are scored once per segment: the caption of its last scored frame against "
-              "the segment's references (PTB-tokenized; CIDEr-D with idf over the evaluated "
-              "segments).", ""]
+    lines += trust_markdown(result) + stream_markdown(result)
+    if result.get("ground_truth", True):
+        lines += ["", "Captions are scored once per segment: the caption of its last scored "
+                      "frame against the segment's references (PTB-tokenized; CIDEr-D with idf "
+                      "over the evaluated segments)."]
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -92,7 +103,7 @@ def _plot_confusion(conf: dict, path: str, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _plot_active(records: list[dict], segments: list[dict], path: str) -> None:
+def _plot_active(records: list[dict], ground_truth: bool, path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -108,7 +119,7 @@ def _plot_active(records: list[dict], segments: list[dict], path: str) -> None:
                 label="active (re-encoded) tokens")
         ax.plot(x, [r["change_tokens"] / max(1, r["total_tokens"]) for r in records], lw=0.8,
                 alpha=0.8, label="change mask")
-        seg_of = [r.get("segment") for r in records]
+        seg_of = [r.get("segment") if ground_truth else None for r in records]
         start = None
         for i, s in enumerate(seg_of + [None]):
             if start is not None and (s is None or s != seg_of[start]):
@@ -120,7 +131,8 @@ def _plot_active(records: list[dict], segments: list[dict], path: str) -> None:
                       else "processed frame (all trials)")
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("fraction of tokens")
-    ax.set_title("Active-token fraction over time (grey: ground-truth gesture segments)")
+    ax.set_title("Active-token fraction over time"
+                 + (" (grey: ground-truth segments)" if ground_truth else ""))
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -128,14 +140,22 @@ def _plot_active(records: list[dict], segments: list[dict], path: str) -> None:
 
 def write_report(result: dict, out_dir: str | os.PathLike) -> dict:
     """Write ``eval.json`` (everything but the per-frame records), ``frames.jsonl`` (one
-    record per frame), ``eval.md`` (tables), ``confusion.png`` (per-frame normalized confusion
-    matrix) and ``active_fraction.png`` under ``out_dir``; returns {name: path}."""
+    record per frame), ``eval.md`` (tables), ``active_fraction.png``, ``timeline.png`` and,
+    with ground truth, ``confusion.png`` (per-frame normalized confusion matrix) and
+    ``reliability.png`` (calibration of the published confidence) under ``out_dir``; returns
+    {name: path}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {k: str(out / n) for k, n in (("json", "eval.json"), ("frames", "frames.jsonl"),
-                                          ("markdown", "eval.md"),
-                                          ("confusion_png", "confusion.png"),
-                                          ("active_fraction_png", "active_fraction.png"))}
+    has_gt = bool(result.get("ground_truth", True))
+    calibrated = bool((result.get("trust") or {}).get("calibration_frames"))
+    names = [("json", "eval.json"), ("frames", "frames.jsonl"), ("markdown", "eval.md")]
+    names += [("confusion_png", "confusion.png")] if has_gt else []
+    names += [("active_fraction_png", "active_fraction.png"), ("timeline_png", "timeline.png")]
+    names += [("reliability_png", "reliability.png")] if calibrated else []
+    paths = {k: str(out / n) for k, n in names}
+    for stale in ("confusion.png", "reliability.png"):      # of an earlier run in out_dir
+        if str(out / stale) not in paths.values() and (out / stale).is_file():
+            (out / stale).unlink()
     summary = {k: v for k, v in result.items() if k not in ("per_frame", "outputs")}
     summary["outputs"] = paths
     with open(paths["json"], "w") as f:
@@ -145,8 +165,12 @@ def write_report(result: dict, out_dir: str | os.PathLike) -> dict:
             f.write(json.dumps(json_safe(r)) + "\n")
     with open(paths["markdown"], "w") as f:
         f.write(markdown_report(result))
-    _plot_confusion(result["confusion"], paths["confusion_png"],
-                    "Gesture confusion (per frame, row-normalized)")
-    _plot_active(result.get("per_frame", []), result.get("per_segment", []),
-                 paths["active_fraction_png"])
+    records = result.get("per_frame", [])
+    if has_gt:
+        _plot_confusion(result["confusion"], paths["confusion_png"],
+                        "Gesture confusion (per frame, row-normalized, 0 = no gesture)")
+    _plot_active(records, has_gt, paths["active_fraction_png"])
+    plot_timeline(records, has_gt, paths["timeline_png"])
+    if calibrated:
+        plot_reliability(result["trust"], paths["reliability_png"])
     return paths

@@ -2,8 +2,11 @@
 per segment, caption metrics, active tokens, FLOPs, latency and the motion splits.
 
 A frame is scored when its end ``t_end`` lies in ``(t_start_ns, t_end_ns]`` of a ground-truth
-segment. Gesture accuracy is reported per frame and per segment (majority vote of the segment's
-frames; ties go to the label with the larger summed confidence). Caption metrics score ONE
+segment (a gesture, label 1..11, or a scene without one, label 0 and ``scene`` its kind).
+Gesture accuracy is reported per frame and per segment (majority vote of the segment's
+frames; ties go to the label with the larger summed confidence) over the gesture segments; the
+confusion matrices (12 x 12, 0 = no gesture) hold every scored frame / segment. The trust
+metrics are those of :mod:`edge_vlm.evaluation.trust`. Caption metrics score ONE
 caption per segment: the caption of the segment's last scored frame (the one that has seen the
 most of the gesture, which is also what a listener of ``/edge_vlm/caption`` holds when the
 segment ends) against the segment's references, over the corpus of segments (BLEU-1..4,
@@ -17,10 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES
-from edge_vlm.evaluation.metrics import (caption_metrics, confusion_matrix, gesture_accuracy,
-                                         percentiles)
+from edge_vlm.evaluation.metrics import (NO_GESTURE_NAME, caption_metrics, confusion_matrix,
+                                         gesture_accuracy, percentiles)
 from edge_vlm.evaluation.replay import LATENCY_STAGES, FrameRecord
 from edge_vlm.evaluation.sources import Stream
+from edge_vlm.evaluation.trust import TrustRow, stream_statistics, trust_metrics
 
 
 @dataclass
@@ -32,8 +36,9 @@ class _StreamSegments:
 
 
 def assign_segments(records: list[FrameRecord], streams: list[Stream]) -> list[dict]:
-    """Set ``segment`` (global index or None) and ``gt_label`` of each record; returns every
-    segment (with ``stream`` and ``id``) in global order."""
+    """Set ``segment`` (global index or None), ``gt_label`` and ``gt_scene`` (the segment's
+    ``scene``, else "gesture" for labels 1..11) of each record; returns every segment (with
+    ``stream`` and ``id``) in global order."""
     segments, lookup = [], {}
     for s in streams:
         first = len(segments)
@@ -44,7 +49,7 @@ def assign_segments(records: list[FrameRecord], streams: list[Stream]) -> list[d
             first, np.asarray([seg["t_start_ns"] for seg in s.segments], dtype=np.int64),
             np.maximum.accumulate(np.asarray(ends, dtype=np.int64)), s.segments)
     for r in records:
-        r.segment, r.gt_label = None, None
+        r.segment, r.gt_label, r.gt_scene = None, None, None
         ss = lookup.get(r.stream)
         if ss is None:
             continue
@@ -52,8 +57,10 @@ def assign_segments(records: list[FrameRecord], streams: list[Stream]) -> list[d
         # the last segment with t_start < t_end, then back while some segment <= j reaches t
         j = int(np.searchsorted(ss.starts, t, side="left")) - 1
         while j >= 0 and ss.reach[j] >= t:
-            if t <= ss.segments[j]["t_end_ns"]:
-                r.segment, r.gt_label = ss.first + j, int(ss.segments[j]["label"])
+            seg = ss.segments[j]
+            if t <= seg["t_end_ns"]:
+                r.segment, r.gt_label = ss.first + j, int(seg["label"])
+                r.gt_scene = seg.get("scene") or ("gesture" if r.gt_label >= 1 else None)
                 break
             j -= 1
     return segments
@@ -83,7 +90,8 @@ def per_segment(records: list[FrameRecord], segments: list[dict]) -> list[dict]:
         last = max(fr, key=lambda r: r.t_end)
         out.append({
             "id": seg["id"], "stream": seg["stream"], "label": int(seg["label"]),
-            "class_name": seg.get("class_name") or GESTURE_CLASSES[int(seg["label"]) - 1],
+            "class_name": seg.get("class_name") or _class_name(int(seg["label"])),
+            "scene": seg.get("scene") or ("gesture" if int(seg["label"]) >= 1 else None),
             "t_start_ns": seg["t_start_ns"], "t_end_ns": seg["t_end_ns"], "frames": len(fr),
             "predicted": vote(fr),
             "frame_accuracy": float(np.mean([r.label == r.gt_label for r in fr])),
@@ -93,16 +101,23 @@ def per_segment(records: list[FrameRecord], segments: list[dict]) -> list[dict]:
     return out
 
 
+def _class_name(label: int) -> str:
+    return GESTURE_CLASSES[label - 1] if 1 <= label <= len(GESTURE_CLASSES) else NO_GESTURE_NAME
+
+
 def gesture_scores(scored: list[FrameRecord], segs: list[dict]) -> dict:
-    """Accuracy and confusion matrices, per frame and per segment."""
+    """Accuracy over the gesture frames / segments; confusion matrices (0 = no gesture) over
+    every scored frame / segment."""
+    fr = [r for r in scored if r.gt_label >= 1]
+    sg = [s for s in segs if s["label"] >= 1]
     return {
-        "accuracy": {"frame": gesture_accuracy([r.gt_label for r in scored],
-                                               [r.label for r in scored]),
-                     "segment": gesture_accuracy([s["label"] for s in segs],
-                                                 [s["predicted"] for s in segs])},
-        "confusion": confusion_matrix([r.gt_label for r in scored], [r.label for r in scored]),
+        "accuracy": {"frame": gesture_accuracy([r.gt_label for r in fr], [r.label for r in fr]),
+                     "segment": gesture_accuracy([s["label"] for s in sg],
+                                                 [s["predicted"] for s in sg])},
+        "confusion": confusion_matrix([r.gt_label for r in scored], [r.label for r in scored],
+                                      no_gesture=True),
         "confusion_segment": confusion_matrix([s["label"] for s in segs],
-                                              [s["predicted"] for s in segs])}
+                                              [s["predicted"] for s in segs], no_gesture=True)}
 
 
 def caption_scores(segs: list[dict], meteor: bool) -> dict:
@@ -138,18 +153,28 @@ def compute_scores(records: list[FrameRecord]) -> dict:
 
 def motion_split(level: str, scored: list[FrameRecord], segs: list[dict],
                  segments: list[dict]) -> dict:
-    """Scores of the segments whose ``attributes.motion`` is ``level``."""
+    """Scores of the segments whose ``attributes.motion`` is ``level`` (accuracies over their
+    gesture frames / segments)."""
     chosen = [s for s in segs if s["motion"] == level]
     ids = {i for i, seg in enumerate(segments)
            if (seg.get("attributes") or {}).get("motion") == level}
     fr = [r for r in scored if r.segment in ids]
+    gf = [r for r in fr if r.gt_label >= 1]
+    gs = [s for s in chosen if s["label"] >= 1]
     return {"segments": len(chosen), "frames": len(fr),
-            "frame_accuracy": gesture_accuracy([r.gt_label for r in fr],
-                                               [r.label for r in fr])["accuracy"],
-            "segment_accuracy": gesture_accuracy([s["label"] for s in chosen],
-                                                 [s["predicted"] for s in chosen])["accuracy"],
+            "frame_accuracy": gesture_accuracy([r.gt_label for r in gf],
+                                               [r.label for r in gf])["accuracy"],
+            "segment_accuracy": gesture_accuracy([s["label"] for s in gs],
+                                                 [s["predicted"] for s in gs])["accuracy"],
             "active_fraction_mean": (float(np.mean([r.active_fraction for r in fr])) if fr
                                      else None)}
+
+
+def trust_rows(records: list[FrameRecord]) -> list[TrustRow]:
+    """What the trust metrics read of each record (after :func:`assign_segments`)."""
+    return [TrustRow(r.stream, r.t_start, r.t_end, r.text, r.label, r.confidence, r.segment,
+                     r.gt_label, r.gt_scene, (r.scene or {}).get("kind"), r.branch)
+            for r in records]
 
 
 def summarize(records: list[FrameRecord], segments: list[dict], meteor: bool) -> dict:
@@ -162,5 +187,8 @@ def summarize(records: list[FrameRecord], segments: list[dict], meteor: bool) ->
     motions = {s["motion"] for s in segs if s["motion"] is not None}
     for level in ("low", "high"):
         out[f"{level}_motion"] = motion_split(level, scored, segs, segments) if motions else None
+    rows = trust_rows(records)
+    out["trust"] = trust_metrics(rows, segments)
+    out["stream_statistics"] = stream_statistics(rows)
     out["per_segment"] = segs
     return out

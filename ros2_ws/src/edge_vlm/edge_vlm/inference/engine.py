@@ -14,8 +14,11 @@ Per frame:
   tokens runs on the first frame, every ``refresh_period`` frames, and when the
   accumulated memory change since the last dense pass exceeds ``drift_bound``.
   ``sparse=False`` is the dense baseline (every token, every layer, every frame);
-* fusion (age embedding, mask-biased cross-attention), gesture head and the KV-cached
-  MicroGPT caption (greedy or beam). The text decoder, the costliest stage of a sparse
+* fusion (age embedding, mask-biased cross-attention), gesture and scene heads, and the
+  grounded caption (:mod:`.grounding`: calibrated, smoothed head outputs, the publication
+  threshold; a gesture's caption is written by the KV-cached MicroGPT (greedy or beam) under a
+  constraint that only lets it name the published class; any other scene is verbalised from
+  the heads without the decoder). The text decoder, the costliest stage of a sparse
   frame, is gated like the tokens: the last text is republished while the fused prefix
   stays within ``caption_reuse_threshold`` (relative L2) of the prefix it was decoded from
   and the gesture and decoder pathway are unchanged; ``caption_period`` > 1 decodes at
@@ -30,14 +33,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES
+from edge_vlm.inference.grounding import (CaptionTrie, SceneReport, SceneSmoother, calibrated,
+                                          decide, gesture_captions, scene_text)
 from edge_vlm.inference.memory import new_memory
 from edge_vlm.inference.routing import Route
 from edge_vlm.inference.vit import dense_infer, sparse_infer
 from edge_vlm.model.config import ModelConfig, age_bucket
 from edge_vlm.model.decoding import decode_beam, decode_greedy
 from edge_vlm.model.flops import decoder_flops, frame_flops
-from edge_vlm.model.motion import MotionState, patch_channel_counts
+from edge_vlm.model.motion import MotionState, patch_channel_counts, split_heads
 from edge_vlm.model.sttf import CaptionModel
 from edge_vlm.model.tokenizer import Tokenizer
 from edge_vlm.stream.histogram import patch_counts
@@ -46,10 +50,10 @@ from edge_vlm.stream.histogram import patch_counts
 @dataclass
 class FrameResult:
     text: str
-    score: float
-    label: int                 # 1..11
-    gesture_name: str
-    confidence: float
+    score: float               # mean token log-probability of a decoded text; 0.0 verbalised
+    label: int                 # published gesture 1..11, 0 = no gesture (grounding.decide)
+    gesture_name: str          # "" for no gesture
+    confidence: float          # calibrated, smoothed probability of ``label``
     active_tokens: int         # tokens re-encoded this frame
     total_tokens: int
     change_tokens: int         # tokens in the change mask (subset of active_tokens)
@@ -61,6 +65,7 @@ class FrameResult:
     caption_fresh: bool = True  # False: text reused (caption_period, caption_reuse_threshold)
     layer_tokens: list = field(default_factory=list)   # tokens recomputed per encoder layer
     route: Route | None = None                         # the joint STTF+ANC engine's route
+    scene: SceneReport | None = None                   # what the heads found (grounding)
 
     @property
     def flops_executed(self) -> float:
@@ -128,9 +133,10 @@ class DecodedCaption:
 
     ids: list[int]
     score: float
-    label: int                          # gesture class index (0-based)
+    key: tuple                          # what it says (grounding key: kind, gesture, ...)
     pathway: tuple                      # (decoder layers, beam width)
     prefix: torch.Tensor                # the fused queries it was decoded from
+    text: str = ""                      # the published text
 
 
 def hist_tensor(hist: np.ndarray) -> torch.Tensor:
@@ -163,7 +169,12 @@ PARAMS: dict[str, tuple[str, Callable]] = {
     "caption_reuse_threshold": ("caption_reuse", lambda eng, v: float(v)),
     "mask_method": ("mask_method", _mask_method),
     "drift_bound": ("drift_bound", lambda eng, v: float(v)),
+    "gesture_threshold": ("threshold", lambda eng, v: float(v)),
+    "gesture_smoothing_frames": ("smoothing_frames", lambda eng, v: max(1.0, float(v))),
 }
+
+#: the caption of a frame without a published gesture when the model has no scene head
+NO_GESTURE_TEXT = "no gesture is recognised"
 
 
 class StreamingCaptioner:
@@ -174,7 +185,8 @@ class StreamingCaptioner:
                  max_caption_tokens: int = 20, sparse: bool = True, rgb_hold_frames: int = 3,
                  caption_period: int = 1, mask_method: str = "learned",
                  layer_thresholds: list[float] | None = None, drift_bound: float = 0.0,
-                 caption_reuse_threshold: float = 0.0):
+                 caption_reuse_threshold: float = 0.0, gesture_threshold: float = 0.0,
+                 gesture_smoothing_frames: float = 1.0):
         self.model = model
         self.cfg: ModelConfig = model.cfg
         self.tok = Tokenizer(self.cfg.vocab)
@@ -184,8 +196,11 @@ class StreamingCaptioner:
                             ("beam_size", beam_size), ("max_caption_tokens", max_caption_tokens),
                             ("caption_period", caption_period),
                             ("caption_reuse_threshold", caption_reuse_threshold),
-                            ("drift_bound", drift_bound)):
+                            ("drift_bound", drift_bound),
+                            ("gesture_threshold", gesture_threshold),
+                            ("gesture_smoothing_frames", gesture_smoothing_frames)):
             self.set_param(name, value)
+        self._tries: dict[int, CaptionTrie] = {}
         self.sparse = sparse
         self.rgb_hold_frames = int(rgb_hold_frames)
         self.layer_thresholds = [float(x) for x in (layer_thresholds or [])]
@@ -217,6 +232,7 @@ class StreamingCaptioner:
         self._force_dense = False
         self.last_caption: DecodedCaption | None = None
         self.motion_state = MotionState(c.grid)
+        self.smoother = SceneSmoother()
 
     def force_refresh(self) -> None:
         """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense
@@ -354,6 +370,48 @@ class StreamingCaptioner:
         return Perception(change, changed, enc, resync, fused, logits[0], vision[0], motion,
                           learned, StageTimes(t0, t1, t1b, t2, time.perf_counter()))
 
+    def report(self, p: Perception) -> SceneReport:
+        """What the heads found about the perceived frame (:mod:`.grounding`: calibrated,
+        smoothed over frames, the publication threshold)."""
+        motion = self.model.motion
+        temp = getattr(motion, "temperature", None) if p.motion is not None else None
+        frame = calibrated(split_heads(self.cfg, p.logits[None]), temp)
+        self.smoother.frames = self.smoothing_frames
+        return decide(self.smoother.update(frame), frame, self.threshold)
+
+    def _trie(self, label: int) -> CaptionTrie:
+        """The constraint of a gesture's caption: its canonical captions as token ids (the
+        trie's ``texts`` maps each id sequence back to its canonical text, punctuation kept)."""
+        if label not in self._tries:
+            texts = {}
+            for t in gesture_captions(label):
+                q = self.tok.encode(t, self.cfg.max_len)[1:]
+                texts[tuple(q[:q.index(self.tok.eos)])] = t
+            self._tries[label] = CaptionTrie(list(texts), self.tok.eos, texts)
+        return self._tries[label]
+
+    def _decode(self, p: Perception, report: SceneReport, beams: int,
+                spec: dict) -> DecodedCaption:
+        """The caption of a frame (grounding step 4): a gesture's under the constrained
+        decoder, any other scene verbalised (no decoder: ``ids`` empty)."""
+        layers, fused, last = p.enc.decoder_layers, p.fused, self.last_caption
+        key = (report.kind, report.gesture, report.direction, report.speed, report.position)
+        if report.gesture == 0:
+            text = scene_text(report) if report.kind else NO_GESTURE_TEXT
+            return DecodedCaption([], 0.0, key, (layers, beams), fused, text)
+        tok, trie = self.tok, self._trie(report.gesture)
+        allowed = trie.allowed
+        key = ("gesture", report.gesture)
+        if beams > 1:
+            ids, score = decode_beam(self.model, fused, tok.bos, tok.eos, self.max_tokens, beams,
+                                     layers, allowed=allowed)
+        else:   # speculative: the last text as the draft (exact greedy result, one pass if same)
+            ids, score = decode_greedy(self.model, fused, tok.bos, tok.eos, self.max_tokens,
+                                       layers, draft=last.ids if last is not None else None,
+                                       stats=spec, allowed=allowed)
+        return DecodedCaption(ids, score, key, (layers, beams), fused,
+                              trie.texts.get(tuple(ids), tok.decode(ids)))
+
     @torch.no_grad()
     def process(self, hist: np.ndarray, rgb: np.ndarray | None = None,
                 change_mask: np.ndarray | None = None) -> FrameResult:
@@ -365,48 +423,40 @@ class StreamingCaptioner:
         """
         c = self.cfg
         p = self.perceive(hist, rgb, change_mask)
-        enc, fused = p.enc, p.fused
-        probs = torch.softmax(p.logits, dim=-1)
-        cls = int(torch.argmax(probs))
+        enc = p.enc
+        report = self.report(p)
         layers = enc.decoder_layers
         # beam width: the node's beam_size, capped by the decoder pathway (ANC: Tiny is greedy)
         cap = self.beam_size if enc.decoder_beam is None else enc.decoder_beam
         beams = min(self.beam_size, cap) if self.decoding == "beam" else 1
-        # the text decoder (the costliest stage) runs after a resync and whenever the recognised
-        # gesture or the decoder pathway changes, else every caption_period frames if the fused
-        # prefix moved more than caption_reuse from the one the last text was decoded from;
-        # other frames republish the last text
+        # the caption is made again after a resync and whenever what the heads found or the
+        # decoder pathway changes, else every caption_period frames if the fused prefix moved
+        # more than caption_reuse from the one the last text was made from; other frames
+        # republish the last text
         last = self.last_caption
+        key = (("gesture", report.gesture) if report.gesture else
+               (report.kind, 0, report.direction, report.speed, report.position))
         spec: dict = {}
-        fresh = (last is None or p.resync or last.label != cls or last.pathway != (layers, beams)
+        fresh = (last is None or p.resync or last.key != key or last.pathway != (layers, beams)
                  or (self.frames_seen % self.caption_period == 0
-                     and (self.caption_reuse <= 0 or float((fused - last.prefix).norm())
+                     and (self.caption_reuse <= 0 or float((p.fused - last.prefix).norm())
                           > self.caption_reuse * float(last.prefix.norm()))))
-        tok = self.tok
-        if not fresh:
-            ids, score = last.ids, last.score
-        elif beams > 1:
-            ids, score = decode_beam(self.model, fused, tok.bos, tok.eos, self.max_tokens, beams,
-                                     layers)
-        else:   # speculative: the last text as the draft (exact greedy result, one pass if same)
-            ids, score = decode_greedy(self.model, fused, tok.bos, tok.eos, self.max_tokens,
-                                       layers, draft=last.ids if last is not None else None,
-                                       stats=spec)
+        cap_ = self._decode(p, report, beams, spec) if fresh else last
         if fresh:
-            self.last_caption = DecodedCaption(ids, score, cls, (layers, beams), fused)
+            self.last_caption = cap_
         p.times.decoder = time.perf_counter()
         n_embed = c.num_tokens if p.resync else int(len(p.changed))
-        flops, dense_fl = self._flops(enc, n_embed, len(ids) + 1, beams, p.learned_mask)
-        if not fresh:
+        flops, dense_fl = self._flops(enc, n_embed, len(cap_.ids) + 1, beams, p.learned_mask)
+        if not fresh or not cap_.ids and report.gesture == 0:
             flops["decoder"] = 0.0
         elif spec.get("first", 1) > 1:
             flops["decoder"] = decoder_flops(c, spec["steps"], 1, layers, first=spec["first"])
         self.frames_seen += 1
         return FrameResult(
-            text=tok.decode(ids), score=float(score), label=cls + 1,
-            gesture_name=GESTURE_CLASSES[cls], confidence=float(probs[cls]),
+            text=cap_.text, score=float(cap_.score), label=report.gesture,
+            gesture_name=report.gesture_name, confidence=report.gesture_confidence,
             active_tokens=int(enc.layer_tokens[0]), total_tokens=c.num_tokens,
             change_tokens=int(p.change.sum()), refreshed=bool(enc.dense),
             flops=flops, flops_dense=float(dense_fl), latency_ms=p.times.latency_ms(enc.router_ms),
             frame_index=self.frames_seen - 1, caption_fresh=fresh,
-            layer_tokens=list(enc.layer_tokens), route=enc.route)
+            layer_tokens=list(enc.layer_tokens), route=enc.route, scene=report)

@@ -31,6 +31,8 @@ class ModelConfig:
     # the gesture head reads the memory's motion state too (edge-vlm train --model gesture)
     motion_head: bool = False
     motion_width: int = 32       # channels of the motion head's first convs
+    # the motion head also says "no gesture" and describes the scene (model/motion.py HEADS)
+    scene_head: bool = False
     vocab: list = field(default_factory=list)
 
     @property

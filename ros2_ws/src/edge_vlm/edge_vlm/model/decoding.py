@@ -2,15 +2,46 @@
 search."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from edge_vlm.model.sttf import CaptionModel
+
+#: a decoding constraint: the token ids allowed after a prefix of generated ids (None: any)
+Allowed = Callable[[list[int]], list[int]] | None
+
+
+def _choose(logp: torch.Tensor, prefix: list[int], allowed: Allowed) -> int:
+    """The greedy choice among the allowed tokens (``logp`` (V,))."""
+    if allowed is None:
+        return int(torch.argmax(logp))
+    ids = allowed(prefix)
+    if not ids:
+        return int(torch.argmax(logp))
+    t = torch.tensor(ids)
+    return int(t[torch.argmax(logp[t])])
+
+
+def _mask(lp: torch.Tensor, prefixes: list[list[int]], allowed: Allowed) -> torch.Tensor:
+    """``lp`` (B, V) with the tokens not allowed after each row's prefix at -inf."""
+    if allowed is None:
+        return lp
+    out = torch.full_like(lp, float("-inf"))
+    for r, pre in enumerate(prefixes):
+        ids = allowed(pre)
+        if ids:
+            t = torch.tensor(ids)
+            out[r, t] = lp[r, t]
+        else:
+            out[r] = lp[r]
+    return out
 
 
 @torch.no_grad()
 def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
                   max_len: int, layers: int | None = None, draft: list[int] | None = None,
-                  stats: dict | None = None) -> tuple[list[int], float]:
+                  stats: dict | None = None, allowed: Allowed = None) -> tuple[list[int], float]:
     """Greedy KV-cached decoding of one caption; returns (token ids, mean log-prob).
 
     ``draft`` (e.g. the previous frame's caption): speculative decoding with the draft as the
@@ -19,7 +50,9 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
     the KV cache is cut there and plain steps continue. The result is greedy decoding's
     (the same argmax decisions), at one pass instead of one step per token when the caption
     did not change. ``stats`` receives ``first`` (tokens of the first pass, BOS included) and
-    ``steps`` (single-token steps after it), for the FLOPs counter."""
+    ``steps`` (single-token steps after it), for the FLOPs counter. ``allowed``: constrained
+    decoding (the argmax over the tokens it allows after the prefix; the score stays the
+    model's own log-probability of the chosen tokens)."""
     out: list[int] = []
     logp_sum = 0.0
     if max_len <= 0:
@@ -30,8 +63,8 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
         logits, caches = model.decoder.start(fused, torch.tensor([[bos] + draft]), layers,
                                              all_logits=True)
         logp_all = torch.log_softmax(logits[0], dim=-1)
-        pred = logp_all.argmax(dim=-1).tolist()
-        for i, nxt in enumerate(pred):
+        for i in range(len(draft) + 1):
+            nxt = _choose(logp_all[i], out, allowed)
             logp_sum += float(logp_all[i, nxt])
             if nxt == eos:
                 if stats is not None:
@@ -56,7 +89,7 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
         first, steps, pos = 1, 0, p + 1
     while True:
         logp = torch.log_softmax(logits, dim=-1)[0]
-        nxt = int(torch.argmax(logp))
+        nxt = _choose(logp, out, allowed)
         logp_sum += float(logp[nxt])
         if nxt == eos:
             break
@@ -73,12 +106,16 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
 
 @torch.no_grad()
 def decode_beam(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int, max_len: int,
-                beam: int = 3, layers: int | None = None) -> tuple[list[int], float]:
-    """Beam search (batched beams, KV cache reordered per step); length-normalised score."""
+                beam: int = 3, layers: int | None = None,
+                allowed: Allowed = None) -> tuple[list[int], float]:
+    """Beam search (batched beams, KV cache reordered per step); length-normalised score.
+    ``allowed``: constrained decoding (as :func:`decode_greedy`)."""
     logits, caches = model.decoder.start(fused, torch.tensor([[bos]]), layers)
-    logp = torch.log_softmax(logits, dim=-1)[0]
+    logp = _mask(torch.log_softmax(logits, dim=-1), [[]], allowed)[0]
     top = torch.topk(logp, beam)
-    beams = [([int(i)], float(s)) for s, i in zip(top.values, top.indices)]
+    beams = [([int(i)], float(s)) for s, i in zip(top.values, top.indices)
+             if float(s) > float("-inf")]
+    beam = len(beams)
     caches = [{"k": c["k"].repeat(beam, 1, 1, 1), "v": c["v"].repeat(beam, 1, 1, 1)}
               for c in caches]
     finished: list[tuple[list[int], float]] = []
@@ -94,13 +131,16 @@ def decode_beam(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int, ma
             idx = torch.tensor([i for i, _ in alive])
             caches = [{"k": c["k"][idx], "v": c["v"][idx]} for c in caches]
         last = torch.tensor([[b[0][-1]] for _, b in alive])
-        lp = torch.log_softmax(model.decoder.step(last, pos, caches), dim=-1)
+        lp = _mask(torch.log_softmax(model.decoder.step(last, pos, caches), dim=-1),
+                   [b[0] for _, b in alive], allowed)
         pos += 1
         scores = torch.tensor([b[1] for _, b in alive])[:, None] + lp
         flat = torch.topk(scores.flatten(), min(beam, scores.numel()))
         v = lp.shape[1]
         new_beams, sel = [], []
         for s, f in zip(flat.values, flat.indices):
+            if float(s) == float("-inf"):       # constrained: fewer continuations than beams
+                continue
             r, tkn = divmod(int(f), v)
             new_beams.append((alive[r][1][0] + [tkn], float(s)))
             sel.append(r)

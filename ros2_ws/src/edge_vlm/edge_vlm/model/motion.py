@@ -25,6 +25,7 @@ effect on them shows in the gesture accuracy). Trained by ``edge-vlm train --mod
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -32,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edge_vlm.model.config import ModelConfig
+from edge_vlm.sim.captions import DIRECTIONS, SCENE_KINDS
+from edge_vlm.sim.gestures import POSITIONS, SPEEDS
 
 #: frames summed in the event-history maps
 MOTION_HISTORY = (4, 12)
@@ -43,6 +46,37 @@ _NEG_INV_SCALES = (-1.0 / np.array(AGE_SCALES, dtype=np.float32))[:, None, None]
 #: right arm becomes the left one and a rotation's sense flips (right clockwise <-> left
 #: counter-clockwise); symmetric gestures keep their label
 MIRROR_LABEL = (0, 1, 3, 2, 7, 6, 5, 4, 8, 9, 10, 11)
+
+
+#: the scene head's output groups and their classes (``cfg.scene_head``): ``gesture`` index 0
+#: is "no gesture", 1..11 the DVS128 ids; the others index their vocabularies
+HEADS: dict[str, tuple[str, ...]] = {
+    "gesture": ("no_gesture",) + tuple(f"g{k}" for k in range(1, 12)),
+    "kind": SCENE_KINDS, "direction": DIRECTIONS, "speed": SPEEDS, "position": POSITIONS}
+
+
+class HeadLogits(NamedTuple):
+    """The motion head's logits by group (each (B, classes)); without a scene head, ``gesture``
+    is the 11 DVS128 classes behind a "no gesture" column of -inf and the rest are None."""
+
+    gesture: torch.Tensor
+    kind: torch.Tensor | None = None
+    direction: torch.Tensor | None = None
+    speed: torch.Tensor | None = None
+    position: torch.Tensor | None = None
+
+
+def split_heads(cfg: ModelConfig, out: torch.Tensor) -> HeadLogits:
+    """A gesture head's output (B, K) as :class:`HeadLogits`."""
+    if not cfg.scene_head:
+        return HeadLogits(F.pad(out, (1, 0), value=float("-inf")))
+    parts = torch.split(out, [len(v) for v in HEADS.values()], dim=-1)
+    return HeadLogits(*parts)
+
+
+def head_outputs(cfg: ModelConfig) -> int:
+    """Width of the motion head's output."""
+    return sum(len(v) for v in HEADS.values()) if cfg.scene_head else cfg.num_classes
 
 
 def motion_channels(cfg: ModelConfig) -> int:
@@ -113,18 +147,25 @@ class MotionState:
 
 class MotionHead(nn.Module):
     """Conv net on the motion state (+ coordinate maps) -> gesture logits, plus the vision
-    head's log-probabilities times a learned weight."""
+    head's log-probabilities times a learned weight. With ``cfg.scene_head`` the output is
+    every group of :data:`HEADS` (the vision log-probabilities go to gestures 1..11) and
+    ``temperature`` holds one calibration temperature per group (fitted on validation
+    subjects by ``edge-vlm train --model gesture``)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         w, g = cfg.motion_width, cfg.grid
+        self.cfg = cfg
+        self.scene = bool(cfg.scene_head)
         self.net = nn.Sequential(
             nn.Conv2d(motion_channels(cfg) + 2, w, 3, padding=1), nn.ReLU(),
             nn.Conv2d(w, w, 3, padding=1), nn.ReLU(),
             nn.Conv2d(w, 2 * w, 3, padding=1, stride=2), nn.ReLU(),
             nn.Conv2d(2 * w, 2 * w, 3, padding=1, stride=2), nn.ReLU(),
-            nn.Flatten(), nn.Dropout(0.3), nn.Linear(2 * w * (g // 4) ** 2, cfg.num_classes))
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(2 * w * (g // 4) ** 2, head_outputs(cfg)))
         self.vision_weight = nn.Parameter(torch.tensor(0.5))
+        if self.scene:
+            self.register_buffer("temperature", torch.ones(len(HEADS)))
         yy, xx = torch.meshgrid(torch.linspace(-1, 1, g), torch.linspace(-1, 1, g), indexing="ij")
         self.register_buffer("coord", torch.stack([yy, xx])[None], persistent=False)
 
@@ -133,10 +174,14 @@ class MotionHead(nn.Module):
         """``state`` (B, motion_channels, g, g); ``vision_logits`` (B, K) or None."""
         out = self.net(torch.cat([state, self.coord.expand(state.shape[0], -1, -1, -1)], dim=1))
         if vision_logits is not None:
-            out = out + self.vision_weight * F.log_softmax(vision_logits, dim=-1)
+            v = self.vision_weight * F.log_softmax(vision_logits, dim=-1)
+            if self.scene:
+                v = F.pad(v, (1, out.shape[-1] - v.shape[-1] - 1))
+            out = out + v
         return out
 
 
-__all__ = ["MOTION_HISTORY", "MIRROR_LABEL", "MotionHead", "MotionState", "motion_channels",
+__all__ = ["HEADS", "HeadLogits", "MOTION_HISTORY", "MIRROR_LABEL", "MotionHead", "MotionState",
+           "head_outputs", "motion_channels", "split_heads",
            "motion_features",
            "patch_channel_counts"]

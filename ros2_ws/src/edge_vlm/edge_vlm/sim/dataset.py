@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -23,9 +23,9 @@ from edge_vlm.sim.captions import canonical_caption, reference_captions
 from edge_vlm.sim.dvs import EventSimulator, assemble, make_sensor, noise_events
 from edge_vlm.sim.gestures import (REST, GestureParams, Subject, blend_weight, gesture_angles,
                                    hand_speed, joints, make_subject, motion_level, sample_params)
-from edge_vlm.sim.render import (LIGHTING_NAMES, LOG_EPS, LightingModel, figure_pad,
-                                 lighting_spec, render_figure, render_room, render_static,
-                                 to_rgb8)
+from edge_vlm.sim.render import (LIGHTING_NAMES, LOG_EPS, LightingModel, LightingSpec,
+                                 figure_pad, lighting_spec, render_figure, render_room,
+                                 render_static, to_rgb8)
 
 FRAME_PERIOD_NS = 33_333_333     # 30 fps, the project's frame grid
 DVS_RATE_HZ = 1000               # internal DVS time step
@@ -61,12 +61,14 @@ class Clip:
         """The JSON object published on ``/edge_vlm/ground_truth`` (design card)."""
         return {"clip_id": self.clip_id, "label": self.label, "class_name": self.class_name,
                 "t_start_ns": self.t_start_ns, "t_end_ns": self.t_end_ns,
-                "attributes": dict(self.attributes), "references": list(self.references)}
+                "attributes": dict(self.attributes), "references": list(self.references),
+                "scene": "gesture"}
 
 
 @dataclass
 class Recording:
-    """One DVS128-style session: one subject + lighting, gestures back to back with pauses."""
+    """One DVS128-style session: one subject + lighting, gestures (``clips``) or the scenes
+    beyond the gestures (``scenes``, :mod:`.scenes`) back to back with pauses."""
 
     events: np.ndarray
     frames: np.ndarray | None
@@ -77,6 +79,7 @@ class Recording:
     name: str = ""
     t_start_ns: int = 0
     t_end_ns: int = 0
+    scenes: list = field(default_factory=list)
 
 
 @dataclass
@@ -87,26 +90,101 @@ class _Segment:
     ramp_s: float
 
 
-class _LogIrradiance(NamedTuple):
+class LogIrradiance(NamedTuple):
     """Log irradiance of some pixels at some times."""
 
     idx: np.ndarray         # (M,) flat pixel indices
     L: np.ndarray           # (T, M) float32 log irradiance
 
 
-class _Scene:
+class Room(NamedTuple):
+    """The room of one subject under one lighting (the same in every recording of the pair)."""
+
+    spec: LightingSpec
+    light: LightingModel
+    image: np.ndarray        # (H, W, 3) reflectance, without the subject
+
+
+def make_room(subject: Subject, lighting: str, width: int, height: int) -> Room:
+    """The room and lighting maps of (subject, lighting), deterministic from the two."""
+    li = LIGHTING_NAMES.index(lighting)
+    room_rng = np.random.default_rng(np.random.SeedSequence([0x200A, _u(subject.subject_id), li]))
+    spec = lighting_spec(lighting)
+    light = LightingModel(spec, width, height, room_rng)
+    return Room(spec, light, render_room(subject, width, height, room_rng))
+
+
+class Box(NamedTuple):
+    """A pixel window [x0, x1) x [y0, y1)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+
+
+class SceneModel(Protocol):
+    """What :func:`simulate_events` needs of a scene: its lighting and its log irradiance."""
+
+    width: int
+    height: int
+    spec: LightingSpec
+
+    def setup_dvs(self, threshold: np.ndarray) -> None: ...
+
+    def initial_log(self, t_s: np.ndarray, t_abs_s: np.ndarray) -> np.ndarray: ...
+
+    def log_irradiance(self, t_s: np.ndarray, t_abs_s: np.ndarray,
+                       t_prev_s: float | None = None) -> LogIrradiance: ...
+
+    def frames(self, t_s: np.ndarray, t_abs_s: np.ndarray,
+               rng: np.random.Generator) -> np.ndarray: ...
+
+
+class LitRoom:
+    """A static image under a lighting: what every simulated scene shares (the DVS set-up and
+    the flicker of the pixels outside the window a moving thing is rendered in)."""
+
+    width: int
+    height: int
+    spec: LightingSpec
+    light: LightingModel
+    static: np.ndarray       # (H, W, 3) reflectance of everything that does not move
+
+    def setup_dvs(self, threshold: np.ndarray) -> None:
+        """Precompute the static log image and the flicker pixels able to fire on their own."""
+        gray = self.static @ np.asarray([0.299, 0.587, 0.114], np.float32)
+        irr = self.light.irradiance(gray[None])[0].ravel()
+        self.gray = gray
+        self.irr_static = irr
+        self.flick_idx = np.zeros(0, np.int64)
+        if self.light.flicker is not None:
+            a = self.light.flicker.ravel()
+            swing = np.log((irr * (1 + a) + LOG_EPS) / (irr * (1 - a) + LOG_EPS))
+            self.flick_idx = np.flatnonzero(swing >= 0.9 * threshold)
+
+    def with_flicker(self, lg: LogIrradiance, box: Box, t_abs_s: np.ndarray) -> LogIrradiance:
+        """``lg`` (the pixels of ``box``) plus the flickering static pixels outside ``box``."""
+        if not self.flick_idx.size:
+            return lg
+        fy, fx = np.divmod(self.flick_idx, self.width)
+        fi = self.flick_idx[~((fy >= box.y0) & (fy < box.y1) & (fx >= box.x0) & (fx < box.x1))]
+        wave = self.light.flicker_wave(t_abs_s)
+        irr_f = self.irr_static[fi][None] * (
+            1 + self.light.flicker.ravel()[fi][None] * wave[:, None])
+        return LogIrradiance(np.concatenate([lg.idx, fi]),
+                              np.concatenate([lg.L, np.log(irr_f + LOG_EPS)], axis=1))
+
+
+class _Scene(LitRoom):
     """Subject + room + lighting + pose timeline; renders reflectance for any times."""
 
     def __init__(self, subject: Subject, lighting: str, width: int, height: int,
                  segments: list[_Segment]):
-        li = LIGHTING_NAMES.index(lighting)
-        room_rng = np.random.default_rng(
-            np.random.SeedSequence([0x200A, _u(subject.subject_id), li]))
+        room = make_room(subject, lighting, width, height)
         self.subject, self.width, self.height = subject, width, height
-        self.spec = lighting_spec(lighting)
-        self.light = LightingModel(self.spec, width, height, room_rng)
-        self.static = render_static(subject, render_room(subject, width, height, room_rng),
-                                    width, height)
+        self.spec, self.light = room.spec, room.light
+        self.static = render_static(subject, room.image, width, height)
         self.segments = segments
         self.ppu = subject.geometry(width, height).ppu
 
@@ -129,20 +207,14 @@ class _Scene:
     def joints(self, t_s: np.ndarray) -> np.ndarray:
         return joints(self.subject, self.canon(t_s), self.width, self.height)
 
-    def setup_dvs(self, threshold: np.ndarray) -> None:
-        """Precompute the static log image and the flicker pixels able to fire on their own."""
-        gray = self.static @ np.asarray([0.299, 0.587, 0.114], np.float32)
-        irr = self.light.irradiance(gray[None])[0].ravel()
-        self.gray = gray
-        self.irr_static = irr
-        self.flick_idx = np.zeros(0, np.int64)
-        if self.light.flicker is not None:
-            a = self.light.flicker.ravel()
-            swing = np.log((irr * (1 + a) + LOG_EPS) / (irr * (1 - a) + LOG_EPS))
-            self.flick_idx = np.flatnonzero(swing >= 0.9 * threshold)
+    def initial_log(self, t_s: np.ndarray, t_abs_s: np.ndarray) -> np.ndarray:
+        """Log irradiance (H*W,) of the whole image at the first time of ``t_s`` (1,)."""
+        refl0 = (render_figure(self.static, self.joints(t_s), self.subject, self.ppu)
+                 @ np.float32([0.299, 0.587, 0.114]))
+        return np.log(self.light.irradiance(refl0, t_abs_s)[0] + LOG_EPS).ravel()
 
     def log_irradiance(self, t_s: np.ndarray, t_abs_s: np.ndarray,
-                       t_prev_s: float | None = None) -> _LogIrradiance:
+                       t_prev_s: float | None = None) -> LogIrradiance:
         """Log irradiance of the pixels that can change.
 
         Only the window swept by the arms (including their pose at ``t_prev_s``)
@@ -162,15 +234,7 @@ class _Scene:
         irr += LOG_EPS
         L = np.log(irr, out=irr).reshape(len(t_s), -1)
         idx = (np.arange(y0, y1)[:, None] * self.width + np.arange(x0, x1)[None, :]).ravel()
-        if self.flick_idx.size:
-            fy, fx = np.divmod(self.flick_idx, self.width)
-            fi = self.flick_idx[~((fy >= y0) & (fy < y1) & (fx >= x0) & (fx < x1))]
-            wave = self.light.flicker_wave(t_abs_s)
-            irr_f = self.irr_static[fi][None] * (
-                1 + self.light.flicker.ravel()[fi][None] * wave[:, None])
-            idx = np.concatenate([idx, fi])
-            L = np.concatenate([L, np.log(irr_f + LOG_EPS)], axis=1)
-        return _LogIrradiance(idx, L)
+        return self.with_flicker(LogIrradiance(idx, L), Box(int(x0), int(y0), x1, y1), t_abs_s)
 
     def frames(self, t_s: np.ndarray, t_abs_s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out = np.empty((t_s.shape[0], self.height, self.width, 3), np.uint8)
@@ -181,17 +245,18 @@ class _Scene:
         return out
 
 
-class _Simulated(NamedTuple):
-    """What :func:`_simulate_scene` made."""
+class Simulated(NamedTuple):
+    """What :func:`simulate_events` made."""
 
     events: np.ndarray                    # EVENT_DTYPE, time-sorted
     frames: np.ndarray | None             # (N, H, W, 3) uint8 (None: frames not asked for)
     stamps: np.ndarray | None             # (N,) int64 frame stamps, ns
 
 
-def _simulate_scene(scene: _Scene, t0_ns: int, duration_ns: int, with_frames: bool,
-                    ss: np.random.SeedSequence, sensor_seed: int) -> _Simulated:
-    """Run the DVS over [t0, t0 + duration) and render frames."""
+def simulate_events(scene: SceneModel, t0_ns: int, duration_ns: int, with_frames: bool,
+                    ss: np.random.SeedSequence, sensor_seed: int) -> Simulated:
+    """Run the DVS over [t0, t0 + duration) of ``scene`` (scene time 0 at ``t0``) and render
+    its frames on the absolute frame grid."""
     r_init, r_noise, r_frames = (np.random.default_rng(s) for s in ss.spawn(3))
     sensor = make_sensor(scene.width, scene.height, sensor_seed)
     dt_ns = int(round(1e9 / DVS_RATE_HZ))
@@ -200,9 +265,7 @@ def _simulate_scene(scene: _Scene, t0_ns: int, duration_ns: int, with_frames: bo
     t_steps[-1] = t0_ns + duration_ns
     rel = (t_steps - t0_ns) / 1e9
     scene.setup_dvs(sensor.threshold)
-    refl0 = (render_figure(scene.static, scene.joints(rel[:1]), scene.subject, scene.ppu)
-             @ np.float32([0.299, 0.587, 0.114]))
-    L0 = np.log(scene.light.irradiance(refl0, t_steps[:1] / 1e9)[0] + LOG_EPS).ravel()
+    L0 = scene.initial_log(rel[:1], t_steps[:1] / 1e9)
     sim = EventSimulator(sensor, L0, t0_ns, r_init)
     for b in range(1, n_steps + 1, BATCH_STEPS):
         sl = slice(b, min(b + BATCH_STEPS, n_steps + 1))
@@ -217,7 +280,7 @@ def _simulate_scene(scene: _Scene, t0_ns: int, duration_ns: int, with_frames: bo
         k1 = -(-(t0_ns + duration_ns) // FRAME_PERIOD_NS)
         stamps = np.arange(k0, k1, dtype=np.int64) * FRAME_PERIOD_NS
         frames = scene.frames((stamps - t0_ns) / 1e9, stamps / 1e9, r_frames)
-    return _Simulated(events, frames, stamps)
+    return Simulated(events, frames, stamps)
 
 
 def _attributes(scene: _Scene, seg: _Segment, lighting: str, n_events: int) -> dict:
@@ -231,7 +294,7 @@ def _attributes(scene: _Scene, seg: _Segment, lighting: str, n_events: int) -> d
             "event_rate_hz": round(n_events / max(seg.duration_s, 1e-9), 1)}
 
 
-def _make_clip(scene: _Scene, seg: _Segment, label: int, lighting: str, sim: _Simulated,
+def _make_clip(scene: _Scene, seg: _Segment, label: int, lighting: str, sim: Simulated,
                t_start: int, t_end: int, clip_id: str, cap_seed: int) -> Clip:
     attrs = _attributes(scene, seg, lighting, len(sim.events))
     return Clip(events=sim.events, frames=sim.frames, frame_stamps_ns=sim.stamps, label=label,
@@ -263,7 +326,7 @@ def simulate_clip(label: int, subject: int, lighting: str, *, seed: int, duratio
     seg = _Segment(params, 0.0, duration_s, 0.0)
     scene = _Scene(subj, lighting, width, height, [seg])
     dur_ns = int(round(duration_s * 1e9))
-    sim = _simulate_scene(scene, int(t0_ns), dur_ns, with_frames, r_sim, sensor_seed)
+    sim = simulate_events(scene, int(t0_ns), dur_ns, with_frames, r_sim, sensor_seed)
     clip_id = f"user{subject:02d}_{lighting}_g{label:02d}_s{seed}"
     return _make_clip(scene, seg, int(label), lighting, sim, t0_ns, t0_ns + dur_ns, clip_id,
                       cap_seed=int(ss.generate_state(1)[0]))
@@ -277,7 +340,7 @@ def simulate_static(subject: int, lighting: str, *, seed: int, duration_s: float
     ss = np.random.SeedSequence([0x57A, _u(seed), _u(subject), li])
     scene = _Scene(make_subject(subject), lighting, width, height, [])
     dur_ns = int(round(duration_s * 1e9))
-    return _simulate_scene(scene, int(t0_ns), dur_ns, False, ss, sensor_seed).events
+    return simulate_events(scene, int(t0_ns), dur_ns, False, ss, sensor_seed).events
 
 
 def blend_ramp_s(clip_duration_s: float) -> float:
@@ -309,13 +372,13 @@ def simulate_recording(subject: int, lighting: str, *, seed: int, labels=range(1
             for k, lab in enumerate(labels)]
     total_ns = int(round((gap_s + len(labels) * (clip_duration_s + gap_s)) * 1e9))
     scene = _Scene(subj, lighting, width, height, segs)
-    sim = _simulate_scene(scene, int(t0_ns), total_ns, with_frames, r_sim, sensor_seed)
+    sim = simulate_events(scene, int(t0_ns), total_ns, with_frames, r_sim, sensor_seed)
     name = f"user{subject:02d}_{lighting}"
     clips = []
     for k, (lab, seg) in enumerate(zip(labels, segs)):
         a = int(t0_ns) + int(round(seg.start_s * 1e9))
         b = a + int(round(seg.duration_s * 1e9))
-        clips.append(_make_clip(scene, seg, lab, lighting, _cut(sim, a, b), a, b,
+        clips.append(_make_clip(scene, seg, lab, lighting, cut(sim, a, b), a, b,
                                 f"{name}_s{seed}_{k:02d}_g{lab:02d}",
                                 cap_seed=_u(seed * 1000 + k)))
     return Recording(events=sim.events, frames=sim.frames, frame_stamps_ns=sim.stamps,
@@ -323,13 +386,13 @@ def simulate_recording(subject: int, lighting: str, *, seed: int, labels=range(1
                      t_start_ns=int(t0_ns), t_end_ns=int(t0_ns) + total_ns)
 
 
-def _cut(sim: _Simulated, a: int, b: int) -> _Simulated:
+def cut(sim: Simulated, a: int, b: int) -> Simulated:
     """The events and frames of ``sim`` stamped in [a, b)."""
     i0, i1 = np.searchsorted(sim.events["t"], [a, b])
     if sim.frames is None:
-        return _Simulated(sim.events[i0:i1], None, None)
+        return Simulated(sim.events[i0:i1], None, None)
     j0, j1 = np.searchsorted(sim.stamps, [a, b])
-    return _Simulated(sim.events[i0:i1], sim.frames[j0:j1], sim.stamps[j0:j1])
+    return Simulated(sim.events[i0:i1], sim.frames[j0:j1], sim.stamps[j0:j1])
 
 
 class SubjectSplit(NamedTuple):

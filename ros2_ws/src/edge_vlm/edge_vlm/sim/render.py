@@ -13,6 +13,7 @@ are drawn once (:func:`render_static`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -112,6 +113,16 @@ def _color_with_luma(rng: np.random.Generator, target: float) -> np.ndarray:
     return np.clip(c * target / max(float(luma(c)), 1e-3), 0.0, 1.0)
 
 
+def _soft_box(xs: np.ndarray, ys: np.ndarray, x0: float, y0: float, w: float,
+              h: float) -> np.ndarray:
+    """Anti-aliased coverage (H, W) of the box [x0, x0 + w) x [y0, y0 + h) (image fractions)
+    over the pixel fractions ``xs`` (1, W), ``ys`` (H, 1)."""
+    width, height = xs.shape[1], ys.shape[0]
+    return (np.clip((xs - x0) * width + 0.5, 0, 1) * np.clip((x0 + w - xs) * width + 0.5, 0, 1)
+            * np.clip((ys - y0) * height + 0.5, 0, 1)
+            * np.clip((y0 + h - ys) * height + 0.5, 0, 1))
+
+
 def render_room(subject: Subject, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """Textured static background (H, W, 3) reflectance contrasting with the subject's shirt."""
     shirt_l, skin_l = luma(np.array([subject.shirt, subject.skin]))
@@ -129,13 +140,93 @@ def render_room(subject: Subject, width: int, height: int, rng: np.random.Genera
     for _ in range(int(rng.integers(2, 5))):  # furniture, doors, posters (soft-edged boxes)
         x0, y0 = rng.uniform(-0.1, 0.9), rng.uniform(-0.1, 0.8)
         w, h = rng.uniform(0.08, 0.35), rng.uniform(0.08, 0.5)
-        m = (np.clip((xs - x0) * width + 0.5, 0, 1) * np.clip((x0 + w - xs) * width + 0.5, 0, 1)
-             * np.clip((ys - y0) * height + 0.5, 0, 1)
-             * np.clip((y0 + h - ys) * height + 0.5, 0, 1))
+        m = _soft_box(xs, ys, x0, y0, w, h)
         col = _color_with_luma(rng, float(np.clip(target + rng.uniform(-0.2, 0.2), 0.05, 0.95)))
         img = img * (1 - m[..., None]) + col * m[..., None]
     img *= 1.0 + rng.normal(0.0, 0.05, (height, width, 1))  # fine static texture
     return np.clip(img, 0.02, 1.0).astype(np.float32)
+
+
+def _bricks(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """A brick-wall shading factor (H, W): rows of 4-7 px, bricks of 5-12 px, each brick's
+    brightness log-normal (sigma 0.22)."""
+    out = np.ones((height, width), np.float32)
+    y = 0
+    while y < height:
+        h = int(rng.integers(4, 8))
+        edges = np.cumsum(rng.integers(5, 13, width // 5 + 2)) - int(rng.integers(0, 12))
+        brick = np.searchsorted(edges, np.arange(width), side="right")
+        out[y:y + h] = np.exp(rng.normal(0.0, 0.22, brick.max() + 1))[brick][None]
+        y += h
+    return out
+
+
+def add_clutter(room: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The room of the scenes beyond the gestures: ``room`` on a brick wall, plus a tiled floor
+    and shelves of small objects, so that the image has texture nearly everywhere (a moving
+    camera then makes events over most of the image, as in a real room)."""
+    height, width = room.shape[:2]
+    xs = np.arange(width, dtype=np.float32)[None, :] / width
+    ys = np.arange(height, dtype=np.float32)[:, None] / height
+    img = room * _bricks(height, width, rng)[..., None]
+    wall = float(luma(room.reshape(-1, 3).mean(0)))
+    floor_y = rng.uniform(0.8, 0.88)
+    m = _soft_box(xs, ys, -0.1, floor_y, 1.2, 0.3)
+    floor = _color_with_luma(rng, float(np.clip(wall * rng.choice([0.55, 1.6]), 0.05, 0.9)))
+    tiles = 1.0 + 0.18 * np.sign(np.sin(2 * np.pi * (xs * width / rng.uniform(9, 14)
+                                                      + rng.uniform(0, 1))))
+    img = img * (1 - m[..., None]) + (floor * tiles[..., None]) * m[..., None]
+    for _ in range(int(rng.integers(40, 70))):  # books, boxes, frames, switches
+        x0, y0 = rng.uniform(-0.02, 0.98), rng.uniform(0.0, floor_y - 0.02)
+        w, h = rng.uniform(0.02, 0.08), rng.uniform(0.02, 0.1)
+        col = _color_with_luma(rng, float(np.clip(wall * rng.uniform(0.45, 1.8), 0.04, 0.95)))
+        m = _soft_box(xs, ys, x0, y0, w, h)
+        img = img * (1 - m[..., None]) + col * m[..., None]
+    return np.clip(img, 0.02, 1.0).astype(np.float32)
+
+
+class Capsules(NamedTuple):
+    """T poses of K capsules (segment + radius), drawn in order: later ones on top."""
+
+    a: np.ndarray           # (T, K, 2) first end points, px (x, y)
+    b: np.ndarray           # (T, K, 2) second end points, px
+    r: np.ndarray           # (K,) radii, px
+    color: np.ndarray       # (K, 3) RGB reflectance
+
+
+def draw_capsules(base: np.ndarray, caps: Capsules,
+                  offset: np.ndarray | None = None) -> np.ndarray:
+    """Draw T poses of capsules over a static image: ``base`` (h, w, 3) RGB or (h, w) gray
+    reflectance, possibly a crop whose top-left pixel is at ``offset`` (x, y). Returns
+    (T, h, w[, 3]) float32."""
+    rgb = base.ndim == 3
+    out = np.repeat(base[None], caps.a.shape[0], axis=0)
+    off = np.zeros(2) if offset is None else np.asarray(offset, np.float64)
+    for k in range(caps.r.size):
+        _draw(out, caps.a[:, k] - off, caps.b[:, k] - off, float(caps.r[k]),
+              _gray(caps.color[k], rgb))
+    return out
+
+
+def shift_images(img: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``img`` (H, W[, C]) moved by the (sub-pixel) shifts ``shift`` (T, 2) px (x, y),
+    bilinear, edges replicated: (T, H, W[, C]) float32 (camera ego-motion)."""
+    height, width = img.shape[:2]
+    pad = int(np.ceil(np.abs(shift).max(initial=0.0))) + 2
+    widths = ((pad, pad), (pad, pad)) + ((0, 0),) * (img.ndim - 2)
+    p = np.pad(np.asarray(img, np.float32), widths, mode="edge")
+    out = np.empty((shift.shape[0],) + img.shape, np.float32)
+    for i, (dx, dy) in enumerate(np.asarray(shift, np.float64)):
+        # out(x, y) = img(x - dx, y - dy)
+        ix, iy = int(np.floor(-dx)), int(np.floor(-dy))
+        fx, fy = np.float32(-dx - ix), np.float32(-dy - iy)
+        x0, y0 = pad + ix, pad + iy
+        top = p[y0:y0 + height, x0:x0 + width] * (1 - fx) + p[y0:y0 + height,
+                                                             x0 + 1:x0 + 1 + width] * fx
+        bot = (p[y0 + 1:y0 + 1 + height, x0:x0 + width] * (1 - fx)
+               + p[y0 + 1:y0 + 1 + height, x0 + 1:x0 + 1 + width] * fx)
+        out[i] = top * (1 - fy) + bot * fy
+    return out
 
 
 def capsule_coverage(px: np.ndarray, py: np.ndarray, a: np.ndarray, b: np.ndarray,

@@ -35,6 +35,13 @@ class TrainConfig:
     # expected active-token ratio allowed for free (a budget, not a push to 0)
     active_target: float = 0.08
     eval_frames: int = 600
+    # real data (`edge-vlm train --data DvsGesture`): the folder ("" = simulated recordings),
+    # users of the official train trials held out for validation, labelled test frames scored
+    # (0 = all), folder of the memory-mapped frame histograms ("" = in memory)
+    data: str = ""
+    val_users: int = 3
+    test_frames: int = 0
+    frames_dir: str = ""
 
 
 @dataclass
@@ -70,6 +77,9 @@ class GestureFitConfig(TrainConfig):
     motion_width: int = 32              # channels of the head's first convs
     shift: int = 1                      # training: motion states moved by up to this many patches
     cache: str = ""                     # collected frames' file (reused if init and data match)
+    scenes: bool = True                 # also the scenes beyond the gestures (scene head)
+    lightings_per_subject: int = 3      # lightings streamed per training subject (rotating)
+    random_sensor: bool = True          # every other recording on a randomised DVS sensor
 
 
 @dataclass

@@ -32,6 +32,7 @@ class FrameSet:
     frame_index: np.ndarray   # (F,) k on the absolute grid
     t_end: np.ndarray         # (F,) ns
     speed: np.ndarray | None = None   # (F,) float32 clip's hand speed (px/s; 0 outside segments)
+    segment: np.ndarray | None = None  # (F,) int64 id of the labelled segment (-1 outside; real)
 
 
 def histograms_on_grid(events: np.ndarray, k0: int, k1: int, period: int, size: int = 128,
@@ -63,6 +64,13 @@ def frame_range(events: np.ndarray, period: int) -> tuple[int, int]:
     return int(events["t"][0] // period), int(events["t"][-1] // period) + 1
 
 
+def inside_segment(t_end: np.ndarray, t_start_ns: int, t_end_ns: int) -> np.ndarray:
+    """Indices of the frames (ending at ``t_end``) that belong to the labelled segment
+    ``[t_start_ns, t_end_ns)``: the frame ends inside it (THE rule of simulated and real
+    recordings)."""
+    return np.flatnonzero((t_end > t_start_ns) & (t_end <= t_end_ns))
+
+
 def recording_frames(rec, period: int, rec_id: int) -> FrameSet:
     """Cut one simulated recording into frames."""
     ev = rec.events
@@ -80,7 +88,7 @@ def recording_frames(rec, period: int, rec_id: int) -> FrameSet:
     caps, refs, motion = [""] * len(ks), [[] for _ in ks], [""] * len(ks)
     speed = np.zeros(len(ks), dtype=np.float32)
     for clip in rec.clips:
-        inside = np.flatnonzero((t_end > clip.t_start_ns) & (t_end <= clip.t_end_ns))
+        inside = inside_segment(t_end, clip.t_start_ns, clip.t_end_ns)
         labels[inside] = clip.label
         for i in inside:
             caps[i] = clip.caption
@@ -95,12 +103,14 @@ def concat_framesets(sets: list[FrameSet]) -> FrameSet:
     rgb = None if any(s.rgb is None for s in sets) else np.concatenate([s.rgb for s in sets])
     speed = (None if any(s.speed is None for s in sets)
              else np.concatenate([s.speed for s in sets]))
+    segment = (None if any(s.segment is None for s in sets)
+               else np.concatenate([s.segment for s in sets]))
     return FrameSet(np.concatenate([s.hist for s in sets]), rgb,
                     np.concatenate([s.labels for s in sets]),
                     sum((s.captions for s in sets), []), sum((s.references for s in sets), []),
                     sum((s.motion for s in sets), []), np.concatenate([s.rec_index for s in sets]),
                     np.concatenate([s.frame_index for s in sets]),
-                    np.concatenate([s.t_end for s in sets]), speed)
+                    np.concatenate([s.t_end for s in sets]), speed, segment)
 
 
 class SimJob(NamedTuple):

@@ -1,0 +1,128 @@
+"""Grounded outputs (edge_vlm.inference.grounding): the publication rule, smoothing, the caption
+constraint, and the engine publishing only what its heads found."""
+import numpy as np
+import torch
+
+from edge_vlm.inference.engine import StreamingCaptioner
+from edge_vlm.inference.grounding import (CaptionTrie, HeadProbs, SceneSmoother, decide,
+                                          gesture_captions, scene_text)
+from edge_vlm.model.config import ModelConfig
+from edge_vlm.model.decoding import decode_beam, decode_greedy
+from edge_vlm.model.motion import HEADS
+from edge_vlm.model.sttf import CaptionModel, init_weights
+from edge_vlm.model.tokenizer import Tokenizer
+from edge_vlm.sim.captions import CLASS_PHRASES, NOTHING_MOVES, SCENE_KINDS, scene_caption
+
+from test_model import moving_blob
+
+
+def _probs(gesture, kind=None, direction=None, speed=None, position=None):
+    def onehot(group, name, p=0.9):
+        if name is None:
+            return None
+        names = HEADS[group]
+        v = np.full(len(names), (1 - p) / (len(names) - 1))
+        v[names.index(name)] = p
+        return v
+    g = np.full(12, 0.0)
+    for k, v in gesture.items():
+        g[k] = v
+    return HeadProbs(g, onehot("kind", kind), onehot("direction", direction),
+                     onehot("speed", speed), onehot("position", position))
+
+
+def test_a_gesture_is_published_only_above_the_threshold_and_above_no_gesture():
+    p = _probs({3: 0.6, 0: 0.3, 5: 0.1}, "gesture", "none", "fast", "left")
+    r = decide(p, p, threshold=0.5)
+    assert (r.gesture, r.kind, r.gesture_name) == (3, "gesture", "left_hand_wave")
+    assert abs(r.gesture_confidence - 0.6) < 1e-9
+    r = decide(p, p, threshold=0.7)             # below the threshold: no gesture
+    assert r.gesture == 0 and r.gesture_name == "" and abs(r.gesture_confidence - 0.3) < 1e-9
+    q = _probs({3: 0.45, 0: 0.55}, "gesture", "none", "fast", "left")
+    assert decide(q, q, threshold=0.1).gesture == 0   # "no gesture" is more likely
+
+
+def test_without_a_gesture_the_scene_head_decides_the_kind_and_a_possible_direction():
+    p = _probs({0: 0.9, 2: 0.1}, "walk", "up", "slow", "right")
+    r = decide(p, p, threshold=0.5)
+    assert r.kind == "walk" and r.gesture == 0
+    # a walk goes left or right: the direction head's best allowed answer is taken
+    assert r.direction in ("left_to_right", "right_to_left")
+    assert scene_text(r).startswith("a person walks from ")
+    p = _probs({0: 0.9}, "nothing", "none", "slow", "center")
+    assert scene_text(decide(p, p, 0.5)) == NOTHING_MOVES
+    # the kind "gesture" is never published without a gesture label
+    p = _probs({0: 0.8, 4: 0.2}, "gesture", "none", "slow", "center")
+    assert decide(p, p, 0.5).kind != "gesture"
+
+
+def test_smoother_is_an_exponential_moving_average_and_resets():
+    sm = SceneSmoother(4.0)
+    a, b = _probs({1: 1.0}), _probs({2: 1.0})
+    assert sm.update(a).gesture[1] == 1.0
+    out = sm.update(b)
+    assert abs(out.gesture[1] - 0.75) < 1e-12 and abs(out.gesture[2] - 0.25) < 1e-12
+    sm.reset()
+    assert sm.update(b).gesture[2] == 1.0
+    assert SceneSmoother(1.0).update(b).gesture[2] == 1.0
+
+
+def test_caption_trie_allows_only_continuations():
+    t = CaptionTrie([[5, 6, 7], [5, 8]], eos=2)
+    assert sorted(t.allowed([])) == [5]
+    assert sorted(t.allowed([5])) == [6, 8]
+    assert t.allowed([5, 8]) == [2] and t.allowed([9]) == []
+
+
+def _grammar_model(seed=0):
+    torch.manual_seed(seed)
+    texts = [c for k in CLASS_PHRASES for c in gesture_captions(k)]
+    texts += [scene_caption(k, {"direction": "left_to_right", "speed": "fast",
+                                "position": "left"}) for k in SCENE_KINDS if k != "gesture"]
+    tok = Tokenizer.build(texts)
+    m = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, max_age=8, vocab=tok.vocab))
+    init_weights(m)
+    return m.eval(), tok
+
+
+def test_constrained_decoding_writes_a_canonical_caption_of_the_class_every_class():
+    m, tok = _grammar_model()
+    fused = torch.randn(1, m.cfg.fusion_queries, m.cfg.dim)
+    for label in CLASS_PHRASES:
+        allowed_texts = {tok.decode(tok.encode(t, 24)) for t in gesture_captions(label)}
+        seqs = [tok.encode(t, m.cfg.max_len)[1:] for t in gesture_captions(label)]
+        trie = CaptionTrie([q[:q.index(tok.eos)] for q in seqs], tok.eos)
+        ids, _ = decode_greedy(m, fused, tok.bos, tok.eos, 24, allowed=trie.allowed)
+        assert tok.decode(ids) in allowed_texts
+        ids, _ = decode_beam(m, fused, tok.bos, tok.eos, 24, 3, allowed=trie.allowed)
+        assert tok.decode(ids) in allowed_texts
+        # the speculative draft (last frame's text of another class) gives the same result
+        ids2, _ = decode_greedy(m, fused, tok.bos, tok.eos, 24, draft=ids[::-1],
+                                allowed=trie.allowed)
+        ids3, _ = decode_greedy(m, fused, tok.bos, tok.eos, 24, allowed=trie.allowed)
+        assert ids2 == ids3
+
+
+def test_engine_caption_names_exactly_the_published_gesture_or_the_scene():
+    m, tok = _grammar_model()
+    m.cfg.scene_head = True
+    m.add_motion_head()
+    eng = StreamingCaptioner(m, sparse=True, gesture_threshold=0.5)
+    last = m.motion.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[1] = 30.0          # gesture 1: hand clapping, the class never generated before
+    r = eng.process(moving_blob(0))
+    assert r.label == 1 and r.scene.kind == "gesture" and "claps hands" in r.text
+    assert r.text in gesture_captions(1) and r.flops["decoder"] > 0
+    with torch.no_grad():            # now "no gesture" and the scene "nothing"
+        last.bias.zero_()
+        last.bias[0] = 30.0
+        last.bias[12 + SCENE_KINDS.index("nothing")] = 30.0
+    eng.reset()
+    r = eng.process(moving_blob(1))
+    assert (r.label, r.gesture_name, r.text, r.scene.kind) == (0, "", NOTHING_MOVES, "nothing")
+    assert r.flops["decoder"] == 0.0 and r.confidence > 0.99
+    eng.set_param("gesture_threshold", 1.0)
+    assert eng.threshold == 1.0
