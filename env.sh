@@ -1,5 +1,9 @@
 # edge_vlm: source this file (do not run it):   source env.sh   (or . env.sh)
-# Activates .venv and the colcon workspace ros2_ws/install, and selects Fast DDS.
+# Activates .venv and the colcon workspace ros2_ws/install, and selects Fast DDS. The ROS 2
+# tools come with them: `ros2` (ros2cli and its verbs: launch, topic, param, node, ...) and
+# launch/launch_ros in the venv, composition_interfaces in ros2_ws/install (scripts/setup.sh
+# installs them from ../shared/ros2-tools; with a system ROS 2 install, source its setup.bash
+# first and its tools are used).
 # Build first with `make setup` (scripts/setup.sh).
 
 # colcon's local_setup.* and the venv's activate are not `set -u` clean.

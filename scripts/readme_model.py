@@ -48,9 +48,13 @@ def _training(st: dict, an: dict, rf: dict, gf: dict) -> list[str]:
           "data/train_router/captioner.pt  # the router, on the frozen branches",
           "edge-vlm train --model gesture --init data/train_router/captioner.pt --out "
           "data/train_gesture/captioner.pt \\",
-          "  --cache data/train_gesture/frames.pt   # the gesture head's motion net (width 32, "
+          "  --cache data/train_gesture/frames.pt   # the gesture + scene heads (width 32, "
           "20 epochs, inputs shifted by up to 1 patch), on the frozen model",
-          "```", ""]
+          "```", "",
+          "The shipped heads (gesture with \"no gesture\", scene kind, direction, speed, "
+          "position, and their calibration temperatures) come from that last command run alone on "
+          "the previous shipped checkpoint, `make train-heads`; the rest of the model is the "
+          "previous `make train`'s.", ""]
     L.append(f"on 2 CPU cores: STTF {st['total_seconds'] / 60:.0f} min (best epoch "
              f"{st['best_epoch']}, early stopping), ANC {an['total_seconds'] / 60:.0f} min (best "
              f"epoch {an['best_epoch']}), router {rf['seconds'] / 60:.0f} min, gesture head "
@@ -90,9 +94,39 @@ def _accuracy_table(st: dict, an: dict, rf: dict, gf: dict) -> list[str]:
             f"| router, validation task loss routed / Medium-only | {f3(rv['task_loss_routed'])} "
             f"/ {f3(rv['task_loss_medium'])} |",
             "| gesture head (motion + vision), validation, streamed through the engine "
-            f"({gv['frames']} frames, {gv['clips']} clips): per frame / per clip | "
-            f"{f3(gv['accuracy'])} / {f3(gv['clip_accuracy'])} |",
-            f"| vision head alone, same frames | {f3(gv['vision_accuracy'])} |"]
+            f"({gv['gesture_frames']} gesture frames, {gv['clips']} clips): per frame / per clip "
+            f"| {f3(gv['gesture_accuracy'])} / {f3(gv['clip_accuracy'])} |",
+            f"| vision head alone, same frames | {f3(gv['vision_accuracy'])} |",
+            f"| gesture head incl. \"no gesture\", all {gv['frames']} validation frames (gesture "
+            f"and scene recordings), argmax | {f3(gv['accuracy'])} |",
+            "| scene head, validation: kind / direction / speed / position | "
+            f"{f3(gv.get('kind_accuracy'))} / {f3(gv.get('direction_accuracy'))} / "
+            f"{f3(gv.get('speed_accuracy'))} / {f3(gv.get('position_accuracy'))} |",
+            "| gesture confidence ECE, validation, before / after the temperatures | "
+            f"{f3(gf.get('val_ece_uncalibrated'))} / {f3(gv.get('ece'))} |"]
+
+
+def _trust_table(b: dict) -> list[str]:
+    """Can a robot believe what it says (``make bench``, :mod:`edge_vlm.bench.trust`)."""
+    t = b["details"]["sttf"]
+    return ["", "| trust of the published outputs (test subjects' gesture recordings + one "
+            f"scene recording each: {', '.join(t.get('scene_recordings', []))}) | measured | "
+            "target |", "|---|---|---|",
+            "| caption names exactly the published gesture (per frame) | "
+            f"{f3(b.get('caption_label_consistency'))} | >= 0.99 |",
+            "| caption's class correct / published gesture correct (gesture frames) | "
+            f"{f3(b.get('caption_class_accuracy'))} / {f3(b.get('accuracy_sparse'))} | "
+            ">= accuracy - 0.01 |",
+            "| non-gesture scenes published as one of the 10 specific gestures | "
+            f"{f3(b.get('false_gesture_rate_non_gesture'))} | <= 0.02 |",
+            f"| empty / still scenes captioned \"nothing moves\" | "
+            f"{f3(b.get('nothing_moves_rate_empty'))} | >= 0.99 |",
+            f"| expected calibration error of the published confidence | {f3(b.get('ece'))} "
+            "| <= 0.05 |",
+            "| label switches per second inside a gesture | "
+            f"{f3(b.get('label_switches_per_s_in_gesture'))} | <= 0.5 |",
+            f"| share of the most frequent caption | {f3(b.get('top_caption_share'))} | "
+            "reported |"]
 
 
 def _sttf_table(b: dict) -> list[str]:
@@ -198,7 +232,7 @@ def block() -> str:
     gf = _load(CK / "gesture_fit.json")
     ev_path = data_dir() / "eval" / "eval.json"
     L = _training(st, an, rf, gf) + _accuracy_table(st, an, rf, gf)
-    L += _sttf_table(b) + _anc_table(b["details"]["anc"]) + _decode_table(b)
+    L += _sttf_table(b) + _trust_table(b) + _anc_table(b["details"]["anc"]) + _decode_table(b)
     if ev_path.is_file():
         L += _eval_line(_load(ev_path))
     return "\n".join(L)

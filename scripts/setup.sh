@@ -5,8 +5,14 @@
 #   2. torch==2.13.0 FIRST (CPU build; any other torch spec pulls GBs of CUDA)
 #   3. requirements.txt (pinned ROS 2 Kilted wheels, colcon, libraries, test tools)
 #   4. CMake path fix for the ROS wheels (scripts/fix_cmake_paths.py)
-#   5. pip install -e ros2_ws/src/edge_vlm   (the `edge-vlm` console script)
-#   6. colcon build --symlink-install in ros2_ws (every package under ros2_ws/src), after
+#   5. the ROS 2 tools (launch, launch_ros, launch_pytest, the `ros2` command): those of a
+#      system ROS 2 install when one is sourced (AMENT_PREFIX_PATH or /opt/ros/$ROS_DISTRO has
+#      launch_ros and ros2cli), else the wheels of ../shared/ros2-tools (ROS2_TOOLS_DIR), installed
+#      with --no-deps (PyPI's unrelated `launch` must never be pulled; their PyPI dependencies
+#      are pinned in requirements.txt), and that folder's composition_interfaces (which
+#      launch_ros imports) built by step 7 with the workspace
+#   6. pip install -e ros2_ws/src/edge_vlm   (the `edge-vlm` console script)
+#   7. colcon build --symlink-install in ros2_ws (every package under ros2_ws/src), after
 #      removing what an earlier build left of packages no longer under ros2_ws/src and the
 #      console scripts of the ament_python packages (rebuilt; a script that moved to another
 #      package must not stay on PATH)
@@ -17,12 +23,14 @@
 #    rebuilt when sparsevit.c is newer)
 #
 # Idempotent. A stamp file (.setup-stamp) holds a hash of requirements.txt, this
-# script, the fix script and every package.xml / CMakeLists.txt / setup.py /
-# setup.cfg / .msg/.srv/.action file under ros2_ws/src: when nothing changed
-# and the workspace is installed, the script exits at once.
+# script, the fix script, every package.xml / CMakeLists.txt / setup.py /
+# setup.cfg / .msg/.srv/.action file under ros2_ws/src (and under the tools' src/), and where
+# the ROS 2 tools come from (the wheels' names): when nothing changed and the workspace is
+# installed, the script exits at once.
 #
 # Environment knobs: PYTHON (interpreter used to create the venv, default
-# python3.11 or python3), SETUP_FORCE=1 (ignore the stamp), COLCON_EXTRA_ARGS.
+# python3.11 or python3), SETUP_FORCE=1 (ignore the stamp), COLCON_EXTRA_ARGS,
+# ROS2_TOOLS_DIR (default ../shared/ros2-tools next to the checkout).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -31,6 +39,8 @@ WS="$ROOT/ros2_ws"
 STAMP="$ROOT/.setup-stamp"
 REQ="$ROOT/requirements.txt"
 REQ_STAMP="$VENV/.edge_vlm-requirements.sha256"
+TOOLS_DIR="${ROS2_TOOLS_DIR:-$ROOT/../shared/ros2-tools}"
+TOOLS_STAMP="$VENV/.edge_vlm-ros2-tools.sha256"
 T0=$SECONDS
 
 STEP="start"
@@ -119,14 +129,47 @@ build_native
 build_native_ext
 build_native_vit
 
+# ---- where the ROS 2 tools come from ----------------------------------------------
+# A system ROS 2 install (its prefix holds launch_ros and ros2cli) when one is sourced; else the
+# wheels of TOOLS_DIR; else none (`ros2 launch` and the launch tests are then unavailable).
+system_ros_prefix() {
+  local p prefixes="${AMENT_PREFIX_PATH:-}"
+  for p in ${prefixes//:/ } ${ROS_DISTRO:+/opt/ros/$ROS_DISTRO}; do
+    [ "$p" = "$VENV" ] && continue
+    if [ -f "$p/share/launch_ros/package.xml" ] && [ -f "$p/share/ros2cli/package.xml" ]; then
+      echo "$p"
+      return 0
+    fi
+  done
+  return 1
+}
+if SYSTEM_ROS="$(system_ros_prefix)"; then
+  TOOLS_FROM="system"
+elif compgen -G "$TOOLS_DIR/wheels/launch_ros-*.whl" >/dev/null; then
+  TOOLS_FROM="shared"
+  TOOLS_DIR="$(cd "$TOOLS_DIR" && pwd)"
+else
+  TOOLS_FROM="none"
+fi
+# Folders whose packages colcon builds: the workspace's, plus the tools' interface sources
+# (composition_interfaces) when the tools come from TOOLS_DIR.
+PKG_DIRS=(ros2_ws/src)
+if [ "$TOOLS_FROM" = shared ] && [ -d "$TOOLS_DIR/src" ]; then
+  PKG_DIRS+=("$TOOLS_DIR/src")
+fi
+
 # ---- stamp: hash of everything that affects the environment / the build -----
 compute_hash() {
   {
     for f in requirements.txt scripts/setup.sh scripts/fix_cmake_paths.py; do
       printf '%s\n' "$f"; cat "$f"
     done
+    printf 'ros2 tools: %s\n' "$TOOLS_FROM"
+    if [ "$TOOLS_FROM" = shared ]; then
+      (cd "$TOOLS_DIR/wheels" && ls -- *.whl)
+    fi
     if [ -d ros2_ws/src ]; then
-      find ros2_ws/src \( -name build -o -name install -o -name log -o -name '__pycache__' -o -name '*.egg-info' \) -prune -o \
+      find "${PKG_DIRS[@]}" \( -name build -o -name install -o -name log -o -name '__pycache__' -o -name '*.egg-info' \) -prune -o \
         -type f \( -name package.xml -o -name CMakeLists.txt -o -name setup.py -o -name setup.cfg \
                    -o -name '*.msg' -o -name '*.srv' -o -name '*.action' \) -print | LC_ALL=C sort |
       while IFS= read -r f; do printf '%s\n' "$f"; cat "$f"; done
@@ -134,9 +177,9 @@ compute_hash() {
   } | sha256sum | cut -d' ' -f1
 }
 
-# Every package under ros2_ws/src (directory holding a package.xml).
+# Every package under ros2_ws/src and the tools' src/ (directory holding a package.xml).
 list_packages() {
-  find ros2_ws/src -name package.xml -not -path '*/build/*' -not -path '*/install/*' -print 2>/dev/null |
+  find "${PKG_DIRS[@]}" -name package.xml -not -path '*/build/*' -not -path '*/install/*' -print 2>/dev/null |
     while IFS= read -r f; do
       sed -n 's:.*<name>[[:space:]]*\([^<[:space:]]*\)[[:space:]]*</name>.*:\1:p' "$f" | head -n1
     done | LC_ALL=C sort
@@ -183,7 +226,7 @@ if [ "${SETUP_FORCE:-0}" != 1 ] && [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] 
 fi
 
 # ---- 1. venv ------------------------------------------------------------------
-step "1/6 Python 3.11 virtual environment at $VENV"
+step "1/7 Python 3.11 virtual environment at $VENV"
 if [ -n "${PYTHON:-}" ]; then
   PY="$PYTHON"
 elif command -v python3.11 >/dev/null 2>&1; then
@@ -219,11 +262,11 @@ PIP=("$VPY" -m pip --disable-pip-version-check)
 
 REQ_HASH="$(cat "$REQ" | sha256sum | cut -d' ' -f1)"
 if [ -f "$REQ_STAMP" ] && [ "$(cat "$REQ_STAMP")" = "$REQ_HASH" ]; then
-  step "2/6 torch==2.13.0: requirements unchanged since last install, skipping"
-  step "3/6 requirements.txt: unchanged since last install, skipping"
+  step "2/7 torch==2.13.0: requirements unchanged since last install, skipping"
+  step "3/7 requirements.txt: unchanged since last install, skipping"
 else
   # ---- 2. torch first ---------------------------------------------------------
-  step "2/6 torch==2.13.0 (CPU build; installed alone and first)"
+  step "2/7 torch==2.13.0 (CPU build; installed alone and first)"
   "${PIP[@]}" install "torch==2.13.0"
   "$VPY" -W ignore - <<'PYEOF'
 import torch, sys
@@ -233,7 +276,7 @@ if not v.startswith("2.13.0"):
     sys.exit(f"unexpected torch version {v}")
 PYEOF
   # ---- 3. requirements --------------------------------------------------------
-  step "3/6 pinned requirements ($REQ)"
+  step "3/7 pinned requirements ($REQ)"
   "${PIP[@]}" install -r "$REQ"
   # torch must still be the one installed in step 2.
   "$VPY" -W ignore -c 'import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith("2.13.0") else "torch changed to %s" % v)'
@@ -241,16 +284,46 @@ PYEOF
 fi
 
 # ---- 4. CMake path fix --------------------------------------------------------
-step "4/6 fixing build-host paths in the ROS wheels' CMake files"
+step "4/7 fixing build-host paths in the ROS wheels' CMake files"
 "$VPY" "$ROOT/scripts/fix_cmake_paths.py" "$VENV"
 
-# ---- 5. core library, editable --------------------------------------------------
-step "5/6 pip install -e ros2_ws/src/edge_vlm (edge-vlm console script)"
+# ---- 5. ROS 2 tools ---------------------------------------------------------------
+install_ros2_tools() {
+  local hash
+  case "$TOOLS_FROM" in
+    system)
+      echo "using the ROS 2 tools of $SYSTEM_ROS (source its setup.bash before env.sh)"
+      return 0 ;;
+    none)
+      echo "setup.sh: WARNING: no ROS 2 install and no $TOOLS_DIR/wheels: no \`ros2\` command," \
+        "no launch (ros2 launch, launch_pytest tests); edge_vlm_run still starts the graph" >&2
+      return 0 ;;
+  esac
+  hash="$(cat "$TOOLS_DIR"/wheels/*.whl | sha256sum | cut -d' ' -f1)"
+  if [ -f "$TOOLS_STAMP" ] && [ "$(cat "$TOOLS_STAMP")" = "$hash" ] \
+     && "$VPY" -c 'import launch, ros2cli' 2>/dev/null; then
+    echo "ROS 2 tool wheels of $TOOLS_DIR already installed"
+    return 0
+  fi
+  # --no-deps: the wheels' own names (launch, ...) must never be resolved on PyPI, where
+  # `launch` is an unrelated program; a stray one is replaced by the wheel of the same name.
+  "${PIP[@]}" install -q --no-deps --force-reinstall "$TOOLS_DIR"/wheels/*.whl
+  # (launch_ros itself imports composition_interfaces: checked after step 7)
+  "$VPY" -c 'from launch import LaunchDescription; import ros2cli, launch_pytest' \
+    || die "the ROS 2 tool wheels of $TOOLS_DIR do not import"
+  echo "$hash" > "$TOOLS_STAMP"
+  echo "installed the ROS 2 tool wheels of $TOOLS_DIR (composition_interfaces: step 7)"
+}
+step "5/7 ROS 2 tools ($TOOLS_FROM)"
+install_ros2_tools
+
+# ---- 6. core library, editable --------------------------------------------------
+step "6/7 pip install -e ros2_ws/src/edge_vlm (edge-vlm console script)"
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$WS/src/edge_vlm"
 [ -x "$VENV/bin/edge-vlm" ] || die "edge-vlm console script missing from $VENV/bin"
 
-# ---- 6. colcon build ------------------------------------------------------------
-step "6/6 colcon build --symlink-install in ros2_ws ($(list_packages | tr '\n' ' '))"
+# ---- 7. colcon build ------------------------------------------------------------
+step "7/7 colcon build --symlink-install in ros2_ws ($(list_packages | tr '\n' ' '))"
 prune_stale
 # Build against the venv only (an already sourced workspace must not leak in).
 echo "(colcon's warning that $VENV has no 'local_setup.*' files is expected: the ROS wheels live there)"
@@ -259,11 +332,20 @@ echo "(colcon's warning that $VENV has no 'local_setup.*' files is expected: the
   unset COLCON_PREFIX_PATH PYTHONPATH AMENT_CURRENT_PREFIX || true
   export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
   # shellcheck disable=SC2086
-  colcon build --symlink-install --base-paths src ${COLCON_EXTRA_ARGS:-} \
+  colcon build --symlink-install --base-paths src "${PKG_DIRS[@]:1}" ${COLCON_EXTRA_ARGS:-} \
     --event-handlers desktop_notification- \
     --cmake-args -DBUILD_TESTING=OFF "-DPython3_EXECUTABLE=$VPY"
 )
 workspace_complete || die "colcon finished but ros2_ws/install lacks a package (see output above)"
+if [ "$TOOLS_FROM" = shared ]; then
+  # launch_ros imports composition_interfaces, built just now into ros2_ws/install
+  (
+    set +u
+    # shellcheck disable=SC1091
+    . "$WS/install/local_setup.bash"
+    "$VPY" -c 'from launch_ros.actions import Node'
+  ) || die "launch_ros does not import with ros2_ws/install (composition_interfaces)"
+fi
 
 echo "$HASH" > "$STAMP"
 step "done in $((SECONDS - T0)) s. Use it with:  source env.sh"

@@ -42,6 +42,20 @@ def test_a_gesture_is_published_only_above_the_threshold_and_above_no_gesture():
     assert decide(q, q, threshold=0.1).gesture == 0   # "no gesture" is more likely
 
 
+def test_the_heads_must_agree_and_a_published_gesture_is_held():
+    # the gesture head sees a wave, the scene head a walk: no gesture, the walk is published
+    p = _probs({2: 0.9, 0: 0.1}, "walk", "left_to_right", "fast", "center")
+    r = decide(p, p, threshold=0.4)
+    assert (r.gesture, r.kind) == (0, "walk")
+    # hysteresis: a published gesture stays while it keeps hold x threshold and hold x the best
+    p = _probs({2: 0.25, 5: 0.3, 0: 0.45}, "gesture", "none", "fast", "center")
+    assert decide(p, p, 0.4, current=2, hold=0.5).gesture == 2
+    assert decide(p, p, 0.4, current=2, hold=0.0).gesture == 0
+    assert decide(p, p, 0.4, current=0, hold=0.5).gesture == 0
+    q = _probs({2: 0.1, 5: 0.9}, "gesture", "none", "fast", "center")
+    assert decide(q, q, 0.4, current=2, hold=0.5).gesture == 5     # clearly beaten
+
+
 def test_without_a_gesture_the_scene_head_decides_the_kind_and_a_possible_direction():
     p = _probs({0: 0.9, 2: 0.1}, "walk", "up", "slow", "right")
     r = decide(p, p, threshold=0.5)
@@ -113,6 +127,7 @@ def test_engine_caption_names_exactly_the_published_gesture_or_the_scene():
         last.weight.zero_()
         last.bias.zero_()
         last.bias[1] = 30.0          # gesture 1: hand clapping, the class never generated before
+        last.bias[12 + SCENE_KINDS.index("gesture")] = 30.0
     r = eng.process(moving_blob(0))
     assert r.label == 1 and r.scene.kind == "gesture" and "claps hands" in r.text
     assert r.text in gesture_captions(1) and r.flops["decoder"] > 0

@@ -20,6 +20,10 @@ EVENT_DTYPE = np.dtype(
 )
 
 
+#: largest sensor width / height: coordinates are uint16 (0..65535)
+MAX_SENSOR_SIDE = 1 << 16
+
+
 class EventDecodeError(ValueError):
     """Raised by every decoder/reader on malformed input (never a crash)."""
 
@@ -58,11 +62,13 @@ def _size(width: int | None, height: int | None) -> str:
 
 def check_coordinates(x_max: int | None, y_max: int | None, width: int | None,
                       height: int | None, what: str = "") -> None:
-    """The one coordinate rule of the project: raise :class:`EventDecodeError` when the sensor
-    size is not positive or the largest column / row (``x_max``, ``y_max``; -1 for no events)
-    falls outside it. A ``width`` / ``height`` of None leaves that axis unchecked (its maximum
-    may then be None too). ``what`` prefixes the message (e.g. ``"mono: "``)."""
-    if (width is not None and width <= 0) or (height is not None and height <= 0):
+    """The one coordinate rule of the project: raise :class:`EventDecodeError` when a sensor
+    side is not in 1..:data:`MAX_SENSOR_SIDE` or the largest column / row (``x_max``,
+    ``y_max``; -1 for no events) falls outside it. A ``width`` / ``height`` of None leaves that
+    axis unchecked (its maximum may then be None too). ``what`` prefixes the message (e.g.
+    ``"mono: "``)."""
+    if ((width is not None and not 0 < width <= MAX_SENSOR_SIDE)
+            or (height is not None and not 0 < height <= MAX_SENSOR_SIDE)):
         raise EventDecodeError(f"{what}invalid sensor size {_size(width, height)}")
     if (width is not None and x_max >= width) or (height is not None and y_max >= height):
         raise EventDecodeError(f"{what}event coordinates outside sensor {_size(width, height)} "

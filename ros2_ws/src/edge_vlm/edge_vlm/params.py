@@ -144,16 +144,22 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "unless the gesture or the decoder pathway changed. 0 = decode whenever "
                   "caption_period says so.",
                   min_value=0.0, max_value=1.0),
-        ParamSpec("gesture_threshold", 0.5,
+        ParamSpec("gesture_threshold", 0.4,
                   "A gesture is published only when its calibrated, smoothed probability reaches "
                   "this and beats 'no gesture'; otherwise gesture_label is 0 and the caption "
                   "describes the scene the scene head found ('nothing moves', 'a person walks "
                   "from left to right', ...). Can be changed at runtime (next frame).",
                   min_value=0.0, max_value=1.0),
-        ParamSpec("gesture_smoothing_frames", 8.0,
+        ParamSpec("gesture_smoothing_frames", 2.0,
                   "Time constant (frames) of the exponential moving average of the heads' "
-                  "probabilities, so a held gesture does not flicker; 1 = no smoothing. Can be "
-                  "changed at runtime (next frame).", min_value=1.0, max_value=1000.0),
+                  "probabilities; 1 = no smoothing. Can be changed at runtime (next frame).",
+                  min_value=1.0, max_value=1000.0),
+        ParamSpec("gesture_hold", 0.4,
+                  "Hysteresis: a published gesture stays published while its smoothed "
+                  "probability is at least gesture_hold x gesture_threshold and at least "
+                  "gesture_hold x the best gesture's, so a held gesture does not flicker; 0 = no "
+                  "hysteresis. Can be changed at runtime (next frame).",
+                  min_value=0.0, max_value=1.0),
         ParamSpec("compute_budget", 1.0,
                   "Compute budget in (0, 1] of the joint STTF+ANC model: caps the routed branch "
                   "(<= 1/3 tiny, <= 2/3 small) and slices the channel gates; published with every "

@@ -1,7 +1,10 @@
-"""ros2 launch file of edge_vlm: the nodes of the graph file (the file the local runner reads).
+"""ros2 launch file of edge_vlm: the nodes of the graph file (the file the local runner reads),
+and optionally their input (a bag player or a camera driver).
 
-    ros2 launch edge_vlm_bringup edge_vlm.launch.py [graph:=/path/graph.yaml] [namespace:=ns]
-        [compute_budget:=0.5] [checkpoint:=/path/captioner.pt] [events_topic:=/event_camera/events]
+    ros2 launch edge_vlm_bringup edge_vlm.launch.py [source:=none|bag|camera] [bag:=PATH]
+        [rate:=1.0] [loop:=false] [camera:=dv|metavision|rgb] [compute_budget:=0.5]
+        [checkpoint:=/path/captioner.pt] [namespace:=ns] [events_topic:=/event_camera/events]
+        [use_rgb:=auto|never|always] [graph:=/path/graph.yaml]
 
 The graph file defaults to ``edge_vlm.cores.graph.default_graph_path()``, as for the runner
 (``edge_vlm_run``): ``EDGE_VLM_GRAPH`` when set, else ``config/graph.yaml`` of this package
@@ -9,56 +12,137 @@ The graph file defaults to ``edge_vlm.cores.graph.default_graph_path()``, as for
 ``share/edge_vlm_bringup/config/graph.yaml``). Nodes and parameters come from
 ``edge_vlm.cores.graph.load_graph``.
 
-Input: a live event camera driver publishing event_camera_msgs/EventPacket on
-``events_topic`` (default /event_camera/events), or a bag played into the same
-topic (``ros2 bag play BAG`` or ``edge_vlm_play BAG``; bags made by the
-simulator also carry /camera/image_raw and /edge_vlm/ground_truth).
+Input (``source``):
+  * ``none`` (default): a camera driver or bag player started elsewhere publishes
+    event_camera_msgs/EventPacket on ``events_topic`` (default: the graph's inputs.events,
+    /event_camera/events);
+  * ``bag``: ``edge_vlm_play BAG`` (``rate``, ``loop``), once every node subscribed to the
+    events; its events go to ``events_topic`` (bags of the simulator also carry
+    /camera/image_raw and /edge_vlm/ground_truth);
+  * ``camera``: the driver ``edge_vlm_camera_<camera>`` of package edge_vlm_cameras.
 
-Needs ``launch`` and ``launch_ros`` (a ROS 2 install); without them the same graph is
-started with ``edge_vlm_run`` (package edge_vlm_tools).
+Every process runs under ``edge_vlm_tools.lifeline``: it gets SIGTERM when this launcher dies,
+however it dies (launch itself stops its processes only on SIGINT). Not set here: the domain.
+``ros2 launch`` uses the environment's ``ROS_DOMAIN_ID`` like any ROS tool; give the graph its
+own (and ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``) on a shared machine.
 """
+import shlex
+
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from edge_vlm.cores.graph import default_graph_path, load_graph
+from edge_vlm.cores.graph import default_graph_path, load_graph, read_graph
+from edge_vlm.topics import TOPICS
+from edge_vlm_tools.lifeline import exec_prefix
+
+SOURCES = ("none", "bag", "camera")
+CAMERAS = ("dv", "metavision", "rgb")
+TRUE = ("true", "1", "yes", "on")
+FALSE = ("false", "0", "no", "off", "")
+
+
+def _overrides(arg) -> dict:
+    """Launch arguments -> ``load_graph`` overrides (empty argument: the graph's value)."""
+    out = {}
+    if arg("compute_budget"):
+        out["compute_budget"] = float(arg("compute_budget"))    # every node that has it
+    if arg("checkpoint"):
+        out["vlm_captioner.checkpoint"] = arg("checkpoint")
+        out["sttf_perception.checkpoint"] = arg("checkpoint")
+    if arg("use_rgb"):
+        out["vlm_captioner.use_rgb"] = arg("use_rgb")
+    return out
+
+
+def _player(arg, events: str, subscribers: int, prefix: str) -> Node:
+    """``edge_vlm_play BAG``: plays once ``subscribers`` subscriptions to the events matched."""
+    if not arg("bag"):
+        raise ValueError("source:=bag needs bag:=PATH (a rosbag2 folder)")
+    loop = arg("loop").lower()
+    if loop not in TRUE + FALSE:
+        raise ValueError(f"loop:={arg('loop')}: expected true or false")
+    args = [arg("bag"), "--rate", str(float(arg("rate") or 1.0)),
+            "--wait-for", f"{events}={subscribers}"]
+    bag_events = "/" + TOPICS["events"].name
+    if events != bag_events:
+        args += ["--remap", f"{bag_events}:={events}"]
+    if loop in TRUE:
+        args.append("--loop")
+    return Node(package="edge_vlm_tools", executable="edge_vlm_play", arguments=args,
+                output="screen", prefix=prefix)
+
+
+def _camera(arg, inputs: dict, namespace: str | None, prefix: str) -> Node:
+    """The camera driver ``edge_vlm_camera_<camera>``, publishing on the graph's inputs."""
+    camera = arg("camera")
+    if camera not in CAMERAS:
+        raise ValueError(f"camera:={camera}: expected one of {', '.join(CAMERAS)}")
+    remaps = [(TOPICS[k].name, inputs[k]) for k in ("events", "image") if inputs.get(k)]
+    return Node(package="edge_vlm_cameras", executable=f"edge_vlm_camera_{camera}",
+                namespace=namespace, remappings=remaps, output="screen", prefix=prefix)
 
 
 def _nodes(context):
     arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
-    overrides = {}
-    if arg("compute_budget"):
-        overrides["compute_budget"] = float(arg("compute_budget"))    # every node that has it
-    if arg("checkpoint"):
-        overrides["vlm_captioner.checkpoint"] = arg("checkpoint")
-        overrides["sttf_perception.checkpoint"] = arg("checkpoint")
-    inputs = {"events": arg("events_topic")} if arg("events_topic") else None
-    specs = load_graph(arg("graph") or None, overrides, namespace=arg("namespace") or None,
-                       inputs=inputs)
-    return [
+    source = arg("source")
+    if source not in SOURCES:
+        raise ValueError(f"source:={source}: expected one of {', '.join(SOURCES)}")
+    graph = arg("graph") or None
+    inputs = dict(read_graph(graph).inputs)
+    if arg("events_topic"):
+        inputs["events"] = arg("events_topic")
+    namespace = arg("namespace") or None
+    specs = load_graph(graph, _overrides(arg), namespace=namespace, inputs=inputs)
+    prefix = shlex.join(exec_prefix())          # nodes never outlive this launcher
+    actions = [
         Node(package=s.package, executable=s.executable, name=s.name,
              namespace=s.namespace or None, parameters=[s.parameters],
-             remappings=list(s.remappings.items()), output="screen")
+             remappings=list(s.remappings.items()), output="screen", prefix=prefix)
         for s in specs
     ]
+    if source == "bag":
+        actions.append(_player(arg, inputs["events"], len(specs), prefix))
+    elif source == "camera":
+        actions.append(_camera(arg, inputs, namespace, prefix))
+    return actions
 
 
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument("graph", default_value=default_graph_path(),
-                              description="graph file (default: config/graph.yaml of "
-                                          "edge_vlm_bringup, or EDGE_VLM_GRAPH)"),
-        DeclareLaunchArgument("namespace", default_value="",
-                              description="namespace for every node"),
-        DeclareLaunchArgument("compute_budget", default_value="",
-                              description="compute budget in (0, 1] for anc_router and "
-                                          "vlm_captioner"),
-        DeclareLaunchArgument("checkpoint", default_value="",
-                              description="captioner checkpoint (empty = the one shipped with "
-                                          "edge_vlm)"),
-        DeclareLaunchArgument("events_topic", default_value="",
-                              description="EventPacket input topic: camera driver or bag player "
-                                          "(empty = graph.yaml inputs.events)"),
+        DeclareLaunchArgument(
+            "graph", default_value=default_graph_path(),
+            description="graph file (default: config/graph.yaml of edge_vlm_bringup, or "
+                        "EDGE_VLM_GRAPH)"),
+        DeclareLaunchArgument(
+            "source", default_value="none",
+            description="input started with the graph: none, bag (bag:=PATH) or camera "
+                        "(camera:=...)"),
+        DeclareLaunchArgument(
+            "bag", default_value="", description="rosbag2 folder played when source:=bag"),
+        DeclareLaunchArgument(
+            "rate", default_value="1.0", description="playback rate of the bag"),
+        DeclareLaunchArgument(
+            "loop", default_value="false", description="play the bag again and again"),
+        DeclareLaunchArgument(
+            "camera", default_value="dv",
+            description="camera driver when source:=camera: dv, metavision or rgb"),
+        DeclareLaunchArgument(
+            "namespace", default_value="", description="namespace for every node"),
+        DeclareLaunchArgument(
+            "compute_budget", default_value="",
+            description="compute budget in (0, 1] for anc_router and vlm_captioner "
+                        "(empty = the graph's)"),
+        DeclareLaunchArgument(
+            "checkpoint", default_value="",
+            description="captioner checkpoint (empty = the one shipped with edge_vlm)"),
+        DeclareLaunchArgument(
+            "events_topic", default_value="",
+            description="EventPacket input topic: camera driver or bag player "
+                        "(empty = graph.yaml inputs.events)"),
+        DeclareLaunchArgument(
+            "use_rgb", default_value="",
+            description="vlm_captioner's use_rgb: auto, never or always (empty = the graph's)"),
         OpaqueFunction(function=_nodes),
     ])

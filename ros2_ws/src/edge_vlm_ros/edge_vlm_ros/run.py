@@ -7,12 +7,15 @@ Exit codes: 0 (stopped, or :class:`EndOfStream`), 2 (invalid parameter,
 """
 from __future__ import annotations
 
+import os
+import re
 import signal
 import sys
 from typing import Any, Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
+from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.signals import SignalHandlerOptions
 
 from edge_vlm_ros.params import ParameterError
@@ -74,6 +77,21 @@ def _report(node, name: str) -> None:
         pass
 
 
+def missing_params_file(argv) -> str:
+    """The first ``--params-file FILE`` of ``argv`` that does not exist ('' if none): checked
+    before rcl, which would log its own error line and raise."""
+    argv = list(argv)
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "--params-file" and not os.path.isfile(value):
+            return value
+    return ""
+
+
+def rcl_message(exc: BaseException) -> str:
+    """An rcl error as one line, without its C source locations (``, at /x/y.c:12``)."""
+    return re.sub(r",? at \S+\.c:\d+", "", " ".join(str(exc).split())).strip()
+
+
 def run_node(factory: Callable[[], Any], args=None, name: str = "node") -> int:
     """Init rclpy, build the node with ``factory()``, spin until SIGINT/SIGTERM; return an exit
     code.
@@ -85,7 +103,15 @@ def run_node(factory: Callable[[], Any], args=None, name: str = "node") -> int:
     ``shutdown_report()`` runs at the end.
     """
     interrupt_on_signals()
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    missing = missing_params_file(sys.argv if args is None else args)
+    if missing:
+        print(f"[{name}] error: params file not found: {missing}", file=sys.stderr, flush=True)
+        return EXIT_PARAMETER
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except _rclpy.RCLError as exc:     # e.g. a missing or malformed --params-file
+        print(f"[{name}] error: {rcl_message(exc)}", file=sys.stderr, flush=True)
+        return EXIT_PARAMETER
     node = None
     code = EXIT_OK
     try:

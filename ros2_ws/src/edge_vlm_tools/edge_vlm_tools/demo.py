@@ -35,6 +35,7 @@ from edge_vlm.io.bag_writer import write_bag
 from edge_vlm.report import fmt_value
 from edge_vlm.sim import simulate_recording
 from edge_vlm.topics import TOPICS
+from edge_vlm_tools.lifeline import exec_prefix, isolated_env
 from edge_vlm_tools.runner import find_executable, start_graph, stop_graph
 
 #: the graph's nodes that cut frames (each subscribes to the events)
@@ -111,7 +112,7 @@ def wait_ready(procs, recorder, recorder_log: str, timeout: float = 90.0) -> Non
 def _start_recorder(records: str, log_path: str, env: dict) -> subprocess.Popen:
     with open(log_path, "wb") as fh:
         recorder = subprocess.Popen(
-            _tool("edge_vlm_record", "edge_vlm_tools.recorder", env)
+            exec_prefix() + _tool("edge_vlm_record", "edge_vlm_tools.recorder", env)
             + [records, "--topics", *RECORDED],
             env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     recorder.node_name = "recorder"
@@ -123,7 +124,7 @@ def _start_player(bag: str, rate: float, subscribers: int, log_path: str,
     """The bag player; it plays once ``subscribers`` subscriptions to the events matched."""
     with open(log_path, "wb") as fh:
         return subprocess.Popen(
-            _tool("edge_vlm_play", "edge_vlm_tools.player", env)
+            exec_prefix() + _tool("edge_vlm_play", "edge_vlm_tools.player", env)
             + [bag, "--rate", str(rate), "--wait-for-subscribers", "1",
                # every node of the graph that cuts frames subscribes to the events, and so does
                # the recorder: play only once all of them matched (else the first seconds of
@@ -153,8 +154,9 @@ def run_on_bag(bag: str, out_dir: str, *, graph: str | None = None, overrides: d
                ready_timeout: float = 90.0, play_timeout: float | None = None,
                log=print) -> BagRun:
     """Start graph + recorder, play ``bag``, drain, stop. The records are the recorder's JSON
-    lines (see :mod:`edge_vlm_tools.recorder`)."""
-    env = dict(os.environ if env is None else env)
+    lines (see :mod:`edge_vlm_tools.recorder`). Graph, recorder and player share one
+    ``ROS_DOMAIN_ID`` of their own unless ``env`` sets one (:func:`isolated_env`)."""
+    env = isolated_env(env)
     logs = os.path.join(out_dir, "logs")
     os.makedirs(logs, exist_ok=True)
     records = os.path.join(out_dir, "records.jsonl")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sqlite3
 import sys
 import time
 from collections import Counter
@@ -32,8 +33,9 @@ import rclpy
 import rclpy.duration
 from rclpy.publisher import Publisher
 from rclpy.qos import QoSProfile
+from rosbags.rosbag2 import ReaderError
 
-from edge_vlm.io.bag_reader import open_reader
+from edge_vlm.io.bag_reader import BagError, open_reader
 from edge_vlm.topics import QosSpec, qos_of
 from edge_vlm_ros.conversions import message_class
 from edge_vlm_ros.qos import profile
@@ -322,7 +324,7 @@ def main(argv=None) -> int:
     try:
         args, ros_args, remaps = _arguments(list(sys.argv[1:] if argv is None else argv))
     except ValueError as exc:
-        print(f"edge_vlm_play: {exc}", file=sys.stderr)
+        print(f"edge_vlm_play: error: {exc}", file=sys.stderr)
         return 2
     play = Playback()
     rclpy.init(args=["edge_vlm_play"] + ros_args)
@@ -330,6 +332,9 @@ def main(argv=None) -> int:
     try:
         node = rclpy.create_node(args.node_name)
         return _run(node, args, remaps, play)
+    except (BagError, ReaderError, sqlite3.DatabaseError) as exc:   # not a bag, truncated, ...
+        print(f"edge_vlm_play: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         pass
     finally:

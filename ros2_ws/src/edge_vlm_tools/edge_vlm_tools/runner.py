@@ -15,8 +15,13 @@ Usage::
 
 ``-p compute_budget=0.5`` sets the parameter on every node that has it;
 ``-p vlm_captioner.checkpoint=/x.pt`` on one node. SIGINT/SIGTERM are
-forwarded to the nodes; when a node dies the runner reports it and (unless
-``--keep-going``) stops the others and exits non-zero.
+forwarded to the nodes (SIGHUP as SIGTERM, the nodes' clean stop); when a node dies the runner
+reports it and (unless ``--keep-going``) stops the others and exits non-zero.
+
+Nodes never outlive the runner: each asks the kernel for SIGTERM when the runner dies
+(``edge_vlm_tools.lifeline``), SIGKILL of the runner included. The graph runs in its own
+``ROS_DOMAIN_ID`` (a free one) with ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless the
+environment sets them (the runner prints the domain: ``ROS_DOMAIN_ID=N ros2 topic list``).
 
 Python API: :func:`start_graph` -> list of ``subprocess.Popen`` (each with ``.node_name``),
 :func:`stop_graph`, :func:`find_executable`, :func:`node_command` (the graph itself:
@@ -36,6 +41,7 @@ from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 
 from edge_vlm.cores.graph import NodeSpec, load_graph, parse_overrides
 from edge_vlm.paths import repo_root
+from edge_vlm_tools.lifeline import exec_prefix, isolated_env
 
 ROOT = str(repo_root())
 
@@ -96,14 +102,18 @@ def start_graph(graph_path: str | None = None, overrides: dict[str, Any] | None 
     """Start every node of the graph as its own process; return the Popen objects.
 
     Each Popen has ``.node_name`` and ``.cmd``; with ``log_dir`` the output of
-    node N goes to ``log_dir/N.log`` (``.log_path``), else it is inherited.
+    node N goes to ``log_dir/N.log`` (``.log_path``), else it is inherited. ``env`` (default
+    ``os.environ``) gets its own domain unless it sets one (:func:`isolated_env`); each node
+    runs under the lifeline (``.cmd`` starts with :func:`exec_prefix`; the pid is the node's
+    after its exec) and gets SIGTERM when the calling process dies.
     """
     specs = load_graph(graph_path, overrides, namespace, inputs)
-    env = dict(os.environ if env is None else env)
+    env = isolated_env(env)
     procs: list[subprocess.Popen] = []
     try:
         for spec in specs:
-            cmd = node_command(spec, find_executable(spec.package, spec.executable, env))
+            cmd = exec_prefix() + node_command(spec, find_executable(spec.package,
+                                                                     spec.executable, env))
             cmd += list(extra_ros_args or [])
             out = None
             log_path = None
@@ -111,6 +121,7 @@ def start_graph(graph_path: str | None = None, overrides: dict[str, Any] | None 
                 os.makedirs(log_dir, exist_ok=True)
                 log_path = os.path.join(log_dir, f"{spec.name}.log")
                 out = open(log_path, "wb")
+            # own session: a Ctrl-C reaches the runner only, which forwards it once
             p = subprocess.Popen(cmd, env=env, stdout=out,
                                  stderr=subprocess.STDOUT if out else None,
                                  start_new_session=True)
@@ -157,7 +168,7 @@ class Supervisor:
         for p in self.procs:
             if p.poll() is None:
                 try:
-                    p.send_signal(sig)
+                    p.send_signal(signal.SIGTERM if sig == signal.SIGHUP else sig)
                 except ProcessLookupError:
                     pass
 
@@ -184,7 +195,7 @@ class Supervisor:
             time.sleep(0.2)
         if self.signal is not None and code == 0:
             bad = {p.node_name: p.returncode for p in self.procs
-                   if p.returncode not in (0, -signal.SIGINT, 130)}
+                   if p.returncode not in (0, -signal.SIGINT, -signal.SIGTERM, 130)}
             if bad:
                 print(f"edge_vlm_run: nodes ended with {bad}", file=sys.stderr)
         return code
@@ -217,16 +228,18 @@ def main(argv=None) -> int:
             for spec in load_graph(args.graph, overrides, args.namespace, inputs):
                 print(" ".join(node_command(spec, f"{spec.package}/{spec.executable}")))
             return 0
+        env = isolated_env()
         procs = start_graph(args.graph, overrides, namespace=args.namespace, inputs=inputs,
-                            log_dir=args.log_dir)
+                            env=env, log_dir=args.log_dir)
     except (ValueError, FileNotFoundError, OSError) as exc:
         print(f"edge_vlm_run: error: {exc}", file=sys.stderr)
         return 2
     supervisor = Supervisor(procs, args.keep_going)
-    signal.signal(signal.SIGINT, supervisor.forward)
-    signal.signal(signal.SIGTERM, supervisor.forward)
-    print("edge_vlm_run: started " + ", ".join(f"{p.node_name} (pid {p.pid})" for p in procs),
-          flush=True)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, supervisor.forward)
+    print("edge_vlm_run: started " + ", ".join(f"{p.node_name} (pid {p.pid})" for p in procs)
+          + f" in ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} (ROS_AUTOMATIC_DISCOVERY_RANGE="
+          f"{env['ROS_AUTOMATIC_DISCOVERY_RANGE']})", flush=True)
     return supervisor.watch()
 
 

@@ -12,6 +12,7 @@ from edge_vlm.bench.decode import bench_decode
 from edge_vlm.bench.e2e import bench_e2e
 from edge_vlm.bench.report import SUMMARY_KEYS
 from edge_vlm.bench.sttf import bench_sttf
+from edge_vlm.evaluation.trust_report import plot_reliability
 from edge_vlm.paths import docs_dir
 
 __all__ = ["bench_all"]
@@ -36,6 +37,9 @@ def bench_all(checkpoint: str = "", threads: int = 1, repeats: int = 5, quick: b
     dec = bench_decode(repeats=repeats, quick=quick, threads=1)
     say("bench: STTF vs dense ...")
     sttf = bench_sttf(checkpoint=checkpoint, threads=threads, repeats=repeats, quick=quick)
+    if not quick and sttf.get("reliability"):
+        plot_reliability({"ece": sttf.get("ece"), "reliability": sttf["reliability"]},
+                         str(docs_dir() / "reliability.png"))
     anc = {"skipped": "disabled"}
     if anc_part:
         say("bench: ANC vs Medium-only ...")

@@ -3,7 +3,8 @@
 The parser (:mod:`edge_vlm.cli.parsers`) imports argparse only; a command's module, which loads
 the model code, is imported when that command runs. So ``edge-vlm --help``, a command's
 ``--help`` and an argument error never import torch. ``demo`` and ``play`` start the ROS 2
-tools as their own executables: the core library never imports rclpy.
+tools as their own executables (the core library never imports rclpy) and pass the options
+they do not know to them, ``--help`` included.
 """
 from __future__ import annotations
 
@@ -45,8 +46,22 @@ def command(name: str):
     return getattr(importlib.import_module(module), fn)
 
 
+def parse(argv=None) -> argparse.Namespace:
+    """The command line; a pass-through command (``play``, ``demo``: its parser sets
+    ``passthrough`` to the attribute that collects them) keeps the arguments it does not know,
+    in their order, for the tool it starts; any other command rejects them."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    dest = getattr(args, "passthrough", None)
+    if unknown and dest is None:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if dest is not None:
+        setattr(args, dest, list(getattr(args, dest)) + unknown)
+    return args
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     return int(command(args.cmd)(args) or 0)
 
 

@@ -10,7 +10,8 @@ from edge_vlm.datasets.dvs128_gesture import (Dvs128Dataset, gesture_ground_trut
                                               read_labels_csv)
 from edge_vlm.events import EventDecodeError
 from edge_vlm.io.bag_reader import BagError
-from edge_vlm.io.convert import convert_file
+from edge_vlm.io.bag_writer import BagExistsError
+from edge_vlm.io.convert import convert_file, packet_ns_of
 from edge_vlm.io.stats import stats_path
 from edge_vlm.sim.captions import class_references
 from edge_vlm.sim.export import synth
@@ -30,13 +31,35 @@ def run_stats(args) -> int:
     return 0
 
 
+def _check_synth(args) -> None:
+    """Bad ``synth`` options, before anything is simulated or written: ValueError."""
+    if not args.clip_s > 0:
+        raise ValueError(f"--clip-s must be > 0, got {args.clip_s:g}")
+    if not args.gap_s >= 0:
+        raise ValueError(f"--gap-s must be >= 0, got {args.gap_s:g}")
+    packet_ns_of(args.packet_ms)
+
+
 def run_synth(args) -> int:
-    meta = synth(args.out, subjects=args.subjects, lightings=args.lightings, seed=args.seed,
-                 clip_s=args.clip_s, gap_s=args.gap_s, with_frames=not args.no_frames,
-                 fmt=args.format, storage=args.storage, packet_ms=args.packet_ms,
-                 scenes=args.scenes)
+    """Simulated recordings; bad options or an unwritable ``--out``: one error line, exit 2."""
+    try:
+        _check_synth(args)
+        meta = synth(args.out, subjects=args.subjects, lightings=args.lightings, seed=args.seed,
+                     clip_s=args.clip_s, gap_s=args.gap_s, with_frames=not args.no_frames,
+                     fmt=args.format, storage=args.storage, packet_ms=args.packet_ms,
+                     scenes=args.scenes)
+    except (ValueError, OSError) as exc:
+        print(f"edge-vlm synth: error: {_os_message(exc)}", file=sys.stderr)
+        return 2
     print(json.dumps(meta, indent=1))
     return 0
+
+
+def _os_message(exc: Exception) -> str:
+    """One line for an error: an OSError as 'path: what' (no errno prefix)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return " ".join(str(exc).split())
 
 
 def _convert_one(inp: Path, out: Path, args) -> dict:
@@ -69,8 +92,12 @@ def run_convert(args) -> int:
             summary: dict = {"trials": len(results), "bags": results}
         else:
             summary = _convert_one(inp, Path(args.output), args)
+    except BagExistsError as exc:
+        print(f"edge-vlm convert: error: {exc.filename} exists: pass --overwrite "
+              "to replace it", file=sys.stderr)
+        return 2
     except (EventDecodeError, BagError, ValueError, OSError) as exc:
-        print(f"edge-vlm convert: error: {args.input}: {exc}", file=sys.stderr)
+        print(f"edge-vlm convert: error: {args.input}: {_os_message(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=1))
     return 0

@@ -2,7 +2,6 @@
 argument error never load the model code (the commands' modules are imported when they run)."""
 from __future__ import annotations
 
-import argparse
 import os
 
 from edge_vlm.paths import docs_dir, repo_root
@@ -184,19 +183,24 @@ def add_calibrate(sub) -> None:
 
 
 def add_demo(sub) -> None:
-    s = sub.add_parser("demo", help="replay a bag (default: the simulated demo bag) through the "
-                                    "three nodes")
-    s.add_argument("--bag", default="")
-    s.add_argument("--checkpoint", default="")
+    s = sub.add_parser(
+        "demo", help="replay a bag (default: the simulated demo bag) through the three nodes",
+        add_help=False, allow_abbrev=False,
+        description="Options other than these three go to the demo runner edge_vlm_demo "
+                    "(e.g. --every N, --rate R, --drain S, -p NODE.NAME=VALUE, --graph FILE); "
+                    "`edge-vlm demo --help` lists them.")
+    s.add_argument("--bag", default="", help="bag to play (default: the simulated demo bag)")
+    s.add_argument("--checkpoint", default="", help="captioner checkpoint")
     s.add_argument("--out-dir", default=os.path.join(DEMO_DIR, "run"),
                    help="records, node logs, summary.json")
-    s.add_argument("extra", nargs=argparse.REMAINDER, help="more options for the demo runner")
+    s.set_defaults(extra=[], passthrough="extra")
 
 
 def add_play(sub) -> None:
-    s = sub.add_parser("play", help="bag player (ros2 bag play is not available here)",
-                       add_help=False)
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s = sub.add_parser("play", help="bag player (ros2 bag play is not available here): "
+                                    "`edge-vlm play --help` lists its options",
+                       add_help=False, allow_abbrev=False)
+    s.set_defaults(rest=[], passthrough="rest")
 
 
 def add_eval(sub) -> None:

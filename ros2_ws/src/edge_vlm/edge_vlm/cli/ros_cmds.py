@@ -2,15 +2,18 @@
 library never imports rclpy)."""
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
 
+from edge_vlm.cli import parsers
 from edge_vlm.sim.export import demo_data
 
 #: package and executable of each tool (installed by colcon; on PATH after ``source env.sh``)
 TOOLS = {"demo": ("edge_vlm_tools", "edge_vlm_demo"), "play": ("edge_vlm_tools", "edge_vlm_play")}
+HELP = {"-h", "--help"}
 
 
 def _run_tool(name: str, argv: list[str]) -> int:
@@ -26,7 +29,21 @@ def _run_tool(name: str, argv: list[str]) -> int:
         return 130
 
 
+def _demo_help() -> str:
+    """The help of ``edge-vlm demo``'s own options (its parser has no ``--help``: that one
+    passes through to the runner)."""
+    sub = argparse.ArgumentParser(prog="edge-vlm").add_subparsers()
+    parsers.add_demo(sub)
+    return sub.choices["demo"].format_help().rstrip()
+
+
 def run_demo(args) -> int:
+    """``edge-vlm demo [--bag B] [--checkpoint C] [--out-dir D] [runner options]``: the runner's
+    own options pass through; ``--help`` shows both sets (without writing the demo bag)."""
+    if HELP & set(args.extra):
+        print(_demo_help() + "\n\nOptions of the demo runner (edge_vlm_demo), passed through:\n",
+              flush=True)
+        return _run_tool("demo", ["--help"])
     bag = args.bag or demo_data()
     argv = [bag, "--out-dir",
             args.out_dir] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
@@ -35,4 +52,5 @@ def run_demo(args) -> int:
 
 
 def run_play(args) -> int:
+    """``edge-vlm play BAG [player options]``: every argument goes to edge_vlm_play."""
     return _run_tool("play", list(args.rest))

@@ -107,7 +107,11 @@ def run_train(args) -> int:
 def run_calibrate(args) -> int:
     tc = TrainConfig()
     subjects = args.subjects or subject_split(tc).val
-    res = calibrate_checkpoint(args.checkpoint, subjects, seed=tc.seed)
+    try:
+        res = calibrate_checkpoint(args.checkpoint, subjects, seed=tc.seed)
+    except (CheckpointError, OSError) as exc:     # missing / corrupt / unwritable checkpoint
+        print(f"edge-vlm calibrate: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 3 if isinstance(exc, CheckpointError) else 2
     print(json.dumps({"subjects": [int(s) for s in subjects], **res}, indent=1))
     return 0
 

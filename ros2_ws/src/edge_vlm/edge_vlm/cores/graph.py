@@ -63,16 +63,60 @@ def default_graph_path() -> str:
     return str(candidates[0])
 
 
+def _yaml_error(path: str, exc: yaml.YAMLError) -> ValueError:
+    """A YAML syntax error as one line: the problem and where it is."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return ValueError(f"{path}: not valid YAML: {what}{where}")
+
+
+def _mapping(value: Any, path: str, what: str) -> dict:
+    """``value`` when it is a mapping (None: empty), else ValueError naming ``what``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: {what} must be a mapping, not {type(value).__name__}")
+    return value
+
+
+def _check_nodes(nodes: Any, path: str) -> list[dict]:
+    """The ``nodes`` list: mappings with a ``package`` name and mapping-valued
+    ``parameters`` / ``remappings``; ValueError naming the first bad entry."""
+    if nodes is None:
+        return []
+    if not isinstance(nodes, list):
+        raise ValueError(f"{path}: 'nodes' must be a list of node entries, not "
+                         f"{type(nodes).__name__}")
+    for i, entry in enumerate(nodes):
+        where = f"node entry {i + 1}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: {where} must be a mapping (name, package, executable, "
+                             f"parameters, ...), not {type(entry).__name__}")
+        if not isinstance(entry.get("package"), str) or not entry["package"]:
+            raise ValueError(f"{path}: {where} has no 'package' name")
+        for key in ("parameters", "remappings"):
+            _mapping(entry.get(key), path, f"{where} '{key}'")
+        for key in ("name", "executable", "namespace"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise ValueError(f"{path}: {where} '{key}' must be a string")
+    return nodes
+
+
 def read_graph(path: str | None = None) -> GraphFile:
-    """The graph file ``path`` (None: :func:`default_graph_path`). Raises OSError / ValueError."""
+    """The graph file ``path`` (None: :func:`default_graph_path`). Raises OSError, or
+    ValueError (one line) for a file that is not valid YAML or not shaped like a graph file."""
     path = path or default_graph_path()
     with open(path) as fh:
-        doc = yaml.safe_load(fh) or {}
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: not a graph file (a YAML mapping)")
-    inputs = {str(k): str(v) for k, v in (doc.get("inputs") or {}).items() if v}
+        try:
+            doc = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise _yaml_error(str(path), exc) from None
+    doc = _mapping(doc, str(path), "the top level (keys: nodes, inputs, namespace)")
+    inputs = {str(k): str(v) for k, v in _mapping(doc.get("inputs"), str(path),
+                                                  "'inputs'").items() if v}
     return GraphFile(str(path), inputs, str(doc.get("namespace") or ""),
-                     list(doc.get("nodes") or []))
+                     list(_check_nodes(doc.get("nodes"), str(path))))
 
 
 def _node_overrides(name: str, pkg: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -157,11 +201,12 @@ def replay_params(overrides: dict | None = None, checkpoint: str = "",
 
     ``overrides`` as :func:`load_graph`'s; ``checkpoint`` (non-empty) sets both nodes'
     checkpoint; ``graph``: graph file (None = :func:`default_graph_path` when it exists,
-    '' = the spec defaults only). The two nodes must agree on :data:`SHARED_GRID`.
+    '' = the spec defaults only; a missing file named here raises OSError). The two nodes
+    must agree on :data:`SHARED_GRID`.
     """
     nodes = ("sttf_perception", "vlm_captioner")
     path = default_graph_path() if graph is None else graph
-    if path and os.path.isfile(path):
+    if graph or (path and os.path.isfile(path)):    # a graph named by the caller must exist
         g = read_graph(path)
         entries = [e for e in g.nodes if e.get("package") in nodes]
         inputs = g.inputs

@@ -138,13 +138,28 @@ def _by(rows: Sequence[TrustRow], key) -> dict:
     return {k: sorted(v, key=lambda r: r.t_end) for k, v in groups.items()}
 
 
+def _held_switches(rows: Sequence[TrustRow]) -> int:
+    """Label changes while a gesture is held: between the first frame of the segment that
+    publishes a gesture (the onset from "no gesture" is not flicker) and the last one that does
+    (the offset back to "no gesture" as the arm returns to rest is not flicker either)."""
+    labels = [r.label for r in rows]
+    shown = [i for i, lab in enumerate(labels) if lab > 0]
+    if not shown:
+        return 0
+    held = labels[shown[0]:shown[-1] + 1]
+    return sum(1 for a, b in zip(held, held[1:]) if a != b)
+
+
 def _gesture_switch_rate(gesture: Sequence[TrustRow], segments: Sequence[dict]) -> dict:
-    """Label switches inside each ground-truth gesture segment per second of those segments
-    (each segment's duration clipped to the part the replay covered: from its start, or its
-    first frame's start if later, to its end, or its last frame's end if earlier)."""
-    switches, seconds = 0, 0.0
+    """Label switches while a gesture is held (:func:`_held_switches`) inside each ground-truth
+    gesture segment per second of those segments (each segment's duration clipped to the part
+    the replay covered: from its start, or its first frame's start if later, to its end, or its
+    last frame's end if earlier); ``label_switches_per_s_in_gesture_all`` counts every change,
+    onset and offset included."""
+    switches, every, seconds = 0, 0, 0.0
     for seg_id, fr in _by(gesture, lambda r: r.segment).items():
-        switches += _switches(fr)
+        switches += _held_switches(fr)
+        every += _switches(fr)
         if seg_id is not None and 0 <= seg_id < len(segments):
             seg = segments[seg_id]
             lo = max(int(seg["t_start_ns"]), fr[0].t_start)
@@ -153,6 +168,7 @@ def _gesture_switch_rate(gesture: Sequence[TrustRow], segments: Sequence[dict]) 
             lo, hi = fr[0].t_start, fr[-1].t_end
         seconds += max(0, hi - lo) / 1e9
     return {"label_switches_per_s_in_gesture": (switches / seconds) if seconds > 0 else None,
+            "label_switches_per_s_in_gesture_all": (every / seconds) if seconds > 0 else None,
             "label_switches_in_gesture": switches, "gesture_segment_s": seconds}
 
 

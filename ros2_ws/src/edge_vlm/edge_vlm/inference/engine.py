@@ -171,6 +171,7 @@ PARAMS: dict[str, tuple[str, Callable]] = {
     "drift_bound": ("drift_bound", lambda eng, v: float(v)),
     "gesture_threshold": ("threshold", lambda eng, v: float(v)),
     "gesture_smoothing_frames": ("smoothing_frames", lambda eng, v: max(1.0, float(v))),
+    "gesture_hold": ("hold", lambda eng, v: float(v)),
 }
 
 #: the caption of a frame without a published gesture when the model has no scene head
@@ -186,7 +187,7 @@ class StreamingCaptioner:
                  caption_period: int = 1, mask_method: str = "learned",
                  layer_thresholds: list[float] | None = None, drift_bound: float = 0.0,
                  caption_reuse_threshold: float = 0.0, gesture_threshold: float = 0.0,
-                 gesture_smoothing_frames: float = 1.0):
+                 gesture_smoothing_frames: float = 1.0, gesture_hold: float = 0.0):
         self.model = model
         self.cfg: ModelConfig = model.cfg
         self.tok = Tokenizer(self.cfg.vocab)
@@ -198,7 +199,8 @@ class StreamingCaptioner:
                             ("caption_reuse_threshold", caption_reuse_threshold),
                             ("drift_bound", drift_bound),
                             ("gesture_threshold", gesture_threshold),
-                            ("gesture_smoothing_frames", gesture_smoothing_frames)):
+                            ("gesture_smoothing_frames", gesture_smoothing_frames),
+                            ("gesture_hold", gesture_hold)):
             self.set_param(name, value)
         self._tries: dict[int, CaptionTrie] = {}
         self.sparse = sparse
@@ -233,6 +235,7 @@ class StreamingCaptioner:
         self.last_caption: DecodedCaption | None = None
         self.motion_state = MotionState(c.grid)
         self.smoother = SceneSmoother()
+        self.published = 0                  # the gesture published on the last frame
 
     def force_refresh(self) -> None:
         """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense
@@ -377,7 +380,10 @@ class StreamingCaptioner:
         temp = getattr(motion, "temperature", None) if p.motion is not None else None
         frame = calibrated(split_heads(self.cfg, p.logits[None]), temp)
         self.smoother.frames = self.smoothing_frames
-        return decide(self.smoother.update(frame), frame, self.threshold)
+        report = decide(self.smoother.update(frame), frame, self.threshold, self.published,
+                        self.hold)
+        self.published = report.gesture
+        return report
 
     def _trie(self, label: int) -> CaptionTrie:
         """The constraint of a gesture's caption: its canonical captions as token ids (the

@@ -8,9 +8,13 @@ Here the heads decide the content and the caption only verbalises it:
 1. :func:`calibrated` -- the motion head's logits per group (:data:`~edge_vlm.model.motion.HEADS`)
    divided by their fitted temperatures, softmaxed (:class:`HeadProbs`);
 2. :class:`SceneSmoother` -- an exponential moving average of those probabilities over frames
-   (``gesture_smoothing_frames``), so a held gesture does not flicker;
+   (``gesture_smoothing_frames``);
 3. :func:`decide` -- THE publication rule: a gesture is published only when its smoothed
-   probability reaches ``gesture_threshold`` and beats "no gesture"; otherwise the label is 0
+   probability reaches ``gesture_threshold`` and beats "no gesture" and the scene head's most
+   likely kind is ``gesture`` (the heads agree: a walk that the gesture head mistakes for a wave
+   stays a walk), and a published gesture is
+   kept while it stays above ``gesture_hold`` of that (hysteresis: a held gesture does not
+   flicker, and its onset is not delayed as a longer average would); otherwise the label is 0
    ("no gesture") and the scene kind (nothing, walk, ...) comes from the scene head, with the
    direction restricted to those the kind can have (:data:`KIND_DIRECTIONS`);
 4. the caption: for a gesture, the KV-cached decoder writes it under a constraint
@@ -116,13 +120,22 @@ def _pick(p: np.ndarray | None, names: tuple[str, ...], allowed: tuple[str, ...]
     return names[idx[int(np.argmax(p[idx]))]]
 
 
-def decide(smooth: HeadProbs, frame: HeadProbs, threshold: float) -> SceneReport:
+def decide(smooth: HeadProbs, frame: HeadProbs, threshold: float, current: int = 0,
+           hold: float = 0.0) -> SceneReport:
     """THE publication rule (module doc, step 3) on smoothed probabilities ``smooth``;
-    ``frame``: this frame's own (for the report's ``frame_gesture``)."""
+    ``frame``: this frame's own (for the report's ``frame_gesture``). Hysteresis: the gesture
+    published on the previous frame (``current``) stays while its probability is at least
+    ``hold`` x ``threshold`` and at least ``hold`` x the best gesture's."""
     g = smooth.gesture
     best = 1 + int(np.argmax(g[1:]))
     fbest = int(np.argmax(frame.gesture))
-    if g[best] >= threshold and g[best] >= g[0]:
+    # the two heads must agree: no gesture while the scene head sees another kind of scene
+    agree = smooth.kind is None or SCENE_KINDS[int(np.argmax(smooth.kind))] == "gesture"
+    kept = (agree and current > 0 and hold > 0 and g[current] >= hold * threshold
+            and g[current] >= hold * g[best])
+    if kept:
+        best = current
+    if kept or (agree and g[best] >= threshold and g[best] >= g[0]):
         gesture, conf, kind, kconf = best, float(g[best]), "gesture", float(g[best])
     else:
         gesture, conf = 0, float(g[0])

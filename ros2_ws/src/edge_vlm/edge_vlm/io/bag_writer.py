@@ -21,6 +21,7 @@ Layout of a written bag (topics are arguments):
 """
 from __future__ import annotations
 
+import errno
 import heapq
 import json
 import shutil
@@ -40,6 +41,7 @@ from edge_vlm.io.packets import packet_grid
 
 __all__ = [
     "write_bag",
+    "BagExistsError",
     "DEFAULT_FRAME_PERIOD_NS",
     "EVENTS_TYPE",
     "IMAGE_TYPE",
@@ -53,7 +55,12 @@ DEFAULT_FRAME_PERIOD_NS = 33_333_333
 _STORAGE = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 
 
+class BagExistsError(FileExistsError):
+    """The output bag path exists and ``overwrite`` is off (``filename``: the path)."""
+
+
 # --------------------------------------------------------------------------- QoS
+
 def offered_qos(topic: str, msgtype: str) -> Qos:
     """The offered QoS recorded for ``topic`` (:func:`edge_vlm.topics.qos_of`) as rosbags
     metadata: keep last, volatile, automatic liveliness, default (infinite) durations."""
@@ -256,7 +263,8 @@ def _clear(path: Path, overwrite: bool) -> Path:
     """``path``, after removing what is there when ``overwrite`` (else that is an error)."""
     if path.exists():
         if not overwrite:
-            raise FileExistsError(f"bag path {path} exists (pass overwrite=True)")
+            raise BagExistsError(errno.EEXIST, "bag path exists (pass overwrite=True)",
+                                 str(path))
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     return path
 

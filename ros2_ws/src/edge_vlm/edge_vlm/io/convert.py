@@ -10,6 +10,7 @@ override it). Ground-truth objects given by the caller (DvsGesture labels: see
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -41,15 +42,23 @@ class Conversion:
         return asdict(self)
 
 
+def packet_ns_of(packet_ms: float) -> int:
+    """An EventPacket length given in ms (``--packet-ms``) as ns; ValueError unless it is in
+    (0, 4000] ms (mono offsets are 32-bit ns)."""
+    packet_ns = int(round(packet_ms * 1e6)) if math.isfinite(packet_ms) else 0
+    if not 0 < packet_ns <= MAX_PACKET_NS:
+        raise ValueError(f"--packet-ms must be in (0, 4000] (mono offsets are 32-bit ns), got "
+                         f"{packet_ms:g}")
+    return packet_ns
+
+
 def convert_file(inp: str | os.PathLike, out: str | os.PathLike, *, storage: str = "sqlite3",
                  packet_ms: float = 2.0, width: int | None = None, height: int | None = None,
                  camera: str | None = None, overwrite: bool = False,
                  ground_truth: list[dict] | None = None) -> Conversion:
     """Convert one recording. Raises EventDecodeError (unreadable input, events outside the
     sensor), ValueError (bad packet length) or OSError."""
-    packet_ns = int(round(packet_ms * 1e6))
-    if not 0 < packet_ns <= MAX_PACKET_NS:
-        raise ValueError("--packet-ms must be in (0, 4000] (mono offsets are 32-bit ns)")
+    packet_ns = packet_ns_of(packet_ms)
     ev, info = read_events(inp, camera=camera)
     w = int(width if width is not None else info["width"])
     h = int(height if height is not None else info["height"])

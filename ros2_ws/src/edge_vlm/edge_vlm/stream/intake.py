@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from edge_vlm.events import check_coordinates
 from edge_vlm.stream.binner import FrameBinner
 from edge_vlm.stream.frames import Frame, Rejection
 
@@ -69,7 +70,8 @@ class PacketIntake:
             self._sequence(int(seq))
             if bigendian:
                 error = Rejection(tag, "big-endian EventPacket payloads are not supported")
-            else:
+            else:    # the sensor size of every encoding (events are uint16 coordinates)
+                check_coordinates(-1, -1, int(width), int(height), "EventPacket: ")
                 frames = b.push(str(encoding), payload, int(width), int(height), int(time_base),
                                 tag=tag)
         except Exception as exc:

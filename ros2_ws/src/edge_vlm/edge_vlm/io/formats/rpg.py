@@ -70,6 +70,8 @@ def decode_rpg(text: str | bytes) -> ReadResult:
     else:
         body = text
     tok = body.split()
+    if not tok:           # an empty file, or a size line alone: nothing says it is events.txt
+        raise EventDecodeError("events.txt: no events (expected one 't x y p' line per event)")
     if len(tok) % 4:
         raise EventDecodeError(f"events.txt: {len(tok)} values is not a multiple of 4 (t x y p)")
     arr = np.array(tok, dtype=str).reshape(-1, 4) if tok else np.zeros((0, 4), dtype="U1")

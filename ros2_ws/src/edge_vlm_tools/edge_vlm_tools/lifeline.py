@@ -1,0 +1,109 @@
+"""Children that never outlive their launcher, and graphs that never meet another graph.
+
+Orphans: a process started by ``edge_vlm_run``, the demo or ``ros2 launch edge_vlm_bringup
+...`` runs as ``python lifeline.py --parent PID -- CMD ARGS...`` (:func:`exec_prefix`): it asks
+the kernel (Linux ``prctl(PR_SET_PDEATHSIG)``) for SIGTERM when its parent dies, however it
+dies (SIGKILL included), then execs CMD (same pid). Nodes stop cleanly on SIGTERM
+(``edge_vlm_ros.run``). An exec wrapper rather than a ``preexec_fn``: launch forks the processes
+itself, and Python code between fork and exec is unsafe in a threaded parent. Should the
+parent be gone already when the child asks (a race at start), the child stops at once. On
+other systems the wrapper only execs.
+
+Isolation: :func:`isolated_env` gives a graph run its own ``ROS_DOMAIN_ID`` (a free one, from
+the pid on) and ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``, unless the caller's environment
+sets them: two graphs on one machine then never see each other's nodes and topics.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import os
+import signal
+import socket
+import sys
+from typing import Mapping
+
+#: prctl option (linux/prctl.h)
+PR_SET_PDEATHSIG = 1
+#: what a node receives when its launcher dies (it shuts down cleanly on it)
+DEATH_SIGNAL = signal.SIGTERM
+#: domain ids tried (0 is everyone's default; Fast DDS's ports stay below 32768 up to 101)
+DOMAIN_IDS = range(1, 101)
+
+_LIBC = (ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+         if sys.platform.startswith("linux") else None)
+
+
+def set_parent_death_signal(parent_pid: int, sig: int = DEATH_SIGNAL) -> None:
+    """Ask for ``sig`` when the parent dies; if ``parent_pid`` is no longer the parent (it died
+    before this call), raise ``sig`` now."""
+    if _LIBC is None:
+        return
+    _LIBC.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), sig)
+
+
+def exec_prefix(parent_pid: int | None = None) -> list[str]:
+    """The command words that run a command under :func:`main`, for a child of
+    ``parent_pid`` (default: this process). The file runs as a script (standard library
+    only), so the child needs no PYTHONPATH for it."""
+    pid = os.getpid() if parent_pid is None else parent_pid
+    return [sys.executable, os.path.abspath(__file__), "--parent", str(pid), "--"]
+
+
+def _domain_in_use(domain: int) -> bool:
+    """Whether a DDS participant of ``domain`` already holds its first unicast discovery port
+    (RTPS: 7400 + 250 * domain + 10), i.e. another graph on this machine uses the domain."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("0.0.0.0", 7410 + 250 * domain))
+        except OSError:
+            return True
+    return False
+
+
+def free_domain_id(seed: int | None = None) -> int:
+    """A ``ROS_DOMAIN_ID`` no participant on this machine holds: the first free one of
+    :data:`DOMAIN_IDS` from ``seed`` (default the pid) on, else the seed's."""
+    n = len(DOMAIN_IDS)
+    start = (os.getpid() if seed is None else seed) % n
+    for k in range(n):
+        domain = DOMAIN_IDS[(start + k) % n]
+        if not _domain_in_use(domain):
+            return domain
+    return DOMAIN_IDS[start]
+
+
+def isolated_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``env`` (default ``os.environ``) with ``ROS_DOMAIN_ID`` (a free one) and
+    ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` where it sets neither (a value it sets,
+    even empty, is the user's choice and kept)."""
+    out = dict(os.environ if env is None else env)
+    if "ROS_DOMAIN_ID" not in out:
+        out["ROS_DOMAIN_ID"] = str(free_domain_id())
+    out.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``--parent PID -- CMD ARGS...``: set the parent-death signal, then exec CMD."""
+    ap = argparse.ArgumentParser(prog="lifeline.py",
+                                 description=main.__doc__)
+    ap.add_argument("--parent", type=int, required=True, help="pid of the launcher")
+    ap.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    args = ap.parse_args(argv)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        ap.error("no command given")
+    set_parent_death_signal(args.parent)
+    try:
+        os.execvp(cmd[0], cmd)
+    except OSError as exc:
+        print(f"lifeline: error: cannot run {cmd[0]}: {exc}", file=sys.stderr)
+    return 127
+
+
+if __name__ == "__main__":
+    sys.exit(main())
