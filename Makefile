@@ -10,7 +10,7 @@ help:
 	@echo "make test   - set up (idempotent), then lint (ruff, 99 columns) and run the test suite"
 	@echo "make bench  - benchmarks (writes docs/benchmarks.md)"
 	@echo "make train  - retrain the shipped STTF+ANC checkpoint (CPU, ~105 min)"
-	@echo "make train-heads - refit only the gesture + scene heads of the shipped checkpoint (~35 min)"
+	@echo "make train-heads - refit only the gesture + scene heads of the shipped checkpoint (~30 min)"
 	@echo "make setup  - create .venv, install pinned dependencies, build the ROS 2 workspace"
 
 setup:

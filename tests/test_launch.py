@@ -6,7 +6,7 @@
   --once``); after launch_pytest shut the launch down, no node process is left.
 * Orphans: the runner (``edge_vlm_run``) and ``ros2 launch`` on a one-node graph, killed with
   SIGINT, SIGTERM, SIGHUP and SIGKILL: the node process is gone within seconds
-  (``edge_vlm_tools.lifeline``: the kernel sends SIGTERM to a node whose launcher died).
+  (``edge_vlm_ros.lifeline``: the kernel sends SIGTERM to a node whose launcher died).
 
 Every graph runs in this module's own ROS_DOMAIN_ID (``lifeline.free_domain_id``) with
 ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST. An unbuilt workspace is a failure, not a skip.
@@ -50,7 +50,7 @@ def ros_env() -> dict[str, str]:
     tools are missing)."""
     rosenv.require_workspace(*PKGS)
     rosenv.activate()
-    from edge_vlm_tools.lifeline import free_domain_id
+    from edge_vlm_ros.lifeline import free_domain_id
 
     assert os.access(ROS2, os.X_OK), f"{ROS2} missing: `make setup` installs the ROS 2 tools"
     return rosenv.sourced_env(ROS_DOMAIN_ID=str(free_domain_id()),

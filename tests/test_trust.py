@@ -185,3 +185,12 @@ def test_no_gesture_label_in_accuracy_and_confusion():
     counts = np.asarray(cm["counts"])
     assert counts.shape == (12, 12) and counts[0, 0] == 1 and counts[0, 3] == 1
     assert counts[2, 2] == 1
+
+
+def test_segment_vote_lets_no_gesture_frames_abstain():
+    from edge_vlm.evaluation.trust import segment_vote
+
+    assert segment_vote([0, 0, 0, 3, 3, 2]) == 3        # the gesture published most often
+    assert segment_vote([0, 0]) == 0                    # no frame published a gesture
+    assert segment_vote([2, 3], [0.2, 0.9]) == 3        # a tie: the larger summed confidence
+    assert segment_vote([3, 2]) == 2                    # ... then the lower label

@@ -21,7 +21,7 @@ Input (``source``):
     /camera/image_raw and /edge_vlm/ground_truth);
   * ``camera``: the driver ``edge_vlm_camera_<camera>`` of package edge_vlm_cameras.
 
-Every process runs under ``edge_vlm_tools.lifeline``: it gets SIGTERM when this launcher dies,
+Every process runs under ``edge_vlm_ros.lifeline``: it gets SIGTERM when this launcher dies,
 however it dies (launch itself stops its processes only on SIGINT). Not set here: the domain.
 ``ros2 launch`` uses the environment's ``ROS_DOMAIN_ID`` like any ROS tool; give the graph its
 own (and ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``) on a shared machine.
@@ -35,7 +35,7 @@ from launch_ros.actions import Node
 
 from edge_vlm.cores.graph import default_graph_path, load_graph, read_graph
 from edge_vlm.topics import TOPICS
-from edge_vlm_tools.lifeline import exec_prefix
+from edge_vlm_ros.lifeline import exec_prefix
 
 SOURCES = ("none", "bag", "camera")
 CAMERAS = ("dv", "metavision", "rgb")

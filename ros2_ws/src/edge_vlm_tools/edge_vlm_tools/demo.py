@@ -35,7 +35,7 @@ from edge_vlm.io.bag_writer import write_bag
 from edge_vlm.report import fmt_value
 from edge_vlm.sim import simulate_recording
 from edge_vlm.topics import TOPICS
-from edge_vlm_tools.lifeline import exec_prefix, isolated_env
+from edge_vlm_ros.lifeline import exec_prefix, isolated_env
 from edge_vlm_tools.runner import find_executable, start_graph, stop_graph
 
 #: the graph's nodes that cut frames (each subscribes to the events)

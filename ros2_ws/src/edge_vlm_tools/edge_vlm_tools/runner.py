@@ -41,7 +41,7 @@ from ament_index_python.packages import PackageNotFoundError, get_package_prefix
 
 from edge_vlm.cores.graph import NodeSpec, load_graph, parse_overrides
 from edge_vlm.paths import repo_root
-from edge_vlm_tools.lifeline import exec_prefix, isolated_env
+from edge_vlm_ros.lifeline import exec_prefix, isolated_env
 
 ROOT = str(repo_root())
 

@@ -20,6 +20,7 @@ from edge_vlm.bench.sttf_timing import (time_encoders, timing_figures, timing_me
                                         vit_speedup_curve)
 from edge_vlm.bench.trust import trust_figures
 from edge_vlm.cores.graph import replay_params
+from edge_vlm.evaluation.trust import segment_vote
 from edge_vlm.inference.engine import FrameResult
 from edge_vlm.model.sttf import CaptionModel
 from edge_vlm.sim import Recording
@@ -99,8 +100,7 @@ def rgb_mode_accuracy(model: CaptionModel, params: dict, minfo: dict,
         pred_a, gt_a = np.array(pred), np.array(gt)
         clips = sorted(set(clip_id))
         ci = np.array([clips.index(c) for c in clip_id])
-        votes = [np.bincount(pred_a[ci == k], minlength=_NUM_LABELS).argmax() == gt_a[ci == k][0]
-                 for k in range(len(clips))]
+        votes = [segment_vote(pred_a[ci == k]) == gt_a[ci == k][0] for k in range(len(clips))]
         out[mode] = {"accuracy": float((pred_a == gt_a).mean()) if len(gt) else None,
                      "segment_accuracy": float(np.mean(votes)) if votes else None,
                      "frames": int(len(gt)), "clips": len(clips)}
@@ -117,7 +117,7 @@ def _accuracy(p: AccuracyPass, res: list[FrameResult], idx: list[int] | None = N
 
 
 def _segment_accuracy(p: AccuracyPass, res: list[FrameResult]) -> float | None:
-    """Per gesture clip: majority vote of its frames."""
+    """Per gesture clip: :func:`~edge_vlm.evaluation.trust.segment_vote` of its frames."""
     gt, out, i = p.gt, [], 0
     while i < len(gt):
         if gt[i] is None:
@@ -126,8 +126,8 @@ def _segment_accuracy(p: AccuracyPass, res: list[FrameResult]) -> float | None:
         j = i + 1
         while j < len(gt) and gt[j] == gt[i] and p.motion[j] != "first":
             j += 1
-        votes = np.bincount([res[k].label for k in range(i, j)], minlength=_NUM_LABELS)
-        out.append(int(np.argmax(votes)) == gt[i])
+        out.append(segment_vote([res[k].label for k in range(i, j)],
+                                [res[k].confidence for k in range(i, j)]) == gt[i])
         i = j
     return (sum(out) / len(out)) if out else None
 

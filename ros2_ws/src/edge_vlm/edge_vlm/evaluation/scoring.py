@@ -14,7 +14,6 @@ METEOR, ROUGE-L, CIDEr-D; see :mod:`edge_vlm.evaluation.metrics`).
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ from edge_vlm.evaluation.metrics import (NO_GESTURE_NAME, caption_metrics, confu
                                          gesture_accuracy, percentiles)
 from edge_vlm.evaluation.replay import LATENCY_STAGES, FrameRecord
 from edge_vlm.evaluation.sources import Stream
-from edge_vlm.evaluation.trust import TrustRow, stream_statistics, trust_metrics
+from edge_vlm.evaluation.trust import TrustRow, segment_vote, stream_statistics, trust_metrics
 
 
 @dataclass
@@ -67,13 +66,8 @@ def assign_segments(records: list[FrameRecord], streams: list[Stream]) -> list[d
 
 
 def vote(frames: list[FrameRecord]) -> int:
-    """The segment's label: majority of its frames, ties to the larger summed confidence."""
-    votes = Counter(r.label for r in frames)
-    conf: Counter = Counter()
-    for r in frames:
-        conf[r.label] += r.confidence
-    best = max(votes.values())
-    return max((lab for lab, v in votes.items() if v == best), key=lambda lab: (conf[lab], -lab))
+    """The segment's label (:func:`~edge_vlm.evaluation.trust.segment_vote`)."""
+    return segment_vote([r.label for r in frames], [r.confidence for r in frames])
 
 
 def per_segment(records: list[FrameRecord], segments: list[dict]) -> list[dict]:

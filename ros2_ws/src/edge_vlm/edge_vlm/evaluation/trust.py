@@ -25,7 +25,7 @@ import numpy as np
 
 from edge_vlm.sim.captions import CLASS_PHRASES, NOTHING_MOVES
 
-__all__ = ["TrustRow", "Calibration", "ECE_BINS", "AMBIGUOUS", "caption_class",
+__all__ = ["TrustRow", "Calibration", "ECE_BINS", "AMBIGUOUS", "caption_class", "segment_vote",
            "calibration", "trust_metrics", "stream_statistics", "TRUST_KEYS"]
 
 #: equal-width confidence bins of the expected calibration error
@@ -93,6 +93,21 @@ def caption_class(text: str) -> int:
     if not found:
         return 0
     return found.pop() if len(found) == 1 else AMBIGUOUS
+
+
+def segment_vote(labels: Sequence[int], confidences: Sequence[float] | None = None) -> int:
+    """THE per-sample decision of a segment (the DVS128 Gesture paper's per-sample accuracy):
+    the gesture published on most of its frames; frames that published "no gesture" (0)
+    abstain, so a segment is 0 only when no frame published a gesture. Ties go to the larger
+    summed confidence, then to the lower label."""
+    votes: Counter = Counter(int(x) for x in labels if int(x) > 0)
+    if not votes:
+        return 0
+    conf: Counter = Counter()
+    for lab, c in zip(labels, confidences if confidences is not None else [0.0] * len(labels)):
+        conf[int(lab)] += float(c)
+    best = max(votes.values())
+    return max((lab for lab, v in votes.items() if v == best), key=lambda lab: (conf[lab], -lab))
 
 
 def _share(flags: Sequence[bool]) -> float | None:
