@@ -142,7 +142,8 @@ def _sttf_table(b: dict) -> list[str]:
             "the checkpoint's Medium branch on every frame, sparse vs dense, "
             f"{s.get('frames')} frames of the 3 test subjects x 3 lightings (events only).", "",
             "| STTF | measured | target |", "|---|---|---|",
-            "| accuracy dense / sparse per sample (a gesture clip, majority vote of its frames) | "
+            "| accuracy dense / sparse per sample (a gesture clip: the gesture published on most "
+            "of its frames, 'no gesture' frames abstain) | "
             f"{f3(b.get('segment_accuracy_dense'))} / {f3(b.get('segment_accuracy_sparse'))} | "
             ">= 0.95 (the paper's 95.6% is per DVS128 sample) |",
             f"| accuracy dense / sparse per frame | {f3(b['accuracy_dense'])} / "
