@@ -91,7 +91,9 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "checkpoint shipped with edge_vlm.", read_only=True),
         ParamSpec("compute_budget", 1.0,
                   "Compute budget in (0, 1]: 1 allows the largest branch; lower values cap the "
-                  "routed branch and scale the channel gates. Can be changed at runtime.",
+                  "routed branch and scale the channel gates. THE budget knob of a graph: "
+                  "vlm_captioner executes the route and budget of this node's RouteDecision. Can "
+                  "be changed at runtime.",
                   min_value=0.01, max_value=1.0),
         ParamSpec("low_density", 0.002,
                   "router_method = density: events per pixel per frame below which a frame is "
@@ -162,9 +164,10 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   min_value=0.0, max_value=1.0),
         ParamSpec("compute_budget", 1.0,
                   "Compute budget in (0, 1] of the joint STTF+ANC model: caps the routed branch "
-                  "(<= 1/3 tiny, <= 2/3 small) and slices the channel gates; published with every "
-                  "compute cost. Can be changed at runtime (next "
-                  "frame).", min_value=0.01, max_value=1.0),
+                  "(<= 1/3 tiny, <= 2/3 small) and slices the channel gates; used only when no "
+                  "RouteDecision of anc_router comes for a frame (then anc_router's budget rules, "
+                  "and the ComputeCost publishes the budget executed). Can be changed at runtime "
+                  "(next frame).", min_value=0.01, max_value=1.0),
         ParamSpec("num_threads", 1, "torch intra-op threads of the model.", min_value=1,
                   max_value=64),
         ParamSpec("max_pending_frames", 30,

@@ -2,7 +2,7 @@
 
 Subscribes  ``/event_camera/events``   event_camera_msgs/EventPacket (sensor QoS)
             ``/edge_vlm/token_mask``   edge_vlm_msgs/TokenMask       (when mask_source == 'topic')
-            ``/edge_vlm/route``        edge_vlm_msgs/RouteDecision   (branch reported in the cost)
+            ``/edge_vlm/route``        edge_vlm_msgs/RouteDecision   (the route a joint model runs)
             ``/camera/image_raw``      sensor_msgs/Image rgb8/bgr8/mono8 (when use_rgb != 'never')
 Publishes   ``/edge_vlm/caption``      edge_vlm_msgs/Caption
             ``/edge_vlm/caption_text`` std_msgs/String (mirror of Caption.text)
@@ -13,8 +13,11 @@ Publishes   ``/edge_vlm/caption``      edge_vlm_msgs/Caption
 A thin adapter: the frame scheduling (mask / route / image matching, mask timeout,
 backpressure) is :class:`edge_vlm.cores.schedule.CaptionScheduler`, the model and everything
 published about a frame :class:`edge_vlm.cores.captioner.CaptionerCore` -- the objects the
-offline evaluation runs too. The node subscribes, holds the lock, runs the model in a worker
-thread (so packets keep being received while a frame is processed) and publishes.
+offline evaluation runs too. A joint STTF+ANC model executes the RouteDecision of each frame
+(branches, weights, budget: anc_router's ``compute_budget`` is the one knob) and routes by
+itself only when it is late (``route_fallbacks``). The node subscribes, holds the lock, runs
+the model in a worker thread (so packets keep being received while a frame is processed) and
+publishes.
 """
 from __future__ import annotations
 
@@ -124,7 +127,9 @@ class CaptionerNode(FrameNode, Node):
 
     def _on_route(self, msg: RouteDecision) -> None:
         with self._cond:
-            self.scheduler.add_route(time_to_ns(msg.header.stamp), list(msg.branches_run))
+            self.scheduler.add_route(time_to_ns(msg.header.stamp), list(msg.branches_run),
+                                     list(msg.branch_weights), float(msg.compute_budget))
+            self._cond.notify()
 
     def _on_image(self, msg: Image) -> None:
         with self._cond:
@@ -197,6 +202,7 @@ class CaptionerNode(FrameNode, Node):
         return {"captions": s.captions, "mask_fallbacks": s.mask_fallbacks,
                 "masks_used": s.masks_used, "masks_bad": self.scheduler.masks_bad,
                 "forced_refreshes": s.forced_refreshes, "rgb_frames": s.rgb_frames,
+                "routes_followed": s.routes_followed, "route_fallbacks": s.route_fallbacks,
                 "pending": len(self.scheduler.pending),
                 "max_pending_frames": int(self.params["max_pending_frames"])}
 

@@ -6,6 +6,12 @@ ComputeCost stages: ``decode`` (EventPacket decoding attributed to the frame), `
 frame close to processing start: queue + mask wait), the model stages of
 :attr:`FrameResult.latency_ms` (mask, memory, encoder, [router], fusion, decoder) and
 ``total`` = decode + model total (``wait`` excluded).
+
+Routing (joint STTF+ANC model): the frame runs the route of anc_router's RouteDecision for it
+(branches, weights and compute budget: one knob, anc_router's ``compute_budget``); only when
+that decision is late (or unusable) does the model route the frame itself, counted in
+``route_fallbacks``. Without anc_router the model routes itself under the captioner's own
+``compute_budget``.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch
 
 from edge_vlm.cores.images import model_rgb
 from edge_vlm.cores.schedule import ReadyFrame
+from edge_vlm.inference.anc_engine import AncStreamingCaptioner
 from edge_vlm.inference.engine import FrameResult
 from edge_vlm.inference.factory import apply_params, engine_from_params, load_model
 from edge_vlm.model.sttf import count_parameters
@@ -34,6 +41,8 @@ class CaptionStats:
     rgb_missing: int = 0          # use_rgb = always and no image matched
     images_rejected: int = 0      # images that could not be converted
     forced_refreshes: int = 0     # dense refreshes after frames were dropped
+    routes_followed: int = 0      # frames that ran anc_router's RouteDecision (joint model)
+    route_fallbacks: int = 0      # ... routed locally: the decision was late or unusable
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -106,7 +115,15 @@ class CaptionerCore:
             # every token now (tests/test_faults.py)
             self.engine.force_refresh()
             st.forced_refreshes += 1
+        anc = isinstance(self.engine, AncStreamingCaptioner)
+        if anc:
+            self.engine.route_override = ready.route
         res = self.process(ready.pending.frame, rgb, ready.change)
+        if anc and (ready.route is not None or ready.route_late):
+            if self.engine.route_external:
+                st.routes_followed += 1
+            else:
+                st.route_fallbacks += 1
         st.rgb_frames += int(rgb is not None)
         st.captions += 1
         return self._output(ready, res, rgb is not None, started_at, image_error)
@@ -139,11 +156,11 @@ class CaptionerCore:
         stamps = list(pend.inputs.stamps) + ([ready.image.stamp] if rgb else [])
         executed, dense = float(res.flops_executed), float(res.flops_dense)
         saved = float(min(1.0, max(0.0, 1.0 - executed / dense))) if dense > 0 else 0.0
-        # the joint STTF+ANC model routes the frame itself (same estimator and input as
-        # anc_router); an STTF-only model reports anc_router's decision
+        # the joint STTF+ANC model reports the route it executed (anc_router's, else its own)
+        # and the budget in force; an STTF-only model reports anc_router's decision
         branch = res.route.branch if res.route else ready.branch
         params_active = res.route.params_active if res.route else self.params_active
+        budget = res.route.budget if res.route else float(self.params["compute_budget"])
         return CaptionOutput(pend.frame, res, stamps, rgb, branch, names, values,
-                             decode_ms + model_total,
-                             saved, params_active, float(self.params["compute_budget"]),
+                             decode_ms + model_total, saved, params_active, float(budget),
                              image_error)

@@ -4,11 +4,14 @@ wall clock; the offline evaluation runs the very same object with the recording'
 
 Frames are taken strictly in order. With ``mask_source: topic`` a closed frame waits for the
 TokenMask with its stamp for at most ``mask_timeout_ms``, then the captioner's own mask is used
-(a fallback). With ``use_rgb: always`` it also waits (same timeout) for an image whose stamp
-lies within one frame period of the frame end (``|stamp - t_end| < P``; the latest such
-image is taken). Backpressure: at most ``max_pending_frames`` closed frames wait; when more
-arrive the OLDEST are dropped and the next frame taken is a dense refresh of the token memory
-(a memory that skipped frames is never reused).
+(a fallback). Once a RouteDecision has come in (anc_router runs), a frame also waits (same
+timeout) for the RouteDecision with its stamp, which the captioner then executes; without it
+the captioner routes locally (``route_late``, a counted fallback). With ``use_rgb: always``
+it also waits (same timeout) for an image whose stamp lies within one frame period of the
+frame end (``|stamp - t_end| < P``; the latest such image is taken). Backpressure: at most
+``max_pending_frames`` closed frames wait; when more arrive the OLDEST are dropped and the
+next frame taken is a dense refresh of the token memory (a memory that skipped frames is never
+reused).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edge_vlm.cores.images import RawImage
+from edge_vlm.inference.anc_engine import RouteOverride
 from edge_vlm.stream.frames import Frame
 from edge_vlm.stream.intake import FrameInput
 
@@ -46,6 +50,8 @@ class ReadyFrame:
     image: RawImage | None        # the image picked for it (None: none / events only)
     branch: str                   # anc_router's branch for it (or the latest older one)
     refresh: bool                 # frames were dropped before it: re-encode every token
+    route: RouteOverride | None = None   # anc_router's decision for this very frame
+    route_late: bool = False      # anc_router runs but its decision for this frame is missing
 
 
 class CaptionScheduler:
@@ -58,7 +64,8 @@ class CaptionScheduler:
         self.period = int(period_ns)
         self.pending: deque[PendingFrame] = deque()
         self.masks: dict[int, np.ndarray] = {}
-        self.routes: dict[int, str] = {}
+        self.routes: dict[int, RouteOverride] = {}
+        self.routes_seen = False
         self.images: deque[RawImage] = deque(maxlen=IMAGE_QUEUE)
         self.latest_branch = "base"
         self.refresh_needed = False
@@ -91,10 +98,13 @@ class CaptionScheduler:
         _bound(self.masks)
         return True
 
-    def add_route(self, stamp: int, branches: list[str]) -> None:
-        """anc_router's RouteDecision for the frame ending at ``stamp``."""
-        branch = branches[0] if len(branches) == 1 else ("mixed" if branches else "base")
-        self.routes[int(stamp)] = branch
+    def add_route(self, stamp: int, branches: list[str], weights: list[float] | None = None,
+                  budget: float = 1.0) -> None:
+        """anc_router's RouteDecision for the frame ending at ``stamp``: the branches it runs,
+        their weights (default: equal) and the compute budget in force."""
+        w = [float(x) for x in weights] if weights is not None else [1.0] * len(branches)
+        self.routes[int(stamp)] = RouteOverride(list(branches), w, float(budget))
+        self.routes_seen = True
         _bound(self.routes)
 
     def add_image(self, image: RawImage) -> bool:
@@ -117,6 +127,8 @@ class CaptionScheduler:
             return None
         if waiting and p["use_rgb"] == "always" and self._pick_image(t_end) is None:
             return None
+        if waiting and self.routes_seen and t_end not in self.routes:
+            return None
         self.pending.popleft()
         refresh, self.refresh_needed = self.refresh_needed, False
         change = self.masks.pop(t_end, None) if p["mask_source"] == "topic" else None
@@ -125,7 +137,9 @@ class CaptionScheduler:
         picked = self._pick_image(t_end) if p["use_rgb"] != "never" else None
         while self.images and self.images[0].stamp <= t_end - self.period:
             self.images.popleft()          # too old for this and every later frame
-        return ReadyFrame(head, change, picked, self._branch_for(t_end), refresh)
+        route = self.routes.get(t_end)
+        return ReadyFrame(head, change, picked, self._branch_for(t_end), refresh, route,
+                          self.routes_seen and route is None)
 
     def wait_s(self, now: float, longest: float = 0.05) -> float:
         """How long a worker may sleep before the head frame's deadline (at most ``longest``)."""
@@ -144,14 +158,20 @@ class CaptionScheduler:
         """Branch of the RouteDecision for this frame, else of the latest older one, else the
         last one used."""
         if t_end in self.routes:
-            branch = self.routes[t_end]
+            branch = _label(self.routes[t_end])
         else:
             older = [s for s in self.routes if s < t_end]
-            branch = self.routes[max(older)] if older else self.latest_branch
+            branch = _label(self.routes[max(older)]) if older else self.latest_branch
         for old in [s for s in self.routes if s <= t_end]:
             self.routes.pop(old, None)
         self.latest_branch = branch
         return branch
+
+
+def _label(route: RouteOverride) -> str:
+    """The branch label of a RouteDecision: its one branch, ``mixed`` or ``base`` (none)."""
+    b = route.branches
+    return b[0] if len(b) == 1 else ("mixed" if b else "base")
 
 
 def _bound(d: dict) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,6 +17,16 @@ from edge_vlm.model.flops import (decoder_flops, embed_flops, estimator_flops, f
                                   mask_flops, vit_flops)
 
 
+@dataclass(slots=True)
+class RouteOverride:
+    """A route decided outside the engine for one frame (anc_router's RouteDecision): the
+    branches to run (level names), their output weights and the compute budget in force."""
+
+    branches: list[str]
+    weights: list[float]
+    budget: float
+
+
 class AncStreamingCaptioner(StreamingCaptioner):
     """Streaming joint STTF + ANC: the memory update as in STTF, then the estimator routes the
     frame to a branch (budget-capped), which runs sparse on its own per-layer memory, or dense
@@ -26,12 +36,17 @@ class AncStreamingCaptioner(StreamingCaptioner):
     branches does not cost a dense pass.
 
     ``force_level``: run this level every frame (ablations: Medium-only = 2); ``None`` = route.
+    :attr:`route_override`: the route of the next frame decided elsewhere (one frame only; its
+    budget becomes the engine's); :attr:`route_external` says whether the last frame ran it
+    (False: none was given, or it was unusable and the local estimator routed).
     ``flops_dense`` of every result is the Medium-only dense model at full budget.
     """
 
     def __init__(self, model: AncModel, *, compute_budget: float = 1.0,
                  force_level: int | None = None, **kw):
         self.force_level = force_level
+        self.route_override: RouteOverride | None = None
+        self.route_external = False
         super().__init__(model, **kw)
         self.set_budget(compute_budget)
 
@@ -55,9 +70,28 @@ class AncStreamingCaptioner(StreamingCaptioner):
         logits = self.model.route_logits(hist_tensor(hist)[None], torch.from_numpy(change)[None],
                                          bucket)
         probs = torch.softmax(logits, dim=-1)[0].numpy()
+        override, self.route_override = self.route_override, None
+        self.route_external = False
         if self.force_level is not None:
             return Routing(probs, [min(int(self.force_level), budget_cap(self.budget))], [1.0])
+        if override is not None and (routing := self._external(override, probs)) is not None:
+            self.route_external = True
+            return routing
         return choose_branches(probs, self.budget, self.model.acfg.router_threshold)
+
+    def _external(self, ov: RouteOverride, probs: np.ndarray) -> Routing | None:
+        """The routing of an external decision (its budget applied), None when unusable."""
+        if not ov.branches or len(ov.weights) != len(ov.branches) or not 0 < ov.budget <= 1:
+            return None
+        if any(b not in LEVELS for b in ov.branches):
+            return None
+        w = np.asarray(ov.weights, dtype=np.float64)
+        if (w < 0).any() or w.sum() <= 0:
+            return None
+        if float(ov.budget) != self.budget:
+            self.set_budget(ov.budget)
+        run = [LEVELS.index(b) for b in ov.branches]
+        return Routing(probs, run, [float(x) for x in w / w.sum()])
 
     def _encode(self, hist: np.ndarray, change: np.ndarray, changed: np.ndarray, resync: bool,
                 refresh: bool) -> EncoderOutput:
