@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from edge_vlm.inference.grounding import (CaptionTrie, SceneReport, SceneSmoother, calibrated,
-                                          decide, gesture_captions, scene_text)
+                                          caption_key, decide, gesture_captions, scene_text)
 from edge_vlm.inference.memory import new_memory
 from edge_vlm.inference.routing import Route
 from edge_vlm.inference.vit import dense_infer, sparse_infer
@@ -396,18 +396,16 @@ class StreamingCaptioner:
             self._tries[label] = CaptionTrie(list(texts), self.tok.eos, texts)
         return self._tries[label]
 
-    def _decode(self, p: Perception, report: SceneReport, beams: int,
+    def _decode(self, p: Perception, report: SceneReport, key: tuple, beams: int,
                 spec: dict) -> DecodedCaption:
         """The caption of a frame (grounding step 4): a gesture's under the constrained
         decoder, any other scene verbalised (no decoder: ``ids`` empty)."""
         layers, fused, last = p.enc.decoder_layers, p.fused, self.last_caption
-        key = (report.kind, report.gesture, report.direction, report.speed, report.position)
         if report.gesture == 0:
             text = scene_text(report) if report.kind else NO_GESTURE_TEXT
             return DecodedCaption([], 0.0, key, (layers, beams), fused, text)
         tok, trie = self.tok, self._trie(report.gesture)
         allowed = trie.allowed
-        key = ("gesture", report.gesture)
         if beams > 1:
             ids, score = decode_beam(self.model, fused, tok.bos, tok.eos, self.max_tokens, beams,
                                      layers, allowed=allowed)
@@ -440,26 +438,25 @@ class StreamingCaptioner:
         # more than caption_reuse from the one the last text was made from; other frames
         # republish the last text
         last = self.last_caption
-        key = (("gesture", report.gesture) if report.gesture else
-               (report.kind, 0, report.direction, report.speed, report.position))
+        key = caption_key(report)
         spec: dict = {}
         fresh = (last is None or p.resync or last.key != key or last.pathway != (layers, beams)
                  or (self.frames_seen % self.caption_period == 0
                      and (self.caption_reuse <= 0 or float((p.fused - last.prefix).norm())
                           > self.caption_reuse * float(last.prefix.norm()))))
-        cap_ = self._decode(p, report, beams, spec) if fresh else last
+        made = self._decode(p, report, key, beams, spec) if fresh else last
         if fresh:
-            self.last_caption = cap_
+            self.last_caption = made
         p.times.decoder = time.perf_counter()
         n_embed = c.num_tokens if p.resync else int(len(p.changed))
-        flops, dense_fl = self._flops(enc, n_embed, len(cap_.ids) + 1, beams, p.learned_mask)
-        if not fresh or not cap_.ids and report.gesture == 0:
+        flops, dense_fl = self._flops(enc, n_embed, len(made.ids) + 1, beams, p.learned_mask)
+        if not fresh or report.gesture == 0:       # reused, or verbalised without the decoder
             flops["decoder"] = 0.0
         elif spec.get("first", 1) > 1:
             flops["decoder"] = decoder_flops(c, spec["steps"], 1, layers, first=spec["first"])
         self.frames_seen += 1
         return FrameResult(
-            text=cap_.text, score=float(cap_.score), label=report.gesture,
+            text=made.text, score=float(made.score), label=report.gesture,
             gesture_name=report.gesture_name, confidence=report.gesture_confidence,
             active_tokens=int(enc.layer_tokens[0]), total_tokens=c.num_tokens,
             change_tokens=int(p.change.sum()), refreshed=bool(enc.dense),

@@ -153,6 +153,14 @@ def decide(smooth: HeadProbs, frame: HeadProbs, threshold: float, current: int =
                        fbest, float(frame.gesture[fbest]))
 
 
+def caption_key(report: SceneReport) -> tuple:
+    """What a frame's caption says: the published gesture, or the verbalised scene (the caption
+    gate makes the text again when it changes)."""
+    if report.gesture:
+        return ("gesture", report.gesture)
+    return (report.kind, 0, report.direction, report.speed, report.position)
+
+
 def scene_text(report: SceneReport) -> str:
     """The caption of a frame without a published gesture (the verbaliser)."""
     return scene_caption(report.kind, {"direction": report.direction, "speed": report.speed,
@@ -188,4 +196,4 @@ class CaptionTrie:
 
 
 __all__ = ["CaptionTrie", "HeadProbs", "KIND_DIRECTIONS", "SceneReport", "SceneSmoother",
-           "calibrated", "decide", "gesture_captions", "scene_text"]
+           "calibrated", "caption_key", "decide", "gesture_captions", "scene_text"]
