@@ -63,7 +63,7 @@ train: setup
 train-heads: setup
 	@mkdir -p data/train_heads && $(RUN) \
 	  edge-vlm train --model gesture --init "" --out data/train_heads/captioner.pt \
-	    --cache data/train_heads/frames.pt --no-progress | tee data/train_heads/train_log.txt && \
+	    --extra-subjects 10 --cache data/train_heads/frames.pt --no-progress | tee data/train_heads/train_log.txt && \
 	  cp data/train_heads/captioner.pt $(CKPT_DIR)/captioner.pt && \
 	  cp data/train_heads/gesture_fit.json $(CKPT_DIR)/gesture_fit.json
 

@@ -209,7 +209,19 @@ def _decode_table(b: dict) -> list[str]:
             "<= 33 |",
             f"| packet -> published caption p50 / p95 (ms) | {b['caption_latency_ms_p50']:.1f} / "
             f"{b['caption_latency_ms_p95']:.1f} | p95 <= 100 |",
-            f"| backlog grows | {b['backlog_grows']} | no |"]
+            f"| backlog grows | {b['backlog_grows']} | no |",
+            "| 1 ms EventPackets (1,000/s), single process: frame p95 / packet -> caption p95 "
+            f"(ms) | {_num(b.get('frame_latency_ms_p95_1ms_packets'))} / "
+            f"{_num(b.get('caption_latency_ms_p95_1ms_packets'))} | |",
+            "| 1 ms EventPackets: frames dropped | "
+            f"{_num(b.get('frames_dropped_1ms_packets'), '.0f')} | 0 |",
+            "| graph RSS, one process per node / single process (MB) | "
+            f"{_num(b.get('graph_rss_mb_multi'), '.0f')} / "
+            f"{_num(b.get('graph_rss_mb_single'), '.0f')} | reported |"]
+
+
+def _num(x, spec: str = ".1f") -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 def _eval_line(ev: dict) -> list[str]:

@@ -1,5 +1,6 @@
 """Test configuration: make the source packages importable without an install."""
 import os
+import signal
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -9,3 +10,18 @@ for pkg in ("edge_vlm", "edge_vlm_ros", "edge_vlm_tools", "edge_vlm_cameras", "s
     p = os.path.join(ROOT, "ros2_ws", "src", pkg)
     if os.path.isdir(p) and p not in sys.path:
         sys.path.insert(0, p)
+
+
+def _foreground_signals() -> None:
+    """Launchers the tests start must see SIGINT and SIGHUP as from a terminal. A test run
+    started as a background job (``make test &``, ``nohup``) ignores them, and an ignored
+    signal stays ignored across exec: ``ros2 launch`` would then ignore the SIGINT and SIGHUP
+    the signal tests send. A handled signal is reset to its default in a child, so handle
+    them here (SIGINT as Python does by default; SIGHUP still ignored by this process)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, lambda signum, frame: None)
+
+
+_foreground_signals()

@@ -320,7 +320,8 @@ def test_manifests_declare_every_third_party_import():
 def test_rosdep_file_defines_the_keys_rosdistro_lacks():
     import yaml
     doc = yaml.safe_load((ROOT / "rosdep" / "edge_vlm.yaml").read_text())
-    assert set(doc) == {"python3-dv-processing-pip", "python3-pycocoevalcap-pip"}
+    assert set(doc) == {"python3-dv-processing-pip", "python3-pycocoevalcap-pip",
+                        "python3-rosbags-image-pip"}
     for key, rule in doc.items():
         assert rule["ubuntu"]["pip"]["packages"], key
     readme = (ROOT / "README.md").read_text()

@@ -297,14 +297,22 @@ def test_player_publishes_every_packet(bag):
 
     qos = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
     ns = f"/play_{bag['storage']}"
+    from rosgraph_msgs.msg import Clock
+
+    from edge_vlm_ros.conversions import time_to_ns
+    from edge_vlm_tools.player import CLOCK_QOS
+
     got = {"events": [], "image": [], "gt": []}
+    clocks: list = []
     subs = [
+        node.create_subscription(Clock, "/clock", lambda m: clocks.append(time_to_ns(m.clock)),
+                                 CLOCK_QOS),
         node.create_subscription(EventPacket, ns + "/events", got["events"].append, qos),
         node.create_subscription(Image, ns + "/image", got["image"].append, qos),
         node.create_subscription(String, ns + "/gt", got["gt"].append, qos),
     ]
     cmd = [PLAYER, str(bag["path"]), "--qos", "reliable", "--rate", "2",
-           "--wait-for-subscribers", "1", "--wait-timeout", "30",
+           "--wait-for-subscribers", "1", "--wait-timeout", "30", "--clock", "1000",
            "--remap", f"/event_camera/events:={ns}/events",
            "--remap", f"/camera/image_raw:={ns}/image",
            "--ros-args", "-r", f"/edge_vlm/ground_truth:={ns}/gt"]
@@ -323,6 +331,10 @@ def test_player_publishes_every_packet(bag):
             executor.spin_once(timeout_sec=0.05)
             if proc.poll() is not None:   # player finished: drain what is in flight
                 deadline = min(deadline, time.monotonic() + 3.0)
+        last_clock = time.monotonic() + 3.0    # the player's last /clock follows its messages
+        while time.monotonic() < last_clock and not (clocks and clocks[-1] == max(
+                (time_to_ns(m.header.stamp) for m in got["events"] + got["image"]), default=0)):
+            executor.spin_once(timeout_sec=0.05)
         try:
             out, _ = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
@@ -343,6 +355,11 @@ def test_player_publishes_every_packet(bag):
         assert [json.loads(m.data) for m in got["gt"]] == GROUND_TRUTH
         for img, ref in zip(got["image"], synthetic_frames()):
             assert bytes(img.data) == ref.tobytes()
+        # --clock: /clock follows the header stamps of the played messages, never backwards,
+        # up to the last one (best effort: some may be lost, the last one is re-sent at the end)
+        stamps = {time_to_ns(m.header.stamp) for m in got["events"] + got["image"]}
+        assert clocks and clocks == sorted(clocks) and set(clocks) <= stamps, clocks[:5]
+        assert clocks[-1] == max(stamps) and "/clock: " in out, out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -430,9 +430,9 @@ def test_binner_rejection_tags_and_fed_packets(sim):
     assert set(reasons) == {"truncated", "coords"} and "outside sensor 16x16" in reasons["coords"]
     assert b.rejected == 2 and b.packets == len(pk) + 2 and b.pop_rejections() == []
     ev = make_decoder("mono")
-    for i, k0, k1 in fed:                        # every packet with events, its exact frame range
+    for i, k0, k1, t0 in fed:              # every packet with events: its exact frames, first time
         e = ev.decode(*pk[i][1:])
-        assert (k0, k1) == (int(e["t"][0]) // P, int(e["t"][-1]) // P)
+        assert (k0, k1, t0) == (int(e["t"][0]) // P, int(e["t"][-1]) // P, int(e["t"][0]))
     assert sorted(i for i, *_ in fed) == [i for i, p in enumerate(pk) if p[1]]
 
 

@@ -63,7 +63,8 @@ def make_message(kind: str):
     if kind == "TokenMask":
         return cls(
             header=_header(12, 366_666_666), grid_width=8, grid_height=6, patch_size=16,
-            image_width=128, image_height=96, active_indices=[0, 17, 47],
+            image_width=128, image_height=96, sensor_width=640, sensor_height=480,
+            active_indices=[0, 17, 47],
             scores=[0.5, 0.875, 1.0], threshold=0.25, total_tokens=48,
             active_fraction=3 / 48, method="event_count", event_count=123_456,
             window_start=_time(12, 333_333_333))
@@ -72,7 +73,8 @@ def make_message(kind: str):
             header=_header(3, 999_999_999), levels=["tiny", "small", "medium"],
             probabilities=[0.125, 0.625, 0.25], branches_run=["small", "medium"],
             branch_weights=[0.75, 0.25], complexity_level=1, complexity_score=0.625,
-            compute_budget=0.5, estimated_flops=1.25e9, estimated_flops_dense=4.5e9)
+            compute_budget=0.5, estimated_flops=1.25e9, estimated_flops_dense=4.5e9,
+            window_start=_time(3, 966_666_666))
     if kind == "Caption":
         return cls(
             header=_header(7, 1), text="a person waves the right hand \u2014 twice",

@@ -26,6 +26,12 @@ K0 = 3000                                         # first frame index of the syn
 W = H = 128
 GOOD_STAMP_OFFSET = 12_345                        # EventPacket header.stamp = time_base + this
 
+
+def stamp_of(k: int) -> int:
+    """``header.stamp`` of every output about frame k: its end in the EventPacket header clock
+    (the packets' header.stamp - time_base is GOOD_STAMP_OFFSET; edge_vlm.stream.clock)."""
+    return (k + 1) * P + GOOD_STAMP_OFFSET
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -257,7 +263,7 @@ def nodes(env, harness, checkpoint, tmp_path_factory):
 
 
 def _grid_ok(stamps_ns) -> bool:
-    return all(s % P == 0 for s in stamps_ns)
+    return all((s - GOOD_STAMP_OFFSET) % P == 0 for s in stamps_ns)
 
 
 # ----------------------------------------------------------------------------- sttf_perception
@@ -274,7 +280,7 @@ def test_perception_publishes_token_masks(harness, nodes):
     harness.send_packet("/t/sttf/events", events=blob_events(0, 0), time_base=(K0 - 10) * P)
     harness.wait_subscribers("/t/sttf/events", nodes["sttf_perception"])
     harness.send_frames("/t/sttf/events", K0, K0 + 6)
-    want = {(k + 1) * P for k in range(K0, K0 + 6)}
+    want = {stamp_of(k) for k in range(K0, K0 + 6)}
     harness.spin_until(lambda: want <= {time_to_ns(m.header.stamp) for m in masks}, 15.0,
                        "6 token masks")
     harness.spin_until(lambda: len(images) >= 5, 5.0, "change mask images")
@@ -282,9 +288,10 @@ def test_perception_publishes_token_masks(harness, nodes):
         stamp = time_to_ns(m.header.stamp)
         if stamp not in want:
             continue
-        assert stamp % P == 0 and time_to_ns(m.window_start) == stamp - P
+        assert time_to_ns(m.window_start) == stamp - GOOD_STAMP_OFFSET - P   # sensor time
         assert (m.grid_width, m.grid_height, m.patch_size) == (16, 16, 8)
         assert m.total_tokens == 256 and (m.image_width, m.image_height) == (W, H)
+        assert (m.sensor_width, m.sensor_height) == (W, H)
         assert 0 < len(m.active_indices) <= 16, "the 16x16 blob covers at most 9 patches (+ edge)"
         assert len(m.scores) == len(m.active_indices)
         assert list(m.active_indices) == sorted(m.active_indices) and max(m.active_indices) < 256
@@ -330,7 +337,7 @@ def test_perception_rejects_malformed_packets_and_keeps_running(harness, nodes):
     # good packets afterwards are still processed
     n0 = len(masks)
     harness.send_frames(topic, k + 1, k + 4)
-    want = {(j + 1) * P for j in range(k + 1, k + 4)}
+    want = {stamp_of(j) for j in range(k + 1, k + 4)}
     harness.spin_until(lambda: want <= {time_to_ns(m.header.stamp) for m in masks[n0:]}, 10.0,
                        "token masks after the malformed packets")
     assert proc.poll() is None
@@ -350,7 +357,7 @@ def test_router_decisions_and_runtime_budget(harness, nodes):
     harness.send_packet(topic, events=blob_events(0, 0), time_base=(K0 - 10) * P)
     harness.wait_subscribers(topic, nodes["anc_router"])
     harness.send_frames(topic, K0, K0 + 4, n=2000)          # the rigged estimator says "medium"
-    want = {(k + 1) * P for k in range(K0, K0 + 4)}
+    want = {stamp_of(k) for k in range(K0, K0 + 4)}
     harness.spin_until(lambda: want <= {time_to_ns(r.header.stamp) for r in routes}, 15.0,
                        "4 route decisions")
     for r in routes:
@@ -383,7 +390,7 @@ def test_router_decisions_and_runtime_budget(harness, nodes):
 
     n0 = len(routes)
     harness.send_frames(topic, K0 + 10, K0 + 13, n=2000)
-    want = {(k + 1) * P for k in range(K0 + 10, K0 + 13)}
+    want = {stamp_of(k) for k in range(K0 + 10, K0 + 13)}
     harness.spin_until(lambda: want <= {time_to_ns(r.header.stamp) for r in routes[n0:]}, 15.0,
                        "route decisions after the budget change")
     after = [r for r in routes[n0:] if time_to_ns(r.header.stamp) in want]
@@ -416,17 +423,17 @@ def test_captioner_captions_and_costs(harness, nodes):
     k_mask, k_route, k_rgb = K0 + 1, K0 + 2, K0 + 3
 
     def before(k):
-        end = (k + 1) * P
+        end = stamp_of(k)           # masks and routes are matched by window_start (sensor time)
         if k in (k_mask, K0 + 4):   # the mask for this frame arrives before the frame closes
             m = TokenMask()
-            m.header.stamp = ns_to_time(end)
+            m.header.stamp, m.window_start = ns_to_time(end), ns_to_time(k * P)
             m.total_tokens, m.grid_width, m.grid_height, m.patch_size = 256, 16, 16, 8
             m.active_indices = [1, 2, 3]
             m.scores = [1.0, 1.0, 1.0]
             mask_pub.publish(m)
         if k == k_route:
             r = RouteDecision()
-            r.header.stamp = ns_to_time(end)
+            r.header.stamp, r.window_start = ns_to_time(end), ns_to_time(k * P)
             r.levels = ["tiny", "small", "medium"]
             r.branches_run, r.branch_weights = ["small"], [1.0]
             route_pub.publish(r)
@@ -435,7 +442,7 @@ def test_captioner_captions_and_costs(harness, nodes):
         harness.spin_for(0.05)
 
     sent = harness.send_frames(topic, K0, K0 + 6, between=before)
-    want = [(k + 1) * P for k in range(K0, K0 + 6)]
+    want = [stamp_of(k) for k in range(K0, K0 + 6)]
     harness.spin_until(lambda: set(want) <= {time_to_ns(c.header.stamp) for c in caps}
                        and set(want) <= {time_to_ns(c.header.stamp) for c in costs}, 30.0,
                        "6 captions + costs")
@@ -451,7 +458,7 @@ def test_captioner_captions_and_costs(harness, nodes):
         # an untrained head: a gesture only above gesture_threshold, else 0 without a name
         assert 0 <= c.gesture_label <= 11 and bool(c.gesture_name) == (c.gesture_label > 0)
         assert 0.0 <= c.gesture_confidence <= 1.0
-        assert time_to_ns(c.window_start) == k * P and time_to_ns(c.window_end) == stamp
+        assert time_to_ns(c.window_start) == k * P and time_to_ns(c.window_end) == (k + 1) * P
         assert c.frame_index == k and cost.frame_index == k
         assert c.model_id == "test-rigged" and c.header.frame_id == "dvs_test"
         in_stamps = {time_to_ns(s) for s in c.input_stamps}
@@ -469,7 +476,7 @@ def test_captioner_captions_and_costs(harness, nodes):
         assert all(v >= 0.0 for v in cost.stage_latency_ms)
         assert cost.params_active > 0 and cost.compute_budget == pytest.approx(1.0)
         assert cost.branch == "medium"   # the joint model routes itself (rigged estimator: medium)
-    assert (k_rgb + 1) * P in {time_to_ns(s) for s in by_stamp[(k_rgb + 1) * P].input_stamps}
+    assert stamp_of(k_rgb) in {time_to_ns(s) for s in by_stamp[stamp_of(k_rgb)].input_stamps}
     assert sent  # packet stamps were checked above
 
     # compute_budget changed on the running node: the published compute cost changes from the
@@ -486,7 +493,7 @@ def test_captioner_captions_and_costs(harness, nodes):
     harness.spin_until(fut.done, 10.0, "SetParameters response")
     assert fut.result().results[0].successful
     harness.send_frames(topic, K0 + 8, K0 + 12)
-    want2 = [(k + 1) * P for k in range(K0 + 8, K0 + 12)]
+    want2 = [stamp_of(k) for k in range(K0 + 8, K0 + 12)]
     harness.spin_until(lambda: set(want2) <= {time_to_ns(c.header.stamp) for c in costs}, 30.0,
                        "costs after the budget change")
     cost_by_stamp = {time_to_ns(c.header.stamp): c for c in costs}

@@ -14,7 +14,8 @@ setup(
     zip_safe=False,
     maintainer="edge_vlm maintainers",
     maintainer_email="maintainers@edge-vlm.dev",
-    description="ROS 2 tools of edge_vlm: bag player, recorder, local graph runner, demo",
+    description="ROS 2 tools of edge_vlm: bag player, recorder, graph runner (launch), "
+                "single-process graph, demo",
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
@@ -23,6 +24,8 @@ setup(
             "edge_vlm_record = edge_vlm_tools.recorder:main",
             "edge_vlm_run = edge_vlm_tools.runner:main",
             "edge_vlm_demo = edge_vlm_tools.demo:main",
+            # the whole graph in one process and one executor (launch: single_process:=true)
+            "edge_vlm_graph = edge_vlm_tools.graph:main",
         ],
     },
 )

@@ -5,7 +5,8 @@ Publishes   ``/edge_vlm/route``      (edge_vlm_msgs/RouteDecision, reliable keep
             ``/diagnostics``         (diagnostic_msgs/DiagnosticArray, 1 Hz, status
                                       ``edge_vlm/anc_router``)
 ``compute_budget`` can be changed at runtime (``SetParameters``); it applies
-from the next closed frame. ``header.stamp`` = frame end ``(k+1)*P``.
+from the next closed frame. ``header.stamp`` = the frame end in the EventPacket header clock
+(``frame.stamp_end``), ``window_start`` = its start in sensor time (the captioner's match key).
 """
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ def complexity_score(probabilities: list[float]) -> float:
 
 
 def route_msg(frame: Frame, r: RouteResult, frame_id: str) -> RouteDecision:
-    """The RouteDecision of ``frame``, stamped at the frame end."""
+    """The RouteDecision of ``frame``, stamped at the frame end in the EventPacket header
+    clock."""
     m = RouteDecision()
-    m.header.stamp = ns_to_time(frame.t_end)
+    m.header.stamp = ns_to_time(frame.stamp_end)
+    m.window_start = ns_to_time(frame.t_start)            # sensor time
     m.header.frame_id = frame_id
     m.levels = [str(x) for x in r.levels]
     probs = [float(p) for p in r.probabilities]

@@ -24,6 +24,10 @@ SENSOR = QosSpec(reliable=False, depth=100)
 RELIABLE_10 = QosSpec(reliable=True, depth=10)
 #: captions, caption text, compute cost, ground truth: reliable, keep last 50
 RELIABLE_50 = QosSpec(reliable=True, depth=50)
+#: the nodes' EventPacket subscriptions: best effort, keep last 1000 -- one second of the 1 ms
+#: packets real drivers publish (metavision_driver's default); keep last 100 would be 100 ms of
+#: slack, less than a node busy with a frame on a loaded machine
+EVENTS_IN = QosSpec(reliable=False, depth=1000)
 
 
 @dataclass(frozen=True)
@@ -31,11 +35,17 @@ class Topic:
     name: str          # relative to the node namespace
     msgtype: str       # ROS 2 type name (pkg/msg/Name)
     qos: QosSpec
+    subscribe_qos: QosSpec | None = None    # the nodes' subscriptions, when not ``qos``
 
 
 TOPICS: dict[str, Topic] = {
-    "events": Topic("event_camera/events", "event_camera_msgs/msg/EventPacket", SENSOR),
+    "events": Topic("event_camera/events", "event_camera_msgs/msg/EventPacket", SENSOR,
+                    EVENTS_IN),
     "image": Topic("camera/image_raw", "sensor_msgs/msg/Image", SENSOR),
+    # image_transport's compressed stream of the image topic (the captioner subscribes to
+    # ``<its resolved image topic>/compressed``, so a remapped image topic carries it along)
+    "image_compressed": Topic("camera/image_raw/compressed", "sensor_msgs/msg/CompressedImage",
+                              SENSOR),
     "ground_truth": Topic("edge_vlm/ground_truth", "std_msgs/msg/String", RELIABLE_50),
     "token_mask": Topic("edge_vlm/token_mask", "edge_vlm_msgs/msg/TokenMask", RELIABLE_10),
     "change_mask": Topic("edge_vlm/change_mask", "sensor_msgs/msg/Image", SENSOR),

@@ -4,13 +4,29 @@ and optionally their input (a bag player or a camera driver).
     ros2 launch edge_vlm_bringup edge_vlm.launch.py [source:=none|bag|camera] [bag:=PATH]
         [rate:=1.0] [loop:=false] [camera:=dv|metavision|rgb] [compute_budget:=0.5]
         [checkpoint:=/path/captioner.pt] [namespace:=ns] [events_topic:=/event_camera/events]
-        [use_rgb:=auto|never|always] [graph:=/path/graph.yaml]
+        [image_topic:=/camera/image_raw] [use_rgb:=auto|never|always] [graph:=/path/graph.yaml]
+        [params:='{vlm_captioner.decoding: beam}'] [single_process:=false] [log_dir:=DIR]
+        [use_sim_time:=false]
 
 The graph file defaults to ``edge_vlm.cores.graph.default_graph_path()``, as for the runner
 (``edge_vlm_run``): ``EDGE_VLM_GRAPH`` when set, else ``config/graph.yaml`` of this package
 (the checkout's ``ros2_ws/src/edge_vlm_bringup/config/graph.yaml``, else the installed
 ``share/edge_vlm_bringup/config/graph.yaml``). Nodes and parameters come from
-``edge_vlm.cores.graph.load_graph``.
+``edge_vlm.cores.graph.load_graph``; ``params`` overrides any node parameter (one YAML mapping,
+keys ``name`` for every node that has it or ``node.name``; the arguments ``compute_budget``,
+``checkpoint`` and ``use_rgb`` override it). ``edge_vlm_run``, ``make demo`` (``edge_vlm_demo``)
+and the bench start their graphs through this file (``edge_vlm_tools.runner``).
+
+Processes: one per node (default), or with ``single_process:=true`` every node in ONE process
+and ONE executor (``edge_vlm_graph`` of edge_vlm_tools: the model loaded once, the events
+received once; same node names, topics and parameters). ``log_dir:=DIR``: each process writes
+its output to ``DIR/<node>.log`` (``DIR/edge_vlm_graph.log`` in one process) instead of the
+screen.
+
+``use_sim_time:=true``: every node (and the single graph process) takes ROS time from
+``/clock``, and the bag player (``source:=bag``) publishes ``/clock`` from the bag's header
+stamps (``edge_vlm_play --clock``). Outputs are stamped in the EventPackets' header clock
+either way (docs/design.md, "Time stamps"); ROS time only drives the nodes' timers and logs.
 
 Input (``source``):
   * ``none`` (default): a camera driver or bag player started elsewhere publishes
@@ -26,6 +42,7 @@ however it dies (launch itself stops its processes only on SIGINT). Not set here
 ``ros2 launch`` uses the environment's ``ROS_DOMAIN_ID`` like any ROS tool; give the graph its
 own (and ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST``) on a shared machine.
 """
+import os
 import shlex
 
 from launch import LaunchDescription
@@ -33,7 +50,8 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from edge_vlm.cores.graph import default_graph_path, load_graph, read_graph
+from edge_vlm.cores.graph import (default_graph_path, load_graph, overrides_from_yaml,
+                                  overrides_to_yaml, read_graph)
 from edge_vlm.topics import TOPICS
 from edge_vlm_ros.lifeline import exec_prefix
 
@@ -45,7 +63,7 @@ FALSE = ("false", "0", "no", "off", "")
 
 def _overrides(arg) -> dict:
     """Launch arguments -> ``load_graph`` overrides (empty argument: the graph's value)."""
-    out = {}
+    out = overrides_from_yaml(arg("params"), "params:=")
     if arg("compute_budget"):
         out["compute_budget"] = float(arg("compute_budget"))    # every node that has it
     if arg("checkpoint"):
@@ -56,22 +74,38 @@ def _overrides(arg) -> dict:
     return out
 
 
+def _flag(arg, name: str) -> bool:
+    value = arg(name).lower()
+    if value not in TRUE + FALSE:
+        raise ValueError(f"{name}:={arg(name)}: expected true or false")
+    return value in TRUE
+
+
+def _prefix(arg, log_name: str) -> str:
+    """The lifeline prefix of a process (never outlives this launcher), its output to
+    ``log_dir/<log_name>.log`` when ``log_dir`` is set."""
+    log_dir = arg("log_dir")
+    return shlex.join(exec_prefix(log=os.path.join(log_dir, f"{log_name}.log") if log_dir
+                                  else ""))
+
+
 def _player(arg, events: str, subscribers: int, prefix: str) -> Node:
-    """``edge_vlm_play BAG``: plays once ``subscribers`` subscriptions to the events matched."""
+    """``edge_vlm_play BAG``: plays once ``subscribers`` subscriptions to the events matched
+    (with ``use_sim_time``, it publishes ``/clock``)."""
     if not arg("bag"):
         raise ValueError("source:=bag needs bag:=PATH (a rosbag2 folder)")
-    loop = arg("loop").lower()
-    if loop not in TRUE + FALSE:
-        raise ValueError(f"loop:={arg('loop')}: expected true or false")
+    loop = _flag(arg, "loop")
     args = [arg("bag"), "--rate", str(float(arg("rate") or 1.0)),
             "--wait-for", f"{events}={subscribers}"]
+    if _flag(arg, "use_sim_time"):
+        args.append("--clock")
     bag_events = "/" + TOPICS["events"].name
     if events != bag_events:
         args += ["--remap", f"{bag_events}:={events}"]
-    if loop in TRUE:
+    if loop:
         args.append("--loop")
     return Node(package="edge_vlm_tools", executable="edge_vlm_play", arguments=args,
-                output="screen", prefix=prefix)
+                output="screen", prefix=prefix, exec_name="edge_vlm_play")
 
 
 def _camera(arg, inputs: dict, namespace: str | None, prefix: str) -> Node:
@@ -81,7 +115,23 @@ def _camera(arg, inputs: dict, namespace: str | None, prefix: str) -> Node:
         raise ValueError(f"camera:={camera}: expected one of {', '.join(CAMERAS)}")
     remaps = [(TOPICS[k].name, inputs[k]) for k in ("events", "image") if inputs.get(k)]
     return Node(package="edge_vlm_cameras", executable=f"edge_vlm_camera_{camera}",
-                namespace=namespace, remappings=remaps, output="screen", prefix=prefix)
+                namespace=namespace, remappings=remaps, output="screen", prefix=prefix,
+                exec_name=f"edge_vlm_camera_{camera}")
+
+
+def _single_process(graph: str | None, overrides: dict, namespace: str | None,
+                    inputs: dict, prefix: str, sim_time: bool) -> Node:
+    """Every node of the graph in one process (``edge_vlm_graph``), configured as
+    :func:`load_graph` configures the nodes of the multi-process graph."""
+    args = ["--params", overrides_to_yaml(overrides)] if overrides else []
+    if graph:
+        args += ["--graph", graph]
+    if namespace is not None:
+        args += ["--namespace", namespace]
+    args += [f"--input={k}={v}" for k, v in inputs.items()]
+    return Node(package="edge_vlm_tools", executable="edge_vlm_graph", arguments=args,
+                parameters=[{"use_sim_time": sim_time}],
+                output="screen", prefix=prefix, exec_name="edge_vlm_graph")
 
 
 def _nodes(context):
@@ -91,21 +141,31 @@ def _nodes(context):
         raise ValueError(f"source:={source}: expected one of {', '.join(SOURCES)}")
     graph = arg("graph") or None
     inputs = dict(read_graph(graph).inputs)
-    if arg("events_topic"):
-        inputs["events"] = arg("events_topic")
+    for key in ("events", "image"):
+        if arg(f"{key}_topic"):
+            inputs[key] = arg(f"{key}_topic")
     namespace = arg("namespace") or None
-    specs = load_graph(graph, _overrides(arg), namespace=namespace, inputs=inputs)
-    prefix = shlex.join(exec_prefix())          # nodes never outlive this launcher
-    actions = [
-        Node(package=s.package, executable=s.executable, name=s.name,
-             namespace=s.namespace or None, parameters=[s.parameters],
-             remappings=list(s.remappings.items()), output="screen", prefix=prefix)
-        for s in specs
-    ]
+    overrides = _overrides(arg)
+    specs = load_graph(graph, overrides, namespace=namespace, inputs=inputs)
+    sim_time = _flag(arg, "use_sim_time")
+    if _flag(arg, "single_process"):
+        actions = [_single_process(graph, overrides, namespace, inputs,
+                                   _prefix(arg, "edge_vlm_graph"), sim_time)]
+        subscribers = 1           # the graph process subscribes to the events once
+    else:
+        actions = [
+            Node(package=s.package, executable=s.executable, name=s.name,
+                 namespace=s.namespace or None,
+                 parameters=[s.parameters, {"use_sim_time": sim_time}],
+                 remappings=list(s.remappings.items()), output="screen",
+                 prefix=_prefix(arg, s.name), exec_name=s.name)
+            for s in specs
+        ]
+        subscribers = len(specs)
     if source == "bag":
-        actions.append(_player(arg, inputs["events"], len(specs), prefix))
+        actions.append(_player(arg, inputs["events"], subscribers, _prefix(arg, "player")))
     elif source == "camera":
-        actions.append(_camera(arg, inputs, namespace, prefix))
+        actions.append(_camera(arg, inputs, namespace, _prefix(arg, "camera")))
     return actions
 
 
@@ -142,7 +202,25 @@ def generate_launch_description():
             description="EventPacket input topic: camera driver or bag player "
                         "(empty = graph.yaml inputs.events)"),
         DeclareLaunchArgument(
+            "image_topic", default_value="",
+            description="RGB image input topic (empty = graph.yaml inputs.image)"),
+        DeclareLaunchArgument(
             "use_rgb", default_value="",
             description="vlm_captioner's use_rgb: auto, never or always (empty = the graph's)"),
+        DeclareLaunchArgument(
+            "params", default_value="",
+            description="node parameter overrides as one YAML mapping, e.g. "
+                        "'{vlm_captioner.decoding: beam, compute_budget: 0.5}'"),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false",
+            description="nodes take ROS time from /clock; source:=bag publishes it"),
+        DeclareLaunchArgument(
+            "single_process", default_value="false",
+            description="true: every node in one process and one executor (edge_vlm_graph; "
+                        "the model loaded once, the events received once)"),
+        DeclareLaunchArgument(
+            "log_dir", default_value="",
+            description="write each process's output to LOG_DIR/<node>.log instead of the "
+                        "screen"),
         OpaqueFunction(function=_nodes),
     ])

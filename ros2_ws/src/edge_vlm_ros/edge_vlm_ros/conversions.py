@@ -1,8 +1,9 @@
-"""Conversions between ROS messages and plain values (numpy only, no cv_bridge).
+"""Conversions between ROS messages and plain values (no cv_bridge).
 
 * stamps: integer ns <-> ``builtin_interfaces/Time``;
-* ``sensor_msgs/Image`` (rgb8/bgr8/mono8) <-> numpy arrays (decoding: the core's one image
-  conversion, ``edge_vlm.cores.images``);
+* ``sensor_msgs/Image`` / ``CompressedImage`` -> numpy arrays (decoding: the core's one image
+  conversion, ``edge_vlm.cores.images``, rosbags-image underneath: every encoding a camera
+  driver publishes, JPEG/PNG); numpy (rgb8/bgr8/mono8) -> ``sensor_msgs/Image``;
 * message -> JSON-friendly value (for the recorder);
 * message type name (``pkg/msg/Type``) -> its Python class.
 """
@@ -13,9 +14,9 @@ from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
-from edge_vlm.cores.images import RawImage, image_pixels
+from edge_vlm.cores.images import RawImage, image_pixels, raw_image_of
 
 
 # ------------------------------------------------------------------------ stamps
@@ -29,16 +30,15 @@ def time_to_ns(t) -> int:
 
 
 # ------------------------------------------------------------------------ images
-def raw_image(msg: Image) -> RawImage:
-    """The fields of a sensor_msgs/Image the core's image conversion (``edge_vlm.cores.images``)
-    reads; the pixel data is not copied."""
-    return RawImage(time_to_ns(msg.header.stamp), int(msg.height), int(msg.width), msg.encoding,
-                    int(msg.step), msg.data)
+def raw_image(msg: Image | CompressedImage) -> RawImage:
+    """The fields of a sensor_msgs/Image or CompressedImage the core's image conversion
+    (``edge_vlm.cores.images``) reads; the pixel data is not copied."""
+    return raw_image_of(msg)
 
 
-def image_to_numpy(msg: Image) -> np.ndarray:
-    """sensor_msgs/Image -> (H, W, 3) uint8 RGB for rgb8/bgr8, (H, W) for mono8.
-    Raises ValueError."""
+def image_to_numpy(msg: Image | CompressedImage) -> np.ndarray:
+    """sensor_msgs/Image or CompressedImage -> (H, W, 3) uint8 RGB, (H, W) uint8 for
+    single-channel encodings. Raises ValueError (``edge_vlm.cores.images.ImageDecodeError``)."""
     return image_pixels(raw_image(msg))
 
 

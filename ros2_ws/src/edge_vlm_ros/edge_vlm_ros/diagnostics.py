@@ -14,6 +14,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.clock import Clock, ClockType
 
 from edge_vlm.topics import DIAGNOSTICS
 from edge_vlm_ros.qos import DIAGNOSTICS_QOS
@@ -24,7 +25,8 @@ DIAGNOSTICS_PERIOD_S = 1.0
 NO_INPUT_WARN_S = 5.0
 #: counters whose increase over a period is a warning, with the text of the reason
 WARN_COUNTERS = (("rejected", "packets rejected"), ("dropped", "frames dropped (backpressure)"),
-                 ("missing_packets", "packets missing (seq gaps)"), ("late_events", "late events"))
+                 ("missing_packets", "packets missing (seq gaps)"), ("late_events", "late events"),
+                 ("stamp_jumps", "header-clock jumps (EventPacket stamps vs sensor time)"))
 
 
 @dataclass
@@ -54,7 +56,7 @@ class Diagnostics:
     """Publishes the status of ``node`` every ``period_s`` seconds.
 
     ``counters()``: the node's cumulative counters (packets, events, rejected, seq_gaps,
-    missing_packets, dropped, late_events, frames, clock_resets, processing_errors);
+    missing_packets, dropped, late_events, frames, clock_resets, stamp_jumps, processing_errors);
     ``extra_values()``: node-specific key/values added to the status;
     ``hardware_id()``: the status' hardware id (the input's frame id).
     """
@@ -74,7 +76,10 @@ class Diagnostics:
         self._t = self._start = time.monotonic()
         #: monotonic time of the latest input (set by the node), None before the first one
         self.last_input: float | None = None
-        node.create_timer(float(period_s), self.publish)
+        # the steady clock: the status keeps coming when a bag's /clock stops (use_sim_time);
+        # its stamp is the node's clock (ROS time, or /clock under use_sim_time)
+        node.create_timer(float(period_s), self.publish,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def record_frame(self, latency_ms: float, active_fraction: float | None = None) -> None:
         """Account one processed frame for the diagnostics of the current period (thread safe)."""
@@ -103,7 +108,8 @@ class Diagnostics:
             "packets": c["packets"], "events": c["events"], "rejected": c["rejected"],
             "seq_gaps": c["missing_packets"], "seq_gap_events": c["seq_gaps"],
             "dropped": c["dropped"], "late_events": c["late_events"], "frames": c["frames"],
-            "clock_resets": c["clock_resets"], "processing_errors": c["processing_errors"],
+            "clock_resets": c["clock_resets"], "stamp_jumps": c.get("stamp_jumps", 0),
+            "processing_errors": c["processing_errors"],
             "frames_in_period": len(lat),
             "latency_p50_ms": round(float(np.percentile(lat, 50)), 3) if lat else "n/a",
             "latency_p95_ms": round(float(np.percentile(lat, 95)), 3) if lat else "n/a",

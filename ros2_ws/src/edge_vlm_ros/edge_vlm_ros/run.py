@@ -1,4 +1,5 @@
-"""Running one node process: rclpy init, spin until SIGINT/SIGTERM, shutdown, exit code.
+"""Running one node process: rclpy init, spin until SIGINT/SIGTERM, shutdown, exit code
+(:func:`run_node`; :func:`run_nodes`: several nodes in one process and one executor).
 
 Exit codes: 0 (stopped, or :class:`EndOfStream`), 2 (invalid parameter,
 :class:`~edge_vlm_ros.params.ParameterError`), 3 (missing/corrupt checkpoint,
@@ -11,10 +12,10 @@ import os
 import re
 import signal
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 from rclpy.signals import SignalHandlerOptions
 
@@ -37,14 +38,23 @@ class EndOfStream(Exception):
     """A finite source (video or recording file) is over: the node exits with code 0."""
 
 
-def _stop(_sig, _frame):
+#: set by the first stop signal: the stop is under way
+_STOPPING: list[int] = []
+
+
+def _stop(sig, _frame):
+    if _STOPPING:      # a second SIGINT (Ctrl-C and launch), launch's SIGTERM after its SIGINT
+        return
+    _STOPPING.append(sig)
     raise KeyboardInterrupt
 
 
 def interrupt_on_signals() -> None:
     """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (instead of rclpy's own
     handling): they end ``spin()`` while the context is still valid, so what a process reports
-    at its end (counters) still reaches the log and /rosout."""
+    at its end (counters) still reaches the log and /rosout. Only the first one does: a second
+    signal (a terminal's Ctrl-C reaching both the node and its launcher, which forwards it)
+    must not cut the shutdown report short; SIGKILL remains for a node that hangs."""
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
 
@@ -102,6 +112,15 @@ def run_node(factory: Callable[[], Any], args=None, name: str = "node") -> int:
     (a file source is over) ends the node normally (exit 0). The node's
     ``shutdown_report()`` runs at the end.
     """
+    return run_nodes([factory], args, name)
+
+
+def run_nodes(factories: Sequence[Callable[[], Any]], args=None, name: str = "node",
+              combine: Callable[[list], list | None] | None = None) -> int:
+    """:func:`run_node` for several nodes in ONE process and ONE executor (``edge_vlm_graph``,
+    the single-process graph): build them in order, ``combine(nodes)`` once all exist (it may
+    return helper nodes to spin too), spin them together; the same exit codes and one-line
+    errors; every node's ``shutdown_report()`` at the end (in order)."""
     interrupt_on_signals()
     missing = missing_params_file(sys.argv if args is None else args)
     if missing:
@@ -112,11 +131,21 @@ def run_node(factory: Callable[[], Any], args=None, name: str = "node") -> int:
     except _rclpy.RCLError as exc:     # e.g. a missing or malformed --params-file
         print(f"[{name}] error: {rcl_message(exc)}", file=sys.stderr, flush=True)
         return EXIT_PARAMETER
-    node = None
+    nodes: list = []
+    helpers: list = []
     code = EXIT_OK
     try:
-        node = factory()
-        rclpy.spin(node)
+        for factory in factories:
+            nodes.append(factory())
+        if combine is not None:
+            helpers = list(combine(nodes) or [])
+        executor = SingleThreadedExecutor()
+        for node in nodes + helpers:
+            executor.add_node(node)
+        # not executor.spin(): a stop signal whose KeyboardInterrupt got lost (raised inside a
+        # finalizer such as rclpy's Future.__del__, which Python ignores) still ends the loop
+        while rclpy.ok() and not _STOPPING:
+            executor.spin_once(timeout_sec=0.2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except EndOfStream as exc:
@@ -129,7 +158,16 @@ def run_node(factory: Callable[[], Any], args=None, name: str = "node") -> int:
         what = "invalid parameter: " if code == EXIT_PARAMETER else ""
         print(f"[{name}] error: {what}{exc}", file=sys.stderr, flush=True)
     finally:
-        if node is not None:
-            _report(node, name)
+        for node in nodes:
+            _report(node, _node_name(node, name))
+        for node in helpers:
+            node.destroy_node()
         rclpy.try_shutdown()
     return code
+
+
+def _node_name(node, default: str) -> str:
+    try:
+        return str(node.get_name())
+    except Exception:
+        return default

@@ -3,15 +3,22 @@
 Usage::
 
     edge_vlm_demo BAG [--graph GRAPH.yaml] [--checkpoint PATH] [-p [node.]name=value ...]
-                  [--rate R] [--drain S] [--every N] [--out-dir DIR] [--summary-json PATH]
+                  [--single-process] [--rate R] [--drain S] [--every N] [--out-dir DIR]
+                  [--summary-json PATH]
     edge_vlm_demo BAG --simulate [--labels 2,8] [--seed S]   # first write a simulated bag at BAG
 
-Steps: start the graph (``edge_vlm_tools.runner``, node logs in OUT/logs), the
-recorder (``edge_vlm_record`` -> OUT/records.jsonl), wait until every node is
-ready, play the bag (``edge_vlm_play``, once every event subscriber matched), wait for the
-end of the bag and until no caption arrived for ``--drain`` seconds, stop
-everything (SIGINT), then print per-frame lines and a summary (also written as
+Steps: start the graph through the bringup's launch file (``edge_vlm_run``, i.e.
+``edge_vlm_tools.runner``; ``--single-process``: every node in one process; node logs in
+OUT/logs), the recorder (``edge_vlm_record`` -> OUT/records.jsonl), wait until every node is
+ready, play the bag (``edge_vlm_play``, once every event subscriber matched), sampling the
+graph's memory, wait for the end of the bag and until no caption arrived for ``--drain``
+seconds, stop everything (SIGINT), then print per-frame lines and a summary (also written as
 JSON). Exit code 1 when no caption arrived, 2 when the graph could not start.
+
+Dropped work, from the nodes' shutdown counters: ``frames dropped`` = frames the captioner
+dropped by backpressure (``max_pending_frames``); ``packets lost`` = EventPackets a node never
+received (sequence gaps, ``missing_packets``). ``graph RSS`` = the summed resident memory of
+the graph's processes at the end of the bag, with the CPU time each used while the bag played.
 
 Latencies: ``processing`` = the captioner's per-frame ``total`` stage (decode +
 model); ``packet->caption`` = wall time from the arrival (at the recorder) of
@@ -27,33 +34,45 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
-from edge_vlm.cores.graph import load_graph, parse_overrides
+from edge_vlm.bench.e2e import shutdown_counters
+from edge_vlm.cores.graph import load_graph, overrides_to_yaml, parse_overrides
 from edge_vlm.evaluation.records import read_jsonl, summarize
 from edge_vlm.io.bag_writer import write_bag
 from edge_vlm.report import fmt_value
 from edge_vlm.sim import simulate_recording
 from edge_vlm.topics import TOPICS
 from edge_vlm_ros.lifeline import exec_prefix, isolated_env
-from edge_vlm_tools.runner import find_executable, start_graph, stop_graph
+from edge_vlm_tools.proc import GraphMemory, graph_memory
+from edge_vlm_tools.runner import GraphOptions, find_executable, stop_graph
 
-#: the graph's nodes that cut frames (each subscribes to the events)
-FRAME_NODES = ("sttf_perception", "anc_router", "vlm_captioner")
 #: the streams the demo records
 RECORDED = ("caption", "compute_cost", "ground_truth", "route", "token_mask", "events")
 #: longest drain after the bag (s)
 MAX_DRAIN_S = 60.0
+#: how often the graph's memory is sampled while the bag plays (s)
+RSS_EVERY_S = 0.5
+#: the recorded streams each node package publishes (the recorder must have found their
+#: publishers before the bag plays)
+OUTPUTS = {"sttf_perception": ("token_mask",), "anc_router": ("route",),
+           "vlm_captioner": ("caption", "compute_cost")}
+#: logs in OUT/logs that are not the graph's
+TOOL_LOGS = ("recorder.log", "player.log", "runner.log")
 
 
 @dataclass
 class BagRun:
-    """What :func:`run_on_bag` left: the recorder's JSON lines, the node logs, exit codes."""
+    """What :func:`run_on_bag` left: the recorder's JSON lines, the node logs, exit codes, the
+    nodes' shutdown counters and the graph's memory at the end of the bag."""
 
     records: str
     logs: str
     exit_codes: dict[str, int]
     player_rc: int | None
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+    memory: GraphMemory | None = None
+    cpu_s_bag: dict[str, float] = field(default_factory=dict)   # per process, while it played
 
 
 # ------------------------------------------------------------------------- helpers
@@ -84,58 +103,104 @@ def _tail(path: str | None, n: int = 2000) -> str:
         return fh.read()[-n:]
 
 
-def _event_subscribers(procs) -> int:
-    """How many of the started graph's nodes subscribe to the event topic."""
-    return sum(getattr(p, "node_name", "") in FRAME_NODES for p in procs)
+def _node_logs(logs: str) -> list[str]:
+    """The graph's logs in ``logs`` (one per node, or the single process's)."""
+    return sorted(os.path.join(logs, f) for f in os.listdir(logs)
+                  if f.endswith(".log") and f not in TOOL_LOGS)
 
 
-def wait_ready(procs, recorder, recorder_log: str, timeout: float = 90.0) -> None:
-    """Wait until every node logged 'ready:' and the recorder subscribed; raise RuntimeError
-    otherwise."""
+def _not_ready(names: list[str], logs: str) -> list[str]:
+    """The nodes of ``names`` that did not log ``ready:`` yet."""
+    text = "".join(_tail(p, 10**7) for p in _node_logs(logs))
+    return [n for n in names if f"{n}]: ready:" not in text]
+
+
+def _waiting_for(names: list[str], outputs: list[str], logs: str) -> list[str]:
+    """What the graph and the recorder still lack before the bag can play: nodes that did not
+    log ``ready:``, streams whose publisher the recorder did not find."""
+    rec = _tail(os.path.join(logs, "recorder.log"), 10**7)
+    if "recording" not in rec:
+        return ["recorder"]
+    return _not_ready(names, logs) + [f"recorder <- {s}" for s in outputs
+                                      if f"publisher of {s}" not in rec]
+
+
+def wait_ready(names: list[str], runner, recorder, logs: str, timeout: float = 90.0,
+               outputs: list[str] = ()) -> None:
+    """Wait until every node of ``names`` logged 'ready:' and the recorder found a publisher
+    of each stream of ``outputs``; raise RuntimeError otherwise (the runner or the recorder
+    ended, or the time is up)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        for p in procs + [recorder]:
+        for p, log in ((runner, "runner.log"), (recorder, "recorder.log")):
             if p.poll() is not None:
-                log = getattr(p, "log_path", None) or recorder_log
-                raise RuntimeError(f"{getattr(p, 'node_name', 'recorder')} exited with code "
-                                   f"{p.returncode}:\n{_tail(log)}")
-        nodes_ready = all("ready:" in _tail(p.log_path, 10**7) for p in procs)
-        if nodes_ready and "recording" in _tail(recorder_log, 10**7):
+                nodes = "".join(f"\n--- {os.path.basename(q)}\n{_tail(q, 1000)}"
+                                for q in _node_logs(logs))
+                raise RuntimeError(f"{p.node_name} exited with code {p.returncode}:\n"
+                                   f"{_tail(os.path.join(logs, log))}{nodes}")
+        if not _waiting_for(names, outputs, logs):
             time.sleep(0.5)   # discovery between the nodes and the recorder
             return
         time.sleep(0.1)
-    missing = [p.node_name for p in procs if "ready:" not in _tail(p.log_path, 10**7)]
     raise RuntimeError(f"graph not ready after {timeout:.0f} s "
-                       f"(waiting for {missing or ['recorder']})")
+                       f"(waiting for {_waiting_for(names, outputs, logs)})")
 
 
-def _start_recorder(records: str, log_path: str, env: dict) -> subprocess.Popen:
+def _start(name: str, cmd: list[str], log_path: str, env: dict) -> subprocess.Popen:
+    """A tool process under the lifeline, in its own session, its output to ``log_path``."""
     with open(log_path, "wb") as fh:
-        recorder = subprocess.Popen(
-            exec_prefix() + _tool("edge_vlm_record", "edge_vlm_tools.recorder", env)
-            + [records, "--topics", *RECORDED],
-            env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    recorder.node_name = "recorder"
-    return recorder
+        p = subprocess.Popen(exec_prefix() + cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    p.node_name = name
+    return p
 
 
-def _start_player(bag: str, rate: float, subscribers: int, log_path: str,
-                  env: dict) -> subprocess.Popen:
+def _runner_args(opts: GraphOptions) -> list[str]:
+    """``edge_vlm_run`` options for ``opts`` (the runner starts the graph through launch)."""
+    args = ["--log-dir", os.path.abspath(opts.log_dir or ".")]
+    if opts.graph:
+        args += ["--graph", os.path.abspath(opts.graph)]
+    if opts.overrides:
+        args += ["--params", overrides_to_yaml(opts.overrides)]
+    if opts.single_process:
+        args.append("--single-process")
+    return args
+
+
+def _player_cmd(bag: str, rate: float, subscribers: int, env: dict) -> list[str]:
     """The bag player; it plays once ``subscribers`` subscriptions to the events matched."""
-    with open(log_path, "wb") as fh:
-        return subprocess.Popen(
-            exec_prefix() + _tool("edge_vlm_play", "edge_vlm_tools.player", env)
+    return (_tool("edge_vlm_play", "edge_vlm_tools.player", env)
             + [bag, "--rate", str(rate), "--wait-for-subscribers", "1",
-               # every node of the graph that cuts frames subscribes to the events, and so does
-               # the recorder: play only once all of them matched (else the first seconds of
-               # events can miss one node, e.g. sttf_perception, and its TokenMasks time out)
-               "--wait-for", f"{TOPICS['events'].name}={subscribers}"],
-            env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+               # every frame node subscribes to the events (the single-process graph once), and
+               # so does the recorder: play only once all of them matched (else the first
+               # seconds of events can miss one node, e.g. sttf_perception, and its TokenMasks
+               # time out)
+               "--wait-for", f"{TOPICS['events'].name}={subscribers}"])
 
 
-def _drain(records: str, procs, drain: float) -> None:
+def _play(player, runner, timeout: float | None, log) -> tuple[GraphMemory | None, dict]:
+    """Wait for the player (at most ``timeout`` s), sampling the graph's memory: the last
+    sample taken while the bag played (the graph in steady state), and the CPU time each
+    process used meanwhile (s)."""
+    end = None if timeout is None else time.monotonic() + timeout
+    first = memory = None
+    while player.poll() is None:
+        if end is not None and time.monotonic() > end:
+            log("demo: player timed out; stopping it")
+            stop_graph([player])
+            break
+        sample = graph_memory(runner.pid)
+        if sample.processes:
+            first, memory = first or sample, sample
+        time.sleep(RSS_EVERY_S)
+    if memory is None:
+        return None, {}
+    return memory, {k: round(v - first.cpu_s.get(k, 0.0), 2) for k, v in memory.cpu_s.items()}
+
+
+def _drain(records: str, runner, drain: float) -> None:
     """Wait until no new caption arrived for ``drain`` seconds (at most :data:`MAX_DRAIN_S`),
-    or every node ended."""
+    or the graph ended."""
     last_n, last_change = -1, time.monotonic()
     hard_end = time.monotonic() + MAX_DRAIN_S
     while time.monotonic() < hard_end:
@@ -144,45 +209,73 @@ def _drain(records: str, procs, drain: float) -> None:
             last_n, last_change = n, time.monotonic()
         elif time.monotonic() - last_change >= drain:
             break
-        if all(p.poll() is not None for p in procs):
+        if runner.poll() is not None:
             break
         time.sleep(0.2)
+
+
+def _node_exit_codes(logs: str) -> dict[str, int]:
+    """Each node process's exit code, from the runner's last ``exit codes:`` line."""
+    lines = [ln for ln in _tail(os.path.join(logs, "runner.log"), 10**6).splitlines()
+             if ln.startswith("edge_vlm_run: exit codes:")]
+    pairs = (t.partition("=") for t in (lines[-1].split(":", 2)[2].split() if lines else []))
+    return {k: int(v) for k, _, v in pairs if v.lstrip("-").isdigit()}
+
+
+def node_counters(names: list[str], logs: str) -> dict[str, dict[str, int]]:
+    """Each node's shutdown counters (packets, missing_packets, dropped, ...) from its log."""
+    out = {}
+    for name in names:
+        for path in _node_logs(logs):
+            c = shutdown_counters(path, name)
+            if c:
+                out[name] = c
+    return out
 
 
 def run_on_bag(bag: str, out_dir: str, *, graph: str | None = None, overrides: dict | None = None,
                rate: float = 1.0, drain: float = 3.0, env: dict | None = None,
                ready_timeout: float = 90.0, play_timeout: float | None = None,
-               log=print) -> BagRun:
-    """Start graph + recorder, play ``bag``, drain, stop. The records are the recorder's JSON
-    lines (see :mod:`edge_vlm_tools.recorder`). Graph, recorder and player share one
-    ``ROS_DOMAIN_ID`` of their own unless ``env`` sets one (:func:`isolated_env`)."""
+               single_process: bool = False, log=print) -> BagRun:
+    """Start the graph (``edge_vlm_run``: the bringup's launch file) and the recorder, play
+    ``bag``, drain, stop. The records are the recorder's JSON lines (see
+    :mod:`edge_vlm_tools.recorder`). Graph, recorder and player share one ``ROS_DOMAIN_ID`` of
+    their own unless ``env`` sets one (:func:`isolated_env`)."""
     env = isolated_env(env)
     logs = os.path.join(out_dir, "logs")
     os.makedirs(logs, exist_ok=True)
     records = os.path.join(out_dir, "records.jsonl")
-    rec_log = os.path.join(logs, "recorder.log")
-    procs, recorder, player = [], None, None
+    opts = GraphOptions(graph, dict(overrides or {}), single_process=single_process,
+                        log_dir=logs)
+    specs = load_graph(graph, opts.overrides)
+    names = [s.name for s in specs]
+    outputs = [o for s in specs for o in OUTPUTS.get(s.package, ()) if o in RECORDED]
+    runner = recorder = player = memory = None
+    cpu: dict[str, float] = {}
+    codes: dict[str, int] = {}
     try:
-        procs = start_graph(graph, overrides, env=env, log_dir=logs)
-        log(f"demo: started {', '.join(p.node_name for p in procs)} (logs in {logs})")
-        recorder = _start_recorder(records, rec_log, env)
-        wait_ready(procs, recorder, rec_log, ready_timeout)
+        runner = _start("edge_vlm_run", _tool("edge_vlm_run", "edge_vlm_tools.runner", env)
+                        + _runner_args(opts), os.path.join(logs, "runner.log"), env)
+        log(f"demo: started {', '.join(names)}{' in one process' if single_process else ''} "
+            f"through launch (logs in {logs})")
+        recorder = _start("recorder", _tool("edge_vlm_record", "edge_vlm_tools.recorder", env)
+                          + [records, "--topics", *RECORDED], os.path.join(logs, "recorder.log"),
+                          env)
+        wait_ready(names, runner, recorder, logs, ready_timeout, outputs)
         log("demo: graph ready; playing " + bag)
-        player = _start_player(bag, rate, _event_subscribers(procs) + 1,
-                               os.path.join(logs, "player.log"), env)
-        try:
-            player.wait(timeout=play_timeout)
-        except subprocess.TimeoutExpired:
-            log("demo: player timed out; stopping it")
-            player.name = "player"
-            stop_graph([player])
+        subscribers = (1 if single_process else len(names)) + 1     # + the recorder
+        player = _start("player", _player_cmd(bag, rate, subscribers, env),
+                        os.path.join(logs, "player.log"), env)
+        memory, cpu = _play(player, runner, play_timeout, log)
         log(f"demo: bag played (player exit {player.returncode}); draining {drain:.1f} s")
-        _drain(records, procs, drain)
+        _drain(records, runner, drain)
     finally:
-        codes = stop_graph(procs) if procs else {}
-        if recorder is not None:
-            codes.update({"recorder": stop_graph([recorder])["recorder"]})
-    return BagRun(records, logs, codes, None if player is None else player.returncode)
+        for p, timeout in ((runner, 25.0), (recorder, 10.0)):
+            if p is not None:
+                codes.update(stop_graph([p], timeout))
+        codes.update(_node_exit_codes(logs))
+    return BagRun(records, logs, codes, None if player is None else player.returncode,
+                  node_counters(names, logs), memory, cpu)
 
 
 def _f(v, spec: str, none: str = "-") -> str:
@@ -226,6 +319,25 @@ def print_report(rows: list, summary: dict, every: int = 0, out=sys.stdout) -> N
     w(f"  caption names the label   {_f(s.get('caption_label_consistency'), '.1%')} of frames\n")
     w(f"  input modes               {s['input_modes']}; "
       f"distinct captions {s['distinct_captions']}\n")
+    w(f"  frames dropped            {_f(s.get('frames_dropped'), 'd')} by the captioner's "
+      f"backpressure; packets lost {_f(s.get('packets_lost'), 'd')} ("
+      + ", ".join(f"{k} {v}" for k, v in (s.get('packets_lost_by_node') or {}).items())
+      + ")\n")
+    mem = s.get("graph_memory") or {}
+    cpu = ", ".join(f"{k} {v:.1f}" for k, v in (s.get("graph_cpu_s_bag") or {}).items())
+    w(f"  graph RSS                 {_f(mem.get('rss_mb'), '.0f')} MB in "
+      f"{len(mem.get('processes') or {})} process(es)"
+      f"{' (single process)' if s.get('single_process') else ''}; CPU s while the bag "
+      f"played: {cpu or '-'}\n")
+
+
+def dropped_summary(counters: dict[str, dict[str, int]]) -> dict:
+    """The summary's dropped work: the captioner's backpressure drops, each node's lost
+    packets (None where a node left no counters)."""
+    lost = {k: c.get("missing_packets") for k, c in counters.items()}
+    return {"frames_dropped": (counters.get("vlm_captioner") or {}).get("dropped"),
+            "packets_lost": max((v for v in lost.values() if v is not None), default=None),
+            "packets_lost_by_node": lost, "node_counters": counters}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -241,6 +353,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--checkpoint", default=None,
                     help="captioner checkpoint (default: the shipped one)")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="[NODE.]NAME=VALUE")
+    ap.add_argument("--single-process", action="store_true",
+                    help="every node in one process and one executor (launch single_process)")
     ap.add_argument("--rate", type=float, default=1.0, help="playback rate (default 1)")
     ap.add_argument("--drain", type=float, default=3.0,
                     help="stop after no caption for SEC s (default 3)")
@@ -275,14 +389,18 @@ def main(argv=None) -> int:
     out_dir = args.out_dir or tempfile.mkdtemp(prefix="edge_vlm_demo_")
     try:
         res = run_on_bag(args.bag, out_dir, graph=args.graph, overrides=overrides, rate=args.rate,
-                         drain=args.drain)
+                         drain=args.drain, single_process=args.single_process)
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         print(f"edge_vlm_demo: error: {exc}", file=sys.stderr)
         return 2
     rows, result = summarize(read_jsonl(res.records))
     summary = result.to_dict()
     summary.update(bag=os.path.abspath(args.bag), exit_codes=res.exit_codes,
-                   player_rc=res.player_rc, records=res.records, logs=res.logs)
+                   player_rc=res.player_rc, records=res.records, logs=res.logs,
+                   single_process=args.single_process,
+                   graph_memory=asdict(res.memory) if res.memory else None,
+                   graph_cpu_s_bag=res.cpu_s_bag,
+                   **dropped_summary(res.counters))
     print()
     print_report(rows, summary, args.every)
     path = args.summary_json or os.path.join(out_dir, "summary.json")

@@ -9,19 +9,26 @@ Usage::
 
     edge_vlm_play BAG [--rate R] [--loop] [--topics T ...] [--remap FROM:=TO ...]
                   [--start-offset S] [--wait-for-subscribers N] [--wait-for TOPIC=N ...]
-                  [--wait-timeout S]
+                  [--wait-timeout S] [--clock [HZ]]
                   [--qos auto|sensor|reliable] [--ros-args ...]
 
 Timing follows the bag's receive timestamps (deltas divided by ``--rate``).
 QoS (``--qos auto``, the default) follows the topic table ``edge_vlm.topics``
 (listed in docs/design.md): sensor data (best effort, keep last 100) for events
 and images, reliable for everything else.
+
+``--clock [HZ]`` also publishes ``rosgraph_msgs/Clock`` on ``/clock`` (best effort, keep last 1,
+like ``ros2 bag play --clock``), for nodes started with ``use_sim_time:=true``: the clock is the
+``header.stamp`` of the played messages that have a header (the EventPackets' and images'
+clock, in which the nodes stamp their outputs), published when it advances, at most HZ times per
+second of wall time (default 40). A ``--loop`` starts the clock again from the bag's first stamp.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import sqlite3
+import struct
 import sys
 import time
 from collections import Counter
@@ -32,21 +39,42 @@ from typing import NamedTuple
 import rclpy
 import rclpy.duration
 from rclpy.publisher import Publisher
-from rclpy.qos import QoSProfile
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
 from rosbags.rosbag2 import ReaderError
 
 from edge_vlm.io.bag_reader import BagError, open_reader
 from edge_vlm.topics import QosSpec, qos_of
-from edge_vlm_ros.conversions import message_class
+from edge_vlm_ros.conversions import message_class, ns_to_time
 from edge_vlm_ros.qos import profile
 
-__all__ = ["main", "qos_for", "parse_remaps", "split_ros_args"]
+__all__ = ["main", "qos_for", "parse_remaps", "split_ros_args", "header_stamp_ns"]
 
 SENSOR = "sensor"
 RELIABLE = "reliable"
 #: --qos sensor / reliable: every topic best effort / reliable, keep last 100
 FORCED_QOS = {SENSOR: QosSpec(reliable=False, depth=100),
               RELIABLE: QosSpec(reliable=True, depth=100)}
+#: /clock messages per second with a bare --clock (as ros2 bag play)
+DEFAULT_CLOCK_HZ = 40.0
+#: the QoS of /clock (rclcpp's ClockQoS: best effort, keep last 1)
+CLOCK_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+
+
+def header_stamp_ns(raw) -> int:
+    """``header.stamp`` (ns) of a CDR-serialised message whose first field is a std_msgs/Header
+    (its encapsulation says the byte order; the stamp follows it). Raises ValueError."""
+    if len(raw) < 12:
+        raise ValueError("message too short for a header")
+    order = "<" if raw[1] & 1 else ">"
+    sec, nanosec = struct.unpack_from(order + "iI", raw, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+def has_header(cls: type) -> bool:
+    """The message type's first field is a std_msgs/Header."""
+    fields = iter(cls.get_fields_and_field_types().items())
+    return next(fields, None) == ("header", "std_msgs/Header")
 
 
 def qos_for(topic: str, msgtype: str, mode: str = "auto") -> QoSProfile:
@@ -103,6 +131,11 @@ def _build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--qos", choices=["auto", SENSOR, RELIABLE], default="auto",
                     help="auto (design.md: sensor data for events/images, reliable otherwise), "
                          "sensor (best effort for all) or reliable (reliable for all)")
+    ap.add_argument("--clock", type=float, nargs="?", const=DEFAULT_CLOCK_HZ, default=None,
+                    metavar="HZ",
+                    help="publish /clock (rosgraph_msgs/Clock) from the played messages' header "
+                         f"stamps, at most HZ per second (default {DEFAULT_CLOCK_HZ:g}), for "
+                         "nodes with use_sim_time:=true")
     ap.add_argument("--node-name", default="edge_vlm_player")
     ap.add_argument("--quiet", action="store_true", help="print only the summary")
     return ap
@@ -188,6 +221,44 @@ def _sleep_until(target: float) -> bool:
 
 
 @dataclass
+class SimClock:
+    """``--clock``: ``/clock`` from the played messages' header stamps (see the module doc)."""
+
+    pub: Publisher
+    period_s: float                                   # at least this long between two messages
+    conns: set[int] = field(default_factory=set)     # connections of a type with a header
+    now_ns: int | None = None                         # latest header stamp seen
+    sent_ns: int | None = None                        # ... and the latest published
+    sent_at: float = float("-inf")
+    published: int = 0
+
+    def message(self, conn_id: int, raw) -> None:
+        """A message about to be played: its header stamp advances the clock."""
+        if conn_id not in self.conns:
+            return
+        try:
+            stamp = header_stamp_ns(raw)
+        except ValueError:
+            return
+        if self.now_ns is None or stamp > self.now_ns:
+            self.now_ns = stamp
+            if time.monotonic() - self.sent_at >= self.period_s:
+                self.flush()
+
+    def flush(self) -> None:
+        """Publish the latest stamp (if not yet published)."""
+        if self.now_ns is not None and self.now_ns != self.sent_ns:
+            self.pub.publish(Clock(clock=ns_to_time(self.now_ns)))
+            self.sent_ns, self.sent_at = self.now_ns, time.monotonic()
+            self.published += 1
+
+    def restart(self) -> None:
+        """A new loop: the clock starts again from the bag's first stamp."""
+        self.flush()
+        self.now_ns = None
+
+
+@dataclass
 class Playback:
     """The publishers of one playback and what they published."""
 
@@ -196,6 +267,7 @@ class Playback:
     out_name: dict[str, str] = field(default_factory=dict)       # bag topic -> published name
     counts: Counter = field(default_factory=Counter)             # bag topic -> messages published
     loops: int = 0
+    clock: SimClock | None = None                                # --clock
 
 
 def _connections(reader, topics: list[str] | None) -> list:
@@ -238,6 +310,8 @@ def _publishers(node, conns: list, remaps: dict[str, str], qos_mode: str, quiet:
                       f"{c.msgcount} msgs, {q.reliability.name.lower()} depth {q.depth}",
                       flush=True)
         play.pub_of_conn[c.id] = play.pubs[key]
+        if play.clock is not None and has_header(play.pubs[key].msg_type):
+            play.clock.conns.add(c.id)
     return [c for c in conns if c.id in play.pub_of_conn]
 
 
@@ -246,6 +320,8 @@ def _play(reader, conns: list, play: Playback, start_ns: int, rate: float, loop:
     ``loop``; stops when rclpy shuts down."""
     stop = False
     while not stop:
+        if play.clock is not None and play.loops:
+            play.clock.restart()
         t0_bag = None
         t0_wall = 0.0
         for conn, stamp, raw in reader.messages(connections=conns, start=start_ns):
@@ -255,6 +331,8 @@ def _play(reader, conns: list, play: Playback, start_ns: int, rate: float, loop:
             if not _sleep_until(target):
                 stop = True
                 break
+            if play.clock is not None:
+                play.clock.message(conn.id, raw)
             play.pub_of_conn[conn.id].publish(bytes(raw))
             play.counts[conn.topic] += 1
         play.loops += 1
@@ -281,6 +359,8 @@ def _print_summary(play: Playback, loop: bool) -> None:
         shown = play.out_name.get(topic, topic)
         arrow = f" -> {shown}" if shown != topic else ""
         print(f"  {topic}{arrow}: {play.counts.get(topic, 0)}", flush=True)
+    if play.clock is not None:
+        print(f"  /clock: {play.clock.published}", flush=True)
 
 
 class Invocation(NamedTuple):
@@ -297,6 +377,8 @@ def _arguments(argv: list[str]) -> Invocation:
     args = _build_parser().parse_args(ours)
     if not args.rate > 0:
         raise ValueError("--rate must be > 0")
+    if args.clock is not None and not args.clock > 0:
+        raise ValueError("--clock must be > 0 (messages per second)")
     remaps = parse_remaps(args.remap)
     _parse_wait_for(args.wait_for)
     if not Path(args.bag).exists():
@@ -305,6 +387,8 @@ def _arguments(argv: list[str]) -> Invocation:
 
 
 def _run(node, args: argparse.Namespace, remaps: dict[str, str], play: Playback) -> int:
+    if args.clock is not None:
+        play.clock = SimClock(node.create_publisher(Clock, "/clock", CLOCK_QOS), 1.0 / args.clock)
     with contextlib.closing(open_reader(Path(args.bag))) as reader:
         conns = _publishers(node, _connections(reader, args.topics), remaps, args.qos, args.quiet,
                             play)
@@ -316,6 +400,8 @@ def _run(node, args: argparse.Namespace, remaps: dict[str, str], play: Playback)
                                   args.quiet, _parse_wait_for(args.wait_for))
         start_ns = reader.start_time + int(round(args.start_offset * 1e9))
         _play(reader, conns, play, start_ns, args.rate, args.loop)
+        if play.clock is not None:
+            play.clock.flush()
         _wait_acked(play.pubs.values())
     return 0
 

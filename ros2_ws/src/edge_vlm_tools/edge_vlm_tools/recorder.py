@@ -27,7 +27,7 @@ from rclpy.signals import SignalHandlerOptions
 
 from edge_vlm.topics import TOPICS
 from edge_vlm_ros.conversions import message_class, msg_to_dict, time_to_ns
-from edge_vlm_ros.qos import subscription
+from edge_vlm_ros.qos import drain, subscription
 from edge_vlm_ros.run import interrupt_on_signals
 
 #: the streams that can be recorded: keys of the topic table ``edge_vlm.topics.TOPICS`` (its
@@ -43,10 +43,28 @@ class Recorder(Node):
         super().__init__(node_name)
         self.out = out
         self.counts = {s: 0 for s in streams}
+        self._unseen = list(streams)       # streams without a publisher yet
+        self._next_check = 0.0
+        self._subs = {}
         for s in streams:
-            type_name = TOPICS[s].msgtype
-            subscription(self, message_class(type_name), s,
-                         lambda msg, s=s, t=type_name: self._write(s, t, msg))
+            self._subs[s] = subscription(self, message_class(TOPICS[s].msgtype), s,
+                                         lambda msg, s=s: self._take(s, msg))
+
+    def _take(self, stream: str, msg) -> None:
+        """A message, then those queued behind it (1,000 EventPackets/s: qos.drain)."""
+        write = lambda m: self._write(stream, TOPICS[stream].msgtype, m)  # noqa: E731
+        write(msg)
+        drain(self._subs[stream], write)
+
+    def report_publishers(self) -> None:
+        """Print ``edge_vlm_record: publisher of STREAM`` once a stream's topic has one (the
+        demo plays its bag once the graph's outputs reach the recorder); checked every 0.2 s."""
+        if not self._unseen or time.monotonic() < self._next_check:
+            return
+        self._next_check = time.monotonic() + 0.2
+        for s in [s for s in self._unseen if self.count_publishers(TOPICS[s].name)]:
+            self._unseen.remove(s)
+            print(f"edge_vlm_record: publisher of {s}", flush=True)
 
     def _write(self, stream: str, type_name: str, msg) -> None:
         recv = time.time_ns()
@@ -94,6 +112,7 @@ def main(argv=None) -> int:
             end = time.monotonic() + args.duration if args.duration > 0 else None
             while rclpy.ok() and (end is None or time.monotonic() < end):
                 rclpy.spin_once(node, timeout_sec=0.1)
+                node.report_publishers()
         except KeyboardInterrupt:
             pass
         finally:

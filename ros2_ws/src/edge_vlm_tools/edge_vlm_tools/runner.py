@@ -1,31 +1,34 @@
-"""edge_vlm_run: start the node graph of ``graph.yaml`` without ``ros2 launch``.
+"""edge_vlm_run: start the node graph of ``graph.yaml`` through the bringup's launch file.
 
-The graph file is found by ``edge_vlm.cores.graph.default_graph_path`` (``EDGE_VLM_GRAPH``,
-else ``config/graph.yaml`` of the edge_vlm_bringup package), as the launch file finds it.
-
-Each node runs as its own process::
-
-    <install>/<pkg>/lib/<pkg>/<exe> --ros-args -r __node:=<name> [-r __ns:=<ns>]
-                                    -p name:=value ... -r from:=to ...
+A thin wrapper over the one description of the graph, ``edge_vlm_bringup``'s
+``launch/edge_vlm.launch.py``: this process runs it with ``launch.LaunchService`` (as ``ros2
+launch edge_vlm_bringup edge_vlm.launch.py`` would), turning the options into launch
+arguments. The graph file is found by ``edge_vlm.cores.graph.default_graph_path``
+(``EDGE_VLM_GRAPH``, else ``config/graph.yaml`` of the bringup package), as the launch file
+finds it.
 
 Usage::
 
     edge_vlm_run [--graph GRAPH.yaml] [--namespace NS] [--events-topic T] [--image-topic T]
-                 [-p [node.]name=value ...] [--log-dir DIR] [--keep-going] [--print]
+                 [-p [node.]name=value ...] [--params YAML] [--single-process]
+                 [--log-dir DIR] [--keep-going] [--print]
 
 ``-p compute_budget=0.5`` sets the parameter on every node that has it;
-``-p vlm_captioner.checkpoint=/x.pt`` on one node. SIGINT/SIGTERM are
-forwarded to the nodes (SIGHUP as SIGTERM, the nodes' clean stop); when a node dies the runner
-reports it and (unless ``--keep-going``) stops the others and exits non-zero.
+``-p vlm_captioner.checkpoint=/x.pt`` on one node (launch argument ``params``).
+``--single-process``: every node in one process and one executor (``single_process:=true``,
+``edge_vlm_graph``). ``--log-dir``: each process writes to ``DIR/<node>.log``.
 
-Nodes never outlive the runner: each asks the kernel for SIGTERM when the runner dies
-(``edge_vlm_tools.lifeline``), SIGKILL of the runner included. The graph runs in its own
+Stopping: SIGINT (Ctrl-C) stops the graph as ``ros2 launch`` does; SIGTERM and SIGHUP are
+forwarded to the nodes as SIGINT (their clean stop) and stop the launch too. When a node exits
+on its own the runner reports it and (unless ``--keep-going``) stops the others and exits
+non-zero. Nodes never outlive the runner: each asks the kernel for SIGTERM when the runner
+dies (``edge_vlm_ros.lifeline``), SIGKILL of the runner included. The graph runs in its own
 ``ROS_DOMAIN_ID`` (a free one) with ``ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST`` unless the
 environment sets them (the runner prints the domain: ``ROS_DOMAIN_ID=N ros2 topic list``).
 
-Python API: :func:`start_graph` -> list of ``subprocess.Popen`` (each with ``.node_name``),
-:func:`stop_graph`, :func:`find_executable`, :func:`node_command` (the graph itself:
-``edge_vlm.cores.graph.load_graph``, as the launch file reads it). No rclpy here.
+Python API: :func:`run_graph` (the launch), :func:`launch_arguments`, :func:`launch_file`;
+for one node process outside launch (the node tests) :func:`node_command`,
+:func:`find_executable` and :func:`stop_graph`.
 """
 from __future__ import annotations
 
@@ -35,15 +38,34 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+from ament_index_python.packages import (PackageNotFoundError, get_package_prefix,
+                                         get_package_share_directory)
+from launch import LaunchDescription, LaunchService
+from launch.actions import (EmitEvent, IncludeLaunchDescription, RegisterEventHandler,
+                            SetLaunchConfiguration)
+from launch.event_handlers import OnProcessExit, OnProcessStart
+from launch.events import Shutdown
+from launch.launch_description_sources import PythonLaunchDescriptionSource
 
-from edge_vlm.cores.graph import NodeSpec, load_graph, parse_overrides
+from edge_vlm.cores.graph import (BRINGUP, NodeSpec, load_graph, overrides_from_yaml,
+                                  overrides_to_yaml, parse_overrides)
 from edge_vlm.paths import repo_root
-from edge_vlm_ros.lifeline import exec_prefix, isolated_env
+from edge_vlm_ros.lifeline import isolated_env
+from edge_vlm_tools.proc import children
 
 ROOT = str(repo_root())
+PROG = "edge_vlm_run"
+#: the bringup's launch file (relative to the package source or its share directory)
+LAUNCH_FILE = os.path.join("launch", "edge_vlm.launch.py")
+#: longest wait for the nodes after the launch ended (then SIGTERM, SIGKILL)
+STOP_TIMEOUT_S = 10.0
+#: launch's wait after SIGINT before SIGTERM (its default, 5 s, is short for a node that
+#: reports its counters and frees torch on a loaded machine)
+SIGTERM_TIMEOUT_S = 15
 
 
 def format_value(v: Any) -> str:
@@ -58,6 +80,7 @@ def format_value(v: Any) -> str:
 
 
 def node_command(spec: NodeSpec, executable: str) -> list[str]:
+    """The command line of one node process (as launch_ros starts it, parameters inline)."""
     cmd = [executable, "--ros-args", "-r", f"__node:={spec.name}"]
     if spec.namespace:
         cmd += ["-r", f"__ns:={spec.namespace}"]
@@ -95,48 +118,9 @@ def find_executable(package: str, executable: str, env: dict | None = None) -> s
         "build the workspace (bash scripts/setup.sh) and source env.sh")
 
 
-def start_graph(graph_path: str | None = None, overrides: dict[str, Any] | None = None, *,
-                namespace: str | None = None, inputs: dict[str, str] | None = None,
-                env: dict | None = None, log_dir: str | None = None,
-                extra_ros_args: list[str] | None = None) -> list[subprocess.Popen]:
-    """Start every node of the graph as its own process; return the Popen objects.
-
-    Each Popen has ``.node_name`` and ``.cmd``; with ``log_dir`` the output of
-    node N goes to ``log_dir/N.log`` (``.log_path``), else it is inherited. ``env`` (default
-    ``os.environ``) gets its own domain unless it sets one (:func:`isolated_env`); each node
-    runs under the lifeline (``.cmd`` starts with :func:`exec_prefix`; the pid is the node's
-    after its exec) and gets SIGTERM when the calling process dies.
-    """
-    specs = load_graph(graph_path, overrides, namespace, inputs)
-    env = isolated_env(env)
-    procs: list[subprocess.Popen] = []
-    try:
-        for spec in specs:
-            cmd = exec_prefix() + node_command(spec, find_executable(spec.package,
-                                                                     spec.executable, env))
-            cmd += list(extra_ros_args or [])
-            out = None
-            log_path = None
-            if log_dir:
-                os.makedirs(log_dir, exist_ok=True)
-                log_path = os.path.join(log_dir, f"{spec.name}.log")
-                out = open(log_path, "wb")
-            # own session: a Ctrl-C reaches the runner only, which forwards it once
-            p = subprocess.Popen(cmd, env=env, stdout=out,
-                                 stderr=subprocess.STDOUT if out else None,
-                                 start_new_session=True)
-            if out is not None:
-                out.close()
-            p.node_name, p.cmd, p.log_path = spec.name, cmd, log_path
-            procs.append(p)
-    except BaseException:
-        stop_graph(procs)
-        raise
-    return procs
-
-
 def stop_graph(procs: list[subprocess.Popen], timeout: float = 10.0) -> dict[str, int]:
-    """SIGINT every running node, wait, escalate to SIGTERM then SIGKILL; return exit codes."""
+    """SIGINT every running process, wait, escalate to SIGTERM then SIGKILL; return exit codes
+    (by ``.node_name`` when set, else pid)."""
     for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
         alive = [p for p in procs if p.poll() is None]
         if not alive:
@@ -155,54 +139,150 @@ def stop_graph(procs: list[subprocess.Popen], timeout: float = 10.0) -> dict[str
     return {getattr(p, "node_name", str(p.pid)): p.returncode for p in procs}
 
 
-class Supervisor:
-    """Forwards SIGINT/SIGTERM to the running nodes and watches them until all ended."""
+def launch_file() -> str:
+    """The bringup's launch file: the checkout's (``ros2_ws/src/edge_vlm_bringup``), else the
+    installed package's share directory."""
+    candidates = [Path(ROOT) / "ros2_ws" / "src" / BRINGUP / LAUNCH_FILE]
+    try:
+        candidates.append(Path(get_package_share_directory(BRINGUP)) / LAUNCH_FILE)
+    except (PackageNotFoundError, ValueError, KeyError, OSError):
+        pass
+    for c in candidates:
+        if c.is_file():
+            return str(c)
+    raise FileNotFoundError(f"launch file of {BRINGUP} not found (looked in "
+                            f"{[str(c) for c in candidates]}); build the workspace")
 
-    def __init__(self, procs: list[subprocess.Popen], keep_going: bool = False):
-        self.procs = procs
+
+@dataclass
+class GraphOptions:
+    """What the runner, the demo and the bench choose about a graph (launch arguments)."""
+
+    graph: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    namespace: str | None = None
+    inputs: dict[str, str] = field(default_factory=dict)    # events / image topic
+    single_process: bool = False
+    log_dir: str | None = None
+
+
+def launch_arguments(opts: GraphOptions) -> dict[str, str]:
+    """The bringup launch file's arguments for ``opts`` (no input source: ``source:=none``)."""
+    out = {"source": "none", "single_process": "true" if opts.single_process else "false"}
+    if opts.graph:
+        out["graph"] = os.path.abspath(opts.graph)
+    if opts.overrides:
+        out["params"] = overrides_to_yaml(opts.overrides)
+    if opts.namespace:
+        out["namespace"] = opts.namespace
+    for key in ("events", "image"):
+        if opts.inputs.get(key):
+            out[f"{key}_topic"] = opts.inputs[key]
+    if opts.log_dir:
+        out["log_dir"] = os.path.abspath(opts.log_dir)
+    return out
+
+
+def _base_name(process_name: str) -> str:
+    """``vlm_captioner-3`` -> ``vlm_captioner`` (launch numbers its processes)."""
+    base, sep, num = process_name.rpartition("-")
+    return base if sep and num.isdigit() else process_name
+
+
+class _Watch:
+    """Launch event handlers: report starts, record exits, stop the graph when a node ends on
+    its own (unless ``keep_going``)."""
+
+    def __init__(self, keep_going: bool):
         self.keep_going = keep_going
-        self.signal: int | None = None      # the signal that stops the graph, once one did
+        self.codes: dict[str, int] = {}
+        self.failed: int = 0            # exit code of the first node that ended on its own
 
-    def forward(self, sig, _frame=None) -> None:
-        self.signal = sig
-        for p in self.procs:
-            if p.poll() is None:
+    def started(self, event, _context):
+        print(f"{PROG}: started {_base_name(event.process_name)} (pid {event.pid})", flush=True)
+
+    def exited(self, event, context):
+        name = _base_name(event.process_name)
+        self.codes[name] = event.returncode
+        if context.is_shutdown:
+            return None
+        print(f"{PROG}: node {name} exited with code {event.returncode}", file=sys.stderr,
+              flush=True)
+        self.failed = self.failed or (event.returncode or 1)
+        if self.keep_going:
+            return None
+        return EmitEvent(event=Shutdown(reason=f"node {name} exited"))
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _stop_children(timeout: float = STOP_TIMEOUT_S) -> None:
+    """Wait for the children still running (they were sent SIGINT), then SIGTERM, SIGKILL."""
+    for sig, wait in ((None, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+        if sig is not None:
+            _signal_all(children(), sig)
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            for pid in children():
                 try:
-                    p.send_signal(signal.SIGTERM if sig == signal.SIGHUP else sig)
-                except ProcessLookupError:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
                     pass
+            if not children():
+                return
+            time.sleep(0.1)
 
-    def watch(self) -> int:
-        """Wait until every node ended; report the first that exits on its own (then, unless
-        ``keep_going``, stop the others). The exit code: that node's (1 if it was 0), else 0."""
-        code = 0
-        reported = set()
-        while True:
-            alive = [p for p in self.procs if p.poll() is None]
-            for p in self.procs:
-                if p.returncode is None or p.pid in reported:
-                    continue
-                reported.add(p.pid)
-                if self.signal is None:
-                    print(f"edge_vlm_run: node {p.node_name} exited with code {p.returncode}",
-                          file=sys.stderr, flush=True)
-                    code = code or (p.returncode or 1)
-                    if not self.keep_going:
-                        self.signal = signal.SIGINT
-                        stop_graph(self.procs)
-            if not alive:
-                break
-            time.sleep(0.2)
-        if self.signal is not None and code == 0:
-            bad = {p.node_name: p.returncode for p in self.procs
-                   if p.returncode not in (0, -signal.SIGINT, -signal.SIGTERM, 130)}
-            if bad:
-                print(f"edge_vlm_run: nodes ended with {bad}", file=sys.stderr)
-        return code
+
+#: the signals received that stop the graph (SIGTERM cuts launch's run short: its code is 1)
+_STOP_SIGNALS: list[int] = []
+
+
+def _forward_as_sigint(sig, _frame) -> None:
+    """SIGTERM / SIGHUP: the nodes get SIGINT (their clean stop), then the launch does."""
+    _STOP_SIGNALS.append(sig)
+    _signal_all(children(), signal.SIGINT)
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def run_graph(opts: GraphOptions, keep_going: bool = False) -> int:
+    """Run the bringup's launch description with ``opts`` until SIGINT/SIGTERM/SIGHUP or, unless
+    ``keep_going``, until a node exits; the exit code (that node's, 1 if it was 0; else 0).
+    The environment must hold the graph's domain (:func:`isolated_env`). Main thread only."""
+    watch = _Watch(keep_going)
+    description = LaunchDescription([
+        SetLaunchConfiguration("sigterm_timeout", str(SIGTERM_TIMEOUT_S)),
+        RegisterEventHandler(OnProcessStart(on_start=watch.started)),
+        RegisterEventHandler(OnProcessExit(on_exit=watch.exited)),
+        IncludeLaunchDescription(PythonLaunchDescriptionSource(launch_file()),
+                                 launch_arguments=list(launch_arguments(opts).items())),
+    ])
+    service = LaunchService(noninteractive=True)
+    service.include_launch_description(description)
+    # SIGINT even when started in the background (which ignores it): launch handles it
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _forward_as_sigint)
+    rc = service.run()
+    _stop_children()          # a launch cut short (SIGTERM) leaves them to this process
+    bad = {k: v for k, v in watch.codes.items() if v not in (0, -signal.SIGINT, -signal.SIGTERM)}
+    if bad and not watch.failed:
+        print(f"{PROG}: nodes ended with {bad}", file=sys.stderr, flush=True)
+    if watch.codes:
+        print(f"{PROG}: exit codes: " + " ".join(f"{k}={v}" for k, v in watch.codes.items()),
+              flush=True)
+    if watch.failed:
+        return watch.failed
+    return 0 if _STOP_SIGNALS else rc
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="edge_vlm_run", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     ap.add_argument("--graph", default=None,
                     help="graph file (default: config/graph.yaml of edge_vlm_bringup)")
     ap.add_argument("--namespace", default=None,
@@ -212,6 +292,10 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--image-topic", default=None,
                     help="RGB image input topic (replaces inputs.image)")
     ap.add_argument("-p", "--param", action="append", default=[], metavar="[NODE.]NAME=VALUE")
+    ap.add_argument("--params", default="", metavar="YAML",
+                    help="overrides as one YAML mapping, e.g. '{compute_budget: 0.5}' (-p wins)")
+    ap.add_argument("--single-process", action="store_true",
+                    help="every node in one process and one executor (edge_vlm_graph)")
     ap.add_argument("--log-dir", default=None,
                     help="write each node's output to LOG_DIR/<node>.log")
     ap.add_argument("--keep-going", action="store_true", help="keep the other nodes when one dies")
@@ -219,28 +303,39 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _print_commands(specs: list[NodeSpec], opts: GraphOptions) -> None:
+    if opts.single_process:
+        args = launch_arguments(opts)
+        print("edge_vlm_tools/edge_vlm_graph" + (f" --params '{args['params']}'"
+                                                 if "params" in args else ""))
+        return
+    for spec in specs:
+        print(" ".join(node_command(spec, f"{spec.package}/{spec.executable}")))
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     inputs = {k: v for k, v in (("events", args.events_topic), ("image", args.image_topic)) if v}
     try:
-        overrides = parse_overrides(args.param)
+        overrides = {**overrides_from_yaml(args.params, "--params"),
+                     **parse_overrides(args.param)}
+        opts = GraphOptions(args.graph, overrides, args.namespace, inputs, args.single_process,
+                            args.log_dir)
+        specs = load_graph(args.graph, overrides, args.namespace, inputs)  # errors: one line
         if args.print:
-            for spec in load_graph(args.graph, overrides, args.namespace, inputs):
-                print(" ".join(node_command(spec, f"{spec.package}/{spec.executable}")))
+            _print_commands(specs, opts)
             return 0
-        env = isolated_env()
-        procs = start_graph(args.graph, overrides, namespace=args.namespace, inputs=inputs,
-                            env=env, log_dir=args.log_dir)
+        launch_file()
     except (ValueError, FileNotFoundError, OSError) as exc:
-        print(f"edge_vlm_run: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    supervisor = Supervisor(procs, args.keep_going)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, supervisor.forward)
-    print("edge_vlm_run: started " + ", ".join(f"{p.node_name} (pid {p.pid})" for p in procs)
-          + f" in ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']} (ROS_AUTOMATIC_DISCOVERY_RANGE="
+    env = isolated_env()
+    os.environ.update(env)             # launch starts the nodes with this environment
+    print(f"{PROG}: graph {', '.join(s.name for s in specs)}"
+          f"{' in one process' if opts.single_process else ''} in ROS_DOMAIN_ID="
+          f"{env['ROS_DOMAIN_ID']} (ROS_AUTOMATIC_DISCOVERY_RANGE="
           f"{env['ROS_AUTOMATIC_DISCOVERY_RANGE']})", flush=True)
-    return supervisor.watch()
+    return run_graph(opts, args.keep_going)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,14 @@ mask).
 
 Subscribes  ``/event_camera/events``  (event_camera_msgs/EventPacket, sensor QoS)
 Publishes   ``/edge_vlm/token_mask``  (edge_vlm_msgs/TokenMask, reliable keep last 10)
-            ``/edge_vlm/change_mask`` (sensor_msgs/Image mono8, sensor QoS; if publish_mask_image)
+            ``/edge_vlm/change_mask`` (sensor_msgs/Image mono8 at the SENSOR's resolution, 255 =
+                                       active patch, sensor QoS; if publish_mask_image)
             ``/diagnostics``          (diagnostic_msgs/DiagnosticArray, 1 Hz, status
                                        ``edge_vlm/sttf_perception``)
-Every output about frame k carries ``header.stamp`` = frame end ``(k+1)*P``.
+Every output about frame k (sensor time ``[k*P, (k+1)*P)``) carries ``header.stamp`` = the frame
+end in the EventPacket header clock (``frame.stamp_end``, :mod:`edge_vlm.stream.clock`) and the
+camera's ``frame_id``: the change mask overlays the event frame of the same camera in rviz or
+Foxglove (docs/design.md, "Time stamps" and "Change-mask image").
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import time
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from edge_vlm.cores.perception import MaskResult, PerceptionCore
+from edge_vlm.cores.perception import MaskResult, PerceptionCore, sensor_mask_image
 from edge_vlm.stream.frames import Frame
 from edge_vlm_msgs.msg import TokenMask
 from edge_vlm_ros.conversions import ns_to_time, numpy_to_image
@@ -30,15 +34,15 @@ NAME = "sttf_perception"
 
 def token_mask_msg(frame: Frame, r: MaskResult, params: dict, frame_id: str) -> TokenMask:
     """The TokenMask of ``frame``: its active patches on the model grid, stamped at the frame
-    end."""
+    end in the EventPacket header clock."""
     m = TokenMask()
-    m.header.stamp = ns_to_time(frame.t_end)
+    m.header.stamp = ns_to_time(frame.stamp_end)
     m.header.frame_id = frame_id
     m.grid_width, m.grid_height = int(r.grid_width), int(r.grid_height)
     m.patch_size = int(params["patch_size"])
-    # the patch grid lives on the model grid (sensor coordinates are rescaled to it)
-    m.image_width = int(params["model_width"])
-    m.image_height = int(params["model_height"])
+    # the model image: sensor coordinates are rescaled to it, the patch grid tiles it
+    m.image_width, m.image_height = int(params["model_width"]), int(params["model_height"])
+    m.sensor_width, m.sensor_height = int(frame.width), int(frame.height)
     m.active_indices = r.active_indices.astype("uint32").tolist()
     m.scores = r.scores.astype("float32").tolist()
     m.threshold = float(r.threshold)
@@ -46,8 +50,15 @@ def token_mask_msg(frame: Frame, r: MaskResult, params: dict, frame_id: str) -> 
     m.active_fraction = float(r.active_fraction)
     m.method = str(r.method)
     m.event_count = int(r.event_count)
-    m.window_start = ns_to_time(frame.t_start)
+    m.window_start = ns_to_time(frame.t_start)            # sensor time
     return m
+
+
+def change_mask_msg(frame: Frame, r: MaskResult, frame_id: str) -> Image:
+    """The change mask of ``frame`` as a mono8 image at the sensor's resolution (the model-grid
+    mask upscaled exactly as events are binned), stamped like its TokenMask."""
+    img = sensor_mask_image(r.mask_image, frame.width, frame.height)
+    return numpy_to_image(img, "mono8", frame.stamp_end, frame_id)
 
 
 class PerceptionNode(FrameNode, Node):
@@ -77,7 +88,7 @@ class PerceptionNode(FrameNode, Node):
                                           float(r.active_fraction))
             self.pub_mask.publish(token_mask_msg(f, r, self.core.params, frame_id))
             if self.params["publish_mask_image"]:
-                self.pub_image.publish(numpy_to_image(r.mask_image, "mono8", f.t_end, frame_id))
+                self.pub_image.publish(change_mask_msg(f, r, frame_id))
 
 
 def main(args=None) -> int:

@@ -3,12 +3,21 @@
 Subscribes  ``/event_camera/events``   event_camera_msgs/EventPacket (sensor QoS)
             ``/edge_vlm/token_mask``   edge_vlm_msgs/TokenMask       (when mask_source == 'topic')
             ``/edge_vlm/route``        edge_vlm_msgs/RouteDecision   (the route a joint model runs)
-            ``/camera/image_raw``      sensor_msgs/Image rgb8/bgr8/mono8 (when use_rgb != 'never')
+            ``/camera/image_raw``      sensor_msgs/Image, any encoding rosbags-image converts
+                                       (when use_rgb != 'never')
+            ``/camera/image_raw/compressed`` sensor_msgs/CompressedImage jpeg/png (image_transport:
+                                       ``<image topic>/compressed``; used while no raw Image
+                                       came in the last second)
 Publishes   ``/edge_vlm/caption``      edge_vlm_msgs/Caption
             ``/edge_vlm/caption_text`` std_msgs/String (mirror of Caption.text)
             ``/edge_vlm/compute_cost`` edge_vlm_msgs/ComputeCost
             ``/diagnostics``           diagnostic_msgs/DiagnosticArray (1 Hz, status
                                        ``edge_vlm/vlm_captioner``)
+
+Stamps: Caption and ComputeCost carry the frame end in the EventPacket header clock
+(``frame.stamp_end``, :mod:`edge_vlm.stream.clock`); TokenMasks and RouteDecisions are matched to
+frames by their sensor-time ``window_start``, images by their stamps in the header clock
+(``images_unmatched`` / ``image_gap_ms`` in the diagnostics when none fits).
 
 A thin adapter: the frame scheduling (mask / route / image matching, mask timeout,
 backpressure) is :class:`edge_vlm.cores.schedule.CaptionScheduler`, the model and everything
@@ -26,7 +35,7 @@ import threading
 import time
 
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import String
 
 from edge_vlm.cores.captioner import CaptionerCore, CaptionOutput
@@ -36,17 +45,21 @@ from edge_vlm_msgs.msg import Caption, ComputeCost, RouteDecision, TokenMask
 from edge_vlm_ros.conversions import ns_to_time, raw_image, time_to_ns
 from edge_vlm_ros.frame_node import FrameNode
 from edge_vlm_ros.params import ParameterError, add_param_validation, declare_from_spec
-from edge_vlm_ros.qos import publisher, subscription
+from edge_vlm_ros.qos import publisher, subscription, topic_qos
 from edge_vlm_ros.run import run_node
 
 NAME = "vlm_captioner"
+#: a CompressedImage is ignored this long after a raw Image (a driver publishing both, as
+#: image_transport does, is fused once, from the raw stream)
+RAW_IMAGE_PREFERRED_S = 1.0
 
 
 def caption_msg(out: CaptionOutput, frame_id: str, model_id: str) -> Caption:
-    """The Caption of a frame, stamped at the frame end."""
+    """The Caption of a frame, stamped at the frame end in the EventPacket header clock (its
+    window in sensor time)."""
     f, res = out.frame, out.result
     c = Caption()
-    c.header.stamp = ns_to_time(f.t_end)
+    c.header.stamp = ns_to_time(f.stamp_end)
     c.header.frame_id = frame_id
     c.text = res.text
     c.score = float(res.score)
@@ -61,7 +74,7 @@ def caption_msg(out: CaptionOutput, frame_id: str, model_id: str) -> Caption:
         c.motion_position = res.scene.position
     c.input_stamps = [ns_to_time(s) for s in out.input_stamps]
     c.window_start = ns_to_time(f.t_start)
-    c.window_end = c.header.stamp
+    c.window_end = ns_to_time(f.t_end)
     c.model_id = model_id
     c.frame_index = int(f.index)
     c.input_mode = "rgb+events" if out.rgb else "events"
@@ -69,10 +82,10 @@ def caption_msg(out: CaptionOutput, frame_id: str, model_id: str) -> Caption:
 
 
 def cost_msg(out: CaptionOutput, frame_id: str) -> ComputeCost:
-    """The ComputeCost of a frame, stamped at the frame end."""
+    """The ComputeCost of a frame, stamped like its Caption."""
     res = out.result
     cost = ComputeCost()
-    cost.header.stamp = ns_to_time(out.frame.t_end)
+    cost.header.stamp = ns_to_time(out.frame.stamp_end)
     cost.header.frame_id = frame_id
     cost.active_tokens = int(res.active_tokens)
     cost.total_tokens = int(res.total_tokens)
@@ -104,10 +117,14 @@ class CaptionerNode(FrameNode, Node):
         # inputs other than events exist always (cheap); parameters decide at processing time
         subscription(self, TokenMask, "token_mask", self._on_mask)
         subscription(self, RouteDecision, "route", self._on_route)
-        subscription(self, Image, "image", self._on_image)
+        image_sub = subscription(self, Image, "image", self._on_image)
+        self._raw_image_at = float("-inf")
+        self.create_subscription(CompressedImage, image_sub.topic_name + "/compressed",
+                                 self._on_compressed_image, topic_qos("image_compressed"))
         # _cond guards the scheduler (callbacks and the worker thread)
         self._cond = threading.Condition()
         self._stop = False
+        self._unmatched_told = 0
         self.scheduler = CaptionScheduler(self.params, self.core.num_tokens,
                                           period_ns(self.params))
         self._worker = threading.Thread(target=self._work, name="captioner_worker", daemon=True)
@@ -119,22 +136,35 @@ class CaptionerNode(FrameNode, Node):
             f"use_rgb={p['use_rgb']} decoding={p['decoding']}")
 
     # ---------------------------------------------------------------- inputs
+    def _frame_end(self, window_start) -> int:
+        """The sensor-time frame end a TokenMask / RouteDecision is about (its window start +
+        the frame period): the scheduler's key (header stamps may differ between nodes by the
+        jitter of the packets' stamps)."""
+        return time_to_ns(window_start) + self.scheduler.period
+
     def _on_mask(self, msg: TokenMask) -> None:
         with self._cond:
-            if self.scheduler.add_mask(time_to_ns(msg.header.stamp), msg.active_indices,
+            if self.scheduler.add_mask(self._frame_end(msg.window_start), msg.active_indices,
                                        msg.total_tokens):
                 self._cond.notify()
 
     def _on_route(self, msg: RouteDecision) -> None:
         with self._cond:
-            self.scheduler.add_route(time_to_ns(msg.header.stamp), list(msg.branches_run),
+            self.scheduler.add_route(self._frame_end(msg.window_start), list(msg.branches_run),
                                      list(msg.branch_weights), float(msg.compute_budget))
             self._cond.notify()
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        """Queued undecoded; the worker converts it (a bad one is counted in images_rejected)."""
         with self._cond:
+            if isinstance(msg, Image):
+                self._raw_image_at = time.monotonic()
             if self.scheduler.add_image(raw_image(msg)):
                 self._cond.notify()
+
+    def _on_compressed_image(self, msg: CompressedImage) -> None:
+        if time.monotonic() - self._raw_image_at >= RAW_IMAGE_PREFERRED_S:
+            self._on_image(msg)
 
     def on_frames(self, frames) -> None:
         with self._cond:
@@ -172,6 +202,7 @@ class CaptionerNode(FrameNode, Node):
         if out.image_error is not None:
             self.get_logger().warning(f"image ignored: {out.image_error}",
                                       throttle_duration_sec=5.0)
+        self._warn_unmatched_images()
         frame_id = self.input.frame_id
         self.pub_caption.publish(caption_msg(out, frame_id, self.core.model_id))
         self.pub_text.publish(String(data=out.result.text))
@@ -179,6 +210,17 @@ class CaptionerNode(FrameNode, Node):
         res = out.result
         self.diagnostics.record_frame(out.total_ms,
                                       float(res.active_tokens) / max(1, int(res.total_tokens)))
+
+    def _warn_unmatched_images(self) -> None:
+        """Say so when images come in but none lies within a frame period of the frame stamps
+        (worker thread, after the scheduler counted it)."""
+        s = self.scheduler
+        if s.images_unmatched > self._unmatched_told and s.image_gap_ns is not None:
+            self._unmatched_told = s.images_unmatched
+            self.get_logger().warning(
+                f"{s.images_unmatched} frame(s) found no image within a frame period: the nearest "
+                f"image is {s.image_gap_ns / 1e9:+.3f} s from the frame stamp (are the camera "
+                "and the event stream stamped in different clocks?)", throttle_duration_sec=5.0)
 
     def stop_worker(self, timeout: float = 5.0) -> None:
         with self._cond:
@@ -194,6 +236,7 @@ class CaptionerNode(FrameNode, Node):
         c = super().counters()
         c.update(self.core.stats.as_dict())
         c["masks_bad"] = self.scheduler.masks_bad
+        c["images_unmatched"] = self.scheduler.images_unmatched
         c["pending"] = len(self.scheduler.pending)
         return c
 
@@ -202,9 +245,15 @@ class CaptionerNode(FrameNode, Node):
         return {"captions": s.captions, "mask_fallbacks": s.mask_fallbacks,
                 "masks_used": s.masks_used, "masks_bad": self.scheduler.masks_bad,
                 "forced_refreshes": s.forced_refreshes, "rgb_frames": s.rgb_frames,
+                "images_unmatched": self.scheduler.images_unmatched,
+                "image_gap_ms": _ms(self.scheduler.image_gap_ns),
                 "routes_followed": s.routes_followed, "route_fallbacks": s.route_fallbacks,
                 "pending": len(self.scheduler.pending),
                 "max_pending_frames": int(self.params["max_pending_frames"])}
+
+
+def _ms(ns: int | None) -> str | float:
+    return "n/a" if ns is None else round(ns / 1e6, 3)
 
 
 def main(args=None) -> int:

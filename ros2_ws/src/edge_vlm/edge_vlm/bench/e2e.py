@@ -2,19 +2,26 @@
 packet->caption latency, and whether a backlog builds up.
 
 The graph runs in the ROS 2 workspace's demo tool (``edge_vlm_demo``, on PATH after
-``source env.sh``), started as a subprocess: the core never imports ROS. The tool writes the
-recorder's records (``records.jsonl``), the node logs (``logs/<node>.log``) and its summary
-(``summary.json``) to the run's folder; the figures come from the records.
+``source env.sh``; it starts the graph through the bringup's launch file), started as a
+subprocess: the core never imports ROS. The tool writes the recorder's records
+(``records.jsonl``), the node logs (``logs/``) and its summary (``summary.json``: the nodes'
+shutdown counters, the graph's memory) to the run's folder; the figures come from these.
+
+Two runs: the bag at ``packet_ms`` (10 ms by default) with one process per node, then the same
+recording cut into 1 ms EventPackets (1,000 per second, metavision_driver's default) with every
+node in one process (``--single-process``): the ``*_1ms_packets`` figures, and the graph's
+memory in both modes (``graph_rss_mb_multi`` / ``graph_rss_mb_single``).
 """
 from __future__ import annotations
 
 import collections
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -26,7 +33,7 @@ from edge_vlm.io.bag_writer import write_bag
 from edge_vlm.paths import data_dir
 
 __all__ = ["DEMO_EXECUTABLE", "BACKLOG_RULE", "DemoRun", "Trend", "e2e_bag", "trend",
-           "shutdown_counters", "run_demo", "bench_e2e"]
+           "shutdown_counters", "run_demo", "bench_e2e", "ONE_MS_KEYS"]
 
 #: the ROS 2 workspace's tool that runs the graph on a bag (package ``edge_vlm_tools``)
 DEMO_EXECUTABLE = "edge_vlm_demo"
@@ -34,17 +41,22 @@ BACKLOG_RULE = ("frames dropped by the captioner's backpressure, or the last qua
                 "packet->caption latency > 1.5x the first quarter's and +20 ms")
 #: stop after no caption arrived for this long (s)
 _DRAIN_S = 3.0
+#: the 1 ms-packet run's figures in the summary: summary key -> figure of :func:`_figures`
+ONE_MS_KEYS = {"frame_latency_ms_p95_1ms_packets": "frame_latency_ms_p95",
+               "caption_latency_ms_p95_1ms_packets": "caption_latency_ms_p95",
+               "frames_dropped_1ms_packets": "frames_dropped"}
 _FRAME_PERIOD_NS = 33_333_333
 
 
 @dataclass
 class DemoRun:
-    """What a run of the demo tool left: records file, node logs, exit codes."""
+    """What a run of the demo tool left: records file, node logs, exit codes, its summary."""
 
     records: str
     logs: str
     exit_codes: dict[str, int]
     player_rc: int | None
+    summary: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -89,11 +101,14 @@ def trend(ts: list[float], vs: list[float]) -> Trend:
     return Trend(slope, float(np.median(v[:q])), float(np.median(v[-q:])))
 
 
-def shutdown_counters(log_path: str | os.PathLike) -> dict[str, int]:
-    """``key=value`` integers of the node's last ``shutdown:`` log line ({} when absent)."""
+def shutdown_counters(log_path: str | os.PathLike, node: str = "") -> dict[str, int]:
+    """``key=value`` integers of the last ``shutdown:`` line of a node log ({} when absent);
+    with ``node``, of that node's logger only (the log of the single-process graph holds every
+    node's lines)."""
+    mark = re.compile(re.escape(node) + r"\]:? shutdown:") if node else None
     try:
         with open(log_path, errors="replace") as fh:
-            lines = [ln for ln in fh if "shutdown:" in ln]
+            lines = [ln for ln in fh if "shutdown:" in ln and (mark is None or mark.search(ln))]
     except OSError:
         return {}
     out = {}
@@ -105,12 +120,15 @@ def shutdown_counters(log_path: str | os.PathLike) -> dict[str, int]:
 
 
 def run_demo(exe: str, bag: str, out_dir: str, overrides: dict, rate: float = 1.0,
-             drain: float = _DRAIN_S, log: Callable[[str], None] | None = None) -> DemoRun:
+             drain: float = _DRAIN_S, log: Callable[[str], None] | None = None,
+             single_process: bool = False) -> DemoRun:
     """``edge_vlm_demo BAG --out-dir OUT_DIR ...``: start the graph and the recorder, play the
     bag, drain, stop. Its progress lines (``demo: ...``) go to ``log``. Raises RuntimeError
     when the graph could not run (no ``summary.json``, or exit code 2); a run without captions
     is a result."""
     cmd = [exe, str(bag), "--out-dir", out_dir, "--rate", str(rate), "--drain", str(drain)]
+    if single_process:
+        cmd.append("--single-process")
     for k, v in overrides.items():
         cmd += ["-p", f"{k}={v}"]
     tail: collections.deque[str] = collections.deque(maxlen=40)
@@ -127,7 +145,8 @@ def run_demo(exe: str, bag: str, out_dir: str, overrides: dict, rate: float = 1.
     with open(summary_path) as fh:
         summary = json.load(fh)
     return DemoRun(records=summary["records"], logs=summary["logs"],
-                   exit_codes=summary["exit_codes"], player_rc=summary["player_rc"])
+                   exit_codes=summary["exit_codes"], player_rc=summary["player_rc"],
+                   summary=summary)
 
 
 def _wait_series(records: list[dict]) -> Series:
@@ -181,8 +200,11 @@ def _figures(run: DemoRun) -> dict:
     rows, summary = summarize(records)
     p2c = trend(*_caption_latency_series(records, rows))
     waits = _wait_series(records)
-    counters = shutdown_counters(os.path.join(run.logs, "vlm_captioner.log"))
+    nodes = run.summary.get("node_counters") or {}
+    counters = nodes.get("vlm_captioner") or shutdown_counters(
+        os.path.join(run.logs, "vlm_captioner.log"), "vlm_captioner")
     dropped = counters.get("dropped")
+    memory = run.summary.get("graph_memory") or {}
     return {
         "frames_processed": summary.frames_processed,
         "frames_expected_approx": _expected_frames(records),
@@ -194,6 +216,12 @@ def _figures(run: DemoRun) -> dict:
         "wait_ms_p95": float(np.percentile(waits.values, 95)) if waits.values else None,
         "backlog_grows": _backlog_grows(p2c, dropped), "backlog_rule": BACKLOG_RULE,
         "frames_dropped": dropped, "captioner_counters": counters,
+        "packets_lost": run.summary.get("packets_lost"),
+        "packets_lost_by_node": run.summary.get("packets_lost_by_node"),
+        "graph_rss_mb": memory.get("rss_mb"),
+        "graph_processes": len(memory.get("processes") or {}),
+        "graph_cpu_s": run.summary.get("graph_cpu_s_bag"),
+        "single_process": run.summary.get("single_process"),
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "gesture_accuracy": summary.gesture_accuracy,
         "mean_active_token_fraction": summary.mean_active_token_fraction,
@@ -201,10 +229,29 @@ def _figures(run: DemoRun) -> dict:
     }
 
 
+def _one_ms_run(exe: str, work: Path, quick: bool, overrides: dict, rate: float,
+                log: Callable[[str], None] | None) -> dict:
+    """The simulated recording in 1 ms EventPackets through the single-process graph."""
+    bag = e2e_bag(work, labels=(2, 8) if quick else range(1, 12), clip_s=0.5 if quick else 1.0,
+                  packet_ms=1.0)
+    out_dir = str(work / "e2e_last_1ms")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    if log is not None:
+        log("bench: end to end, 1 ms packets, single process ...")
+    run = run_demo(exe, bag, out_dir, overrides, rate=rate, drain=_DRAIN_S, log=log,
+                   single_process=True)
+    return {"bag": bag, "packet_ms": 1.0, "out_dir": out_dir, "exit_codes": run.exit_codes,
+            "player_rc": run.player_rc, **_figures(run)}
+
+
 def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, rate: float = 1.0,
               work_dir: str | None = None, quick: bool = False,
-              log: Callable[[str], None] | None = None, packet_ms: float = 10.0) -> dict:
-    """Play a simulated DVS128 bag at ``rate`` (1 = real time) through the node graph.
+              log: Callable[[str], None] | None = None, packet_ms: float = 10.0,
+              one_ms: bool = True) -> dict:
+    """Play a simulated DVS128 bag at ``rate`` (1 = real time) through the node graph (one
+    process per node); with ``one_ms``, the same recording in 1 ms EventPackets through the
+    single-process graph too (the ``*_1ms_packets`` figures and ``graph_rss_mb_single``,
+    its details under ``one_ms_packets``).
 
     Needs the ROS 2 workspace (``source env.sh``: :data:`DEMO_EXECUTABLE` on PATH); returns
     ``{"skipped": reason}`` without it.
@@ -227,6 +274,13 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
     t0 = time.perf_counter()
     run = run_demo(exe, bag, out_dir, overrides, rate=rate, drain=_DRAIN_S, log=log)
     wall = time.perf_counter() - t0
-    return {"bag": str(bag), "rate": rate, "threads": threads,
-            "packet_ms": packet_ms if bag_default else None, "wall_s": wall, "out_dir": out_dir,
-            "exit_codes": run.exit_codes, "player_rc": run.player_rc, **_figures(run)}
+    out = {"bag": str(bag), "rate": rate, "threads": threads,
+           "packet_ms": packet_ms if bag_default else None, "wall_s": wall, "out_dir": out_dir,
+           "exit_codes": run.exit_codes, "player_rc": run.player_rc, **_figures(run)}
+    out["graph_rss_mb_multi"] = out["graph_rss_mb"]
+    if one_ms:
+        one = _one_ms_run(exe, work, quick, overrides, rate, log)
+        out.update({k: one.get(f) for k, f in ONE_MS_KEYS.items()})
+        out["graph_rss_mb_single"] = one.get("graph_rss_mb")
+        out["one_ms_packets"] = one
+    return out

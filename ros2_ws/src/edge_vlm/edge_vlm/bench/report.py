@@ -18,6 +18,8 @@ SUMMARY_KEYS = (
     "mono_mev_per_s", "evt3_mev_per_s", "evt3_sim_mev_per_s", "mono_dense_mev_per_s",
     "evt3_sim_dense_mev_per_s", "evt3_decode_us_per_packet",
     "frame_latency_ms_p95", "caption_latency_ms_p50", "caption_latency_ms_p95", "backlog_grows",
+    "frame_latency_ms_p95_1ms_packets", "caption_latency_ms_p95_1ms_packets",
+    "frames_dropped_1ms_packets", "graph_rss_mb_multi", "graph_rss_mb_single",
     "accuracy_dense", "accuracy_sparse", "active_token_fraction",
     "active_token_fraction_low_motion",
     "speedup_steady", "speedup_limit", "flops_ratio", "caption_agreement", "token_deviation_max",
@@ -48,6 +50,17 @@ DESCRIPTIONS = {
     "caption_latency_ms_p50": "node graph at 1x: packet -> caption, p50 (ms)",
     "caption_latency_ms_p95": "node graph at 1x: packet -> caption, p95 (ms)",
     "backlog_grows": "node graph at 1x: does packet -> caption latency grow over the run",
+    "frame_latency_ms_p95_1ms_packets": "node graph in one process (single_process), the same "
+                                        "recording in 1 ms EventPackets (1,000/s, "
+                                        "metavision_driver's default) at 1x: per-frame "
+                                        "processing, p95 (ms)",
+    "caption_latency_ms_p95_1ms_packets": "same run: packet -> caption, p95 (ms)",
+    "frames_dropped_1ms_packets": "same run: frames dropped by the captioner's backpressure "
+                                  "(packets lost in the e2e section)",
+    "graph_rss_mb_multi": "resident memory of the graph, one process per node: sum of the "
+                          "node processes' VmRSS at the end of the bag (MB)",
+    "graph_rss_mb_single": "same, all three nodes in one process (single_process, 1 ms run; one "
+                           "torch, one model load) (MB)",
     "accuracy_dense": "per-frame gesture accuracy, dense encoder (the 3 held-out test subjects x "
                       "3 lightings, events only)",
     "accuracy_sparse": "per-frame gesture accuracy, STTF sparse encoder (same frames)",
@@ -115,10 +128,10 @@ _STTF_KEYS = (
     "frames_scored")
 #: the rows of the end-to-end table, in order
 _E2E_KEYS = ("frames_processed", "frames_expected_approx", "frames_dropped", "missing_packets",
-             "forced_refreshes", "frame_latency_ms_p50", "frame_latency_ms_p95",
+             "packets_lost", "forced_refreshes", "frame_latency_ms_p50", "frame_latency_ms_p95",
              "caption_latency_ms_p50", "caption_latency_ms_p95", "wait_ms_p95", "backlog_grows",
              "gesture_accuracy", "mean_active_token_fraction", "flops_saved_fraction",
-             "load_avg_1m_after")
+             "graph_processes", "graph_rss_mb", "load_avg_1m_after")
 _BRANCHES = ("tiny", "small", "medium")
 
 
@@ -290,22 +303,37 @@ def _anc_section(an: dict) -> list[str]:
     return lines
 
 
+def _e2e_table(ee: dict) -> list[str]:
+    """The figures of one end-to-end run and its packet->caption trend."""
+    cc = ee.get("captioner_counters") or {}
+    ee = {**ee, "missing_packets": cc.get("missing_packets"),
+          "forced_refreshes": cc.get("forced_refreshes")}
+    lines = ["| figure | value |", "|---|---|"]
+    lines += [f"| `{k}` | {fmt_value(ee.get(k))} |" for k in _E2E_KEYS]
+    tr = ee.get("caption_latency_trend") or {}
+    cpu = ", ".join(f"{k} {fmt_value(v)}" for k, v in (ee.get("graph_cpu_s") or {}).items())
+    return lines + ["", f"packet->caption trend: slope {fmt_value(tr.get('slope_per_s'))} ms/s, "
+                    f"median first quarter {fmt_value(tr.get('first_quarter_p50'))} ms, last "
+                    f"quarter {fmt_value(tr.get('last_quarter_p50'))} ms (backlog rule: "
+                    f"{ee.get('backlog_rule')}). CPU time of the graph's processes while the "
+                    f"bag played (s): {cpu or '-'}."]
+
+
 def _e2e_section(ee: dict) -> list[str]:
-    """The node graph at 1x: the figures and the packet->caption trend."""
+    """The node graph at 1x: one process per node, then 1 ms packets in one process."""
     lines = ["", f"## End to end (node graph, simulated DVS128 bag, "
              f"{fmt_value(ee.get('packet_ms'))} ms EventPackets, played at 1x)", ""]
     if "skipped" in ee:
         return lines + [f"Skipped: {ee['skipped']}"]
-    lines += ["| figure | value |", "|---|---|"]
-    cc = ee.get("captioner_counters") or {}
-    ee = {**ee, "missing_packets": cc.get("missing_packets"),
-          "forced_refreshes": cc.get("forced_refreshes")}
-    lines += [f"| `{k}` | {fmt_value(ee.get(k))} |" for k in _E2E_KEYS]
-    tr = ee.get("caption_latency_trend") or {}
-    lines += ["", f"packet->caption trend: slope {fmt_value(tr.get('slope_per_s'))} ms/s, "
-              f"median first quarter {fmt_value(tr.get('first_quarter_p50'))} ms, last quarter "
-              f"{fmt_value(tr.get('last_quarter_p50'))} ms "
-              f"(backlog rule: {ee.get('backlog_rule')})."]
+    lines += ["Started through the bringup's launch file (`edge_vlm_demo`), one process per "
+              "node.", ""] + _e2e_table(ee)
+    one = ee.get("one_ms_packets")
+    if one:
+        lines += ["", "### The same recording in 1 ms EventPackets, single process", "",
+                  "All three nodes in one process and one executor (`single_process:=true`, "
+                  "`edge_vlm_demo --single-process`): the events received once, the model "
+                  "loaded once, masks and routes handed over in the process.", ""]
+        lines += _e2e_table(one)
     return lines
 
 

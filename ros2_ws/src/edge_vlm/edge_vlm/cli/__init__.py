@@ -2,8 +2,8 @@
 
 The parser (:mod:`edge_vlm.cli.parsers`) imports argparse only; a command's module, which loads
 the model code, is imported when that command runs. So ``edge-vlm --help``, a command's
-``--help`` and an argument error never import torch. ``demo`` and ``play`` start the ROS 2
-tools as their own executables (the core library never imports rclpy) and pass the options
+``--help`` and an argument error never import torch. ``demo``, ``play`` and ``run`` start the
+ROS 2 tools as their own executables (the core library never imports rclpy) and pass the options
 they do not know to them, ``--help`` included.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ COMMANDS = {
     "finetune": (parsers.add_finetune, "edge_vlm.cli.train_cmds:run_finetune"),
     "demo": (parsers.add_demo, "edge_vlm.cli.ros_cmds:run_demo"),
     "play": (parsers.add_play, "edge_vlm.cli.ros_cmds:run_play"),
+    "run": (parsers.add_run, "edge_vlm.cli.ros_cmds:run_graph"),
     "eval": (parsers.add_eval, "edge_vlm.cli.eval_cmds:run_eval"),
     "coco": (parsers.add_coco, "edge_vlm.cli.eval_cmds:run_coco_cmd"),
     "paper-table": (parsers.add_paper_table, "edge_vlm.cli.eval_cmds:run_paper_table"),

@@ -103,6 +103,9 @@ def add_train(sub) -> None:
     s.add_argument("--shift", type=int, default=None,
                    help="gesture: translate the training motion states by up to this many patches "
                         "(default 1)")
+    s.add_argument("--extra-subjects", type=int, default=None,
+                   help="gesture: this many more simulated training subjects, ids after "
+                        "--subjects (default 0; the held-out subjects stay the same)")
     s.add_argument("--cache", default="",
                    help="gesture: file keeping the streamed frames, reused by a rerun on the same "
                         "checkpoint and data")
@@ -199,6 +202,14 @@ def add_demo(sub) -> None:
 def add_play(sub) -> None:
     s = sub.add_parser("play", help="bag player (ros2 bag play is not available here): "
                                     "`edge-vlm play --help` lists its options",
+                       add_help=False, allow_abbrev=False)
+    s.set_defaults(rest=[], passthrough="rest")
+
+
+def add_run(sub) -> None:
+    s = sub.add_parser("run", help="start the node graph through the bringup's launch file "
+                                   "(edge_vlm_run; --single-process: one process): `edge-vlm "
+                                   "run --help` lists its options",
                        add_help=False, allow_abbrev=False)
     s.set_defaults(rest=[], passthrough="rest")
 

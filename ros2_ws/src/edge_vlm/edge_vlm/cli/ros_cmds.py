@@ -1,4 +1,4 @@
-"""``edge-vlm demo | play``: the ROS 2 tools, started as their own executables (the core
+"""``edge-vlm demo | play | run``: the ROS 2 tools, started as their own executables (the core
 library never imports rclpy)."""
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from edge_vlm.cli import parsers
 from edge_vlm.sim.export import demo_data
 
 #: package and executable of each tool (installed by colcon; on PATH after ``source env.sh``)
-TOOLS = {"demo": ("edge_vlm_tools", "edge_vlm_demo"), "play": ("edge_vlm_tools", "edge_vlm_play")}
+TOOLS = {"demo": ("edge_vlm_tools", "edge_vlm_demo"), "play": ("edge_vlm_tools", "edge_vlm_play"),
+         "run": ("edge_vlm_tools", "edge_vlm_run")}
 HELP = {"-h", "--help"}
 
 
@@ -54,3 +55,9 @@ def run_demo(args) -> int:
 def run_play(args) -> int:
     """``edge-vlm play BAG [player options]``: every argument goes to edge_vlm_play."""
     return _run_tool("play", list(args.rest))
+
+
+def run_graph(args) -> int:
+    """``edge-vlm run [runner options]``: every argument goes to edge_vlm_run (the graph through
+    the bringup's launch file)."""
+    return _run_tool("run", list(args.rest))

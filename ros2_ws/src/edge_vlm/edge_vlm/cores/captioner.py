@@ -24,7 +24,7 @@ from edge_vlm.cores.images import model_rgb
 from edge_vlm.cores.schedule import ReadyFrame
 from edge_vlm.inference.anc_engine import AncStreamingCaptioner
 from edge_vlm.inference.engine import FrameResult
-from edge_vlm.inference.factory import apply_params, engine_from_params, load_model
+from edge_vlm.inference.factory import apply_params, engine_from_params, shared_model
 from edge_vlm.model.sttf import count_parameters
 from edge_vlm.params import resolve
 from edge_vlm.stream.frames import Frame, frame_histogram
@@ -72,7 +72,7 @@ class CaptionerCore:
     def __init__(self, overrides: dict | None = None):
         self.params = p = resolve("vlm_captioner", overrides)
         torch.set_num_threads(int(p["num_threads"]))
-        self.model, self.meta = load_model(p["checkpoint"])   # CheckpointError: exit 3
+        self.model, self.meta = shared_model(p["checkpoint"])   # CheckpointError: exit 3
         cfg = self.model.cfg
         if cfg.image_size != p["model_width"] or cfg.patch != p["patch_size"]:
             raise ValueError(f"checkpoint grid {cfg.image_size}/{cfg.patch} does not match "

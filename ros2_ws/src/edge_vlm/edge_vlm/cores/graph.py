@@ -243,3 +243,24 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
                            for specs in NODE_PARAMS.values() for p in specs)
         out[key] = text if string_param else (yaml.safe_load(text) if text.strip() else "")
     return out
+
+
+def overrides_from_yaml(text: str, what: str = "params") -> dict[str, Any]:
+    """Overrides written as one YAML mapping (``{compute_budget: 0.5, vlm_captioner.decoding:
+    beam}``: the launch file's ``params:=`` argument, ``edge_vlm_graph --params``); empty text:
+    none. ValueError (one line) for text that is not a YAML mapping."""
+    if not text.strip():
+        return {}
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{what}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{what}: expected a YAML mapping such as '{{compute_budget: 0.5}}', "
+                         f"not {type(doc).__name__}")
+    return {str(k): v for k, v in doc.items()}
+
+
+def overrides_to_yaml(overrides: dict[str, Any]) -> str:
+    """The inverse of :func:`overrides_from_yaml`: one line of YAML."""
+    return yaml.safe_dump(dict(overrides), default_flow_style=True, width=10**6).strip()

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from edge_vlm.inference.engine import hist_tensor
-from edge_vlm.inference.factory import load_model
+from edge_vlm.inference.factory import shared_model
 from edge_vlm.params import resolve
 from edge_vlm.stream.frames import Frame, frame_histogram
-from edge_vlm.stream.histogram import patch_counts
+from edge_vlm.stream.histogram import patch_counts, scale_coords
 
 
 @dataclass
@@ -24,7 +24,7 @@ class MaskResult:
     total_tokens: int
     event_count: int
     method: str
-    mask_image: np.ndarray       # (model_h, model_w) uint8, 255 = active patch
+    mask_image: np.ndarray       # (model_h, model_w) uint8, 255 = active patch (model grid)
 
     @property
     def active_fraction(self) -> float:
@@ -38,6 +38,18 @@ def event_count_mask(hist: np.ndarray, patch: int,
     return counts >= threshold, (1.0 - np.exp(-counts / float(threshold))).astype(np.float32)
 
 
+def sensor_mask_image(mask_image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The model-grid change mask at the sensor's resolution (``(height, width)`` uint8): sensor
+    pixel (x, y) takes the value of the model pixel its events are binned into
+    (:func:`~edge_vlm.stream.histogram.scale_coords`, ``x * model_w // width``), so patch
+    (c, r) lights exactly the sensor pixels whose events it counted and the image overlays the
+    camera's event frame pixel for pixel."""
+    mh, mw = mask_image.shape
+    xs, ys = scale_coords(np.arange(int(width)), np.arange(int(height)), int(width), int(height),
+                          mw, mh)
+    return mask_image[ys[:, None], xs[None, :]]
+
+
 class PerceptionCore:
     """sttf_perception's logic: event frame -> change mask (the checkpoint's learned change-mask
     net by default, the event-count rule with ``mask_method: event_count``)."""
@@ -47,7 +59,7 @@ class PerceptionCore:
         self.mask_net = None
         if p["mask_method"] == "learned":
             torch.set_num_threads(1)
-            model, _ = load_model(p["checkpoint"])   # CheckpointError: the node exits 3
+            model, _ = shared_model(p["checkpoint"])   # CheckpointError: the node exits 3
             self.mask_net = model.mask_net
 
     def process(self, frame: Frame) -> MaskResult:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from edge_vlm.inference.engine import hist_tensor
-from edge_vlm.inference.factory import load_model
+from edge_vlm.inference.factory import shared_model
 from edge_vlm.inference.routing import choose_branches
 from edge_vlm.model.anc import LEVELS, budget_cap
 from edge_vlm.model.checkpoint import CheckpointError
@@ -58,7 +58,7 @@ class RouterCore:
         self.model = None
         if p["router_method"] == "learned":
             torch.set_num_threads(1)
-            self.model, _ = load_model(p["checkpoint"])
+            self.model, _ = shared_model(p["checkpoint"])
             if not hasattr(self.model, "estimator"):
                 name = p["checkpoint"] or "(shipped default)"
                 raise CheckpointError(f"checkpoint {name} has no ANC complexity estimator (STTF "

@@ -2,13 +2,18 @@
 takes next, with which change mask, route and image. The node runs it under its lock with the
 wall clock; the offline evaluation runs the very same object with the recording's clock.
 
-Frames are taken strictly in order. With ``mask_source: topic`` a closed frame waits for the
-TokenMask with its stamp for at most ``mask_timeout_ms``, then the captioner's own mask is used
-(a fallback). Once a RouteDecision has come in (anc_router runs), a frame also waits (same
-timeout) for the RouteDecision with its stamp, which the captioner then executes; without it
-the captioner routes locally (``route_late``, a counted fallback). With ``use_rgb: always``
-it also waits (same timeout) for an image whose stamp lies within one frame period of the
-frame end (``|stamp - t_end| < P``; the latest such image is taken). Backpressure: at most
+Frames are taken strictly in order. Masks and routes are keyed by the frame end in SENSOR time
+(``t_end``: the nodes cut the same frames); images are matched in the EventPacket header clock
+(``frame.stamp_end``, :mod:`edge_vlm.stream.clock`), the clock of the image stamps. With
+``mask_source: topic`` a closed frame waits for the TokenMask of its window for at most
+``mask_timeout_ms``, then the captioner's own mask is used (a fallback). Once a RouteDecision has
+come in (anc_router runs), a frame also waits (same timeout) for the RouteDecision of its window,
+which the captioner then executes; without it the captioner routes locally (``route_late``, a
+counted fallback). With ``use_rgb: always`` it also waits (same timeout) for an image whose stamp
+lies within one frame period of the frame end (``|stamp - stamp_end| < P``; the nearest such
+image is taken). A frame that finds images queued but none within a period counts in
+``images_unmatched`` (``image_gap_ns``: its nearest image's stamp - its stamp, the clue when the
+camera and the event stream are stamped in different clocks). Backpressure: at most
 ``max_pending_frames`` closed frames wait; when more arrive the OLDEST are dropped and the
 next frame taken is a dense refresh of the token memory (a memory that skipped frames is never
 reused).
@@ -70,6 +75,8 @@ class CaptionScheduler:
         self.latest_branch = "base"
         self.refresh_needed = False
         self.masks_bad = 0
+        self.images_unmatched = 0
+        self.image_gap_ns: int | None = None   # of the latest frame that had images but no match
 
     # ------------------------------------------------------------------ inputs
     def add_frames(self, frames: list[Frame], inputs: list[FrameInput], now: float) -> list[int]:
@@ -125,7 +132,8 @@ class CaptionScheduler:
         waiting = now < head.deadline
         if waiting and p["mask_source"] == "topic" and t_end not in self.masks:
             return None
-        if waiting and p["use_rgb"] == "always" and self._pick_image(t_end) is None:
+        stamp = head.frame.stamp_end
+        if waiting and p["use_rgb"] == "always" and self._pick_image(stamp) is None:
             return None
         if waiting and self.routes_seen and t_end not in self.routes:
             return None
@@ -134,8 +142,11 @@ class CaptionScheduler:
         change = self.masks.pop(t_end, None) if p["mask_source"] == "topic" else None
         for old in [s for s in self.masks if s <= t_end]:
             self.masks.pop(old, None)
-        picked = self._pick_image(t_end) if p["use_rgb"] != "never" else None
-        while self.images and self.images[0].stamp <= t_end - self.period:
+        picked = self._pick_image(stamp) if p["use_rgb"] != "never" else None
+        if picked is None and self.images:
+            self.images_unmatched += 1
+            self.image_gap_ns = min((i.stamp - stamp for i in self.images), key=abs)
+        while self.images and self.images[0].stamp <= stamp - self.period:
             self.images.popleft()          # too old for this and every later frame
         route = self.routes.get(t_end)
         return ReadyFrame(head, change, picked, self._branch_for(t_end), refresh, route,
@@ -147,12 +158,15 @@ class CaptionScheduler:
             return longest
         return min(longest, max(0.0, self.pending[0].deadline - now) + 1e-4)
 
-    def _pick_image(self, t_end: int) -> RawImage | None:
-        """Latest image whose stamp lies within one frame period of the frame end."""
-        for img in reversed(self.images):
-            if abs(img.stamp - t_end) < self.period:
-                return img
-        return None
+    def _pick_image(self, stamp: int) -> RawImage | None:
+        """The image nearest to the frame end ``stamp`` (header clock) if within one frame
+        period of it (the later one of two as near)."""
+        best = None
+        for img in self.images:
+            gap = abs(img.stamp - stamp)
+            if gap < self.period and (best is None or gap <= abs(best.stamp - stamp)):
+                best = img
+        return best
 
     def _branch_for(self, t_end: int) -> str:
         """Branch of the RouteDecision for this frame, else of the latest older one, else the

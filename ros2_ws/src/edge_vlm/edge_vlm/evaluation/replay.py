@@ -2,7 +2,9 @@
 
 Per EventPacket: :class:`~edge_vlm.stream.intake.PacketIntake` (sequence gaps, checked decode +
 bin, the nodes' rejections) and :class:`~edge_vlm.stream.intake.FrameInputs` (which packets fed
-which frame, their decode time). Per closed frame: sttf_perception's
+which frame, their decode time) and :class:`~edge_vlm.stream.clock.HeaderClock` (the frames'
+stamps in the packets' header clock, for which a packet's bag time stands here: images are
+matched to frames in that clock, as in the node). Per closed frame: sttf_perception's
 :class:`~edge_vlm.cores.perception.PerceptionCore` (its TokenMask reaches the captioner at
 once), then vlm_captioner's :class:`~edge_vlm.cores.schedule.CaptionScheduler` and
 :meth:`~edge_vlm.cores.captioner.CaptionerCore.caption`. The scheduler's clock is the
@@ -22,6 +24,7 @@ from edge_vlm.cores.perception import MaskResult, PerceptionCore
 from edge_vlm.cores.schedule import CaptionScheduler
 from edge_vlm.evaluation.sources import SourcePacket
 from edge_vlm.stream.binner import FrameBinner
+from edge_vlm.stream.clock import HeaderClock
 from edge_vlm.stream.frames import Frame, period_ns
 from edge_vlm.stream.intake import FrameInputs, IntakeResult, PacketIntake
 
@@ -85,6 +88,7 @@ class _Open:
     intake: PacketIntake
     inputs: FrameInputs
     scheduler: CaptionScheduler
+    clock: HeaderClock
     masks: dict[int, MaskResult] = field(default_factory=dict)
     perception_ms: dict[int, float] = field(default_factory=dict)
 
@@ -117,7 +121,8 @@ class Replay:
         binner = FrameBinner(self.period, int(p["model_width"]), int(p["model_height"]),
                              track_packets=True)
         self._s = _Open(PacketIntake(binner), FrameInputs(),
-                        CaptionScheduler(p, self.captioner.num_tokens, self.period))
+                        CaptionScheduler(p, self.captioner.num_tokens, self.period),
+                        HeaderClock(self.period))
         self.captioner.engine.reset()
         self.stream, self.now = name, 0.0
 
@@ -126,7 +131,7 @@ class Replay:
         res = self._s.intake.push(pk.encoding, pk.payload, pk.width, pk.height, pk.time_base,
                                   pk.seq,
                                   tag=pk, bigendian=pk.bigendian)
-        self._closed(res, pk.stamp)
+        self._closed(res)
 
     def image(self, img: RawImage) -> None:
         self.now = max(self.now, img.stamp / 1e9)
@@ -135,7 +140,7 @@ class Replay:
 
     def finish(self) -> None:
         """End of the stream: the idle flush closes the open frame; waiting frames are taken."""
-        self._closed(self._s.intake.flush(), 0)
+        self._closed(self._s.intake.flush())
         self._drain(math.inf)
         self.stop()
 
@@ -155,13 +160,16 @@ class Replay:
         self._s = None
 
     # ------------------------------------------------------------------ frames
-    def _closed(self, res: IntakeResult, stamp: int) -> None:
+    def _closed(self, res: IntakeResult) -> None:
         s = self._s
         fed = s.intake.binner.pop_fed()
         for f in fed:
-            s.inputs.add_frames(f.first_frame, f.last_frame, stamp, res.decode_ms / len(fed))
+            pk = f.tag
+            s.clock.packet(f, pk.stamp, pk.encoding, pk.time_base)
+            s.inputs.add_frames(f.first_frame, f.last_frame, pk.stamp, res.decode_ms / len(fed))
         if not res.frames:
             return
+        s.clock.stamp(res.frames)
         for f in res.frames:
             self._perceive(f)
         s.scheduler.add_frames(res.frames, [s.inputs.pop(f.index) for f in res.frames], self.now)

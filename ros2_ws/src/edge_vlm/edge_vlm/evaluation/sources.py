@@ -21,7 +21,7 @@ from typing import Any, Iterator, Union
 
 import numpy as np
 
-from edge_vlm.cores.images import RawImage
+from edge_vlm.cores.images import RawImage, raw_image_of
 from edge_vlm.datasets.dvs128_gesture import TEST_LIST, Dvs128Dataset, gesture_ground_truth
 from edge_vlm.io import bag_reader
 from edge_vlm.io.codecs.mono import encode_mono
@@ -32,7 +32,7 @@ from edge_vlm.topics import TOPICS
 EVENTS_TOPIC = "/" + TOPICS["events"].name
 IMAGE_TOPIC = "/" + TOPICS["image"].name
 GT_TOPIC = "/" + TOPICS["ground_truth"].name
-IMAGE_TYPES = (TOPICS["image"].msgtype,)
+IMAGE_TYPES = (TOPICS["image"].msgtype, TOPICS["image_compressed"].msgtype)
 #: packet length used to feed DvsGesture trials (the bag writer's default)
 DVS128_PACKET_NS = 2_000_000
 
@@ -126,9 +126,7 @@ def _bag_item(ts, conn, t_ns: int, raw, ev_topic: str) -> SourcePacket | RawImag
         return SourcePacket(int(t_ns), str(msg.encoding), int(msg.width), int(msg.height),
                             int(msg.time_base), int(msg.seq), np.asarray(msg.events).tobytes(),
                             bool(msg.is_bigendian))
-    st = msg.header.stamp
-    return RawImage(int(st.sec) * 1_000_000_000 + int(st.nanosec), int(msg.height), int(msg.width),
-                    str(msg.encoding), int(msg.step), msg.data)
+    return raw_image_of(msg)
 
 
 def _bag_items(path: Path, ts, topics: list[str],
@@ -160,7 +158,9 @@ def bag_stream(path: Path, inputs: dict, want_images: bool) -> Stream:
         raise bag_reader.BagError(f"no {bag_reader.EVENT_PACKET_TYPE} topic in {str(path)!r}")
     ev_topic = _pick(inputs.get("events", EVENTS_TOPIC), EVENTS_TOPIC, ev_topics) or ev_topics[0]
     img_topics = sorted({c.topic for c in conns if c.msgtype in IMAGE_TYPES})
-    img_topic = _pick(inputs.get("image", IMAGE_TOPIC), IMAGE_TOPIC, img_topics)
+    want_img = inputs.get("image") or IMAGE_TOPIC   # else its compressed stream (image_transport)
+    img_topic = (_pick(want_img, IMAGE_TOPIC, img_topics)
+                 or _pick(want_img + "/compressed", IMAGE_TOPIC + "/compressed", img_topics))
     gt_topic = inputs.get("ground_truth", GT_TOPIC)
     segments = _bag_segments(path, ts, gt_topic) if any(c.topic == gt_topic for c in conns) else []
     topics = [ev_topic] + ([img_topic] if want_images and img_topic else [])

@@ -6,6 +6,9 @@ go through :data:`ENGINE_PARAMS`, one setter per engine parameter.
 """
 from __future__ import annotations
 
+import os
+import threading
+import weakref
 from typing import Callable
 
 import torch
@@ -13,7 +16,7 @@ import torch
 from edge_vlm.inference.anc_engine import AncStreamingCaptioner
 from edge_vlm.inference.engine import PARAMS, StreamingCaptioner
 from edge_vlm.inference.native_vit import share_version_counter
-from edge_vlm.model.checkpoint import load_checkpoint
+from edge_vlm.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from edge_vlm.model.sttf import CaptionModel, SparseViT
 
 
@@ -27,6 +30,33 @@ def load_model(checkpoint: str = "") -> tuple[CaptionModel, dict]:
         if isinstance(m, SparseViT):
             share_version_counter(m)
     return model, meta
+
+
+#: models loaded by :func:`shared_model`, by checkpoint file (path, mtime, size); weak: a model
+#: no core holds any more is freed
+_SHARED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_SHARED_META: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_model(checkpoint: str = "") -> tuple[CaptionModel, dict]:
+    """:func:`load_model` once per checkpoint file and process: the cores of the nodes
+    (perception, router, captioner) run the same model read-only, so the single-process graph
+    (``edge_vlm_graph``) loads it once. A file that changed on disk is loaded again. Not for
+    code that trains or edits the model (use :func:`load_model`)."""
+    path = os.path.realpath(checkpoint or DEFAULT_CHECKPOINT)
+    try:
+        st = os.stat(path)
+        key = (path, st.st_mtime_ns, st.st_size)
+    except OSError:
+        return load_model(checkpoint)          # raises CheckpointError (missing file)
+    with _SHARED_LOCK:
+        model = _SHARED.get(key)
+        if model is None:
+            model, meta = load_model(path)
+            _SHARED[key] = model
+            _SHARED_META[model] = meta
+        return model, _SHARED_META[model]
 
 
 def _layer_threshold_scale(eng: StreamingCaptioner, value, meta: dict) -> None:

@@ -73,8 +73,8 @@ class FrameBinner(NativeBinning):
     frame (end of stream). Rejected packets are counted in ``rejected`` and listed as
     :class:`~edge_vlm.stream.frames.Rejection` in ``rejections`` (drain with
     :meth:`pop_rejections`). With ``track_packets``, ``fed`` lists a
-    :class:`~edge_vlm.stream.frames.FedPacket` (tag, first frame, last frame) for every decoded
-    packet with events (drain with :meth:`pop_fed`). ``busy_s``: time spent in
+    :class:`~edge_vlm.stream.frames.FedPacket` (tag, first frame, last frame, first event time)
+    for every decoded packet with events (drain with :meth:`pop_fed`). ``busy_s``: time spent in
     ``push``/``flush``. ``backend``: None picks ``"native"`` when the kernel loads, else
     ``"numpy"``; ``"native"`` raises RuntimeError when it does not load.
     """
@@ -216,7 +216,7 @@ class FrameBinner(NativeBinning):
             t, c = t[order], c[order]
         if self.track:
             P = self.period
-            self.fed.append(FedPacket(tag, int(t[0]) // P, int(t[-1]) // P))
+            self.fed.append(FedPacket(tag, int(t[0]) // P, int(t[-1]) // P, int(t[0])))
         return t, c
 
 
@@ -401,7 +401,7 @@ class FrameBinner(NativeBinning):
             starts = [0, *ends[:-1]]
             for a, e, tag in zip(starts, ends, tags):
                 if e > a:
-                    self.fed.append(FedPacket(tag, int(t[a]) // P, int(t[e - 1]) // P))
+                    self.fed.append(FedPacket(tag, int(t[a]) // P, int(t[e - 1]) // P, int(t[a])))
         clock.current = cur
         n_closed = t1 // P - cur
         if n_closed == 0:

@@ -268,8 +268,8 @@ class NativeBinning:
     def _fed_scratch(self, n: int, tag) -> None:
         """fed entry of a packet binned by the kernel (its events are time-ordered in the
         scratch)."""
-        P = self.period
-        self.fed.append(FedPacket(tag, int(self._t[0]) // P, int(self._t[n - 1]) // P))
+        P, t0 = self.period, int(self._t[0])
+        self.fed.append(FedPacket(tag, t0 // P, int(self._t[n - 1]) // P, t0))
 
     def _ntake(self) -> Frame:
         """The frame the kernel just closed (into ``_out``; a new output buffer is set)."""

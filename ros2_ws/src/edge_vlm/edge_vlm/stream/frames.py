@@ -18,14 +18,27 @@ from edge_vlm.stream.histogram import event_histogram
 
 @dataclass
 class Frame:
-    index: int          # k: the frame covers [k*P, (k+1)*P)
-    t_start: int        # ns
-    t_end: int          # ns (exclusive); used as the stamp of every output about this frame
+    index: int          # k: the frame covers [k*P, (k+1)*P) of sensor time
+    t_start: int        # ns, sensor time (the events' clock)
+    t_end: int          # ns (exclusive), sensor time
     events: np.ndarray | None  # EVENT_DTYPE, inside [t_start, t_end); None for a binned frame
     width: int          # sensor size
     height: int
     hist: np.ndarray | None = None   # (2*TIME_BINS, model_h, model_w) float32, set by FrameBinner
     count: int | None = None         # number of events (set when ``events`` is None)
+    #: EventPacket header clock - sensor time (ns) of the packets that fed the frame, set by
+    #: :class:`edge_vlm.stream.clock.HeaderClock` (0: the two clocks are taken as one)
+    stamp_offset: int = 0
+
+    @property
+    def stamp_end(self) -> int:
+        """Frame end in the EventPacket header clock (ns): the stamp of every output about it."""
+        return self.t_end + self.stamp_offset
+
+    @property
+    def stamp_start(self) -> int:
+        """Frame start in the EventPacket header clock (ns)."""
+        return self.t_start + self.stamp_offset
 
     @property
     def n_events(self) -> int:
@@ -168,11 +181,13 @@ class Rejection(NamedTuple):
 
 
 class FedPacket(NamedTuple):
-    """A decoded packet with events: the caller's tag and the frames its events fell in."""
+    """A decoded packet with events: the caller's tag, the frames its events fell in and the
+    sensor time of its first (earliest) event."""
 
     tag: object
     first_frame: int
     last_frame: int
+    t_first: int
 
 
 class Buffered(NamedTuple):

@@ -80,6 +80,8 @@ class GestureFitConfig(TrainConfig):
     scenes: bool = True                 # also the scenes beyond the gestures (scene head)
     lightings_per_subject: int = 3      # lightings streamed per training subject (rotating)
     random_sensor: bool = True          # every other recording on a randomised DVS sensor
+    extra_subjects: int = 0             # more training subjects, ids after ``subjects`` (never
+    #                                     a validation or test subject)
 
 
 @dataclass

@@ -17,9 +17,10 @@ motion (docs/design.md, "Gesture head"). This stage adds
    position). Each recording is
    streamed a second time mirrored left-right with its labels mirrored
    (:data:`~edge_vlm.model.motion.MIRROR_LABEL`): with 14 training subjects the head
-   otherwise learns the subjects' positions. A joint STTF+ANC checkpoint streams each
-   recording through one pathway, cycling Tiny / Small / Medium / routed over recordings,
-   so the head sees the vision logits of every branch;
+   otherwise learns the subjects' positions. ``extra_subjects`` adds simulated subjects with
+   ids after ``subjects`` (the validation and test subjects do not change). A joint STTF+ANC
+   checkpoint streams each recording through one pathway, cycling Tiny / Small / Medium /
+   routed over recordings, so the head sees the vision logits of every branch;
 2. ``fit``: the motion head (the only trainable part; the vision head's log-probabilities
    enter with a learned weight) for ``epochs`` passes, cross-entropy with label smoothing
    on the gesture, plus the scene groups' cross-entropies (targets a scene does not define
@@ -50,7 +51,6 @@ from tqdm import tqdm
 
 from edge_vlm.cores.graph import replay_params
 from edge_vlm.inference.factory import engine_from_params, load_model
-from edge_vlm.model.checkpoint import DEFAULT_CHECKPOINT
 from edge_vlm.model.motion import HEADS, HeadLogits, split_heads
 from edge_vlm.sim import simulate_recording, simulate_scene_recording
 from edge_vlm.evaluation.trust import calibration
@@ -341,10 +341,16 @@ def calibrate_head(head, val: MotionFrames) -> list[float]:
     return temps
 
 
-def _file_id(path: str) -> str:
-    """Content hash of a checkpoint ("" = the shipped one)."""
-    with open(path or DEFAULT_CHECKPOINT, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
+def model_id(model) -> str:
+    """Hash of the weights that make the collected frames (every parameter and buffer but the
+    motion head's: the head reads the motion state, it does not make it), so refitting the
+    heads of a checkpoint keeps its cache valid."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        if not name.startswith("motion."):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 class CollectedFrames(NamedTuple):
@@ -355,26 +361,64 @@ class CollectedFrames(NamedTuple):
     from_cache: bool
 
 
-def _collect_or_load(tc: GestureFitConfig, split: SubjectSplit, anc: bool,
+def _load_part(path: str, key: dict) -> dict | None:
+    """The cache file's content when it holds ``key``, else None."""
+    cached = torch.load(path, weights_only=False) if path and os.path.isfile(path) else None
+    return cached if cached is not None and cached.get("key") == key else None
+
+
+def _save_part(path: str, content: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        torch.save(content, path)
+
+
+def concat_frames(a: MotionFrames, b: MotionFrames) -> MotionFrames:
+    """Two collections of frames as one (``b``'s segment indices after ``a``'s)."""
+    off = int(a["clip"].max()) + 1 if len(a["clip"]) else 0
+    return MotionFrames(motion=torch.cat([a["motion"], b["motion"]]),
+                        vision=torch.cat([a["vision"], b["vision"]]),
+                        targets={k: torch.cat([a["targets"][k], b["targets"][k]])
+                                 for k in a["targets"]},
+                        clip=np.concatenate([a["clip"], b["clip"] + off]))
+
+
+def extra_subject_ids(tc: GestureFitConfig) -> list[int]:
+    """The ``extra_subjects`` training subjects: ids after ``subjects``, so the validation and
+    test subjects (drawn from 1..``subjects``) stay the same."""
+    return list(range(tc.subjects + 1, tc.subjects + 1 + max(0, tc.extra_subjects)))
+
+
+def _collect_or_load(tc: GestureFitConfig, split: SubjectSplit, model,
                      progress: bool) -> CollectedFrames:
     """:func:`collect` the training (mirrored too with ``tc.mirror``) and validation
     subjects, or read them from ``tc.cache`` when it holds the same checkpoint and data;
-    write the cache."""
-    key = {"init": _file_id(tc.init), "subjects": tc.subjects, "val_subjects": tc.val_subjects,
+    write the cache. The extra subjects (:func:`extra_subject_ids`) are kept in a second file
+    (``<cache>.extra<N>.pt``), so adding them reuses the first."""
+    anc = hasattr(model, "acfg")
+    key = {"model": model_id(model), "subjects": tc.subjects, "val_subjects": tc.val_subjects,
            "test_subjects": tc.test_subjects, "seed": tc.seed, "clip_s": tc.clip_s,
            "gap_s": tc.gap_s, "period_ns": tc.period_ns, "mirror": tc.mirror,
            "scenes": tc.scenes, "lightings_per_subject": tc.lightings_per_subject,
            "random_sensor": tc.random_sensor, "targets": 2}
-    cached = (torch.load(tc.cache, weights_only=False)
-              if tc.cache and os.path.isfile(tc.cache) else None)
-    if cached is not None and cached.get("key") == key:
-        return CollectedFrames(cached["train"], cached["val"], True)
-    train = collect(tc, split.train, tc.mirror, anc, progress)
-    val = collect(tc, split.val, False, anc, progress)
-    if tc.cache:
-        os.makedirs(os.path.dirname(os.path.abspath(tc.cache)) or ".", exist_ok=True)
-        torch.save({"key": key, "train": train, "val": val}, tc.cache)
-    return CollectedFrames(train, val, False)
+    cached = _load_part(tc.cache, key)
+    from_cache = cached is not None
+    if cached is None:
+        cached = {"key": key, "train": collect(tc, split.train, tc.mirror, anc, progress),
+                  "val": collect(tc, split.val, False, anc, progress)}
+        _save_part(tc.cache, cached)
+    train, val = cached["train"], cached["val"]
+    extra = extra_subject_ids(tc)
+    if extra:
+        path = f"{os.path.splitext(tc.cache)[0]}.extra{len(extra)}.pt" if tc.cache else ""
+        ekey = {**key, "extra": extra}
+        part = _load_part(path, ekey)
+        from_cache = from_cache and part is not None
+        if part is None:
+            part = {"key": ekey, "train": collect(tc, extra, tc.mirror, anc, progress)}
+            _save_part(path, part)
+        train = concat_frames(train, part["train"])
+    return CollectedFrames(train, val, from_cache)
 
 
 def fit_gesture(tc: GestureFitConfig, progress: bool = True) -> dict:
@@ -384,7 +428,7 @@ def fit_gesture(tc: GestureFitConfig, progress: bool = True) -> dict:
     t0 = time.time()
     model, meta = load_model(tc.init)
     split = subject_split(tc)
-    frames = _collect_or_load(tc, split, hasattr(model, "acfg"), progress)
+    frames = _collect_or_load(tc, split, model, progress)
     t_collect = time.time() - t0
 
     model.cfg.motion_width = tc.motion_width
@@ -407,7 +451,7 @@ def fit_gesture(tc: GestureFitConfig, progress: bool = True) -> dict:
            "val": accuracy(head, frames.val), "val_ece_uncalibrated": uncalibrated,
            "temperatures": dict(zip(HEADS, temps)),
            "train_frames": int(len(frames.train["clip"])),
-           "val_subjects": split.val, "train_subjects": split.train,
+           "val_subjects": split.val, "train_subjects": split.train + extra_subject_ids(tc),
            "seconds": round(time.time() - t0, 1), "collect_seconds": round(t_collect, 1),
            "streamed_frames_from_cache": frames.from_cache}
     return save_fit(tc.out, model, meta, "gesture_fit", fit, history)
