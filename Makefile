@@ -10,7 +10,7 @@ help:
 	@echo "make test   - set up (idempotent), then lint (ruff, 99 columns) and run the test suite"
 	@echo "make bench  - benchmarks (writes docs/benchmarks.md)"
 	@echo "make train  - retrain the shipped STTF+ANC checkpoint (CPU, ~105 min)"
-	@echo "make train-heads - refit only the gesture + scene heads of the shipped checkpoint (~30 min)"
+	@echo "make train-heads - refit only the gesture + scene heads of the shipped checkpoint (~50 min)"
 	@echo "make setup  - create .venv, install pinned dependencies, build the ROS 2 workspace"
 
 setup:
@@ -43,7 +43,7 @@ train: setup
 	  edge-vlm train --model router --init data/train_anc/captioner.pt --out data/train_router/captioner.pt \
 	    --no-progress | tee data/train_router/train_log.txt && \
 	  edge-vlm train --model gesture --init data/train_router/captioner.pt --out data/train_gesture/captioner.pt \
-	    --cache data/train_gesture/frames.pt --no-progress | tee data/train_gesture/train_log.txt && \
+	    --extra-subjects 10 --cache data/train_gesture/frames.pt --no-progress | tee data/train_gesture/train_log.txt && \
 	  cp data/train_gesture/captioner.pt $(CKPT_DIR)/captioner.pt && \
 	  cp data/train_gesture/gesture_fit.json $(CKPT_DIR)/gesture_fit.json && \
 	  cp data/train_router/router_fit.json $(CKPT_DIR)/router_fit.json && \

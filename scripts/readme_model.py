@@ -48,8 +48,9 @@ def _training(st: dict, an: dict, rf: dict, gf: dict) -> list[str]:
           "data/train_router/captioner.pt  # the router, on the frozen branches",
           "edge-vlm train --model gesture --init data/train_router/captioner.pt --out "
           "data/train_gesture/captioner.pt \\",
-          "  --cache data/train_gesture/frames.pt   # the gesture + scene heads (width 32, "
-          "20 epochs, inputs shifted by up to 1 patch), on the frozen model",
+          "  --extra-subjects 10 --cache data/train_gesture/frames.pt   # the gesture + scene "
+          "heads (width 32, 20 epochs, inputs shifted by up to 1 patch, 10 more simulated "
+          "training subjects), on the frozen model",
           "```", "",
           "The shipped heads (gesture with \"no gesture\", scene kind, direction, speed, "
           "position, and their calibration temperatures) come from that last command run alone on "
@@ -59,7 +60,9 @@ def _training(st: dict, an: dict, rf: dict, gf: dict) -> list[str]:
              f"{st['best_epoch']}, early stopping), ANC {an['total_seconds'] / 60:.0f} min (best "
              f"epoch {an['best_epoch']}), router {rf['seconds'] / 60:.0f} min, gesture head "
              f"{gf['seconds'] / 60:.0f} min"
-             + (" from the cached streamed frames" if gf.get("streamed_frames_from_cache") else "")
+             + (" from the cached streamed frames" if gf.get("streamed_frames_from_cache") else
+                "" if gf.get("collect_seconds") is None else
+                f" ({gf['collect_seconds'] / 60:.0f} of them streaming)")
              + f" (best epoch {gf['best_epoch']}). Logs, summaries, the calibration, the router "
              "fit and the gesture-head fit are next to the checkpoint (`train_log_*.txt`, "
              "`train_summary_*.json`, `calibrate_sttf.json`, `router_fit.json`, "

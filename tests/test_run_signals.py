@@ -4,6 +4,7 @@ lost: raised while Python runs a finalizer (seen: rclpy's ``Future.__del__``), i
 node hangs until launch escalates to SIGKILL and its shutdown report is lost."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -55,3 +56,28 @@ def test_node_stops_when_its_keyboard_interrupt_is_lost():
     assert out.returncode == 0, out.stdout + out.stderr
     ticks = int(out.stdout.split("report after ")[1].split()[0])
     assert ticks < 3 + 20, out.stdout                       # stopped within ~1 s of the signal
+
+
+def test_lifeline_gives_the_node_default_stop_signals():
+    """A launcher started as a background job (``cmd &``, nohup) ignores SIGINT and SIGHUP, and
+    ignored signals survive exec: ``lifeline.py`` restores them before it execs the node, so the
+    node hears launch's SIGINT (Python then installs its KeyboardInterrupt handler)."""
+    import signal
+
+    from edge_vlm_ros import lifeline
+
+    probe = ("import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler,"
+             " signal.getsignal(signal.SIGHUP) is signal.SIG_DFL)")
+
+    def ignore_stop_signals():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def probe_run(cmd):
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                              preexec_fn=ignore_stop_signals).stdout.split()
+
+    assert probe_run([sys.executable, "-c", probe]) == ["False", "False"]   # inherited: ignored
+    wrapped = [sys.executable, lifeline.__file__, "--parent", str(os.getpid()), "--",
+               sys.executable, "-c", probe]
+    assert probe_run(wrapped) == ["True", "True"]
