@@ -118,8 +118,9 @@ build_native_ext() {
   fi
 }
 # Then the fused encoder-block kernel of the sparse ViT (_native/sparsevit.c -> libsparsevit.so,
-# edge_vlm/model/native_vit.py): -O3, its AVX2/FMA/F16C code compiled per function (a CPU without
-# them is told apart at run time). Rebuilt when sparsevit.c is newer. Without gcc, or if it fails,
+# edge_vlm/model/native_vit.py): -O3, its AVX-512 and AVX2/FMA/F16C kernels compiled per function
+# with target attributes (the library picks the widest set the CPU runs at run time; a CPU with
+# neither is told apart then). Rebuilt when sparsevit.c is newer. Without gcc, or if it fails,
 # the encoder runs its PyTorch path (same results, slower).
 build_native_vit() {
   local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"

@@ -27,7 +27,7 @@ SRC = ROOT / "ros2_ws" / "src"
 #: layer of each top-level part of the core package (lowest first); a module may import its own
 #: layer and lower ones
 LAYERS = {
-    "events": 0, "params": 0, "paths": 0, "topics": 0, "report": 0,
+    "events": 0, "params": 0, "paths": 0, "topics": 0, "report": 0, "domains": 0,
     "io": 1,
     "datasets": 2, "sim": 2,
     "stream": 3,

@@ -10,6 +10,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -210,14 +211,25 @@ def _aedat4_header(tmp_path: Path) -> bytes:
     return data[:18 + struct.unpack_from("<i", data, 14)[0]]
 
 
+#: runs argv[2:] and writes its peak RSS (KiB, it and its waited-for children) to argv[1]: a
+#: fresh small process measures, since a child spawned by this (large) test process inherits
+#: its peak RSS (Linux keeps the high-water mark of the memory a process had before exec)
+_MEASURE = ("import os, subprocess, sys\n"
+            "p = subprocess.Popen(sys.argv[2:])\n"
+            "_, status, usage = os.wait4(p.pid, 0)\n"
+            "open(sys.argv[1], 'w').write(str(usage.ru_maxrss))\n"
+            "sys.exit(os.waitstatus_to_exitcode(status))\n")
+
+
 def _run_measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float]:
     """Run ``cmd``; its result and the peak RSS (MB) of it and its waited-for children."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
-    _, status, usage = os.wait4(p.pid, 0)
-    out, err = p.stdout.read().decode(), p.stderr.read().decode()
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return (subprocess.CompletedProcess(cmd, p.returncode, out, err),
-            usage.ru_maxrss / 1024)
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_file = os.path.join(tmp, "maxrss")
+        r = subprocess.run([sys.executable, "-c", _MEASURE, rss_file, *cmd],
+                           capture_output=True, text=True, env=_env())
+        with open(rss_file) as fh:
+            rss_kib = int(fh.read())
+    return subprocess.CompletedProcess(cmd, r.returncode, r.stdout, r.stderr), rss_kib / 1024
 
 
 @pytest.mark.parametrize("claim", ["header", "packet"])

@@ -100,7 +100,9 @@ def test_bench_sttf_quick():
     # both encoder backends timed on the same frames; the speedup divides the faster dense one
     eb = r["encoder_backends"]
     assert r["encoder_backend"] in eb and "torch" in eb
-    assert r["encoder_backend"] == ("native" if native_vit.load() is not None else "torch")
+    # the sparse backend the per-CPU choice runs (native wherever it is measured faster)
+    assert r["encoder_backend"] == (r["backend_choice"]["sparse"] if native_vit.load() is not None
+                                    else "torch")
     best = min(v["dense_ms_steady"] for v in eb.values())
     assert r["dense_backend"] in eb and eb[r["dense_backend"]]["dense_ms_steady"] == best
     assert r["encoder_ms_steady_dense"] == pytest.approx(best)
@@ -196,9 +198,18 @@ def test_bench_all_flattens_the_parts(monkeypatch):
         "accuracy_dense": 0.5, "model": {"checkpoint": None}}))
     monkeypatch.setattr(bench_all_mod, "bench_anc", part("anc", {
         "accuracy_dense": 0.9, "budget_sweep": [{"budget": 1.0}]}))
+    monkeypatch.setattr(bench_all_mod, "bench_peers", part("peers", {"peers": [{"method": "x"}]}))
     monkeypatch.setattr(bench_all_mod, "bench_e2e", part("e2e", {"backlog_grows": False}))
+    monkeypatch.setattr(bench_all_mod, "bench_streams", part("streams", {
+        "streams_realtime_2cores": 2}))
+    monkeypatch.setattr(bench_all_mod, "bench_multihost", part("multihost", {
+        "captions_per_frame": 0.97, "caption_latency_ms_p95": 99.0, "namespaces_left": []}))
     r = bench_all_mod.bench_all(quick=True, threads=2)
-    assert [c[0] for c in calls] == ["decode", "sttf", "anc", "e2e"]
+    assert [c[0] for c in calls] == ["decode", "sttf", "anc", "peers", "e2e", "streams",
+                                     "multihost"]
+    assert r["streams_realtime_2cores"] == 2 and r["multihost_namespaces_left"] == []
+    # the multi-host latency is its own key, never the single-host graph's
+    assert r["multihost_caption_latency_ms_p95"] == 99.0 and r["caption_latency_ms_p95"] is None
     assert list(r)[:2] == ["timestamp", "machine"] and r["machine"]["threads"] == 2
     assert list(r)[2:2 + len(report.SUMMARY_KEYS)] == list(report.SUMMARY_KEYS)
     assert r["mono_mev_per_s"] == 1.0 and r["accuracy_dense"] == 0.5
@@ -206,11 +217,15 @@ def test_bench_all_flattens_the_parts(monkeypatch):
     assert r["speedup_steady"] is None
     assert r["budget_sweep"] == [{"budget": 1.0}] and r["checkpoint"] == {"checkpoint": None}
     assert list(r)[-3:] == ["checkpoint", "details", "bench_wall_s"]
-    assert list(r["details"]) == ["decode", "sttf", "anc", "e2e"]
+    assert list(r["details"]) == ["decode", "sttf", "anc", "peers", "e2e", "streams",
+                                  "multihost"]
+    assert r["peers"] == [{"method": "x"}]
     calls.clear()
-    r = bench_all_mod.bench_all(quick=True, e2e=False, anc_part=False)
+    r = bench_all_mod.bench_all(quick=True, e2e=False, anc_part=False, peers_part=False)
     assert [c[0] for c in calls] == ["decode", "sttf"]
-    assert r["details"]["anc"] == r["details"]["e2e"] == {"skipped": "disabled"}
+    assert (r["details"]["anc"] == r["details"]["e2e"] == r["details"]["streams"]
+            == r["details"]["multihost"] == {"skipped": "disabled"})
+    assert r["details"]["peers"] == {"skipped": "disabled"} and r["peers"] is None
 
 
 def test_cli_decode_json(capsys, tmp_path):
@@ -277,3 +292,44 @@ def test_sparse_cost_fit_recovers_a_line():
     assert fit["dense_per_token_ms"] == pytest.approx(0.1)
     assert fit["tokens_mean"] == pytest.approx(np.mean([10, 20, 30, 40, 12]))
     assert sttf_timing.cost_fit(sparse, dense, np.full(7, 16.0), refreshed, 256) is None
+
+
+def test_bench_peers_quick(tmp_path):
+    """The peers part (quick profile, a tiny joint checkpoint: figures not meaningful): every
+    row has the declared fields, 3+ operating points per peer method, the table and plot."""
+    import torch
+
+    from edge_vlm.bench.peers import ROW_FIELDS, bench_peers
+    from edge_vlm.model.anc import AncModel
+    from edge_vlm.model.checkpoint import save_checkpoint
+    from edge_vlm.model.config import ModelConfig
+    from edge_vlm.model.sttf import CaptionModel
+    from edge_vlm.model.tokenizer import Tokenizer
+
+    torch.manual_seed(0)
+    vocab = Tokenizer.build(["a person waves"]).vocab
+    ck = str(tmp_path / "joint.pt")
+    save_checkpoint(ck, AncModel.grow_from(CaptionModel(ModelConfig(dim=32, heads=2, depth=2,
+                                                                    vocab=vocab))))
+    r = bench_peers(checkpoint=ck, quick=True, plot=str(tmp_path / "peers.png"))
+    rows = r["peers"]
+    for row in rows:
+        assert set(ROW_FIELDS) <= set(row), row
+        assert row["gflops"] > 0 and row["frame_ms"] > 0 and row["encoder_ms"] > 0
+        assert row["accuracy"] is None or 0 <= row["accuracy"] <= 1
+    methods = [row["method"] for row in rows]
+    assert methods.count("dense") == 1 and methods.count("sttf_anc") == 1
+    for m in ("tome", "topk", "sttf"):
+        assert methods.count(m) >= 3, m
+    by = {(row["method"], row["setting"]): row for row in rows}
+    enc = {k: row["encoder_gflops"] for k, row in by.items()}
+    assert enc[("tome", "r=32")] < enc[("tome", "r=8")] < enc[("dense", "")]
+    assert enc[("topk", "k=16")] < enc[("topk", "k=64")] < enc[("dense", "")]
+    assert by[("dense", "")]["token_error_dense"] == 0.0
+    assert by[("tome", "r=0")]["token_error_dense"] < 1e-5      # the dense pass, ToMe's code
+    assert by[("tome", "r=0")]["label_agreement_dense"] == 1.0
+    assert by[("tome", "r=32")]["token_error_dense"] > 1e-3
+    assert r["target"]["met"] in (True, False) and r["verdict"]
+    assert os.path.getsize(tmp_path / "peers.png") > 1000
+    text = report.markdown({"details": {"peers": r}}, "edge-vlm bench all")
+    assert "## Peers on the same frames" in text and "| tome | r=8 |" in text

@@ -259,14 +259,14 @@ def test_caption_reuse_gates_the_decoder_against_the_last_decoded_prefix(monkeyp
     prefixes.clear()
     eng = StreamingCaptioner(m, refresh_period=0, caption_reuse_threshold=0.05)
     fused_seen, dec_ref, prev_label = [], None, None
-    orig_fuse = m.fuse
+    orig_fuse = eng.fusion_cache.fuse      # the sparse engine's fusion (cached keys/values)
 
     def fuse_spy(*a, **k):
         out = orig_fuse(*a, **k)
-        fused_seen.append(out[0].clone())
+        fused_seen.append(out.fused.clone())
         return out
 
-    monkeypatch.setattr(m, "fuse", fuse_spy)
+    monkeypatch.setattr(eng.fusion_cache, "fuse", fuse_spy)
     for h in frames:
         r = eng.process(h)
         f = fused_seen[-1]

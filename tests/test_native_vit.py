@@ -386,3 +386,112 @@ def test_loaded_models_share_one_version_counter_per_encoder(tmp_path):
     loaded, _ = load_model(str(tmp_path / "m.pt"))
     vits = [x for x in loaded.modules() if isinstance(x, SparseViT)]
     assert vits and all("_native_shared" in v.__dict__ for v in vits)
+    # the per-CPU backend choice is made at load, not on the first frame
+    assert all("_native_choice" in v.__dict__ for v in vits)
+
+
+# ---- the AVX-512 kernels, their dispatch, and the per-CPU backend choice ----------------------
+
+_AVX512 = {"avx512f", "avx512bw", "avx512vl", "avx512dq"}
+
+
+@needs_kernel
+def test_dispatch_picks_the_widest_kernels_this_cpu_runs():
+    """AVX-512 where the CPU has AVX-512F/BW/VL/DQ (this project's Xeons), else AVX2; set_isa
+    narrows it, never widens it past the CPU, and None restores the default."""
+    widest = "avx512" if _AVX512 <= _cpu_flags() else "avx2"
+    assert native_vit.isa() == widest
+    try:
+        assert native_vit.set_isa("avx2") == "avx2" == native_vit.isa()
+        assert native_vit.set_isa("avx512") == widest
+        with pytest.raises(ValueError):
+            native_vit.set_isa("sse2")
+    finally:
+        assert native_vit.set_isa(None) == widest
+
+
+@pytest.fixture(params=["avx2", "avx512"])
+def isa(request):
+    """Each kernel set in turn (the AVX-512 one skipped where the CPU lacks it)."""
+    if native_vit.load() is None:
+        pytest.skip(f"kernel not loaded: {native_vit.why()}")
+    if native_vit.set_isa(request.param) != request.param:
+        native_vit.set_isa(None)
+        pytest.skip(f"this CPU does not run the {request.param} kernels")
+    yield request.param
+    native_vit.set_isa(None)
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu"])
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 9, 16, 17, 25, 49, 64])
+@pytest.mark.parametrize("half_exact", [False, True])
+@torch.no_grad()
+def test_each_kernel_set_matches_torch(isa, act, n, half_exact):
+    """Every row-tile height (1..12 rows, balanced splits of n) and both weight precisions, on
+    a 48-wide block (3 heads of 16; its qkv and proj outputs end in a 16-column tail after the
+    32-column tiles), against the PyTorch sparse step; the token memory is updated the same way."""
+    blk = _block(d=48, heads=3, ratio=2, act=act, half_exact=half_exact, seed=n)
+    lm = _memory(blk, n=80, d=48)
+    lm_t = _clone(lm)
+    g = torch.Generator().manual_seed(100 + n)
+    idx = torch.from_numpy(np.sort(np.random.default_rng(n).choice(80, n, replace=False)))
+    x = torch.randn(n, 48, generator=g)
+    want = _torch_sparse(blk, lm_t, x.clone(), idx)
+    got = native_vit.run_layer(blk, lm, x, idx)
+    assert got is not None and native_vit.isa() == isa
+    assert torch.allclose(got, want, atol=2e-5, rtol=1e-4)
+    for k in ("x", "kt", "v", "out"):
+        assert torch.allclose(getattr(lm, k), getattr(lm_t, k), atol=2e-5, rtol=1e-4), k
+
+
+@torch.no_grad()
+def test_each_kernel_set_runs_whole_passes_like_torch(isa):
+    """A dense pass (256 tokens: the float32 weights on AVX-512) and sparse passes (the float16
+    copies) of a float16-exact ViT of the shipped width, against the PyTorch passes."""
+    cfg = ModelConfig(dim=128, heads=4, depth=2, mlp_ratio=4)
+    torch.manual_seed(7)
+    vit = SparseViT(cfg).eval()
+    with torch.no_grad():
+        for p in vit.parameters():
+            p.copy_(p.half().float())
+    e = torch.randn(cfg.num_tokens, 128)
+    outs = {}
+    for nat in (True, False):
+        set_native(vit, nat)
+        mem = new_memory(vit)
+        outs[nat] = [dense_infer(vit, e, mem)]
+        for n in (1, 16, 40):
+            idx = torch.randperm(cfg.num_tokens, generator=torch.Generator().manual_seed(n))[:n]
+            outs[nat].append(sparse_infer(vit, e * (1 + n / 100), idx.sort().values, mem, [])[0])
+    set_native(vit, None)
+    for a, b in zip(outs[True], outs[False]):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+@needs_kernel
+@torch.no_grad()
+def test_backend_choice_is_measured_per_cpu_and_kept():
+    """By default a ViT's passes run on the backend its calibration measured faster on this CPU,
+    per pass kind, decided once per ViT shape; set_native forces one; without the kernel (or its
+    AVX-512 set) the choice is the faster of what remains."""
+    from edge_vlm.inference import vit as vit_mod
+    cfg = ModelConfig(dim=32, heads=2, depth=2)
+    torch.manual_seed(8)
+    a, b = SparseViT(cfg).eval(), SparseViT(cfg).eval()
+    choice = vit_mod.backend_choice(a)
+    assert vit_mod.backend_choice(b) is choice           # the same shape: measured once
+    t = choice.timings_ms
+    assert set(t) == {"dense_native", "dense_torch", "sparse_native", "sparse_torch"}
+    assert all(v > 0 for v in t.values())
+    assert choice.dense == (t["dense_native"] <= t["dense_torch"])
+    assert choice.sparse == (t["sparse_native"] <= t["sparse_torch"])
+    assert choice.isa == native_vit.isa()
+    assert vit_mod.native_mode(a) is None                 # the calibration left it as it was
+    assert vit_mod.native_on(a) == choice.sparse
+    assert vit_mod.native_on(a, dense=True) == choice.dense
+    set_native(a, False)
+    assert not vit_mod.native_on(a) and not vit_mod.native_on(a, dense=True)
+    set_native(a, None)
+    assert vit_mod.native_on(a) == choice.sparse
+    assert choice.names() == {"dense": "native" if choice.dense else "torch",
+                              "sparse": "native" if choice.sparse else "torch"}

@@ -26,6 +26,8 @@ setup(
             "edge_vlm_demo = edge_vlm_tools.demo:main",
             # the whole graph in one process and one executor (launch: single_process:=true)
             "edge_vlm_graph = edge_vlm_tools.graph:main",
+            # drone + ground hosts in network namespaces (edge-vlm bench multihost; root)
+            "edge_vlm_multihost = edge_vlm_tools.multihost:main",
         ],
     },
 )

@@ -6,7 +6,7 @@ and optionally their input (a bag player or a camera driver).
         [checkpoint:=/path/captioner.pt] [namespace:=ns] [events_topic:=/event_camera/events]
         [image_topic:=/camera/image_raw] [use_rgb:=auto|never|always] [graph:=/path/graph.yaml]
         [params:='{vlm_captioner.decoding: beam}'] [single_process:=false] [log_dir:=DIR]
-        [use_sim_time:=false]
+        [use_sim_time:=false] [nodes:=all|drone|ground|NAME,NAME]
 
 The graph file defaults to ``edge_vlm.cores.graph.default_graph_path()``, as for the runner
 (``edge_vlm_run``): ``EDGE_VLM_GRAPH`` when set, else ``config/graph.yaml`` of this package
@@ -27,6 +27,16 @@ screen.
 ``/clock``, and the bag player (``source:=bag``) publishes ``/clock`` from the bag's header
 stamps (``edge_vlm_play --clock``). Outputs are stamped in the EventPackets' header clock
 either way (docs/design.md, "Time stamps"); ROS time only drives the nodes' timers and logs.
+
+Where the nodes run (``nodes``), for a graph split across hosts (docs/deploy.md): ``all``
+(default) starts every node of the graph; ``drone`` the onboard half (the input source,
+``sttf_perception``, ``anc_router``); ``ground`` the ground station's half (``vlm_captioner``);
+or a comma-separated list of node names of the graph. The halves find each other through DDS
+(same ``ROS_DOMAIN_ID``; without multicast: ``ROS_STATIC_PEERS=<the other host>`` with
+``ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET``). A ``source`` belongs to the drone: ``nodes:=ground``
+takes ``source:=none``. With ``nodes:=drone`` and ``source:=bag`` the player waits for one more
+EventPacket subscriber than the drone's nodes: the ground's captioner (``wait_subscribers``
+overrides the count). ``single_process:=true`` runs the whole graph: only with ``nodes:=all``.
 
 Input (``source``):
   * ``none`` (default): a camera driver or bag player started elsewhere publishes
@@ -59,6 +69,8 @@ SOURCES = ("none", "bag", "camera")
 CAMERAS = ("dv", "metavision", "rgb")
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off", "")
+#: the halves of a graph split across hosts (``nodes:=drone|ground``), by node package
+ROLES = {"drone": ("sttf_perception", "anc_router"), "ground": ("vlm_captioner",)}
 
 
 def _overrides(arg) -> dict:
@@ -134,6 +146,28 @@ def _single_process(graph: str | None, overrides: dict, namespace: str | None,
                 output="screen", prefix=prefix, exec_name="edge_vlm_graph")
 
 
+def _select(specs: list, nodes: str) -> list:
+    """The node specs that ``nodes`` (all, drone, ground, or node names) runs on this host."""
+    if nodes in ("", "all"):
+        return list(specs)
+    if nodes in ROLES:
+        return [s for s in specs if s.package in ROLES[nodes]]
+    names = [n.strip() for n in nodes.split(",") if n.strip()]
+    unknown = sorted(set(names) - {s.name for s in specs})
+    if unknown or not names:
+        raise ValueError(f"nodes:={nodes}: expected all, drone, ground or node names of the "
+                         f"graph ({', '.join(s.name for s in specs)})")
+    return [s for s in specs if s.name in names]
+
+
+def _subscribers(arg, nodes: str, count: int) -> int:
+    """EventPacket subscriptions the bag player waits for: ``wait_subscribers`` when set, else
+    this host's (``count``), plus the ground's captioner when this is the drone."""
+    if arg("wait_subscribers"):
+        return int(arg("wait_subscribers"))
+    return count + (len(ROLES["ground"]) if nodes == "drone" else 0)
+
+
 def _nodes(context):
     arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
     source = arg("source")
@@ -146,9 +180,15 @@ def _nodes(context):
             inputs[key] = arg(f"{key}_topic")
     namespace = arg("namespace") or None
     overrides = _overrides(arg)
-    specs = load_graph(graph, overrides, namespace=namespace, inputs=inputs)
+    nodes = arg("nodes")
+    specs = _select(load_graph(graph, overrides, namespace=namespace, inputs=inputs), nodes)
+    if nodes == "ground" and source != "none":
+        raise ValueError(f"nodes:=ground takes source:=none (the source runs on the drone), "
+                         f"not source:={source}")
     sim_time = _flag(arg, "use_sim_time")
     if _flag(arg, "single_process"):
+        if nodes not in ("", "all"):
+            raise ValueError(f"single_process:=true runs every node: not with nodes:={nodes}")
         actions = [_single_process(graph, overrides, namespace, inputs,
                                    _prefix(arg, "edge_vlm_graph"), sim_time)]
         subscribers = 1           # the graph process subscribes to the events once
@@ -162,6 +202,7 @@ def _nodes(context):
             for s in specs
         ]
         subscribers = len(specs)
+    subscribers = _subscribers(arg, nodes, subscribers)
     if source == "bag":
         actions.append(_player(arg, inputs["events"], subscribers, _prefix(arg, "player")))
     elif source == "camera":
@@ -218,6 +259,14 @@ def generate_launch_description():
             "single_process", default_value="false",
             description="true: every node in one process and one executor (edge_vlm_graph; "
                         "the model loaded once, the events received once)"),
+        DeclareLaunchArgument(
+            "nodes", default_value="all",
+            description="nodes run on this host: all, drone (sttf_perception, anc_router and "
+                        "the source), ground (vlm_captioner) or node names, comma-separated"),
+        DeclareLaunchArgument(
+            "wait_subscribers", default_value="",
+            description="source:=bag: EventPacket subscriptions the player waits for (empty: "
+                        "this host's nodes, plus the ground's captioner with nodes:=drone)"),
         DeclareLaunchArgument(
             "log_dir", default_value="",
             description="write each process's output to LOG_DIR/<node>.log instead of the "

@@ -1,10 +1,18 @@
 """The base of the event-driven nodes: EventPackets in, closed frames out.
 
-:class:`FrameNode` subscribes to the EventPacket topic, decodes and bins the stream with
-:class:`edge_vlm.stream.binner.FrameBinner` and hands the closed frames to the node's
-``on_frames``, stamped in the EventPacket header clock (:class:`edge_vlm.stream.clock.HeaderClock`:
-``frame.stamp_end`` is the stamp of every output about a frame); it holds the node's
+:class:`FrameSource` decodes and bins one EventPacket stream
+(:class:`edge_vlm.stream.binner.FrameBinner` through the intake of :mod:`edge_vlm_ros.intake`),
+stamps the closed frames in the EventPacket header clock
+(:class:`edge_vlm.stream.clock.HeaderClock`: ``frame.stamp_end`` is the stamp of every output
+about a frame) and hands them to its frame nodes. :class:`FrameNode` (the nodes' mixin)
+subscribes to the EventPacket topic with a source of its own, and holds the node's
 :class:`~edge_vlm_ros.diagnostics.Diagnostics`.
+
+In the single-process graph (``edge_vlm_tools.graph``) the frame nodes of one event topic and
+one frame grid share ONE source (:meth:`FrameNode.share_source`): each packet is decoded and
+binned once and every node gets the same closed frames, in graph order. The intake counters
+(packets, events, rejected, sequence gaps, late events, clock resets, stamp jumps) are then
+the shared source's: the values each node would have counted on the same packets.
 """
 from __future__ import annotations
 
@@ -33,36 +41,132 @@ IDLE_FLUSH_S = 1.0
 IDLE_CHECK_S = 0.25
 
 
+class FrameSource:
+    """One EventPacket stream -> closed frames, stamped, for the frame nodes in ``sinks``.
+
+    ``key`` (frame period, model width, model height): nodes with the same key close the same
+    frames from the same packets, so they can share a source. Which packets fed which frame
+    (:class:`~edge_vlm.stream.intake.FrameInputs`) is kept for each node that asks for it
+    (:meth:`track_inputs`: its own record, which it pops)."""
+
+    def __init__(self, logger, params: dict):
+        self.period = period_ns(params)
+        self.key = (self.period, int(params["model_width"]), int(params["model_height"]))
+        self.binner = FrameBinner(self.period, self.key[1], self.key[2], track_packets=True)
+        self.clock = self.binner.clock            # frame index, late_events, resets
+        self.header_clock = HeaderClock(self.period)   # sensor time -> header clock
+        self.input = EventInput(logger, self.binner)
+        self.inputs: list[FrameInputs] = []
+        self.sinks: list[FrameNode] = []
+        self.last_packet: float | None = None
+
+    def track_inputs(self) -> FrameInputs:
+        """A new record of the packets that feed each frame, kept from now on."""
+        self.inputs.append(FrameInputs())
+        return self.inputs[-1]
+
+    def feed(self, msg) -> None:
+        """One EventPacket message (never raises: rejects counted and logged)."""
+        now = self.last_packet = time.monotonic()
+        for node in self.sinks:
+            node.diagnostics.last_input = now
+        self._take(self.input.feed(msg))
+
+    def _take(self, res: IntakeResult) -> None:
+        """Record which packets fed which frames (their header-clock offsets; their stamps and
+        decode time when tracked), then hand the frames closed, stamped, to every sink."""
+        fed = self.binner.pop_fed()
+        for f in fed:
+            msg = f.tag
+            stamp = time_to_ns(msg.header.stamp)
+            self.header_clock.packet(f, stamp, msg.encoding, msg.time_base)
+            for inputs in self.inputs:
+                inputs.add_frames(f.first_frame, f.last_frame, stamp, res.decode_ms / len(fed))
+        if res.frames:
+            self.header_clock.stamp(res.frames)
+            for node in self.sinks:
+                node._emit(res.frames)
+
+    def idle_check(self, logger) -> None:
+        """Close the open frame after :data:`IDLE_FLUSH_S` without packets."""
+        if self.last_packet is not None and time.monotonic() - self.last_packet > IDLE_FLUSH_S:
+            self.last_packet = None
+            try:
+                res = self.input.flush()
+            except Exception as exc:  # keep running whatever the stream does
+                logger.warning(f"frame binning error at idle flush: {exc}")
+                return
+            self._take(res)
+
+
 class FrameNode:
     """Mixin for the event-driven nodes (combine with ``rclpy.node.Node``).
 
-    :meth:`setup_frames` subscribes to the EventPacket topic, decodes and bins
-    the stream with :class:`edge_vlm.stream.binner.FrameBinner` (frames on the absolute
-    grid, histograms on the model grid, batched per frame) and calls
+    :meth:`setup_frames` subscribes to the EventPacket topic and gives the node its own
+    :class:`FrameSource` (decode + bin with :class:`edge_vlm.stream.binner.FrameBinner`:
+    frames on the absolute grid, histograms on the model grid), which calls
     ``self.on_frames(frames)`` with the closed frames, oldest first, their ``stamp_offset``
-    set (outputs carry ``frame.stamp_end``: the frame end in the EventPacket header clock). After
-    :data:`IDLE_FLUSH_S` without packets the open frame is closed (end of a bag).
+    set (outputs carry ``frame.stamp_end``: the frame end in the EventPacket header clock).
+    After :data:`IDLE_FLUSH_S` without packets the open frame is closed (end of a bag).
     ``self.diagnostics`` publishes the node's status once per second; counters are
-    logged by :meth:`shutdown_report`.
+    logged by :meth:`shutdown_report`. :meth:`share_source`: the node takes its frames from
+    another node's source instead (single-process graph).
     """
 
     def setup_frames(self, params: dict, track_inputs: bool = False) -> None:
         self.period = period_ns(params)
-        self.binner = FrameBinner(self.period, int(params["model_width"]),
-                                  int(params["model_height"]), track_packets=True)
-        self.clock = self.binner.clock            # frame index, late_events, resets
-        self.header_clock = HeaderClock(self.period)   # sensor time -> header clock
-        self.input = EventInput(self.get_logger(), self.binner)
-        self.inputs = FrameInputs() if track_inputs else None
+        self.source = FrameSource(self.get_logger(), params)
+        self._inputs = self.source.track_inputs() if track_inputs else None
         self.frames_out = 0
         self.dropped_frames = 0          # frames dropped by backpressure (vlm_captioner)
         self.processing_errors = 0
-        self._last_packet = None
         self._events = subscription(self, EventPacket, "events", self._on_packets)
-        self.create_timer(IDLE_CHECK_S, self._idle_check,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._idle_timer = self.create_timer(IDLE_CHECK_S, self._idle_check,
+                                             clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.diagnostics = Diagnostics(self, self.counters, self.diagnostic_values,
                                        lambda: self.input.frame_id)
+        self.source.sinks.append(self)
+
+    # the source's parts, as the nodes use them
+    @property
+    def binner(self) -> FrameBinner:
+        return self.source.binner
+
+    @property
+    def clock(self):
+        return self.source.clock
+
+    @property
+    def header_clock(self) -> HeaderClock:
+        return self.source.header_clock
+
+    @property
+    def input(self) -> EventInput:
+        return self.source.input
+
+    @property
+    def inputs(self) -> FrameInputs | None:
+        """Which packets fed which frame (None unless ``track_inputs``)."""
+        return self._inputs
+
+    def share_source(self, source: FrameSource) -> None:
+        """Take the closed frames of ``source`` (another node's, same ``key``) instead of
+        decoding the packets again: the node's own event subscription and idle timer go (the
+        source's owner keeps its timer)."""
+        if source is self.source:
+            return
+        if source.key != self.source.key:
+            raise ValueError(f"{self.get_name()}: frame grid {self.source.key} differs from the "
+                             f"shared source's {source.key}")
+        self.source.sinks.remove(self)
+        if self._events is not None:
+            self.destroy_subscription(self._events)
+            self._events = None
+        self.destroy_timer(self._idle_timer)
+        if self._inputs is not None:
+            self._inputs = source.track_inputs()
+        self.source = source
+        source.sinks.append(self)
 
     def _on_packets(self, msg) -> None:
         """The events subscription: this packet, then those queued behind it (qos.drain)."""
@@ -70,33 +174,10 @@ class FrameNode:
         drain(self._events, self._on_packet)
 
     def _on_packet(self, msg) -> None:
-        self._last_packet = self.diagnostics.last_input = time.monotonic()
-        self._take(self.input.feed(msg))   # never raises: rejects counted and logged
-
-    def _take(self, res: IntakeResult) -> None:
-        """Record which packets fed which frames (their header-clock offsets; their stamps and
-        decode time when tracked), then emit the frames closed, stamped."""
-        fed = self.binner.pop_fed()
-        for f in fed:
-            msg = f.tag
-            stamp = time_to_ns(msg.header.stamp)
-            self.header_clock.packet(f, stamp, msg.encoding, msg.time_base)
-            if self.inputs is not None:
-                self.inputs.add_frames(f.first_frame, f.last_frame, stamp,
-                                       res.decode_ms / len(fed))
-        if res.frames:
-            self.header_clock.stamp(res.frames)
-            self._emit(res.frames)
+        self.source.feed(msg)   # never raises: rejects counted and logged
 
     def _idle_check(self) -> None:
-        if self._last_packet is not None and time.monotonic() - self._last_packet > IDLE_FLUSH_S:
-            self._last_packet = None
-            try:
-                res = self.input.flush()
-            except Exception as exc:  # keep running whatever the stream does
-                self.get_logger().warning(f"frame binning error at idle flush: {exc}")
-                return
-            self._take(res)
+        self.source.idle_check(self.get_logger())
 
     def _emit(self, frames) -> None:
         self.frames_out += len(frames)

@@ -21,16 +21,18 @@ import ctypes
 import ctypes.util
 import os
 import signal
-import socket
 import sys
 from typing import Mapping
+
+try:
+    from edge_vlm.domains import free_domain_id
+except ImportError:        # run as a script (exec_prefix): the standard library only, no domains
+    free_domain_id = None
 
 #: prctl option (linux/prctl.h)
 PR_SET_PDEATHSIG = 1
 #: what a node receives when its launcher dies (it shuts down cleanly on it)
 DEATH_SIGNAL = signal.SIGTERM
-#: domain ids tried (0 is everyone's default; Fast DDS's ports stay below 32768 up to 101)
-DOMAIN_IDS = range(1, 101)
 
 _LIBC = (ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
          if sys.platform.startswith("linux") else None)
@@ -54,29 +56,6 @@ def exec_prefix(parent_pid: int | None = None, log: str = "") -> list[str]:
     pid = os.getpid() if parent_pid is None else parent_pid
     return ([sys.executable, os.path.abspath(__file__), "--parent", str(pid)]
             + (["--log", os.path.abspath(log)] if log else []) + ["--"])
-
-
-def _domain_in_use(domain: int) -> bool:
-    """Whether a DDS participant of ``domain`` already holds its first unicast discovery port
-    (RTPS: 7400 + 250 * domain + 10), i.e. another graph on this machine uses the domain."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind(("0.0.0.0", 7410 + 250 * domain))
-        except OSError:
-            return True
-    return False
-
-
-def free_domain_id(seed: int | None = None) -> int:
-    """A ``ROS_DOMAIN_ID`` no participant on this machine holds: the first free one of
-    :data:`DOMAIN_IDS` from ``seed`` (default the pid) on, else the seed's."""
-    n = len(DOMAIN_IDS)
-    start = (os.getpid() if seed is None else seed) % n
-    for k in range(n):
-        domain = DOMAIN_IDS[(start + k) % n]
-        if not _domain_in_use(domain):
-            return domain
-    return DOMAIN_IDS[start]
 
 
 def isolated_env(env: Mapping[str, str] | None = None) -> dict[str, str]:

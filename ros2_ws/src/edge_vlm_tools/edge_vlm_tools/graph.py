@@ -18,11 +18,17 @@ multi-process graph. What one process saves:
   (``edge_vlm.inference.factory.shared_model``: the cores run the same checkpoint read-only);
 * every EventPacket is received once: the frame nodes' own event subscriptions are replaced by
   one subscription per event topic, held by the hidden node ``_edge_vlm_graph_events``, that
-  hands each packet to the nodes in graph order (perception, router, captioner) and drains
-  what is queued behind it (:class:`FanOut`, ``edge_vlm_ros.qos.drain``). That subscription
-  exists only once every node is built, so a player waiting for one subscriber
-  (``--wait-for TOPIC=1``) starts when the whole graph is ready. Each node still decodes and
-  bins the packets itself (its own frame clock and counters);
+  takes each packet, those queued behind it and those arriving within a few ms
+  (:class:`FanOut`, ``edge_vlm_ros.qos.gather``: one executor cycle per window, not per 1 ms
+  packet). It is a raw subscription: the packets are read by
+  ``edge_vlm_ros.intake.parse_event_packet`` (no rclpy message objects built). It exists
+  only once every node is built, so a player waiting for one subscriber
+  (``--wait-for TOPIC=1``) starts when the whole graph is ready;
+* every EventPacket is decoded and binned once: the frame nodes of one event topic and one
+  frame grid share one ``edge_vlm_ros.frame_node.FrameSource`` (:func:`share_sources`) and
+  get the same closed frames in graph order (perception, router, captioner); their intake
+  counters are the shared source's (the values each node would have counted on the same
+  packets);
 * what one node feeds another (TokenMask, RouteDecision) is handed over in the process
   (:func:`hand_over`; still published for the rest of the ROS graph): the captioner has a
   frame's mask and route as the frame closes.
@@ -48,7 +54,8 @@ from vlm_captioner.node import CaptionerNode
 
 from edge_vlm.cores.graph import NodeSpec, load_graph, overrides_from_yaml, parse_overrides
 from edge_vlm.topics import TOPICS
-from edge_vlm_ros.qos import drain, subscription_qos
+from edge_vlm_ros.intake import parse_event_packet
+from edge_vlm_ros.qos import gather, subscription_qos
 from edge_vlm_ros.run import EXIT_PARAMETER, run_nodes
 
 PROG = "edge_vlm_graph"
@@ -117,41 +124,73 @@ def graph_process(specs: list[NodeSpec], params_dir: str) -> GraphProcess:
 
 
 class FanOut:
-    """The callback of a shared event subscription: each packet to every frame node in order,
-    then the packets queued behind it (``edge_vlm_ros.qos.drain``)."""
+    """The callback of a shared event subscription: each packet to every frame source in
+    order, then the packets queued behind it and those arriving within a short window
+    (``edge_vlm_ros.qos.gather``: one executor cycle per window, not per 1 ms packet). The
+    subscription is raw: serialized packets are read by ``edge_vlm_ros.intake.
+    parse_event_packet`` (one that does not deserialize is counted in ``unreadable``,
+    logged, and skipped)."""
 
-    def __init__(self, handlers: tuple):
+    def __init__(self, handlers: tuple, logger=None):
         self.handlers = handlers
+        self.logger = logger
         self.sub = None
+        self.unreadable = 0
 
     def _hand(self, msg) -> None:
+        if type(msg) is bytes:
+            try:
+                msg = parse_event_packet(msg)
+            except Exception as exc:
+                self.unreadable += 1
+                if self.logger is not None:
+                    self.logger.warning(f"unreadable EventPacket ({self.unreadable} so far): "
+                                        f"{type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=2.0)
+                return
         for handle in self.handlers:      # each never raises (rejections counted and logged)
             handle(msg)
 
     def __call__(self, msg) -> None:
         self._hand(msg)
-        drain(self.sub, self._hand)
+        gather(self.sub, self._hand)
+
+
+def share_sources(nodes: list) -> list:
+    """Let frame nodes of one frame grid (``FrameSource.key``: period, model size) share the
+    source of the first of them (``FrameNode.share_source``): each packet is decoded and binned
+    once, and the frames it closes go to those nodes in order. Returns the owners, whose
+    ``_on_packet`` takes the packets (nodes of another grid keep their own source)."""
+    owners: dict[tuple, Any] = {}
+    for node in nodes:
+        owner = owners.setdefault(node.source.key, node)
+        node.share_source(owner.source)
+    return list(owners.values())
 
 
 def share_events(nodes: list, topics: dict[str, str]) -> tuple[Node, dict[str, list[str]]]:
     """Replace each frame node's own EventPacket subscription by one subscription per event
     topic, held by a hidden helper node (:data:`EVENTS_NODE`: the frame nodes' own rules remap
-    their event topic), that hands every packet to those nodes in order (:class:`FanOut`).
-    Returns the helper and topic -> node names."""
-    fan: dict[str, list[Callable[[Any], None]]] = {}
+    their event topic); the nodes of a topic share one frame source (:func:`share_sources`:
+    each packet decoded once), whose packets :class:`FanOut` hands over. Returns the helper and
+    topic -> node names."""
+    by_topic: dict[str, list] = {}
     names: dict[str, list[str]] = {}
     for node in nodes:
         name = node.get_name()
         for sub in list(node.subscriptions):
             if sub.msg_type is EventPacket and sub.topic_name == PLACEHOLDER.format(name=name):
-                fan.setdefault(topics[name], []).append(node._on_packet)
+                by_topic.setdefault(topics[name], []).append(node)
                 names.setdefault(topics[name], []).append(name)
                 node.destroy_subscription(sub)
-    helper = Node(EVENTS_NODE)
-    for topic, handlers in fan.items():
-        fanout = FanOut(tuple(handlers))
+                node._events = None
+    # no parameter services: fewer entities in the executor's wait set (one per window)
+    helper = Node(EVENTS_NODE, start_parameter_services=False)
+    for topic, frame_nodes in by_topic.items():
+        fanout = FanOut(tuple(n._on_packet for n in share_sources(frame_nodes)),
+                        helper.get_logger())
         fanout.sub = helper.create_subscription(EventPacket, topic, fanout,
-                                                subscription_qos("events"))
+                                                subscription_qos("events"), raw=True)
     return helper, names
 
 

@@ -5,8 +5,8 @@
  * (M = active tokens) and a dozen other tensor calls. Through PyTorch each matmul packs its
  * weight matrix again (the packing is amortised over only M rows) and every call has a fixed
  * cost; together they kept the sparse encoder at ~0.4 of its ideal speedup. Here the weights
- * are stored once, transposed (K x N, row-major), and read in place by a 6 x 16 AVX2/FMA
- * register-tile kernel; layer norms, the key/value scatter into the token memory, attention
+ * are stored once, in packed panels, and read in place by a register-tile kernel (AVX-512:
+ * up to 12 x 32, AVX2/FMA: 6 x 16); layer norms, the key/value scatter into the token memory, attention
  * (softmax with a vectorised exp), residual adds and the activation run in the same call.
  *
  * Layout of one layer's token memory (owned by the caller, model/captioner.py LayerMemory):
@@ -15,8 +15,13 @@
  *   (n, D) inputs, overwritten by their outputs); they attend to all N keys/values (fresh ones
  *   for idx, cached ones for the rest). n = N with idx = 0..N-1 is the dense pass.
  *
- * Built by scripts/setup.sh (gcc -O3 -shared -fPIC; the AVX2/FMA code is compiled per function
- * with a target attribute, and svit_cpu_ok() tells the loader whether this CPU runs it).
+ * Two sets of kernels, chosen at run time (svit_isa, __builtin_cpu_supports): AVX-512
+ * (avx512f/bw/vl/dq) where the CPU has it, else AVX2/FMA/F16C; a CPU with neither runs the
+ * caller's PyTorch path (svit_cpu_ok() == 0). Both are float32 arithmetic, in the same order
+ * along each dot product; svit_set_isa picks the narrower set (tests and benchmarks compare).
+ *
+ * Built by scripts/setup.sh (gcc -O3 -shared -fPIC; the vector code is compiled per function
+ * with target attributes, so one build serves every x86-64 CPU).
  */
 #include <immintrin.h>
 #include <math.h>
@@ -24,7 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SVIT_ABI 6
+#define SVIT_ABI 7
 
 typedef struct {
     int64_t d, heads, hid, ntok, act;           /* act: 0 relu, 1 gelu (erf) */
@@ -204,11 +209,6 @@ TGT static void gemm_h(int64_t M, int64_t N, int64_t K, const float *A, int64_t 
     }
 }
 
-TGT static void gemm(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb,
-                     float *C, int64_t ldc, const float *bias, int acc, int relu) {
-    gemm_h(M, N, K, A, lda, B, ldb, C, ldc, bias, acc, relu, 0);
-}
-
 /* y = LayerNorm(x) over rows of length d (d a multiple of 8), biased variance like torch. */
 TGT static void layer_norm(int64_t n, int64_t d, const float *x, float *y, const float *w, const float *b, double eps) {
     for (int64_t i = 0; i < n; i++) {
@@ -252,6 +252,246 @@ TGT static void softmax_rows(int64_t n, int64_t len, float *s, float scale) {
     }
 }
 
+/* ---- AVX-512 (avx512f/bw/vl/dq): the same arithmetic on 16-lane vectors ---------------------
+ * The register tile is mr x 32 (mr <= 8 rows, two 16-column vectors: 16 accumulators of the 32
+ * zmm registers), the rows of a GEMM split into tiles of balanced height (M = 16: 8 + 8, M = 17:
+ * 6 + 6 + 5, never a 1-row tile after a full one); a column tile's weights (K x 32, 8-16 KB)
+ * stay in L1 while the row tiles pass over them. */
+#define ISA5 "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"
+#ifndef MR5
+#define MR5 12
+#endif
+#define TGT5 __attribute__((target(ISA5)))
+#define INL5 static inline __attribute__((always_inline, target(ISA5)))
+
+/* exp(x) for x <= 0: exp_ps on 16 lanes (the same constants and steps: the same values). */
+INL5 __m512 exp_ps5(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
+}
+
+/* 16 weights at B + off: float16 (exact copies) or float32. */
+INL5 __m512 ldb5(const int half, const void *B, int64_t off) {
+    if (half)
+        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)B + off)));
+    return _mm512_loadu_ps((const float *)B + off);
+}
+
+/* C[0:mr, 0:16 nr] = [C +] A[0:mr, 0:K] . B [+ bias] [relu]; B's row k of column vector p at
+ * B + p * ps + k * ks (packed panels: ps = 16 K, ks = 16; row-major: ps = 16, ks = ldb). With
+ * few rows (mr <= 3) the odd k accumulate into a second set: enough independent FMA chains to
+ * hide the FMA latency. */
+INL5 void tile5(const int mr, const int nr, const int half, int64_t K, const float *A, int64_t lda,
+                const void *B, int64_t ps, int64_t ks, float *C, int64_t ldc, const float *bias,
+                int acc, int relu) {
+    __m512 c[12][2];
+    const __m512 z = _mm512_setzero_ps();
+    for (int r = 0; r < mr; r++)
+        for (int p = 0; p < nr; p++)
+            c[r][p] = z;
+    int64_t k = 0;
+    if (mr <= 3) {
+        __m512 d[3][2];
+        for (int r = 0; r < mr; r++)
+            for (int p = 0; p < nr; p++)
+                d[r][p] = z;
+        for (; k + 2 <= K; k += 2) {
+            __m512 b[2], e[2];
+            for (int p = 0; p < nr; p++) {
+                b[p] = ldb5(half, B, p * ps + k * ks);
+                e[p] = ldb5(half, B, p * ps + (k + 1) * ks);
+            }
+            for (int r = 0; r < mr; r++) {
+                __m512 a = _mm512_set1_ps(A[r * lda + k]), a2 = _mm512_set1_ps(A[r * lda + k + 1]);
+                for (int p = 0; p < nr; p++) {
+                    c[r][p] = _mm512_fmadd_ps(a, b[p], c[r][p]);
+                    d[r][p] = _mm512_fmadd_ps(a2, e[p], d[r][p]);
+                }
+            }
+        }
+        for (int r = 0; r < mr; r++)
+            for (int p = 0; p < nr; p++)
+                c[r][p] = _mm512_add_ps(c[r][p], d[r][p]);
+    }
+    for (; k < K; k++) {
+        __m512 b[2];
+        for (int p = 0; p < nr; p++)
+            b[p] = ldb5(half, B, p * ps + k * ks);
+        for (int r = 0; r < mr; r++) {
+            __m512 a = _mm512_set1_ps(A[r * lda + k]);
+            for (int p = 0; p < nr; p++)
+                c[r][p] = _mm512_fmadd_ps(a, b[p], c[r][p]);
+        }
+    }
+    for (int r = 0; r < mr; r++) {
+        float *cr = C + r * ldc;
+        for (int p = 0; p < nr; p++) {
+            __m512 v = c[r][p];
+            if (bias)
+                v = _mm512_add_ps(v, _mm512_loadu_ps(bias + 16 * p));
+            if (acc)
+                v = _mm512_add_ps(v, _mm512_loadu_ps(cr + 16 * p));
+            if (relu)
+                v = _mm512_max_ps(v, z);
+            _mm512_storeu_ps(cr + 16 * p, v);
+        }
+    }
+}
+
+/* The rows of one column tile (nr vectors wide) in tiles of height mr (a compile-time constant
+ * in each case: the accumulators stay in registers). */
+#define TILE5_CASES(NR, HALF)                                                                    \
+    switch (mr) {                                                                               \
+    case 12: tile5(12, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;     \
+    case 11: tile5(11, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;     \
+    case 10: tile5(10, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;     \
+    case 9: tile5(9, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
+    case 8: tile5(8, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
+    case 7: tile5(7, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
+    case 6: tile5(6, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
+    case 5: tile5(5, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
+    case 4: tile5(4, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
+    case 3: tile5(3, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
+    case 2: tile5(2, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
+    default: tile5(1, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;      \
+    }
+
+/* gemm_h's contract (see there) on AVX-512; N a multiple of 16. */
+TGT5 static void gemm5(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const void *B,
+                       int64_t ldb, float *C, int64_t ldc, const float *bias, int acc, int relu,
+                       int half) {
+    const int packed = ldb == 0;
+    const int64_t ps = packed ? 16 * K : 16, ks = packed ? 16 : ldb;
+    const int64_t tiles = (M + MR5 - 1) / MR5, base = M / tiles, extra = M % tiles;
+    for (int64_t j = 0; j < N; j += 32) {
+        const int nr = j + 32 <= N ? 2 : 1;
+        const void *bj = half ? (const void *)((const uint16_t *)B + (j / 16) * ps)
+                              : (const void *)((const float *)B + (j / 16) * ps);
+        const float *biasj = bias ? bias + j : NULL;
+        const float *a = A;
+        float *c = C + j;
+        for (int64_t t = 0; t < tiles; t++) {
+            const int mr = (int)(base + (t < extra));
+            if (nr == 2 && half) {
+                TILE5_CASES(2, 1)
+            } else if (nr == 2) {
+                TILE5_CASES(2, 0)
+            } else if (half) {
+                TILE5_CASES(1, 1)
+            } else {
+                TILE5_CASES(1, 0)
+            }
+            a += mr * lda;
+            c += mr * ldc;
+        }
+    }
+}
+
+/* layer_norm on 16 lanes (d a multiple of 16). */
+TGT5 static void layer_norm5(int64_t n, int64_t d, const float *x, float *y, const float *w,
+                             const float *b, double eps) {
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * d;
+        float *yi = y + i * d;
+        __m512 s = _mm512_setzero_ps();
+        for (int64_t k = 0; k < d; k += 16)
+            s = _mm512_add_ps(s, _mm512_loadu_ps(xi + k));
+        const float mean = _mm512_reduce_add_ps(s) / (float)d;
+        __m512 m = _mm512_set1_ps(mean), q = _mm512_setzero_ps();
+        for (int64_t k = 0; k < d; k += 16) {
+            __m512 t = _mm512_sub_ps(_mm512_loadu_ps(xi + k), m);
+            q = _mm512_fmadd_ps(t, t, q);
+        }
+        const float rstd = (float)(1.0 / sqrt((double)(_mm512_reduce_add_ps(q) / (float)d) + eps));
+        __m512 rs = _mm512_set1_ps(rstd);
+        for (int64_t k = 0; k < d; k += 16) {
+            __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(xi + k), m), rs);
+            _mm512_storeu_ps(yi + k, _mm512_fmadd_ps(t, _mm512_loadu_ps(w + k), _mm512_loadu_ps(b + k)));
+        }
+    }
+}
+
+/* softmax_rows on 16 lanes (len a multiple of 16). */
+TGT5 static void softmax5(int64_t n, int64_t len, float *s, float scale) {
+    const __m512 sc = _mm512_set1_ps(scale);
+    for (int64_t i = 0; i < n; i++) {
+        float *r = s + i * len;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (int64_t k = 0; k < len; k += 16)
+            mx = _mm512_max_ps(mx, _mm512_loadu_ps(r + k));
+        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx) * scale), sum = _mm512_setzero_ps();
+        for (int64_t k = 0; k < len; k += 16) {
+            __m512 e = exp_ps5(_mm512_fmsub_ps(_mm512_loadu_ps(r + k), sc, m));
+            _mm512_storeu_ps(r + k, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
+        for (int64_t k = 0; k < len; k += 16)
+            _mm512_storeu_ps(r + k, _mm512_mul_ps(_mm512_loadu_ps(r + k), inv));
+    }
+}
+
+/* ---- the kernels of this CPU ---------------------------------------------------------------- */
+typedef struct {
+    void (*gemm)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const void *B,
+                 int64_t ldb, float *C, int64_t ldc, const float *bias, int acc, int relu, int half);
+    void (*layer_norm)(int64_t n, int64_t d, const float *x, float *y, const float *w,
+                       const float *b, double eps);
+    void (*softmax)(int64_t n, int64_t len, float *s, float scale);
+    /* the float16 weight copies are read up to this many tokens (a sparse step, bound by the
+     * bytes it streams); above it the float32 ones (AVX-512: the conversion uops compete with
+     * the FMAs of a compute-bound dense pass) */
+    int64_t half_max_n;
+} svit_ops_t;
+
+static const svit_ops_t ops_avx2 = {gemm_h, layer_norm, softmax_rows, INT64_MAX};
+#ifndef HALF_MAX_N5
+#define HALF_MAX_N5 48
+#endif
+static const svit_ops_t ops_avx512 = {gemm5, layer_norm5, softmax5, HALF_MAX_N5};
+
+/* 2: AVX-512, 1: AVX2/FMA/F16C, 0: neither (the caller runs PyTorch) */
+static int64_t cpu_isa(void) {
+    __builtin_cpu_init();
+    if (!svit_cpu_ok())
+        return 0;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+        return 2;
+    return 1;
+}
+
+static int64_t isa_now = -1;                     /* -1: not chosen yet */
+
+/* The kernels in use: the widest this CPU runs, unless svit_set_isa chose narrower. */
+int64_t svit_isa(void) {
+    if (isa_now < 0)
+        isa_now = cpu_isa();
+    return isa_now;
+}
+
+/* Use the kernels of `isa` (1: AVX2, 2: AVX-512; tests and benchmarks compare them) when this CPU
+ * runs them, else the widest it does; -1: the default. Returns the ISA then in use. */
+int64_t svit_set_isa(int64_t isa) {
+    const int64_t best = cpu_isa();
+    isa_now = isa < 0 || isa > best ? best : isa;
+    return isa_now;
+}
+
+static const svit_ops_t *ops(void) { return svit_isa() >= 2 ? &ops_avx512 : &ops_avx2; }
+
 /* Scratch of the calling thread, grown on demand and kept: a fresh malloc of this size (over
  * glibc's mmap threshold at ~20 tokens) would map, fault in and unmap its pages on every layer. */
 static __thread float *ws_buf;
@@ -268,10 +508,9 @@ static float *workspace(size_t floats) {
     return ws_buf;
 }
 
-/* One encoder layer over the tokens idx (see the file comment). Returns 0, or -1 when the
- * shapes are not supported or an index is out of range (the caller then runs its PyTorch path,
- * which raises for a bad index), -2 on allocation failure; nothing is written then. */
-TGT int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, float *x) {
+/* One encoder layer over the tokens idx with the kernels k (see svit_layer). */
+static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, const int64_t *idx,
+                         float *x) {
     const int64_t d = L->d, h = L->heads, N = L->ntok, hid = L->hid;
     if (n <= 0)
         return 0;
@@ -289,12 +528,12 @@ TGT int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, flo
 
     for (int64_t i = 0; i < n; i++)
         memcpy(L->mem_x + idx[i] * d, x + i * d, (size_t)d * sizeof(float));
-    layer_norm(n, d, x, y, L->ln1_w, L->ln1_b, L->eps1);
+    k->layer_norm(n, d, x, y, L->ln1_w, L->ln1_b, L->eps1);
     /* float16 weights (the same values): half the bytes to stream, which bounds a sparse step */
-    const int half = L->wqkv_h && L->wproj_h && L->w1_h && L->w2_h;
+    const int half = n <= k->half_max_n && L->wqkv_h && L->wproj_h && L->w1_h && L->w2_h;
     const void *wqkv = half ? (const void *)L->wqkv_h : L->wqkv_t, *wproj = half ? (const void *)L->wproj_h : L->wproj_t;
     const void *w1 = half ? (const void *)L->w1_h : L->w1_t, *w2 = half ? (const void *)L->w2_h : L->w2_t;
-    gemm_h(n, 3 * d, d, y, d, wqkv, 0, qkv, 3 * d, L->bqkv, 0, 0, half);
+    k->gemm(n, 3 * d, d, y, d, wqkv, 0, qkv, 3 * d, L->bqkv, 0, 0, half);
     for (int64_t i = 0; i < n; i++) {                /* fresh keys / values into the memory */
         const float *kq = qkv + i * 3 * d + d, *vq = kq + d;
         for (int64_t hh = 0; hh < h; hh++) {
@@ -306,23 +545,31 @@ TGT int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, flo
     }
     const float scale = 1.0f / sqrtf((float)dh);
     for (int64_t hh = 0; hh < h; hh++) {
-        gemm(n, N, dh, qkv + hh * dh, 3 * d, L->mem_kt + hh * dh * N, N, s, N, NULL, 0, 0);
-        softmax_rows(n, N, s, scale);
-        gemm(n, dh, N, s, N, L->mem_v + hh * N * dh, dh, att + hh * dh, d, NULL, 0, 0);
+        k->gemm(n, N, dh, qkv + hh * dh, 3 * d, L->mem_kt + hh * dh * N, N, s, N, NULL, 0, 0, 0);
+        k->softmax(n, N, s, scale);
+        k->gemm(n, dh, N, s, N, L->mem_v + hh * N * dh, dh, att + hh * dh, d, NULL, 0, 0, 0);
     }
-    gemm_h(n, d, d, att, d, wproj, 0, x, d, L->bproj, 1, 0, half);     /* x += proj(att) */
-    layer_norm(n, d, x, y, L->ln2_w, L->ln2_b, L->eps2);
-    gemm_h(n, hid, d, y, d, w1, 0, hdn, hid, L->b1, 0, L->act == 0, half);
+    k->gemm(n, d, d, att, d, wproj, 0, x, d, L->bproj, 1, 0, half);     /* x += proj(att) */
+    k->layer_norm(n, d, x, y, L->ln2_w, L->ln2_b, L->eps2);
+    k->gemm(n, hid, d, y, d, w1, 0, hdn, hid, L->b1, 0, L->act == 0, half);
     if (L->act != 0) {
         for (int64_t i = 0; i < n * hid; i++) {
             float v = hdn[i];
             hdn[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
         }
     }
-    gemm_h(n, d, hid, hdn, hid, w2, 0, x, d, L->b2, 1, 0, half);        /* x += mlp */
+    k->gemm(n, d, hid, hdn, hid, w2, 0, x, d, L->b2, 1, 0, half);        /* x += mlp */
     for (int64_t i = 0; i < n; i++)
         memcpy(L->mem_out + idx[i] * d, x + i * d, (size_t)d * sizeof(float));
     return 0;
+}
+
+/* One encoder layer over the tokens idx (see the file comment), on the kernels of svit_isa().
+ * Returns 0, or -1 when the shapes are not supported, an index is out of range or no kernels run
+ * on this CPU (the caller then runs its PyTorch path, which raises for a bad index), -2 on
+ * allocation failure; nothing is written then. */
+int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, float *x) {
+    return svit_isa() > 0 ? layer_run(ops(), L, n, idx, x) : -1;
 }
 
 /* A whole inference pass of the ViT over the tokens idx (no per-layer gating): x[i] =
@@ -332,29 +579,30 @@ TGT int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, flo
  * from the earlier passes: the caller says so; vis NULL: no final norm). Returns the number of
  * layers done; fewer than nl when a layer returned an error (nothing of that layer written, x
  * holds its input, vis untouched: the caller goes on with PyTorch). */
-TGT int64_t svit_encode(const svit_layer_t *const *Ls, int64_t nl, int64_t n, const int64_t *idx,
-                        const float *e, const float *pos, float *x, const float *ln_w, const float *ln_b,
-                        double eps, float *vis, int64_t all_rows) {
-    if (nl <= 0)
+int64_t svit_encode(const svit_layer_t *const *Ls, int64_t nl, int64_t n, const int64_t *idx,
+                    const float *e, const float *pos, float *x, const float *ln_w, const float *ln_b,
+                    double eps, float *vis, int64_t all_rows) {
+    if (nl <= 0 || svit_isa() <= 0)
         return 0;
+    const svit_ops_t *k = ops();
     const int64_t d = Ls[0]->d, N = Ls[0]->ntok;
     for (int64_t i = 0; i < n; i++) {
         if (idx[i] < 0 || idx[i] >= N)
             return 0;
         const float *a = e + idx[i] * d, *b = pos + idx[i] * d;
-        for (int64_t k = 0; k < d; k++)
-            x[i * d + k] = a[k] + b[k];
+        for (int64_t c = 0; c < d; c++)
+            x[i * d + c] = a[c] + b[c];
     }
     for (int64_t l = 0; l < nl; l++)
-        if (svit_layer(Ls[l], n, idx, x) != 0)
+        if (layer_run(k, Ls[l], n, idx, x) != 0)
             return l;
     const float *out = Ls[nl - 1]->mem_out;
     if (!vis)
         ;                                       /* the caller runs more layers and its own norm */
     else if (all_rows)
-        layer_norm(N, d, out, vis, ln_w, ln_b, eps);
+        k->layer_norm(N, d, out, vis, ln_w, ln_b, eps);
     else
         for (int64_t i = 0; i < n; i++)
-            layer_norm(1, d, out + idx[i] * d, vis + idx[i] * d, ln_w, ln_b, eps);
+            k->layer_norm(1, d, out + idx[i] * d, vis + idx[i] * d, ln_w, ln_b, eps);
     return nl;
 }

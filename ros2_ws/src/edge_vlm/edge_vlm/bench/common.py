@@ -36,14 +36,36 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: the /proc/cpuinfo flags that decide which kernels run (the native ViT: AVX2/FMA/F16C, AVX-512)
+_SIMD_FLAGS = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq",
+               "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+def _cpu_flags() -> list[str]:
+    """The :data:`_SIMD_FLAGS` this CPU has (empty when /proc/cpuinfo is not readable)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [f for f in _SIMD_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
+
+
 def utc_timestamp() -> str:
     """Now, UTC, ISO 8601 to the second (the timestamp of a report)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def machine_info(threads: int | None = None) -> dict:
-    """CPU model, cores, threads used, library versions, timestamp (UTC)."""
-    info = {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads,
+    """CPU model (``cpu_model``: /proc/cpuinfo's "model name", what lscpu prints; ``cpu`` the
+    same, kept for older reports), its SIMD flags (``cpu_simd``: a VM may hide the model name),
+    cores, threads used, library versions, timestamp (UTC)."""
+    model = _cpu_model()
+    info = {"cpu": model, "cpu_model": model, "cpu_simd": _cpu_flags(),
+            "cores": os.cpu_count(), "threads": threads,
             "python": platform.python_version(), "numpy": np.__version__,
             "platform": platform.platform(), "timestamp": utc_timestamp(),
             "torch": torch.__version__}

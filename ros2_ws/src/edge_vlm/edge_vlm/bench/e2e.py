@@ -33,7 +33,7 @@ from edge_vlm.io.bag_writer import write_bag
 from edge_vlm.paths import data_dir
 
 __all__ = ["DEMO_EXECUTABLE", "BACKLOG_RULE", "DemoRun", "Trend", "e2e_bag", "trend",
-           "shutdown_counters", "run_demo", "bench_e2e", "ONE_MS_KEYS"]
+           "shutdown_counters", "run_demo", "bench_e2e", "ONE_MS_KEYS", "figures"]
 
 #: the ROS 2 workspace's tool that runs the graph on a bag (package ``edge_vlm_tools``)
 DEMO_EXECUTABLE = "edge_vlm_demo"
@@ -41,7 +41,7 @@ BACKLOG_RULE = ("frames dropped by the captioner's backpressure, or the last qua
                 "packet->caption latency > 1.5x the first quarter's and +20 ms")
 #: stop after no caption arrived for this long (s)
 _DRAIN_S = 3.0
-#: the 1 ms-packet run's figures in the summary: summary key -> figure of :func:`_figures`
+#: the 1 ms-packet run's figures in the summary: summary key -> figure of :func:`figures`
 ONE_MS_KEYS = {"frame_latency_ms_p95_1ms_packets": "frame_latency_ms_p95",
                "caption_latency_ms_p95_1ms_packets": "caption_latency_ms_p95",
                "frames_dropped_1ms_packets": "frames_dropped"}
@@ -121,11 +121,11 @@ def shutdown_counters(log_path: str | os.PathLike, node: str = "") -> dict[str, 
 
 def run_demo(exe: str, bag: str, out_dir: str, overrides: dict, rate: float = 1.0,
              drain: float = _DRAIN_S, log: Callable[[str], None] | None = None,
-             single_process: bool = False) -> DemoRun:
+             single_process: bool = False, env: dict[str, str] | None = None) -> DemoRun:
     """``edge_vlm_demo BAG --out-dir OUT_DIR ...``: start the graph and the recorder, play the
-    bag, drain, stop. Its progress lines (``demo: ...``) go to ``log``. Raises RuntimeError
-    when the graph could not run (no ``summary.json``, or exit code 2); a run without captions
-    is a result."""
+    bag, drain, stop. Its progress lines (``demo: ...``) go to ``log``; ``env``: the tool's
+    environment (default this process's). Raises RuntimeError when the graph could not run (no
+    ``summary.json``, or exit code 2); a run without captions is a result."""
     cmd = [exe, str(bag), "--out-dir", out_dir, "--rate", str(rate), "--drain", str(drain)]
     if single_process:
         cmd.append("--single-process")
@@ -133,7 +133,7 @@ def run_demo(exe: str, bag: str, out_dir: str, overrides: dict, rate: float = 1.
         cmd += ["-p", f"{k}={v}"]
     tail: collections.deque[str] = collections.deque(maxlen=40)
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          errors="replace") as proc:
+                          errors="replace", env=env) as proc:
         for line in proc.stdout:
             tail.append(line)
             if log is not None and line.startswith("demo:"):
@@ -194,7 +194,7 @@ def _expected_frames(records: list[dict]) -> int | None:
     return int((ev_stamps[-1] - ev_stamps[0]) // _FRAME_PERIOD_NS) + 1
 
 
-def _figures(run: DemoRun) -> dict:
+def figures(run: DemoRun) -> dict:
     """The e2e figures of a run's records and captioner log."""
     records = read_jsonl(run.records)
     rows, summary = summarize(records)
@@ -241,7 +241,7 @@ def _one_ms_run(exe: str, work: Path, quick: bool, overrides: dict, rate: float,
     run = run_demo(exe, bag, out_dir, overrides, rate=rate, drain=_DRAIN_S, log=log,
                    single_process=True)
     return {"bag": bag, "packet_ms": 1.0, "out_dir": out_dir, "exit_codes": run.exit_codes,
-            "player_rc": run.player_rc, **_figures(run)}
+            "player_rc": run.player_rc, **figures(run)}
 
 
 def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, rate: float = 1.0,
@@ -276,7 +276,7 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
     wall = time.perf_counter() - t0
     out = {"bag": str(bag), "rate": rate, "threads": threads,
            "packet_ms": packet_ms if bag_default else None, "wall_s": wall, "out_dir": out_dir,
-           "exit_codes": run.exit_codes, "player_rc": run.player_rc, **_figures(run)}
+           "exit_codes": run.exit_codes, "player_rc": run.player_rc, **figures(run)}
     out["graph_rss_mb_multi"] = out["graph_rss_mb"]
     if one_ms:
         one = _one_ms_run(exe, work, quick, overrides, rate, log)

@@ -12,7 +12,7 @@ import torch
 from edge_vlm.inference import native_vit
 from edge_vlm.inference.engine import StreamingCaptioner
 from edge_vlm.inference.factory import engine_from_params, load_model
-from edge_vlm.inference.vit import native_on, set_native
+from edge_vlm.inference.vit import native_mode, set_native
 from edge_vlm.model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
 from edge_vlm.model.config import ModelConfig
 from edge_vlm.model.sttf import CaptionModel, init_weights
@@ -66,11 +66,13 @@ def native_vit_available() -> bool:
 
 
 @contextlib.contextmanager
-def encoder_backend(model: CaptionModel, native: bool) -> Iterator[None]:
+def encoder_backend(model: CaptionModel, native: bool | None) -> Iterator[None]:
     """Every ViT of ``model`` runs its inference passes on the native kernel (``True``, when
-    built) or on PyTorch calls (``False``) inside the block; the previous choice is restored."""
+    built), on PyTorch calls (``False``) or on the per-CPU choice (``None``:
+    :func:`~edge_vlm.inference.vit.backend_choice`) inside the block; the previous setting is
+    restored."""
     vits = list(model.branches) if hasattr(model, "branches") else [model.vit]
-    before = [native_on(v) for v in vits]
+    before = [native_mode(v) for v in vits]
     for v in vits:
         set_native(v, native)
     try:

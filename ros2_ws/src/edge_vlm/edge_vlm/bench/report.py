@@ -22,14 +22,19 @@ SUMMARY_KEYS = (
     "frames_dropped_1ms_packets", "graph_rss_mb_multi", "graph_rss_mb_single",
     "accuracy_dense", "accuracy_sparse", "active_token_fraction",
     "active_token_fraction_low_motion",
-    "speedup_steady", "speedup_limit", "flops_ratio", "caption_agreement", "token_deviation_max",
+    "speedup_steady", "speedup_limit", "encoder_efficiency", "speedup_total_steady",
+    "flops_ratio", "caption_agreement", "token_deviation_max",
     "encoder_ms_first_sparse", "encoder_ms_first_dense", "encoder_ms_steady_sparse",
     "encoder_ms_steady_dense", "segment_accuracy_dense", "segment_accuracy_sparse",
     "accuracy_sparse_rgb_events",
     "flops_reduction_low_motion", "walltime_reduction_low_motion", "accuracy_medium_high_motion",
     "accuracy_anc_high_motion", "router_cost_fraction_of_tiny",
     "caption_label_consistency", "caption_class_accuracy", "false_gesture_rate_non_gesture",
-    "nothing_moves_rate_empty", "ece", "label_switches_per_s_in_gesture", "top_caption_share")
+    "nothing_moves_rate_empty", "ece", "label_switches_per_s_in_gesture", "top_caption_share",
+    "peers", "streams_realtime_2cores", "multihost_captions_per_frame",
+    "multihost_caption_latency_ms_p95", "multihost_bytes_per_mev",
+    "multihost_recovery_s_partition", "multihost_recovery_s_restart",
+    "multihost_captions_per_s_2mbit", "multihost_namespaces_left")
 
 #: what each figure of :data:`SUMMARY_KEYS` measures (the report's table)
 DESCRIPTIONS = {
@@ -79,6 +84,25 @@ DESCRIPTIONS = {
                       "backends",
     "speedup_limit": "total / active tokens on the timing recording (the encoder's ideal "
                      "speedup)",
+    "encoder_efficiency": "speedup_steady / speedup_limit: how close the sparse encoder gets to "
+                          "its ideal speedup on this CPU (machine.cpu_model, cpu_simd)",
+    "speedup_total_steady": "whole frame (change mask, memory, encoder, fusion, heads, caption) "
+                            "wall time dense / sparse, steady state, timing recording",
+    "streams_realtime_2cores": "simulated 128x128 DVS streams served in real time at once on "
+                               "this machine (one single-process graph per camera, own domain "
+                               "each; details.streams: rule, per-stream p95 and drops)",
+    "multihost_captions_per_frame": "drone + ground in two network namespaces over a veth "
+                                    "(docs/deploy.md), uncapped link, default encoding: captions "
+                                    "received on the ground / frames replayed",
+    "multihost_caption_latency_ms_p95": "same run: packet -> caption p95 (ms)",
+    "multihost_bytes_per_mev": "same run: link bytes per million events (both directions)",
+    "multihost_recovery_s_partition": "link down 5 s, then up: s from link up to the next "
+                                      "caption on the ground",
+    "multihost_recovery_s_restart": "ground captioner killed and restarted: s from its restart "
+                                    "to its next caption (its start-up included)",
+    "multihost_captions_per_s_2mbit": "link capped at 2 Mbit/s (tbf): captions per s on the "
+                                      "ground",
+    "multihost_namespaces_left": "network namespaces the bench left behind (should be [])",
     "flops_reduction_low_motion": "1 - FLOPs(STTF+ANC) / FLOPs(Medium-only dense), low-motion + "
                                   "static frames (all stages)",
     "walltime_reduction_low_motion": "1 - wall time(STTF+ANC) / wall time(Medium-only dense), "
@@ -109,6 +133,9 @@ DESCRIPTIONS = {
     "encoder_ms_first_dense": "encoder time, first frame, dense engine (ms)",
     "encoder_ms_steady_sparse": "encoder time per frame, steady state, sparse (ms)",
     "encoder_ms_steady_dense": "encoder time per frame, steady state, dense (ms)",
+    "peers": "dense, ToMe, Eventful top-k, STTF, STTF+ANC on the same frames: a list of "
+             "{method, setting, accuracy, segment_accuracy, gflops, encoder_ms, frame_ms} "
+             "(section Peers)",
 }
 
 #: the rows of the STTF table, in order
@@ -148,8 +175,15 @@ def _header(result: dict, command: str) -> list[str]:
             "| figure | value | what |", "|---|---|---|"]
 
 
+def _summary_value(v) -> str:
+    """A summary figure as table text (a list of rows, e.g. ``peers``: its length)."""
+    if isinstance(v, list) and v and isinstance(v[0], dict):
+        return f"{len(v)} rows"
+    return fmt_value(v)
+
+
 def _summary_rows(result: dict) -> list[str]:
-    return [f"| `{k}` | {fmt_value(result.get(k))} | {DESCRIPTIONS.get(k, '')} |"
+    return [f"| `{k}` | {_summary_value(result.get(k))} | {DESCRIPTIONS.get(k, '')} |"
             for k in SUMMARY_KEYS]
 
 
@@ -303,6 +337,61 @@ def _anc_section(an: dict) -> list[str]:
     return lines
 
 
+def _target_line(t: dict) -> list[str]:
+    if t.get("met") is None:
+        return ["", f"Target check: not evaluated ({t.get('why')})."]
+    return ["", f"Target check (issue 19: STTF within 1 point of dense accuracy at a lower "
+            f"frame ms than every dense / ToMe / top-k row also within 1 point): "
+            f"**{'met' if t['met'] else 'not met'}**. Dense accuracy "
+            f"{fmt_value(t['dense_accuracy'])}; `{t['sttf_row']}` "
+            f"{fmt_value(t['sttf_accuracy'])} ({'within' if t['sttf_within'] else 'not within'}"
+            f" 1 point) at {fmt_value(t['sttf_frame_ms'])} ms; rows within 1 point: "
+            f"{', '.join(t['peers_within'])}; the fastest of them `{t['fastest_peer_within']}` "
+            f"at {fmt_value(t['fastest_peer_within_frame_ms'])} ms."]
+
+
+def _peers_section(pe: dict) -> list[str]:
+    """Peers on the same frames: the table, the target check, where a peer wins."""
+    lines = ["", "## Peers on the same frames (dense, ToMe, Eventful top-k, STTF, STTF+ANC)", ""]
+    if "skipped" in pe:
+        return lines + [f"Skipped: {pe['skipped']}"]
+    fpr = pe.get("frames_per_recording")
+    window = (f"a window of {fpr} frames (starts spread over the recordings) of each of "
+              if fpr else "")
+    lines += [f"{pe.get('frames')} frames ({pe.get('frames_scored')} labelled): {window}"
+              f"{', '.join(f'`{r}`' for r in pe.get('recordings', []))}, batch 1, "
+              f"{pe.get('threads')} torch thread(s), every row in lock step frame by frame "
+              "after a warm-up. One engine (the captioner's, `edge_vlm.bench.peers`); ToMe "
+              "(r tokens merged per block, proportional attention, unmerged after the encoder) "
+              "and top-k (k tokens per block gated against the last propagated input) replace "
+              "its encoder only (`edge_vlm.inference.peers`). GFLOPs: analytic, all stages; ms: "
+              "engine stage times, mean of the steady frames (wall time on a shared machine: "
+              "compare within this table only); active token fraction: tokens per block / N, "
+              "mean; vision token error: relative L2 distance of the encoder output from the "
+              "dense engine's on the same frame, mean."
+              + (f" Plot: `docs/{os.path.basename(pe['plot'])}`." if pe.get("plot") else ""),
+              "",
+              "| method | setting | accuracy | per-clip accuracy | GFLOPs/frame | encoder ms | "
+              "frame ms | active token fraction | label agreement with dense | vision token "
+              "error vs dense |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in pe.get("peers") or []:
+        lines.append(f"| {r['method']} | {r['setting'] or '-'} | {fmt_value(r['accuracy'])} | "
+                     f"{fmt_value(r['segment_accuracy'])} | {fmt_value(r['gflops'])} | "
+                     f"{fmt_value(r['encoder_ms'])} | {fmt_value(r['frame_ms'])} | "
+                     f"{fmt_value(r.get('active_token_fraction'))} | "
+                     f"{fmt_value(r.get('label_agreement_dense'))} | "
+                     f"{fmt_value(r.get('token_error_dense'))} |")
+    if pe.get("skipped_rows"):
+        lines += ["", "Rows not applicable to this checkpoint: "
+                  + ", ".join(pe["skipped_rows"]) + "."]
+    if pe.get("target"):
+        lines += _target_line(pe["target"])
+    if pe.get("verdict"):
+        lines += ["", "Where a peer wins (computed from the rows above): "
+                  + " ".join(pe["verdict"])]
+    return lines
+
+
 def _e2e_table(ee: dict) -> list[str]:
     """The figures of one end-to-end run and its packet->caption trend."""
     cc = ee.get("captioner_counters") or {}
@@ -347,6 +436,8 @@ def markdown(result: dict, command: str) -> str:
         lines += _sttf_section(d["sttf"])
     if d.get("anc"):
         lines += _anc_section(d["anc"])
+    if d.get("peers"):
+        lines += _peers_section(d["peers"])
     if d.get("e2e"):
         lines += _e2e_section(d["e2e"])
     lines.append("")

@@ -14,11 +14,11 @@ import torch
 
 from edge_vlm.bench.engines import encoder_backend, native_vit_available, sttf_engine
 from edge_vlm.inference.memory import new_memory
-from edge_vlm.inference.vit import dense_infer, sparse_infer
+from edge_vlm.inference.vit import backend_choice, dense_infer, sparse_infer
 from edge_vlm.model.sttf import CaptionModel
 
 __all__ = ["EncoderTiming", "TimingMedians", "time_encoders", "timing_medians",
-           "timing_figures", "cost_fit", "vit_speedup_curve"]
+           "timing_figures", "cost_fit", "vit_speedup_curve", "choice_record"]
 
 #: the steady state: every frame after the first (dense in both engines)
 _STEADY = slice(1, None)
@@ -39,6 +39,8 @@ class EncoderTiming:
     total: dict[bool, list[list[float]]] = field(default_factory=lambda: {True: [], False: []})
     #: which frames the sparse engine refreshed densely (its last pass)
     refreshed: np.ndarray | None = None
+    #: the per-CPU backend choice of the timed ViT (:func:`choice_record`)
+    choice: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -55,17 +57,36 @@ class TimingMedians:
     by_backend: dict[str, dict]
     dense_backend: str
     sparse_backend: str
+    choice: dict = field(default_factory=dict)
+
+
+def _timed_vit(model: CaptionModel):
+    """The ViT the STTF figures time: a joint STTF+ANC model's Medium branch, else the model's."""
+    return model.branches[2] if hasattr(model, "branches") else model.vit
+
+
+def choice_record(model: CaptionModel) -> dict:
+    """The per-CPU backend choice of the timed ViT (made at its first pass by
+    :func:`~edge_vlm.inference.vit.backend_choice`): ``{"dense": "native" | "torch", "sparse":
+    ..., "isa": "avx512" | "avx2" | "", "calibration_ms": the timings it chose by}``."""
+    c = backend_choice(_timed_vit(model))
+    return {**c.names(), "isa": c.isa,
+            "calibration_ms": {k: round(v, 4) for k, v in c.timings_ms.items()}}
 
 
 def time_encoders(model: CaptionModel, params: dict, minfo: dict, hists: list[np.ndarray],
                   repeats: int) -> EncoderTiming:
     """A warm-up pass, then ``repeats`` passes over ``hists`` per engine (dense, sparse) and
-    backend, alternating the order; fresh engines every pass."""
+    backend, alternating the order; fresh engines every pass. The backend the per-CPU choice
+    picks for sparse passes is timed first (its passes give the memory and whole-frame times)."""
     warm = sttf_engine(model, params, True, minfo)
     for h in hists[: min(10, len(hists))]:
         warm.process(h)
-    backends = (True, False) if native_vit_available() else (False,)
-    t = EncoderTiming(backends, {(s, b): [] for s in (True, False) for b in backends})
+    choice = choice_record(model)
+    first = choice["sparse"] == "native"
+    backends = (first, not first) if native_vit_available() else (False,)
+    t = EncoderTiming(backends, {(s, b): [] for s in (True, False) for b in backends},
+                      choice=choice)
     for r in range(max(1, repeats)):
         order = [(s, b) for s in (False, True) for b in backends]
         for sparse, nat in (order if r % 2 == 0 else order[::-1]):
@@ -98,12 +119,13 @@ def timing_medians(t: EncoderTiming) -> TimingMedians:
                       "speedup_steady": float(d[_STEADY].mean() / s[_STEADY].mean())}
                   for k, (d, s) in per_frame.items()}
     dense_backend = min(by_backend, key=lambda k: by_backend[k]["dense_ms_steady"])
-    sparse_backend = "native" if t.backends[0] else "torch"
+    sparse_backend = "native" if t.backends[0] else "torch"      # the per-CPU choice
     return TimingMedians(
         enc_s=per_frame[sparse_backend][1], enc_d=per_frame[dense_backend][0],
         mem_s=_median(t.memory_encoder[True]), mem_d=_median(t.memory_encoder[False]),
         tot_s=_median(t.total[True]), tot_d=_median(t.total[False]),
-        by_backend=by_backend, dense_backend=dense_backend, sparse_backend=sparse_backend)
+        by_backend=by_backend, dense_backend=dense_backend, sparse_backend=sparse_backend,
+        choice=t.choice)
 
 
 def timing_figures(m: TimingMedians, refreshed: np.ndarray, active_frac: np.ndarray,
@@ -114,6 +136,8 @@ def timing_figures(m: TimingMedians, refreshed: np.ndarray, active_frac: np.ndar
     es_mean, ed_mean = float(m.enc_s[st].mean()), float(m.enc_d[st].mean())
     # the timing recording's own active fraction (the speedup limit of the timed frames)
     timed_frac = active_frac[1:].mean()
+    speedup = ed_mean / es_mean if es_mean else None
+    limit = float(1.0 / timed_frac) if timed_frac else None
     return {
         "encoder_ms_first_sparse": float(m.enc_s[0]), "encoder_ms_first_dense": float(m.enc_d[0]),
         "encoder_ms_steady_sparse": es_mean, "encoder_ms_steady_dense": ed_mean,
@@ -127,10 +151,12 @@ def timing_figures(m: TimingMedians, refreshed: np.ndarray, active_frac: np.ndar
         "memory_encoder_ms_steady_sparse": float(m.mem_s[st].mean()),
         "memory_encoder_ms_steady_dense": float(m.mem_d[st].mean()),
         "speedup_memory_encoder_steady": float(m.mem_d[st].mean() / m.mem_s[st].mean()),
-        "speedup_steady": ed_mean / es_mean if es_mean else None,
+        "speedup_steady": speedup,
         "encoder_backend": m.sparse_backend, "dense_backend": m.dense_backend,
-        "encoder_backends": m.by_backend,
-        "speedup_limit": float(1.0 / timed_frac) if timed_frac else None,
+        "encoder_backends": m.by_backend, "backend_choice": m.choice,
+        "speedup_limit": limit,
+        # the share of the ideal (total / active tokens) speedup the sparse encoder reaches
+        "encoder_efficiency": speedup / limit if speedup and limit else None,
         "speedup_total_steady": float(m.tot_d[st].mean() / m.tot_s[st].mean()),
     }
 
@@ -165,8 +191,11 @@ def vit_speedup_curve(model: CaptionModel, sizes=(8, 16, 32, 64, 128),
                       quick: bool = False) -> list[dict]:
     """The encoder (ViT) alone: dense pass vs sparse recompute of ``n`` random tokens, per n
     (median of repeated calls on the same memory): how close the sparse path gets to its ideal
-    N/n speedup as the active-token count grows (small matmuls run below peak on a CPU)."""
-    vit = model.branches[2] if hasattr(model, "branches") else model.vit
+    N/n speedup as the active-token count grows (small matmuls run below peak on a CPU).
+    ``sparse_ms``: the backend the per-CPU choice runs sparse passes on; ``dense_ms``: the faster
+    dense backend."""
+    vit = _timed_vit(model)
+    sparse_native = backend_choice(vit).sparse
     n_all = vit.pos.shape[0]
     mem = new_memory(vit)
     e = torch.randn(n_all, vit.pos.shape[1])
@@ -186,11 +215,12 @@ def vit_speedup_curve(model: CaptionModel, sizes=(8, 16, 32, 64, 128),
     d = min(dense.values())                       # the faster dense backend
     out = []
     for n in sizes:
-        sp = sparse[n, backends[0]]
+        sp = sparse[n, sparse_native and backends[0]]
         row = {"tokens": int(n), "dense_ms": d * 1e3, "sparse_ms": sp * 1e3, "speedup": d / sp,
                "limit": n_all / n, "efficiency": d / sp / (n_all / n)}
         if backends[0]:
             row.update({"dense_ms_native": dense[True] * 1e3, "dense_ms_torch": dense[False] * 1e3,
+                        "sparse_ms_native": sparse[n, True] * 1e3,
                         "sparse_ms_torch": sparse[n, False] * 1e3})
         out.append(row)
     return out

@@ -1,8 +1,11 @@
-"""`edge-vlm bench {decode,sttf,anc,e2e,all}`: the core benchmarks (:mod:`edge_vlm.bench`).
+"""`edge-vlm bench {decode,sttf,anc,e2e,streams,multihost,all}`: the core benchmarks
+(:mod:`edge_vlm.bench`).
 
 ``all`` prints the flat figures (``--json``: one JSON object) and writes
 ``docs/benchmarks.md`` (``--out``; ``--out ''`` skips it). ``e2e`` needs the ROS 2
-workspace (``source env.sh``): it runs the graph with the workspace's ``edge_vlm_demo``.
+workspace (``source env.sh``): it runs the graph with the workspace's ``edge_vlm_demo``;
+``streams`` too (several graphs at once); ``multihost`` too (``edge_vlm_multihost``), as root
+(network namespaces; docs/deploy.md).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from edge_vlm.bench.anc import bench_anc
 from edge_vlm.bench.common import machine_info, utc_timestamp
 from edge_vlm.bench.decode import bench_decode
 from edge_vlm.bench.e2e import bench_e2e
+from edge_vlm.bench.multihost import bench_multihost
+from edge_vlm.bench.multistream import bench_streams
 from edge_vlm.bench.report import to_json, write_markdown
 from edge_vlm.bench.sttf import bench_sttf
 from edge_vlm.evaluation.metrics import json_safe
@@ -36,8 +41,12 @@ def command_line(args) -> str:
     for flag, v in (("--checkpoint", args.checkpoint), ("--bag", args.bag), ("--out", args.out)):
         if v:
             parts += [flag, shlex.quote(str(v))]
+    if args.what == "multihost" and getattr(args, "domain_id", 181) != 181:
+        parts += ["--domain-id", str(args.domain_id)]
     parts += [f for f, on in (("--no-e2e", args.no_e2e), ("--no-anc", args.no_anc),
-                              ("--quick", args.quick)) if on]
+                              ("--no-peers", args.no_peers), ("--no-streams", args.no_streams),
+                              ("--no-multihost", args.no_multihost), ("--quick", args.quick))
+              if on]
     return " ".join(parts)
 
 
@@ -60,9 +69,15 @@ def _run(args, log) -> dict:
     if args.what == "e2e":
         return bench_e2e(bag=args.bag, checkpoint=args.checkpoint, threads=args.threads,
                          quick=args.quick, log=log, packet_ms=args.packet_ms)
+    if args.what == "multihost":
+        return bench_multihost(quick=args.quick, domain_id=args.domain_id, log=log)
+    if args.what == "streams":
+        return bench_streams(checkpoint=args.checkpoint, threads=args.threads, quick=args.quick,
+                             log=log)
     return bench_all(checkpoint=args.checkpoint, threads=args.threads, repeats=args.repeats,
                      quick=args.quick, e2e=not args.no_e2e, log=log, packet_ms=args.packet_ms,
-                     anc_part=not args.no_anc)
+                     anc_part=not args.no_anc, peers_part=not args.no_peers,
+                     streams_part=not args.no_streams, multihost_part=not args.no_multihost)
 
 
 def _print(res: dict, args) -> None:
@@ -77,12 +92,14 @@ def _print(res: dict, args) -> None:
 
 
 def _skipped(res: dict, what: str) -> str | None:
-    """Why a part did not run (``e2e``, or the e2e / ANC part of ``all``)."""
-    if what == "e2e":
+    """Why a part did not run (``e2e``, ``streams``, ``multihost``, or a part of ``all``)."""
+    if what in ("e2e", "streams", "multihost"):
         return res.get("skipped")
     if what == "all":
         details = res.get("details") or {}
-        return details.get("e2e", {}).get("skipped") or details.get("anc", {}).get("skipped")
+        return next((details.get(p, {}).get("skipped") for p in ("e2e", "anc", "streams",
+                                                                   "multihost")
+                     if details.get(p, {}).get("skipped") not in (None, "disabled")), None)
     return None
 
 

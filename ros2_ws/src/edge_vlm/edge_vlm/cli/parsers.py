@@ -10,7 +10,7 @@ from edge_vlm.training.config import TrainConfig
 DEMO_DIR = os.path.join("data", "demo")
 EVAL_OUT = os.path.join("data", "eval")
 COCO_OUT = os.path.join("data", "coco")
-BENCH_WHAT = ("decode", "sttf", "anc", "e2e", "all")
+BENCH_WHAT = ("decode", "sttf", "anc", "e2e", "streams", "multihost", "all")
 
 
 def add_stats(sub) -> None:
@@ -281,7 +281,8 @@ def add_paper_table(sub) -> None:
 
 def add_bench(sub) -> None:
     s = sub.add_parser("bench", help="benchmarks: decode+bin throughput, token memory vs dense, "
-                                     "end-to-end latency (all: also writes docs/benchmarks.md)")
+                                     "end-to-end latency, drone + ground over a network link "
+                                     "(multihost: root; all: also writes docs/benchmarks.md)")
     s.add_argument("what", nargs="?", choices=BENCH_WHAT, default="all")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--threads", type=int, default=1,
@@ -301,8 +302,17 @@ def add_bench(sub) -> None:
                         "synth`)")
     s.add_argument("--no-e2e", action="store_true", help="`all` without the node-graph run")
     s.add_argument("--no-anc", action="store_true", help="`all` without the ANC comparison")
+    s.add_argument("--no-peers", action="store_true",
+                   help="`all` without the peers (ToMe, top-k) on the same frames")
+    s.add_argument("--no-streams", action="store_true",
+                   help="`all` without the streams-per-machine runs")
+    s.add_argument("--no-multihost", action="store_true",
+                   help="`all` without the drone + ground runs (network namespaces)")
     s.add_argument("--quick", action="store_true",
-                   help="tiny inputs (smoke test; figures not meaningful)")
+                   help="tiny inputs (smoke test; figures not meaningful); multihost: the short "
+                        "profile (one uncapped run)")
+    s.add_argument("--domain-id", type=int, default=181,
+                   help="multihost: ROS_DOMAIN_ID inside the namespaces (default 181)")
 
 
 def add_sim_stats(sub) -> None:

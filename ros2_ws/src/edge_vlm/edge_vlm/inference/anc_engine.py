@@ -154,14 +154,14 @@ class AncStreamingCaptioner(StreamingCaptioner):
         return n
 
     def _flops(self, enc: EncoderOutput, n_embed: int, generated: int, beams: int,
-               learned_mask: bool) -> tuple[dict, float]:
+               learned_mask: bool, fusion_tokens: int | None = None) -> tuple[dict, float]:
         c, m = self.cfg, self.model
         enc_fl = embed_flops(c, n_embed)
         for b, toks in enc.branch_tokens.items():
             enc_fl += vit_flops(replace(c, mlp_ratio=m.acfg.mlp_ratios[b]), toks, self.kept[b])
         flops = {"change_mask": mask_flops(c) if learned_mask else 0.0,
                  "router": estimator_flops(c, m.acfg.est_hidden),
-                 "encoder": enc_fl, "fusion": fusion_flops(c),
+                 "encoder": enc_fl, "fusion": fusion_flops(c, fusion_tokens),
                  "decoder": decoder_flops(c, generated, beams, enc.decoder_layers)}
         med = replace(c, mlp_ratio=m.acfg.mlp_ratios[2])
         dense = ((mask_flops(c) if learned_mask else 0.0) + embed_flops(c, n_embed)

@@ -14,7 +14,9 @@ Per frame:
   tokens runs on the first frame, every ``refresh_period`` frames, and when the
   accumulated memory change since the last dense pass exceeds ``drift_bound``.
   ``sparse=False`` is the dense baseline (every token, every layer, every frame);
-* fusion (age embedding, mask-biased cross-attention), gesture and scene heads, and the
+* fusion (age embedding, mask-biased cross-attention; the sparse engine keeps every token's
+  keys/values and recomputes only the rows whose vision token or age bucket changed,
+  :mod:`.fusion_cache`, exact up to float rounding), gesture and scene heads, and the
   grounded caption (:mod:`.grounding`: calibrated, smoothed head outputs, the publication
   threshold; a gesture's caption is written by the KV-cached MicroGPT (greedy or beam) under a
   constraint that only lets it name the published class; any other scene is verbalised from
@@ -35,6 +37,7 @@ import torch
 
 from edge_vlm.inference.grounding import (CaptionTrie, SceneReport, SceneSmoother, calibrated,
                                           caption_key, decide, gesture_captions, scene_text)
+from edge_vlm.inference.fusion_cache import FusionCache
 from edge_vlm.inference.memory import new_memory
 from edge_vlm.inference.routing import Route
 from edge_vlm.inference.vit import dense_infer, sparse_infer
@@ -125,6 +128,7 @@ class Perception:
     motion: torch.Tensor | None         # the motion state the motion head read (1, C, g, g)
     learned_mask: bool                  # the change mask came from the mask net
     times: StageTimes
+    fusion_tokens: int = 0              # tokens whose fusion keys/values were recomputed
 
 
 @dataclass(slots=True)
@@ -234,6 +238,8 @@ class StreamingCaptioner:
         self._force_dense = False
         self.last_caption: DecodedCaption | None = None
         self.motion_state = MotionState(c.grid)
+        # the sparse engine's fusion keys/values (the dense baseline recomputes every token)
+        self.fusion_cache = FusionCache(self.model)
         self.smoother = SceneSmoother()
         self.published = 0                  # the gesture published on the last frame
 
@@ -258,12 +264,14 @@ class StreamingCaptioner:
         ``events_on`` (denoised), RGB (or zeros)."""
         c = self.cfg
         g, p = c.grid, c.patch
-        ev = hist.reshape(c.event_channels, g, p, g, p).transpose(1, 3, 0, 2, 4).reshape(
-            c.num_tokens, -1)
-        rows = np.log1p(ev[idx].astype(np.float32)) * events_on[idx, None]
+        n, pp = len(idx), p * p
+        gy, gx = np.divmod(idx, g)      # only the patches idx are gathered (no full transpose)
+        ev = hist.reshape(c.event_channels, g, p, g, p)[:, gy, :, gx, :]     # (n, C, p, p)
+        rows = np.log1p(ev.reshape(n, c.event_channels * pp).astype(np.float32))
+        rows *= events_on[idx, None]
         if rgb is not None:
-            im = rgb.reshape(g, p, g, p, 3).transpose(0, 2, 4, 1, 3).reshape(c.num_tokens, -1)
-            rgbr = im[idx].astype(np.float32) / 255.0 - 0.5
+            im = rgb.reshape(g, p, g, p, 3)[gy, :, gx].transpose(0, 3, 1, 2)  # (n, 3, p, p)
+            rgbr = im.reshape(n, 3 * pp).astype(np.float32) / 255.0 - 0.5
         else:
             rgbr = np.zeros((len(idx), c.rgb_channels * p * p), dtype=np.float32)
         return torch.from_numpy(np.concatenate([rows, rgbr], axis=1))
@@ -321,11 +329,12 @@ class StreamingCaptioner:
         return EncoderOutput(vis, layer_tokens, False)
 
     def _flops(self, enc: EncoderOutput, n_embed: int, generated: int, beams: int,
-               learned_mask: bool) -> tuple[dict, float]:
-        """(per-stage FLOPs of this frame, FLOPs of the dense model on it)."""
+               learned_mask: bool, fusion_tokens: int | None = None) -> tuple[dict, float]:
+        """(per-stage FLOPs of this frame, FLOPs of the dense model on it); ``fusion_tokens``:
+        the tokens whose fusion keys/values were recomputed (None: all)."""
         c = self.cfg
         flops = frame_flops(c, enc.layer_tokens, n_embed, generated, beams,
-                            learned_mask=learned_mask)
+                            learned_mask=learned_mask, fusion_tokens=fusion_tokens)
         dense = sum(frame_flops(c, [c.num_tokens] * c.depth, n_embed, generated, beams,
                                 learned_mask=learned_mask).values())
         return flops, dense
@@ -361,8 +370,15 @@ class StreamingCaptioner:
             self.since_dense += 1
         self.memory = enc.vis
         t2 = time.perf_counter()
-        bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]
-        fused, z = self.model.fuse(self.memory[None], bucket, torch.from_numpy(change)[None])
+        bucket = age_bucket(torch.from_numpy(self.age), c.max_age)
+        change_t = torch.from_numpy(change)
+        if self.sparse:     # keys/values recomputed only where a vision token or age bucket moved
+            ff = self.fusion_cache.fuse(self.memory, bucket, change_t)
+            fused, z, fusion_tokens = ff.fused, ff.z, ff.recomputed
+        else:
+            fused, z = self.model.fuse(self.memory[None], bucket[None], change_t[None])
+            fusion_tokens = c.num_tokens
+        bucket = bucket[None]
         motion = None
         if self.model.motion is not None:
             counts = patch_channel_counts(hist_tensor(hist), c.patch)
@@ -371,7 +387,8 @@ class StreamingCaptioner:
         logits = vision if motion is None else self.model.motion(motion, vision)
         self.last_rgb = has_rgb
         return Perception(change, changed, enc, resync, fused, logits[0], vision[0], motion,
-                          learned, StageTimes(t0, t1, t1b, t2, time.perf_counter()))
+                          learned, StageTimes(t0, t1, t1b, t2, time.perf_counter()),
+                          fusion_tokens)
 
     def report(self, p: Perception) -> SceneReport:
         """What the heads found about the perceived frame (:mod:`.grounding`: calibrated,
@@ -449,7 +466,8 @@ class StreamingCaptioner:
             self.last_caption = made
         p.times.decoder = time.perf_counter()
         n_embed = c.num_tokens if p.resync else int(len(p.changed))
-        flops, dense_fl = self._flops(enc, n_embed, len(made.ids) + 1, beams, p.learned_mask)
+        flops, dense_fl = self._flops(enc, n_embed, len(made.ids) + 1, beams, p.learned_mask,
+                                      p.fusion_tokens)
         if not fresh or report.gesture == 0:       # reused, or verbalised without the decoder
             flops["decoder"] = 0.0
         elif spec.get("first", 1) > 1:

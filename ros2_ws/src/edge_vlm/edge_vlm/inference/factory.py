@@ -16,6 +16,7 @@ import torch
 from edge_vlm.inference.anc_engine import AncStreamingCaptioner
 from edge_vlm.inference.engine import PARAMS, StreamingCaptioner
 from edge_vlm.inference.native_vit import share_version_counter
+from edge_vlm.inference.vit import backend_choice
 from edge_vlm.model.checkpoint import DEFAULT_CHECKPOINT, load_checkpoint
 from edge_vlm.model.sttf import CaptionModel, SparseViT
 
@@ -24,11 +25,13 @@ def load_model(checkpoint: str = "") -> tuple[CaptionModel, dict]:
     """(model, checkpoint metadata) for streaming inference: :func:`load_checkpoint` (empty path:
     the shipped checkpoint; raises ``CheckpointError``), then one version counter per encoder
     (:func:`~edge_vlm.inference.native_vit.share_version_counter`: a cheap per-frame check of
-    the native kernel's cached weights)."""
+    the native kernel's cached weights) and its per-CPU backend choice
+    (:func:`~edge_vlm.inference.vit.backend_choice`: measured here, not on the first frame)."""
     model, meta = load_checkpoint(checkpoint)
     for m in model.modules():
         if isinstance(m, SparseViT):
             share_version_counter(m)
+            backend_choice(m)
     return model, meta
 
 

@@ -13,11 +13,16 @@ results, when:
 * the library is not built (``scripts/setup.sh`` builds it with gcc), is older than its source,
   or has another ABI; the CPU lacks AVX2/FMA/F16C; ``EDGE_VLM_NO_NATIVE_VIT=1`` is set (read once,
   at the first pass);
+* :func:`~edge_vlm.inference.vit.backend_choice` measured the PyTorch path faster on this CPU
+  (per ViT shape and pass kind, dense or sparse; unless :func:`~edge_vlm.inference.vit.set_native`
+  forces one);
 * autograd is recording (training), or a tensor is not float32 / contiguous;
 * the shapes are not the kernel's (``dim``, ``dim/heads`` and the token count multiples of 16).
 
 :func:`backend` names the path in use (``"native"`` or ``"torch"``); :func:`why` says why the
-library is not used. The kernel is single-threaded, like the nodes' default ``num_threads: 1``.
+library is not used; :func:`isa` names the kernels the library runs on this CPU (``"avx512"``, or
+``"avx2"`` where the CPU lacks AVX-512F/BW/VL/DQ; :func:`set_isa` picks the narrower set for tests
+and benchmarks). The kernel is single-threaded, like the nodes' default ``num_threads: 1``.
 """
 from __future__ import annotations
 
@@ -36,7 +41,7 @@ from edge_vlm.stream.native_evbin import check_built
 _DIR = str(NATIVE_DIR)
 LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
 SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
-ABI = 6
+ABI = 7
 _PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
 _WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1",
             "w2_t", "b2")
@@ -80,6 +85,9 @@ def load():
             lib.svit_encode.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
                                         ctypes.c_double, _PTR, _I64]
             lib.svit_encode.restype = _I64
+            lib.svit_isa.restype = _I64
+            lib.svit_set_isa.argtypes = [_I64]
+            lib.svit_set_isa.restype = _I64
             _lib = lib
         except (OSError, AttributeError) as exc:
             _why = str(exc)
@@ -94,6 +102,29 @@ def why() -> str:
 def backend() -> str:
     """``"native"`` or ``"torch"``: the encoder-block path of inference passes now."""
     return "native" if load() is not None else "torch"
+
+
+_ISAS = {1: "avx2", 2: "avx512"}
+
+
+def isa() -> str:
+    """The kernels the library runs now: ``"avx512"`` (the default where the CPU has
+    AVX-512F/BW/VL/DQ), ``"avx2"``; empty when the library is not loaded."""
+    lib = load()
+    return _ISAS.get(int(lib.svit_isa()), "") if lib is not None else ""
+
+
+def set_isa(name: str | None) -> str:
+    """Run the kernels ``name`` (``"avx2"``, ``"avx512"``) when this CPU has them, else the widest
+    it has; None: the default (the widest). Returns :func:`isa` then. Process-wide."""
+    want = {v: k for k, v in _ISAS.items()}
+    if name is not None and name not in want:
+        raise ValueError(f"unknown kernel set {name!r} (one of {', '.join(want)})")
+    lib = load()
+    if lib is None:
+        return ""
+    want = want[name] if name is not None else -1
+    return _ISAS.get(int(lib.svit_set_isa(want)), "")
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:

@@ -5,32 +5,133 @@ recomputes only the tokens whose memory input changed: they attend to every toke
 keys/values plus the cached ones of the rest), and layer ``l > 0`` propagates a token only while
 its input deviates from the *last propagated* value by more than a per-layer threshold
 (:func:`layer_gate`, eventful-transformer style), so skipped small changes accumulate instead
-of drifting. A pass runs through the fused native kernel (:mod:`.native_vit`) when it is loaded,
-else (or after :func:`set_native` ``(vit, False)``) on the PyTorch steps :func:`dense_step` /
-:func:`sparse_step`, with the same results.
+of drifting. A pass runs through the fused native kernel (:mod:`.native_vit`) or on the PyTorch
+steps :func:`dense_step` / :func:`sparse_step`, with the same results (to float32 rounding): per
+ViT the faster of the two on this CPU (:func:`backend_choice`, measured once per ViT shape and
+process), unless :func:`set_native` forces one.
 """
 from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
 
 import torch
 
 from edge_vlm.inference import native_vit
-from edge_vlm.inference.memory import LayerMemory
+from edge_vlm.inference.memory import LayerMemory, new_memory
 from edge_vlm.model.layers import Block, attend
 from edge_vlm.model.sttf import SparseViT
 
-#: ``vit.__dict__`` key of :func:`set_native`'s switch (read with one dict lookup per pass)
-_TORCH_ONLY = "_native_off"
+#: ``vit.__dict__`` keys: :func:`set_native`'s switch (absent or None: :func:`backend_choice`),
+#: and the choice (read with one dict lookup per pass)
+_MODE, _CHOICE = "_native_mode", "_native_choice"
+#: active tokens of the calibration's sparse pass (a typical sparse frame has 10-30)
+CALIBRATION_TOKENS = 16
 
 
-def set_native(vit: SparseViT, on: bool) -> None:
-    """Run ``vit``'s passes through the native kernel when it is loaded (``True``, the default)
-    or always on PyTorch calls (``False``: the same results; benchmarks and tests compare)."""
-    vit.__dict__[_TORCH_ONLY] = not on
+@dataclass(frozen=True)
+class BackendChoice:
+    """Which path runs a ViT's dense and sparse passes on this CPU (True: the native kernel):
+    the faster one in :func:`calibrate`'s timings (CPU time of this thread, ms, best of a few
+    interleaved runs); both False when the kernel is not loaded (``timings_ms`` empty)."""
+
+    dense: bool
+    sparse: bool
+    isa: str = ""                     # the kernel's instruction set (native_vit.isa())
+    timings_ms: dict = field(default_factory=dict)   # {dense,sparse}_{native,torch}
+
+    def names(self) -> dict:
+        """``{"dense": "native" | "torch", "sparse": ...}`` (the bench's record)."""
+        return {k: "native" if on else "torch"
+                for k, on in (("dense", self.dense), ("sparse", self.sparse))}
 
 
-def native_on(vit: SparseViT) -> bool:
-    """Whether :func:`set_native` leaves ``vit``'s passes to the native kernel."""
-    return not vit.__dict__.get(_TORCH_ONLY, False)
+#: choices made in this process, by ViT shape (:func:`_shape_key`)
+_choices: dict[tuple, BackendChoice] = {}
+
+
+def set_native(vit: SparseViT, on: bool | None) -> None:
+    """Run ``vit``'s passes through the native kernel when it is loaded (``True``), always on
+    PyTorch calls (``False``: the same results; benchmarks and tests compare), or on the faster
+    of the two on this CPU (``None``, the default: :func:`backend_choice`)."""
+    vit.__dict__[_MODE] = on
+
+
+def native_mode(vit: SparseViT) -> bool | None:
+    """What :func:`set_native` set for ``vit`` (None: the per-CPU choice)."""
+    return vit.__dict__.get(_MODE)
+
+
+def native_on(vit: SparseViT, dense: bool = False) -> bool:
+    """Whether ``vit``'s sparse (or ``dense``) passes try the native kernel: :func:`set_native`'s
+    setting, else :func:`backend_choice`'s."""
+    mode = vit.__dict__.get(_MODE)
+    if mode is not None:
+        return mode
+    choice = vit.__dict__.get(_CHOICE) or backend_choice(vit)
+    return choice.dense if dense else choice.sparse
+
+
+def _shape_key(vit: SparseViT) -> tuple:
+    blocks = list(vit.blocks)
+    return (type(vit).__name__, tuple(vit.pos.shape), native_vit.isa(),
+            tuple((blk.heads, int(blk.mlp_params()[0].shape[0]),
+                   getattr(blk.act_fn, "__name__", type(blk.act_fn).__name__))
+                  for blk in blocks))
+
+
+def backend_choice(vit: SparseViT) -> BackendChoice:
+    """The per-CPU choice of ``vit``'s pass backends, made by :func:`calibrate` once per ViT
+    shape and process (at model load: :func:`~edge_vlm.inference.factory.load_model`; else at
+    the first pass), then kept on ``vit`` (an ANC budget change keeps it). Without the native
+    kernel: PyTorch for both."""
+    choice = vit.__dict__.get(_CHOICE)
+    if choice is None:
+        if native_vit.load() is None:
+            choice = BackendChoice(False, False)
+        else:
+            key = _shape_key(vit)
+            choice = _choices.get(key)
+            if choice is None:
+                choice = _choices[key] = calibrate(vit)
+        vit.__dict__[_CHOICE] = choice
+    return choice
+
+
+@torch.no_grad()
+def calibrate(vit: SparseViT, rounds: int = 2) -> BackendChoice:
+    """Time a dense pass and 3 sparse passes over :data:`CALIBRATION_TOKENS` tokens on both
+    backends (interleaved, ``rounds`` rounds after a warm-up round, the best of each: robust to a
+    busy machine) on a scratch memory of ``vit`` and choose the faster per pass kind (native on
+    a tie). ``vit``'s own memories and setting are untouched. The shipped model's three branches
+    take about a second together on this project's 2-core machines."""
+    n_all, d = vit.pos.shape
+    g = torch.Generator().manual_seed(0)
+    e = torch.randn(n_all, d, generator=g)
+    idx = torch.randperm(n_all, generator=g)[:min(CALIBRATION_TOKENS, n_all)].sort().values
+    mems = {nat: new_memory(vit) for nat in (True, False)}
+    before = vit.__dict__.get(_MODE)
+    best: dict[str, float] = {}
+    try:
+        for r in range(rounds + 1):
+            for nat in ((True, False) if r % 2 == 0 else (False, True)):
+                vit.__dict__[_MODE] = nat
+                name = "native" if nat else "torch"
+                runs = (("dense", lambda: dense_infer(vit, e, mems[nat], inplace=True)),
+                        ("sparse", lambda: sparse_infer(vit, e, idx, mems[nat], [], inplace=True)))
+                for kind, fn in runs:
+                    for _ in range(1 if kind == "dense" else 3):
+                        t = time.thread_time()
+                        fn()
+                        ms = (time.thread_time() - t) * 1e3
+                        if r:                                    # round 0: the warm-up
+                            k = f"{kind}_{name}"
+                            best[k] = min(best.get(k, ms), ms)
+    finally:
+        vit.__dict__[_MODE] = before
+    return BackendChoice(dense=best["dense_native"] <= best["dense_torch"],
+                         sparse=best["sparse_native"] <= best["sparse_torch"],
+                         isa=native_vit.isa(), timings_ms=best)
 
 
 def sparse_step(blk: Block, x: torch.Tensor, idx: torch.Tensor, lm: LayerMemory) -> torch.Tensor:
@@ -69,7 +170,9 @@ def dense_infer(vit: SparseViT, e: torch.Tensor, mem: list[LayerMemory],
     Returns the vision tokens (N, D): with ``inplace``, the memory's own tensor
     (``mem[-1].vis``, which the next pass over ``mem`` updates in place), else a copy."""
     idx = torch.arange(e.shape[0])
-    if vit.__dict__.get(_TORCH_ONLY):
+    mode = vit.__dict__.get(_MODE)
+    if not (mode if mode is not None else (vit.__dict__.get(_CHOICE)
+                                           or backend_choice(vit)).dense):
         vis, x, done = None, e[idx] + vit.pos[idx], 0
     else:
         vis, x, done = native_vit.encode(vit, mem, e, idx)
@@ -91,7 +194,9 @@ def sparse_infer(vit: SparseViT, e: torch.Tensor, idx: torch.Tensor, mem: list[L
     what a streaming engine wants), else a copy."""
     blocks = vit._modules["blocks"]           # (not vit.blocks: Module.__getattr__ is slow)
     n = idx.numel()
-    native = not vit.__dict__.get(_TORCH_ONLY)
+    native = vit.__dict__.get(_MODE)
+    if native is None:
+        native = (vit.__dict__.get(_CHOICE) or backend_choice(vit)).sparse
     if n and native and max(thresholds[:len(blocks._modules)], default=0.0) <= 0:
         vis, x, done = native_vit.encode(vit, mem, e, idx)   # no gating: the pass in one call
         if vis is not None:

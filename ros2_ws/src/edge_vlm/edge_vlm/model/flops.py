@@ -79,11 +79,13 @@ def motion_head_flops(cfg: ModelConfig) -> float:
             + linear(1, 2 * w * (g // 4) ** 2, cfg.num_classes))
 
 
-def fusion_flops(cfg: ModelConfig) -> float:
+def fusion_flops(cfg: ModelConfig, kv_tokens: int | None = None) -> float:
     """Mask-biased cross-attention of the fusion queries over all tokens, MLP, gesture head
-    (with the motion head when the model has one)."""
+    (with the motion head when the model has one); ``kv_tokens``: the tokens whose keys and
+    values were computed (the streaming cache's recomputed rows; default: all)."""
     d, n, q = cfg.dim, cfg.num_tokens, cfg.fusion_queries
-    cross = linear(q, d, d) + linear(n, d, 2 * d) + attention(q, n, d) + linear(q, d, d)
+    kv = n if kv_tokens is None else kv_tokens
+    cross = linear(q, d, d) + linear(kv, d, 2 * d) + attention(q, n, d) + linear(q, d, d)
     mlp = linear(q, d, 4 * d) + linear(q, 4 * d, d)
     head = linear(1, 2 * d, cfg.num_classes)
     return cross + mlp + head + motion_head_flops(cfg)
@@ -109,11 +111,12 @@ def decoder_flops(cfg: ModelConfig, generated: int, beams: int = 1, layers: int 
 
 
 def frame_flops(cfg: ModelConfig, layer_tokens: list[int], n_embed: int, generated: int,
-                beams: int = 1, learned_mask: bool = True) -> dict[str, float]:
-    """Per-stage FLOPs of one processed frame."""
+                beams: int = 1, learned_mask: bool = True,
+                fusion_tokens: int | None = None) -> dict[str, float]:
+    """Per-stage FLOPs of one processed frame (``fusion_tokens``: see :func:`fusion_flops`)."""
     return {
         "change_mask": mask_flops(cfg) if learned_mask else 0.0,
         "encoder": encoder_flops(cfg, layer_tokens, n_embed),
-        "fusion": fusion_flops(cfg),
+        "fusion": fusion_flops(cfg, fusion_tokens),
         "decoder": decoder_flops(cfg, generated, beams),
     }

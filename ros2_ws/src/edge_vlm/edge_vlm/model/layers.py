@@ -128,9 +128,16 @@ class CrossAttention(nn.Module):
 
     def forward(self, q: torch.Tensor, kv: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
+        return self.attend(q, self.kv(kv), bias)
+
+    def attend(self, q: torch.Tensor, kv: torch.Tensor,
+               bias: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention of ``q`` (B, Q, D) over the already projected keys and values ``kv``
+        (B, N, 2D: ``self.kv`` of the key/value side, e.g. a streaming cache of them), with the
+        additive ``bias`` (B, N) on the scores."""
         h = self.heads
         qh, = split_heads(self.q(q), 1, h)
-        k, v = split_heads(self.kv(kv), 2, h)
+        k, v = split_heads(kv, 2, h)
         mask = None if bias is None else bias[:, None, None, :].to(qh.dtype)
         out = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask)
         return self.proj(merge_heads(out))

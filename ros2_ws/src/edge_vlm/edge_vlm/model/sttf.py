@@ -136,10 +136,27 @@ class Fusion(nn.Module):
     def tokens(self, vis: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
         return vis + self.age(bucket)
 
+    # functional calls with the modules' weights (the same arithmetic as calling the modules;
+    # at batch 1 on CPU the modules' per-call overhead is a visible part of this stage)
+    def keys_values(self, z: torch.Tensor) -> torch.Tensor:
+        """Keys and values of the vision tokens ``z`` (..., N, D) -> (..., N, 2D): per token (a
+        token's row depends on its own ``z`` row only, so a streaming cache recomputes only the
+        rows whose vision token or age bucket changed: :mod:`edge_vlm.inference.fusion_cache`)."""
+        ln, kv = self.norm_kv, self.attn.kv
+        return F.linear(F.layer_norm(z, ln.normalized_shape, ln.weight, ln.bias, ln.eps),
+                        kv.weight, kv.bias)
+
+    def attend(self, kv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The queries over the keys/values ``kv`` (B, N, 2D), scores biased by ``bias`` (B, N),
+        then the MLP: the fused queries (B, Q, D)."""
+        x = self.queries.expand(kv.shape[0], -1, -1)
+        x = x + self.attn.attend(x, kv, bias)
+        ln, fc1, fc2 = self.norm2, self.mlp[0], self.mlp[2]
+        h = F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+        return x + F.linear(F.gelu(F.linear(h, fc1.weight, fc1.bias)), fc2.weight, fc2.bias)
+
     def forward(self, z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        x = self.queries.expand(z.shape[0], -1, -1)
-        x = x + self.attn(x, self.norm_kv(z), bias)
-        return x + self.mlp(self.norm2(x))
+        return self.attend(self.keys_values(z), bias)
 
 
 class MicroGPT(nn.Module):
@@ -231,7 +248,12 @@ class CaptionModel(nn.Module):
         """vis (B,N,D) encoder output, bucket (B,N) age buckets, change (B,N) mask (float or bool).
         Returns (fused queries (B,Q,D), vision tokens with age (B,N,D))."""
         z = self.fusion.tokens(vis, bucket)
-        return self.fusion(z, self.mask_strength * change.to(z.dtype)), z
+        return self.fusion(z, self.fusion_bias(change, z.dtype)), z
+
+    def fusion_bias(self, change: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The fusion's attention bias of the change mask ``change`` (B, N): its learned
+        strength on the changed tokens."""
+        return self.mask_strength * change.to(dtype)
 
     def gesture_logits(self, fused: torch.Tensor, z: torch.Tensor, bucket: torch.Tensor,
                        motion: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,306 @@
+"""Across hosts: the graph split into a drone (source, sttf_perception, anc_router) and a ground
+station (vlm_captioner) joined by a network link, on one machine with network namespaces.
+
+The namespaces, the link, the two halves (the bringup's launch file with ``nodes:=drone`` /
+``nodes:=ground``) and the recorders are the ROS 2 workspace's tool ``edge_vlm_multihost``
+(package ``edge_vlm_tools``, on PATH after ``source env.sh``; root only), run as a subprocess:
+the core never imports ROS. This module writes the simulated DVS128 bags (one per EventPacket
+encoding the project can write), the plan of runs, and turns what each run left (the drone's
+EventPacket arrivals, the ground's captions, the link's byte counters, the nodes' counters,
+memory samples, partition and restart times) into the figures.
+
+Runs (``quick``: the first only, a short bag):
+
+* ``local`` (not ``quick``): the whole graph on the drone, no link: the baseline measured in
+  the same conditions (the machine's load changes the latencies more than the link);
+* ``link_<encoding>``: uncapped link, the bag at 1x, once per encoding (:data:`ENCODINGS`);
+* ``cap_<rate>``: the default encoding through a ``tbf`` rate cap (:data:`CAPS`), from the
+  start; ``cap_<tightest>_in_flight``: that cap set 1 s after the bag started;
+* ``partition``: the bag looped, the link down for :data:`PARTITION_S` s, then up;
+* ``restart``: the bag looped, the ground's launch stopped and started again.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edge_vlm.bench.streams import packetize_evt3, simulated_events
+from edge_vlm.evaluation.records import read_jsonl, summarize
+from edge_vlm.io.bag_writer import write_bag
+from edge_vlm.io.codecs import make_encoder
+from edge_vlm.io.packets import packet_grid
+from edge_vlm.paths import data_dir
+
+__all__ = ["MULTIHOST_EXECUTABLE", "ENCODINGS", "DEFAULT_ENCODING", "CAPS", "multihost_bag",
+           "make_plan", "run_figures", "bench_multihost"]
+
+MULTIHOST_EXECUTABLE = "edge_vlm_multihost"
+#: EventPacket encodings played over the link (the ones the project's bag writer encodes;
+#: ``evt3`` is decoded by the graph but only its payload size is reported: no encoder)
+ENCODINGS = ("libcaer_cmp", "mono")
+#: the default encoding for a link: the smallest payload per event of the writable ones
+#: (``libcaer_cmp``, iniVation's compressed encoding; DVS128 cameras are iniVation's)
+DEFAULT_ENCODING = "libcaer_cmp"
+#: link caps: two that carry the events, one that cannot (graceful degradation)
+CAPS = ("10mbit", "2mbit", "500kbit")
+PARTITION_S = 5.0
+#: the in-flight cap run: the cap comes this long after the bag started
+CAP_AFTER_S = 1.0
+#: when the partition / restart starts after the bag started, and how long the bag loops
+EVENT_AT_S = 4.0
+LOOP_S = 16.0
+RESTART_LOOP_S = 40.0
+DOMAIN_ID = 181
+PACKET_NS = 10_000_000
+
+
+def multihost_bag(out_dir: str | os.PathLike, encoding: str, quick: bool = False) -> str:
+    """The simulated DVS128 bag of :func:`edge_vlm.bench.e2e.e2e_bag`'s recording (event times
+    whole microseconds, as a DVS128 stamps them; ``libcaer_cmp`` needs them) in ``encoding``,
+    10 ms EventPackets; made once, then reused."""
+    path = Path(out_dir) / f"mh_{encoding}_{'quick' if quick else 'full'}_s11"
+    if (path / "metadata.yaml").is_file():
+        return str(path)
+    events, truth = _recording(quick)
+    write_bag(path, events=events, ground_truth=truth, encoding=encoding, overwrite=True,
+              packet_ns=PACKET_NS)
+    return str(path)
+
+
+def _recording(quick: bool) -> tuple[np.ndarray, list[dict]]:
+    """The bags' events (whole microseconds) and ground truth."""
+    labels, clip_s = ((2, 8), 0.5) if quick else (tuple(range(1, 12)), 1.0)
+    rec = simulated_events(labels=labels, clip_s=clip_s, gap_s=0.3, seed=11)
+    events = rec.events.copy()
+    events["t"] = events["t"] // 1000 * 1000
+    return events, [c.ground_truth() for c in rec.clips]
+
+
+def payload_bytes_per_event(quick: bool = False) -> dict[str, float]:
+    """EventPacket payload bytes per event of each encoding the graph decodes, on the bags'
+    recording in 10 ms packets, offline (``evt3`` too, which the bag writer cannot write)."""
+    ev, _ = _recording(quick)
+    n = max(len(ev), 1)
+    starts, bounds = packet_grid(ev["t"], PACKET_NS)
+    out = {}
+    for enc in ENCODINGS:
+        encode = make_encoder(enc)
+        out[enc] = sum(len(encode(ev[bounds[i]:bounds[i + 1]], int(s)))
+                       for i, s in enumerate(starts)) / n
+    out["evt3"] = sum(len(p[0]) for p in packetize_evt3(ev, packet_ns=PACKET_NS)) / n
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def make_plan(bags: dict[str, str], quick: bool) -> list[dict]:
+    """The runs (see the module doc); ``bags``: encoding -> bag."""
+    base = {"rate": 1.0, "cap": "", "drain_s": 3.0}
+    default = bags[DEFAULT_ENCODING]
+    runs = [{**base, "name": f"link_{e}", "bag": bags[e]} for e in ENCODINGS]
+    if quick:
+        return runs[:1]
+    # the baseline: the whole graph on the drone, no link, same bag, same machine, same load
+    runs.insert(0, {**base, "name": "local", "bag": default, "local": True})
+    runs += [{**base, "name": f"cap_{c}", "bag": default, "cap": c} for c in CAPS]
+    # the tightest cap once the graph is discovered: capped from the start, a link below the
+    # stream's rate starves the discovery of the player's writer (no EventPacket is accepted)
+    runs.append({**base, "name": f"cap_{CAPS[-1]}_in_flight", "bag": default, "cap": CAPS[-1],
+                 "cap_after_s": CAP_AFTER_S})
+    runs.append({**base, "name": "partition", "bag": default, "loop_s": LOOP_S,
+                 "partition_at_s": EVENT_AT_S, "partition_s": PARTITION_S})
+    runs.append({**base, "name": "restart", "bag": default, "loop_s": RESTART_LOOP_S,
+                 "restart_at_s": EVENT_AT_S})
+    return runs
+
+
+def _bytes(state: dict, role: str) -> int | None:
+    a, b = state.get("link_start", {}).get(role), state.get("link_end", {}).get(role)
+    return None if not a or not b else b["tx_bytes"] - a["tx_bytes"]
+
+
+def _first_caption_after(captions: list[int], t_ns: int | None) -> float | None:
+    """Seconds from ``t_ns`` to the first caption that arrived after it."""
+    if t_ns is None:
+        return None
+    after = [c for c in captions if c > t_ns]
+    return round((min(after) - t_ns) / 1e9, 3) if after else None
+
+
+def _rss(samples: list[float]) -> dict:
+    """Max and growth (median of the last quarter - median of the first) of RSS samples (MB)."""
+    if not samples:
+        return {"max": None, "growth": None}
+    q = max(1, len(samples) // 4)
+    return {"max": max(samples),
+            "growth": round(float(np.median(samples[-q:]) - np.median(samples[:q])), 1)}
+
+
+def _link_figures(state: dict, play_s: float | None, events: int | None,
+                  payload: int) -> dict:
+    """Bytes on the link while the bag played (both directions, and drone -> ground)."""
+    up, down = _bytes(state, "drone"), _bytes(state, "ground")
+    ok = play_s and up is not None and down is not None
+    end = state.get("link_end", {})
+    return {
+        "link_bytes_per_s": round((up + down) / play_s) if ok else None,
+        "link_bytes_per_s_drone_to_ground": round(up / play_s) if ok else None,
+        "payload_bytes_per_s": round(payload / play_s) if play_s else None,
+        "bytes_per_mev": round(up / (events / 1e6)) if ok and events else None,
+        "qdisc_drops": sum((end.get(r) or {}).get("qdisc_drops", 0) for r in ("drone", "ground")),
+    }
+
+
+def _captioner_counters(state: dict) -> dict:
+    """The ground captioner's shutdown counters (summed over a restart)."""
+    c = dict(state.get("counters", {}).get("vlm_captioner") or {})
+    before = state.get("counters_before_restart") or {}
+    return {k: v + before.get(k, 0) for k, v in c.items()} if before else c
+
+
+def _records(path: str) -> list[dict]:
+    return read_jsonl(path) if os.path.isfile(path) else []
+
+
+def run_figures(run_dir: str) -> dict:
+    """The figures of one run folder of ``edge_vlm_multihost``."""
+    with open(os.path.join(run_dir, "run.json")) as fh:
+        state = json.load(fh)
+    drone, ground = (_records(os.path.join(run_dir, h, "records.jsonl"))
+                     for h in ("drone", "ground"))
+    rows, summary = summarize(drone + ground)
+    captions = sorted(r["recv_ns"] for r in drone + ground if r.get("stream") == "caption")
+    t0, t1 = state.get("play_start_ns"), state.get("play_end_ns")
+    play_s = (t1 - t0) / 1e9 if t0 and t1 else None
+    perception = state.get("counters", {}).get("sttf_perception") or {}
+    cap = _captioner_counters(state)
+    payload = sum(int(r["data"]["bytes"]) for r in drone if r.get("stream") == "events"
+                  and (t0 is None or t0 <= r["recv_ns"] <= (t1 or r["recv_ns"])))
+    in_play = [c for c in captions if t0 and t1 and t0 <= c <= t1]
+    ev = state.get("events", {})
+    looped = bool((state.get("run") or {}).get("loop_s"))
+    out = {
+        "error": state.get("error") or None, "player_rc": state.get("player_rc"),
+        "captions_ground": len(captions),
+        "frames_replayed": perception.get("frames"),
+        "captions_per_frame": (round(len(captions) / perception["frames"], 3)
+                               if perception.get("frames") else None),
+        "captions_per_s": round(len(in_play) / play_s, 2) if play_s else None,
+        "play_s": round(play_s, 2) if play_s else None,
+        "frame_latency_ms_p50": summary.latency_ms_p50,
+        "frame_latency_ms_p95": summary.latency_ms_p95,
+        # a looped bag repeats its stamps: the packet -> caption join by stamp does not hold
+        "caption_latency_ms_p50": None if looped else summary.packet_to_caption_ms_p50,
+        "caption_latency_ms_p95": None if looped else summary.packet_to_caption_ms_p95,
+        "events_replayed": perception.get("events"),
+        **_link_figures(state, play_s, perception.get("events"), payload),
+        "seq_gaps_ground": cap.get("seq_gaps"),
+        "missing_packets_ground": cap.get("missing_packets"),
+        "frames_dropped_ground": cap.get("dropped"), "mask_fallbacks": cap.get("mask_fallbacks"),
+        "route_fallbacks": cap.get("route_fallbacks"),
+        "rss_mb_drone": _rss(state.get("rss_mb", {}).get("drone", [])),
+        "rss_mb_ground": _rss(state.get("rss_mb", {}).get("ground", [])),
+        "exit_codes": state.get("exit_codes"), "load_avg_1m": state.get("load_avg_1m"),
+        "gesture_accuracy": summary.gesture_accuracy,
+    }
+    if "link_up_ns" in ev:
+        out["partition_s"] = round((ev["link_up_ns"] - ev["link_down_ns"]) / 1e9, 2)
+        out["recovery_s"] = _first_caption_after(captions, ev["link_up_ns"])
+        out["captions_during_partition"] = sum(ev["link_down_ns"] < c <= ev["link_up_ns"]
+                                               for c in captions)
+    if "restart_start_ns" in ev:
+        out["recovery_s"] = _first_caption_after(captions, ev["restart_start_ns"])
+        out["restart_stop_s"] = round((ev["restart_start_ns"] - ev["restart_stop_ns"]) / 1e9, 2)
+        out["restart_ready_s"] = (round((ev["restart_ready_ns"] - ev["restart_start_ns"]) / 1e9, 2)
+                                  if "restart_ready_ns" in ev else None)
+    return out
+
+
+def _run_tool(exe: str, plan: list[dict], out_dir: str, domain_id: int,
+              log: Callable[[str], None] | None) -> int:
+    """``edge_vlm_multihost PLAN --out-dir OUT``; its lines go to ``log``."""
+    plan_path = os.path.join(out_dir, "plan.json")
+    with open(plan_path, "w") as fh:
+        json.dump({"runs": plan}, fh, indent=1)
+    cmd = [exe, plan_path, "--out-dir", out_dir, "--domain-id", str(domain_id)]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as proc:
+        for line in proc.stdout:
+            if log is not None:
+                log(line.rstrip("\n"))
+    return proc.returncode
+
+
+def _headline(runs: dict[str, dict]) -> dict:
+    """The flat figures: the default encoding's uncapped run, caps, recovery."""
+    base = runs.get(f"link_{DEFAULT_ENCODING}") or {}
+    keys = ("captions_ground", "frames_replayed", "captions_per_frame", "caption_latency_ms_p50",
+            "caption_latency_ms_p95", "frame_latency_ms_p50", "frame_latency_ms_p95",
+            "link_bytes_per_s", "bytes_per_mev", "missing_packets_ground",
+            "frames_dropped_ground", "gesture_accuracy")
+    out = {k: base.get(k) for k in keys}
+    local = runs.get("local") or {}
+    for k in ("captions_per_frame", "caption_latency_ms_p50", "caption_latency_ms_p95",
+              "gesture_accuracy"):
+        out[f"{k}_local"] = local.get(k)
+    for enc in ENCODINGS:
+        r = runs.get(f"link_{enc}") or {}
+        out[f"link_bytes_per_s_{enc}"] = r.get("link_bytes_per_s")
+        out[f"bytes_per_mev_{enc}"] = r.get("bytes_per_mev")
+    for c in CAPS + (f"{CAPS[-1]}_in_flight",):
+        r = runs.get(f"cap_{c}") or {}
+        for k in ("captions_per_s", "captions_per_frame", "caption_latency_ms_p95",
+                  "missing_packets_ground", "frames_dropped_ground", "qdisc_drops",
+                  "gesture_accuracy"):
+            out[f"{k}_{c}"] = r.get(k)
+        out[f"rss_mb_max_{c}"] = {h: (r.get(f"rss_mb_{h}") or {}).get("max")
+                                  for h in ("drone", "ground")} if r else None
+    for name in ("partition", "restart"):
+        out[f"recovery_s_{name}"] = (runs.get(name) or {}).get("recovery_s")
+    out["missing_packets_partition"] = (runs.get("partition") or {}).get("missing_packets_ground")
+    out["restart_ready_s"] = (runs.get("restart") or {}).get("restart_ready_s")
+    rec = [v for k, v in out.items() if k.startswith("recovery_s_") and v is not None]
+    out["recovery_s"] = max(rec) if rec else None
+    return out
+
+
+def bench_multihost(quick: bool = False, work_dir: str | None = None,
+                    domain_id: int = DOMAIN_ID, log: Callable[[str], None] | None = None) -> dict:
+    """The multi-host runs (``quick``: one short uncapped run) and their figures; returns
+    ``{"skipped": reason}`` without the ROS 2 workspace or network namespaces (not root)."""
+    exe = shutil.which(MULTIHOST_EXECUTABLE)
+    if exe is None:
+        return {"skipped": f"ROS 2 workspace not available ({MULTIHOST_EXECUTABLE} not on "
+                           "PATH); run `source env.sh`"}
+    if os.geteuid() != 0:
+        return {"skipped": "not root: network namespaces need root"}
+    work = Path(work_dir or (data_dir() / "bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    bags = {e: multihost_bag(work, e, quick) for e in ENCODINGS}
+    plan = make_plan(bags, quick)
+    out_dir = str(work / ("multihost_quick" if quick else "multihost"))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    t0 = time.perf_counter()
+    rc = _run_tool(exe, plan, out_dir, domain_id, log)
+    if rc == 3:
+        return {"skipped": "network namespaces unavailable (see edge_vlm_multihost's error)"}
+    runs = {}
+    for run in plan:
+        d = os.path.join(out_dir, run["name"])
+        runs[run["name"]] = (run_figures(d) if os.path.isfile(os.path.join(d, "run.json"))
+                             else {"error": "no run.json"})
+    with open(os.path.join(out_dir, "cleanup.json")) as fh:
+        cleanup = json.load(fh)
+    return {"profile": "short" if quick else "full", "default_encoding": DEFAULT_ENCODING,
+            "tool_rc": rc, "wall_s": round(time.perf_counter() - t0, 1), "out_dir": out_dir,
+            **_headline(runs),
+            "payload_bytes_per_event_offline": payload_bytes_per_event(quick),
+            "namespaces_left": cleanup.get("left"), "namespaces_created": cleanup.get("created"),
+            "runs": runs}
+

@@ -1,0 +1,463 @@
+"""edge_vlm_multihost: the graph split across two hosts (drone, ground) joined by a network
+link, simulated on one Linux machine with network namespaces (root only).
+
+Usage::
+
+    edge_vlm_multihost PLAN.json --out-dir DIR [--domain-id N]
+
+The plan (written by ``edge-vlm bench multihost``, :mod:`edge_vlm.bench.multihost`) lists
+runs: ``{"name", "bag", "rate", "cap", "loop_s", "partition_at_s", "partition_s",
+"restart_at_s", "drain_s"}``. For the whole plan this tool creates two network namespaces
+(``evlm-drone-<pid>``, ``evlm-ground-<pid>``) joined by a veth pair on a private /30, with
+multicast off on the link (discovery only through ``ROS_STATIC_PEERS`` +
+``ROS_AUTOMATIC_DISCOVERY_RANGE=SUBNET``), and removes them at the end, also on failure,
+SIGINT and SIGTERM. Per run, in the namespaces:
+
+* drone: ``ros2 launch edge_vlm_bringup edge_vlm.launch.py nodes:=drone`` (sttf_perception,
+  anc_router), a recorder of the EventPackets (arrival times before the link) and the bag
+  player (``edge_vlm_play``, once the drone's nodes, its recorder and the ground's captioner
+  subscribed to the events);
+* ground: the same launch file with ``nodes:=ground`` (vlm_captioner) and a recorder of the
+  captions and compute costs;
+* ``cap``: a ``tbf`` qdisc on both ends of the link (``2mbit``, ...), from the start or
+  ``cap_after_s`` after the bag started (a link that degrades in flight); ``loop_s``: the bag loops
+  for that long; ``partition_at_s`` / ``partition_s``: the link goes down then up again;
+  ``restart_at_s``: the ground's launch is stopped (SIGINT) and started again.
+
+Each run leaves ``DIR/<name>/``: the two recorders' JSON lines, the node logs
+(``drone/``, ``ground/``) and ``run.json``: the link's byte counters (from ``ip -s link``)
+while the bag played, qdisc drops, the resident memory of each host's processes (sampled
+every 0.5 s), the nodes' shutdown counters, exit codes and the wall-clock times (ns) of the
+partition and restart. Exit code 0 when every run ran, 1 when one failed, 3 when network
+namespaces are unavailable (not root, no ``ip``): one ``error:`` line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from edge_vlm.bench.e2e import shutdown_counters
+from edge_vlm_ros.lifeline import exec_prefix
+from edge_vlm_tools.proc import graph_memory
+from edge_vlm_tools.runner import find_executable, launch_file, stop_graph
+
+PROG = "edge_vlm_multihost"
+#: the nodes of each half (their log files under the half's log folder)
+HALVES = {"drone": ("sttf_perception", "anc_router"), "ground": ("vlm_captioner",)}
+#: a ``local`` run: the whole graph on the drone (the baseline without the link)
+LOCAL = {"drone": HALVES["drone"] + HALVES["ground"], "ground": ()}
+#: what the recorders record: the EventPackets before the link (and the drone's outputs);
+#: the captions where the captioner runs
+DRONE_STREAMS = ("events", "token_mask", "route")
+CAPTION_STREAMS = ("caption", "compute_cost", "ground_truth")
+#: EventPacket subscriptions the player waits for: drone nodes, drone recorder, captioner
+SUBSCRIBERS = len(HALVES["drone"]) + 1 + len(HALVES["ground"])
+#: token bucket of a capped link: bucket size and the longest wait of a packet in its queue
+TBF_BURST = "32kbit"
+TBF_LATENCY = "100ms"
+SAMPLE_S = 0.5
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass
+class Link:
+    """Two namespaces joined by a veth pair (the drone's end ``veth[0]``)."""
+
+    drone: str
+    ground: str
+    veth: tuple[str, str]
+    ips: tuple[str, str]
+    created: list[str] = field(default_factory=list)     # namespaces made (to remove)
+
+
+def tool(name: str) -> str:
+    """An executable of this package (absolute: PATH need not hold the workspace's lib/)."""
+    return find_executable("edge_vlm_tools", name)
+
+
+def _ros2() -> str:
+    """The ``ros2`` command (PATH, else next to this interpreter, as in the venv)."""
+    return shutil.which("ros2") or os.path.join(os.path.dirname(sys.executable), "ros2")
+
+
+class StopRequested(Exception):
+    """SIGTERM / SIGHUP while running: clean up and exit."""
+
+
+def _ip(*args: str, check: bool = True) -> str:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def _tc(ns: str, *args: str) -> str:
+    res = subprocess.run(["tc", "-n", ns, *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"tc -n {ns} {' '.join(args)}: {res.stderr.strip()}")
+    return res.stdout
+
+
+def namespaces_available() -> str:
+    """Why network namespaces cannot be used here ('' when they can)."""
+    if os.geteuid() != 0:
+        return "not root (network namespaces need root)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` (iproute2) not found"
+    return ""
+
+
+def create_link(tag: int | None = None) -> Link:
+    """The namespaces and the veth pair; a /30 in 10.213.0.0/16 from ``tag`` (default the
+    pid). Partial creations are removed on error."""
+    tag = os.getpid() if tag is None else tag
+    sub = f"10.213.{tag % 250}"
+    link = Link(f"evlm-drone-{tag}", f"evlm-ground-{tag}", (f"evd{tag}", f"evg{tag}"),
+                (f"{sub}.1", f"{sub}.2"))
+    try:
+        for ns in (link.drone, link.ground):
+            _ip("netns", "add", ns)
+            link.created.append(ns)
+        _ip("link", "add", link.veth[0], "type", "veth", "peer", "name", link.veth[1])
+        for ns, dev, ip in zip((link.drone, link.ground), link.veth, link.ips):
+            _ip("link", "set", dev, "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{ip}/30", "dev", dev)
+            _ip("-n", ns, "link", "set", "lo", "up")
+            # no multicast on the link: discovery only through the static peers
+            _ip("-n", ns, "link", "set", dev, "multicast", "off", "up")
+    except BaseException:
+        destroy_link(link)
+        raise
+    return link
+
+
+def destroy_link(link: Link) -> list[str]:
+    """Remove the namespaces this tool created (their veth ends and qdiscs go with them);
+    returns what is left of them (should be [])."""
+    for ns in link.created:
+        _ip("netns", "del", ns, check=False)
+    _ip("link", "del", link.veth[0], check=False)     # only when never moved into a namespace
+    left = set(_ip("netns", "list", check=False).split())
+    return [ns for ns in link.created if ns in left]
+
+
+def set_cap(link: Link, rate: str) -> None:
+    """A tbf rate cap on both ends of the link ('' removes it)."""
+    for ns, dev in zip((link.drone, link.ground), link.veth):
+        subprocess.run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"],
+                       capture_output=True)
+        if rate:
+            _tc(ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+                "burst", TBF_BURST, "latency", TBF_LATENCY)
+
+
+def link_counters(link: Link) -> dict:
+    """Bytes and packets each end sent and received, and its qdisc's drops."""
+    out = {}
+    for role, ns, dev in zip(("drone", "ground"), (link.drone, link.ground), link.veth):
+        st = json.loads(_ip("-n", ns, "-s", "-j", "link", "show", "dev", dev))[0]
+        s64 = st.get("stats64") or st.get("stats") or {}
+        q = json.loads(_tc(ns, "-s", "-j", "qdisc", "show", "dev", dev) or "[]")
+        out[role] = {"tx_bytes": s64["tx"]["bytes"], "rx_bytes": s64["rx"]["bytes"],
+                     "tx_packets": s64["tx"]["packets"],
+                     "qdisc_drops": sum(int(x.get("drops", 0)) for x in q)}
+    return out
+
+
+def set_link_up(link: Link, up: bool) -> None:
+    _ip("-n", link.drone, "link", "set", link.veth[0], "up" if up else "down")
+
+
+class Host:
+    """The processes of one namespace: started under the lifeline, stopped with SIGINT."""
+
+    def __init__(self, link: Link, role: str, run_dir: str, domain: int, local: bool = False):
+        self.ns = link.drone if role == "drone" else link.ground
+        self.role = role
+        self.nodes = (LOCAL if local else HALVES)[role]
+        self.local = local
+        self.dir = os.path.join(run_dir, role)
+        os.makedirs(self.dir, exist_ok=True)
+        peer = link.ips[1] if role == "drone" else link.ips[0]
+        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_STATIC_PEERS=peer,
+                        ROS_AUTOMATIC_DISCOVERY_RANGE="SUBNET")
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+        with open(os.path.join(self.dir, f"{name}.out"), "ab") as fh:
+            p = subprocess.Popen(["ip", "netns", "exec", self.ns, *exec_prefix(), *cmd],
+                                 env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        p.node_name = f"{self.role}.{name}"
+        self.procs[name] = p
+        return p
+
+    def launch(self) -> subprocess.Popen:
+        """This host's half of the graph through the bringup's launch file."""
+        nodes = "all" if self.local else self.role
+        return self.start("launch", [_ros2(), "launch", launch_file(), f"nodes:={nodes}",
+                                     f"log_dir:={self.dir}"])
+
+    def record(self, streams: tuple[str, ...]) -> subprocess.Popen:
+        return self.start("recorder", [tool("edge_vlm_record"),
+                                       os.path.join(self.dir, "records.jsonl"),
+                                       "--topics", *streams])
+
+    def text(self, name: str) -> str:
+        try:
+            with open(os.path.join(self.dir, name), errors="replace") as fh:
+                return fh.read()
+        except OSError:
+            return ""
+
+    def stop(self, name: str, timeout: float = 20.0) -> dict[str, int]:
+        p = self.procs.get(name)
+        return stop_graph([p], timeout) if p is not None else {}
+
+    def stop_all(self) -> dict[str, int]:
+        codes = {}
+        for name in list(self.procs):
+            codes.update(self.stop(name))
+        return codes
+
+
+def _caption_host(drone: Host, ground: Host) -> Host:
+    return drone if drone.local else ground
+
+
+def _ready(drone: Host, ground: Host) -> list[str]:
+    """What is not ready yet: nodes that did not log ``ready:``, recorders that are not
+    recording or lack the captioner's publisher."""
+    missing = [node for host in (drone, ground) for node in host.nodes
+               if "]: ready:" not in host.text(f"{node}.log")]
+    if "recording" not in drone.text("recorder.out"):
+        missing.append("drone recorder")
+    if "publisher of caption" not in _caption_host(drone, ground).text("recorder.out"):
+        missing.append("recorder <- caption")
+    return missing
+
+
+def _wait_ready(drone: Host, ground: Host, timeout: float = READY_TIMEOUT_S) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for host in (drone, ground):
+            for name, p in host.procs.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"{host.role} {name} exited with code {p.returncode}")
+        if not _ready(drone, ground):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"not ready after {timeout:.0f} s: {_ready(drone, ground)}")
+
+
+@dataclass
+class RunState:
+    """What a run measured while the bag played (``run.json``)."""
+
+    name: str
+    play_start_ns: int | None = None
+    play_end_ns: int | None = None
+    link_start: dict = field(default_factory=dict)
+    link_end: dict = field(default_factory=dict)
+    rss_mb: dict = field(default_factory=lambda: {"drone": [], "ground": []})
+    events: dict = field(default_factory=dict)      # partition / restart wall times (ns)
+    counters: dict = field(default_factory=dict)
+    counters_before_restart: dict = field(default_factory=dict)    # the first captioner's
+    exit_codes: dict = field(default_factory=dict)
+    player_rc: int | None = None
+    load_avg_1m: dict = field(default_factory=dict)     # the machine's, at play start / end
+    error: str = ""
+
+
+def _sample(state: RunState, hosts: list[Host]) -> None:
+    for h in hosts:
+        launch = h.procs.get("launch")
+        if launch is not None and launch.poll() is None:
+            state.rss_mb[h.role].append(round(graph_memory(launch.pid).rss_mb, 1))
+
+
+def _restart_ground(ground: Host, state: RunState) -> None:
+    """Stop the ground's launch (SIGINT: the captioner's clean stop) and start it again."""
+    state.events["restart_stop_ns"] = time.time_ns()
+    state.exit_codes.update(ground.stop("launch"))
+    for n in HALVES["ground"]:           # launch truncates the node log: keep the first one
+        src = os.path.join(ground.dir, f"{n}.log")
+        if os.path.exists(src):
+            os.replace(src, os.path.join(ground.dir, f"{n}.before_restart.log"))
+    state.events["restart_start_ns"] = time.time_ns()
+    ground.launch()
+
+
+def _partition(link: Link, state: RunState, due: bool, seconds: float) -> None:
+    """Take the link down once ``due``; up again ``seconds`` after it went down."""
+    ev = state.events
+    if due and "link_down_ns" not in ev:
+        set_link_up(link, False)
+        ev["link_down_ns"] = time.time_ns()
+    elif ("link_down_ns" in ev and "link_up_ns" not in ev
+          and time.time_ns() - ev["link_down_ns"] >= seconds * 1e9):
+        set_link_up(link, True)
+        ev["link_up_ns"] = time.time_ns()
+
+
+def _timeline(run: dict, link: Link, drone: Host, ground: Host, state: RunState) -> None:
+    """While the player runs: sample memory (every 0.5 s once the bag plays); partition,
+    restart, cap and stop the loop on time."""
+    player = drone.procs["player"]
+    loop_s, t_part = float(run.get("loop_s") or 0), float(run.get("partition_at_s") or 0)
+    part_s, t_restart = float(run.get("partition_s") or 0), float(run.get("restart_at_s") or 0)
+    t0, next_sample = None, 0.0
+    while player.poll() is None:
+        now = time.monotonic()
+        if t0 is None and "subscriptions matched" in drone.text("player.out"):
+            t0, state.play_start_ns = now, time.time_ns()
+            state.load_avg_1m["start"] = round(os.getloadavg()[0], 2)
+            state.link_start = link_counters(link)
+        if t0 is not None:
+            el = now - t0
+            if t_part:
+                _partition(link, state, el >= t_part, part_s)
+            if t_restart and "restart_stop_ns" not in state.events and el >= t_restart:
+                _restart_ground(ground, state)
+            if ("restart_start_ns" in state.events and "restart_ready_ns" not in state.events
+                    and "]: ready:" in ground.text("vlm_captioner.log")):
+                state.events["restart_ready_ns"] = time.time_ns()
+            if run.get("cap_after_s") and "cap_on_ns" not in state.events \
+                    and el >= float(run["cap_after_s"]):
+                set_cap(link, run["cap"])
+                state.events["cap_on_ns"] = time.time_ns()
+            if loop_s and el >= loop_s:
+                stop_graph([player], 5.0)
+                break
+        if t0 is not None and now >= next_sample:      # memory while the bag plays
+            _sample(state, [drone, ground])
+            next_sample = now + SAMPLE_S
+        time.sleep(0.05)
+    if "link_down_ns" in state.events and "link_up_ns" not in state.events:
+        set_link_up(link, True)
+        state.events["link_up_ns"] = time.time_ns()
+    state.play_end_ns = time.time_ns()
+    state.load_avg_1m["end"] = round(os.getloadavg()[0], 2)
+    state.link_end = link_counters(link)
+    state.player_rc = player.returncode
+
+
+def _drain(host: Host, drain_s: float, max_s: float = 60.0) -> None:
+    """Until no caption arrived at ``host``'s recorder for ``drain_s`` seconds."""
+    path = os.path.join(host.dir, "records.jsonl")
+    last, changed, end = -1, time.monotonic(), time.monotonic() + max_s
+    while time.monotonic() < end:
+        size = os.path.getsize(path) if os.path.exists(path) else 0
+        if size != last:
+            last, changed = size, time.monotonic()
+        elif time.monotonic() - changed >= drain_s:
+            return
+        time.sleep(0.2)
+
+
+def run_one(run: dict, link: Link, out_dir: str, domain: int) -> RunState:
+    """One run of the plan (see the module doc)."""
+    state = RunState(run["name"])
+    run_dir = os.path.join(out_dir, run["name"])
+    shutil.rmtree(run_dir, ignore_errors=True)
+    local = bool(run.get("local"))
+    drone, ground = (Host(link, r, run_dir, domain, local) for r in ("drone", "ground"))
+    try:
+        # ``cap_after_s``: the link degrades in flight (the cap comes that long after the bag
+        # started); else it is capped from the start, discovery included
+        set_cap(link, "" if run.get("cap_after_s") else (run.get("cap") or ""))
+        if not local:
+            ground.launch()
+            ground.record(CAPTION_STREAMS)
+        drone.launch()
+        drone.record(DRONE_STREAMS + (CAPTION_STREAMS if local else ()))
+        _wait_ready(drone, ground)
+        player = [tool("edge_vlm_play"), run["bag"], "--rate", str(run.get("rate", 1.0)),
+                  "--wait-for", f"event_camera/events={SUBSCRIBERS}", "--wait-timeout", "60"]
+        drone.start("player", player + (["--loop"] if run.get("loop_s") else []))
+        _timeline(run, link, drone, ground, state)
+        _drain(_caption_host(drone, ground), float(run.get("drain_s", 3.0)))
+    except (RuntimeError, OSError, ValueError) as exc:
+        state.error = str(exc)
+    except (KeyboardInterrupt, StopRequested) as exc:
+        state.error = f"stopped ({type(exc).__name__})"
+        raise
+    finally:
+        for host in (drone, ground):
+            state.exit_codes.update(host.stop_all())
+        set_cap(link, "")
+    for host in (drone, ground):
+        for node in host.nodes:
+            state.counters[node] = shutdown_counters(os.path.join(host.dir, f"{node}.log"),
+                                                     node)
+    for node in HALVES["ground"]:
+        before = os.path.join(ground.dir, f"{node}.before_restart.log")
+        if os.path.exists(before):
+            state.counters_before_restart = shutdown_counters(before, node)
+    with open(os.path.join(run_dir, "run.json"), "w") as fh:
+        json.dump({**asdict(state), "dir": run_dir, "link": asdict(link), "run": run}, fh,
+                  indent=1)
+    return state
+
+
+def _raise_stop(sig, _frame) -> None:
+    raise StopRequested(f"signal {sig}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    ap.add_argument("plan", help="JSON plan (runs)")
+    ap.add_argument("--out-dir", required=True, help="one folder per run")
+    ap.add_argument("--domain-id", type=int, default=181, help="ROS_DOMAIN_ID (default 181)")
+    args = ap.parse_args(argv)
+    why = namespaces_available()
+    if why:
+        print(f"{PROG}: error: {why}", file=sys.stderr)
+        return 3
+    try:
+        with open(args.plan) as fh:
+            runs = json.load(fh)["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"{PROG}: error: plan {args.plan}: {exc}", file=sys.stderr)
+        return 2
+    # SIGINT even when started in the background (which ignores it); SIGTERM / SIGHUP alike
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
+    os.makedirs(args.out_dir, exist_ok=True)
+    try:
+        link = create_link()
+    except RuntimeError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 3
+    failed = 0
+    try:
+        for run in runs:
+            print(f"{PROG}: run {run['name']} ...", flush=True)
+            state = run_one(run, link, args.out_dir, args.domain_id)
+            if state.error:
+                failed += 1
+                print(f"{PROG}: run {run['name']} failed: {state.error}", file=sys.stderr,
+                      flush=True)
+    except (KeyboardInterrupt, StopRequested):
+        print(f"{PROG}: stopped", file=sys.stderr)
+        failed += 1
+    finally:
+        left = destroy_link(link)
+        with open(os.path.join(args.out_dir, "cleanup.json"), "w") as fh:
+            json.dump({"created": link.created, "left": left}, fh)
+        print(f"{PROG}: removed {', '.join(link.created)}"
+              + (f"; LEFT {left}" if left else ""), flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
