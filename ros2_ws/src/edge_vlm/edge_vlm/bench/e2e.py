@@ -33,7 +33,8 @@ from edge_vlm.io.bag_writer import write_bag
 from edge_vlm.paths import data_dir
 
 __all__ = ["DEMO_EXECUTABLE", "BACKLOG_RULE", "DemoRun", "Trend", "e2e_bag", "trend",
-           "shutdown_counters", "run_demo", "bench_e2e", "ONE_MS_KEYS", "figures"]
+           "shutdown_counters", "run_demo", "bench_e2e", "ONE_MS_KEYS", "figures",
+           "GraphBenchSetup", "graph_bench_setup"]
 
 #: the ROS 2 workspace's tool that runs the graph on a bag (package ``edge_vlm_tools``)
 DEMO_EXECUTABLE = "edge_vlm_demo"
@@ -117,6 +118,32 @@ def shutdown_counters(log_path: str | os.PathLike, node: str = "") -> dict[str, 
         if v.lstrip("-").isdigit():
             out[k] = int(v)
     return out
+
+
+class GraphBenchSetup(NamedTuple):
+    """What a benchmark that runs the node graph needs: the demo tool, its working folder and
+    the node parameter overrides."""
+
+    exe: str
+    work: Path
+    overrides: dict
+
+
+def graph_bench_setup(work_dir: str | None, checkpoint: str,
+                      threads: int) -> GraphBenchSetup | dict:
+    """The demo tool (:data:`DEMO_EXECUTABLE`), the working folder (default ``data/bench``,
+    created) and the overrides (captioner threads, checkpoint); ``{"skipped": reason}`` without
+    the ROS 2 workspace."""
+    exe = shutil.which(DEMO_EXECUTABLE)
+    if exe is None:
+        return {"skipped": f"ROS 2 workspace not available ({DEMO_EXECUTABLE} not on PATH); "
+                           "run `source env.sh`"}
+    work = Path(work_dir or (data_dir() / "bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    overrides = {"vlm_captioner.num_threads": int(threads)}
+    if checkpoint:
+        overrides["vlm_captioner.checkpoint"] = os.path.abspath(checkpoint)
+    return GraphBenchSetup(exe, work, overrides)
 
 
 def run_demo(exe: str, bag: str, out_dir: str, overrides: dict, rate: float = 1.0,
@@ -256,19 +283,14 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
     Needs the ROS 2 workspace (``source env.sh``: :data:`DEMO_EXECUTABLE` on PATH); returns
     ``{"skipped": reason}`` without it.
     """
-    exe = shutil.which(DEMO_EXECUTABLE)
-    if exe is None:
-        return {"skipped": f"ROS 2 workspace not available ({DEMO_EXECUTABLE} not on PATH); "
-                           "run `source env.sh`"}
-    work = Path(work_dir or (data_dir() / "bench"))
-    work.mkdir(parents=True, exist_ok=True)
+    setup = graph_bench_setup(work_dir, checkpoint, threads)
+    if isinstance(setup, dict):
+        return setup
+    exe, work, overrides = setup.exe, setup.work, setup.overrides
     bag_default = bag is None
     if bag is None:
         bag = e2e_bag(work, labels=(2, 8) if quick else range(1, 12),
                       clip_s=0.5 if quick else 1.0, packet_ms=packet_ms)
-    overrides = {"vlm_captioner.num_threads": int(threads)}
-    if checkpoint:
-        overrides["vlm_captioner.checkpoint"] = os.path.abspath(checkpoint)
     out_dir = str(work / "e2e_last")          # records and node logs of the latest run
     shutil.rmtree(out_dir, ignore_errors=True)
     t0 = time.perf_counter()

@@ -20,9 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from edge_vlm.bench.e2e import DEMO_EXECUTABLE, e2e_bag, figures, run_demo
+from edge_vlm.bench.e2e import e2e_bag, figures, graph_bench_setup, run_demo
 from edge_vlm.domains import free_domain_ids
-from edge_vlm.paths import data_dir
 
 __all__ = ["MIN_FRAME_SHARE", "REALTIME_RULE", "bench_streams", "stream_realtime"]
 
@@ -73,21 +72,16 @@ def bench_streams(checkpoint: str = "", threads: int = 1, max_streams: int = 4,
                   log: Callable[[str], None] | None = None) -> dict:
     """1, 2, ... ``max_streams`` concurrent graphs until a stream is not real time; the
     ``streams_realtime_2cores`` figure and a row per stream of every run (``runs``)."""
-    exe = shutil.which(DEMO_EXECUTABLE)
-    if exe is None:
-        return {"skipped": f"ROS 2 workspace not available ({DEMO_EXECUTABLE} not on PATH); "
-                           "run `source env.sh`"}
-    work = Path(work_dir or (data_dir() / "bench"))
-    work.mkdir(parents=True, exist_ok=True)
-    bag = e2e_bag(work, labels=(2, 8) if quick else range(1, 12), clip_s=0.5 if quick else 1.0)
-    overrides = {"vlm_captioner.num_threads": int(threads)}
-    if checkpoint:
-        overrides["vlm_captioner.checkpoint"] = os.path.abspath(checkpoint)
+    setup = graph_bench_setup(work_dir, checkpoint, threads)
+    if isinstance(setup, dict):
+        return setup
+    bag = e2e_bag(setup.work, labels=(2, 8) if quick else range(1, 12),
+                  clip_s=0.5 if quick else 1.0)
     runs, best = [], 0
     for n in range(1, max(1, max_streams) + 1):
         if log is not None:
             log(f"bench: {n} stream(s) at once, one single-process graph each ...")
-        rows = _run_streams(exe, bag, work, n, overrides, log)
+        rows = _run_streams(setup.exe, bag, setup.work, n, setup.overrides, log)
         ok = all(r.get("realtime") for r in rows)
         runs.append({"streams": n, "all_realtime": ok, "per_stream": rows})
         if not ok:
