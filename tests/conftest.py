@@ -2,6 +2,7 @@
 import os
 import signal
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_REAL = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "real"))
@@ -25,3 +26,10 @@ def _foreground_signals() -> None:
 
 
 _foreground_signals()
+
+
+# the per-CPU backend choice cache (edge_vlm.inference.backend_cache) of this test session: the
+# tests and the graphs they start share one file that the user's ~/.cache never sees
+os.environ.setdefault("EDGE_VLM_BACKEND_CACHE",
+                      os.path.join(tempfile.mkdtemp(prefix="edge_vlm_test_cache_"),
+                                   "backend_choice.json"))

@@ -112,6 +112,13 @@ def test_bench_sttf_quick():
     assert all(c["dense_ms"] == pytest.approx(min(c.get("dense_ms_native", c["dense_ms"]),
                                                    c.get("dense_ms_torch", c["dense_ms"])))
                for c in curve)
+    # where each ms goes: every stage of FrameResult.latency_ms, sparse and dense
+    for mode in ("sparse", "dense"):
+        stages = r[f"stage_ms_steady_{mode}"]
+        assert {"mask", "memory", "encoder", "fusion", "decoder", "total"} <= set(stages)
+        assert all(v >= 0 for v in stages.values())
+        assert stages["total"] == pytest.approx(r[f"total_ms_steady_{mode}"])
+        assert stages["encoder"] <= stages["total"]
     fit = r["sparse_cost_fit"]
     assert fit is None or (fit["frames"] >= 3 and fit["dense_per_token_ms"] > 0
                            and fit["tokens_mean"] > 0)
@@ -159,8 +166,32 @@ def test_bench_e2e_quick(tmp_path):
     assert set(r["caption_latency_trend"]) == {"slope_per_s", "first_quarter_p50",
                                                "last_quarter_p50"}
     assert "packets" in r["captioner_counters"] and r["packet_ms"] == 10.0
+    runs = r["frame_latency_ms_p95_runs"]            # quick: one graph run
+    assert runs["runs"] == 1 and runs["values"] == [r["frame_latency_ms_p95"]]
+    assert runs["min"] == runs["max"] == runs["median"] == r["frame_latency_ms_p95"]
     assert any(line.startswith("demo:") for line in logged)
     assert os.path.isfile(os.path.join(r["out_dir"], "records.jsonl"))
+
+
+def test_latency_runs_median_and_spread(monkeypatch, tmp_path):
+    r = e2e.latency_runs([30.0, 20.0, 25.0])
+    assert (r["median"], r["min"], r["max"], r["median_run"]) == (25.0, 20.0, 30.0, 2)
+    assert e2e.latency_runs([20.0, None, 30.0, 10.0])["median"] == 20.0   # lower median, a run
+    assert e2e.latency_runs([None])["median"] is None
+    # bench_e2e: the median run's figures are the headline ones, every run's value kept
+    p95 = iter([31.0, 22.0, 27.0])
+    monkeypatch.setattr(e2e, "graph_bench_setup",
+                        lambda *a: e2e.GraphBenchSetup("demo", tmp_path, {}))
+    monkeypatch.setattr(e2e, "_graph_run", lambda exe, bag, out_dir, *a: {
+        "out_dir": out_dir, "frame_latency_ms_p95": next(p95), "graph_rss_mb": 1.0,
+        "wall_s": 1.0})
+    out = e2e.bench_e2e(bag="bag", work_dir=str(tmp_path), one_ms=False)
+    assert out["frame_latency_ms_p95"] == 27.0 and out["out_dir"].endswith("e2e_last_run3")
+    assert out["frame_latency_ms_p95_runs"]["values"] == [31.0, 22.0, 27.0]
+    assert (out["frame_latency_ms_p95_runs"]["min"], out["frame_latency_ms_p95_runs"]["max"]) \
+        == (22.0, 31.0)
+    text = report.markdown({"details": {"e2e": out}}, "cmd")
+    assert "median 27 of 3 runs, min 22, max 31" in text
 
 
 def test_trend_and_markdown(tmp_path):
@@ -292,6 +323,18 @@ def test_sparse_cost_fit_recovers_a_line():
     assert fit["dense_per_token_ms"] == pytest.approx(0.1)
     assert fit["tokens_mean"] == pytest.approx(np.mean([10, 20, 30, 40, 12]))
     assert sttf_timing.cost_fit(sparse, dense, np.full(7, 16.0), refreshed, 256) is None
+
+
+def test_stage_medians_per_frame_and_table():
+    passes = [[{"mask": 1.0, "encoder": 4.0, "total": 6.0}, {"mask": 3.0, "total": 9.0}],
+              [{"mask": 2.0, "encoder": 5.0, "total": 7.0}, {"mask": 5.0, "total": 11.0}],
+              [{"mask": 9.0, "encoder": 6.0, "total": 8.0}, {"mask": 4.0, "total": 10.0}]]
+    med = sttf_timing.stage_medians(passes)
+    assert list(med) == ["mask", "total"]        # a stage some frame lacks is left out
+    assert med["mask"].tolist() == [2.0, 4.0] and med["total"].tolist() == [7.0, 10.0]
+    assert sttf_timing.stage_medians([]) == {}
+    lines = report._stage_table({"mask": 2.0, "total": 8.0}, {"mask": 2.0, "total": 32.0})
+    assert any(line.startswith("| total | 8") and "| 4" in line for line in lines)
 
 
 def test_bench_peers_quick(tmp_path):

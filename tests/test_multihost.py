@@ -8,7 +8,11 @@ Asserts: captions arrive on the ground host, made from the drone's EventPackets 
 the link (the link's byte counters carry at least their payload); nothing crosses between the
 namespaces and the machine's own network (a recorder on the same ROS_DOMAIN_ID outside the
 namespaces receives no caption and no EventPacket); every namespace the run created is gone
-afterwards. Needs root and ``ip netns`` (CI runs as root): skipped, with the reason, otherwise.
+afterwards. Three cameras (issue 20, item 5: three network namespaces, ROS namespaces /cam1,
+/cam2, /cam3, one captioner per camera on one ground namespace): every camera's captions
+arrive on its own ROS namespace, none on another's (each camera's sensor clock starts 100 s
+after the previous one's, so every stamp names its camera; the check is shown to catch a
+foreign stamp). Needs root and ``ip netns`` (CI runs as root): skipped, with the reason, otherwise.
 The launch file's ``nodes`` selection is checked without ROS processes.
 """
 from __future__ import annotations
@@ -58,6 +62,7 @@ def multihost_run(tmp_path_factory):
     exe = find_executable("edge_vlm_tools", "edge_vlm_multihost", env)
     bags = {e: multihost_bag(work, e, quick=True) for e in ("libcaer_cmp", "mono")}
     plan = make_plan(bags, quick=True)
+    assert [r["name"] for r in plan] == ["link_libcaer_cmp", "cameras"]
     with open(work / "plan.json", "w") as fh:
         json.dump({"runs": plan}, fh)
     # outside the namespaces, same domain, discovery on every interface of this machine
@@ -70,7 +75,7 @@ def multihost_run(tmp_path_factory):
     try:
         tool = subprocess.run([exe, str(work / "plan.json"), "--out-dir", str(work / "out"),
                                "--domain-id", DOMAIN_ID], env=env, capture_output=True,
-                              text=True, timeout=150)
+                              text=True, timeout=420)
     finally:
         probe.send_signal(2)
         probe.wait(15)
@@ -78,6 +83,7 @@ def multihost_run(tmp_path_factory):
         pytest.skip(f"network namespaces unavailable: {tool.stderr.strip()}")
     run_dir = work / "out" / plan[0]["name"]
     return {"tool": tool, "dir": work / "out", "figures": run_figures(str(run_dir)),
+            "cameras": run_figures(str(work / "out" / "cameras")),
             "probe": probe_out.read_text().splitlines() if probe_out.exists() else [],
             "plan": plan}
 
@@ -113,12 +119,90 @@ def test_no_cross_talk_with_the_machine(multihost_run):
 
 def test_namespaces_removed(multihost_run):
     cleanup = json.loads((multihost_run["dir"] / "cleanup.json").read_text())
-    assert len(cleanup["created"]) == 2 and cleanup["left"] == []
+    # the two hosts, then the three cameras' namespaces and the ground's (the cameras run)
+    assert len(cleanup["created"]) == 6 and cleanup["left"] == []
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not [ns for ns in cleanup["created"] if ns in listed.split()]
     pid = cleanup["created"][0].rsplit("-", 1)[1]
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert f"evd{pid}" not in links and f"evg{pid}" not in links
+    assert not [k for k in (1, 2, 3) if f"evc{k}{pid}" in links or f"evh{k}{pid}" in links]
+
+
+# ------------------------------------------------- three cameras into one ground host
+def _records(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def test_every_camera_captions_on_its_own_namespace(multihost_run):
+    fig = multihost_run["cameras"]
+    assert fig["error"] is None, fig
+    assert sorted(fig["cameras"]) == ["cam1", "cam2", "cam3"]
+    for ns, cam in fig["cameras"].items():
+        assert cam["player_rc"] == 0, (ns, cam)
+        assert cam["frames"] and cam["frames"] > 40, (ns, cam)     # the 1.9 s bag: ~57 frames
+        # three captioners share 2 loaded cores: backpressure drops frames; most are captioned
+        assert cam["captions"] >= 0.3 * cam["frames"], (ns, cam)
+        assert cam["caption_latency_ms_p95"] is not None, (ns, cam)
+        # each captioner decoded exactly its own camera's packets (no other camera's)
+        assert cam["packets_ground"] == cam["packets_drone"] > 0, (ns, cam)
+        assert cam["cross_talk"] == 0, (ns, cam)
+    assert fig["cross_talk"] == 0 and fig["captions_unnamespaced"] == 0, fig
+    assert all(code == 0 for code in fig["exit_codes"].values()), fig["exit_codes"]
+
+
+def test_each_camera_namespace_carries_its_own_recording(multihost_run):
+    """The stamps of every caption on /camK are camera K's clock, and the ground truth on /camK
+    is camera K's gestures (the cameras' label sets differ)."""
+    run = next(r for r in multihost_run["plan"] if r["name"] == "cameras")
+    labels = {}
+    for cam in run["cameras"]:
+        recs = _records(multihost_run["dir"] / "cameras" / "ground" / cam["ns"]
+                        / "records.jsonl")
+        stamps = [r["stamp_ns"] for r in recs if r["stream"] == "caption"]
+        lo, hi = cam["window_ns"]
+        assert stamps and all(lo <= t <= hi for t in stamps), cam["ns"]
+        labels[cam["ns"]] = {r["json"]["label"] for r in recs if r["stream"] == "ground_truth"}
+    assert labels == {"cam1": {2, 8}, "cam2": {3, 9}, "cam3": {4, 10}}, labels
+
+
+def test_star_removed_when_a_step_fails():
+    """A several-camera topology that fails half way (the third camera's namespace name is not
+    valid) leaves no namespace, bridge or veth behind."""
+    why = _skip_reason()
+    if why:
+        pytest.skip(why)
+    rosenv.require_workspace(*PKGS)
+    rosenv.activate()
+    from edge_vlm_tools.multicam import create_star
+
+    tag, cleanup = 4242000 + os.getpid() % 1000, {}
+    with pytest.raises(RuntimeError):
+        create_star(["cam1", "cam2", "bad/name"], tag, cleanup)
+    assert len(cleanup["created"]) == 3 and cleanup["left"] == []     # hub, cam1, cam2
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not [ns for ns in cleanup["created"] if ns in listed.split()]
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert not [k for k in (1, 2, 3) if f"evc{k}{tag}" in links or f"evh{k}{tag}" in links]
+
+
+def test_cross_talk_check_catches_a_foreign_caption(multihost_run, tmp_path):
+    """The cross-talk figure is not 0 by construction: one caption of cam2's clock written into
+    cam1's records, and one on the un-namespaced topic, are both counted."""
+    from edge_vlm.bench.multihost import camera_figures
+
+    copy = tmp_path / "cameras"
+    shutil.copytree(multihost_run["dir"] / "cameras", copy)
+    cam1 = copy / "ground" / "cam1" / "records.jsonl"
+    foreign = next(r for r in _records(copy / "ground" / "cam2" / "records.jsonl")
+                   if r["stream"] == "caption")
+    with open(cam1, "a") as fh:
+        fh.write(json.dumps(foreign) + "\n")
+    with open(copy / "ground" / "probe.jsonl", "a") as fh:
+        fh.write(json.dumps(foreign) + "\n")
+    fig = camera_figures(str(copy))
+    assert fig["cameras"]["cam1"]["cross_talk"] == 1 and fig["captions_unnamespaced"] == 1
+    assert fig["cross_talk"] == 2
 
 
 # ----------------------------------------------------------- launch file: nodes:= selection
@@ -165,6 +249,37 @@ def test_launch_drone_player_waits_for_the_ground_captioner():
     args = [str(a) for a in player._Node__arguments]       # the player's command line
     # the two drone nodes and the ground's vlm_captioner
     assert args[args.index("--wait-for") + 1] == "/event_camera/events=3", args
+
+
+def test_launch_camera_namespace_keeps_the_bag_in_it():
+    """nodes:=drone for camera cam2 (docs/deploy.md): its nodes in /cam2, its inputs there,
+    and the player moves the bag's events and ground truth under /cam2."""
+    actions = _entities({"nodes": "drone", "source": "bag", "bag": "/tmp/x", "namespace": "cam2",
+                         "events_topic": "/cam2/event_camera/events",
+                         "image_topic": "/cam2/camera/image_raw"})
+    nodes = [a for a in actions if a.node_executable != "edge_vlm_play"]
+    assert sorted(a.node_executable for a in nodes) == ["anc_router", "sttf_perception"]
+    assert {a._Node__node_namespace for a in nodes} == {"/cam2"}, nodes
+    player = [a for a in actions if a.node_executable == "edge_vlm_play"][0]
+    args = [str(a) for a in player._Node__arguments]
+    remaps = [args[i + 1] for i, a in enumerate(args) if a == "--remap"]
+    assert remaps == ["/event_camera/events:=/cam2/event_camera/events",
+                      "/camera/image_raw:=/cam2/camera/image_raw",
+                      "/edge_vlm/ground_truth:=/cam2/edge_vlm/ground_truth"], args
+    assert args[args.index("--wait-for") + 1] == "/cam2/event_camera/events=3", args
+
+
+def _respawn(action) -> bool:
+    from launch.utilities.type_utils import perform_typed_substitution
+    from launch import LaunchContext
+
+    return perform_typed_substitution(LaunchContext(), action._ExecuteLocal__respawn, bool)
+
+
+def test_launch_respawn_restarts_the_ground_captioner():
+    """respawn:=true (the bench's crash run): launch starts a dead node process again."""
+    assert [_respawn(a) for a in _entities({"nodes": "ground", "respawn": "true"})] == [True]
+    assert not any(_respawn(a) for a in _entities({"nodes": "all"}))
 
 
 @pytest.mark.parametrize("args", [{"nodes": "ground", "source": "bag", "bag": "/tmp/x"},

@@ -495,3 +495,28 @@ def test_backend_choice_is_measured_per_cpu_and_kept():
     assert vit_mod.native_on(a) == choice.sparse
     assert choice.names() == {"dense": "native" if choice.dense else "torch",
                               "sparse": "native" if choice.sparse else "torch"}
+
+
+@torch.no_grad()
+def test_prefetch_changes_no_value(isa):
+    """The next-layer prefetch (on by default) gives bit-identical passes and memories."""
+    cfg = ModelConfig(dim=128, heads=4, depth=3, mlp_ratio=4)
+    torch.manual_seed(9)
+    vit = SparseViT(cfg).eval()
+    for p in vit.parameters():
+        p.copy_(p.half().float())
+    set_native(vit, True)
+    e = torch.randn(cfg.num_tokens, 128)
+    runs = {}
+    for on in (True, False):
+        was = native_vit.set_prefetch(on)
+        mem = new_memory(vit)
+        outs = [dense_infer(vit, e, mem)]
+        for n in (1, 16, 64, 65):
+            idx = torch.randperm(cfg.num_tokens, generator=torch.Generator().manual_seed(n))[:n]
+            outs.append(sparse_infer(vit, e * (1 + n / 50), idx.sort().values, mem, [])[0])
+        runs[on] = outs + [t.clone() for lm in mem for t in (lm.x, lm.kt, lm.v, lm.out)]
+        native_vit.set_prefetch(was)
+    set_native(vit, None)
+    assert native_vit.set_prefetch(None) is True          # the default, restored
+    assert all(torch.equal(a, b) for a, b in zip(runs[True], runs[False]))

@@ -58,6 +58,11 @@ _COMMON = (
     ParamSpec("patch_size", 8,
               "Side of one square patch/token in model pixels (128/8 -> 16x16 = 256 tokens).",
               read_only=True, min_value=2, max_value=64),
+    ParamSpec("flicker_min_flips", 0,
+              "Anti-flicker filter at intake: a model-grid pixel whose events change polarity "
+              "at least this many times in one frame (mains-lit flicker: ~6 in 33 ms; a moving "
+              "edge: 0-2) is left out of that frame (docs/design.md, 'Anti-flicker'). 0 = off.",
+              read_only=True, min_value=0, max_value=63),
 )
 
 _MASK = (

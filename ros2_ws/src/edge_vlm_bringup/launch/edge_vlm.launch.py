@@ -6,7 +6,8 @@ and optionally their input (a bag player or a camera driver).
         [checkpoint:=/path/captioner.pt] [namespace:=ns] [events_topic:=/event_camera/events]
         [image_topic:=/camera/image_raw] [use_rgb:=auto|never|always] [graph:=/path/graph.yaml]
         [params:='{vlm_captioner.decoding: beam}'] [single_process:=false] [log_dir:=DIR]
-        [use_sim_time:=false] [nodes:=all|drone|ground|NAME,NAME]
+        [use_sim_time:=false] [nodes:=all|drone|ground|NAME,NAME] [wait_subscribers:=N]
+        [wait_timeout:=15] [respawn:=false]
 
 The graph file defaults to ``edge_vlm.cores.graph.default_graph_path()``, as for the runner
 (``edge_vlm_run``): ``EDGE_VLM_GRAPH`` when set, else ``config/graph.yaml`` of this package
@@ -37,6 +38,14 @@ or a comma-separated list of node names of the graph. The halves find each other
 takes ``source:=none``. With ``nodes:=drone`` and ``source:=bag`` the player waits for one more
 EventPacket subscriber than the drone's nodes: the ground's captioner (``wait_subscribers``
 overrides the count). ``single_process:=true`` runs the whole graph: only with ``nodes:=all``.
+
+``respawn:=true``: a node process that exits while the launch runs (a crash, a kill) is
+started again at once by launch itself (no new ``ros2 launch``: docs/deploy.md, "crash").
+
+Several cameras on one domain (docs/deploy.md): one graph per camera, each with its own
+``namespace:=camK`` and its inputs in it (``events_topic:=/camK/event_camera/events``,
+``image_topic:=/camK/camera/image_raw``); the bag player then publishes the bag's ground truth
+under the namespace too (``/camK/edge_vlm/ground_truth``).
 
 Input (``source``):
   * ``none`` (default): a camera driver or bag player started elsewhere publishes
@@ -101,19 +110,32 @@ def _prefix(arg, log_name: str) -> str:
                                   else ""))
 
 
-def _player(arg, events: str, subscribers: int, prefix: str) -> Node:
+def _bag_remaps(inputs: dict, namespace: str | None) -> list[str]:
+    """The player's ``--remap``s: the bag's events and images to the graph's inputs, its ground
+    truth under ``namespace`` when there is one (several cameras' graphs apart on one domain)."""
+    out = []
+    for key in ("events", "image"):
+        bag_topic = "/" + TOPICS[key].name
+        if inputs.get(key) and inputs[key] != bag_topic:
+            out += ["--remap", f"{bag_topic}:={inputs[key]}"]
+    if namespace:
+        truth = TOPICS["ground_truth"].name
+        out += ["--remap", f"/{truth}:=/{namespace.strip('/')}/{truth}"]
+    return out
+
+
+def _player(arg, inputs: dict, namespace: str | None, subscribers: int, prefix: str) -> Node:
     """``edge_vlm_play BAG``: plays once ``subscribers`` subscriptions to the events matched
     (with ``use_sim_time``, it publishes ``/clock``)."""
     if not arg("bag"):
         raise ValueError("source:=bag needs bag:=PATH (a rosbag2 folder)")
     loop = _flag(arg, "loop")
     args = [arg("bag"), "--rate", str(float(arg("rate") or 1.0)),
-            "--wait-for", f"{events}={subscribers}"]
+            "--wait-for", f"{inputs['events']}={subscribers}",
+            "--wait-timeout", str(float(arg("wait_timeout") or 15.0))]
     if _flag(arg, "use_sim_time"):
         args.append("--clock")
-    bag_events = "/" + TOPICS["events"].name
-    if events != bag_events:
-        args += ["--remap", f"{bag_events}:={events}"]
+    args += _bag_remaps(inputs, namespace)
     if loop:
         args.append("--loop")
     return Node(package="edge_vlm_tools", executable="edge_vlm_play", arguments=args,
@@ -185,7 +207,7 @@ def _nodes(context):
     if nodes == "ground" and source != "none":
         raise ValueError(f"nodes:=ground takes source:=none (the source runs on the drone), "
                          f"not source:={source}")
-    sim_time = _flag(arg, "use_sim_time")
+    sim_time, respawn = _flag(arg, "use_sim_time"), _flag(arg, "respawn")
     if _flag(arg, "single_process"):
         if nodes not in ("", "all"):
             raise ValueError(f"single_process:=true runs every node: not with nodes:={nodes}")
@@ -198,13 +220,13 @@ def _nodes(context):
                  namespace=s.namespace or None,
                  parameters=[s.parameters, {"use_sim_time": sim_time}],
                  remappings=list(s.remappings.items()), output="screen",
-                 prefix=_prefix(arg, s.name), exec_name=s.name)
+                 prefix=_prefix(arg, s.name), exec_name=s.name, respawn=respawn)
             for s in specs
         ]
         subscribers = len(specs)
     subscribers = _subscribers(arg, nodes, subscribers)
     if source == "bag":
-        actions.append(_player(arg, inputs["events"], subscribers, _prefix(arg, "player")))
+        actions.append(_player(arg, inputs, namespace, subscribers, _prefix(arg, "player")))
     elif source == "camera":
         actions.append(_camera(arg, inputs, namespace, _prefix(arg, "camera")))
     return actions
@@ -267,6 +289,14 @@ def generate_launch_description():
             "wait_subscribers", default_value="",
             description="source:=bag: EventPacket subscriptions the player waits for (empty: "
                         "this host's nodes, plus the ground's captioner with nodes:=drone)"),
+        DeclareLaunchArgument(
+            "respawn", default_value="false",
+            description="true: a node process that exits (a crash) is started again at once "
+                        "(not with single_process)"),
+        DeclareLaunchArgument(
+            "wait_timeout", default_value="15",
+            description="source:=bag: seconds the player waits for those subscriptions before "
+                        "it plays anyway (slow starts: several graphs on one loaded machine)"),
         DeclareLaunchArgument(
             "log_dir", default_value="",
             description="write each process's output to LOG_DIR/<node>.log instead of the "

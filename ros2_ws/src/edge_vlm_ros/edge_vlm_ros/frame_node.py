@@ -51,8 +51,10 @@ class FrameSource:
 
     def __init__(self, logger, params: dict):
         self.period = period_ns(params)
-        self.key = (self.period, int(params["model_width"]), int(params["model_height"]))
-        self.binner = FrameBinner(self.period, self.key[1], self.key[2], track_packets=True)
+        self.key = (self.period, int(params["model_width"]), int(params["model_height"]),
+                    int(params.get("flicker_min_flips", 0)))
+        self.binner = FrameBinner(self.period, self.key[1], self.key[2], track_packets=True,
+                                  flicker_min_flips=self.key[3])
         self.clock = self.binner.clock            # frame index, late_events, resets
         self.header_clock = HeaderClock(self.period)   # sensor time -> header clock
         self.input = EventInput(logger, self.binner)

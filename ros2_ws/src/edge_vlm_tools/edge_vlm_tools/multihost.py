@@ -22,7 +22,12 @@ SIGINT and SIGTERM. Per run, in the namespaces:
 * ``cap``: a ``tbf`` qdisc on both ends of the link (``2mbit``, ...), from the start or
   ``cap_after_s`` after the bag started (a link that degrades in flight); ``loop_s``: the bag loops
   for that long; ``partition_at_s`` / ``partition_s``: the link goes down then up again;
-  ``restart_at_s``: the ground's launch is stopped (SIGINT) and started again.
+  ``restart_at_s``: the ground's launch is stopped (SIGINT) and started again; ``crash_at_s``:
+  the ground's captioner is killed (SIGKILL) and its launch (``respawn:=true``) starts it
+  again.
+
+A run with ``cameras`` (a list of ``{"ns", "bag"}``) is several cameras, each in its own
+namespace, feeding one ground host: :mod:`edge_vlm_tools.multicam` (its own namespaces).
 
 Each run leaves ``DIR/<name>/``: the two recorders' JSON lines, the node logs
 (``drone/``, ``ground/``) and ``run.json``: the link's byte counters (from ``ip -s link``)
@@ -38,196 +43,20 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 from edge_vlm.bench.e2e import shutdown_counters
-from edge_vlm_ros.lifeline import exec_prefix
-from edge_vlm_tools.proc import graph_memory
-from edge_vlm_tools.runner import find_executable, launch_file, stop_graph
+from edge_vlm_tools.multicam import run_cameras
+from edge_vlm_tools.netns import (CAPTION_STREAMS, DRONE_STREAMS, HALVES, READY_TIMEOUT_S,
+                                  SAMPLE_S, SUBSCRIBERS, Host, Link, StopRequested,
+                                  create_link, destroy_link, drain, link_counters,
+                                  namespaces_available, set_cap, set_link_up, tool)
+from edge_vlm_tools.proc import descendants, graph_memory
+from edge_vlm_tools.runner import stop_graph
 
 PROG = "edge_vlm_multihost"
-#: the nodes of each half (their log files under the half's log folder)
-HALVES = {"drone": ("sttf_perception", "anc_router"), "ground": ("vlm_captioner",)}
-#: a ``local`` run: the whole graph on the drone (the baseline without the link)
-LOCAL = {"drone": HALVES["drone"] + HALVES["ground"], "ground": ()}
-#: what the recorders record: the EventPackets before the link (and the drone's outputs);
-#: the captions where the captioner runs
-DRONE_STREAMS = ("events", "token_mask", "route")
-CAPTION_STREAMS = ("caption", "compute_cost", "ground_truth")
-#: EventPacket subscriptions the player waits for: drone nodes, drone recorder, captioner
-SUBSCRIBERS = len(HALVES["drone"]) + 1 + len(HALVES["ground"])
-#: token bucket of a capped link: bucket size and the longest wait of a packet in its queue
-TBF_BURST = "32kbit"
-TBF_LATENCY = "100ms"
-SAMPLE_S = 0.5
-READY_TIMEOUT_S = 120.0
-
-
-@dataclass
-class Link:
-    """Two namespaces joined by a veth pair (the drone's end ``veth[0]``)."""
-
-    drone: str
-    ground: str
-    veth: tuple[str, str]
-    ips: tuple[str, str]
-    created: list[str] = field(default_factory=list)     # namespaces made (to remove)
-
-
-def tool(name: str) -> str:
-    """An executable of this package (absolute: PATH need not hold the workspace's lib/)."""
-    return find_executable("edge_vlm_tools", name)
-
-
-def _ros2() -> str:
-    """The ``ros2`` command (PATH, else next to this interpreter, as in the venv)."""
-    return shutil.which("ros2") or os.path.join(os.path.dirname(sys.executable), "ros2")
-
-
-class StopRequested(Exception):
-    """SIGTERM / SIGHUP while running: clean up and exit."""
-
-
-def _ip(*args: str, check: bool = True) -> str:
-    res = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise RuntimeError(f"ip {' '.join(args)}: {res.stderr.strip()}")
-    return res.stdout
-
-
-def _tc(ns: str, *args: str) -> str:
-    res = subprocess.run(["tc", "-n", ns, *args], capture_output=True, text=True)
-    if res.returncode != 0:
-        raise RuntimeError(f"tc -n {ns} {' '.join(args)}: {res.stderr.strip()}")
-    return res.stdout
-
-
-def namespaces_available() -> str:
-    """Why network namespaces cannot be used here ('' when they can)."""
-    if os.geteuid() != 0:
-        return "not root (network namespaces need root)"
-    for tool in ("ip", "tc"):
-        if shutil.which(tool) is None:
-            return f"`{tool}` (iproute2) not found"
-    return ""
-
-
-def create_link(tag: int | None = None) -> Link:
-    """The namespaces and the veth pair; a /30 in 10.213.0.0/16 from ``tag`` (default the
-    pid). Partial creations are removed on error."""
-    tag = os.getpid() if tag is None else tag
-    sub = f"10.213.{tag % 250}"
-    link = Link(f"evlm-drone-{tag}", f"evlm-ground-{tag}", (f"evd{tag}", f"evg{tag}"),
-                (f"{sub}.1", f"{sub}.2"))
-    try:
-        for ns in (link.drone, link.ground):
-            _ip("netns", "add", ns)
-            link.created.append(ns)
-        _ip("link", "add", link.veth[0], "type", "veth", "peer", "name", link.veth[1])
-        for ns, dev, ip in zip((link.drone, link.ground), link.veth, link.ips):
-            _ip("link", "set", dev, "netns", ns)
-            _ip("-n", ns, "addr", "add", f"{ip}/30", "dev", dev)
-            _ip("-n", ns, "link", "set", "lo", "up")
-            # no multicast on the link: discovery only through the static peers
-            _ip("-n", ns, "link", "set", dev, "multicast", "off", "up")
-    except BaseException:
-        destroy_link(link)
-        raise
-    return link
-
-
-def destroy_link(link: Link) -> list[str]:
-    """Remove the namespaces this tool created (their veth ends and qdiscs go with them);
-    returns what is left of them (should be [])."""
-    for ns in link.created:
-        _ip("netns", "del", ns, check=False)
-    _ip("link", "del", link.veth[0], check=False)     # only when never moved into a namespace
-    left = set(_ip("netns", "list", check=False).split())
-    return [ns for ns in link.created if ns in left]
-
-
-def set_cap(link: Link, rate: str) -> None:
-    """A tbf rate cap on both ends of the link ('' removes it)."""
-    for ns, dev in zip((link.drone, link.ground), link.veth):
-        subprocess.run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"],
-                       capture_output=True)
-        if rate:
-            _tc(ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
-                "burst", TBF_BURST, "latency", TBF_LATENCY)
-
-
-def link_counters(link: Link) -> dict:
-    """Bytes and packets each end sent and received, and its qdisc's drops."""
-    out = {}
-    for role, ns, dev in zip(("drone", "ground"), (link.drone, link.ground), link.veth):
-        st = json.loads(_ip("-n", ns, "-s", "-j", "link", "show", "dev", dev))[0]
-        s64 = st.get("stats64") or st.get("stats") or {}
-        q = json.loads(_tc(ns, "-s", "-j", "qdisc", "show", "dev", dev) or "[]")
-        out[role] = {"tx_bytes": s64["tx"]["bytes"], "rx_bytes": s64["rx"]["bytes"],
-                     "tx_packets": s64["tx"]["packets"],
-                     "qdisc_drops": sum(int(x.get("drops", 0)) for x in q)}
-    return out
-
-
-def set_link_up(link: Link, up: bool) -> None:
-    _ip("-n", link.drone, "link", "set", link.veth[0], "up" if up else "down")
-
-
-class Host:
-    """The processes of one namespace: started under the lifeline, stopped with SIGINT."""
-
-    def __init__(self, link: Link, role: str, run_dir: str, domain: int, local: bool = False):
-        self.ns = link.drone if role == "drone" else link.ground
-        self.role = role
-        self.nodes = (LOCAL if local else HALVES)[role]
-        self.local = local
-        self.dir = os.path.join(run_dir, role)
-        os.makedirs(self.dir, exist_ok=True)
-        peer = link.ips[1] if role == "drone" else link.ips[0]
-        self.env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_STATIC_PEERS=peer,
-                        ROS_AUTOMATIC_DISCOVERY_RANGE="SUBNET")
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
-        with open(os.path.join(self.dir, f"{name}.out"), "ab") as fh:
-            p = subprocess.Popen(["ip", "netns", "exec", self.ns, *exec_prefix(), *cmd],
-                                 env=self.env, stdout=fh, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-        p.node_name = f"{self.role}.{name}"
-        self.procs[name] = p
-        return p
-
-    def launch(self) -> subprocess.Popen:
-        """This host's half of the graph through the bringup's launch file."""
-        nodes = "all" if self.local else self.role
-        return self.start("launch", [_ros2(), "launch", launch_file(), f"nodes:={nodes}",
-                                     f"log_dir:={self.dir}"])
-
-    def record(self, streams: tuple[str, ...]) -> subprocess.Popen:
-        return self.start("recorder", [tool("edge_vlm_record"),
-                                       os.path.join(self.dir, "records.jsonl"),
-                                       "--topics", *streams])
-
-    def text(self, name: str) -> str:
-        try:
-            with open(os.path.join(self.dir, name), errors="replace") as fh:
-                return fh.read()
-        except OSError:
-            return ""
-
-    def stop(self, name: str, timeout: float = 20.0) -> dict[str, int]:
-        p = self.procs.get(name)
-        return stop_graph([p], timeout) if p is not None else {}
-
-    def stop_all(self) -> dict[str, int]:
-        codes = {}
-        for name in list(self.procs):
-            codes.update(self.stop(name))
-        return codes
-
 
 def _caption_host(drone: Host, ground: Host) -> Host:
     return drone if drone.local else ground
@@ -296,6 +125,34 @@ def _restart_ground(ground: Host, state: RunState) -> None:
     ground.launch()
 
 
+def _crash_ground(ground: Host, state: RunState) -> None:
+    """SIGKILL the ground's captioner process (a crash); its launch (``respawn:=true``)
+    starts it again."""
+    launch = ground.procs["launch"]
+    pids = [p for p in descendants(launch.pid) if "vlm_captioner" in _cmdline(p)]
+    state.events["crash_ns"] = time.time_ns()
+    state.events["crash_log_len"] = len(ground.text("vlm_captioner.log"))
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _respawned_ready(ground: Host, state: RunState) -> bool:
+    """The respawned captioner logged ``ready:``: its log was truncated (seen shorter than at
+    the crash; the new process writes nothing for seconds), then written anew."""
+    text, ev = ground.text("vlm_captioner.log"), state.events
+    if len(text) < ev["crash_log_len"]:
+        ev["crash_log_truncated"] = 1
+    return bool(ev.get("crash_log_truncated")) and "]: ready:" in text
+
+
 def _partition(link: Link, state: RunState, due: bool, seconds: float) -> None:
     """Take the link down once ``due``; up again ``seconds`` after it went down."""
     ev = state.events
@@ -314,6 +171,7 @@ def _timeline(run: dict, link: Link, drone: Host, ground: Host, state: RunState)
     player = drone.procs["player"]
     loop_s, t_part = float(run.get("loop_s") or 0), float(run.get("partition_at_s") or 0)
     part_s, t_restart = float(run.get("partition_s") or 0), float(run.get("restart_at_s") or 0)
+    t_crash = float(run.get("crash_at_s") or 0)
     t0, next_sample = None, 0.0
     while player.poll() is None:
         now = time.monotonic()
@@ -330,6 +188,11 @@ def _timeline(run: dict, link: Link, drone: Host, ground: Host, state: RunState)
             if ("restart_start_ns" in state.events and "restart_ready_ns" not in state.events
                     and "]: ready:" in ground.text("vlm_captioner.log")):
                 state.events["restart_ready_ns"] = time.time_ns()
+            if t_crash and "crash_ns" not in state.events and el >= t_crash:
+                _crash_ground(ground, state)
+            if ("crash_ns" in state.events and "crash_ready_ns" not in state.events
+                    and _respawned_ready(ground, state)):
+                state.events["crash_ready_ns"] = time.time_ns()
             if run.get("cap_after_s") and "cap_on_ns" not in state.events \
                     and el >= float(run["cap_after_s"]):
                 set_cap(link, run["cap"])
@@ -350,19 +213,6 @@ def _timeline(run: dict, link: Link, drone: Host, ground: Host, state: RunState)
     state.player_rc = player.returncode
 
 
-def _drain(host: Host, drain_s: float, max_s: float = 60.0) -> None:
-    """Until no caption arrived at ``host``'s recorder for ``drain_s`` seconds."""
-    path = os.path.join(host.dir, "records.jsonl")
-    last, changed, end = -1, time.monotonic(), time.monotonic() + max_s
-    while time.monotonic() < end:
-        size = os.path.getsize(path) if os.path.exists(path) else 0
-        if size != last:
-            last, changed = size, time.monotonic()
-        elif time.monotonic() - changed >= drain_s:
-            return
-        time.sleep(0.2)
-
-
 def run_one(run: dict, link: Link, out_dir: str, domain: int) -> RunState:
     """One run of the plan (see the module doc)."""
     state = RunState(run["name"])
@@ -370,6 +220,8 @@ def run_one(run: dict, link: Link, out_dir: str, domain: int) -> RunState:
     shutil.rmtree(run_dir, ignore_errors=True)
     local = bool(run.get("local"))
     drone, ground = (Host(link, r, run_dir, domain, local) for r in ("drone", "ground"))
+    if run.get("crash_at_s"):
+        ground.launch_args = ["respawn:=true"]
     try:
         # ``cap_after_s``: the link degrades in flight (the cap comes that long after the bag
         # started); else it is capped from the start, discovery included
@@ -384,7 +236,7 @@ def run_one(run: dict, link: Link, out_dir: str, domain: int) -> RunState:
                   "--wait-for", f"event_camera/events={SUBSCRIBERS}", "--wait-timeout", "60"]
         drone.start("player", player + (["--loop"] if run.get("loop_s") else []))
         _timeline(run, link, drone, ground, state)
-        _drain(_caption_host(drone, ground), float(run.get("drain_s", 3.0)))
+        drain(_caption_host(drone, ground), float(run.get("drain_s", 3.0)))
     except (RuntimeError, OSError, ValueError) as exc:
         state.error = str(exc)
     except (KeyboardInterrupt, StopRequested) as exc:
@@ -438,11 +290,14 @@ def main(argv=None) -> int:
     except RuntimeError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 3
-    failed = 0
+    failed, cams = 0, {"created": [], "left": []}     # the several-camera runs' namespaces
     try:
         for run in runs:
             print(f"{PROG}: run {run['name']} ...", flush=True)
-            state = run_one(run, link, args.out_dir, args.domain_id)
+            if run.get("cameras"):
+                state = run_cameras(run, args.out_dir, args.domain_id, cams)
+            else:
+                state = run_one(run, link, args.out_dir, args.domain_id)
             if state.error:
                 failed += 1
                 print(f"{PROG}: run {run['name']} failed: {state.error}", file=sys.stderr,
@@ -451,10 +306,11 @@ def main(argv=None) -> int:
         print(f"{PROG}: stopped", file=sys.stderr)
         failed += 1
     finally:
-        left = destroy_link(link)
+        left = destroy_link(link) + cams["left"]
+        created = link.created + cams["created"]
         with open(os.path.join(args.out_dir, "cleanup.json"), "w") as fh:
-            json.dump({"created": link.created, "left": left}, fh)
-        print(f"{PROG}: removed {', '.join(link.created)}"
+            json.dump({"created": created, "left": left}, fh)
+        print(f"{PROG}: removed {', '.join(created)}"
               + (f"; LEFT {left}" if left else ""), flush=True)
     return 1 if failed else 0
 

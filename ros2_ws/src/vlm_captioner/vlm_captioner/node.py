@@ -151,7 +151,8 @@ class CaptionerNode(FrameNode, Node):
     def _on_route(self, msg: RouteDecision) -> None:
         with self._cond:
             self.scheduler.add_route(self._frame_end(msg.window_start), list(msg.branches_run),
-                                     list(msg.branch_weights), float(msg.compute_budget))
+                                     list(msg.branch_weights), float(msg.compute_budget),
+                                     list(msg.probabilities) or None)
             self._cond.notify()
 
     def _on_image(self, msg: Image | CompressedImage) -> None:

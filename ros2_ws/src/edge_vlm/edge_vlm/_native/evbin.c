@@ -24,6 +24,12 @@
  * 2*cb floats, which cost half of the time of a sparse stream), then records its own bins there
  * (m = -1 when more than olcap).
  *
+ * Anti-flicker (fl_min > 0, FrameBinner's flicker_min_flips; stream/flicker.py is the same rule
+ * in numpy): while events are added, one byte per model-grid pixel keeps its last polarity and
+ * its polarity flips in the open frame; closing the frame leaves out (writes 0, and subtracts
+ * from closed_count) every bin of a pixel with >= fl_min flips, then clears the pixels it
+ * touched.  fl_min = 0 runs the loops of before.
+ *
  * Nothing is written outside the caller's buffers whatever the payload: every coordinate is
  * checked (through the tables, whose out-of-sensor entries are negative) before it indexes
  * anything, and the scratch capacity before every write.  A malformed packet changes no state.
@@ -76,16 +82,30 @@ typedef struct {
     int64_t need;               /* EVB_GROW */
     /* --- EVT 3.0 decoder state, as codecs/evt3.py's _State */
     int64_t y, time_low, time_high, wraps, base_x, pol, seen_high, valid;
+    /* --- anti-flicker (stream/flicker.py's rule; fl_min = 0: off): per model-grid pixel of the
+       open frame (zero between frames), its last polarity and its polarity flips
+       (saturating); closing a frame leaves out the pixels with >= fl_min flips */
+    uint8_t *fl_state;          /* H*W bytes (caller, when fl_min > 0): bits 0-1 the pixel's
+                                   last polarity + 1 (0: none yet), bits 2-7 its flips (<= 63) */
+    int64_t fl_min;             /* flicker_min_flips (caller; 0..63) */
+    int64_t fl_removed;         /* counter: events left out */
 } evbin_t;
 
 /* sizeof(evbin_t) | ABI version << 16: native.py checks it against its ctypes Structure. */
-#define EVBIN_ABI 5
+#define EVBIN_ABI 6
 int64_t evbin_abi(void)
 {
     return (int64_t)sizeof(evbin_t) | (int64_t)EVBIN_ABI << 16;
 }
 
 /* ------------------------------------------------------------------ histograms */
+
+/* The model-grid pixel of a histogram bin b in [0, 2*cb) (cb = 2 * plane): no division. */
+static inline int64_t bin_pixel(int64_t b, int64_t cb, int64_t plane)
+{
+    b -= b >= cb ? cb : 0;
+    return b - (b >= plane ? plane : 0);
+}
 
 /* Close the open frame as frame k into `out` (which is then handed over: out = NULL). */
 static void close_frame(evbin_t *s, int64_t k)
@@ -95,7 +115,7 @@ static void close_frame(evbin_t *s, int64_t k)
     const int32_t *touched = s->touched;
     const int64_t nb = 2 * s->cb, cap = s->olcap, nt = s->n_touched;
     int32_t *list = (int32_t *)(out + nb);      /* header, then the bins (see the top) */
-    int64_t m = list[0];
+    int64_t m = list[0], count = s->open_count;
     if (m < 0 || m > cap) {
         memset(out, 0, (size_t)nb * sizeof *out);
     } else {
@@ -105,10 +125,28 @@ static void close_frame(evbin_t *s, int64_t k)
                 out[b] = 0.0f;
         }
     }
-    for (int64_t j = 0; j < nt; j++) {
-        int32_t b = touched[j];
-        out[b] = (float)acc[b];
-        acc[b] = 0;
+    if (s->fl_min > 0) {                        /* anti-flicker: see stream/flicker.py */
+        const int64_t cbl = s->cb, plane = cbl / 2, min4 = s->fl_min << 2;
+        uint8_t *restrict fl = s->fl_state;
+        int64_t removed = 0;
+        for (int64_t j = 0; j < nt; j++) {      /* (branchless: flicker bins are not rare) */
+            int32_t b = touched[j];
+            uint32_t a = acc[b];
+            uint32_t drop = (int64_t)(fl[bin_pixel(b, cbl, plane)] & 0xFC) >= min4 ? a : 0;
+            removed += drop;
+            out[b] = (float)(a - drop);
+            acc[b] = 0;
+        }
+        for (int64_t j = 0; j < nt; j++)
+            fl[bin_pixel(touched[j], cbl, plane)] = 0;
+        count -= removed;
+        s->fl_removed += removed;
+    } else {
+        for (int64_t j = 0; j < nt; j++) {
+            int32_t b = touched[j];
+            out[b] = (float)acc[b];
+            acc[b] = 0;
+        }
     }
     if (nt <= cap) {
         memcpy(list + 1, touched, (size_t)nt * sizeof *list);
@@ -117,7 +155,7 @@ static void close_frame(evbin_t *s, int64_t k)
         list[0] = -1;
     }
     s->closed_k = k;
-    s->closed_count = s->open_count;
+    s->closed_count = count;
     s->out = NULL;
     s->open_count = 0;
     s->n_touched = 0;
@@ -137,6 +175,25 @@ static void add_events(evbin_t *s, const int64_t *t, const int32_t *c, int64_t i
             h++;
     else
         h = i1;
+    if (s->fl_min > 0) {              /* the same, counting polarity flips (anti-flicker) */
+        const int32_t plane = (int32_t)(cb / 2);
+        uint8_t *restrict fl = s->fl_state;
+        for (int64_t i = i0; i < i1; i++) {
+            int32_t ci = c[i];
+            int64_t b = (i >= h ? cb : 0) + ci;
+            uint32_t v = acc[b];
+            touched[nt] = (int32_t)b;
+            nt += v == 0;
+            acc[b] = v + (v != UINT32_MAX);
+            int32_t p = ci >= plane;
+            int32_t q = ci - (p ? plane : 0);
+            unsigned f = fl[q], lp = f & 3, np_ = (unsigned)p + 1;
+            fl[q] = (uint8_t)((f & 0xFC) + (((lp != 0) & (lp != np_) & (f < 0xFC)) << 2) + np_);
+        }
+        s->n_touched = nt;
+        s->open_count += i1 - i0;
+        return;
+    }
     for (int64_t i = i0; i < i1; i++) {
         int64_t b = (i >= h ? cb : 0) + c[i];
         uint32_t v = acc[b];
@@ -226,8 +283,13 @@ int64_t evbin_close(evbin_t *s, int64_t k)
 /* Drop the open frame's events (the clock restarted after a backward jump). */
 void evbin_discard(evbin_t *s)
 {
-    for (int64_t j = 0; j < s->n_touched; j++)
+    for (int64_t j = 0; j < s->n_touched; j++) {
         s->acc[s->touched[j]] = 0;
+        if (s->fl_min > 0) {
+            int64_t q = bin_pixel(s->touched[j], s->cb, s->cb / 2);
+            s->fl_state[q] = 0;
+        }
+    }
     s->n_touched = 0;
     s->open_count = 0;
 }

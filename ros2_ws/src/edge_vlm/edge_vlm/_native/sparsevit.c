@@ -20,6 +20,13 @@
  * caller's PyTorch path (svit_cpu_ok() == 0). Both are float32 arithmetic, in the same order
  * along each dot product; svit_set_isa picks the narrower set (tests and benchmarks compare).
  *
+ * Where a sparse pass's fixed cost goes: whatever its token count, a pass reads every layer's
+ * weights (float16 copies: 655 KB a layer of the shipped Medium branch) and its whole key/value
+ * memory (256 KB a layer): 7.3 MB a pass, more than L2, so it streams from L3, or from DRAM
+ * when the caller's other stages evicted it. While a layer computes, its matmul loops prefetch
+ * the next layer's weights and keys/values into L2 (svit_pf_t, a line per step of the k loop,
+ * passes of up to PF_MAX_N tokens): the stream then overlaps the arithmetic.
+ *
  * Built by scripts/setup.sh (gcc -O3 -shared -fPIC; the vector code is compiled per function
  * with target attributes, so one build serves every x86-64 CPU).
  */
@@ -29,7 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SVIT_ABI 7
+#define SVIT_ABI 8
 
 typedef struct {
     int64_t d, heads, hid, ntok, act;           /* act: 0 relu, 1 gelu (erf) */
@@ -47,6 +54,38 @@ int64_t svit_abi(void) { return (int64_t)sizeof(svit_layer_t) | ((int64_t)SVIT_A
 int64_t svit_cpu_ok(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+
+/* Software prefetch of what the next layer reads (in the order it reads it: norms, weights,
+ * keys/values), issued from the matmul loops of this layer: PF_LINES cache lines per step of the
+ * k loop, into L2 (pf_layer sets the ranges; empty: nothing). Prefetches never fault and change
+ * no value: the results are those without them. */
+#define PF_RANGES 16
+typedef struct {
+    const char *p, *end;                        /* the range being prefetched */
+    int r, nr;                                  /* the next range, the number of ranges */
+    const char *b[PF_RANGES], *e[PF_RANGES];
+} svit_pf_t;
+
+#ifndef PF_LINES
+#define PF_LINES 1
+#endif
+static inline __attribute__((always_inline)) void pf_tick(svit_pf_t *pf) {
+#if PF_LINES > 0
+    for (int i = 0; i < PF_LINES; i++) {
+        if (pf->p >= pf->end) {
+            if (pf->r >= pf->nr)
+                return;
+            pf->p = pf->b[pf->r];
+            pf->end = pf->e[pf->r];
+            pf->r++;
+        }
+        _mm_prefetch(pf->p, _MM_HINT_T1);
+        pf->p += 64;
+    }
+#else
+    (void)pf;
+#endif
 }
 
 #define TGT __attribute__((target("avx2,fma,f16c")))
@@ -102,7 +141,7 @@ INL void load_b(const int half, const void *B, int64_t ldb, int64_t k, __m256 *b
 
 /* C[i, j0:j0+16] (mr rows) = [C +] A[i, :] . B[:, j0:j0+16] [+ bias] [relu] */
 INL void tile(const int mr, const int half, int64_t K, const float *A, int64_t lda, const void *B, int64_t ldb,
-              float *C, int64_t ldc, const float *bias, int acc, int relu) {
+              float *C, int64_t ldc, const float *bias, int acc, int relu, svit_pf_t *pf) {
     __m256 c0[6], c1[6];
     for (int r = 0; r < mr; r++) {
         c0[r] = _mm256_setzero_ps();
@@ -121,6 +160,7 @@ INL void tile(const int mr, const int half, int64_t K, const float *A, int64_t l
             __m256 b0, b1, e0, e1;
             load_b(half, B, ldb, k, &b0, &b1);
             load_b(half, B, ldb, k + 1, &e0, &e1);
+            pf_tick(pf);
             for (int r = 0; r < mr; r++) {
                 __m256 a = _mm256_broadcast_ss(A + r * lda + k), a2 = _mm256_broadcast_ss(A + r * lda + k + 1);
                 c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
@@ -137,6 +177,7 @@ INL void tile(const int mr, const int half, int64_t K, const float *A, int64_t l
     for (; k < K; k++) {
         __m256 b0, b1;
         load_b(half, B, ldb, k, &b0, &b1);
+        pf_tick(pf);
         for (int r = 0; r < mr; r++) {
             __m256 a = _mm256_broadcast_ss(A + r * lda + k);
             c0[r] = _mm256_fmadd_ps(a, b0, c0[r]);
@@ -163,18 +204,18 @@ INL void tile(const int mr, const int half, int64_t K, const float *A, int64_t l
 
 /* One 16-column panel of C for all M rows: 6-row tiles, then the remaining rows. */
 INL void panel(const int half, int64_t M, int64_t K, const float *A, int64_t lda, const void *bj, int64_t ldb,
-               float *C, int64_t ldc, const float *biasj, int acc, int relu) {
+               float *C, int64_t ldc, const float *biasj, int acc, int relu, svit_pf_t *pf) {
     int64_t i = 0;
     for (; i + 6 <= M; i += 6)
-        tile(6, half, K, A + i * lda, lda, bj, ldb, C + i * ldc, ldc, biasj, acc, relu);
+        tile(6, half, K, A + i * lda, lda, bj, ldb, C + i * ldc, ldc, biasj, acc, relu, pf);
     const float *a = A + i * lda;
     float *c = C + i * ldc;
     switch (M - i) {
-    case 5: tile(5, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu); break;
-    case 4: tile(4, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu); break;
-    case 3: tile(3, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu); break;
-    case 2: tile(2, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu); break;
-    case 1: tile(1, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu); break;
+    case 5: tile(5, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu, pf); break;
+    case 4: tile(4, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu, pf); break;
+    case 3: tile(3, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu, pf); break;
+    case 2: tile(2, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu, pf); break;
+    case 1: tile(1, half, K, a, lda, bj, ldb, c, ldc, biasj, acc, relu, pf); break;
     default: break;
     }
 }
@@ -184,17 +225,18 @@ INL void panel(const int half, int64_t M, int64_t K, const float *A, int64_t lda
  * (the weights: a panel streams sequentially from memory, where K rows 4 KB apart defeat the
  * prefetcher), float32 or, with `half`, float16. */
 TGT static void gemm_h(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const void *B, int64_t ldb,
-                       float *C, int64_t ldc, const float *bias, int acc, int relu, int half) {
+                       float *C, int64_t ldc, const float *bias, int acc, int relu, int half,
+                       svit_pf_t *pf) {
     int64_t j = 0;
     const int packed = ldb == 0;
     for (; j + 16 <= N; j += 16) {
         const float *biasj = bias ? bias + j : NULL;
         if (packed && half)
-            panel(1, M, K, A, lda, (const uint16_t *)B + j * K, 16, C + j, ldc, biasj, acc, relu);
+            panel(1, M, K, A, lda, (const uint16_t *)B + j * K, 16, C + j, ldc, biasj, acc, relu, pf);
         else if (packed)
-            panel(0, M, K, A, lda, (const float *)B + j * K, 16, C + j, ldc, biasj, acc, relu);
+            panel(0, M, K, A, lda, (const float *)B + j * K, 16, C + j, ldc, biasj, acc, relu, pf);
         else
-            panel(0, M, K, A, lda, (const float *)B + j, ldb, C + j, ldc, biasj, acc, relu);
+            panel(0, M, K, A, lda, (const float *)B + j, ldb, C + j, ldc, biasj, acc, relu, pf);
     }
     const float *Bf = (const float *)B;
     for (; j < N && !packed; j++) {             /* column tail (N not a multiple of 16) */
@@ -295,7 +337,7 @@ INL5 __m512 ldb5(const int half, const void *B, int64_t off) {
  * hide the FMA latency. */
 INL5 void tile5(const int mr, const int nr, const int half, int64_t K, const float *A, int64_t lda,
                 const void *B, int64_t ps, int64_t ks, float *C, int64_t ldc, const float *bias,
-                int acc, int relu) {
+                int acc, int relu, svit_pf_t *pf) {
     __m512 c[12][2];
     const __m512 z = _mm512_setzero_ps();
     for (int r = 0; r < mr; r++)
@@ -313,6 +355,7 @@ INL5 void tile5(const int mr, const int nr, const int half, int64_t K, const flo
                 b[p] = ldb5(half, B, p * ps + k * ks);
                 e[p] = ldb5(half, B, p * ps + (k + 1) * ks);
             }
+            pf_tick(pf);
             for (int r = 0; r < mr; r++) {
                 __m512 a = _mm512_set1_ps(A[r * lda + k]), a2 = _mm512_set1_ps(A[r * lda + k + 1]);
                 for (int p = 0; p < nr; p++) {
@@ -329,6 +372,7 @@ INL5 void tile5(const int mr, const int nr, const int half, int64_t K, const flo
         __m512 b[2];
         for (int p = 0; p < nr; p++)
             b[p] = ldb5(half, B, p * ps + k * ks);
+        pf_tick(pf);
         for (int r = 0; r < mr; r++) {
             __m512 a = _mm512_set1_ps(A[r * lda + k]);
             for (int p = 0; p < nr; p++)
@@ -354,24 +398,24 @@ INL5 void tile5(const int mr, const int nr, const int half, int64_t K, const flo
  * in each case: the accumulators stay in registers). */
 #define TILE5_CASES(NR, HALF)                                                                    \
     switch (mr) {                                                                               \
-    case 12: tile5(12, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;     \
-    case 11: tile5(11, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;     \
-    case 10: tile5(10, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;     \
-    case 9: tile5(9, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
-    case 8: tile5(8, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
-    case 7: tile5(7, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
-    case 6: tile5(6, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
-    case 5: tile5(5, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
-    case 4: tile5(4, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
-    case 3: tile5(3, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
-    case 2: tile5(2, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;       \
-    default: tile5(1, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu); break;      \
+    case 12: tile5(12, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;     \
+    case 11: tile5(11, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;     \
+    case 10: tile5(10, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;     \
+    case 9: tile5(9, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;       \
+    case 8: tile5(8, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;       \
+    case 7: tile5(7, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;       \
+    case 6: tile5(6, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;       \
+    case 5: tile5(5, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;       \
+    case 4: tile5(4, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;       \
+    case 3: tile5(3, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;       \
+    case 2: tile5(2, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;       \
+    default: tile5(1, NR, HALF, K, a, lda, bj, ps, ks, c, ldc, biasj, acc, relu, pf); break;      \
     }
 
 /* gemm_h's contract (see there) on AVX-512; N a multiple of 16. */
 TGT5 static void gemm5(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const void *B,
                        int64_t ldb, float *C, int64_t ldc, const float *bias, int acc, int relu,
-                       int half) {
+                       int half, svit_pf_t *pf) {
     const int packed = ldb == 0;
     const int64_t ps = packed ? 16 * K : 16, ks = packed ? 16 : ldb;
     const int64_t tiles = (M + MR5 - 1) / MR5, base = M / tiles, extra = M % tiles;
@@ -446,7 +490,8 @@ TGT5 static void softmax5(int64_t n, int64_t len, float *s, float scale) {
 /* ---- the kernels of this CPU ---------------------------------------------------------------- */
 typedef struct {
     void (*gemm)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const void *B,
-                 int64_t ldb, float *C, int64_t ldc, const float *bias, int acc, int relu, int half);
+                 int64_t ldb, float *C, int64_t ldc, const float *bias, int acc, int relu, int half,
+                 svit_pf_t *pf);
     void (*layer_norm)(int64_t n, int64_t d, const float *x, float *y, const float *w,
                        const float *b, double eps);
     void (*softmax)(int64_t n, int64_t len, float *s, float scale);
@@ -456,6 +501,17 @@ typedef struct {
     int64_t half_max_n;
 } svit_ops_t;
 
+/* prefetch for passes over PF_MIN_N..PF_MAX_N tokens (more: compute-bound, the float32
+ * weights), PF_AHEAD layers ahead */
+#ifndef PF_MIN_N
+#define PF_MIN_N 1
+#endif
+#ifndef PF_AHEAD
+#define PF_AHEAD 1
+#endif
+#ifndef PF_MAX_N
+#define PF_MAX_N 64
+#endif
 static const svit_ops_t ops_avx2 = {gemm_h, layer_norm, softmax_rows, INT64_MAX};
 #ifndef HALF_MAX_N5
 #define HALF_MAX_N5 48
@@ -490,6 +546,17 @@ int64_t svit_set_isa(int64_t isa) {
     return isa_now;
 }
 
+static int64_t pf_on = 1;
+
+/* Prefetch the next layer's data (1, the default) or not (0: tests and benchmarks compare; the
+ * results are the same); < 0: unchanged. Returns the setting before. Process-wide. */
+int64_t svit_set_prefetch(int64_t on) {
+    const int64_t was = pf_on;
+    if (on >= 0)
+        pf_on = on != 0;
+    return was;
+}
+
 static const svit_ops_t *ops(void) { return svit_isa() >= 2 ? &ops_avx512 : &ops_avx2; }
 
 /* Scratch of the calling thread, grown on demand and kept: a fresh malloc of this size (over
@@ -508,9 +575,44 @@ static float *workspace(size_t floats) {
     return ws_buf;
 }
 
-/* One encoder layer over the tokens idx with the kernels k (see svit_layer). */
+static void pf_add(svit_pf_t *pf, const void *p, int64_t bytes) {
+    if (!p || bytes <= 0 || pf->nr >= PF_RANGES)
+        return;
+    const char *b = (const char *)((uintptr_t)p & ~(uintptr_t)63);
+    pf->b[pf->nr] = b;
+    pf->e[pf->nr] = (const char *)p + bytes;
+    pf->nr++;
+}
+
+/* The prefetch ranges of layer L over n tokens, in the order layer_run reads them. */
+static void pf_layer(svit_pf_t *pf, const svit_layer_t *L, int64_t n, int64_t half_max_n) {
+    pf->p = pf->end = NULL;
+    pf->r = pf->nr = 0;
+    if (!L)
+        return;
+    const int64_t d = L->d, N = L->ntok, hid = L->hid;
+    const int half = n <= half_max_n && L->wqkv_h && L->wproj_h && L->w1_h && L->w2_h;
+    const int64_t es = half ? 2 : 4, f = 4;
+    pf_add(pf, L->ln1_w, d * f);
+    pf_add(pf, L->ln1_b, d * f);
+    pf_add(pf, half ? (const void *)L->wqkv_h : L->wqkv_t, 3 * d * d * es);
+    pf_add(pf, L->bqkv, 3 * d * f);
+    pf_add(pf, L->mem_kt, d * N * f);
+    pf_add(pf, L->mem_v, d * N * f);
+    pf_add(pf, half ? (const void *)L->wproj_h : L->wproj_t, d * d * es);
+    pf_add(pf, L->bproj, d * f);
+    pf_add(pf, L->ln2_w, d * f);
+    pf_add(pf, L->ln2_b, d * f);
+    pf_add(pf, half ? (const void *)L->w1_h : L->w1_t, hid * d * es);
+    pf_add(pf, L->b1, hid * f);
+    pf_add(pf, half ? (const void *)L->w2_h : L->w2_t, hid * d * es);
+    pf_add(pf, L->b2, d * f);
+}
+
+/* One encoder layer over the tokens idx with the kernels k (see svit_layer); prefetches what
+ * layer `next` (NULL: none) reads. */
 static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, const int64_t *idx,
-                         float *x) {
+                         float *x, const svit_layer_t *next) {
     const int64_t d = L->d, h = L->heads, N = L->ntok, hid = L->hid;
     if (n <= 0)
         return 0;
@@ -525,6 +627,8 @@ static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, 
     if (!buf)
         return -2;
     float *y = buf, *qkv = y + n * d, *att = qkv + n * 3 * d, *s = att + n * d, *hdn = s + n * N;
+    svit_pf_t pf;
+    pf_layer(&pf, pf_on && n <= PF_MAX_N && n >= PF_MIN_N ? next : NULL, n, k->half_max_n);
 
     for (int64_t i = 0; i < n; i++)
         memcpy(L->mem_x + idx[i] * d, x + i * d, (size_t)d * sizeof(float));
@@ -533,7 +637,7 @@ static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, 
     const int half = n <= k->half_max_n && L->wqkv_h && L->wproj_h && L->w1_h && L->w2_h;
     const void *wqkv = half ? (const void *)L->wqkv_h : L->wqkv_t, *wproj = half ? (const void *)L->wproj_h : L->wproj_t;
     const void *w1 = half ? (const void *)L->w1_h : L->w1_t, *w2 = half ? (const void *)L->w2_h : L->w2_t;
-    k->gemm(n, 3 * d, d, y, d, wqkv, 0, qkv, 3 * d, L->bqkv, 0, 0, half);
+    k->gemm(n, 3 * d, d, y, d, wqkv, 0, qkv, 3 * d, L->bqkv, 0, 0, half, &pf);
     for (int64_t i = 0; i < n; i++) {                /* fresh keys / values into the memory */
         const float *kq = qkv + i * 3 * d + d, *vq = kq + d;
         for (int64_t hh = 0; hh < h; hh++) {
@@ -545,20 +649,20 @@ static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, 
     }
     const float scale = 1.0f / sqrtf((float)dh);
     for (int64_t hh = 0; hh < h; hh++) {
-        k->gemm(n, N, dh, qkv + hh * dh, 3 * d, L->mem_kt + hh * dh * N, N, s, N, NULL, 0, 0, 0);
+        k->gemm(n, N, dh, qkv + hh * dh, 3 * d, L->mem_kt + hh * dh * N, N, s, N, NULL, 0, 0, 0, &pf);
         k->softmax(n, N, s, scale);
-        k->gemm(n, dh, N, s, N, L->mem_v + hh * N * dh, dh, att + hh * dh, d, NULL, 0, 0, 0);
+        k->gemm(n, dh, N, s, N, L->mem_v + hh * N * dh, dh, att + hh * dh, d, NULL, 0, 0, 0, &pf);
     }
-    k->gemm(n, d, d, att, d, wproj, 0, x, d, L->bproj, 1, 0, half);     /* x += proj(att) */
+    k->gemm(n, d, d, att, d, wproj, 0, x, d, L->bproj, 1, 0, half, &pf);     /* x += proj(att) */
     k->layer_norm(n, d, x, y, L->ln2_w, L->ln2_b, L->eps2);
-    k->gemm(n, hid, d, y, d, w1, 0, hdn, hid, L->b1, 0, L->act == 0, half);
+    k->gemm(n, hid, d, y, d, w1, 0, hdn, hid, L->b1, 0, L->act == 0, half, &pf);
     if (L->act != 0) {
         for (int64_t i = 0; i < n * hid; i++) {
             float v = hdn[i];
             hdn[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
         }
     }
-    k->gemm(n, d, hid, hdn, hid, w2, 0, x, d, L->b2, 1, 0, half);        /* x += mlp */
+    k->gemm(n, d, hid, hdn, hid, w2, 0, x, d, L->b2, 1, 0, half, &pf);        /* x += mlp */
     for (int64_t i = 0; i < n; i++)
         memcpy(L->mem_out + idx[i] * d, x + i * d, (size_t)d * sizeof(float));
     return 0;
@@ -569,7 +673,7 @@ static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, 
  * on this CPU (the caller then runs its PyTorch path, which raises for a bad index), -2 on
  * allocation failure; nothing is written then. */
 int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, float *x) {
-    return svit_isa() > 0 ? layer_run(ops(), L, n, idx, x) : -1;
+    return svit_isa() > 0 ? layer_run(ops(), L, n, idx, x, NULL) : -1;
 }
 
 /* A whole inference pass of the ViT over the tokens idx (no per-layer gating): x[i] =
@@ -594,7 +698,7 @@ int64_t svit_encode(const svit_layer_t *const *Ls, int64_t nl, int64_t n, const 
             x[i * d + c] = a[c] + b[c];
     }
     for (int64_t l = 0; l < nl; l++)
-        if (layer_run(k, Ls[l], n, idx, x) != 0)
+        if (layer_run(k, Ls[l], n, idx, x, l + PF_AHEAD < nl ? Ls[l + PF_AHEAD] : NULL) != 0)
             return l;
     const float *out = Ls[nl - 1]->mem_out;
     if (!vis)

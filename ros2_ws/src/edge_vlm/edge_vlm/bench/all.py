@@ -23,8 +23,9 @@ __all__ = ["bench_all"]
 
 #: the multi-host part's figures at the top level, as ``multihost_<key>``
 MULTIHOST_KEYS = ("captions_per_frame", "caption_latency_ms_p95", "bytes_per_mev",
-                  "recovery_s_partition", "recovery_s_restart", "captions_per_s_2mbit",
-                  "namespaces_left")
+                  "recovery_s_partition", "recovery_s_restart", "recovery_s_crash",
+                  "captions_per_s_2mbit",
+                  "namespaces_left", "cameras", "cross_talk")
 
 
 def _flat(parts: list[dict]) -> dict:

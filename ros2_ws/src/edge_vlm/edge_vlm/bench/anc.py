@@ -22,6 +22,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from edge_vlm.bench.anc_complex import budget_monotone, complex_figures
 from edge_vlm.bench.common import set_threads
 from edge_vlm.bench.recordings import SimFrame, sim_frames, test_recordings
 from edge_vlm.cores.graph import replay_params
@@ -211,11 +212,17 @@ def bench_anc(checkpoint: str = "", threads: int = 1, quick: bool = False,
         rows = _lock_step(model, params, meta, frames)
         always = _texts_decoding_every_frame(model, params, meta, frames)
         sweep = _budget_sweep(model, params, meta, frames)
+        complex_ = complex_figures(model, params, meta, frames, quick=quick)
     table = {m: _mode_figures(rows[m]) for m in MODES}
     out = {"model": {"checkpoint": checkpoint or "(shipped default)",
                      "model_id": meta.get("model_id")},
            "threads": threads, "recordings": [r.name for r in recs], "frames": len(rows["both"]),
            **_summary(ck, table, rows["both"]),
+           "anc_accuracy_gap_complex": complex_["anc_accuracy_gap_complex"],
+           "anc_budget_monotone": budget_monotone(sweep),
+           "anc_accuracy_vs_medium": table["both"]["accuracy"] - table["dense_medium"]["accuracy"],
+           "anc_flops_reduction": 1 - table["both"]["gflops"] / table["dense_medium"]["gflops"],
+           "complex_scenes": complex_,
            "budget_sweep": sweep, "ablation": table,
            "caption_gate": _caption_gate(params, rows["both"], always)}
     if plot:

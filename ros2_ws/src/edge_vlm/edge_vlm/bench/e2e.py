@@ -7,7 +7,8 @@ subprocess: the core never imports ROS. The tool writes the recorder's records
 (``records.jsonl``), the node logs (``logs/``) and its summary (``summary.json``: the nodes'
 shutdown counters, the graph's memory) to the run's folder; the figures come from these.
 
-Two runs: the bag at ``packet_ms`` (10 ms by default) with one process per node, then the same
+Two kinds of run: the bag at ``packet_ms`` (10 ms by default) with one process per node (3
+runs, the median run's figures with the spread of ``frame_latency_ms_p95``), then the same
 recording cut into 1 ms EventPackets (1,000 per second, metavision_driver's default) with every
 node in one process (``--single-process``): the ``*_1ms_packets`` figures, and the graph's
 memory in both modes (``graph_rss_mb_multi`` / ``graph_rss_mb_single``).
@@ -34,7 +35,7 @@ from edge_vlm.paths import data_dir
 
 __all__ = ["DEMO_EXECUTABLE", "BACKLOG_RULE", "DemoRun", "Trend", "e2e_bag", "trend",
            "shutdown_counters", "run_demo", "bench_e2e", "ONE_MS_KEYS", "figures",
-           "GraphBenchSetup", "graph_bench_setup"]
+           "GraphBenchSetup", "graph_bench_setup", "latency_runs"]
 
 #: the ROS 2 workspace's tool that runs the graph on a bag (package ``edge_vlm_tools``)
 DEMO_EXECUTABLE = "edge_vlm_demo"
@@ -271,14 +272,40 @@ def _one_ms_run(exe: str, work: Path, quick: bool, overrides: dict, rate: float,
             "player_rc": run.player_rc, **figures(run)}
 
 
+def latency_runs(values: list[float | None]) -> dict:
+    """``frame_latency_ms_p95`` over repeated graph runs: every run's value, the median run's
+    index (the lower median, an actual run: its figures are the headline ones), min and max
+    (the spread)."""
+    ok = [(v, i) for i, v in enumerate(values) if v is not None]
+    if not ok:
+        return {"runs": len(values), "values": list(values), "median": None, "min": None,
+                "max": None, "median_run": None}
+    ranked = sorted(ok)
+    v, i = ranked[(len(ranked) - 1) // 2]
+    return {"runs": len(values), "values": list(values), "median": v, "min": ranked[0][0],
+            "max": ranked[-1][0], "median_run": i}
+
+
+def _graph_run(exe: str, bag: str, out_dir: str, overrides: dict, rate: float,
+               log: Callable[[str], None] | None) -> dict:
+    """One run of the graph (one process per node) on ``bag``: its figures."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    run = run_demo(exe, bag, out_dir, overrides, rate=rate, drain=_DRAIN_S, log=log)
+    return {"wall_s": time.perf_counter() - t0, "out_dir": out_dir, "exit_codes": run.exit_codes,
+            "player_rc": run.player_rc, **figures(run)}
+
+
 def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, rate: float = 1.0,
               work_dir: str | None = None, quick: bool = False,
               log: Callable[[str], None] | None = None, packet_ms: float = 10.0,
-              one_ms: bool = True) -> dict:
+              one_ms: bool = True, runs: int | None = None) -> dict:
     """Play a simulated DVS128 bag at ``rate`` (1 = real time) through the node graph (one
-    process per node); with ``one_ms``, the same recording in 1 ms EventPackets through the
-    single-process graph too (the ``*_1ms_packets`` figures and ``graph_rss_mb_single``,
-    its details under ``one_ms_packets``).
+    process per node) ``runs`` times (default 3, 1 with ``quick``); the figures are the median
+    run's (by ``frame_latency_ms_p95``), ``frame_latency_ms_p95_runs`` holds every run's value
+    and the spread (:func:`latency_runs`). With ``one_ms``, the same recording in 1 ms
+    EventPackets through the single-process graph once (the ``*_1ms_packets`` figures and
+    ``graph_rss_mb_single``, its details under ``one_ms_packets``).
 
     Needs the ROS 2 workspace (``source env.sh``: :data:`DEMO_EXECUTABLE` on PATH); returns
     ``{"skipped": reason}`` without it.
@@ -287,18 +314,20 @@ def bench_e2e(bag: str | None = None, checkpoint: str = "", threads: int = 1, ra
     if isinstance(setup, dict):
         return setup
     exe, work, overrides = setup.exe, setup.work, setup.overrides
+    runs = max(1, int(runs if runs is not None else (1 if quick else 3)))
     bag_default = bag is None
     if bag is None:
         bag = e2e_bag(work, labels=(2, 8) if quick else range(1, 12),
                       clip_s=0.5 if quick else 1.0, packet_ms=packet_ms)
-    out_dir = str(work / "e2e_last")          # records and node logs of the latest run
-    shutil.rmtree(out_dir, ignore_errors=True)
-    t0 = time.perf_counter()
-    run = run_demo(exe, bag, out_dir, overrides, rate=rate, drain=_DRAIN_S, log=log)
-    wall = time.perf_counter() - t0
+    # records and node logs: e2e_last (the first run), e2e_last_run2, ...
+    done = [_graph_run(exe, str(bag), str(work / ("e2e_last" + (f"_run{i + 1}" if i else ""))),
+                       overrides, rate, log) for i in range(runs)]
+    spread = latency_runs([r["frame_latency_ms_p95"] for r in done])
+    median = done[spread["median_run"] if spread["median_run"] is not None else 0]
     out = {"bag": str(bag), "rate": rate, "threads": threads,
-           "packet_ms": packet_ms if bag_default else None, "wall_s": wall, "out_dir": out_dir,
-           "exit_codes": run.exit_codes, "player_rc": run.player_rc, **figures(run)}
+           "packet_ms": packet_ms if bag_default else None, **median,
+           "frame_latency_ms_p95_runs": spread,
+           "wall_s_runs": [r["wall_s"] for r in done]}
     out["graph_rss_mb_multi"] = out["graph_rss_mb"]
     if one_ms:
         one = _one_ms_run(exe, work, quick, overrides, rate, log)

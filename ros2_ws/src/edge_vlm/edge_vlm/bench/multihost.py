@@ -17,7 +17,11 @@ Runs (``quick``: the first only, a short bag):
 * ``cap_<rate>``: the default encoding through a ``tbf`` rate cap (:data:`CAPS`), from the
   start; ``cap_<tightest>_in_flight``: that cap set 1 s after the bag started;
 * ``partition``: the bag looped, the link down for :data:`PARTITION_S` s, then up;
-* ``restart``: the bag looped, the ground's launch stopped and started again.
+* ``restart``: the bag looped, the ground's launch stopped and started again;
+* ``crash``: the bag looped, the ground's captioner killed (SIGKILL), its launch
+  (``respawn:=true``) starts it again;
+* ``cameras`` (``quick`` too): three cameras in three namespaces (ROS namespaces ``/cam1``..
+  ``/cam3``) feeding one ground namespace, one captioner per camera (:func:`camera_figures`).
 """
 from __future__ import annotations
 
@@ -57,30 +61,53 @@ CAP_AFTER_S = 1.0
 EVENT_AT_S = 4.0
 LOOP_S = 16.0
 RESTART_LOOP_S = 40.0
+CRASH_LOOP_S = 25.0
 DOMAIN_ID = 181
 PACKET_NS = 10_000_000
+#: the several-camera run: its cameras (ROS namespaces), and how far apart their sensor clocks
+#: start (s; a recording lasts ~16 s)
+CAMERAS = ("cam1", "cam2", "cam3")
+CAMERA_OFFSET_S = 100
 
 
-def multihost_bag(out_dir: str | os.PathLike, encoding: str, quick: bool = False) -> str:
+def multihost_bag(out_dir: str | os.PathLike, encoding: str, quick: bool = False,
+                  camera: int = 0) -> str:
     """The simulated DVS128 bag of :func:`edge_vlm.bench.e2e.e2e_bag`'s recording (event times
     whole microseconds, as a DVS128 stamps them; ``libcaer_cmp`` needs them) in ``encoding``,
-    10 ms EventPackets; made once, then reused."""
-    path = Path(out_dir) / f"mh_{encoding}_{'quick' if quick else 'full'}_s11"
+    10 ms EventPackets; made once, then reused. ``camera`` ``k`` > 0: camera ``k`` of the
+    several-camera run (:func:`_recording`)."""
+    cam = f"_cam{camera}" if camera else ""
+    path = Path(out_dir) / f"mh_{encoding}_{'quick' if quick else 'full'}_s11{cam}"
     if (path / "metadata.yaml").is_file():
         return str(path)
-    events, truth = _recording(quick)
+    events, truth = _recording(quick, camera)
     write_bag(path, events=events, ground_truth=truth, encoding=encoding, overwrite=True,
-              packet_ns=PACKET_NS)
+              packet_ns=PACKET_NS, frame_id=f"dvs128_cam{camera}" if camera else "dvs128")
     return str(path)
 
 
-def _recording(quick: bool) -> tuple[np.ndarray, list[dict]]:
-    """The bags' events (whole microseconds) and ground truth."""
+def _recording(quick: bool, camera: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """The bags' events (whole microseconds) and ground truth. Camera ``k`` > 0: another
+    seed, other gestures (quick: labels shifted by ``k - 1``) and the sensor clock
+    ``k`` x :data:`CAMERA_OFFSET_S` later, so that every stamp names its camera."""
     labels, clip_s = ((2, 8), 0.5) if quick else (tuple(range(1, 12)), 1.0)
-    rec = simulated_events(labels=labels, clip_s=clip_s, gap_s=0.3, seed=11)
+    if camera:
+        labels = tuple((x - 1 + camera - 1) % 11 + 1 for x in labels) if quick else labels
+    rec = simulated_events(labels=labels, clip_s=clip_s, gap_s=0.3, seed=11 + camera)
     events = rec.events.copy()
-    events["t"] = events["t"] // 1000 * 1000
-    return events, [c.ground_truth() for c in rec.clips]
+    offset = camera * CAMERA_OFFSET_S * 1_000_000_000
+    events["t"] = events["t"] // 1000 * 1000 + offset
+    truth = [c.ground_truth() for c in rec.clips]
+    for t in truth:
+        t.update({k: v + offset for k, v in t.items() if k.endswith("_ns")})
+    return events, truth
+
+
+def camera_window_ns(quick: bool, camera: int) -> list[int]:
+    """The sensor-clock span of camera ``camera``'s recording, widened by 1 s each side: every
+    stamp of its EventPackets and captions falls in it, none of another camera's."""
+    t = _recording(quick, camera)[0]["t"]
+    return [int(t[0]) - 1_000_000_000, int(t[-1]) + 1_000_000_000]
 
 
 def payload_bytes_per_event(quick: bool = False) -> dict[str, float]:
@@ -98,13 +125,18 @@ def payload_bytes_per_event(quick: bool = False) -> dict[str, float]:
     return {k: round(v, 3) for k, v in out.items()}
 
 
-def make_plan(bags: dict[str, str], quick: bool) -> list[dict]:
-    """The runs (see the module doc); ``bags``: encoding -> bag."""
+def make_plan(bags: dict[str, str], quick: bool, work: str | os.PathLike = "") -> list[dict]:
+    """The runs (see the module doc); ``bags``: encoding -> bag; the several-camera run's bags
+    are written to ``work`` (default: beside the default encoding's bag)."""
+    work = work or os.path.dirname(bags[DEFAULT_ENCODING])
+    cameras = {"name": "cameras", "drain_s": 3.0, "cameras": [
+        {"ns": ns, "bag": multihost_bag(work, DEFAULT_ENCODING, quick, k),
+         "window_ns": camera_window_ns(quick, k)} for k, ns in enumerate(CAMERAS, 1)]}
     base = {"rate": 1.0, "cap": "", "drain_s": 3.0}
     default = bags[DEFAULT_ENCODING]
     runs = [{**base, "name": f"link_{e}", "bag": bags[e]} for e in ENCODINGS]
     if quick:
-        return runs[:1]
+        return runs[:1] + [cameras]
     # the baseline: the whole graph on the drone, no link, same bag, same machine, same load
     runs.insert(0, {**base, "name": "local", "bag": default, "local": True})
     runs += [{**base, "name": f"cap_{c}", "bag": default, "cap": c} for c in CAPS]
@@ -116,6 +148,9 @@ def make_plan(bags: dict[str, str], quick: bool) -> list[dict]:
                  "partition_at_s": EVENT_AT_S, "partition_s": PARTITION_S})
     runs.append({**base, "name": "restart", "bag": default, "loop_s": RESTART_LOOP_S,
                  "restart_at_s": EVENT_AT_S})
+    runs.append({**base, "name": "crash", "bag": default, "loop_s": CRASH_LOOP_S,
+                 "crash_at_s": EVENT_AT_S})
+    runs.append(cameras)
     return runs
 
 
@@ -167,10 +202,67 @@ def _records(path: str) -> list[dict]:
     return read_jsonl(path) if os.path.isfile(path) else []
 
 
+def _outside(records: list[dict], window: list[int]) -> int:
+    """Captions and EventPackets stamped outside ``window`` (another camera's clock)."""
+    return sum(1 for r in records if r.get("stream") in ("caption", "events")
+               and r.get("stamp_ns") is not None
+               and not window[0] <= r["stamp_ns"] <= window[1])
+
+
+def _camera(run_dir: str, state: dict, cam: dict) -> dict:
+    """One camera's figures of a several-camera run."""
+    ns = cam["ns"]
+    drone, ground = (_records(os.path.join(run_dir, *d, "records.jsonl"))
+                     for d in ((ns,), ("ground", ns)))
+    _, summary = summarize(drone + ground)
+    counters = (state.get("counters") or {}).get(ns) or {}
+    perception, cap = counters.get("sttf_perception") or {}, counters.get("vlm_captioner") or {}
+    t0, t1 = (state.get("play_ns") or {}).get(ns) or (None, None)
+    link = {k: (state.get(k) or {}).get(ns) for k in ("link_start", "link_end")}
+    sent = (link["link_end"]["drone"]["tx_bytes"] - link["link_start"]["drone"]["tx_bytes"]
+            if link["link_start"] and link["link_end"] else None)
+    captions = sum(1 for r in ground if r.get("stream") == "caption")
+    frames = perception.get("frames")
+    return {
+        "captions": captions, "frames": frames,
+        "captions_per_frame": round(captions / frames, 3) if frames else None,
+        "caption_latency_ms_p50": summary.packet_to_caption_ms_p50,
+        "caption_latency_ms_p95": summary.packet_to_caption_ms_p95,
+        "gesture_accuracy": summary.gesture_accuracy,
+        "packets_drone": perception.get("packets"), "packets_ground": cap.get("packets"),
+        "missing_packets_ground": cap.get("missing_packets"),
+        "frames_dropped_ground": cap.get("dropped"),
+        "link_bytes_per_s_drone_to_ground": (round(sent / ((t1 - t0) / 1e9))
+                                             if sent is not None and t0 and t1 else None),
+        "cross_talk": _outside(drone + ground, cam["window_ns"]),
+        "player_rc": (state.get("player_rc") or {}).get(ns),
+    }
+
+
+def camera_figures(run_dir: str) -> dict:
+    """The figures of a several-camera run folder: per camera (its ROS namespace) captions,
+    frames, packet -> caption latency, ...; ``cross_talk``: captions and EventPackets recorded
+    on one camera's namespace with another camera's stamps, plus captions on the
+    un-namespaced caption topic of the ground (0 when the namespaces isolate the cameras)."""
+    with open(os.path.join(run_dir, "run.json")) as fh:
+        state = json.load(fh)
+    per = {c["ns"]: _camera(run_dir, state, c) for c in state["run"]["cameras"]}
+    probe = _records(os.path.join(run_dir, "ground", "probe.jsonl"))
+    stray = sum(1 for r in probe if r.get("stream") == "caption")
+    rss = state.get("rss_mb_ground") or []
+    return {"error": state.get("error") or None, "cameras": per,
+            "cross_talk": sum(c["cross_talk"] for c in per.values()) + stray,
+            "captions_unnamespaced": stray, "rss_mb_ground_max": max(rss) if rss else None,
+            "exit_codes": state.get("exit_codes"), "load_avg_1m": state.get("load_avg_1m"),
+            "namespaces": state.get("namespaces")}
+
+
 def run_figures(run_dir: str) -> dict:
     """The figures of one run folder of ``edge_vlm_multihost``."""
     with open(os.path.join(run_dir, "run.json")) as fh:
         state = json.load(fh)
+    if (state.get("run") or {}).get("cameras"):
+        return camera_figures(run_dir)
     drone, ground = (_records(os.path.join(run_dir, h, "records.jsonl"))
                      for h in ("drone", "ground"))
     rows, summary = summarize(drone + ground)
@@ -213,6 +305,10 @@ def run_figures(run_dir: str) -> dict:
         out["recovery_s"] = _first_caption_after(captions, ev["link_up_ns"])
         out["captions_during_partition"] = sum(ev["link_down_ns"] < c <= ev["link_up_ns"]
                                                for c in captions)
+    if "crash_ns" in ev:
+        out["recovery_s"] = _first_caption_after(captions, ev["crash_ns"])
+        out["crash_ready_s"] = (round((ev["crash_ready_ns"] - ev["crash_ns"]) / 1e9, 2)
+                                if "crash_ready_ns" in ev else None)
     if "restart_start_ns" in ev:
         out["recovery_s"] = _first_caption_after(captions, ev["restart_start_ns"])
         out["restart_stop_s"] = round((ev["restart_start_ns"] - ev["restart_stop_ns"]) / 1e9, 2)
@@ -260,10 +356,15 @@ def _headline(runs: dict[str, dict]) -> dict:
             out[f"{k}_{c}"] = r.get(k)
         out[f"rss_mb_max_{c}"] = {h: (r.get(f"rss_mb_{h}") or {}).get("max")
                                   for h in ("drone", "ground")} if r else None
-    for name in ("partition", "restart"):
+    for name in ("partition", "restart", "crash"):
         out[f"recovery_s_{name}"] = (runs.get(name) or {}).get("recovery_s")
+    out["crash_ready_s"] = (runs.get("crash") or {}).get("crash_ready_s")
     out["missing_packets_partition"] = (runs.get("partition") or {}).get("missing_packets_ground")
     out["restart_ready_s"] = (runs.get("restart") or {}).get("restart_ready_s")
+    cams = runs.get("cameras") or {}
+    out["cameras"] = {ns: {k: c.get(k) for k in ("captions", "frames", "caption_latency_ms_p95")}
+                      for ns, c in (cams.get("cameras") or {}).items()} or None
+    out["cross_talk"] = cams.get("cross_talk")
     rec = [v for k, v in out.items() if k.startswith("recovery_s_") and v is not None]
     out["recovery_s"] = max(rec) if rec else None
     return out
@@ -282,7 +383,7 @@ def bench_multihost(quick: bool = False, work_dir: str | None = None,
     work = Path(work_dir or (data_dir() / "bench"))
     work.mkdir(parents=True, exist_ok=True)
     bags = {e: multihost_bag(work, e, quick) for e in ENCODINGS}
-    plan = make_plan(bags, quick)
+    plan = make_plan(bags, quick, work)
     out_dir = str(work / ("multihost_quick" if quick else "multihost"))
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from edge_vlm.bench.decode import DENSE_FACTOR
+from edge_vlm.bench.report_anc import anc_section
 from edge_vlm.evaluation.metrics import json_safe
 from edge_vlm.report import fmt_value
 
@@ -28,13 +29,15 @@ SUMMARY_KEYS = (
     "encoder_ms_steady_dense", "segment_accuracy_dense", "segment_accuracy_sparse",
     "accuracy_sparse_rgb_events",
     "flops_reduction_low_motion", "walltime_reduction_low_motion", "accuracy_medium_high_motion",
-    "accuracy_anc_high_motion", "router_cost_fraction_of_tiny",
+    "accuracy_anc_high_motion", "router_cost_fraction_of_tiny", "anc_accuracy_gap_complex",
+    "anc_budget_monotone", "anc_accuracy_vs_medium", "anc_flops_reduction",
     "caption_label_consistency", "caption_class_accuracy", "false_gesture_rate_non_gesture",
     "nothing_moves_rate_empty", "ece", "label_switches_per_s_in_gesture", "top_caption_share",
     "peers", "streams_realtime_2cores", "multihost_captions_per_frame",
     "multihost_caption_latency_ms_p95", "multihost_bytes_per_mev",
     "multihost_recovery_s_partition", "multihost_recovery_s_restart",
-    "multihost_captions_per_s_2mbit", "multihost_namespaces_left")
+    "multihost_recovery_s_crash", "multihost_captions_per_s_2mbit", "multihost_namespaces_left",
+    "multihost_cameras", "multihost_cross_talk")
 
 #: what each figure of :data:`SUMMARY_KEYS` measures (the report's table)
 DESCRIPTIONS = {
@@ -51,7 +54,8 @@ DESCRIPTIONS = {
                                 "faster, 10 ms packets (Mev/s)",
     "evt3_decode_us_per_packet": "evt3 decode only, real bags: time per packet (us)",
     "frame_latency_ms_p95": "node graph, simulated DVS128 bag (10 ms packets) at 1x: per-frame "
-                            "processing (captioner total stage), p95 (ms)",
+                            "processing (captioner total stage), p95 (ms); the median run of "
+                            "`frame_latency_ms_p95_runs` (its values, min, max)",
     "caption_latency_ms_p50": "node graph at 1x: packet -> caption, p50 (ms)",
     "caption_latency_ms_p95": "node graph at 1x: packet -> caption, p95 (ms)",
     "backlog_grows": "node graph at 1x: does packet -> caption latency grow over the run",
@@ -112,6 +116,20 @@ DESCRIPTIONS = {
     "accuracy_anc_high_motion": "per-frame accuracy of STTF+ANC on the same frames",
     "router_cost_fraction_of_tiny": "FLOPs of estimator + router / FLOPs of the Tiny branch "
                                     "(dense)",
+    "anc_accuracy_gap_complex": "Medium - Tiny per-frame accuracy (both forced, dense) on complex "
+                                "frames: fast gestures, two movers, camera shake "
+                                "(`details.anc.complex_scenes`)",
+    "anc_budget_monotone": "accuracy and GFLOPs both never fall as the budget rises (the sweep)",
+    "anc_accuracy_vs_medium": "accuracy of STTF+ANC at budget 1 - Medium-only dense, all test "
+                              "frames",
+    "anc_flops_reduction": "1 - GFLOPs(STTF+ANC, budget 1) / GFLOPs(Medium-only dense), all "
+                           "test frames",
+    "multihost_recovery_s_crash": "captioner killed on the ground host, respawned by launch: "
+                                  "seconds from the kill to the next caption",
+    "multihost_cameras": "three cameras, three drone namespaces, one ground host: captions, "
+                         "frames and caption p95 per camera",
+    "multihost_cross_talk": "captions or packets of one camera seen on another camera's "
+                            "namespace (should be 0)",
     "flops_ratio": "FLOPs executed sparse / dense (whole model, per frame)",
     "caption_label_consistency": "share of frames whose caption names exactly the published "
                                  "gesture (none for 'no gesture'): STTF sparse, the test "
@@ -159,7 +177,6 @@ _E2E_KEYS = ("frames_processed", "frames_expected_approx", "frames_dropped", "mi
              "caption_latency_ms_p50", "caption_latency_ms_p95", "wait_ms_p95", "backlog_grows",
              "gesture_accuracy", "mean_active_token_fraction", "flops_saved_fraction",
              "graph_processes", "graph_rss_mb", "load_avg_1m_after")
-_BRANCHES = ("tiny", "small", "medium")
 
 
 def _header(result: dict, command: str) -> list[str]:
@@ -248,6 +265,18 @@ def _cost_fit_line(fit: dict) -> list[str]:
             f"{fmt_value(fit['dense_per_token_ms'])} ms per token of a dense frame."]
 
 
+def _stage_table(sparse: dict, dense: dict) -> list[str]:
+    """Where a frame's time goes, stage by stage, sparse beside dense."""
+    lines = ["", "Per stage of a frame, steady mean of the per-frame medians, ms "
+             "(`stage_ms_steady_sparse`, `stage_ms_steady_dense`: `FrameResult.latency_ms`):", "",
+             "| stage | sparse ms | dense ms | dense / sparse |", "|---|---|---|---|"]
+    for k in dict.fromkeys([*sparse, *dense]):
+        s, d = sparse.get(k), dense.get(k)
+        ratio = d / s if s and d is not None else None
+        lines.append(f"| {k} | {fmt_value(s)} | {fmt_value(d)} | {fmt_value(ratio)} |")
+    return lines
+
+
 def _curve_table(curve: list[dict]) -> list[str]:
     lines = ["", "Encoder (ViT) alone, random active sets: sparse speedup vs its ideal N/n "
              "(`speedup_by_active_tokens`; dense = the faster backend):", "",
@@ -263,7 +292,8 @@ def _curve_table(curve: list[dict]) -> list[str]:
 
 
 def _sttf_section(st: dict) -> list[str]:
-    """STTF vs dense: the figures, then clip phases, backends, cost fit, speedup curve."""
+    """STTF vs dense: the figures, then clip phases, backends, stages, cost fit, speedup
+    curve."""
     lines = ["", f"## STTF vs dense ({st.get('frames')} frames of "
              f"{len(st.get('recordings') or [])} test recordings, batch 1, {st.get('threads')} "
              f"torch thread(s); timing on `{st.get('timing_recording')}`, per-frame median of "
@@ -274,66 +304,12 @@ def _sttf_section(st: dict) -> list[str]:
         lines += _phase_table(st["accuracy_by_clip_phase"])
     if st.get("encoder_backends"):
         lines += _backend_table(st, st["encoder_backends"])
+    if st.get("stage_ms_steady_sparse"):
+        lines += _stage_table(st["stage_ms_steady_sparse"], st.get("stage_ms_steady_dense") or {})
     if st.get("sparse_cost_fit"):
         lines += _cost_fit_line(st["sparse_cost_fit"])
     if st.get("speedup_by_active_tokens"):
         lines += _curve_table(st["speedup_by_active_tokens"])
-    return lines
-
-
-def _shares(share: dict) -> str:
-    return " / ".join(fmt_value(share.get(k)) for k in _BRANCHES)
-
-
-def _ablation_table(an: dict) -> list[str]:
-    lines = [f"{an.get('frames')} frames of "
-             f"{', '.join(f'`{r}`' for r in an.get('recordings', []))} "
-             f"({an.get('frames_low_motion')} low-motion/static, "
-             f"{an.get('frames_high_motion')} high-motion). FLOPs per frame over all stages "
-             "(analytic), wall = engine total latency.", "",
-             "| mode | accuracy | acc. low motion | acc. high motion | GFLOPs/frame | "
-             "GFLOPs low | ms/frame | ms low | params active | "
-             "low-motion branches (tiny/small/medium) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for mode, r in (an.get("ablation") or {}).items():
-        lines.append(f"| {mode} | {fmt_value(r['accuracy'])} | "
-                     f"{fmt_value(r['accuracy_low_motion'])} | "
-                     f"{fmt_value(r['accuracy_high_motion'])} | {fmt_value(r['gflops'])} | "
-                     f"{fmt_value(r['gflops_low_motion'])} | {fmt_value(r['ms'])} | "
-                     f"{fmt_value(r['ms_low_motion'])} | {fmt_value(r['params_active_mean'])} | "
-                     f"{_shares(r.get('branch_share_low_motion') or {})} |")
-    return lines
-
-
-def _sweep_table(sweep: list[dict]) -> list[str]:
-    lines = ["", "Budget sweep (STTF+ANC, same frames; plot `docs/anc_budget_sweep.png`):", "",
-             "| budget | GFLOPs/frame | accuracy | branch share tiny/small/medium |",
-             "|---|---|---|---|"]
-    for b in sweep:
-        lines.append(f"| {b['budget']} | {fmt_value(b['gflops'])} | {fmt_value(b['accuracy'])} | "
-                     f"{_shares(b.get('branch_share') or {})} |")
-    return lines
-
-
-def _caption_gate_line(cg: dict) -> list[str]:
-    return ["", "Caption gate (`caption_reuse_threshold` = "
-            f"{fmt_value(cg.get('caption_reuse_threshold'))}, STTF+ANC): text decoded on "
-            f"{fmt_value(cg.get('decoded_fraction'))} of the frames "
-            f"({fmt_value(cg.get('decoded_fraction_low_motion'))} of the low-motion ones); "
-            "published text equal to that of an engine decoding every frame on "
-            f"{fmt_value(cg.get('text_agreement_with_decoding_every_frame'))} of the frames."]
-
-
-def _anc_section(an: dict) -> list[str]:
-    """ANC against Medium-only: the ablation, the budget sweep, the caption gate."""
-    lines = ["", "## ANC: the joint STTF+ANC checkpoint against Medium-only (same frames, "
-             "batch 1)", ""]
-    if "skipped" in an:
-        return lines + [f"Skipped: {an['skipped']}"]
-    lines += _ablation_table(an)
-    lines += _sweep_table(an.get("budget_sweep") or [])
-    if an.get("caption_gate"):
-        lines += _caption_gate_line(an["caption_gate"])
     return lines
 
 
@@ -399,6 +375,11 @@ def _e2e_table(ee: dict) -> list[str]:
           "forced_refreshes": cc.get("forced_refreshes")}
     lines = ["| figure | value |", "|---|---|"]
     lines += [f"| `{k}` | {fmt_value(ee.get(k))} |" for k in _E2E_KEYS]
+    runs = ee.get("frame_latency_ms_p95_runs") or {}
+    if runs.get("runs"):
+        lines.append(f"| `frame_latency_ms_p95_runs` | median {fmt_value(runs.get('median'))} "
+                     f"of {runs['runs']} runs, min {fmt_value(runs.get('min'))}, max "
+                     f"{fmt_value(runs.get('max'))}: {fmt_value(runs.get('values'))} |")
     tr = ee.get("caption_latency_trend") or {}
     cpu = ", ".join(f"{k} {fmt_value(v)}" for k, v in (ee.get("graph_cpu_s") or {}).items())
     return lines + ["", f"packet->caption trend: slope {fmt_value(tr.get('slope_per_s'))} ms/s, "
@@ -435,7 +416,7 @@ def markdown(result: dict, command: str) -> str:
     if d.get("sttf"):
         lines += _sttf_section(d["sttf"])
     if d.get("anc"):
-        lines += _anc_section(d["anc"])
+        lines += anc_section(d["anc"])
     if d.get("peers"):
         lines += _peers_section(d["peers"])
     if d.get("e2e"):

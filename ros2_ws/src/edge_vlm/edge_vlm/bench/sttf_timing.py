@@ -18,7 +18,7 @@ from edge_vlm.inference.vit import backend_choice, dense_infer, sparse_infer
 from edge_vlm.model.sttf import CaptionModel
 
 __all__ = ["EncoderTiming", "TimingMedians", "time_encoders", "timing_medians",
-           "timing_figures", "cost_fit", "vit_speedup_curve", "choice_record"]
+           "stage_medians", "timing_figures", "cost_fit", "vit_speedup_curve", "choice_record"]
 
 #: the steady state: every frame after the first (dense in both engines)
 _STEADY = slice(1, None)
@@ -37,6 +37,9 @@ class EncoderTiming:
         default_factory=lambda: {True: [], False: []})
     #: the whole frame (``total``), by sparse (the first backend)
     total: dict[bool, list[list[float]]] = field(default_factory=lambda: {True: [], False: []})
+    #: every stage of ``FrameResult.latency_ms`` per frame, by sparse (the first backend)
+    stages: dict[bool, list[list[dict[str, float]]]] = field(
+        default_factory=lambda: {True: [], False: []})
     #: which frames the sparse engine refreshed densely (its last pass)
     refreshed: np.ndarray | None = None
     #: the per-CPU backend choice of the timed ViT (:func:`choice_record`)
@@ -54,6 +57,8 @@ class TimingMedians:
     mem_d: np.ndarray
     tot_s: np.ndarray
     tot_d: np.ndarray
+    #: per stage of ``FrameResult.latency_ms``: per-frame medians, by sparse
+    stages: dict[bool, dict[str, np.ndarray]]
     by_backend: dict[str, dict]
     dense_backend: str
     sparse_backend: str
@@ -99,6 +104,7 @@ def time_encoders(model: CaptionModel, params: dict, minfo: dict, hists: list[np
             t.memory_encoder[sparse].append(
                 [x.latency_ms["memory"] + x.latency_ms["encoder"] for x in rs])
             t.total[sparse].append([x.latency_ms["total"] for x in rs])
+            t.stages[sparse].append([dict(x.latency_ms) for x in rs])
             if sparse:
                 t.refreshed = np.array([x.refreshed for x in rs])
     return t
@@ -106,6 +112,15 @@ def time_encoders(model: CaptionModel, params: dict, minfo: dict, hists: list[np
 
 def _median(passes: list[list[float]]) -> np.ndarray:
     return np.median(np.asarray(passes), axis=0)
+
+
+def stage_medians(passes: list[list[dict[str, float]]]) -> dict[str, np.ndarray]:
+    """Per stage (the keys of ``FrameResult.latency_ms`` every frame has, in its order): the
+    per-frame median over the passes."""
+    if not passes or not passes[0]:
+        return {}
+    keys = [k for k in passes[0][0] if all(k in fr for p in passes for fr in p)]
+    return {k: _median([[fr[k] for fr in p] for p in passes]) for k in keys}
 
 
 def timing_medians(t: EncoderTiming) -> TimingMedians:
@@ -124,6 +139,7 @@ def timing_medians(t: EncoderTiming) -> TimingMedians:
         enc_s=per_frame[sparse_backend][1], enc_d=per_frame[dense_backend][0],
         mem_s=_median(t.memory_encoder[True]), mem_d=_median(t.memory_encoder[False]),
         tot_s=_median(t.total[True]), tot_d=_median(t.total[False]),
+        stages={sp: stage_medians(t.stages[sp]) for sp in (True, False)},
         by_backend=by_backend, dense_backend=dense_backend, sparse_backend=sparse_backend,
         choice=t.choice)
 
@@ -158,6 +174,11 @@ def timing_figures(m: TimingMedians, refreshed: np.ndarray, active_frac: np.ndar
         # the share of the ideal (total / active tokens) speedup the sparse encoder reaches
         "encoder_efficiency": speedup / limit if speedup and limit else None,
         "speedup_total_steady": float(m.tot_d[st].mean() / m.tot_s[st].mean()),
+        # where a frame's time goes: every stage's steady mean of the per-frame medians (the
+        # stages of FrameResult.latency_ms: mask, memory, [router], encoder, fusion, decoder,
+        # total)
+        "stage_ms_steady_sparse": {k: float(v[st].mean()) for k, v in m.stages[True].items()},
+        "stage_ms_steady_dense": {k: float(v[st].mean()) for k, v in m.stages[False].items()},
     }
 
 

@@ -16,7 +16,7 @@ from edge_vlm.inference.engine import FrameResult
 from edge_vlm.sim import Recording, simulate_scene_recording, split_subjects
 from edge_vlm.training.config import LIGHTINGS, TrainConfig
 
-__all__ = ["scene_recordings", "trust_figures", "TRUST_FIGURES"]
+__all__ = ["scene_recordings", "recording_segments", "trust_figures", "TRUST_FIGURES"]
 
 #: the bench JSON keys of this part
 TRUST_FIGURES = ("caption_label_consistency", "caption_class_accuracy",
@@ -37,7 +37,10 @@ def scene_recordings(quick: bool = False) -> list[Recording]:
             for i, s in enumerate(test_ids)]
 
 
-def _segments(rec: Recording) -> list[dict]:
+def recording_segments(rec: Recording) -> list[dict]:
+    """The ground-truth segments of a recording in time order: its gesture clips (``scene``
+    "gesture") and its scene segments (label 0), each with ``t_start_ns``, ``t_end_ns``,
+    ``label`` and ``scene``."""
     segs = [{"t_start_ns": c.t_start_ns, "t_end_ns": c.t_end_ns, "label": int(c.label),
              "scene": "gesture"} for c in rec.clips]
     segs += [{"t_start_ns": s.t_start_ns, "t_end_ns": s.t_end_ns, "label": 0, "scene": s.kind}
@@ -66,14 +69,14 @@ def trust_figures(model, params: dict, minfo: dict, gesture_recs: list[Recording
     rows: list[TrustRow] = []
     segments: list[dict] = []
     for rec, results in zip(gesture_recs, gesture_results):
-        segs = _segments(rec)
+        segs = recording_segments(rec)
         frames = sim_frames(rec, params)
         rows += [_row(rec.name, f.t_end, period, r, segs, len(segments))
                  for f, r in zip(frames, results)]
         segments += segs
     scene_recs = scene_recordings(quick)
     for rec in scene_recs:
-        segs = _segments(rec)
+        segs = recording_segments(rec)
         eng = sttf_engine(model, params, True, minfo)
         rows += [_row(rec.name + "_scenes", f.t_end, period, eng.process(f.hist), segs,
                       len(segments)) for f in sim_frames(rec, params)]

@@ -2,6 +2,7 @@
 rule)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +51,32 @@ def sensor_mask_image(mask_image: np.ndarray, width: int, height: int) -> np.nda
     return mask_image[ys[:, None], xs[None, :]]
 
 
+class _LastMask:
+    """The change-mask net's last input and output in this process (:func:`mask_logits`)."""
+
+    lock = threading.Lock()
+    net: torch.nn.Module | None = None
+    hist: np.ndarray | None = None
+    logits: torch.Tensor | None = None
+
+
+def mask_logits(net: torch.nn.Module, hist: np.ndarray) -> torch.Tensor:
+    """The change-mask net's logits (N,) of one histogram, shared by the cores of one process:
+    in the single-process graph sttf_perception and anc_router (and the offline replay) see the
+    same closed frame, so the net runs once per frame. The last result is reused for the same
+    net object and an equal histogram (exact: the same input gives the same output; the
+    histogram is compared by value, since frame buffers are reused). Read-only result."""
+    with _LastMask.lock:
+        if (_LastMask.net is net and _LastMask.hist is not None
+                and _LastMask.hist.shape == hist.shape and np.array_equal(_LastMask.hist, hist)):
+            return _LastMask.logits
+    with torch.no_grad():
+        logits = net(hist_tensor(hist)[None])[0]
+    with _LastMask.lock:
+        _LastMask.net, _LastMask.hist, _LastMask.logits = net, np.array(hist, copy=True), logits
+    return logits
+
+
 class PerceptionCore:
     """sttf_perception's logic: event frame -> change mask (the checkpoint's learned change-mask
     net by default, the event-count rule with ``mask_method: event_count``)."""
@@ -67,8 +94,7 @@ class PerceptionCore:
         patch = int(p["patch_size"])
         hist = frame_histogram(frame, p)
         if self.mask_net is not None:
-            with torch.no_grad():
-                logit = self.mask_net(hist_tensor(hist)[None])[0]
+            logit = mask_logits(self.mask_net, hist)
             g = int(p["model_height"]) // patch
             score = torch.sigmoid(logit).numpy().reshape(g, -1).astype(np.float32)
             active, thr = score > 0.5, 0.5

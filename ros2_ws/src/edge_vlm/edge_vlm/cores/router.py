@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from edge_vlm.cores.perception import mask_logits
 from edge_vlm.inference.engine import hist_tensor
 from edge_vlm.inference.factory import shared_model
 from edge_vlm.inference.routing import choose_branches
@@ -72,8 +73,8 @@ class RouterCore:
         c = self.model.cfg
         hist = frame_histogram(frame, self.params)
         ht = hist_tensor(hist)[None]
+        change = (mask_logits(self.model.mask_net, hist) > 0).numpy()
         with torch.no_grad():
-            change = (self.model.mask_net(ht)[0] > 0).numpy()
             self.age = (np.where(change, 0, c.max_age) if self.age is None
                         else np.where(change, 0, np.minimum(self.age + 1, c.max_age)))
             bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]

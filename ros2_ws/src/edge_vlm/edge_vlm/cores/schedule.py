@@ -106,11 +106,13 @@ class CaptionScheduler:
         return True
 
     def add_route(self, stamp: int, branches: list[str], weights: list[float] | None = None,
-                  budget: float = 1.0) -> None:
+                  budget: float = 1.0, probabilities: list[float] | None = None) -> None:
         """anc_router's RouteDecision for the frame ending at ``stamp``: the branches it runs,
-        their weights (default: equal) and the compute budget in force."""
+        their weights (default: equal), the compute budget in force and its level
+        probabilities (given: the captioner does not re-run the complexity estimator)."""
         w = [float(x) for x in weights] if weights is not None else [1.0] * len(branches)
-        self.routes[int(stamp)] = RouteOverride(list(branches), w, float(budget))
+        probs = None if probabilities is None else [float(x) for x in probabilities]
+        self.routes[int(stamp)] = RouteOverride(list(branches), w, float(budget), probs)
         self.routes_seen = True
         _bound(self.routes)
 

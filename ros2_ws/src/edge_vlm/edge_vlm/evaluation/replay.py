@@ -119,7 +119,8 @@ class Replay:
             self.stop()
         p = self.params
         binner = FrameBinner(self.period, int(p["model_width"]), int(p["model_height"]),
-                             track_packets=True)
+                             track_packets=True,
+                             flicker_min_flips=int(p.get("flicker_min_flips", 0)))
         self._s = _Open(PacketIntake(binner), FrameInputs(),
                         CaptionScheduler(p, self.captioner.num_tokens, self.period),
                         HeaderClock(self.period))

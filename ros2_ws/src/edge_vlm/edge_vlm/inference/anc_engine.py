@@ -25,6 +25,17 @@ class RouteOverride:
     branches: list[str]
     weights: list[float]
     budget: float
+    #: anc_router's level probabilities (reported in the frame's Route; when given, the
+    #: engine's own estimator does not run for a usable decision)
+    probabilities: list[float] | None = None
+
+
+def _probabilities(values: list[float] | None) -> np.ndarray | None:
+    """An external decision's level probabilities, None when absent or malformed."""
+    if values is None or len(values) != len(LEVELS):
+        return None
+    p = np.asarray(values, dtype=np.float32)
+    return p if np.isfinite(p).all() and (p >= 0).all() else None
 
 
 class AncStreamingCaptioner(StreamingCaptioner):
@@ -35,7 +46,8 @@ class AncStreamingCaptioner(StreamingCaptioner):
     sparse step when it runs again (dense if that set exceeds half the tokens), so switching
     branches does not cost a dense pass.
 
-    ``force_level``: run this level every frame (ablations: Medium-only = 2); ``None`` = route.
+    ``force_level``: run this level every frame (ablations: Medium-only = 2; the estimator does
+    not run, :meth:`route`); ``None`` = route.
     :attr:`route_override`: the route of the next frame decided elsewhere (one frame only; its
     budget becomes the engine's); :attr:`route_external` says whether the last frame ran it
     (False: none was given, or it was unusable and the local estimator routed).
@@ -47,6 +59,7 @@ class AncStreamingCaptioner(StreamingCaptioner):
         self.force_level = force_level
         self.route_override: RouteOverride | None = None
         self.route_external = False
+        self.route_estimated = False
         super().__init__(model, **kw)
         self.set_budget(compute_budget)
 
@@ -65,15 +78,29 @@ class AncStreamingCaptioner(StreamingCaptioner):
 
     def route(self, hist: np.ndarray, change: np.ndarray) -> Routing:
         """The branches to run the current frame with, and their weights
-        (:func:`~edge_vlm.inference.routing.choose_branches`, or ``force_level``)."""
+        (:func:`~edge_vlm.inference.routing.choose_branches`, or ``force_level``).
+
+        The complexity estimator runs only when its output decides or is reported: not for a
+        forced level (``probabilities`` one-hot at the level run) nor for a usable external
+        decision that carries anc_router's probabilities (those are reported);
+        :attr:`route_estimated` says whether it ran (its FLOPs are counted then only)."""
+        override, self.route_override = self.route_override, None
+        self.route_external = self.route_estimated = False
+        if self.force_level is not None:
+            level = min(int(self.force_level), budget_cap(self.budget))
+            return Routing(np.eye(len(LEVELS), dtype=np.float32)[level], [level], [1.0])
+        given = None if override is None else _probabilities(override.probabilities)
+        if given is not None:
+            routing = self._external(override, given)
+            if routing is not None:
+                self.route_external = True
+                return routing
+            override = None                      # unusable: the local estimator routes
+        self.route_estimated = True
         bucket = age_bucket(torch.from_numpy(self.age), self.cfg.max_age)[None]
         logits = self.model.route_logits(hist_tensor(hist)[None], torch.from_numpy(change)[None],
                                          bucket)
         probs = torch.softmax(logits, dim=-1)[0].numpy()
-        override, self.route_override = self.route_override, None
-        self.route_external = False
-        if self.force_level is not None:
-            return Routing(probs, [min(int(self.force_level), budget_cap(self.budget))], [1.0])
         if override is not None and (routing := self._external(override, probs)) is not None:
             self.route_external = True
             return routing
@@ -160,7 +187,7 @@ class AncStreamingCaptioner(StreamingCaptioner):
         for b, toks in enc.branch_tokens.items():
             enc_fl += vit_flops(replace(c, mlp_ratio=m.acfg.mlp_ratios[b]), toks, self.kept[b])
         flops = {"change_mask": mask_flops(c) if learned_mask else 0.0,
-                 "router": estimator_flops(c, m.acfg.est_hidden),
+                 "router": estimator_flops(c, m.acfg.est_hidden) if self.route_estimated else 0.0,
                  "encoder": enc_fl, "fusion": fusion_flops(c, fusion_tokens),
                  "decoder": decoder_flops(c, generated, beams, enc.decoder_layers)}
         med = replace(c, mlp_ratio=m.acfg.mlp_ratios[2])

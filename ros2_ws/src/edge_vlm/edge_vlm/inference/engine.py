@@ -427,9 +427,10 @@ class StreamingCaptioner:
             ids, score = decode_beam(self.model, fused, tok.bos, tok.eos, self.max_tokens, beams,
                                      layers, allowed=allowed)
         else:   # speculative: the last text as the draft (exact greedy result, one pass if same)
+            draft = last.ids if last is not None else None
             ids, score = decode_greedy(self.model, fused, tok.bos, tok.eos, self.max_tokens,
-                                       layers, draft=last.ids if last is not None else None,
-                                       stats=spec, allowed=allowed)
+                                       layers, draft=draft, stats=spec, allowed=allowed,
+                                       redraft=lambda out: trie.complete(out, draft[len(out):]))
         return DecodedCaption(ids, score, key, (layers, beams), fused,
                               trie.texts.get(tuple(ids), tok.decode(ids)))
 
@@ -470,8 +471,9 @@ class StreamingCaptioner:
                                       p.fusion_tokens)
         if not fresh or report.gesture == 0:       # reused, or verbalised without the decoder
             flops["decoder"] = 0.0
-        elif spec.get("first", 1) > 1:
-            flops["decoder"] = decoder_flops(c, spec["steps"], 1, layers, first=spec["first"])
+        elif spec.get("first", 1) > 1:     # speculative: every teacher-forced pass, the steps
+            flops["decoder"] = decoder_flops(c, spec["steps"], 1, layers, first=spec["first"]) \
+                + sum(decoder_flops(c, 0, 1, layers, first=f) for f in spec["passes"][1:])
         self.frames_seen += 1
         return FrameResult(
             text=made.text, score=float(made.score), label=report.gesture,

@@ -187,12 +187,37 @@ class CaptionTrie:
                 node = node.setdefault(int(t), {})
 
     def allowed(self, prefix: list[int]) -> list[int]:
+        node = self._node(prefix)
+        return [] if node is None else list(node)
+
+    def _node(self, prefix: list[int]) -> dict | None:
         node = self.root
         for t in prefix:
             node = node.get(int(t))
             if node is None:
-                return []
-        return list(node)
+                return None
+        return node
+
+    def complete(self, prefix: list[int], hint: list[int]) -> list[int]:
+        """A guess of how a sequence that starts with ``prefix`` goes on (EOS not included):
+        a token that is the only continuation is taken; at a branch, the first token of
+        ``hint`` (e.g. an earlier caption's rest) that continues the sequence, the hint read on
+        after it; no such token: the guess ends. Only a guess (a speculative decoder's draft):
+        any result is safe."""
+        node, out, h = self._node(prefix), [], 0
+        while node:
+            if len(node) == 1:
+                t = next(iter(node))
+            else:
+                k = next((j for j in range(h, len(hint)) if int(hint[j]) in node), None)
+                if k is None:
+                    break
+                t, h = int(hint[k]), k + 1
+            if not node[t]:                 # the EOS leaf: the sequence is complete
+                break
+            out.append(t)
+            node = node[t]
+        return out
 
 
 __all__ = ["CaptionTrie", "HeadProbs", "KIND_DIRECTIONS", "SceneReport", "SceneSmoother",

@@ -23,10 +23,15 @@ results, when:
 library is not used; :func:`isa` names the kernels the library runs on this CPU (``"avx512"``, or
 ``"avx2"`` where the CPU lacks AVX-512F/BW/VL/DQ; :func:`set_isa` picks the narrower set for tests
 and benchmarks). The kernel is single-threaded, like the nodes' default ``num_threads: 1``.
+While it computes a layer of a pass over up to 64 tokens it prefetches the next layer's weights
+and keys/values into L2 (a pass reads 7.3 MB of them in the shipped Medium branch, more than L2,
+whatever its token count: the fixed cost of a sparse pass); :func:`set_prefetch` turns that off
+(the same results, bit for bit).
 """
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import itertools
 import operator
 import os
@@ -41,7 +46,7 @@ from edge_vlm.stream.native_evbin import check_built
 _DIR = str(NATIVE_DIR)
 LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
 SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
-ABI = 7
+ABI = 8
 _PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
 _WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1",
             "w2_t", "b2")
@@ -80,6 +85,8 @@ def load():
                 raise OSError("this CPU lacks AVX2/FMA/F16C")
             if int(lib.svit_abi()) != (ctypes.sizeof(LayerStruct) | ABI << 16):
                 raise OSError(f"{LIB_PATH} does not match native_vit.py (run scripts/setup.sh)")
+            lib.svit_set_prefetch.argtypes = [_I64]
+            lib.svit_set_prefetch.restype = _I64
             lib.svit_layer.argtypes = [_PTR, _I64, _PTR, _PTR]
             lib.svit_layer.restype = _I64
             lib.svit_encode.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
@@ -92,6 +99,22 @@ def load():
         except (OSError, AttributeError) as exc:
             _why = str(exc)
     return _lib
+
+
+_build_id = ""
+
+
+def build_id() -> str:
+    """The loaded library's identity (SHA-256 of the file's bytes; empty when not loaded):
+    what the on-disk backend choice (:mod:`.backend_cache`) is keyed by. Read once."""
+    global _build_id
+    if not _build_id and load() is not None:
+        try:
+            with open(LIB_PATH, "rb") as fh:
+                _build_id = hashlib.sha256(fh.read()).hexdigest()
+        except OSError:
+            _build_id = f"unreadable:{ABI}"
+    return _build_id
 
 
 def why() -> str:
@@ -125,6 +148,16 @@ def set_isa(name: str | None) -> str:
         return ""
     want = want[name] if name is not None else -1
     return _ISAS.get(int(lib.svit_set_isa(want)), "")
+
+
+def set_prefetch(on: bool | None) -> bool:
+    """Whether a pass prefetches the next layer's weights and keys/values into L2 while it
+    computes a layer (True, the default; None: unchanged): the same results either way
+    (benchmarks and tests compare). Returns the setting before; False without the library."""
+    lib = load()
+    if lib is None:
+        return False
+    return bool(lib.svit_set_prefetch(-1 if on is None else int(bool(on))))
 
 
 def pack(w: torch.Tensor) -> torch.Tensor:

@@ -8,16 +8,17 @@ its input deviates from the *last propagated* value by more than a per-layer thr
 of drifting. A pass runs through the fused native kernel (:mod:`.native_vit`) or on the PyTorch
 steps :func:`dense_step` / :func:`sparse_step`, with the same results (to float32 rounding): per
 ViT the faster of the two on this CPU (:func:`backend_choice`, measured once per ViT shape and
-process), unless :func:`set_native` forces one.
+process, kept on disk across processes: :mod:`.backend_cache`), unless :func:`set_native`
+forces one.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 
-from edge_vlm.inference import native_vit
+from edge_vlm.inference import backend_cache, native_vit
+from edge_vlm.inference.backend_cache import BackendChoice
 from edge_vlm.inference.memory import LayerMemory, new_memory
 from edge_vlm.model.layers import Block, attend
 from edge_vlm.model.sttf import SparseViT
@@ -27,23 +28,6 @@ from edge_vlm.model.sttf import SparseViT
 _MODE, _CHOICE = "_native_mode", "_native_choice"
 #: active tokens of the calibration's sparse pass (a typical sparse frame has 10-30)
 CALIBRATION_TOKENS = 16
-
-
-@dataclass(frozen=True)
-class BackendChoice:
-    """Which path runs a ViT's dense and sparse passes on this CPU (True: the native kernel):
-    the faster one in :func:`calibrate`'s timings (CPU time of this thread, ms, best of a few
-    interleaved runs); both False when the kernel is not loaded (``timings_ms`` empty)."""
-
-    dense: bool
-    sparse: bool
-    isa: str = ""                     # the kernel's instruction set (native_vit.isa())
-    timings_ms: dict = field(default_factory=dict)   # {dense,sparse}_{native,torch}
-
-    def names(self) -> dict:
-        """``{"dense": "native" | "torch", "sparse": ...}`` (the bench's record)."""
-        return {k: "native" if on else "torch"
-                for k, on in (("dense", self.dense), ("sparse", self.sparse))}
 
 
 #: choices made in this process, by ViT shape (:func:`_shape_key`)
@@ -80,11 +64,20 @@ def _shape_key(vit: SparseViT) -> tuple:
                   for blk in blocks))
 
 
+def _cache_fields(key: tuple) -> dict:
+    """What the on-disk cache keys a choice by (:mod:`.backend_cache` adds the CPU model)."""
+    return {"shape": key, "isa": native_vit.isa(), "build": native_vit.build_id(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "calibration_tokens": CALIBRATION_TOKENS}
+
+
 def backend_choice(vit: SparseViT) -> BackendChoice:
     """The per-CPU choice of ``vit``'s pass backends, made by :func:`calibrate` once per ViT
     shape and process (at model load: :func:`~edge_vlm.inference.factory.load_model`; else at
-    the first pass), then kept on ``vit`` (an ANC budget change keeps it). Without the native
-    kernel: PyTorch for both."""
+    the first pass), then kept on ``vit`` (an ANC budget change keeps it). A choice measured by
+    an earlier process on this CPU, kernel build, torch and thread count is read from the
+    on-disk cache instead (:mod:`.backend_cache`; ``EDGE_VLM_BACKEND_CACHE=0``: off). Without
+    the native kernel: PyTorch for both."""
     choice = vit.__dict__.get(_CHOICE)
     if choice is None:
         if native_vit.load() is None:
@@ -93,7 +86,13 @@ def backend_choice(vit: SparseViT) -> BackendChoice:
             key = _shape_key(vit)
             choice = _choices.get(key)
             if choice is None:
-                choice = _choices[key] = calibrate(vit)
+                fields = _cache_fields(key)
+                disk_key = backend_cache.entry_key(fields)
+                choice = backend_cache.lookup(disk_key)
+                if choice is None:
+                    choice = calibrate(vit)
+                    backend_cache.store(disk_key, choice, fields)
+                _choices[key] = choice
         vit.__dict__[_CHOICE] = choice
     return choice
 

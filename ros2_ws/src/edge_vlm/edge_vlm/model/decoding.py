@@ -38,59 +38,102 @@ def _mask(lp: torch.Tensor, prefixes: list[list[int]], allowed: Allowed) -> torc
     return out
 
 
+#: teacher-forced passes of one speculative greedy decoding at most (the draft, then redrafts)
+MAX_PASSES = 3
+
+
+class _Spec:
+    """The state of a speculative greedy decoding: the tokens so far, their log-prob sum, the
+    teacher-forced passes' lengths (BOS included)."""
+
+    def __init__(self):
+        self.out: list[int] = []
+        self.logp_sum = 0.0
+        self.passes: list[int] = []
+        self.done = False
+
+    def result(self, stats: dict | None, steps: int) -> tuple[list[int], float]:
+        if stats is not None:
+            stats.update(first=self.passes[0] if self.passes else 1, steps=steps,
+                         passes=list(self.passes))
+        return self.out, self.logp_sum / max(1, len(self.out) + 1)
+
+
+def _verify(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int, max_len: int,
+            layers: int | None, guess: list[int], st: _Spec, allowed: Allowed) -> list[dict]:
+    """One teacher-forced pass over BOS + the tokens so far + ``guess``: greedy's choice after
+    every guessed prefix, kept up to the first disagreement (the disagreeing choice included);
+    returns the KV cache of BOS + the kept tokens but the last."""
+    seq = st.out + guess
+    p, k0 = fused.shape[1], len(st.out)
+    logits, caches = model.decoder.start(fused, torch.tensor([[bos] + seq]), layers,
+                                         all_logits=True)
+    st.passes.append(len(seq) + 1)
+    logp_all = torch.log_softmax(logits[0], dim=-1)
+    for i in range(k0, len(seq) + 1):
+        nxt = _choose(logp_all[i], st.out, allowed)
+        st.logp_sum += float(logp_all[i, nxt])
+        if nxt == eos:
+            st.done = True
+            break
+        st.out.append(nxt)
+        if len(st.out) == max_len:
+            st.done = True
+            break
+        if i < len(seq) and nxt != seq[i]:      # disagreement: keep the cache up to here
+            for c in caches:
+                c["k"], c["v"] = c["k"][:, :, :p + i + 1], c["v"][:, :, :p + i + 1]
+            break
+    return caches
+
+
 @torch.no_grad()
 def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
                   max_len: int, layers: int | None = None, draft: list[int] | None = None,
-                  stats: dict | None = None, allowed: Allowed = None) -> tuple[list[int], float]:
+                  stats: dict | None = None, allowed: Allowed = None,
+                  redraft: Callable[[list[int]], list[int]] | None = None
+                  ) -> tuple[list[int], float]:
     """Greedy KV-cached decoding of one caption; returns (token ids, mean log-prob).
 
     ``draft`` (e.g. the previous frame's caption): speculative decoding with the draft as the
     guess -- one teacher-forced pass over BOS + draft gives greedy's choice after every draft
     prefix; the draft is kept up to its first disagreement (or entirely, with the EOS check),
-    the KV cache is cut there and plain steps continue. The result is greedy decoding's
-    (the same argmax decisions), at one pass instead of one step per token when the caption
-    did not change. ``stats`` receives ``first`` (tokens of the first pass, BOS included) and
-    ``steps`` (single-token steps after it), for the FLOPs counter. ``allowed``: constrained
-    decoding (the argmax over the tokens it allows after the prefix; the score stays the
-    model's own log-probability of the chosen tokens)."""
-    out: list[int] = []
-    logp_sum = 0.0
+    the KV cache is cut there and plain steps continue. ``redraft(tokens so far)``: after a
+    disagreement, a new guess of the rest (e.g. the caption constraint's completion), verified
+    by another teacher-forced pass from BOS (at most :data:`MAX_PASSES` passes in all). The
+    result is greedy decoding's (the same argmax decisions), at one pass (or a few) instead of
+    one step per token when the guess is right. ``stats`` receives ``first`` (tokens of the
+    first pass, BOS included), ``passes`` (every teacher-forced pass's tokens) and ``steps``
+    (single-token steps after them), for the FLOPs counter. ``allowed``: constrained decoding
+    (the argmax over the tokens it allows after the prefix; the score stays the model's own
+    log-probability of the chosen tokens)."""
+    st = _Spec()
     if max_len <= 0:
-        return out, logp_sum
+        return st.out, 0.0
     p = fused.shape[1]
-    draft = list(draft or [])[:max_len]
-    if draft:
-        logits, caches = model.decoder.start(fused, torch.tensor([[bos] + draft]), layers,
-                                             all_logits=True)
-        logp_all = torch.log_softmax(logits[0], dim=-1)
-        for i in range(len(draft) + 1):
-            nxt = _choose(logp_all[i], out, allowed)
-            logp_sum += float(logp_all[i, nxt])
-            if nxt == eos:
-                if stats is not None:
-                    stats.update(first=len(draft) + 1, steps=0)
-                return out, logp_sum / max(1, len(out) + 1)
-            out.append(nxt)
-            if len(out) == max_len:
-                if stats is not None:
-                    stats.update(first=len(draft) + 1, steps=0)
-                return out, logp_sum / max(1, len(out) + 1)
-            if i < len(draft) and nxt != draft[i]:      # disagreement: keep the cache up to here
-                for c in caches:
-                    c["k"], c["v"] = c["k"][:, :, :p + i + 1], c["v"][:, :, :p + i + 1]
+    guess = list(draft or [])[:max_len]
+    if guess:
+        while True:
+            caches = _verify(model, fused, bos, eos, max_len, layers, guess, st, allowed)
+            if st.done:
+                return st.result(stats, 0)
+            if redraft is None or len(st.passes) >= MAX_PASSES:
                 break
-        first = len(draft) + 1
-        pos = p + len(out)
-        logits = model.decoder.step(torch.tensor([[out[-1]]]), pos, caches)
-        pos += 1
-        steps = 1
+            guess = list(redraft(list(st.out)))[:max_len - len(st.out)]
+            if not guess:
+                break
+            # the cache of the last pass keeps BOS + out[:-1]; a new pass starts from BOS
+        logits = model.decoder.step(torch.tensor([[st.out[-1]]]), p + len(st.out), caches)
+        pos, steps = p + len(st.out) + 1, 1
     else:
         logits, caches = model.decoder.start(fused, torch.tensor([[bos]]), layers)
-        first, steps, pos = 1, 0, p + 1
+        st.passes.append(1)
+        steps, pos = 0, p + 1
+    out = st.out
     while True:
         logp = torch.log_softmax(logits, dim=-1)[0]
         nxt = _choose(logp, out, allowed)
-        logp_sum += float(logp[nxt])
+        st.logp_sum += float(logp[nxt])
         if nxt == eos:
             break
         out.append(nxt)
@@ -99,9 +142,7 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
         logits = model.decoder.step(torch.tensor([[nxt]]), pos, caches)
         pos += 1
         steps += 1
-    if stats is not None:
-        stats.update(first=first, steps=steps)
-    return out, logp_sum / max(1, len(out) + 1)
+    return st.result(stats, steps)
 
 
 @torch.no_grad()

@@ -23,8 +23,9 @@ packets), but in few vectorised calls per packet. Two backends, same results
 
 Frames come out as :class:`~edge_vlm.stream.frames.Frame` with ``events=None``, ``hist``
 (float32 ``(2*TIME_BINS, model_h, model_w)``, READ-ONLY on both backends: copy it to change
-it) and ``count``. docs/design.md ("Decode + bin") lists the two documented differences from
-per-packet binning; tests/test_binner.py checks the rest.
+it) and ``count``. ``flicker_min_flips`` > 0 leaves flickering pixels out of every closed frame
+(:mod:`edge_vlm.stream.flicker`; both backends). docs/design.md ("Decode + bin") lists the two
+documented differences from per-packet binning; tests/test_binner.py checks the rest.
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ from edge_vlm.io.codecs.evt3 import WRAP_THRESHOLD_HIGH
 from edge_vlm.io.codecs.mono import check_mono_packet, payload_bytes
 from edge_vlm.stream import native_evbin as native
 from edge_vlm.stream.binner_native import CHECK, CLOSED, NO_STREAM, NativeBinning, payload_pointer
+from edge_vlm.stream.flicker import MAX_MIN_FLIPS, flicker_keep
 from edge_vlm.stream.frames import Buffered, Decoded, FedPacket, Frame, FrameClock, Rejection
 from edge_vlm.stream.histogram import TIME_BINS, BinTables, bin_tables, scale_coords
 
@@ -81,7 +83,12 @@ class FrameBinner(NativeBinning):
 
     def __init__(self, period_ns: int, model_width: int = 128, model_height: int = 128,
                  max_gap_frames: int = 30, max_batch_bytes: int = MAX_BATCH_BYTES,
-                 track_packets: bool = False, backend: str | None = None):
+                 track_packets: bool = False, backend: str | None = None,
+                 flicker_min_flips: int = 0):
+        if not 0 <= int(flicker_min_flips) <= MAX_MIN_FLIPS:
+            raise ValueError(f"flicker_min_flips must be in 0..{MAX_MIN_FLIPS}")
+        #: the anti-flicker rule (stream/flicker.py; 0: off) and the events it left out
+        self.flicker_min_flips, self._flicker_removed = int(flicker_min_flips), 0
         self.clock = FrameClock(period_ns, max_gap_frames)
         self.period = self.clock.period
         self.mw, self.mh = int(model_width), int(model_height)
@@ -170,6 +177,11 @@ class FrameBinner(NativeBinning):
     def pop_fed(self) -> list[FedPacket]:
         out, self.fed = self.fed, []
         return out
+
+    @property
+    def flicker_events(self) -> int:
+        """Events the anti-flicker rule left out of closed frames."""
+        return self._flicker_removed + (self._st.fl_removed if self._st is not None else 0)
 
     @property
     def late_events(self) -> int:
@@ -463,6 +475,11 @@ class FrameBinner(NativeBinning):
         """Frames ``k0 .. k0+n-1`` from their time-ordered (by frame) events: one bincount."""
         P, tb, cb = self.period, TIME_BINS, self.cb
         base = k0 * P
+        keep = flicker_keep((t - base) // P if n > 1 else None, c, self.cb // 2,
+                            self.flicker_min_flips) if self.flicker_min_flips else None
+        if keep is not None:
+            self._flicker_removed += int(keep.size - np.count_nonzero(keep))
+            t, c = t[keep], c[keep]
         code = (t - base) * tb
         code //= P
         code *= cb

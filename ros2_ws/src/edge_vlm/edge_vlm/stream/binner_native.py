@@ -109,6 +109,10 @@ class NativeBinning:
         # (+1: evbin.c's branchless append)
         self._touched = np.empty(2 * self.cb + 1, dtype=np.int32)
         st.acc, st.touched = _address(self._acc), _address(self._touched)
+        if self.flicker_min_flips:           # anti-flicker state (evbin.c; stream/flicker.py)
+            self._fl = np.zeros(self.cb // 2, dtype=np.uint8)
+            st.fl_state = _address(self._fl)
+            st.fl_min = self.flicker_min_flips
         self._pool: list = []                # (histogram, address, root) of _new_hist, newest last
         self._out = None                     # output histogram of the next frame to close
         self._set_out()

@@ -13,7 +13,8 @@ from typing import NamedTuple
 import numpy as np
 
 from edge_vlm.events import concat_events
-from edge_vlm.stream.histogram import event_histogram
+from edge_vlm.stream.flicker import flicker_keep
+from edge_vlm.stream.histogram import event_histogram, scale_coords
 
 
 @dataclass
@@ -165,12 +166,17 @@ def period_ns(params: dict) -> int:
 
 def frame_histogram(frame: Frame, params: dict) -> np.ndarray:
     """The frame's event histogram on the model grid of ``params`` (precomputed by FrameBinner
-    if so)."""
+    if so; else from its events, less the flickering pixels when ``params`` has
+    ``flicker_min_flips`` > 0: the binner's rule, :mod:`edge_vlm.stream.flicker`)."""
     mw, mh = int(params["model_width"]), int(params["model_height"])
     if frame.hist is not None and frame.hist.shape[1:] == (mh, mw):
         return frame.hist
-    return event_histogram(frame.events, frame.t_start, frame.t_end, frame.width, frame.height,
-                           int(params["model_width"]), int(params["model_height"]))
+    ev, k = frame.events, int(params.get("flicker_min_flips", 0))
+    if k and len(ev):            # the binner's anti-flicker rule (stream/flicker.py)
+        x, y = scale_coords(ev["x"], ev["y"], frame.width, frame.height, mw, mh)
+        keep = flicker_keep(None, (ev["p"].astype(np.int64) * mh + y) * mw + x, mh * mw, k)
+        ev = ev if keep is None else ev[keep]
+    return event_histogram(ev, frame.t_start, frame.t_end, frame.width, frame.height, mw, mh)
 
 
 class Rejection(NamedTuple):

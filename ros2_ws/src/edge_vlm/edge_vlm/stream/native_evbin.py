@@ -45,7 +45,7 @@ EXT_PATH = os.path.join(_DIR, "evbinext" + (sysconfig.get_config_var("EXT_SUFFIX
 EVB_CLOSED, EVB_CLOSED_MORE, EVB_SLOW, EVB_BAD = -1, -2, -3, -4
 EVB_GROW, EVB_NO_OUT, EVB_CHECK = -5, -6, -7
 #: EVBIN_ABI of evbin.c (bump both when evbin_t or a signature changes)
-ABI = 5
+ABI = 6
 
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
@@ -64,6 +64,8 @@ class EvbinState(ctypes.Structure):
           "pos", "closed_k", "closed_count", "need", "y", "time_low", "time_high", "wraps",
           "base_x",
           "pol", "seen_high", "valid"), _I64),
+        (("fl_state",), _PTR),
+        (("fl_min", "fl_removed"), _I64),
     ) for name in names]
 
 
