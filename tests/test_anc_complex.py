@@ -3,7 +3,8 @@ import numpy as np
 
 from edge_vlm.bench.anc_complex import (COMPLEX_KINDS, ComplexFrame, _right, budget_monotone,
                                         complex_figures)
-from edge_vlm.bench.recordings import sim_frames, test_recordings
+from edge_vlm.bench.recordings import sim_frames
+from edge_vlm.bench.recordings import test_recordings as bench_recordings
 from edge_vlm.cores.graph import replay_params
 from edge_vlm.inference.factory import load_model
 
@@ -44,7 +45,7 @@ def test_a_scene_frame_is_right_only_with_no_gesture_and_its_kind():
 def test_complex_figures_quick_on_the_shipped_model():
     params = replay_params(graph=None).captioner
     model, meta = load_model("")
-    frames = [sim_frames(r, params) for r in test_recordings(quick=True)]
+    frames = [sim_frames(r, params) for r in bench_recordings(quick=True)]
     out = complex_figures(model, params, meta, frames, quick=True)
     assert out["complex_scene_kinds"] == list(COMPLEX_KINDS)
     assert out["frames"]["complex"] > 0 and out["frames"]["quiet"] > 0

@@ -130,6 +130,9 @@ class NsHost(Host):
                   for x in ("--remap", f"/{t}:=/{c}/{t}")]
         self.start("player", [tool("edge_vlm_play"), bag, "--rate", "1.0", *remaps,
                               "--wait-for", f"/{c}/event_camera/events={subscribers}",
+                              # the ground recorder's ground-truth subscription matched too
+                              # (the segments are published once; an unmatched one is lost)
+                              "--wait-for", f"/{c}/edge_vlm/ground_truth=1",
                               "--wait-timeout", "90"])
 
     def missing(self) -> list[str]:

@@ -233,7 +233,8 @@ def run_one(run: dict, link: Link, out_dir: str, domain: int) -> RunState:
         drone.record(DRONE_STREAMS + (CAPTION_STREAMS if local else ()))
         _wait_ready(drone, ground)
         player = [tool("edge_vlm_play"), run["bag"], "--rate", str(run.get("rate", 1.0)),
-                  "--wait-for", f"event_camera/events={SUBSCRIBERS}", "--wait-timeout", "60"]
+                  "--wait-for", f"event_camera/events={SUBSCRIBERS}",
+                  "--wait-for", "edge_vlm/ground_truth=1", "--wait-timeout", "60"]
         drone.start("player", player + (["--loop"] if run.get("loop_s") else []))
         _timeline(run, link, drone, ground, state)
         drain(_caption_host(drone, ground), float(run.get("drain_s", 3.0)))
