@@ -84,6 +84,11 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
     "sttf_perception": _COMMON + _MASK + (
         ParamSpec("publish_mask_image", True,
                   "Also publish the change mask as a mono8 image (255 = active patch)."),
+        ParamSpec("link_relay", False,
+                  "Link mode 'active' (docs/deploy.md): also publish, once per frame, ONE "
+                  "EventPacket of the events in the frame's active patches on "
+                  "edge_vlm/link_events (libcaer_cmp), for a ground captioner behind a slow "
+                  "link.", read_only=True),
     ),
     "anc_router": _COMMON + (
         ParamSpec("router_method", "learned",
@@ -179,6 +184,11 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "Backpressure: most closed frames waiting for the model; when full the oldest "
                   "are dropped (counted in diagnostics) and the next processed frame is a dense "
                   "token refresh. Can be changed at runtime.", min_value=1, max_value=10000),
+        ParamSpec("link_frames", False,
+                  "Link mode 'active' (docs/deploy.md): every EventPacket holds one whole frame "
+                  "(sttf_perception's relay), so the open frame is closed after each packet "
+                  "instead of when the next frame's packet arrives (a frame period earlier).",
+                  read_only=True),
     ),
 
     # ---- live sources (package edge_vlm_cameras): not part of graph.yaml's processing graph

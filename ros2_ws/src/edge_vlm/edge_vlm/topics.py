@@ -49,6 +49,9 @@ TOPICS: dict[str, Topic] = {
     "ground_truth": Topic("edge_vlm/ground_truth", "std_msgs/msg/String", RELIABLE_50),
     "token_mask": Topic("edge_vlm/token_mask", "edge_vlm_msgs/msg/TokenMask", RELIABLE_10),
     "change_mask": Topic("edge_vlm/change_mask", "sensor_msgs/msg/Image", SENSOR),
+    # link mode 'active' (docs/deploy.md): per frame, the events of its active patches only
+    "link_events": Topic("edge_vlm/link_events", "event_camera_msgs/msg/EventPacket", SENSOR,
+                         EVENTS_IN),
     "route": Topic("edge_vlm/route", "edge_vlm_msgs/msg/RouteDecision", RELIABLE_10),
     "caption": Topic("edge_vlm/caption", "edge_vlm_msgs/msg/Caption", RELIABLE_50),
     "caption_text": Topic("edge_vlm/caption_text", "std_msgs/msg/String", RELIABLE_50),

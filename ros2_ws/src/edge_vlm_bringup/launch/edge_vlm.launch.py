@@ -7,7 +7,7 @@ and optionally their input (a bag player or a camera driver).
         [image_topic:=/camera/image_raw] [use_rgb:=auto|never|always] [graph:=/path/graph.yaml]
         [params:='{vlm_captioner.decoding: beam}'] [single_process:=false] [log_dir:=DIR]
         [use_sim_time:=false] [nodes:=all|drone|ground|NAME,NAME] [wait_subscribers:=N]
-        [wait_timeout:=15] [respawn:=false]
+        [wait_timeout:=15] [respawn:=false] [link:=raw|active]
 
 The graph file defaults to ``edge_vlm.cores.graph.default_graph_path()``, as for the runner
 (``edge_vlm_run``): ``EDGE_VLM_GRAPH`` when set, else ``config/graph.yaml`` of this package
@@ -38,6 +38,13 @@ or a comma-separated list of node names of the graph. The halves find each other
 takes ``source:=none``. With ``nodes:=drone`` and ``source:=bag`` the player waits for one more
 EventPacket subscriber than the drone's nodes: the ground's captioner (``wait_subscribers``
 overrides the count). ``single_process:=true`` runs the whole graph: only with ``nodes:=all``.
+
+``link:=active`` (the link mode that sends less, docs/deploy.md; default ``raw``): the drone's
+``sttf_perception`` also publishes, once per frame, one EventPacket of the events in the
+frame's active patches (``edge_vlm/link_events``, parameter ``link_relay``), and the ground's
+``vlm_captioner`` bins those instead of the raw events (its ``event_camera/events`` remapped
+to ``edge_vlm/link_events``, in its namespace; ``link_frames``: it closes each frame with its
+packet). Give it to both hosts.
 
 ``respawn:=true``: a node process that exits while the launch runs (a crash, a kill) is
 started again at once by launch itself (no new ``ros2 launch``: docs/deploy.md, "crash").
@@ -78,6 +85,10 @@ SOURCES = ("none", "bag", "camera")
 CAMERAS = ("dv", "metavision", "rgb")
 TRUE = ("true", "1", "yes", "on")
 FALSE = ("false", "0", "no", "off", "")
+#: link modes (``link:=``): the raw events cross the link, or the active patches' events only
+LINKS = ("raw", "active")
+#: link mode 'active': the relay's topic (node-relative), the captioner's events input
+LINK_TOPIC = TOPICS["link_events"].name
 #: the halves of a graph split across hosts (``nodes:=drone|ground``), by node package
 ROLES = {"drone": ("sttf_perception", "anc_router"), "ground": ("vlm_captioner",)}
 
@@ -93,6 +104,23 @@ def _overrides(arg) -> dict:
     if arg("use_rgb"):
         out["vlm_captioner.use_rgb"] = arg("use_rgb")
     return out
+
+
+def _link(arg, specs: list, overrides: dict) -> bool:
+    """``link:=active``: sttf_perception relays the active patches' events, the captioner takes
+    them instead of the raw events (its events input remapped); returns whether it is on."""
+    link = arg("link") or "raw"
+    if link not in LINKS:
+        raise ValueError(f"link:={link}: expected one of {', '.join(LINKS)}")
+    if link == "raw":
+        return False
+    for s in specs:
+        if s.package == "sttf_perception":
+            overrides[f"{s.name}.link_relay"] = True
+        if s.package == "vlm_captioner":
+            s.remappings[TOPICS["events"].name] = LINK_TOPIC
+            overrides[f"{s.name}.link_frames"] = True     # one packet = one whole frame
+    return True
 
 
 def _flag(arg, name: str) -> bool:
@@ -204,6 +232,9 @@ def _nodes(context):
     overrides = _overrides(arg)
     nodes = arg("nodes")
     specs = _select(load_graph(graph, overrides, namespace=namespace, inputs=inputs), nodes)
+    if _link(arg, specs, overrides):        # the relay's parameters: load the specs again
+        specs = _select(load_graph(graph, overrides, namespace=namespace, inputs=inputs), nodes)
+        _link(arg, specs, overrides)
     if nodes == "ground" and source != "none":
         raise ValueError(f"nodes:=ground takes source:=none (the source runs on the drone), "
                          f"not source:={source}")
@@ -211,6 +242,8 @@ def _nodes(context):
     if _flag(arg, "single_process"):
         if nodes not in ("", "all"):
             raise ValueError(f"single_process:=true runs every node: not with nodes:={nodes}")
+        if (arg("link") or "raw") != "raw":
+            raise ValueError("single_process:=true has no link: only with link:=raw")
         actions = [_single_process(graph, overrides, namespace, inputs,
                                    _prefix(arg, "edge_vlm_graph"), sim_time)]
         subscribers = 1           # the graph process subscribes to the events once
@@ -224,6 +257,9 @@ def _nodes(context):
             for s in specs
         ]
         subscribers = len(specs)
+    link = (arg("link") or "raw") == "active"
+    if link and not arg("wait_subscribers"):   # the captioner takes the relay's events
+        subscribers -= sum(s.package == "vlm_captioner" for s in specs) + (nodes == "drone")
     subscribers = _subscribers(arg, nodes, subscribers)
     if source == "bag":
         actions.append(_player(arg, inputs, namespace, subscribers, _prefix(arg, "player")))
@@ -297,6 +333,11 @@ def generate_launch_description():
             "wait_timeout", default_value="15",
             description="source:=bag: seconds the player waits for those subscriptions before "
                         "it plays anyway (slow starts: several graphs on one loaded machine)"),
+        DeclareLaunchArgument(
+            "link", default_value="raw",
+            description="raw: the raw events cross the link; active: sttf_perception also "
+                        "publishes per frame the events of its active patches "
+                        "(edge_vlm/link_events) and vlm_captioner bins those (both hosts)"),
         DeclareLaunchArgument(
             "log_dir", default_value="",
             description="write each process's output to LOG_DIR/<node>.log instead of the "

@@ -61,6 +61,8 @@ class FrameSource:
         self.inputs: list[FrameInputs] = []
         self.sinks: list[FrameNode] = []
         self.last_packet: float | None = None
+        #: link mode 'active': one packet = one whole frame, closed after the packet
+        self.close_each_packet = bool(params.get("link_frames", False))
 
     def track_inputs(self) -> FrameInputs:
         """A new record of the packets that feed each frame, kept from now on."""
@@ -73,6 +75,18 @@ class FrameSource:
         for node in self.sinks:
             node.diagnostics.last_input = now
         self._take(self.input.feed(msg))
+        if self.close_each_packet:
+            self.flush_open(self.sinks[0].get_logger() if self.sinks else None)
+
+    def flush_open(self, logger) -> None:
+        """Close the open frame now (never raises: an error is logged)."""
+        try:
+            res = self.input.flush()
+        except Exception as exc:  # keep running whatever the stream does
+            if logger is not None:
+                logger.warning(f"frame binning error at flush: {exc}")
+            return
+        self._take(res)
 
     def _take(self, res: IntakeResult) -> None:
         """Record which packets fed which frames (their header-clock offsets; their stamps and

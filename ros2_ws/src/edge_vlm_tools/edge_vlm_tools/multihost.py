@@ -24,7 +24,11 @@ SIGINT and SIGTERM. Per run, in the namespaces:
   for that long; ``partition_at_s`` / ``partition_s``: the link goes down then up again;
   ``restart_at_s``: the ground's launch is stopped (SIGINT) and started again; ``crash_at_s``:
   the ground's captioner is killed (SIGKILL) and its launch (``respawn:=true``) starts it
-  again.
+  again;
+* ``link``: ``"active"``: both launches get ``link:=active`` (the drone's sttf_perception
+  relays the active patches' events on ``edge_vlm/link_events``, the ground's captioner bins
+  those); the player waits for the drone's nodes and recorder on the raw events, and the run
+  for the captioner's subscription to the relay (sttf_perception logs it).
 
 A run with ``cameras`` (a list of ``{"ns", "bag"}``) is several cameras, each in its own
 namespace, feeding one ground host: :mod:`edge_vlm_tools.multicam` (its own namespaces).
@@ -33,8 +37,11 @@ Each run leaves ``DIR/<name>/``: the two recorders' JSON lines, the node logs
 (``drone/``, ``ground/``) and ``run.json``: the link's byte counters (from ``ip -s link``)
 while the bag played, qdisc drops, the resident memory of each host's processes (sampled
 every 0.5 s), the nodes' shutdown counters, exit codes and the wall-clock times (ns) of the
-partition and restart. Exit code 0 when every run ran, 1 when one failed, 3 when network
-namespaces are unavailable (not root, no ``ip``): one ``error:`` line.
+partition and restart; beside it (two-host runs) ``linkstat.json``: what crossed the drone's
+veth end per DDS topic (:mod:`edge_vlm_tools.linkstat`, started before the nodes; its window
+is the play time; absent when it cannot capture, the run goes on). Exit code 0 when every
+run ran, 1 when one failed, 3 when network namespaces are unavailable (not root, no ``ip``):
+one ``error:`` line.
 """
 from __future__ import annotations
 
@@ -52,11 +59,13 @@ from edge_vlm_tools.multicam import run_cameras
 from edge_vlm_tools.netns import (CAPTION_STREAMS, DRONE_STREAMS, HALVES, READY_TIMEOUT_S,
                                   SAMPLE_S, SUBSCRIBERS, Host, Link, StopRequested,
                                   create_link, destroy_link, drain, link_counters,
-                                  namespaces_available, set_cap, set_link_up, tool)
+                                  mark_linkstat, namespaces_available, set_cap, set_link_up,
+                                  start_linkstat, tool)
 from edge_vlm_tools.proc import descendants, graph_memory
 from edge_vlm_tools.runner import stop_graph
 
 PROG = "edge_vlm_multihost"
+LINKSTAT_JSON = "linkstat.json"
 
 def _caption_host(drone: Host, ground: Host) -> Host:
     return drone if drone.local else ground
@@ -87,6 +96,20 @@ def _wait_ready(drone: Host, ground: Host, timeout: float = READY_TIMEOUT_S) -> 
     raise RuntimeError(f"not ready after {timeout:.0f} s: {_ready(drone, ground)}")
 
 
+#: sttf_perception's log line once the ground's captioner subscribed to the relay
+LINK_MATCHED = "link_events subscribers: 1"
+
+
+def _wait_link(drone: Host, timeout: float = READY_TIMEOUT_S) -> None:
+    """Link mode 'active': until the ground's captioner subscribed to the drone's relay."""
+    end = time.monotonic() + timeout
+    while LINK_MATCHED not in drone.text("sttf_perception.log"):
+        if time.monotonic() > end:
+            raise RuntimeError(f"link mode active: no subscriber on the relay after "
+                               f"{timeout:.0f} s")
+        time.sleep(0.2)
+
+
 @dataclass
 class RunState:
     """What a run measured while the bag played (``run.json``)."""
@@ -103,6 +126,7 @@ class RunState:
     exit_codes: dict = field(default_factory=dict)
     player_rc: int | None = None
     load_avg_1m: dict = field(default_factory=dict)     # the machine's, at play start / end
+    linkstat: str = ""      # the link counter's JSON beside run.json ('' when it did not run)
     error: str = ""
 
 
@@ -165,9 +189,10 @@ def _partition(link: Link, state: RunState, due: bool, seconds: float) -> None:
         ev["link_up_ns"] = time.time_ns()
 
 
-def _timeline(run: dict, link: Link, drone: Host, ground: Host, state: RunState) -> None:
+def _timeline(run: dict, link: Link, drone: Host, ground: Host, state: RunState,
+              counter=None) -> None:
     """While the player runs: sample memory (every 0.5 s once the bag plays); partition,
-    restart, cap and stop the loop on time."""
+    restart, cap and stop the loop on time; the link counter's window spans the play."""
     player = drone.procs["player"]
     loop_s, t_part = float(run.get("loop_s") or 0), float(run.get("partition_at_s") or 0)
     part_s, t_restart = float(run.get("partition_s") or 0), float(run.get("restart_at_s") or 0)
@@ -178,6 +203,7 @@ def _timeline(run: dict, link: Link, drone: Host, ground: Host, state: RunState)
         if t0 is None and "subscriptions matched" in drone.text("player.out"):
             t0, state.play_start_ns = now, time.time_ns()
             state.load_avg_1m["start"] = round(os.getloadavg()[0], 2)
+            mark_linkstat(counter, False)
             state.link_start = link_counters(link)
         if t0 is not None:
             el = now - t0
@@ -209,6 +235,7 @@ def _timeline(run: dict, link: Link, drone: Host, ground: Host, state: RunState)
         state.events["link_up_ns"] = time.time_ns()
     state.play_end_ns = time.time_ns()
     state.load_avg_1m["end"] = round(os.getloadavg()[0], 2)
+    mark_linkstat(counter, True)
     state.link_end = link_counters(link)
     state.player_rc = player.returncode
 
@@ -222,21 +249,29 @@ def run_one(run: dict, link: Link, out_dir: str, domain: int) -> RunState:
     drone, ground = (Host(link, r, run_dir, domain, local) for r in ("drone", "ground"))
     if run.get("crash_at_s"):
         ground.launch_args = ["respawn:=true"]
+    active = run.get("link") == "active" and not local
+    if active:
+        for host in (drone, ground):
+            host.launch_args = host.launch_args + ["link:=active"]
+    counter = None          # the link counter (drone's veth end), before any node starts
     try:
         # ``cap_after_s``: the link degrades in flight (the cap comes that long after the bag
         # started); else it is capped from the start, discovery included
         set_cap(link, "" if run.get("cap_after_s") else (run.get("cap") or ""))
         if not local:
+            counter = start_linkstat(drone, link.veth[0], os.path.join(run_dir, LINKSTAT_JSON))
             ground.launch()
             ground.record(CAPTION_STREAMS)
         drone.launch()
         drone.record(DRONE_STREAMS + (CAPTION_STREAMS if local else ()))
         _wait_ready(drone, ground)
+        if active:
+            _wait_link(drone)
         player = [tool("edge_vlm_play"), run["bag"], "--rate", str(run.get("rate", 1.0)),
-                  "--wait-for", f"event_camera/events={SUBSCRIBERS}",
+                  "--wait-for", f"event_camera/events={SUBSCRIBERS - active}",
                   "--wait-for", "edge_vlm/ground_truth=1", "--wait-timeout", "60"]
         drone.start("player", player + (["--loop"] if run.get("loop_s") else []))
-        _timeline(run, link, drone, ground, state)
+        _timeline(run, link, drone, ground, state, counter)
         drain(_caption_host(drone, ground), float(run.get("drain_s", 3.0)))
     except (RuntimeError, OSError, ValueError) as exc:
         state.error = str(exc)
@@ -246,6 +281,10 @@ def run_one(run: dict, link: Link, out_dir: str, domain: int) -> RunState:
     finally:
         for host in (drone, ground):
             state.exit_codes.update(host.stop_all())
+        if counter is not None:
+            state.exit_codes.update(stop_graph([counter], 10.0))
+            if os.path.isfile(os.path.join(run_dir, LINKSTAT_JSON)):
+                state.linkstat = LINKSTAT_JSON
         set_cap(link, "")
     for host in (drone, ground):
         for node in host.nodes:

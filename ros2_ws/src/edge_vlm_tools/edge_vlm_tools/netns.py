@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +32,9 @@ TBF_BURST = "32kbit"
 TBF_LATENCY = "100ms"
 SAMPLE_S = 0.5
 READY_TIMEOUT_S = 120.0
+#: the link counter (:mod:`edge_vlm_tools.linkstat`), run as a script (standard library only)
+LINKSTAT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "linkstat.py")
+LINKSTAT_READY_S = 10.0
 
 
 @dataclass
@@ -208,3 +212,25 @@ def drain(host: Host, drain_s: float, max_s: float = 60.0) -> None:
         elif time.monotonic() - changed >= drain_s:
             return
         time.sleep(0.2)
+
+
+def start_linkstat(host: Host, dev: str, out: str) -> subprocess.Popen | None:
+    """The link counter on ``dev`` in ``host``'s namespace, writing ``out`` when stopped
+    (SIGINT); started before the nodes, it sees their SEDP announcements. None when it cannot
+    capture (its reason in ``linkstat.out``): optional, the run goes on without it."""
+    p = host.start("linkstat", [sys.executable, LINKSTAT, "-i", dev, "-o", out])
+    host.procs.pop("linkstat")           # never fails the run; stopped by its caller
+    end = time.monotonic() + LINKSTAT_READY_S
+    while p.poll() is None and time.monotonic() < end:
+        if "capturing on" in host.text("linkstat.out"):
+            return p
+        time.sleep(0.05)
+    stop_graph([p], 2.0)
+    return None
+
+
+def mark_linkstat(counter: subprocess.Popen | None, close: bool) -> None:
+    """Open (SIGUSR1) or ``close`` (SIGUSR2) the counter's window: sent right before the veth
+    counters are read, so that both span the same time."""
+    if counter is not None and counter.poll() is None:
+        counter.send_signal(signal.SIGUSR2 if close else signal.SIGUSR1)

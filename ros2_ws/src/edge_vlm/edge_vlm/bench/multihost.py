@@ -20,6 +20,10 @@ Runs (``quick``: the first only, a short bag):
 * ``restart``: the bag looped, the ground's launch stopped and started again;
 * ``crash``: the bag looped, the ground's captioner killed (SIGKILL), its launch
   (``respawn:=true``) starts it again;
+* ``link_active``, ``cap_<rate>_active`` (:data:`ACTIVE_CAPS`): link mode 'active' (the launch
+  files' ``link:=active``: per frame one EventPacket of the events in the frame's active patches
+  crosses the link instead of the raw events; docs/deploy.md); ``link_active`` in ``quick``
+  too;
 * ``cameras`` (``quick`` too): three cameras in three namespaces (ROS namespaces ``/cam1``..
   ``/cam3``) feeding one ground namespace, one captioner per camera (:func:`camera_figures`).
 """
@@ -35,8 +39,9 @@ from typing import Callable
 
 import numpy as np
 
+from edge_vlm.bench.link_topics import link_by_topic
 from edge_vlm.bench.streams import packetize_evt3, simulated_events
-from edge_vlm.evaluation.records import read_jsonl, summarize
+from edge_vlm.evaluation.records import percentile, read_jsonl, summarize
 from edge_vlm.io.bag_writer import write_bag
 from edge_vlm.io.codecs import make_encoder
 from edge_vlm.io.packets import packet_grid
@@ -52,8 +57,12 @@ ENCODINGS = ("libcaer_cmp", "mono")
 #: the default encoding for a link: the smallest payload per event of the writable ones
 #: (``libcaer_cmp``, iniVation's compressed encoding; DVS128 cameras are iniVation's)
 DEFAULT_ENCODING = "libcaer_cmp"
-#: link caps: two that carry the events, one that cannot (graceful degradation)
-CAPS = ("10mbit", "2mbit", "500kbit")
+#: link caps: two that carry the events, two that cannot (graceful degradation); the tightest
+#: is the last
+CAPS = ("10mbit", "2mbit", "650kbit", "500kbit")
+#: caps of link mode 'active': 650 kbit/s lies between the raw events' rate on the wire (~750
+#: kbit/s on the full bag) and the active mode's (~600)
+ACTIVE_CAPS = ("2mbit", "650kbit", "500kbit")
 PARTITION_S = 5.0
 #: the in-flight cap run: the cap comes this long after the bag started
 CAP_AFTER_S = 1.0
@@ -135,8 +144,9 @@ def make_plan(bags: dict[str, str], quick: bool, work: str | os.PathLike = "") -
     base = {"rate": 1.0, "cap": "", "drain_s": 3.0}
     default = bags[DEFAULT_ENCODING]
     runs = [{**base, "name": f"link_{e}", "bag": bags[e]} for e in ENCODINGS]
+    active = {**base, "name": "link_active", "bag": default, "link": "active"}
     if quick:
-        return runs[:1] + [cameras]
+        return runs[:1] + [active, cameras]
     # the baseline: the whole graph on the drone, no link, same bag, same machine, same load
     runs.insert(0, {**base, "name": "local", "bag": default, "local": True})
     runs += [{**base, "name": f"cap_{c}", "bag": default, "cap": c} for c in CAPS]
@@ -144,6 +154,8 @@ def make_plan(bags: dict[str, str], quick: bool, work: str | os.PathLike = "") -
     # stream's rate starves the discovery of the player's writer (no EventPacket is accepted)
     runs.append({**base, "name": f"cap_{CAPS[-1]}_in_flight", "bag": default, "cap": CAPS[-1],
                  "cap_after_s": CAP_AFTER_S})
+    runs.append(active)
+    runs += [{**active, "name": f"cap_{c}_active", "cap": c} for c in ACTIVE_CAPS]
     runs.append({**base, "name": "partition", "bag": default, "loop_s": LOOP_S,
                  "partition_at_s": EVENT_AT_S, "partition_s": PARTITION_S})
     runs.append({**base, "name": "restart", "bag": default, "loop_s": RESTART_LOOP_S,
@@ -189,6 +201,39 @@ def _link_figures(state: dict, play_s: float | None, events: int | None,
         "bytes_per_mev": round(up / (events / 1e6)) if ok and events else None,
         "qdisc_drops": sum((end.get(r) or {}).get("qdisc_drops", 0) for r in ("drone", "ground")),
     }
+
+
+def frame_packet_latency_ms(drone: list[dict], ground: list[dict]) -> list[float]:
+    """Link mode 'active': per caption, the drone's arrival of the newest raw EventPacket of
+    its frame -> the caption's arrival (the captioner's ``input_stamps`` name the relay's
+    packets, not the raw ones): the raw packets of a frame are those whose
+    ``[time_base, time_base + PACKET_NS)`` (the bags' packet grid) overlaps its window."""
+    packets = sorted((r["data"]["time_base"], r["recv_ns"]) for r in drone
+                     if r.get("stream") == "events" and "time_base" in (r.get("data") or {}))
+    if not packets:
+        return []
+    bases = np.array([p[0] for p in packets], dtype=np.int64)
+    recv = np.array([p[1] for p in packets], dtype=np.int64)
+    out = []
+    for c in (r for r in ground if r.get("stream") == "caption"):
+        d = c["data"]
+        a, b = np.searchsorted(bases, [d["window_start"] - PACKET_NS + 1, d["window_end"]])
+        if b > a:
+            out.append((c["recv_ns"] - int(recv[a:b].max())) / 1e6)
+    return out
+
+
+def _relay_figures(perception: dict, play_s: float | None) -> dict:
+    """Link mode 'active': what sttf_perception's relay sent (its shutdown counters)."""
+    if "link_frames" not in perception:
+        return {}
+    n, kept = perception.get("link_events_in"), perception.get("link_events_kept")
+    payload = perception.get("link_payload_bytes")
+    return {"relay_packets": perception.get("link_frames"),
+            "relay_events_kept_share": round(kept / n, 4) if n else None,
+            "relay_payload_bytes_per_s": round(payload / play_s) if play_s and payload else None,
+            "relay_frames_dropped": perception.get("link_frames_dropped"),
+            "relay_mono_fallbacks": perception.get("link_mono_fallbacks")}
 
 
 def _captioner_counters(state: dict) -> dict:
@@ -276,6 +321,11 @@ def run_figures(run_dir: str) -> dict:
     in_play = [c for c in captions if t0 and t1 and t0 <= c <= t1]
     ev = state.get("events", {})
     looped = bool((state.get("run") or {}).get("loop_s"))
+    by_topic = link_by_topic(run_dir, state)
+    if (state.get("run") or {}).get("link") == "active":
+        p2c = frame_packet_latency_ms(drone, ground)
+        summary.packet_to_caption_ms_p50 = percentile(p2c, 50)
+        summary.packet_to_caption_ms_p95 = percentile(p2c, 95)
     out = {
         "error": state.get("error") or None, "player_rc": state.get("player_rc"),
         "captions_ground": len(captions),
@@ -291,6 +341,8 @@ def run_figures(run_dir: str) -> dict:
         "caption_latency_ms_p95": None if looped else summary.packet_to_caption_ms_p95,
         "events_replayed": perception.get("events"),
         **_link_figures(state, play_s, perception.get("events"), payload),
+        "link_by_topic": by_topic,      # the link counter's rows (None without it)
+        "link_overhead_bytes_per_s": by_topic["overhead_bytes_per_s"] if by_topic else None,
         "seq_gaps_ground": cap.get("seq_gaps"),
         "missing_packets_ground": cap.get("missing_packets"),
         "frames_dropped_ground": cap.get("dropped"), "mask_fallbacks": cap.get("mask_fallbacks"),
@@ -299,6 +351,7 @@ def run_figures(run_dir: str) -> dict:
         "rss_mb_ground": _rss(state.get("rss_mb", {}).get("ground", [])),
         "exit_codes": state.get("exit_codes"), "load_avg_1m": state.get("load_avg_1m"),
         "gesture_accuracy": summary.gesture_accuracy,
+        **_relay_figures(perception, play_s),
     }
     if "link_up_ns" in ev:
         out["partition_s"] = round((ev["link_up_ns"] - ev["link_down_ns"]) / 1e9, 2)
@@ -340,6 +393,8 @@ def _headline(runs: dict[str, dict]) -> dict:
             "link_bytes_per_s", "bytes_per_mev", "missing_packets_ground",
             "frames_dropped_ground", "gesture_accuracy")
     out = {k: base.get(k) for k in keys}
+    out["link_overhead_bytes_per_s"] = base.get("link_overhead_bytes_per_s")
+    out["link_by_topic"] = base.get("link_by_topic")
     local = runs.get("local") or {}
     for k in ("captions_per_frame", "caption_latency_ms_p50", "caption_latency_ms_p95",
               "gesture_accuracy"):
@@ -348,6 +403,7 @@ def _headline(runs: dict[str, dict]) -> dict:
         r = runs.get(f"link_{enc}") or {}
         out[f"link_bytes_per_s_{enc}"] = r.get("link_bytes_per_s")
         out[f"bytes_per_mev_{enc}"] = r.get("bytes_per_mev")
+        out[f"link_overhead_bytes_per_s_{enc}"] = r.get("link_overhead_bytes_per_s")
     for c in CAPS + (f"{CAPS[-1]}_in_flight",):
         r = runs.get(f"cap_{c}") or {}
         for k in ("captions_per_s", "captions_per_frame", "caption_latency_ms_p95",
@@ -356,6 +412,7 @@ def _headline(runs: dict[str, dict]) -> dict:
             out[f"{k}_{c}"] = r.get(k)
         out[f"rss_mb_max_{c}"] = {h: (r.get(f"rss_mb_{h}") or {}).get("max")
                                   for h in ("drone", "ground")} if r else None
+    _active_headline(runs, out)
     for name in ("partition", "restart", "crash"):
         out[f"recovery_s_{name}"] = (runs.get(name) or {}).get("recovery_s")
     out["crash_ready_s"] = (runs.get("crash") or {}).get("crash_ready_s")
@@ -368,6 +425,23 @@ def _headline(runs: dict[str, dict]) -> dict:
     rec = [v for k, v in out.items() if k.startswith("recovery_s_") and v is not None]
     out["recovery_s"] = max(rec) if rec else None
     return out
+
+
+def _active_headline(runs: dict[str, dict], out: dict) -> None:
+    """Link mode 'active': the uncapped run's figures (``*_active``) and each cap's
+    (``*_<cap>_active``)."""
+    r = runs.get("link_active") or {}
+    for k in ("captions_per_frame", "captions_per_s", "caption_latency_ms_p50",
+              "caption_latency_ms_p95", "link_bytes_per_s", "link_bytes_per_s_drone_to_ground",
+              "bytes_per_mev", "missing_packets_ground", "frames_dropped_ground",
+              "gesture_accuracy", "relay_events_kept_share", "relay_payload_bytes_per_s"):
+        out[f"{k}_active"] = r.get(k)
+    for c in ACTIVE_CAPS:
+        r = runs.get(f"cap_{c}_active") or {}
+        for k in ("captions_per_s", "captions_per_frame", "caption_latency_ms_p95",
+                  "missing_packets_ground", "qdisc_drops", "gesture_accuracy",
+                  "link_bytes_per_s_drone_to_ground"):
+            out[f"{k}_{c}_active"] = r.get(k)
 
 
 def bench_multihost(quick: bool = False, work_dir: str | None = None,
