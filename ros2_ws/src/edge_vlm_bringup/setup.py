@@ -13,7 +13,7 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         # ros2 launch edge_vlm_bringup edge_vlm.launch.py; the graph it starts
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
-        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        ("share/" + package_name + "/config", glob("config/*.yaml") + glob("config/*.xml")),
     ],
     install_requires=["setuptools"],
     zip_safe=False,

@@ -24,7 +24,8 @@ SIGINT and SIGTERM. Per run, in the namespaces:
   for that long; ``partition_at_s`` / ``partition_s``: the link goes down then up again;
   ``restart_at_s``: the ground's launch is stopped (SIGINT) and started again; ``crash_at_s``:
   the ground's captioner is killed (SIGKILL) and its launch (``respawn:=true``) starts it
-  again;
+  again; ``dds_profile``: ``"rediscovery"``: every process of both hosts runs with the bringup's
+  ``config/fastdds_rediscovery.xml`` (``FASTDDS_DEFAULT_PROFILES_FILE``);
 * ``link``: ``"active"``: both launches get ``link:=active`` (the drone's sttf_perception
   relays the active patches' events on ``edge_vlm/link_events``, the ground's captioner bins
   those); the player waits for the drone's nodes and recorder on the raw events, and the run
@@ -62,7 +63,7 @@ from edge_vlm_tools.netns import (CAPTION_STREAMS, DRONE_STREAMS, HALVES, READY_
                                   mark_linkstat, namespaces_available, set_cap, set_link_up,
                                   start_linkstat, tool)
 from edge_vlm_tools.proc import descendants, graph_memory
-from edge_vlm_tools.runner import stop_graph
+from edge_vlm_tools.runner import bringup_file, stop_graph
 
 PROG = "edge_vlm_multihost"
 LINKSTAT_JSON = "linkstat.json"
@@ -249,6 +250,10 @@ def run_one(run: dict, link: Link, out_dir: str, domain: int) -> RunState:
     drone, ground = (Host(link, r, run_dir, domain, local) for r in ("drone", "ground"))
     if run.get("crash_at_s"):
         ground.launch_args = ["respawn:=true"]
+    if run.get("dds_profile"):      # a Fast DDS XML profile of the bringup, on both hosts
+        xml = bringup_file(os.path.join("config", f"fastdds_{run['dds_profile']}.xml"))
+        for host in (drone, ground):
+            host.env["FASTDDS_DEFAULT_PROFILES_FILE"] = xml
     active = run.get("link") == "active" and not local
     if active:
         for host in (drone, ground):

@@ -142,15 +142,21 @@ def stop_graph(procs: list[subprocess.Popen], timeout: float = 10.0) -> dict[str
 def launch_file() -> str:
     """The bringup's launch file: the checkout's (``ros2_ws/src/edge_vlm_bringup``), else the
     installed package's share directory."""
-    candidates = [Path(ROOT) / "ros2_ws" / "src" / BRINGUP / LAUNCH_FILE]
+    return bringup_file(LAUNCH_FILE)
+
+
+def bringup_file(rel: str) -> str:
+    """A file of the bringup package (``rel`` inside it, e.g. ``config/graph.yaml``): the
+    checkout's, else the installed package's share directory."""
+    candidates = [Path(ROOT) / "ros2_ws" / "src" / BRINGUP / rel]
     try:
-        candidates.append(Path(get_package_share_directory(BRINGUP)) / LAUNCH_FILE)
+        candidates.append(Path(get_package_share_directory(BRINGUP)) / rel)
     except (PackageNotFoundError, ValueError, KeyError, OSError):
         pass
     for c in candidates:
         if c.is_file():
             return str(c)
-    raise FileNotFoundError(f"launch file of {BRINGUP} not found (looked in "
+    raise FileNotFoundError(f"{rel} of {BRINGUP} not found (looked in "
                             f"{[str(c) for c in candidates]}); build the workspace")
 
 

@@ -24,7 +24,10 @@ __all__ = ["bench_all"]
 #: the multi-host part's figures at the top level, as ``multihost_<key>``
 MULTIHOST_KEYS = ("captions_per_frame", "caption_latency_ms_p95", "bytes_per_mev",
                   "recovery_s_partition", "recovery_s_restart", "recovery_s_crash",
-                  "captions_per_s_2mbit",
+                  "captions_per_s_2mbit", "captions_per_s_500kbit",
+                  "captions_per_s_500kbit_active", "gesture_accuracy_500kbit",
+                  "gesture_accuracy_500kbit_active", "link_overhead_bytes_per_s",
+                  "recovery_s_rediscovery_restart", "recovery_s_rediscovery_crash",
                   "namespaces_left", "cameras", "cross_talk")
 
 

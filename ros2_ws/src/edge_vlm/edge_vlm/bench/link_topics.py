@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-__all__ = ["link_by_topic"]
+__all__ = ["link_by_topic", "discovery_bytes_per_s", "rediscovery_figures"]
 
 
 def link_by_topic(run_dir: str, state: dict) -> dict | None:
@@ -43,3 +43,26 @@ def link_by_topic(run_dir: str, state: dict) -> dict | None:
             "submessages_bytes_per_s": {k: rate(v["bytes"]) for k, v in tx["submessages"].items()},
             "discovery_bytes_per_s": {k: rate(v["bytes"])
                                       for k, v in tx.get("discovery_by_writer", {}).items()}}
+
+
+def discovery_bytes_per_s(run: dict) -> float | None:
+    """Drone -> ground discovery traffic (SPDP, SEDP) of a run, from the link counter."""
+    row = ((run.get("link_by_topic") or {}).get("rows") or {}).get("discovery") or {}
+    return None if not row else round(row["payload"] + row["overhead"] + row["control"], 1)
+
+
+def rediscovery_figures(runs: dict[str, dict]) -> dict:
+    """The restart and crash runs again with the bringup's Fast DDS profile that announces
+    every participant every 1 s (``recovery_s_rediscovery_<run>``, ``*_ready_s_rediscovery``),
+    and what that costs on the link (``discovery_bytes_per_s`` of the default restart run and
+    of the profile's, drone -> ground)."""
+    out: dict = {}
+    for name in ("restart", "crash"):
+        r = runs.get(f"{name}_rediscovery") or {}
+        out[f"recovery_s_rediscovery_{name}"] = r.get("recovery_s")
+        out[f"{name}_ready_s_rediscovery"] = r.get(f"{name}_ready_s")
+        out[f"discovery_bytes_per_s_{name}"] = discovery_bytes_per_s(runs.get(name) or {})
+        out[f"discovery_bytes_per_s_{name}_rediscovery"] = discovery_bytes_per_s(r)
+    rec = [out[f"recovery_s_rediscovery_{n}"] for n in ("restart", "crash")]
+    out["recovery_s_rediscovery"] = max(rec) if None not in rec else None
+    return out

@@ -39,7 +39,7 @@ from typing import Callable
 
 import numpy as np
 
-from edge_vlm.bench.link_topics import link_by_topic
+from edge_vlm.bench.link_topics import link_by_topic, rediscovery_figures
 from edge_vlm.bench.streams import packetize_evt3, simulated_events
 from edge_vlm.evaluation.records import percentile, read_jsonl, summarize
 from edge_vlm.io.bag_writer import write_bag
@@ -162,6 +162,9 @@ def make_plan(bags: dict[str, str], quick: bool, work: str | os.PathLike = "") -
                  "restart_at_s": EVENT_AT_S})
     runs.append({**base, "name": "crash", "bag": default, "loop_s": CRASH_LOOP_S,
                  "crash_at_s": EVENT_AT_S})
+    # the same two with the bringup's Fast DDS profile that announces participants every 1 s
+    runs += [{**r, "name": f"{r['name']}_rediscovery", "dds_profile": "rediscovery"}
+             for r in runs[-2:]]
     runs.append(cameras)
     return runs
 
@@ -418,11 +421,13 @@ def _headline(runs: dict[str, dict]) -> dict:
     out["crash_ready_s"] = (runs.get("crash") or {}).get("crash_ready_s")
     out["missing_packets_partition"] = (runs.get("partition") or {}).get("missing_packets_ground")
     out["restart_ready_s"] = (runs.get("restart") or {}).get("restart_ready_s")
+    out.update(rediscovery_figures(runs))
     cams = runs.get("cameras") or {}
     out["cameras"] = {ns: {k: c.get(k) for k in ("captions", "frames", "caption_latency_ms_p95")}
                       for ns, c in (cams.get("cameras") or {}).items()} or None
     out["cross_talk"] = cams.get("cross_talk")
-    rec = [v for k, v in out.items() if k.startswith("recovery_s_") and v is not None]
+    rec = [out[f"recovery_s_{n}"] for n in ("partition", "restart", "crash")
+           if out[f"recovery_s_{n}"] is not None]
     out["recovery_s"] = max(rec) if rec else None
     return out
 

@@ -37,7 +37,10 @@ SUMMARY_KEYS = (
     "multihost_caption_latency_ms_p95", "multihost_bytes_per_mev",
     "multihost_recovery_s_partition", "multihost_recovery_s_restart",
     "multihost_recovery_s_crash", "multihost_captions_per_s_2mbit", "multihost_namespaces_left",
-    "multihost_cameras", "multihost_cross_talk")
+    "multihost_cameras", "multihost_cross_talk", "multihost_captions_per_s_500kbit",
+    "multihost_captions_per_s_500kbit_active", "multihost_gesture_accuracy_500kbit",
+    "multihost_gesture_accuracy_500kbit_active", "multihost_link_overhead_bytes_per_s",
+    "multihost_recovery_s_rediscovery_restart", "multihost_recovery_s_rediscovery_crash")
 
 #: what each figure of :data:`SUMMARY_KEYS` measures (the report's table)
 DESCRIPTIONS = {
@@ -130,6 +133,18 @@ DESCRIPTIONS = {
                          "frames and caption p95 per camera",
     "multihost_cross_talk": "captions or packets of one camera seen on another camera's "
                             "namespace (should be 0)",
+    "multihost_captions_per_s_500kbit": "link capped at 500 kbit/s, raw events: captions per s "
+                                        "on the ground",
+    "multihost_captions_per_s_500kbit_active": "same cap, link mode 'active' (the events of the "
+                                               "frame's active patches, one packet per frame)",
+    "multihost_gesture_accuracy_500kbit": "per-frame gesture accuracy of the ground's captions, "
+                                          "500 kbit/s, raw events",
+    "multihost_gesture_accuracy_500kbit_active": "same, link mode 'active'",
+    "multihost_link_overhead_bytes_per_s": "uncapped link: drone -> ground bytes/s that are no "
+                                           "topic's serialized payload (packet counter)",
+    "multihost_recovery_s_rediscovery_restart": "restart as above, both hosts with the "
+                                                "bringup's config/fastdds_rediscovery.xml",
+    "multihost_recovery_s_rediscovery_crash": "crash as above, with the same Fast DDS profile",
     "flops_ratio": "FLOPs executed sparse / dense (whole model, per frame)",
     "caption_label_consistency": "share of frames whose caption names exactly the published "
                                  "gesture (none for 'no gesture'): STTF sparse, the test "
