@@ -36,11 +36,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    from edge_vlm_tools.rtps_wire import (BUILTIN_WRITERS, Endpoint, Malformed, Parsed, Part,
-                                          parse_udp)
-except ImportError:              # run as a script (netns.start_linkstat): its own folder
-    from rtps_wire import BUILTIN_WRITERS, Endpoint, Malformed, Parsed, Part, parse_udp
+if __package__ in (None, ""):    # run as a script (netns.start_linkstat): its package's parent
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from edge_vlm_tools.rtps_wire import (BUILTIN_WRITERS, Endpoint, Malformed, Parsed,  # noqa: E402
+                                      Part, parse_udp)
 
 PROG = "edge_vlm_linkstat"
 ETH_P_ALL, PACKET_OUTGOING = 0x0003, 4          # linux/if_ether.h, linux/if_packet.h
