@@ -78,13 +78,13 @@ class FrameSource:
         if self.close_each_packet:
             self.flush_open(self.sinks[0].get_logger() if self.sinks else None)
 
-    def flush_open(self, logger) -> None:
+    def flush_open(self, logger, what: str = "flush") -> None:
         """Close the open frame now (never raises: an error is logged)."""
         try:
             res = self.input.flush()
         except Exception as exc:  # keep running whatever the stream does
             if logger is not None:
-                logger.warning(f"frame binning error at flush: {exc}")
+                logger.warning(f"frame binning error at {what}: {exc}")
             return
         self._take(res)
 
@@ -107,12 +107,7 @@ class FrameSource:
         """Close the open frame after :data:`IDLE_FLUSH_S` without packets."""
         if self.last_packet is not None and time.monotonic() - self.last_packet > IDLE_FLUSH_S:
             self.last_packet = None
-            try:
-                res = self.input.flush()
-            except Exception as exc:  # keep running whatever the stream does
-                logger.warning(f"frame binning error at idle flush: {exc}")
-                return
-            self._take(res)
+            self.flush_open(logger, "idle flush")
 
 
 class FrameNode:

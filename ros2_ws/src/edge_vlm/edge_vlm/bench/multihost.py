@@ -158,13 +158,13 @@ def make_plan(bags: dict[str, str], quick: bool, work: str | os.PathLike = "") -
     runs += [{**active, "name": f"cap_{c}_active", "cap": c} for c in ACTIVE_CAPS]
     runs.append({**base, "name": "partition", "bag": default, "loop_s": LOOP_S,
                  "partition_at_s": EVENT_AT_S, "partition_s": PARTITION_S})
-    runs.append({**base, "name": "restart", "bag": default, "loop_s": RESTART_LOOP_S,
-                 "restart_at_s": EVENT_AT_S})
-    runs.append({**base, "name": "crash", "bag": default, "loop_s": CRASH_LOOP_S,
-                 "crash_at_s": EVENT_AT_S})
-    # the same two with the bringup's Fast DDS profile that announces participants every 1 s
-    runs += [{**r, "name": f"{r['name']}_rediscovery", "dds_profile": "rediscovery"}
-             for r in runs[-2:]]
+    restarts = [{**base, "name": "restart", "bag": default, "loop_s": RESTART_LOOP_S,
+                 "restart_at_s": EVENT_AT_S},
+                {**base, "name": "crash", "bag": default, "loop_s": CRASH_LOOP_S,
+                 "crash_at_s": EVENT_AT_S}]
+    # the same two again with the bringup's Fast DDS profile (participants announced every 1 s)
+    runs += restarts + [{**r, "name": f"{r['name']}_rediscovery", "dds_profile": "rediscovery"}
+                        for r in restarts]
     runs.append(cameras)
     return runs
 
