@@ -12,7 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from edge_vlm.bench import common, decode, e2e, recordings, report, streams, sttf, sttf_timing
+from edge_vlm.bench import (common, decode, e2e, op_profile, recordings, report, streams, sttf,
+                            sttf_timing)
 from edge_vlm.bench.anc import SWEEP, bench_anc
 from edge_vlm.cli import main
 from edge_vlm.io.codecs import Evt3Decoder, make_decoder
@@ -122,6 +123,16 @@ def test_bench_sttf_quick():
     fit = r["sparse_cost_fit"]
     assert fit is None or (fit["frames"] >= 3 and fit["dense_per_token_ms"] > 0
                            and fit["tokens_mean"] > 0)
+    # ... and inside the stages, per operator (the frame scope's own time among the rows)
+    prof = r["op_profile"]
+    assert prof["frames"] == r["timing_frames"] - 1 and prof["ops"]
+    own = [x["self_ms_per_frame"] for x in prof["ops"]]
+    assert own == sorted(own, reverse=True) or prof["ops"][-1]["op"] == op_profile.FRAME_SCOPE
+    assert any(x["op"] == op_profile.FRAME_SCOPE for x in prof["ops"])
+    assert any(x["op"].startswith("aten::") and x["calls_per_frame"] > 0 for x in prof["ops"])
+    assert sum(own) + prof["other_ops_ms_per_frame"] == pytest.approx(prof["self_ms_per_frame"])
+    assert prof["self_ms_per_frame"] <= prof["profiled_ms_per_frame"] * 1.05
+    assert any(line.startswith("| aten::") for line in report._op_table(prof))
     # both input modes on the same recording (with RGB frames), the same labelled frames
     modes = r["input_modes"]
     assert modes["events_only"]["frames"] == modes["rgb_events"]["frames"] > 0

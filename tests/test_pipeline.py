@@ -233,7 +233,7 @@ def test_perception_and_router_share_one_mask_net_pass(tmp_path, monkeypatch):
     import torch
 
     from edge_vlm.cores import perception
-    from edge_vlm.inference.engine import hist_tensor
+    from edge_vlm.inference.frame_tensors import hist_tensor
     from edge_vlm.model.checkpoint import save_checkpoint
 
     from edge_vlm.inference.factory import shared_model
@@ -248,9 +248,9 @@ def test_perception_and_router_share_one_mask_net_pass(tmp_path, monkeypatch):
     calls = []
     real_forward = net.forward
 
-    def forward(x):
+    def forward(x, log_hist=None):
         calls.append(1)
-        return real_forward(x)
+        return real_forward(x, log_hist)
 
     monkeypatch.setattr(net, "forward", forward)
     rng = np.random.default_rng(1)

@@ -292,6 +292,20 @@ def _stage_table(sparse: dict, dense: dict) -> list[str]:
     return lines
 
 
+def _op_table(prof: dict) -> list[str]:
+    """Where a steady sparse frame's time goes inside its stages (``op_profile``)."""
+    lines = ["", "Inside the stages, per PyTorch operator: self CPU time per steady sparse frame "
+             f"under `torch.profiler` (`op_profile`: {prof['frames']} frames of the timing "
+             f"recording; profiled frame {fmt_value(prof.get('profiled_ms_per_frame'))} ms, "
+             "slower than unprofiled; compare the rows with each other):", "",
+             "| operator | input shapes | calls / frame | self ms / frame |", "|---|---|---|---|"]
+    for r in prof["ops"]:
+        lines.append(f"| {r['op']} | {r['shapes'].replace('|', '/')} | "
+                     f"{fmt_value(r['calls_per_frame'])} | {fmt_value(r['self_ms_per_frame'])} |")
+    lines.append(f"| every other operator | | | {fmt_value(prof.get('other_ops_ms_per_frame'))} |")
+    return lines
+
+
 def _curve_table(curve: list[dict]) -> list[str]:
     lines = ["", "Encoder (ViT) alone, random active sets: sparse speedup vs its ideal N/n "
              "(`speedup_by_active_tokens`; dense = the faster backend):", "",
@@ -321,6 +335,8 @@ def _sttf_section(st: dict) -> list[str]:
         lines += _backend_table(st, st["encoder_backends"])
     if st.get("stage_ms_steady_sparse"):
         lines += _stage_table(st["stage_ms_steady_sparse"], st.get("stage_ms_steady_dense") or {})
+    if (st.get("op_profile") or {}).get("ops"):
+        lines += _op_table(st["op_profile"])
     if st.get("sparse_cost_fit"):
         lines += _cost_fit_line(st["sparse_cost_fit"])
     if st.get("speedup_by_active_tokens"):

@@ -16,6 +16,7 @@ import torch
 from edge_vlm.bench.common import set_threads
 from edge_vlm.bench.engines import bench_model, sttf_engine
 from edge_vlm.bench.recordings import sim_frames, test_recordings
+from edge_vlm.bench.op_profile import op_profile
 from edge_vlm.bench.sttf_timing import (time_encoders, timing_figures, timing_medians,
                                         vit_speedup_curve)
 from edge_vlm.bench.trust import trust_figures
@@ -227,6 +228,7 @@ def bench_sttf(checkpoint: str = "", threads: int = 1, repeats: int = 3,
     timing = time_encoders(model, params, minfo, hists, repeats)
     timed = timing_figures(timing_medians(timing), timing.refreshed, active_fraction(acc)[:n],
                            acc.sparse[0].total_tokens)
+    timed["op_profile"] = op_profile(model, params, minfo, hists)
     quality = quality_figures(acc)
     curve = vit_speedup_curve(model, quick=quick)
     rgb_modes = rgb_mode_accuracy(model, params, minfo, quick=quick)

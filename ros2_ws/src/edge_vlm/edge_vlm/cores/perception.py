@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edge_vlm.inference.engine import hist_tensor
+from edge_vlm.inference.frame_tensors import FrameTensors
 from edge_vlm.inference.factory import shared_model
 from edge_vlm.params import resolve
 from edge_vlm.stream.frames import Frame, frame_histogram
@@ -60,18 +60,21 @@ class _LastMask:
     logits: torch.Tensor | None = None
 
 
-def mask_logits(net: torch.nn.Module, hist: np.ndarray) -> torch.Tensor:
+def mask_logits(net: torch.nn.Module, hist: np.ndarray,
+                frame: FrameTensors | None = None) -> torch.Tensor:
     """The change-mask net's logits (N,) of one histogram, shared by the cores of one process:
     in the single-process graph sttf_perception and anc_router (and the offline replay) see the
     same closed frame, so the net runs once per frame. The last result is reused for the same
     net object and an equal histogram (exact: the same input gives the same output; the
-    histogram is compared by value, since frame buffers are reused). Read-only result."""
+    histogram is compared by value, since frame buffers are reused). Read-only result.
+    ``frame``: ``hist`` as tensors when the caller shares them with other stages."""
     with _LastMask.lock:
         if (_LastMask.net is net and _LastMask.hist is not None
                 and _LastMask.hist.shape == hist.shape and np.array_equal(_LastMask.hist, hist)):
             return _LastMask.logits
     with torch.no_grad():
-        logits = net(hist_tensor(hist)[None])[0]
+        ft = FrameTensors.of(hist, frame)
+        logits = net(ft.hist, ft.log)[0]
     with _LastMask.lock:
         _LastMask.net, _LastMask.hist, _LastMask.logits = net, np.array(hist, copy=True), logits
     return logits

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from edge_vlm.cores.perception import mask_logits
-from edge_vlm.inference.engine import hist_tensor
+from edge_vlm.inference.frame_tensors import FrameTensors
 from edge_vlm.inference.factory import shared_model
 from edge_vlm.inference.routing import choose_branches
 from edge_vlm.model.anc import LEVELS, budget_cap
@@ -72,13 +72,14 @@ class RouterCore:
     def _estimate(self, frame: Frame) -> Estimate:
         c = self.model.cfg
         hist = frame_histogram(frame, self.params)
-        ht = hist_tensor(hist)[None]
-        change = (mask_logits(self.model.mask_net, hist) > 0).numpy()
+        ft = FrameTensors(hist)          # shared by the mask net and the estimator
+        change = (mask_logits(self.model.mask_net, hist, ft) > 0).numpy()
         with torch.no_grad():
             self.age = (np.where(change, 0, c.max_age) if self.age is None
                         else np.where(change, 0, np.minimum(self.age + 1, c.max_age)))
             bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]
-            logits = self.model.route_logits(ht, torch.from_numpy(change)[None], bucket)
+            logits = self.model.route_logits(ft.hist, torch.from_numpy(change)[None], bucket,
+                                             ft.log)
         probs = torch.softmax(logits, dim=-1)[0].numpy().astype(np.float32)
         return Estimate(probs, int(np.argmax(probs)), int(change.sum()))
 

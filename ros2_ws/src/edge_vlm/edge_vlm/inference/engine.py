@@ -37,6 +37,7 @@ import torch
 
 from edge_vlm.inference.grounding import (CaptionTrie, SceneReport, SceneSmoother, calibrated,
                                           caption_key, decide, gesture_captions, scene_text)
+from edge_vlm.inference.frame_tensors import FrameTensors
 from edge_vlm.inference.fusion_cache import FusionCache
 from edge_vlm.inference.memory import new_memory
 from edge_vlm.inference.routing import Route
@@ -143,14 +144,6 @@ class DecodedCaption:
     text: str = ""                      # the published text
 
 
-def hist_tensor(hist: np.ndarray) -> torch.Tensor:
-    """``hist`` as a float32 tensor sharing its memory when it can; FrameBinner hands frames
-    out with READ-ONLY histograms (their buffers are reused), and those are copied, since a
-    torch tensor is always writable."""
-    a = np.ascontiguousarray(hist, dtype=np.float32)
-    return torch.from_numpy(a if a.flags.writeable else a.copy())
-
-
 MASK_MODES = ("learned", "event_count")
 
 
@@ -242,6 +235,8 @@ class StreamingCaptioner:
         self.fusion_cache = FusionCache(self.model)
         self.smoother = SceneSmoother()
         self.published = 0                  # the gesture published on the last frame
+        self.frame: FrameTensors | None = None  # the frame in progress as tensors (its stages')
+        self._flops_memo: dict[tuple, tuple[dict, float]] = {}
 
     def force_refresh(self) -> None:
         """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense
@@ -253,8 +248,9 @@ class StreamingCaptioner:
         """The change mask of one histogram (bool, N) with this engine's mask method."""
         c = self.cfg
         if self.mask_method == "learned":
+            ft = FrameTensors.of(hist, self.frame)
             with torch.no_grad():
-                logits = self.model.mask_net(hist_tensor(hist)[None])
+                logits = self.model.mask_net(ft.hist, ft.log)
             return (logits[0] > 0).numpy()
         return patch_counts(hist, c.patch).reshape(-1) >= self.k
 
@@ -328,16 +324,32 @@ class StreamingCaptioner:
                                          self.layers, self.layer_thresholds, inplace=True)
         return EncoderOutput(vis, layer_tokens, False)
 
+    def _memoised(self, key: tuple, compute: Callable[[], tuple[dict, float]]
+                  ) -> tuple[dict, float]:
+        """``compute()`` (a frame's FLOPs) once per ``key`` (what they depend on: token counts,
+        caption length, pathway); at batch 1 their Python arithmetic is a visible part of a
+        sparse frame. A copy of the per-stage dict (:meth:`process` edits it)."""
+        hit = self._flops_memo.get(key)
+        if hit is None:
+            if len(self._flops_memo) >= 4096:
+                self._flops_memo.clear()
+            hit = self._flops_memo[key] = compute()
+        return dict(hit[0]), hit[1]
+
     def _flops(self, enc: EncoderOutput, n_embed: int, generated: int, beams: int,
                learned_mask: bool, fusion_tokens: int | None = None) -> tuple[dict, float]:
         """(per-stage FLOPs of this frame, FLOPs of the dense model on it); ``fusion_tokens``:
         the tokens whose fusion keys/values were recomputed (None: all)."""
         c = self.cfg
-        flops = frame_flops(c, enc.layer_tokens, n_embed, generated, beams,
-                            learned_mask=learned_mask, fusion_tokens=fusion_tokens)
-        dense = sum(frame_flops(c, [c.num_tokens] * c.depth, n_embed, generated, beams,
-                                learned_mask=learned_mask).values())
-        return flops, dense
+
+        def compute() -> tuple[dict, float]:
+            flops = frame_flops(c, enc.layer_tokens, n_embed, generated, beams,
+                                learned_mask=learned_mask, fusion_tokens=fusion_tokens)
+            dense = sum(frame_flops(c, [c.num_tokens] * c.depth, n_embed, generated, beams,
+                                    learned_mask=learned_mask).values())
+            return flops, dense
+        return self._memoised((tuple(enc.layer_tokens), n_embed, generated, beams, learned_mask,
+                               fusion_tokens), compute)
 
     @torch.no_grad()
     def perceive(self, hist: np.ndarray, rgb: np.ndarray | None = None,
@@ -349,6 +361,7 @@ class StreamingCaptioner:
         c = self.cfg
         rgb = self._hold_rgb(rgb)
         hist = np.asarray(hist, dtype=np.float32)
+        self.frame = FrameTensors(hist)
         learned = change_mask is None and self.mask_method == "learned"
         change = (self.change_mask(hist) if change_mask is None
                   else np.asarray(change_mask, dtype=bool))
@@ -381,11 +394,12 @@ class StreamingCaptioner:
         bucket = bucket[None]
         motion = None
         if self.model.motion is not None:
-            counts = patch_channel_counts(hist_tensor(hist), c.patch)
+            counts = patch_channel_counts(self.frame.hist[0], c.patch)
             motion = torch.from_numpy(self.motion_state.update(self.age, counts, c.max_age))[None]
         vision = self.model.gesture_logits(fused, z, bucket)
         logits = vision if motion is None else self.model.motion(motion, vision)
         self.last_rgb = has_rgb
+        self.frame = None
         return Perception(change, changed, enc, resync, fused, logits[0], vision[0], motion,
                           learned, StageTimes(t0, t1, t1b, t2, time.perf_counter()),
                           fusion_tokens)

@@ -100,14 +100,16 @@ class ComplexityEstimator(nn.Module):
         self.fc = nn.Linear(hidden + 3, len(LEVELS))
 
     def forward(self, hist: torch.Tensor, change_frac: torch.Tensor,
-                recent_frac: torch.Tensor) -> torch.Tensor:
-        """``hist`` (B,C,H,W) counts, fractions (B,) -> level logits (B, 3)."""
-        x = F.avg_pool2d(torch.log1p(hist), 4)
-        x = F.gelu(self.c1(x))
-        x = F.gelu(self.c2(x)).mean(dim=(2, 3))
+                recent_frac: torch.Tensor, log_hist: torch.Tensor | None = None) -> torch.Tensor:
+        """``hist`` (B,C,H,W) counts, fractions (B,) -> level logits (B, 3); ``log_hist``: its
+        ``log1p`` when the caller has it (as the change-mask net; functional calls alike)."""
+        c1, c2, fc = self.c1, self.c2, self.fc
+        x = F.avg_pool2d(torch.log1p(hist) if log_hist is None else log_hist, 4)
+        x = F.gelu(F.conv2d(x, c1.weight, c1.bias, stride=2, padding=1))
+        x = F.gelu(F.conv2d(x, c2.weight, c2.bias, stride=2, padding=1)).mean(dim=(2, 3))
         n = torch.log1p(hist.sum(dim=(1, 2, 3))) / 10.0
-        return self.fc(torch.cat([x, n[:, None], change_frac[:, None], recent_frac[:, None]],
-                                 dim=1))
+        return F.linear(torch.cat([x, n[:, None], change_frac[:, None], recent_frac[:, None]],
+                                  dim=1), fc.weight, fc.bias)
 
 
 class GatedBlock(Block):
@@ -250,10 +252,11 @@ class AncModel(CaptionModel):
         """(histogram, changed fraction, recently-changed fraction) the estimator reads."""
         return hist, change.float().mean(dim=1), (bucket <= 4).float().mean(dim=1)
 
-    def route_logits(self, hist: torch.Tensor, change: torch.Tensor,
-                     bucket: torch.Tensor) -> torch.Tensor:
-        """hist (B,C,H,W) float counts, change (B,N) mask, bucket (B,N) age buckets."""
-        return self.estimator(*self.estimator_inputs(hist, change, bucket))
+    def route_logits(self, hist: torch.Tensor, change: torch.Tensor, bucket: torch.Tensor,
+                     log_hist: torch.Tensor | None = None) -> torch.Tensor:
+        """hist (B,C,H,W) float counts, change (B,N) mask, bucket (B,N) age buckets;
+        ``log_hist``: ``log1p(hist)`` when the caller has it."""
+        return self.estimator(*self.estimator_inputs(hist, change, bucket), log_hist=log_hist)
 
     def forward(self, hist, rgb, has_rgb, valid, tokens_in, beta: torch.Tensor | None = None,
                 front_grad: bool = False, sparse_from: int | None = None) -> dict:

@@ -19,6 +19,8 @@ def _choose(logp: torch.Tensor, prefix: list[int], allowed: Allowed) -> int:
     ids = allowed(prefix)
     if not ids:
         return int(torch.argmax(logp))
+    if len(ids) == 1:               # the constraint decides alone (the argmax of one token)
+        return int(ids[0])
     t = torch.tensor(ids)
     return int(t[torch.argmax(logp[t])])
 
@@ -70,9 +72,10 @@ def _verify(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int, max_le
                                          all_logits=True)
     st.passes.append(len(seq) + 1)
     logp_all = torch.log_softmax(logits[0], dim=-1)
+    lp = logp_all.numpy()           # the same values, read without a tensor per element
     for i in range(k0, len(seq) + 1):
         nxt = _choose(logp_all[i], st.out, allowed)
-        st.logp_sum += float(logp_all[i, nxt])
+        st.logp_sum += float(lp[i, nxt])
         if nxt == eos:
             st.done = True
             break

@@ -90,9 +90,9 @@ def _block_sum(n: int, patch: int) -> torch.Tensor:
 
 
 def patch_channel_counts(hist: np.ndarray | torch.Tensor, patch: int) -> np.ndarray:
-    """``(C, H, W)`` event counts (array, or float32 tensor: the engine passes
-    :func:`~edge_vlm.inference.engine.hist_tensor`, which copies the binner's read-only frames)
-    -> ``(C, H/patch, W/patch)`` counts per patch and channel.
+    """``(C, H, W)`` event counts (array, or float32 tensor: the engine passes its frame's
+    :class:`~edge_vlm.inference.frame_tensors.FrameTensors`, which copy the binner's read-only
+    frames) -> ``(C, H/patch, W/patch)`` counts per patch and channel.
     Two small matmuls with 0/1 block matrices: faster than numpy's multi-axis sum, and exact
     for counts (integers below 2**24 in float32). In torch, not numpy: numpy's BLAS starts its
     own threads, which spin against the other nodes' processes (torch keeps to the node's
@@ -163,16 +163,28 @@ class MotionHead(nn.Module):
             nn.Conv2d(w, 2 * w, 3, padding=1, stride=2), nn.ReLU(),
             nn.Conv2d(2 * w, 2 * w, 3, padding=1, stride=2), nn.ReLU(),
             nn.Flatten(), nn.Dropout(0.3), nn.Linear(2 * w * (g // 4) ** 2, head_outputs(cfg)))
+        # the convs (each followed by a ReLU) and the final linear layer, for :meth:`_infer`
+        self.__dict__["_infer_layers"] = tuple(
+            m for m in self.net if isinstance(m, (nn.Conv2d, nn.Linear)))
         self.vision_weight = nn.Parameter(torch.tensor(0.5))
         if self.scene:
             self.register_buffer("temperature", torch.ones(len(HEADS)))
         yy, xx = torch.meshgrid(torch.linspace(-1, 1, g), torch.linspace(-1, 1, g), indexing="ij")
         self.register_buffer("coord", torch.stack([yy, xx])[None], persistent=False)
 
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.net`` in inference (dropout off) as functional calls with its weights: the
+        same arithmetic, without the per-module overhead that dominates at batch 1 on CPU."""
+        *convs, fc = self._infer_layers
+        for conv in convs:
+            x = F.relu(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding))
+        return F.linear(x.flatten(1), fc.weight, fc.bias)
+
     def forward(self, state: torch.Tensor,
                 vision_logits: torch.Tensor | None = None) -> torch.Tensor:
         """``state`` (B, motion_channels, g, g); ``vision_logits`` (B, K) or None."""
-        out = self.net(torch.cat([state, self.coord.expand(state.shape[0], -1, -1, -1)], dim=1))
+        x = torch.cat([state, self.coord.expand(state.shape[0], -1, -1, -1)], dim=1)
+        out = self.net(x) if self.training else self._infer(x)
         if vision_logits is not None:
             v = self.vision_weight * F.log_softmax(vision_logits, dim=-1)
             if self.scene:

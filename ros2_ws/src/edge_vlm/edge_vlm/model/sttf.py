@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edge_vlm.model.config import ModelConfig, age_bucket, patchify
-from edge_vlm.model.layers import Block, CrossAttention
+from edge_vlm.model.layers import Block, CrossAttention, avg_pool2x2
 from edge_vlm.model.motion import MotionHead
 
 
@@ -62,16 +62,20 @@ class ChangeMaskNet(nn.Module):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, hist: torch.Tensor) -> torch.Tensor:
-        """``hist`` raw counts (B, C, H, W) float -> logits (B, N)."""
-        p = self.patch
+    def forward(self, hist: torch.Tensor, log_hist: torch.Tensor | None = None) -> torch.Tensor:
+        """``hist`` raw counts (B, C, H, W) float -> logits (B, N); ``log_hist``: its
+        ``log1p`` when the caller has it (a streaming engine computes it once per frame for
+        every stage that reads it). Functional calls with the modules' weights: the same
+        arithmetic, without the per-module overhead that dominates at batch 1 on CPU."""
+        p, c1, c2, head = self.patch, self.c1, self.c2, self.head
         counts = F.avg_pool2d(hist.sum(dim=1, keepdim=True), p) * (p * p)       # (B,1,g,g)
-        x = F.avg_pool2d(torch.log1p(hist), 2)                                 # H/2
-        x = F.gelu(self.c1(x))
-        x = F.avg_pool2d(x, 2)                                                 # H/4
-        x = F.gelu(self.c2(x))
-        x = F.avg_pool2d(x, p // 4)                                            # grid
-        logit = self.scale * (torch.log1p(counts) - self.offset) + self.head(x)
+        x = avg_pool2x2(torch.log1p(hist) if log_hist is None else log_hist)     # H/2
+        x = F.gelu(F.conv2d(x, c1.weight, c1.bias, padding=1))
+        x = avg_pool2x2(x)                                                     # H/4
+        x = F.gelu(F.conv2d(x, c2.weight, c2.bias, padding=1))
+        x = avg_pool2x2(x) if p == 8 else F.avg_pool2d(x, p // 4)              # grid
+        logit = (self.scale * (torch.log1p(counts) - self.offset)
+                 + F.conv2d(x, head.weight, head.bias))
         return logit.flatten(1)
 
 
@@ -262,7 +266,10 @@ class CaptionModel(nn.Module):
         logits plus the vision head's weighted log-probabilities (:class:`.motion.MotionHead`)."""
         w = (bucket <= 4).to(z.dtype)[..., None]          # changed within the last 8 frames
         dyn = (z * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
-        vision = self.gesture(torch.cat([fused.mean(dim=1), dyn], dim=-1))
+        ln, fc = self.gesture[0], self.gesture[1]           # (functional: as the modules)
+        h = F.layer_norm(torch.cat([fused.mean(dim=1), dyn], dim=-1), ln.normalized_shape,
+                         ln.weight, ln.bias, ln.eps)
+        vision = F.linear(h, fc.weight, fc.bias)
         if self.motion is None or motion is None:
             return vision
         return self.motion(motion, vision)
