@@ -1,6 +1,7 @@
 """The per-frame shortcuts of streaming inference give the values of the plain calls, bit for
 bit: the 2x2 pooling of strided views, the histogram's ``log1p`` shared by the change-mask net
-and the ANC estimator, the functional head and decoder-block calls, the memoised FLOPs."""
+and the ANC estimator, the functional head and decoder-block calls; a frame's FLOPs dict is the
+caller's own (the engine edits it)."""
 import numpy as np
 import pytest
 import torch
@@ -122,7 +123,7 @@ def test_decoder_block_and_gesture_head_equal_their_modules():
                            m.gesture(torch.cat([fused.mean(dim=1), dyn], dim=-1)))
 
 
-def test_memoised_flops_are_the_counter_and_independent_copies():
+def test_frame_flops_are_the_counter_and_independent_copies():
     eng = StreamingCaptioner(_model())
     r = eng.process(_counts(0)[0].numpy())
     c = eng.cfg

@@ -184,23 +184,16 @@ class AncStreamingCaptioner(StreamingCaptioner):
     def _flops(self, enc: EncoderOutput, n_embed: int, generated: int, beams: int,
                learned_mask: bool, fusion_tokens: int | None = None) -> tuple[dict, float]:
         c, m = self.cfg, self.model
-        ref_beams = self.beam_size if self.decoding == "beam" else 1
-        estimated = self.route_estimated
-
-        def compute() -> tuple[dict, float]:
-            enc_fl = embed_flops(c, n_embed)
-            for b, toks in enc.branch_tokens.items():
-                enc_fl += vit_flops(replace(c, mlp_ratio=m.acfg.mlp_ratios[b]), toks,
-                                    self.kept[b])
-            flops = {"change_mask": mask_flops(c) if learned_mask else 0.0,
-                     "router": estimator_flops(c, m.acfg.est_hidden) if estimated else 0.0,
-                     "encoder": enc_fl, "fusion": fusion_flops(c, fusion_tokens),
-                     "decoder": decoder_flops(c, generated, beams, enc.decoder_layers)}
-            med = replace(c, mlp_ratio=m.acfg.mlp_ratios[2])
-            dense = ((mask_flops(c) if learned_mask else 0.0) + embed_flops(c, n_embed)
-                     + vit_flops(med, [c.num_tokens] * m.acfg.depths[2]) + fusion_flops(c)
-                     + decoder_flops(c, generated, ref_beams, m.acfg.decoder_layers[2]))
-            return flops, dense
-        tokens = tuple((b, tuple(t)) for b, t in sorted(enc.branch_tokens.items()))
-        return self._memoised((tokens, n_embed, generated, beams, learned_mask, fusion_tokens,
-                               enc.decoder_layers, estimated, ref_beams, self.budget), compute)
+        enc_fl = embed_flops(c, n_embed)
+        for b, toks in enc.branch_tokens.items():
+            enc_fl += vit_flops(replace(c, mlp_ratio=m.acfg.mlp_ratios[b]), toks, self.kept[b])
+        flops = {"change_mask": mask_flops(c) if learned_mask else 0.0,
+                 "router": estimator_flops(c, m.acfg.est_hidden) if self.route_estimated else 0.0,
+                 "encoder": enc_fl, "fusion": fusion_flops(c, fusion_tokens),
+                 "decoder": decoder_flops(c, generated, beams, enc.decoder_layers)}
+        med = replace(c, mlp_ratio=m.acfg.mlp_ratios[2])
+        dense = ((mask_flops(c) if learned_mask else 0.0) + embed_flops(c, n_embed)
+                 + vit_flops(med, [c.num_tokens] * m.acfg.depths[2]) + fusion_flops(c)
+                 + decoder_flops(c, generated, self.beam_size if self.decoding == "beam" else 1,
+                                 m.acfg.decoder_layers[2]))
+        return flops, dense

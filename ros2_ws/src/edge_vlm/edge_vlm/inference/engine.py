@@ -236,7 +236,6 @@ class StreamingCaptioner:
         self.smoother = SceneSmoother()
         self.published = 0                  # the gesture published on the last frame
         self.frame: FrameTensors | None = None  # the frame in progress as tensors (its stages')
-        self._flops_memo: dict[tuple, tuple[dict, float]] = {}
 
     def force_refresh(self) -> None:
         """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense
@@ -324,32 +323,16 @@ class StreamingCaptioner:
                                          self.layers, self.layer_thresholds, inplace=True)
         return EncoderOutput(vis, layer_tokens, False)
 
-    def _memoised(self, key: tuple, compute: Callable[[], tuple[dict, float]]
-                  ) -> tuple[dict, float]:
-        """``compute()`` (a frame's FLOPs) once per ``key`` (what they depend on: token counts,
-        caption length, pathway); at batch 1 their Python arithmetic is a visible part of a
-        sparse frame. A copy of the per-stage dict (:meth:`process` edits it)."""
-        hit = self._flops_memo.get(key)
-        if hit is None:
-            if len(self._flops_memo) >= 4096:
-                self._flops_memo.clear()
-            hit = self._flops_memo[key] = compute()
-        return dict(hit[0]), hit[1]
-
     def _flops(self, enc: EncoderOutput, n_embed: int, generated: int, beams: int,
                learned_mask: bool, fusion_tokens: int | None = None) -> tuple[dict, float]:
         """(per-stage FLOPs of this frame, FLOPs of the dense model on it); ``fusion_tokens``:
         the tokens whose fusion keys/values were recomputed (None: all)."""
         c = self.cfg
-
-        def compute() -> tuple[dict, float]:
-            flops = frame_flops(c, enc.layer_tokens, n_embed, generated, beams,
-                                learned_mask=learned_mask, fusion_tokens=fusion_tokens)
-            dense = sum(frame_flops(c, [c.num_tokens] * c.depth, n_embed, generated, beams,
-                                    learned_mask=learned_mask).values())
-            return flops, dense
-        return self._memoised((tuple(enc.layer_tokens), n_embed, generated, beams, learned_mask,
-                               fusion_tokens), compute)
+        flops = frame_flops(c, enc.layer_tokens, n_embed, generated, beams,
+                            learned_mask=learned_mask, fusion_tokens=fusion_tokens)
+        dense = sum(frame_flops(c, [c.num_tokens] * c.depth, n_embed, generated, beams,
+                                learned_mask=learned_mask).values())
+        return flops, dense
 
     @torch.no_grad()
     def perceive(self, hist: np.ndarray, rgb: np.ndarray | None = None,

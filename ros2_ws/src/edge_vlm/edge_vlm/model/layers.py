@@ -42,7 +42,7 @@ def attend(q: torch.Tensor, kt: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
     """``F.avg_pool2d(x, 2)`` of a (..., H, W) tensor: the same sums in the same order (the
     window row by row, as PyTorch's CPU kernel adds them) of four strided views, then the same
-    division, so the same values (``tests/test_model.py``); at batch 1 on CPU about half the
+    division, so the same values (``tests/test_frame_ops.py``); at batch 1 on CPU about half the
     time of ``avg_pool2d`` with kernel 2 on the change-mask net's maps. Odd sizes: avg_pool2d."""
     if x.shape[-1] % 2 or x.shape[-2] % 2:
         return F.avg_pool2d(x, 2)
