@@ -68,4 +68,4 @@ train-heads: setup
 	  cp data/train_heads/gesture_fit.json $(CKPT_DIR)/gesture_fit.json
 
 clean:
-	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log data out .setup-stamp ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so ros2_ws/src/edge_vlm/edge_vlm/_native/libsparsevit.so ros2_ws/src/edge_vlm/edge_vlm/_native/evbinext*.so
+	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log data out .setup-stamp ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so ros2_ws/src/edge_vlm/edge_vlm/_native/libsparsevit.so ros2_ws/src/edge_vlm/edge_vlm/_native/libconvnets.so ros2_ws/src/edge_vlm/edge_vlm/_native/evbinext*.so

@@ -19,8 +19,9 @@
 #   (first of all, outside the stamp: the native decode+bin kernel
 #    ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so, rebuilt when evbin.c is newer, and its
 #    per-packet entry point as a CPython extension, _native/evbinext<EXT_SUFFIX>, rebuilt when
-#    evbin.c or evbinext.c is newer, and the sparse ViT's fused block kernel _native/libsparsevit.so,
-#    rebuilt when sparsevit.c is newer)
+#    evbin.c or evbinext.c is newer, the sparse ViT's fused block kernel _native/libsparsevit.so,
+#    rebuilt when sparsevit.c is newer, and the change-mask net _native/libconvnets.so, rebuilt
+#    when convnets.c is newer)
 #
 # Idempotent. A stamp file (.setup-stamp) holds a hash of requirements.txt, this
 # script, the fix script, every package.xml / CMakeLists.txt / setup.py /
@@ -126,9 +127,18 @@ build_native_vit() {
   local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
   build_c_lib "$dir/sparsevit.c" "$dir/libsparsevit.so" "the sparse ViT runs its PyTorch path" "-O3 -Wall" "-lm"
 }
+# And the change-mask net in one call (_native/convnets.c -> libconvnets.so,
+# edge_vlm/inference/native_convs.py): -O3, AVX2/FMA by target attributes. Rebuilt when convnets.c
+# is newer. Without gcc, or if it fails, the mask net runs its PyTorch forward (the same logits up
+# to float rounding, slower).
+build_native_convs() {
+  local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
+  build_c_lib "$dir/convnets.c" "$dir/libconvnets.so" "the change-mask net runs its PyTorch forward" "-O3 -Wall" "-lm"
+}
 build_native
 build_native_ext
 build_native_vit
+build_native_convs
 
 # ---- where the ROS 2 tools come from ----------------------------------------------
 # A system ROS 2 install (its prefix holds launch_ros and ros2cli) when one is sourced; else the

@@ -91,9 +91,9 @@ def test_engine_gesture_comes_from_the_motion_head_with_the_streams_state():
     seen = []
     orig = m.motion.forward
 
-    def spy(state, vision=None):
+    def spy(state, vision=None, trunk=None):
         seen.append(state.clone())
-        return orig(state, vision)
+        return orig(state, vision, trunk=trunk)
 
     m.motion.forward = spy
     for f in range(5):

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from edge_vlm.inference.frame_tensors import FrameTensors
+from edge_vlm.inference.native_convs import mask_net_logits
 from edge_vlm.inference.factory import shared_model
 from edge_vlm.params import resolve
 from edge_vlm.stream.frames import Frame, frame_histogram
@@ -74,7 +75,7 @@ def mask_logits(net: torch.nn.Module, hist: np.ndarray,
             return _LastMask.logits
     with torch.no_grad():
         ft = FrameTensors.of(hist, frame)
-        logits = net(ft.hist, ft.log)[0]
+        logits = mask_net_logits(net, ft.hist, ft.log)[0]
     with _LastMask.lock:
         _LastMask.net, _LastMask.hist, _LastMask.logits = net, np.array(hist, copy=True), logits
     return logits

@@ -11,6 +11,7 @@ import torch
 from edge_vlm.cores.perception import mask_logits
 from edge_vlm.inference.frame_tensors import FrameTensors
 from edge_vlm.inference.factory import shared_model
+from edge_vlm.inference.native_convs import estimator_logits
 from edge_vlm.inference.routing import choose_branches
 from edge_vlm.model.anc import LEVELS, budget_cap
 from edge_vlm.model.checkpoint import CheckpointError
@@ -79,7 +80,7 @@ class RouterCore:
                         else np.where(change, 0, np.minimum(self.age + 1, c.max_age)))
             bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]
             logits = self.model.route_logits(ft.hist, torch.from_numpy(change)[None], bucket,
-                                             ft.log)
+                                             ft.log, run=estimator_logits)
         probs = torch.softmax(logits, dim=-1)[0].numpy().astype(np.float32)
         return Estimate(probs, int(np.argmax(probs)), int(change.sum()))
 

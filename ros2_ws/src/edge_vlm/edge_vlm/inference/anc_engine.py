@@ -10,6 +10,7 @@ import torch
 from edge_vlm.inference.engine import EncoderOutput, StreamingCaptioner
 from edge_vlm.inference.frame_tensors import FrameTensors
 from edge_vlm.inference.memory import new_memory
+from edge_vlm.inference.native_convs import estimator_logits
 from edge_vlm.inference.routing import Route, Routing, choose_branches
 from edge_vlm.inference.vit import dense_infer, sparse_infer
 from edge_vlm.model.anc import LEVELS, AncModel, branch_params, budget_cap
@@ -100,7 +101,8 @@ class AncStreamingCaptioner(StreamingCaptioner):
         self.route_estimated = True
         bucket = age_bucket(torch.from_numpy(self.age), self.cfg.max_age)[None]
         ft = FrameTensors.of(hist, self.frame)
-        logits = self.model.route_logits(ft.hist, torch.from_numpy(change)[None], bucket, ft.log)
+        logits = self.model.route_logits(ft.hist, torch.from_numpy(change)[None], bucket, ft.log,
+                                         run=estimator_logits)
         probs = torch.softmax(logits, dim=-1)[0].numpy()
         if override is not None and (routing := self._external(override, probs)) is not None:
             self.route_external = True

@@ -39,6 +39,7 @@ from edge_vlm.inference.grounding import (CaptionTrie, SceneReport, SceneSmoothe
                                           caption_key, decide, gesture_captions, scene_text)
 from edge_vlm.inference.frame_tensors import FrameTensors
 from edge_vlm.inference.fusion_cache import FusionCache
+from edge_vlm.inference.native_convs import mask_net_logits, motion_trunk
 from edge_vlm.inference.memory import new_memory
 from edge_vlm.inference.routing import Route
 from edge_vlm.inference.vit import dense_infer, sparse_infer
@@ -249,7 +250,7 @@ class StreamingCaptioner:
         if self.mask_method == "learned":
             ft = FrameTensors.of(hist, self.frame)
             with torch.no_grad():
-                logits = self.model.mask_net(ft.hist, ft.log)
+                logits = mask_net_logits(self.model.mask_net, ft.hist, ft.log)
             return (logits[0] > 0).numpy()
         return patch_counts(hist, c.patch).reshape(-1) >= self.k
 
@@ -380,7 +381,8 @@ class StreamingCaptioner:
             counts = patch_channel_counts(self.frame.hist[0], c.patch)
             motion = torch.from_numpy(self.motion_state.update(self.age, counts, c.max_age))[None]
         vision = self.model.gesture_logits(fused, z, bucket)
-        logits = vision if motion is None else self.model.motion(motion, vision)
+        logits = (vision if motion is None
+                  else self.model.motion(motion, vision, trunk=motion_trunk))
         self.last_rgb = has_rgb
         self.frame = None
         return Perception(change, changed, enc, resync, fused, logits[0], vision[0], motion,

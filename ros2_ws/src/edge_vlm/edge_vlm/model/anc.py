@@ -253,10 +253,16 @@ class AncModel(CaptionModel):
         return hist, change.float().mean(dim=1), (bucket <= 4).float().mean(dim=1)
 
     def route_logits(self, hist: torch.Tensor, change: torch.Tensor, bucket: torch.Tensor,
-                     log_hist: torch.Tensor | None = None) -> torch.Tensor:
+                     log_hist: torch.Tensor | None = None, run=None) -> torch.Tensor:
         """hist (B,C,H,W) float counts, change (B,N) mask, bucket (B,N) age buckets;
-        ``log_hist``: ``log1p(hist)`` when the caller has it."""
-        return self.estimator(*self.estimator_inputs(hist, change, bucket), log_hist=log_hist)
+        ``log_hist``: ``log1p(hist)`` when the caller has it. ``run``: in inference, a callable
+        ``run(estimator, hist, change_frac, recent_frac, log_hist)`` that computes the
+        estimator another way (the streaming engine and the router core pass the native
+        kernel's, :func:`edge_vlm.inference.native_convs.estimator_logits`)."""
+        inputs = self.estimator_inputs(hist, change, bucket)
+        if run is not None:
+            return run(self.estimator, *inputs, log_hist)
+        return self.estimator(*inputs, log_hist=log_hist)
 
     def forward(self, hist, rgb, has_rgb, valid, tokens_in, beta: torch.Tensor | None = None,
                 front_grad: bool = False, sparse_from: int | None = None) -> dict:

@@ -180,11 +180,17 @@ class MotionHead(nn.Module):
             x = F.relu(F.conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding))
         return F.linear(x.flatten(1), fc.weight, fc.bias)
 
-    def forward(self, state: torch.Tensor,
-                vision_logits: torch.Tensor | None = None) -> torch.Tensor:
-        """``state`` (B, motion_channels, g, g); ``vision_logits`` (B, K) or None."""
+    def forward(self, state: torch.Tensor, vision_logits: torch.Tensor | None = None,
+                trunk=None) -> torch.Tensor:
+        """``state`` (B, motion_channels, g, g); ``vision_logits`` (B, K) or None. ``trunk``:
+        in inference, a callable ``trunk(head, x)`` that computes :meth:`_infer` another way
+        (the streaming engine passes the native kernel's,
+        :func:`edge_vlm.inference.native_convs.motion_trunk`)."""
         x = torch.cat([state, self.coord.expand(state.shape[0], -1, -1, -1)], dim=1)
-        out = self.net(x) if self.training else self._infer(x)
+        if self.training:
+            out = self.net(x)
+        else:
+            out = self._infer(x) if trunk is None else trunk(self, x)
         if vision_logits is not None:
             v = self.vision_weight * F.log_softmax(vision_logits, dim=-1)
             if self.scene:

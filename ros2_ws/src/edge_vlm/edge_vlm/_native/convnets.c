@@ -1,0 +1,431 @@
+/* The small conv nets of a streaming frame, each at batch 1 in one call (float32, one thread):
+ *
+ * 1. the change-mask net (model/sttf.py ChangeMaskNet), mnet_forward:
+ *      x = pool2(log1p(hist)); x = gelu(conv3x3(x)); x = pool2(x); x = gelu(conv3x3(x));
+ *      x = pool_q(x) (q = patch / 4); logit = scale * (log1p(count) - offset) + conv1x1(x)
+ *    with count the events of each patch (all channels);
+ * 2. the motion head's trunk (model/motion.py MotionHead._infer), mhead_forward;
+ * 3. the ANC complexity estimator (model/anc.py ComplexityEstimator), mest_forward.
+ *
+ * Why: each net is a dozen small tensor calls a frame, and PyTorch runs the mask net's first
+ * conv (4 -> 8 channels at 64 x 64) on its generic im2col path at batch 1; the mask net alone
+ * was about 1 ms of a ~9 ms sparse frame on a 2-core Xeon (`edge-vlm bench sttf`, op_profile).
+ * Here the convs accumulate in AVX2 registers (FMA), the GELU is vectorised, and nothing is
+ * allocated per call (the caller owns the work buffers).
+ *
+ * Not bit-identical to PyTorch: the convs add their products in another order (and fused
+ * multiply-adds), and erf is the polynomial PyTorch's own vectorised GELU uses (Abramowitz and
+ * Stegun 7.1.26, absolute error < 2e-7) with the ViT kernel's exp. tests/test_native_convs.py
+ * bounds the differences and checks that whole engines give the same captions, labels and routes.
+ *
+ * Built by scripts/setup.sh (gcc -O3 -shared -fPIC; the vector code carries target attributes,
+ * so one build serves every x86-64 CPU; mnet_cpu_ok() == 0 sends the caller to PyTorch).
+ */
+#include <immintrin.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MNET_ABI 2
+
+typedef struct {
+    int64_t c, h, w, patch;     /* input channels and size, patch size (a multiple of 4) */
+    int64_t h1, h2;             /* channels of the two 3 x 3 convs */
+    const float *w1, *b1;       /* (h1, c, 3, 3), (h1) */
+    const float *w2, *b2;       /* (h2, h1, 3, 3), (h2) */
+    const float *wh;            /* (h2) head weights; the bias, scale and offset follow */
+    double bh, scale, offset;
+} mnet_t;
+
+int64_t mnet_abi(void) { return (int64_t)sizeof(mnet_t) | ((int64_t)MNET_ABI << 16); }
+
+int64_t mnet_cpu_ok(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+#define TGT __attribute__((target("avx2,fma")))
+#define INL static inline __attribute__((always_inline, target("avx2,fma")))
+
+/* exp(x) for x <= 0: 2^k * p(r), r = x - k ln2, p of degree 6 (relative error ~2e-7). */
+INL __m256 exp_neg(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k),
+                                                   _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* gelu(x) = x / 2 * (1 + erf(x / sqrt 2)), erf(z) = sign(z) (1 - t r(t) exp(-z^2)),
+ * t = 1 / (1 + 0.3275911 |z|). */
+INL __m256 gelu8(__m256 x) {
+    const __m256 sgn = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    __m256 z = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
+    __m256 s = _mm256_and_ps(sgn, z), a = _mm256_xor_ps(s, z);
+    __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), a, one));
+    __m256 r = _mm256_fmadd_ps(_mm256_set1_ps(1.061405429f), t, _mm256_set1_ps(-1.453152027f));
+    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(1.421413741f));
+    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(-0.284496736f));
+    r = _mm256_fmadd_ps(r, t, _mm256_set1_ps(0.254829592f));
+    __m256 e = exp_neg(_mm256_xor_ps(sgn, _mm256_mul_ps(z, z)));
+    __m256 erf = _mm256_xor_ps(s, _mm256_fnmadd_ps(_mm256_mul_ps(e, t), r, one));
+    return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), _mm256_add_ps(one, erf));
+}
+
+/* Row y of NO output channels of a 3 x 3 conv, NV vectors wide (compile-time constants at each
+ * call, so the NO * NV <= 8 accumulators stay in registers and each input load serves the NO
+ * channels): gelu(bias + sum over cin, ky, kx of k * in). k: the first channel's weights, wstride
+ * floats to the next; dst: the first channel's row, dstride floats to the next. */
+INL void conv_rows(const float *in, int64_t cin, int64_t h, int64_t wp, int64_t y, const float *k,
+                   int64_t wstride, const float *bias, float *dst, int64_t dstride, const int NO,
+                   const int NV) {
+    __m256 acc[8];
+    for (int o = 0; o < NO; o++)
+        for (int j = 0; j < NV; j++) acc[o * NV + j] = _mm256_set1_ps(bias[o]);
+    for (int64_t i = 0; i < cin; i++, k += 9) {
+        const float *src = in + (i * (h + 2) + y) * wp;
+        for (int ky = 0; ky < 3; ky++, src += wp)
+            for (int kx = 0; kx < 3; kx++)
+                for (int j = 0; j < NV; j++) {
+                    const __m256 x = _mm256_loadu_ps(src + kx + 8 * j);
+                    for (int o = 0; o < NO; o++)
+                        acc[o * NV + j] = _mm256_fmadd_ps(
+                            _mm256_broadcast_ss(k + o * wstride + ky * 3 + kx), x, acc[o * NV + j]);
+                }
+    }
+    for (int o = 0; o < NO; o++)
+        for (int j = 0; j < NV; j++)
+            _mm256_storeu_ps(dst + o * dstride + 8 * j, gelu8(acc[o * NV + j]));
+}
+
+/* out (cout, h, w) = gelu(conv3x3(in) + bias); in (cin, h + 2, w + 2) zero-padded; w 16, 32 or
+ * 64 (a row of one channel: 2, 4 or 8 registers; 4, 2 or 1 channels at a time). */
+TGT static void conv3x3_gelu(const float *in, int64_t cin, int64_t h, int64_t w,
+                             const float *wt, const float *bias, int64_t cout, float *out) {
+    const int64_t ws = cin * 9, ds = h * w, step = w == 64 ? 1 : w == 32 ? 2 : 4;
+    int64_t o = 0;
+    for (; o + step <= cout; o += step)
+        for (int64_t y = 0; y < h; y++) {
+            const float *k = wt + o * ws;
+            float *dst = out + (o * h + y) * w;
+            if (w == 64) conv_rows(in, cin, h, w + 2, y, k, ws, bias + o, dst, ds, 1, 8);
+            else if (w == 32) conv_rows(in, cin, h, w + 2, y, k, ws, bias + o, dst, ds, 2, 4);
+            else conv_rows(in, cin, h, w + 2, y, k, ws, bias + o, dst, ds, 4, 2);
+        }
+    for (; o < cout; o++)                        /* channels left over: one at a time */
+        for (int64_t y = 0; y < h; y++) {
+            const float *k = wt + o * ws;
+            float *dst = out + (o * h + y) * w;
+            if (w == 64) conv_rows(in, cin, h, w + 2, y, k, ws, bias + o, dst, ds, 1, 8);
+            else if (w == 32) conv_rows(in, cin, h, w + 2, y, k, ws, bias + o, dst, ds, 1, 4);
+            else conv_rows(in, cin, h, w + 2, y, k, ws, bias + o, dst, ds, 1, 2);
+        }
+}
+
+/* dst (c, h/2 + 2, w/2 + 2): the 2 x 2 means of src (c, h, w) inside a zero border ((a + b) +
+ * (c + d) of each window, then / 4; w a multiple of 16). */
+TGT static void pool2_padded(const float *src, int64_t c, int64_t h, int64_t w, float *dst) {
+    const int64_t ho = h / 2, wo = w / 2, wp = wo + 2;
+    const __m256 quarter = _mm256_set1_ps(0.25f);
+    memset(dst, 0, sizeof(float) * (size_t)(c * (ho + 2) * wp));
+    for (int64_t i = 0; i < c; i++)
+        for (int64_t y = 0; y < ho; y++) {
+            const float *r0 = src + (i * h + 2 * y) * w, *r1 = r0 + w;
+            float *d = dst + (i * (ho + 2) + y + 1) * wp + 1;
+            for (int64_t x = 0; x < w; x += 16) {
+                __m256 t = _mm256_hadd_ps(_mm256_loadu_ps(r0 + x), _mm256_loadu_ps(r0 + x + 8));
+                __m256 u = _mm256_hadd_ps(_mm256_loadu_ps(r1 + x), _mm256_loadu_ps(r1 + x + 8));
+                __m256 v = _mm256_mul_ps(_mm256_add_ps(t, u), quarter);      /* lanes 0145 2367 */
+                v = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
+                _mm256_storeu_ps(d + x / 2, v);
+            }
+        }
+}
+
+/* counts[gy * gx]: the events of each p x p patch over the c channels of hist (c, h, w); p and
+ * w multiples of 8, w at most 128. Integer counts: exact in any order. */
+TGT static void patch_counts(const float *hist, int64_t c, int64_t h, int64_t w, int64_t p,
+                             float *counts) {
+    const int64_t nv = w / 8, gx = w / p;
+    for (int64_t py = 0; py < h / p; py++) {
+        __m256 acc[16];
+        for (int64_t j = 0; j < nv; j++) acc[j] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < c; i++)
+            for (int64_t y = py * p; y < (py + 1) * p; y++) {
+                const float *r = hist + (i * h + y) * w;
+                for (int64_t j = 0; j < nv; j++) acc[j] = _mm256_add_ps(acc[j], _mm256_loadu_ps(r + 8 * j));
+            }
+        float row[128];
+        for (int64_t j = 0; j < nv; j++) _mm256_storeu_ps(row + 8 * j, acc[j]);
+        for (int64_t px = 0; px < gx; px++) {
+            float s = 0.0f;
+            for (int64_t x = px * p; x < (px + 1) * p; x++) s += row[x];
+            counts[py * gx + px] = s;
+        }
+    }
+}
+
+/* Floats of the work buffer mnet_forward needs for m's sizes. */
+int64_t mnet_work_size(const mnet_t *m) {
+    const int64_t h2 = m->h / 2, w2 = m->w / 2, h4 = m->h / 4, w4 = m->w / 4;
+    return m->c * (h2 + 2) * (w2 + 2) + m->h1 * h2 * w2 + m->h1 * (h4 + 2) * (w4 + 2)
+           + m->h2 * h4 * w4;
+}
+
+/* The net's logits (h/patch * w/patch) of hist and loghist = log1p(hist) (c, h, w), with work
+ * (mnet_work_size floats, the caller's: nothing is allocated here). 0: done; -1: a size it does
+ * not take (the caller runs PyTorch). */
+TGT int64_t mnet_forward(const mnet_t *m, const float *hist, const float *loghist, float *work,
+                         float *out) {
+    const int64_t c = m->c, h = m->h, w = m->w, p = m->patch, q = p / 4;
+    const int64_t h2 = h / 2, w2 = w / 2, h4 = h / 4, w4 = w / 4, gy = h / p, gx = w / p;
+    if (p % 8 || h % p || w % p || w % 32 || w > 128 || h > 128 || m->h1 < 1 || m->h2 < 1)
+        return -1;
+    const int64_t na = c * (h2 + 2) * (w2 + 2), nb = m->h1 * h2 * w2;
+    const int64_t nc = m->h1 * (h4 + 2) * (w4 + 2);
+    float *a = work, *b = a + na, *cc = b + nb, *d = cc + nc;
+    pool2_padded(loghist, c, h, w, a);
+    conv3x3_gelu(a, c, h2, w2, m->w1, m->b1, m->h1, b);
+    pool2_padded(b, m->h1, h2, w2, cc);
+    conv3x3_gelu(cc, m->h1, h4, w4, m->w2, m->b2, m->h2, d);
+    float counts[256];
+    patch_counts(hist, c, h, w, p, counts);
+    for (int64_t py = 0; py < gy; py++)
+        for (int64_t px = 0; px < gx; px++) {
+            double v = m->bh;
+            for (int64_t o = 0; o < m->h2; o++) {
+                float s = 0.0f;
+                for (int64_t y = py * q; y < (py + 1) * q; y++)
+                    for (int64_t x = px * q; x < (px + 1) * q; x++) s += d[(o * h4 + y) * w4 + x];
+                v += (double)m->wh[o] * (double)(s / (float)(q * q));
+            }
+            out[py * gx + px] = (float)(m->scale * ((double)log1pf(counts[py * gx + px])
+                                                    - m->offset) + v);
+        }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The motion head's trunk (model/motion.py MotionHead._infer) at batch 1: 3 x 3 convs (padding 1,
+ * stride 1 or 2), each followed by a ReLU, then the linear layer. Activations are kept channels
+ * last, (y, x, channel), with a zero border, so each tap of a conv is one broadcast input times
+ * a row of output channels (cout 8, 16, 32 or 64: 1 to 8 vectors, and 4 to 1 output pixels at
+ * a time, so 8 or fewer accumulators share every weight load); the linear layer's weights come
+ * reordered to that layout by the caller. Float rounding differs from PyTorch's (sum order).
+ */
+typedef struct {
+    int64_t cin, cout, stride;
+    const float *w;             /* (3, 3, cin, cout): w[((ky * 3 + kx) * cin + i) * cout + o] */
+    const float *b;             /* (cout) */
+} mconv_t;
+
+typedef struct {
+    int64_t n_conv, h, w, k;    /* convs, input size, outputs of the linear layer */
+    const mconv_t *conv;
+    const float *fc_w;          /* (k, hf * wf * cout_last), inputs in (y, x, channel) order */
+    const float *fc_b;          /* (k) */
+} mhead_t;
+
+static int64_t conv_out(int64_t n, int64_t stride) { return (n - 1) / stride + 1; }
+
+int64_t mhead_abi(void) {
+    return (int64_t)sizeof(mhead_t) | (int64_t)sizeof(mconv_t) << 8 | (int64_t)MNET_ABI << 16;
+}
+
+/* Floats of the work buffer mhead_forward needs: two activation buffers of the largest map with
+ * its zero border. */
+int64_t mhead_work_size(const mhead_t *m) {
+    int64_t h = m->h, w = m->w, big = (m->h + 2) * (m->w + 2) * m->conv[0].cin;
+    for (int64_t l = 0; l < m->n_conv; l++) {
+        h = conv_out(h, m->conv[l].stride);
+        w = conv_out(w, m->conv[l].stride);
+        if ((h + 2) * (w + 2) * m->conv[l].cout > big) big = (h + 2) * (w + 2) * m->conv[l].cout;
+    }
+    return 2 * big;
+}
+
+/* NP output pixels (x, x + 1, ...) of row y of a channels-last conv over a zero-bordered input
+ * (h + 2, w + 2, cin), NV vectors of output channels (NP, NV compile-time constants: NP * NV <= 8
+ * accumulators in registers; each weight load serves the NP pixels): relu(bias + sum of the 9
+ * taps x cin), or its GELU. dst: the first pixel's channels, dstep floats to the next pixel. */
+INL void conv_pixels(const float *in, int64_t wp, const mconv_t *c, int64_t y, int64_t x,
+                     float *dst, int64_t dstep, const int NP, const int NV, const int GELU) {
+    __m256 acc[8];
+    const int64_t cin = c->cin, cout = c->cout, s = c->stride;
+    for (int p = 0; p < NP; p++)
+        for (int j = 0; j < NV; j++) acc[p * NV + j] = _mm256_loadu_ps(c->b + 8 * j);
+    for (int64_t ky = 0; ky < 3; ky++)
+        for (int64_t kx = 0; kx < 3; kx++) {
+            const float *src = in + ((s * y + ky) * wp + s * x + kx) * cin;
+            const float *wt = c->w + (ky * 3 + kx) * cin * cout;
+            for (int64_t i = 0; i < cin; i++, wt += cout)
+                for (int j = 0; j < NV; j++) {
+                    const __m256 wv = _mm256_loadu_ps(wt + 8 * j);
+                    for (int p = 0; p < NP; p++)
+                        acc[p * NV + j] = _mm256_fmadd_ps(
+                            _mm256_broadcast_ss(src + p * s * cin + i), wv, acc[p * NV + j]);
+                }
+        }
+    for (int p = 0; p < NP; p++)
+        for (int j = 0; j < NV; j++)
+            _mm256_storeu_ps(dst + p * dstep + 8 * j,
+                             GELU ? gelu8(acc[p * NV + j])
+                                  : _mm256_max_ps(acc[p * NV + j], _mm256_setzero_ps()));
+}
+
+/* out = act(conv(in)) (ReLU, or GELU with gelu): in (h + 2, w + 2, cin) zero-bordered; out
+ * (ho + 2, wo + 2, cout) with its zero border (pad) or (ho, wo, cout). cout 8, 16, 32 or 64
+ * (four, four, two or one pixel at a time). */
+TGT static void conv_hwc(const float *in, int64_t h, int64_t w, const mconv_t *c, float *out,
+                         int pad, int gelu) {
+    const int64_t ho = conv_out(h, c->stride), wo = conv_out(w, c->stride), co = c->cout;
+    const int64_t wpo = wo + 2 * pad, np = co >= 64 ? 1 : co == 32 ? 2 : 4;
+    if (pad) memset(out, 0, sizeof(float) * (size_t)((ho + 2) * wpo * co));
+    for (int64_t y = 0; y < ho; y++) {
+        float *row = out + ((y + pad) * wpo + pad) * co;
+        int64_t x = 0;
+        for (; x + np <= wo; x += np) {
+            float *d = row + x * co;
+            if (gelu) conv_pixels(in, w + 2, c, y, x, d, co, 4, 1, 1);   /* est.: 8 channels */
+            else if (co == 64) conv_pixels(in, w + 2, c, y, x, d, co, 1, 8, 0);
+            else if (co == 32) conv_pixels(in, w + 2, c, y, x, d, co, 2, 4, 0);
+            else if (co == 16) conv_pixels(in, w + 2, c, y, x, d, co, 4, 2, 0);
+            else conv_pixels(in, w + 2, c, y, x, d, co, 4, 1, 0);
+        }
+        for (; x < wo; x++) {
+            float *d = row + x * co;
+            if (gelu) conv_pixels(in, w + 2, c, y, x, d, co, 1, 1, 1);
+            else if (co == 32) conv_pixels(in, w + 2, c, y, x, d, co, 1, 4, 0);
+            else if (co == 16) conv_pixels(in, w + 2, c, y, x, d, co, 1, 2, 0);
+            else conv_pixels(in, w + 2, c, y, x, d, co, 1, 1, 0);
+        }
+    }
+}
+
+/* The trunk's outputs (k) of x (cin, h, w), with work (mhead_work_size floats). 0: done; -1: a
+ * shape it does not take (the caller runs PyTorch). */
+TGT int64_t mhead_forward(const mhead_t *m, const float *x, float *work, float *out) {
+    if (m->n_conv < 1) return -1;
+    for (int64_t l = 0; l < m->n_conv; l++) {
+        const mconv_t *c = m->conv + l;
+        if ((c->cout != 8 && c->cout != 16 && c->cout != 32 && c->cout != 64) || c->cin < 1
+            || c->stride < 1 || (l && c->cin != m->conv[l - 1].cout))
+            return -1;
+    }
+    const int64_t half = mhead_work_size(m) / 2, cin = m->conv[0].cin, wp = m->w + 2;
+    float *a = work, *b = work + half;
+    memset(a, 0, sizeof(float) * (size_t)((m->h + 2) * wp * cin));
+    for (int64_t i = 0; i < cin; i++)              /* (cin, h, w) -> (h + 2, w + 2, cin) */
+        for (int64_t y = 0; y < m->h; y++)
+            for (int64_t xx = 0; xx < m->w; xx++)
+                a[((y + 1) * wp + xx + 1) * cin + i] = x[(i * m->h + y) * m->w + xx];
+    int64_t h = m->h, w = m->w;
+    for (int64_t l = 0; l < m->n_conv; l++) {
+        conv_hwc(a, h, w, m->conv + l, b, l + 1 < m->n_conv, 0);
+        h = conv_out(h, m->conv[l].stride);
+        w = conv_out(w, m->conv[l].stride);
+        float *t = a; a = b; b = t;
+    }
+    const int64_t n = h * w * m->conv[m->n_conv - 1].cout;
+    for (int64_t k = 0; k < m->k; k++) {
+        const float *wk = m->fc_w + k * n;
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) {
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(wk + i), _mm256_loadu_ps(a + i), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(wk + i + 8), _mm256_loadu_ps(a + i + 8), s1);
+        }
+        __m256 s = _mm256_add_ps(s0, s1);
+        __m128 q = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        q = _mm_add_ss(q, _mm_movehdup_ps(q));
+        float acc = _mm_cvtss_f32(q);
+        for (; i < n; i++) acc += wk[i] * a[i];
+        out[k] = m->fc_b[k] + acc;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The ANC complexity estimator (model/anc.py ComplexityEstimator) at batch 1: a 4 x 4 mean pool
+ * of log1p(hist), two 3 x 3 convs of stride 2 (padding 1) with GELU, 8 channels each, their mean
+ * over the map, log1p(event count) / 10, the two fractions, and the linear layer. The same
+ * channels-last convs as the motion head.
+ */
+typedef struct {
+    int64_t c, h, w, levels;    /* input channels and size (h a multiple of 4, w of 8, at most
+                                 * 128), outputs */
+    mconv_t conv1, conv2;       /* cout 8 each */
+    const float *fc_w, *fc_b;   /* (levels, 8 + 3), (levels) */
+} mest_t;
+
+int64_t mest_abi(void) { return (int64_t)sizeof(mest_t) | (int64_t)MNET_ABI << 16; }
+
+int64_t mest_work_size(const mest_t *m) {
+    const int64_t h4 = m->h / 4, w4 = m->w / 4;
+    return (h4 + 2) * (w4 + 2) * m->c + 2 * ((h4 + 2) * (w4 + 2) * 8);
+}
+
+/* Level logits (levels) of hist / loghist (c, h, w) and the changed and recently changed
+ * fractions, with work (mest_work_size floats). 0: done; -1: a shape it does not take. */
+TGT int64_t mest_forward(const mest_t *m, const float *hist, const float *loghist,
+                         double change_frac, double recent_frac, float *work, float *out) {
+    const int64_t c = m->c, h = m->h, w = m->w, h4 = h / 4, w4 = w / 4, wp = w4 + 2;
+    if (h % 4 || w % 8 || w > 128 || m->conv1.cin != c || m->conv1.cout != 8 || m->conv2.cin != 8
+        || m->conv2.cout != 8 || m->conv1.stride != 2 || m->conv2.stride != 2)
+        return -1;
+    float *a = work, *b = a + (h4 + 2) * wp * c, *d = b + (h4 + 2) * wp * 8;
+    memset(a, 0, sizeof(float) * (size_t)((h4 + 2) * wp * c));
+    __m256 tot = _mm256_setzero_ps();           /* integer counts: exact in float */
+    float col[128];
+    for (int64_t i = 0; i < c; i++)
+        for (int64_t y = 0; y < h4; y++) {
+            const float *r = loghist + (i * h + 4 * y) * w, *q = hist + (i * h + 4 * y) * w;
+            for (int64_t x = 0; x < w; x += 8) {            /* the 4 rows' sums, per column */
+                __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(r + x),
+                                                       _mm256_loadu_ps(r + w + x)),
+                                         _mm256_add_ps(_mm256_loadu_ps(r + 2 * w + x),
+                                                       _mm256_loadu_ps(r + 3 * w + x)));
+                _mm256_storeu_ps(col + x, s);
+                tot = _mm256_add_ps(tot, _mm256_add_ps(
+                    _mm256_add_ps(_mm256_loadu_ps(q + x), _mm256_loadu_ps(q + w + x)),
+                    _mm256_add_ps(_mm256_loadu_ps(q + 2 * w + x), _mm256_loadu_ps(q + 3 * w + x))));
+            }
+            float *dst = a + ((y + 1) * wp + 1) * c + i;
+            for (int64_t x = 0; x < w4; x++)
+                dst[x * c] = (col[4 * x] + col[4 * x + 1] + col[4 * x + 2] + col[4 * x + 3]) / 16.0f;
+        }
+    float tv[8];
+    _mm256_storeu_ps(tv, tot);
+    double total = 0.0;
+    for (int j = 0; j < 8; j++) total += tv[j];
+    conv_hwc(a, h4, w4, &m->conv1, b, 1, 1);
+    const int64_t h8 = conv_out(h4, 2), w8 = conv_out(w4, 2);
+    conv_hwc(b, h8, w8, &m->conv2, d, 0, 1);
+    const int64_t h16 = conv_out(h8, 2), w16 = conv_out(w8, 2);
+    float feat[11];
+    for (int64_t o = 0; o < 8; o++) {
+        float s = 0.0f;
+        for (int64_t p = 0; p < h16 * w16; p++) s += d[p * 8 + o];
+        feat[o] = s / (float)(h16 * w16);
+    }
+    feat[8] = log1pf((float)total) / 10.0f;
+    feat[9] = (float)change_frac;
+    feat[10] = (float)recent_frac;
+    for (int64_t k = 0; k < m->levels; k++) {
+        float s = m->fc_b[k];
+        for (int64_t j = 0; j < 11; j++) s += m->fc_w[k * 11 + j] * feat[j];
+        out[k] = s;
+    }
+    return 0;
+}
