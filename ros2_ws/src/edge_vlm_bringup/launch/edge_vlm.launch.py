@@ -152,15 +152,21 @@ def _bag_remaps(inputs: dict, namespace: str | None) -> list[str]:
     return out
 
 
-def _player(arg, inputs: dict, namespace: str | None, subscribers: int, prefix: str) -> Node:
+def _player(arg, inputs: dict, namespace: str | None, subscribers: int, prefix: str,
+            relay: bool = False) -> Node:
     """``edge_vlm_play BAG``: plays once ``subscribers`` subscriptions to the events matched
-    (with ``use_sim_time``, it publishes ``/clock``)."""
+    (with ``use_sim_time``, it publishes ``/clock``); ``relay`` (link:=active with the
+    captioner in this launch): also once the captioner subscribed to the relay, so the first
+    relayed frames are not published before anyone listens."""
     if not arg("bag"):
         raise ValueError("source:=bag needs bag:=PATH (a rosbag2 folder)")
     loop = _flag(arg, "loop")
     args = [arg("bag"), "--rate", str(float(arg("rate") or 1.0)),
             "--wait-for", f"{inputs['events']}={subscribers}",
             "--wait-timeout", str(float(arg("wait_timeout") or 15.0))]
+    if relay:
+        ns = (namespace or "").strip("/")
+        args += ["--wait-for", f"{ns + '/' if ns else ''}{LINK_TOPIC}=1"]
     if _flag(arg, "use_sim_time"):
         args.append("--clock")
     args += _bag_remaps(inputs, namespace)
@@ -262,7 +268,9 @@ def _nodes(context):
         subscribers -= sum(s.package == "vlm_captioner" for s in specs) + (nodes == "drone")
     subscribers = _subscribers(arg, nodes, subscribers)
     if source == "bag":
-        actions.append(_player(arg, inputs, namespace, subscribers, _prefix(arg, "player")))
+        relay = link and any(s.package == "vlm_captioner" for s in specs)
+        actions.append(_player(arg, inputs, namespace, subscribers, _prefix(arg, "player"),
+                               relay))
     elif source == "camera":
         actions.append(_camera(arg, inputs, namespace, _prefix(arg, "camera")))
     return actions

@@ -189,23 +189,34 @@ def _wait_for_subscribers(node, pubs, n, timeout, quiet, per_topic: dict | None 
                 return per_topic[name.lstrip("/")]
         return n
 
+    # topics of --wait-for that the bag does not publish (a relay downstream of the player, as
+    # link:=active's edge_vlm/link_events): counted in the graph, by the absolute name
+    played = {str(t).lstrip("/") for t in pubs} | {p.topic_name.lstrip("/") for p in pubs.values()}
+    others = {t: k for t, k in per_topic.items() if t not in played}
+
+    def short() -> list[str]:
+        return [f"/{t} ({node.count_subscribers('/' + t)} of {k})" for t, k in others.items()
+                if node.count_subscribers("/" + t) < k]
+
     deadline = time.monotonic() + timeout
     missing = [(t, p) for t, p in pubs.items() if p.get_subscription_count() < need(t, p)]
-    while missing and time.monotonic() < deadline and rclpy.ok():
+    while (missing or short()) and time.monotonic() < deadline and rclpy.ok():
         time.sleep(0.02)
         missing = [(t, p) for t, p in missing if p.get_subscription_count() < need(t, p)]
-    if missing:
+    if missing or short():
         print(f"edge_vlm_play: WARNING: after {timeout:.1f} s too few subscriptions on "
-              + ", ".join(f"{p.topic_name} ({p.get_subscription_count()} of {need(t, p)})"
-                          for t, p in missing)
+              + ", ".join([f"{p.topic_name} ({p.get_subscription_count()} of {need(t, p)})"
+                           for t, p in missing] + short())
               + "; playing anyway", file=sys.stderr, flush=True)
         return False
     # The publisher has matched; give the subscriber side a moment to match too.
     time.sleep(0.3)
     if not quiet:
         print("edge_vlm_play: subscriptions matched: "
-              + ", ".join(f"{p.topic_name} {p.get_subscription_count()} (>= {need(t, p)})"
-                          for t, p in pubs.items()),
+              + ", ".join([f"{p.topic_name} {p.get_subscription_count()} (>= {need(t, p)})"
+                           for t, p in pubs.items()]
+                          + [f"/{t} {node.count_subscribers('/' + t)} (>= {k})"
+                             for t, k in others.items()]),
               flush=True)
     return True
 
