@@ -4,8 +4,9 @@ import numpy as np
 import torch
 
 from edge_vlm.inference.engine import StreamingCaptioner
-from edge_vlm.inference.grounding import (CaptionTrie, HeadProbs, SceneSmoother, decide,
-                                          gesture_captions, scene_text)
+from edge_vlm.inference.grounding import (SHAKE_WINDOW_FRAMES, CaptionTrie, HeadProbs,
+                                          SceneSmoother, decide, gesture_captions, scene_text,
+                                          still_view)
 from edge_vlm.model.config import ModelConfig
 from edge_vlm.model.decoding import decode_beam, decode_greedy
 from edge_vlm.model.motion import HEADS
@@ -70,6 +71,56 @@ def test_without_a_gesture_the_scene_head_decides_the_kind_and_a_possible_direct
     assert decide(p, p, 0.5).kind != "gesture"
 
 
+def test_the_camera_shakes_only_when_enough_patches_changed_lately():
+    # the scene head says shaking (0.6), then nothing (0.4-ish): the ego-motion rule decides
+    p = _probs({0: 0.9}, "camera_shake", "none", "slow", "center")
+    shake = SCENE_KINDS.index("camera_shake")
+    p = p._replace(kind=np.where(np.arange(len(SCENE_KINDS)) == shake, 0.6,
+                                 np.where(np.arange(len(SCENE_KINDS)) == 0, 0.3, 0.1 / 7)))
+    assert decide(p, p, 0.5).kind == "camera_shake"                     # no count: no rule
+    assert decide(p, p, 0.5, recent_patches=5, shake_min=0).kind == "camera_shake"   # off
+    assert decide(p, p, 0.5, recent_patches=10, shake_min=10).kind == "camera_shake"
+    r = decide(p, p, 0.5, recent_patches=9, shake_min=10)
+    assert (r.kind, scene_text(r)) == ("nothing", NOTHING_MOVES)
+    # renormalised without the shake (and without 'gesture', as always)
+    assert abs(r.kind_confidence - 0.3 / (0.3 + 6 * 0.1 / 7)) < 1e-9
+    assert still_view(p.kind, 9, 10)[shake] == 0.0 and p.kind[shake] == 0.6   # a copy
+    assert still_view(None, 0, 10) is None
+    # the rule removes the shake before the heads must agree: a gesture can be published
+    q = _probs({4: 0.8, 0: 0.2}, "camera_shake")
+    q = q._replace(kind=np.where(np.arange(len(SCENE_KINDS)) == shake, 0.6, 0.4 / 8))
+    q.kind[SCENE_KINDS.index("gesture")] = 0.3
+    assert decide(q, q, 0.5).gesture == 0
+    assert decide(q, q, 0.5, recent_patches=2, shake_min=10).gesture == 4
+
+
+def test_engine_counts_the_patches_changed_in_the_rule_window():
+    m, _ = _grammar_model(max_age=2 * SHAKE_WINDOW_FRAMES)
+    m.cfg.scene_head = True
+    m.add_motion_head()
+    eng = StreamingCaptioner(m, sparse=True, gesture_threshold=0.5, shake_min_patches=10,
+                             mask_method="event_count")
+    last = m.motion.net[-1]
+    with torch.no_grad():             # the scene head always says "the camera shakes"
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[0] = 30.0
+        last.bias[12 + SCENE_KINDS.index("camera_shake")] = 30.0
+        last.bias[12 + SCENE_KINDS.index("nothing")] = 20.0
+    assert eng.shake_min == 10
+    still = np.zeros_like(moving_blob(0))
+    shaken = np.full_like(still, 2.0)           # events in every patch: the whole view moved
+    kinds = []
+    for i in range(SHAKE_WINDOW_FRAMES + 3):
+        r = eng.process(shaken if i < 2 else still)
+        kinds.append((int((eng.age < SHAKE_WINDOW_FRAMES).sum()), r.scene.kind))
+    # while the whole view's changes are inside the window the head is believed, then not
+    assert [n for n, _ in kinds] == [256] * (SHAKE_WINDOW_FRAMES + 1) + [0, 0], kinds
+    assert [k for _, k in kinds] == ["camera_shake"] * (SHAKE_WINDOW_FRAMES + 1) + ["nothing"] * 2
+    eng.set_param("shake_min_patches", 0)
+    assert eng.process(still).scene.kind == "camera_shake"
+
+
 def test_smoother_is_an_exponential_moving_average_and_resets():
     sm = SceneSmoother(4.0)
     a, b = _probs({1: 1.0}), _probs({2: 1.0})
@@ -88,13 +139,13 @@ def test_caption_trie_allows_only_continuations():
     assert t.allowed([5, 8]) == [2] and t.allowed([9]) == []
 
 
-def _grammar_model(seed=0):
+def _grammar_model(seed=0, max_age=8):
     torch.manual_seed(seed)
     texts = [c for k in CLASS_PHRASES for c in gesture_captions(k)]
     texts += [scene_caption(k, {"direction": "left_to_right", "speed": "fast",
                                 "position": "left"}) for k in SCENE_KINDS if k != "gesture"]
     tok = Tokenizer.build(texts)
-    m = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, max_age=8, vocab=tok.vocab))
+    m = CaptionModel(ModelConfig(dim=32, heads=2, depth=2, max_age=max_age, vocab=tok.vocab))
     init_weights(m)
     return m.eval(), tok
 

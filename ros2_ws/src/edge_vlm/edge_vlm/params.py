@@ -172,6 +172,13 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "gesture_hold x the best gesture's, so a held gesture does not flicker; 0 = no "
                   "hysteresis. Can be changed at runtime (next frame).",
                   min_value=0.0, max_value=1.0),
+        ParamSpec("shake_min_patches", 10,
+                  "Ego-motion rule: the scene kind 'the camera shakes' is said only when at "
+                  "least this many of the model's patches changed in the last 10 frames (a "
+                  "shaking camera moves every edge in view); otherwise the next most likely kind "
+                  "('nothing moves', ...). 10 = one more than an empty scene gave on the "
+                  "validation subjects (docs/design.md); 0 = off. Can be changed at runtime "
+                  "(next frame).", min_value=0, max_value=100000),
         ParamSpec("compute_budget", 1.0,
                   "Compute budget in (0, 1] of the joint STTF+ANC model: caps the routed branch "
                   "(<= 1/3 tiny, <= 2/3 small) and slices the channel gates; used only when no "

@@ -35,8 +35,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from edge_vlm.inference.grounding import (CaptionTrie, SceneReport, SceneSmoother, calibrated,
-                                          caption_key, decide, gesture_captions, scene_text)
+from edge_vlm.inference.grounding import (SHAKE_WINDOW_FRAMES, CaptionTrie, SceneReport,
+                                          SceneSmoother, calibrated, caption_key, decide,
+                                          gesture_captions, scene_text)
 from edge_vlm.inference.frame_tensors import FrameTensors
 from edge_vlm.inference.fusion_cache import FusionCache
 from edge_vlm.inference.native_convs import mask_net_logits, motion_trunk
@@ -170,6 +171,7 @@ PARAMS: dict[str, tuple[str, Callable]] = {
     "gesture_threshold": ("threshold", lambda eng, v: float(v)),
     "gesture_smoothing_frames": ("smoothing_frames", lambda eng, v: max(1.0, float(v))),
     "gesture_hold": ("hold", lambda eng, v: float(v)),
+    "shake_min_patches": ("shake_min", lambda eng, v: int(v)),
 }
 
 #: the caption of a frame without a published gesture when the model has no scene head
@@ -185,7 +187,8 @@ class StreamingCaptioner:
                  caption_period: int = 1, mask_method: str = "learned",
                  layer_thresholds: list[float] | None = None, drift_bound: float = 0.0,
                  caption_reuse_threshold: float = 0.0, gesture_threshold: float = 0.0,
-                 gesture_smoothing_frames: float = 1.0, gesture_hold: float = 0.0):
+                 gesture_smoothing_frames: float = 1.0, gesture_hold: float = 0.0,
+                 shake_min_patches: int = 0):
         self.model = model
         self.cfg: ModelConfig = model.cfg
         self.tok = Tokenizer(self.cfg.vocab)
@@ -198,7 +201,8 @@ class StreamingCaptioner:
                             ("drift_bound", drift_bound),
                             ("gesture_threshold", gesture_threshold),
                             ("gesture_smoothing_frames", gesture_smoothing_frames),
-                            ("gesture_hold", gesture_hold)):
+                            ("gesture_hold", gesture_hold),
+                            ("shake_min_patches", shake_min_patches)):
             self.set_param(name, value)
         self._tries: dict[int, CaptionTrie] = {}
         self.sparse = sparse
@@ -396,8 +400,10 @@ class StreamingCaptioner:
         temp = getattr(motion, "temperature", None) if p.motion is not None else None
         frame = calibrated(split_heads(self.cfg, p.logits[None]), temp)
         self.smoother.frames = self.smoothing_frames
+        # patches changed in the ego-motion rule's window (an age of max_age: never changed)
+        recent = int(np.count_nonzero(self.age < min(SHAKE_WINDOW_FRAMES, self.cfg.max_age)))
         report = decide(self.smoother.update(frame), frame, self.threshold, self.published,
-                        self.hold)
+                        self.hold, recent, self.shake_min)
         self.published = report.gesture
         return report
 

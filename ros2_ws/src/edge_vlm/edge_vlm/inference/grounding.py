@@ -16,7 +16,9 @@ Here the heads decide the content and the caption only verbalises it:
    kept while it stays above ``gesture_hold`` of that (hysteresis: a held gesture does not
    flicker, and its onset is not delayed as a longer average would); otherwise the label is 0
    ("no gesture") and the scene kind (nothing, walk, ...) comes from the scene head, with the
-   direction restricted to those the kind can have (:data:`KIND_DIRECTIONS`);
+   direction restricted to those the kind can have (:data:`KIND_DIRECTIONS`). Ego-motion
+   (:func:`still_view`): "the camera shakes" is not a possible kind while fewer than
+   ``shake_min_patches`` patches changed in the last :data:`SHAKE_WINDOW_FRAMES` frames;
 4. the caption: for a gesture, the KV-cached decoder writes it under a constraint
    (:func:`gesture_captions` + :class:`CaptionTrie`: only the canonical captions of the
    published class are reachable, the decoder picks the subject, position and speed words);
@@ -42,6 +44,9 @@ KIND_DIRECTIONS: dict[str, tuple[str, ...]] = {
     "walk": ("left_to_right", "right_to_left"),
     "object_moved": ("left_to_right", "right_to_left", "up", "down"),
     "stand_up": ("up",), "sit_down": ("down",)}
+
+#: frames over which the ego-motion rule counts changed patches (:func:`still_view`)
+SHAKE_WINDOW_FRAMES = 10
 
 
 @dataclass(frozen=True)
@@ -120,17 +125,33 @@ def _pick(p: np.ndarray | None, names: tuple[str, ...], allowed: tuple[str, ...]
     return names[idx[int(np.argmax(p[idx]))]]
 
 
+def still_view(kind: np.ndarray | None, recent_patches: int | None,
+               shake_min: int) -> np.ndarray | None:
+    """The ego-motion rule (module doc, step 3): scene-kind probabilities ``kind`` without
+    "the camera shakes" when fewer than ``shake_min`` patches changed in the last
+    :data:`SHAKE_WINDOW_FRAMES` frames (``recent_patches``; None or ``shake_min`` 0: no rule).
+    A shaking camera moves every edge in view, so a view this still cannot be shaking."""
+    if kind is None or shake_min <= 0 or recent_patches is None or recent_patches >= shake_min:
+        return kind
+    kind = kind.copy()
+    kind[SCENE_KINDS.index("camera_shake")] = 0.0
+    return kind
+
+
 def decide(smooth: HeadProbs, frame: HeadProbs, threshold: float, current: int = 0,
-           hold: float = 0.0) -> SceneReport:
+           hold: float = 0.0, recent_patches: int | None = None,
+           shake_min: int = 0) -> SceneReport:
     """THE publication rule (module doc, step 3) on smoothed probabilities ``smooth``;
     ``frame``: this frame's own (for the report's ``frame_gesture``). Hysteresis: the gesture
     published on the previous frame (``current``) stays while its probability is at least
-    ``hold`` x ``threshold`` and at least ``hold`` x the best gesture's."""
+    ``hold`` x ``threshold`` and at least ``hold`` x the best gesture's. Ego-motion:
+    :func:`still_view` of ``recent_patches`` and ``shake_min``."""
     g = smooth.gesture
     best = 1 + int(np.argmax(g[1:]))
     fbest = int(np.argmax(frame.gesture))
+    kinds = still_view(smooth.kind, recent_patches, shake_min)
     # the two heads must agree: no gesture while the scene head sees another kind of scene
-    agree = smooth.kind is None or SCENE_KINDS[int(np.argmax(smooth.kind))] == "gesture"
+    agree = kinds is None or SCENE_KINDS[int(np.argmax(kinds))] == "gesture"
     kept = (agree and current > 0 and hold > 0 and g[current] >= hold * threshold
             and g[current] >= hold * g[best])
     if kept:
@@ -139,10 +160,10 @@ def decide(smooth: HeadProbs, frame: HeadProbs, threshold: float, current: int =
         gesture, conf, kind, kconf = best, float(g[best]), "gesture", float(g[best])
     else:
         gesture, conf = 0, float(g[0])
-        if smooth.kind is None:         # no scene head: the kind is unknown
+        if kinds is None:               # no scene head: the kind is unknown
             kind, kconf = "", conf
         else:
-            k = smooth.kind.copy()
+            k = kinds.copy()
             k[SCENE_KINDS.index("gesture")] = 0.0
             kind = SCENE_KINDS[int(np.argmax(k))]
             kconf = float(k.max() / max(k.sum(), 1e-12))
