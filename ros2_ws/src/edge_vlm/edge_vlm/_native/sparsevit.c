@@ -15,6 +15,9 @@
  *   (n, D) inputs, overwritten by their outputs); they attend to all N keys/values (fresh ones
  *   for idx, cached ones for the rest). n = N with idx = 0..N-1 is the dense pass.
  *
+ * svit_layer_causal runs the caption decoder's blocks (the same Block with a prefix-causal mask:
+ * inference/native_decoder.py) on the same code, the masked scores set after the score GEMM.
+ *
  * Two sets of kernels, chosen at run time (svit_isa, __builtin_cpu_supports): AVX-512
  * (avx512f/bw/vl/dq) where the CPU has it, else AVX2/FMA/F16C; a CPU with neither runs the
  * caller's PyTorch path (svit_cpu_ok() == 0). Both are float32 arithmetic, in the same order
@@ -36,7 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SVIT_ABI 8
+#define SVIT_ABI 9
 
 typedef struct {
     int64_t d, heads, hid, ntok, act;           /* act: 0 relu, 1 gelu (erf) */
@@ -609,10 +612,18 @@ static void pf_layer(svit_pf_t *pf, const svit_layer_t *L, int64_t n, int64_t ha
     pf_add(pf, L->b2, d * f);
 }
 
+/* s[i][j] = v where token idx[i] may not see token j (j > idx[i] and j >= causal_from). */
+static void mask_after(int64_t n, int64_t N, const int64_t *idx, int64_t causal_from, float *s,
+                       float v) {
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t j = idx[i] + 1 > causal_from ? idx[i] + 1 : causal_from; j < N; j++)
+            s[i * N + j] = v;
+}
+
 /* One encoder layer over the tokens idx with the kernels k (see svit_layer); prefetches what
- * layer `next` (NULL: none) reads. */
+ * layer `next` (NULL: none) reads; causal_from >= 0: a decoder layer (svit_layer_causal). */
 static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, const int64_t *idx,
-                         float *x, const svit_layer_t *next) {
+                         float *x, const svit_layer_t *next, int64_t causal_from) {
     const int64_t d = L->d, h = L->heads, N = L->ntok, hid = L->hid;
     if (n <= 0)
         return 0;
@@ -650,7 +661,11 @@ static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, 
     const float scale = 1.0f / sqrtf((float)dh);
     for (int64_t hh = 0; hh < h; hh++) {
         k->gemm(n, N, dh, qkv + hh * dh, 3 * d, L->mem_kt + hh * dh * N, N, s, N, NULL, 0, 0, 0, &pf);
+        if (causal_from >= 0)       /* decoder: token idx[i] sees the prefix and j <= idx[i] */
+            mask_after(n, N, idx, causal_from, s, -INFINITY);
         k->softmax(n, N, s, scale);
+        if (causal_from >= 0)       /* the clamped exp left ~1e-38 there: exactly 0 instead */
+            mask_after(n, N, idx, causal_from, s, 0.0f);
         k->gemm(n, dh, N, s, N, L->mem_v + hh * N * dh, dh, att + hh * dh, d, NULL, 0, 0, 0, &pf);
     }
     k->gemm(n, d, d, att, d, wproj, 0, x, d, L->bproj, 1, 0, half, &pf);     /* x += proj(att) */
@@ -673,7 +688,17 @@ static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, 
  * on this CPU (the caller then runs its PyTorch path, which raises for a bad index), -2 on
  * allocation failure; nothing is written then. */
 int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, float *x) {
-    return svit_isa() > 0 ? layer_run(ops(), L, n, idx, x, NULL) : -1;
+    return svit_isa() > 0 ? layer_run(ops(), L, n, idx, x, NULL, -1) : -1;
+}
+
+/* A decoder layer (MicroGPT's Block with causal_from): as svit_layer, but token idx[i] attends
+ * only to the first causal_from tokens (the visible prefix) and to tokens j <= idx[i]. The
+ * memory's tokens that no row may see must hold finite values (the caller zeroes them once). */
+int64_t svit_layer_causal(const svit_layer_t *L, int64_t n, const int64_t *idx, float *x,
+                          int64_t causal_from) {
+    if (causal_from < 0)
+        return -1;
+    return svit_isa() > 0 ? layer_run(ops(), L, n, idx, x, NULL, causal_from) : -1;
 }
 
 /* A whole inference pass of the ViT over the tokens idx (no per-layer gating): x[i] =
@@ -698,7 +723,7 @@ int64_t svit_encode(const svit_layer_t *const *Ls, int64_t nl, int64_t n, const 
             x[i * d + c] = a[c] + b[c];
     }
     for (int64_t l = 0; l < nl; l++)
-        if (layer_run(k, Ls[l], n, idx, x, l + PF_AHEAD < nl ? Ls[l + PF_AHEAD] : NULL) != 0)
+        if (layer_run(k, Ls[l], n, idx, x, l + PF_AHEAD < nl ? Ls[l + PF_AHEAD] : NULL, -1) != 0)
             return l;
     const float *out = Ls[nl - 1]->mem_out;
     if (!vis)

@@ -41,6 +41,7 @@ from edge_vlm.inference.grounding import (SHAKE_WINDOW_FRAMES, CaptionTrie, Scen
 from edge_vlm.inference.frame_tensors import FrameTensors
 from edge_vlm.inference.fusion_cache import FusionCache
 from edge_vlm.inference.native_convs import mask_net_logits, motion_trunk
+from edge_vlm.inference.native_decoder import decoder_start
 from edge_vlm.inference.memory import new_memory
 from edge_vlm.inference.routing import Route
 from edge_vlm.inference.vit import dense_infer, sparse_infer
@@ -435,7 +436,8 @@ class StreamingCaptioner:
             draft = last.ids if last is not None else None
             ids, score = decode_greedy(self.model, fused, tok.bos, tok.eos, self.max_tokens,
                                        layers, draft=draft, stats=spec, allowed=allowed,
-                                       redraft=lambda out: trie.complete(out, draft[len(out):]))
+                                       redraft=lambda out: trie.complete(out, draft[len(out):]),
+                                       start=decoder_start)
         return DecodedCaption(ids, score, key, (layers, beams), fused,
                               trie.texts.get(tuple(ids), tok.decode(ids)))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 from edge_vlm.model.sttf import CaptionModel
@@ -12,17 +13,17 @@ from edge_vlm.model.sttf import CaptionModel
 Allowed = Callable[[list[int]], list[int]] | None
 
 
-def _choose(logp: torch.Tensor, prefix: list[int], allowed: Allowed) -> int:
-    """The greedy choice among the allowed tokens (``logp`` (V,))."""
+def _choose(logp: np.ndarray, prefix: list[int], allowed: Allowed) -> int:
+    """The greedy choice among the allowed tokens (``logp`` (V,), a tensor's numpy view: numpy
+    and torch both take the first of equal maxima, so the choice is torch.argmax's)."""
     if allowed is None:
-        return int(torch.argmax(logp))
+        return int(np.argmax(logp))
     ids = allowed(prefix)
     if not ids:
-        return int(torch.argmax(logp))
+        return int(np.argmax(logp))
     if len(ids) == 1:               # the constraint decides alone (the argmax of one token)
         return int(ids[0])
-    t = torch.tensor(ids)
-    return int(t[torch.argmax(logp[t])])
+    return int(ids[int(np.argmax(logp[ids]))])
 
 
 def _mask(lp: torch.Tensor, prefixes: list[list[int]], allowed: Allowed) -> torch.Tensor:
@@ -61,20 +62,25 @@ class _Spec:
         return self.out, self.logp_sum / max(1, len(self.out) + 1)
 
 
+#: the decoder's teacher-forced pass: MicroGPT.start's signature (decoder first); None: start
+Start = Callable[..., tuple[torch.Tensor, list[dict]]] | None
+
+
 def _verify(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int, max_len: int,
-            layers: int | None, guess: list[int], st: _Spec, allowed: Allowed) -> list[dict]:
+            layers: int | None, guess: list[int], st: _Spec, allowed: Allowed,
+            start: Start = None) -> list[dict]:
     """One teacher-forced pass over BOS + the tokens so far + ``guess``: greedy's choice after
     every guessed prefix, kept up to the first disagreement (the disagreeing choice included);
     returns the KV cache of BOS + the kept tokens but the last."""
     seq = st.out + guess
     p, k0 = fused.shape[1], len(st.out)
-    logits, caches = model.decoder.start(fused, torch.tensor([[bos] + seq]), layers,
-                                         all_logits=True)
+    run = start or type(model.decoder).start
+    logits, caches = run(model.decoder, fused, torch.tensor([[bos] + seq]), layers,
+                         all_logits=True)
     st.passes.append(len(seq) + 1)
-    logp_all = torch.log_softmax(logits[0], dim=-1)
-    lp = logp_all.numpy()           # the same values, read without a tensor per element
+    lp = torch.log_softmax(logits[0], dim=-1).numpy()     # read without a tensor per element
     for i in range(k0, len(seq) + 1):
-        nxt = _choose(logp_all[i], st.out, allowed)
+        nxt = _choose(lp[i], st.out, allowed)
         st.logp_sum += float(lp[i, nxt])
         if nxt == eos:
             st.done = True
@@ -94,8 +100,8 @@ def _verify(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int, max_le
 def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
                   max_len: int, layers: int | None = None, draft: list[int] | None = None,
                   stats: dict | None = None, allowed: Allowed = None,
-                  redraft: Callable[[list[int]], list[int]] | None = None
-                  ) -> tuple[list[int], float]:
+                  redraft: Callable[[list[int]], list[int]] | None = None,
+                  start: Start = None) -> tuple[list[int], float]:
     """Greedy KV-cached decoding of one caption; returns (token ids, mean log-prob).
 
     ``draft`` (e.g. the previous frame's caption): speculative decoding with the draft as the
@@ -109,7 +115,9 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
     first pass, BOS included), ``passes`` (every teacher-forced pass's tokens) and ``steps``
     (single-token steps after them), for the FLOPs counter. ``allowed``: constrained decoding
     (the argmax over the tokens it allows after the prefix; the score stays the model's own
-    log-probability of the chosen tokens)."""
+    log-probability of the chosen tokens). ``start``: the teacher-forced pass
+    (:meth:`MicroGPT.start` or a function of the same signature with the decoder first, e.g.
+    :func:`edge_vlm.inference.native_decoder.decoder_start`)."""
     st = _Spec()
     if max_len <= 0:
         return st.out, 0.0
@@ -117,7 +125,8 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
     guess = list(draft or [])[:max_len]
     if guess:
         while True:
-            caches = _verify(model, fused, bos, eos, max_len, layers, guess, st, allowed)
+            caches = _verify(model, fused, bos, eos, max_len, layers, guess, st, allowed,
+                             start)
             if st.done:
                 return st.result(stats, 0)
             if redraft is None or len(st.passes) >= MAX_PASSES:
@@ -129,12 +138,13 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
         logits = model.decoder.step(torch.tensor([[st.out[-1]]]), p + len(st.out), caches)
         pos, steps = p + len(st.out) + 1, 1
     else:
-        logits, caches = model.decoder.start(fused, torch.tensor([[bos]]), layers)
+        logits, caches = (start or type(model.decoder).start)(model.decoder, fused,
+                                                              torch.tensor([[bos]]), layers)
         st.passes.append(1)
         steps, pos = 0, p + 1
     out = st.out
     while True:
-        logp = torch.log_softmax(logits, dim=-1)[0]
+        logp = torch.log_softmax(logits, dim=-1)[0].numpy()
         nxt = _choose(logp, out, allowed)
         st.logp_sum += float(logp[nxt])
         if nxt == eos:

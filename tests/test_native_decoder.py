@@ -1,0 +1,116 @@
+"""The caption decoder's teacher-forced pass through the encoder's block kernel
+(inference/native_decoder.py, svit_layer_causal of _native/sparsevit.c): the same logits and KV
+caches as MicroGPT.start to float rounding, the same greedy captions, PyTorch's path where the
+kernel does not apply (whether the kernel is built at all: test_native_vit.py)."""
+import numpy as np
+import pytest
+import torch
+
+from edge_vlm.inference import native_vit
+from edge_vlm.inference.factory import engine_from_params, load_model
+from edge_vlm.inference.native_decoder import State, backend, decoder_start
+from edge_vlm.model.config import ModelConfig
+from edge_vlm.model.decoding import decode_greedy
+from edge_vlm.model.sttf import CaptionModel, init_weights
+from edge_vlm.model.tokenizer import Tokenizer
+from edge_vlm.params import defaults
+
+from test_model import moving_blob
+
+needs_kernel = pytest.mark.skipif(native_vit.load() is None,
+                                  reason=f"kernel not loaded: {native_vit.why()}")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:
+    return a.shape == b.shape and float((a - b).abs().max()) <= tol
+
+
+@needs_kernel
+@pytest.mark.parametrize("layers", [None, 1])
+def test_pass_equals_pytorch_on_the_shipped_decoder(layers):
+    model, _ = load_model("")
+    dec = model.decoder
+    torch.manual_seed(0)
+    vocab = dec.tok.weight.shape[0]
+    with torch.no_grad():
+        for t in (1, 2, 7, 16, dec.pos.shape[0] - dec.prefix_len):   # up to every position
+            fused = torch.randn(1, dec.prefix_len, dec.pos.shape[1])
+            first = torch.randint(0, vocab, (1, t))
+            for all_logits in (False, True):
+                want, wc = dec.start(fused, first, layers, all_logits)
+                got, gc = decoder_start(dec, fused, first, layers, all_logits)
+                assert _close(want, got, 1e-4), (t, all_logits, float((want - got).abs().max()))
+                assert len(wc) == len(gc) == (layers or len(dec.blocks))
+                for a, b in zip(wc, gc):
+                    assert _close(a["k"], b["k"], 1e-4) and _close(a["v"], b["v"], 1e-4)
+            if dec.prefix_len + t >= dec.pos.shape[0]:
+                continue
+            # the caches continue as PyTorch's: the next single-token step agrees too
+            nxt = torch.tensor([[int(torch.argmax(got[0, -1]))]])
+            s1 = dec.step(nxt, dec.prefix_len + t, wc)
+            s2 = dec.step(nxt, dec.prefix_len + t, gc)
+            assert _close(s1, s2, 1e-4)
+
+
+@needs_kernel
+def test_a_second_shorter_pass_is_not_disturbed_by_a_longer_one():
+    """The kernel's memory keeps the longer pass's tokens past the shorter one's end: masked."""
+    model, _ = load_model("")
+    dec = model.decoder
+    torch.manual_seed(1)
+    fused = torch.randn(1, dec.prefix_len, dec.pos.shape[1])
+    with torch.no_grad():
+        decoder_start(dec, fused, torch.randint(0, 50, (1, 20)), None, True)
+        first = torch.randint(0, 50, (1, 3))
+        want, _ = dec.start(fused, first, None, True)
+        got, _ = decoder_start(dec, fused, first, None, True)
+    assert _close(want, got, 1e-4)
+
+
+def test_falls_back_to_pytorch_bit_for_bit():
+    torch.manual_seed(2)
+    tok = Tokenizer.build(["a person waves", "nothing moves"])
+    m = CaptionModel(ModelConfig(dim=32, heads=2, depth=1, dec_layers=2, max_age=8,
+                                 vocab=tok.vocab))
+    init_weights(m)
+    dec = m.eval().decoder
+    fused = torch.randn(2, dec.prefix_len, 32)                  # batch 2: PyTorch
+    first = torch.randint(0, len(tok.vocab), (2, 4))
+    with torch.no_grad():
+        a, _ = dec.start(fused, first, None, True)
+        b, _ = decoder_start(dec, fused, first, None, True)
+    assert torch.equal(a, b)
+    a, _ = dec.start(fused[:1], first[:1], None, True)       # autograd on: PyTorch
+    b, _ = decoder_start(dec, fused[:1], first[:1], None, True)
+    assert torch.equal(a, b) and b.requires_grad
+    assert backend() == ("native" if native_vit.load() is not None else "torch")
+    State.enabled = False                                     # switched off: PyTorch
+    try:
+        assert backend() == "torch"
+        with torch.no_grad():
+            a, _ = dec.start(fused[:1], first[:1], None, True)
+            b, _ = decoder_start(dec, fused[:1], first[:1], None, True)
+        assert torch.equal(a, b)
+    finally:
+        State.enabled = True
+
+
+@needs_kernel
+def test_greedy_captions_are_the_same_both_ways():
+    model, meta = load_model("")
+    params = defaults("vlm_captioner")
+    eng = engine_from_params(model, params, meta)
+    seen = []
+    with torch.no_grad():
+        for i in range(12):
+            p = eng.perceive(moving_blob(i))
+            seen.append(p.fused.clone())
+        tok = eng.tok
+        for fused in seen:
+            a = decode_greedy(model, fused, tok.bos, tok.eos, 20)
+            b = decode_greedy(model, fused, tok.bos, tok.eos, 20, start=decoder_start)
+            assert a[0] == b[0] and abs(a[1] - b[1]) < 1e-4
+            d = a[0][::-1]                  # a wrong draft: the speculative path, then steps
+            c = decode_greedy(model, fused, tok.bos, tok.eos, 20, draft=d, start=decoder_start)
+            assert c[0] == a[0] and abs(c[1] - a[1]) < 1e-4
+    assert np.isfinite(a[1])
