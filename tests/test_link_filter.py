@@ -159,9 +159,12 @@ def test_relay_is_bounded_and_skipped_frames_are_counted():
 
 # ------------------------------------------------------------- the relay in a ROS graph
 def test_graph_link_active_captions_from_the_relayed_events(tmp_path):
-    """``ros2 launch ... nodes:=all link:=active source:=bag`` (own free domain, localhost):
-    sttf_perception relays one EventPacket per frame, the captioner bins exactly those (its
-    packets = the relay's frames, its events = the kept ones) and captions every frame."""
+    """``ros2 launch ... nodes:=all link:=active`` (own free domain, localhost), the bag played
+    once the relay's publisher matched the captioner (sttf_perception logs it, as the multihost
+    tool waits for it: a subscription seen in the graph may not be matched by the relay yet, and
+    a short bag then ends before it is): sttf_perception relays one EventPacket per frame, the
+    captioner bins exactly those (its packets = the relay's frames, its events = the kept ones)
+    and captions every frame."""
     import os
     import signal
     import subprocess
@@ -177,6 +180,7 @@ def test_graph_link_active_captions_from_the_relayed_events(tmp_path):
     from edge_vlm.bench.e2e import shutdown_counters
     from edge_vlm_ros.lifeline import free_domain_id
     from edge_vlm_tools.demo import make_sim_bag
+    from edge_vlm_tools.netns import tool
 
     bag = make_sim_bag(str(tmp_path / "bag"), labels=(2,), seed=1, clip_duration_s=1.0,
                        gap_s=0.2, with_frames=False)
@@ -185,14 +189,20 @@ def test_graph_link_active_captions_from_the_relayed_events(tmp_path):
     logs = tmp_path / "logs"
     ros2 = os.path.join(os.path.dirname(sys.executable), "ros2")
     proc = subprocess.Popen([ros2, "launch", "edge_vlm_bringup", "edge_vlm.launch.py",
-                             "nodes:=all", "link:=active", "source:=bag", f"bag:={bag}",
-                             "wait_timeout:=60", f"log_dir:={logs}"], env=env,
+                             "nodes:=all", "link:=active", "source:=none",
+                             f"log_dir:={logs}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        end = time.monotonic() + 150
-        while time.monotonic() < end and "published" not in _text(logs / "player.log"):
-            time.sleep(0.5)
+        end = time.monotonic() + 120
+        while (time.monotonic() < end
+               and "link_events subscribers: 1" not in _text(logs / "sttf_perception.log")):
+            time.sleep(0.2)
+        with open(tmp_path / "player.log", "w") as out:
+            subprocess.run([tool("edge_vlm_play"), str(bag), "--wait-for",
+                            "event_camera/events=1", "--wait-for", "edge_vlm/link_events=1",
+                            "--wait-timeout", "60"], env=env, stdout=out,
+                           stderr=subprocess.STDOUT, timeout=150)
         time.sleep(4.0)                   # the idle flush (1 s) and the last captions
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -203,7 +213,7 @@ def test_graph_link_active_captions_from_the_relayed_events(tmp_path):
             proc.wait(10)
     per = shutdown_counters(logs / "sttf_perception.log", "sttf_perception")
     cap = shutdown_counters(logs / "vlm_captioner.log", "vlm_captioner")
-    assert per.get("frames", 0) > 20, (per, _text(logs / "player.log")[-2000:])
+    assert per.get("frames", 0) > 20, (per, _text(tmp_path / "player.log")[-2000:])
     assert cap["packets"] == per["link_frames"] == per["frames"], (per, cap)
     assert cap["events"] == per["link_events_kept"] <= per["events"], (per, cap)
     assert cap["frames"] == per["frames"] and cap["missing_packets"] == 0, (per, cap)
