@@ -123,6 +123,57 @@ def _inside(name: str, values) -> bool:
     return bool(np.all((v >= r.lo * (1 - 1e-9)) & (v <= r.hi * (1 + 1e-9))))
 
 
+@pytest.mark.parametrize("kernel", ["Zen", "Haswell", "Prescott"])
+def test_nominal_output_does_not_depend_on_the_blas_kernel(kernel):
+    """The pinned recordings are made again with OpenBLAS forced to another CPU's kernels (an
+    AMD EPYC selects Zen's; each of these runs on any x86-64 with AVX2): the simulator's
+    luminance was a matrix product, and on Zen's kernels two of the three recordings differed
+    from the pins (made on an Intel Xeon, SkylakeX's kernels)."""
+    import ast
+    import subprocess
+    import sys
+    code = ("import hashlib, sys; sys.path.insert(0, 'tests'); "
+            "from test_sim_stats import _nominal_outputs; "
+            "print({n: (len(e), hashlib.sha256(e.tobytes()).hexdigest()) "
+            "for n, e in _nominal_outputs().items()})")
+    env = dict(os.environ, OPENBLAS_CORETYPE=kernel)
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert ast.literal_eval(out) == PINNED, (kernel, out)
+
+
+def test_luma_rounds_each_multiply_add_once():
+    """``luma`` against exact rationals: float32 images red, green, blue; float64 one colour red,
+    green, blue, several green, red, blue; each multiply-add rounded once (ties included)."""
+    from fractions import Fraction
+
+    from edge_vlm.sim.gestures import LUMA, luma
+    rng = np.random.default_rng(4)
+    img = rng.random((6, 7, 3)).astype(np.float32)
+    img[0] = np.round(img[0] * 16) / 16                        # short mantissas: exact sums
+
+    def chain(v, order, to):
+        acc = to(Fraction(float(v[order[0]])) * Fraction(float(w[order[0]])))
+        for i in order[1:]:
+            acc = to(Fraction(float(v[i])) * Fraction(float(w[i])) + Fraction(float(acc)))
+        return acc
+    def round32(q):         # the float32 nearest to q, ties to the even mantissa
+        f = np.float32(float(q))
+        near = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
+        return min(near, key=lambda c: (abs(Fraction(float(c)) - q),
+                                        int(np.array(c).view(np.int32)) & 1))
+    w = LUMA.astype(np.float32)
+    want = [chain(v, (0, 1, 2), round32) for v in img.reshape(-1, 3)]
+    got = luma(img, np.float32)
+    assert got.dtype == np.float32 and got.shape == (6, 7)
+    assert got.ravel().tolist() == [float(x) for x in want]
+    w = LUMA
+    cols = rng.random((5, 3))
+    assert luma(cols).tolist() == [chain(v, (1, 0, 2), float) for v in cols]
+    assert float(luma(cols[0])) == chain(cols[0], (0, 1, 2), float)
+    assert luma(cols[0]).shape == ()
+
+
 def test_random_sensors_stay_inside_their_ranges_and_differ():
     nominal = make_sensor(128, 128, 0)
     assert (nominal.on_off_ratio, nominal.lp_hz, nominal.jitter_ns, nominal.t_res_ns) == \

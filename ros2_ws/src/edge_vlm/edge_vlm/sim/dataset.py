@@ -22,7 +22,8 @@ from edge_vlm.datasets.dvs128_gesture import GESTURE_CLASSES, check_label
 from edge_vlm.sim.captions import canonical_caption, reference_captions
 from edge_vlm.sim.dvs import EventSimulator, assemble, make_sensor, noise_events
 from edge_vlm.sim.gestures import (REST, GestureParams, Subject, blend_weight, gesture_angles,
-                                   hand_speed, joints, make_subject, motion_level, sample_params)
+                                   hand_speed, joints, luma, make_subject, motion_level,
+                                   sample_params)
 from edge_vlm.sim.render import (LIGHTING_NAMES, LOG_EPS, LightingModel, LightingSpec,
                                  figure_pad, lighting_spec, render_figure, render_room,
                                  render_static, to_rgb8)
@@ -153,7 +154,7 @@ class LitRoom:
 
     def setup_dvs(self, threshold: np.ndarray) -> None:
         """Precompute the static log image and the flicker pixels able to fire on their own."""
-        gray = self.static @ np.asarray([0.299, 0.587, 0.114], np.float32)
+        gray = luma(self.static, np.float32)
         irr = self.light.irradiance(gray[None])[0].ravel()
         self.gray = gray
         self.irr_static = irr
@@ -209,8 +210,8 @@ class _Scene(LitRoom):
 
     def initial_log(self, t_s: np.ndarray, t_abs_s: np.ndarray) -> np.ndarray:
         """Log irradiance (H*W,) of the whole image at the first time of ``t_s`` (1,)."""
-        refl0 = (render_figure(self.static, self.joints(t_s), self.subject, self.ppu)
-                 @ np.float32([0.299, 0.587, 0.114]))
+        refl0 = luma(render_figure(self.static, self.joints(t_s), self.subject, self.ppu),
+                     np.float32)
         return np.log(self.light.irradiance(refl0, t_abs_s)[0] + LOG_EPS).ravel()
 
     def log_irradiance(self, t_s: np.ndarray, t_abs_s: np.ndarray,

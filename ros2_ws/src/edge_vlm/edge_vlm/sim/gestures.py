@@ -25,6 +25,7 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import NamedTuple
 
 import numpy as np
@@ -63,9 +64,49 @@ HAIR_COLORS = np.array([[0.08, 0.06, 0.05], [0.30, 0.18, 0.09], [0.75, 0.62, 0.3
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """Relative luminance of linear RGB in [0, 1] (last axis)."""
-    return np.asarray(rgb, dtype=np.float64) @ LUMA
+def luma(rgb: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """Relative luminance of linear RGB in [0, 1] (last axis), in ``dtype`` (float64 or float32).
+
+    The same bits on every CPU. A matrix product ``rgb @ LUMA`` (this function before) rounds as
+    the BLAS kernel that the CPU selects does: OpenBLAS's Zen and SkylakeX kernels differ in the
+    last bit, so a seeded recording differed between an AMD EPYC and an Intel Xeon. Here every
+    product and sum is exact and each multiply-add rounded once, in the order of the SkylakeX
+    kernels that made the earlier recordings (images in float32: red, green, blue; one colour in
+    float64 as its dot product: red, green, blue; several as its matrix-vector product: green,
+    red, blue), so those keep their bits (``tests/test_sim_stats.py``)."""
+    if np.dtype(dtype) == np.float32:
+        x = np.asarray(rgb, dtype=np.float32).astype(np.float64)
+        w = LUMA.astype(np.float32).astype(np.float64)
+        acc = (x[..., 0] * w[0]).astype(np.float32)
+        for i in (1, 2):
+            acc = _fma32(x[..., i] * w[i], acc)     # the product of two float32 is exact
+        return acc
+    x = np.asarray(rgb, dtype=np.float64)
+    order = (0, 1, 2) if x.ndim == 1 else (1, 0, 2)
+    flat = [_fma64_chain(v, order) for v in x.reshape(-1, 3)]
+    return np.asarray(flat, dtype=np.float64).reshape(x.shape[:-1])
+
+
+def _fma32(prod: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """float32(prod + acc) rounded once: ``prod`` exact in float64, ``acc`` float32. The float64
+    sum is made round-to-odd (its error, from Knuth's two-sum, moves an inexact even result one
+    step towards the exact one), after which rounding to float32 is the correct rounding."""
+    a = acc.astype(np.float64)
+    s = prod + a
+    bb = s - prod
+    err = (prod - (s - bb)) + (a - bb)
+    even = (s.view(np.int64) & 1) == 0
+    s = np.where((err != 0) & even, np.nextafter(s, s + err), s)
+    return s.astype(np.float32)
+
+
+def _fma64_chain(v: np.ndarray, order: tuple[int, int, int]) -> float:
+    """One colour's luminance in float64, each multiply-add in ``order`` rounded once (exact
+    rationals: only for the few colours the simulator asks in float64)."""
+    acc = float(Fraction(float(v[order[0]])) * Fraction(float(LUMA[order[0]])))
+    for i in order[1:]:
+        acc = float(Fraction(float(v[i])) * Fraction(float(LUMA[i])) + Fraction(acc))
+    return acc
 
 
 def _hsv(h: float, s: float, v: float) -> np.ndarray:

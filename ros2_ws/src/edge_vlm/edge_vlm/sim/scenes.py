@@ -20,7 +20,7 @@ from edge_vlm.sim.actors import Motion, MotionContext, make_motion
 from edge_vlm.sim.captions import DIRECTIONS, SCENE_KINDS, scene_caption, scene_references
 from edge_vlm.sim.dataset import (FRAME_BATCH, LitRoom, LogIrradiance, Recording, Room, Box,
                                   Simulated, _u, cut, make_room, simulate_events)
-from edge_vlm.sim.gestures import POSITIONS, REST, SPEEDS, Subject, joints, make_subject
+from edge_vlm.sim.gestures import POSITIONS, REST, SPEEDS, Subject, joints, luma, make_subject
 from edge_vlm.sim.render import (LIGHTING_NAMES, LOG_EPS, add_clutter, draw_capsules,
                                  lighting_spec, render_figure, render_static, shift_images,
                                  to_rgb8)
@@ -199,8 +199,8 @@ class ActorScene(LitRoom):
         return out
 
     def initial_log(self, t_s: np.ndarray, t_abs_s: np.ndarray) -> np.ndarray:
-        refl0 = (self.reflectance(self.static, t_s, Box(0, 0, self.width, self.height))
-                 @ np.float32([0.299, 0.587, 0.114]))
+        refl0 = luma(self.reflectance(self.static, t_s, Box(0, 0, self.width, self.height)),
+                     np.float32)
         return np.log(self.light.irradiance(refl0, t_abs_s)[0] + LOG_EPS).ravel()
 
     def log_irradiance(self, t_s: np.ndarray, t_abs_s: np.ndarray,
