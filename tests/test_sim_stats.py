@@ -9,11 +9,15 @@
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -26,6 +30,7 @@ from edge_vlm.io.bag_writer import write_bag
 from edge_vlm.sim.dataset import simulate_clip, simulate_static
 from edge_vlm.sim.dvs import (REAL_T_RES_NS, SENSOR_RANGES, EventSimulator, make_sensor,
                               noise_events)
+from edge_vlm.sim.gestures import LUMA, luma
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "real"))
@@ -142,9 +147,6 @@ def test_nominal_output_does_not_depend_on_the_blas_kernel(kernel):
     AMD EPYC selects Zen's): the simulator's luminance was a matrix product, and on Zen's and
     Haswell's kernels two of the three recordings differed from the pins (made on an Intel Xeon,
     SkylakeX's kernels)."""
-    import ast
-    import subprocess
-    import sys
     code = ("import hashlib, sys; sys.path.insert(0, 'tests'); "
             "from test_sim_stats import _nominal_outputs; "
             "print({n: (len(e), hashlib.sha256(e.tobytes()).hexdigest()) "
@@ -158,9 +160,6 @@ def test_nominal_output_does_not_depend_on_the_blas_kernel(kernel):
 def test_luma_rounds_each_multiply_add_once():
     """``luma`` against exact rationals: float32 images red, green, blue; float64 one colour red,
     green, blue, several green, red, blue; each multiply-add rounded once (ties included)."""
-    from fractions import Fraction
-
-    from edge_vlm.sim.gestures import LUMA, luma
     rng = np.random.default_rng(4)
     img = rng.random((6, 7, 3)).astype(np.float32)
     img[0] = np.round(img[0] * 16) / 16                        # short mantissas: exact sums
