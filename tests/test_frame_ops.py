@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from edge_vlm.inference.engine import StreamingCaptioner
 from edge_vlm.inference.frame_tensors import FrameTensors
 from edge_vlm.model.anc import AncModel
-from edge_vlm.model.config import ModelConfig
+from edge_vlm.model.config import ModelConfig, age_bucket, age_bucket_np
 from edge_vlm.model.flops import frame_flops
 from edge_vlm.model.layers import Block, avg_pool2x2
 from edge_vlm.model.motion import MotionHead, motion_channels
@@ -135,3 +135,13 @@ def test_frame_flops_are_the_counter_and_independent_copies():
     assert again == frame_flops(c, list(r.layer_tokens), 9, 5, 1, learned_mask=True,
                                 fusion_tokens=17)
     assert dense2 == dense
+
+
+@pytest.mark.parametrize("max_age", [8, 32])
+def test_age_bucket_table_is_the_rule(max_age):
+    """The streaming engines' table lookup gives age_bucket's buckets, for every age (out of
+    range too: negative ages count as 0, older ones as never changed)."""
+    age = np.arange(-3, max_age + 5)
+    want = age_bucket(torch.from_numpy(np.clip(age, 0, None)), max_age)
+    got = age_bucket_np(age, max_age)
+    assert got.dtype == want.dtype and torch.equal(got, want)

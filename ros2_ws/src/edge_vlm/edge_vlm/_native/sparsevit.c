@@ -39,7 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SVIT_ABI 9
+#define SVIT_ABI 10
 
 typedef struct {
     int64_t d, heads, hid, ntok, act;           /* act: 0 relu, 1 gelu (erf) */
@@ -52,7 +52,26 @@ typedef struct {
     const uint16_t *wqkv_h, *wproj_h, *w1_h, *w2_h;
 } svit_layer_t;
 
-int64_t svit_abi(void) { return (int64_t)sizeof(svit_layer_t) | ((int64_t)SVIT_ABI << 16); }
+/* The fusion's cross-attention with its per-token key/value cache (svit_fusion, below). */
+typedef struct {
+    int64_t d, heads, ntok, nq, hid, nage;      /* hid: MLP channels (a multiple of 16) */
+    double eps_kv, eps2;
+    const float *queries, *age;                 /* (nq, d), (nage, d) */
+    /* linear weights packed (see gemm): keys/values (2d outputs), queries, output projection,
+     * MLP; the MLP's activation is GELU (erf) */
+    const float *ln_kv_w, *ln_kv_b, *wkv_t, *bkv, *wq_t, *bq, *wproj_t, *bproj, *ln2_w, *ln2_b;
+    const float *w1_t, *b1, *w2_t, *b2;
+    /* the vision head (model/sttf.py gesture_logits): layer norm over (mean of the fused
+     * queries, mean of the cached z rows of bucket <= dyn_bucket), then (ncls, 2d) row-major */
+    int64_t ncls, dyn_bucket;
+    double eps_g;
+    const float *gln_w, *gln_b, *gfc_w, *gfc_b;
+    /* the cache (owned by the caller): z (N, d) tokens + age embedding, keys transposed
+     * (H, d/H, N), values (H, N, d/H) */
+    float *z, *kt, *v;
+} svit_fusion_t;
+
+int64_t svit_abi(void) { return (int64_t)(sizeof(svit_layer_t) + sizeof(svit_fusion_t)) | ((int64_t)SVIT_ABI << 16); }
 
 int64_t svit_cpu_ok(void) {
     __builtin_cpu_init();
@@ -734,4 +753,105 @@ int64_t svit_encode(const svit_layer_t *const *Ls, int64_t nl, int64_t n, const 
         for (int64_t i = 0; i < n; i++)
             k->layer_norm(1, d, out + idx[i] * d, vis + idx[i] * d, ln_w, ln_b, eps);
     return nl;
+}
+
+/* The vision head of the fused queries out (nq, d) and the cached z (see svit_fusion_t). */
+static void vision_head(const svit_ops_t *k, const svit_fusion_t *F, const float *out,
+                        const int64_t *bucket, float *hv, float *logits) {
+    const int64_t d = F->d, N = F->ntok;
+    float *hn = hv + 2 * d;
+    for (int64_t c = 0; c < 2 * d; c++)
+        hv[c] = 0.0f;
+    for (int64_t i = 0; i < F->nq; i++)
+        for (int64_t c = 0; c < d; c++)
+            hv[c] += out[i * d + c];
+    int64_t cnt = 0;
+    for (int64_t j = 0; j < N; j++)
+        if (bucket[j] <= F->dyn_bucket) {
+            cnt++;
+            for (int64_t c = 0; c < d; c++)
+                hv[d + c] += F->z[j * d + c];
+        }
+    for (int64_t c = 0; c < d; c++) {
+        hv[c] /= (float)F->nq;
+        hv[d + c] /= (float)(cnt > 0 ? cnt : 1);
+    }
+    k->layer_norm(1, 2 * d, hv, hn, F->gln_w, F->gln_b, F->eps_g);
+    for (int64_t o = 0; o < F->ncls; o++) {
+        float acc = F->gfc_b[o];
+        for (int64_t c = 0; c < 2 * d; c++)
+            acc += F->gfc_w[o * 2 * d + c] * hn[c];
+        logits[o] = acc;
+    }
+}
+
+/* The fusion (model/sttf.py Fusion, inference/fusion_cache.py): the tokens idx (n of them) get
+ * z = vis + age[bucket] and their keys/values (layer norm, projection) in the cache; then the nq
+ * learned queries attend to all N cached keys/values, the scores biased by strength * change[j],
+ * and x = queries + proj(attention), out = x + mlp(ln2(x)) (nq, d); then the vision head's
+ * logits (ncls). n = N with idx = 0..N-1 fills the whole cache. Returns 0, -1 when the shapes are not supported, an index or bucket is
+ * out of range or no kernels run on this CPU (nothing written; the caller runs PyTorch), -2 on
+ * allocation failure. */
+int64_t svit_fusion(const svit_fusion_t *F, int64_t n, const int64_t *idx, const float *vis,
+                    const int64_t *bucket, const uint8_t *change, double strength, float *out,
+                    float *logits) {
+    const int64_t d = F->d, h = F->heads, N = F->ntok, nq = F->nq, hid = F->hid;
+    if (svit_isa() <= 0 || h <= 0 || d % h || d % 16 || (d / h) % 16 || N % 16 || hid % 16
+        || nq <= 0 || n < 0 || n > N)
+        return -1;
+    for (int64_t i = 0; i < n; i++)
+        if (idx[i] < 0 || idx[i] >= N || bucket[idx[i]] < 0 || bucket[idx[i]] >= F->nage)
+            return -1;
+    if (F->ncls <= 0 || F->dyn_bucket < 0)
+        return -1;
+    const svit_ops_t *k = ops();
+    const int64_t dh = d / h;
+    const size_t need = (size_t)n * (size_t)(4 * d) + (size_t)nq * (size_t)(4 * d + N + hid)
+                        + (size_t)(4 * d);
+    float *buf = workspace(need);
+    if (!buf)
+        return -2;
+    float *zz = buf, *y = zz + n * d, *kv = y + n * d, *q = kv + n * 2 * d, *s = q + nq * d;
+    float *att = s + nq * N, *y2 = att + nq * d, *hdn = y2 + nq * d;
+    svit_pf_t pf = {0};
+    for (int64_t i = 0; i < n; i++) {                /* z rows, into the cache */
+        const float *a = vis + idx[i] * d, *e = F->age + bucket[idx[i]] * d;
+        for (int64_t c = 0; c < d; c++)
+            zz[i * d + c] = a[c] + e[c];
+        memcpy(F->z + idx[i] * d, zz + i * d, (size_t)d * sizeof(float));
+    }
+    if (n) {
+        k->layer_norm(n, d, zz, y, F->ln_kv_w, F->ln_kv_b, F->eps_kv);
+        k->gemm(n, 2 * d, d, y, d, F->wkv_t, 0, kv, 2 * d, F->bkv, 0, 0, 0, &pf);
+    }
+    for (int64_t i = 0; i < n; i++) {                /* fresh keys / values into the cache */
+        const float *kq = kv + i * 2 * d, *vq = kq + d;
+        for (int64_t hh = 0; hh < h; hh++) {
+            float *kt = F->kt + hh * dh * N + idx[i];
+            for (int64_t e = 0; e < dh; e++)
+                kt[e * N] = kq[hh * dh + e];
+            memcpy(F->v + (hh * N + idx[i]) * dh, vq + hh * dh, (size_t)dh * sizeof(float));
+        }
+    }
+    k->gemm(nq, d, d, F->queries, d, F->wq_t, 0, q, d, F->bq, 0, 0, 0, &pf);
+    const float scale = 1.0f / sqrtf((float)dh), str = (float)strength;
+    for (int64_t hh = 0; hh < h; hh++) {
+        k->gemm(nq, N, dh, q + hh * dh, d, F->kt + hh * dh * N, N, s, N, NULL, 0, 0, 0, &pf);
+        for (int64_t i = 0; i < nq; i++)             /* scaled scores plus the mask's bias */
+            for (int64_t j = 0; j < N; j++)
+                s[i * N + j] = s[i * N + j] * scale + (change[j] ? str : 0.0f);
+        k->softmax(nq, N, s, 1.0f);
+        k->gemm(nq, dh, N, s, N, F->v + hh * N * dh, dh, att + hh * dh, d, NULL, 0, 0, 0, &pf);
+    }
+    memcpy(out, F->queries, (size_t)(nq * d) * sizeof(float));
+    k->gemm(nq, d, d, att, d, F->wproj_t, 0, out, d, F->bproj, 1, 0, 0, &pf);   /* += proj */
+    k->layer_norm(nq, d, out, y2, F->ln2_w, F->ln2_b, F->eps2);
+    k->gemm(nq, hid, d, y2, d, F->w1_t, 0, hdn, hid, F->b1, 0, 0, 0, &pf);
+    for (int64_t i = 0; i < nq * hid; i++) {
+        float v = hdn[i];
+        hdn[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+    k->gemm(nq, d, hid, hdn, hid, F->w2_t, 0, out, d, F->b2, 1, 0, 0, &pf);     /* += mlp */
+    vision_head(k, F, out, bucket, hdn + nq * hid, logits);
+    return 0;
 }

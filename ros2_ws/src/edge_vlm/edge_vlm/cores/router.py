@@ -15,7 +15,7 @@ from edge_vlm.inference.native_convs import estimator_logits
 from edge_vlm.inference.routing import choose_branches
 from edge_vlm.model.anc import LEVELS, budget_cap
 from edge_vlm.model.checkpoint import CheckpointError
-from edge_vlm.model.config import age_bucket
+from edge_vlm.model.config import age_bucket_np
 from edge_vlm.model.flops import estimator_flops, vit_flops
 from edge_vlm.params import resolve
 from edge_vlm.stream.frames import Frame, frame_histogram
@@ -78,7 +78,7 @@ class RouterCore:
         with torch.no_grad():
             self.age = (np.where(change, 0, c.max_age) if self.age is None
                         else np.where(change, 0, np.minimum(self.age + 1, c.max_age)))
-            bucket = age_bucket(torch.from_numpy(self.age), c.max_age)[None]
+            bucket = age_bucket_np(self.age, c.max_age)[None]
             logits = self.model.route_logits(ft.hist, torch.from_numpy(change)[None], bucket,
                                              ft.log, run=estimator_logits)
         probs = torch.softmax(logits, dim=-1)[0].numpy().astype(np.float32)

@@ -14,7 +14,7 @@ from edge_vlm.inference.native_convs import estimator_logits
 from edge_vlm.inference.routing import Route, Routing, choose_branches
 from edge_vlm.inference.vit import dense_infer, sparse_infer
 from edge_vlm.model.anc import LEVELS, AncModel, branch_params, budget_cap
-from edge_vlm.model.config import age_bucket
+from edge_vlm.model.config import age_bucket_np
 from edge_vlm.model.flops import (decoder_flops, embed_flops, estimator_flops, fusion_flops,
                                   mask_flops, vit_flops)
 
@@ -99,7 +99,7 @@ class AncStreamingCaptioner(StreamingCaptioner):
                 return routing
             override = None                      # unusable: the local estimator routes
         self.route_estimated = True
-        bucket = age_bucket(torch.from_numpy(self.age), self.cfg.max_age)[None]
+        bucket = age_bucket_np(self.age, self.cfg.max_age)[None]
         ft = FrameTensors.of(hist, self.frame)
         logits = self.model.route_logits(ft.hist, torch.from_numpy(change)[None], bucket, ft.log,
                                          run=estimator_logits)

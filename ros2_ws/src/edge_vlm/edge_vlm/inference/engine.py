@@ -45,7 +45,7 @@ from edge_vlm.inference.native_decoder import decoder_start
 from edge_vlm.inference.memory import new_memory
 from edge_vlm.inference.routing import Route
 from edge_vlm.inference.vit import dense_infer, sparse_infer
-from edge_vlm.model.config import ModelConfig, age_bucket
+from edge_vlm.model.config import ModelConfig, age_bucket_np
 from edge_vlm.model.decoding import decode_beam, decode_greedy
 from edge_vlm.model.flops import decoder_flops, frame_flops
 from edge_vlm.model.motion import MotionState, patch_channel_counts, split_heads
@@ -372,20 +372,21 @@ class StreamingCaptioner:
             self.since_dense += 1
         self.memory = enc.vis
         t2 = time.perf_counter()
-        bucket = age_bucket(torch.from_numpy(self.age), c.max_age)
+        bucket = age_bucket_np(self.age, c.max_age)
         change_t = torch.from_numpy(change)
+        vision = None
         if self.sparse:     # keys/values recomputed only where a vision token or age bucket moved
             ff = self.fusion_cache.fuse(self.memory, bucket, change_t)
-            fused, z, fusion_tokens = ff.fused, ff.z, ff.recomputed
+            fused, z, fusion_tokens, vision = ff.fused, ff.z, ff.recomputed, ff.vision
         else:
             fused, z = self.model.fuse(self.memory[None], bucket[None], change_t[None])
             fusion_tokens = c.num_tokens
-        bucket = bucket[None]
         motion = None
         if self.model.motion is not None:
             counts = patch_channel_counts(self.frame.hist[0], c.patch)
             motion = torch.from_numpy(self.motion_state.update(self.age, counts, c.max_age))[None]
-        vision = self.model.gesture_logits(fused, z, bucket)
+        if vision is None:
+            vision = self.model.gesture_logits(fused, z, bucket[None])
         logits = (vision if motion is None
                   else self.model.motion(motion, vision, trunk=motion_trunk))
         self.last_rgb = has_rgb

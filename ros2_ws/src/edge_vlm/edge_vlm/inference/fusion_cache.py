@@ -12,9 +12,14 @@ fifth of the full key/value projection, but at this model's size (D = 128, Q = 8
 one CPU thread) they are a dozen small calls whose fixed cost dominates the stage's wall time,
 so the cache saves the FLOPs of the unchanged rows and only part of the stage's time.
 
+Where the encoder's native kernel runs (:mod:`.native_fusion`), the cache lives in the kernel's
+layout and the whole stage (the changed rows, the attention, the MLP, the vision head's logits)
+is one C call.
+
 The output equals the full recompute (:meth:`~edge_vlm.model.sttf.CaptionModel.fuse`) up to
 float rounding of matrix products of different row counts
-(``tests/test_fusion_cache.py``: max abs difference <= 1e-5 over recorded sequences).
+(``tests/test_fusion_cache.py``: max abs difference <= 1e-5 over recorded sequences; the native
+kernel: ``tests/test_native_fusion.py``).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from edge_vlm.inference.native_fusion import NativeFusion
 from edge_vlm.model.sttf import CaptionModel
 
 
@@ -34,6 +40,7 @@ class FusedFrame:
     z: torch.Tensor         # vision tokens with their age embedding (1, N, D): the cache's
     #                         own tensor, updated in place by the next frame (clone to keep)
     recomputed: int         # tokens whose keys/values were recomputed this frame
+    vision: torch.Tensor | None = None  # (1, K) the vision head's logits (the native kernel's)
 
 
 class FusionCache:
@@ -50,6 +57,8 @@ class FusionCache:
         self.z: torch.Tensor | None = None          # vis + age embedding (N, D)
         self.kv: torch.Tensor | None = None         # keys and values (N, 2D)
         self._weights: tuple = ()
+        # the native kernel's cache (None: not made yet, False: PyTorch in this cache)
+        self.native: NativeFusion | None | bool = None
 
     def _weights_version(self) -> tuple:
         """Identity and version of the weights the cached rows depend on (a changed weight,
@@ -69,24 +78,55 @@ class FusionCache:
         moved |= bucket.numpy() != self.bucket.numpy()
         return torch.from_numpy(np.flatnonzero(moved))
 
+    def _native(self, rows: torch.Tensor | None) -> NativeFusion | None:
+        """The native cache for this frame (made anew when ``rows`` is None: every row is then
+        recomputed); None: PyTorch."""
+        if self.native is False:
+            return None
+        if rows is None:
+            self.native = NativeFusion.build(self.model, self.model.cfg.num_tokens) or False
+        return self.native or None
+
     def fuse(self, vis: torch.Tensor, bucket: torch.Tensor, change: torch.Tensor) -> FusedFrame:
         """``vis`` (N, D) vision tokens, ``bucket`` (N,) age buckets, ``change`` (N,) change mask
         -> the frame's fusion, as :meth:`CaptionModel.fuse` computes it. Inference: call it
-        without autograd (the engine's ``perceive`` runs under ``torch.no_grad``)."""
-        f = self.model.fusion
+        without autograd (the engine's ``perceive`` runs under ``torch.no_grad``; with autograd
+        on, the PyTorch path runs)."""
         rows = self._rows(vis, bucket)
+        native = (self.native is not False and vis.dtype == torch.float32
+                  and not torch.is_grad_enabled())
+        if native and (self.native is None or self.native.stale()):
+            rows = None             # no native cache yet, or its weights changed: every row
+        elif not native and self.native:    # PyTorch this frame: it goes on from the native
+            self.z, self.kv = self.native.z.clone(), self.native.keys_values()   # cache, which
+            self.native = None      # then misses this frame (made anew by the next native one)
         if rows is None:
             self.vis, self.bucket = vis.detach().clone(), bucket.clone()
+        elif rows.numel():
+            self.vis.index_copy_(0, rows, vis.index_select(0, rows))
+            self.bucket.index_copy_(0, rows, bucket.index_select(0, rows))
+        nat = self._native(rows) if native else None
+        if nat is not None:
+            idx = np.arange(vis.shape[0]) if rows is None else rows.numpy()
+            out = nat.run(idx, vis, bucket, change.numpy(), float(self.model.mask_strength))
+            if out is not None:
+                self.z, self.kv = nat.z, None   # (PyTorch's keys/values are not kept meanwhile)
+                return FusedFrame(out.fused, nat.z[None], len(idx), out.vision)
+            self.native, rows = False, None     # refused: PyTorch from now on, every row anew
+        return self._torch(vis, bucket, change, rows)
+
+    def _torch(self, vis: torch.Tensor, bucket: torch.Tensor, change: torch.Tensor,
+               rows: torch.Tensor | None) -> FusedFrame:
+        """The PyTorch path of :meth:`fuse` (``self.vis`` / ``self.bucket`` already updated)."""
+        f = self.model.fusion
+        if rows is None or self.kv is None:
             self.z = f.tokens(vis, bucket)
             self.kv = f.keys_values(self.z)
             n = int(vis.shape[0])
         else:
             n = int(rows.numel())
             if n:
-                v, b = vis.index_select(0, rows), bucket.index_select(0, rows)
-                self.vis.index_copy_(0, rows, v)
-                self.bucket.index_copy_(0, rows, b)
-                z = f.tokens(v, b)
+                z = f.tokens(vis.index_select(0, rows), bucket.index_select(0, rows))
                 self.z.index_copy_(0, rows, z)
                 self.kv.index_copy_(0, rows, f.keys_values(z))
         fused = f.attend(self.kv[None], self.model.fusion_bias(change[None], self.kv.dtype))

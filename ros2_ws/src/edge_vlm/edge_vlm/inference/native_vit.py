@@ -46,7 +46,7 @@ from edge_vlm.stream.native_evbin import check_built
 _DIR = str(NATIVE_DIR)
 LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
 SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
-ABI = 9
+ABI = 10
 _PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
 _WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1",
             "w2_t", "b2")
@@ -60,6 +60,20 @@ class LayerStruct(ctypes.Structure):
     _fields_ = ([(n, _I64) for n in ("d", "heads", "hid", "ntok", "act")]
                 + [("eps1", ctypes.c_double), ("eps2", ctypes.c_double)]
                 + [(n, _PTR) for n in _WEIGHTS + _MEMORY + _HALF])
+
+
+class FusionStruct(ctypes.Structure):
+    """``svit_fusion_t`` of sparsevit.c (field for field; :mod:`.native_fusion`)."""
+
+    WEIGHTS = ("queries", "age", "ln_kv_w", "ln_kv_b", "wkv_t", "bkv", "wq_t", "bq", "wproj_t",
+               "bproj", "ln2_w", "ln2_b", "w1_t", "b1", "w2_t", "b2")
+    HEAD = ("gln_w", "gln_b", "gfc_w", "gfc_b")
+    CACHE = ("z", "kt", "v")
+    _fields_ = ([(n, _I64) for n in ("d", "heads", "ntok", "nq", "hid", "nage")]
+                + [("eps_kv", ctypes.c_double), ("eps2", ctypes.c_double)]
+                + [(n, _PTR) for n in WEIGHTS]
+                + [("ncls", _I64), ("dyn_bucket", _I64), ("eps_g", ctypes.c_double)]
+                + [(n, _PTR) for n in HEAD + CACHE])
 
 
 _lib = None
@@ -83,7 +97,8 @@ def load():
             lib.svit_cpu_ok.restype = _I64
             if not lib.svit_cpu_ok():
                 raise OSError("this CPU lacks AVX2/FMA/F16C")
-            if int(lib.svit_abi()) != (ctypes.sizeof(LayerStruct) | ABI << 16):
+            sizes = ctypes.sizeof(LayerStruct) + ctypes.sizeof(FusionStruct)
+            if int(lib.svit_abi()) != (sizes | ABI << 16):
                 raise OSError(f"{LIB_PATH} does not match native_vit.py (run scripts/setup.sh)")
             lib.svit_set_prefetch.argtypes = [_I64]
             lib.svit_set_prefetch.restype = _I64
@@ -94,6 +109,9 @@ def load():
             lib.svit_encode.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
                                         ctypes.c_double, _PTR, _I64]
             lib.svit_encode.restype = _I64
+            lib.svit_fusion.argtypes = [_PTR, _I64, _PTR, _PTR, _PTR, _PTR, ctypes.c_double,
+                                        _PTR, _PTR]
+            lib.svit_fusion.restype = _I64
             lib.svit_isa.restype = _I64
             lib.svit_set_isa.argtypes = [_I64]
             lib.svit_set_isa.restype = _I64

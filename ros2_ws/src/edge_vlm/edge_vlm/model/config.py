@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
+import numpy as np
 import torch
 
 #: upper bounds (inclusive) of the age buckets, in frames; the last bucket is "older / never"
@@ -71,3 +73,17 @@ def age_bucket(age: torch.Tensor, max_age: int) -> torch.Tensor:
     edges = torch.tensor(AGE_BUCKETS, dtype=age.dtype, device=age.device)
     b = torch.bucketize(age, edges)
     return torch.where(age >= max_age, torch.full_like(b, len(AGE_BUCKETS)), b)
+
+
+@lru_cache(maxsize=8)
+def _bucket_table(max_age: int) -> np.ndarray:
+    """:func:`age_bucket` of every age 0..max_age (read-only)."""
+    t = age_bucket(torch.arange(max_age + 1), max_age).numpy()
+    t.flags.writeable = False
+    return t
+
+
+def age_bucket_np(age: np.ndarray, max_age: int) -> torch.Tensor:
+    """:func:`age_bucket` of an integer numpy ``age`` array (a streaming engine's, per token),
+    by looking up a table of it: the same values, without four tensor calls per frame."""
+    return torch.from_numpy(_bucket_table(max_age)[np.clip(age, 0, max_age)])

@@ -41,6 +41,9 @@ from edge_vlm.model.config import ModelConfig, age_bucket, patchify
 from edge_vlm.model.layers import Block, CrossAttention, avg_pool2x2
 from edge_vlm.model.motion import MotionHead
 
+#: the vision head's "recently changed" tokens: age bucket <= this (changed within the last 8
+#: frames)
+DYN_BUCKET = 4
 
 # ----------------------------------------------------------------------------- change mask
 class ChangeMaskNet(nn.Module):
@@ -264,7 +267,7 @@ class CaptionModel(nn.Module):
         """Gesture from the fused queries plus the mean of the recently changed tokens (the
         vision head); with a motion head and ``motion`` (B, C, g, g), the motion state's
         logits plus the vision head's weighted log-probabilities (:class:`.motion.MotionHead`)."""
-        w = (bucket <= 4).to(z.dtype)[..., None]          # changed within the last 8 frames
+        w = (bucket <= DYN_BUCKET).to(z.dtype)[..., None]
         dyn = (z * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
         ln, fc = self.gesture[0], self.gesture[1]           # (functional: as the modules)
         h = F.layer_norm(torch.cat([fused.mean(dim=1), dyn], dim=-1), ln.normalized_shape,
