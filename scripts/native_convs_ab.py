@@ -1,15 +1,19 @@
 """A native kernel against its PyTorch code, lock-step on the same frames (issue 19):
 ``--kernel convs``, the small conv nets (change-mask net, motion head trunk, ANC estimator;
-docs/design.md, "Native small conv nets"), or ``--kernel decoder``, the caption decoder's
-teacher-forced pass (docs/design.md, "The decoder's pass on the encoder's kernel").
+docs/design.md, "Native small conv nets"), ``--kernel decoder``, the caption decoder's
+teacher-forced pass (docs/design.md, "The decoder's pass on the encoder's kernel"), or
+``--kernel stages``, the token memory update and the fusion stage (docs/design.md, "The memory
+update and the fusion stage in one call each").
 
-    python scripts/native_convs_ab.py [--kernel convs|decoder] [--recordings 2] [--threads 1]
+    python scripts/native_convs_ab.py [--kernel convs|decoder|stages] [--recordings 2]
+                                      [--threads 1]
 
 Streams the first N STTF test recordings (the bench's ``test_recordings``) through four engines
 of the shipped checkpoint, STTF (Medium, sparse) and STTF+ANC (routed), each once with the
 kernel's part in PyTorch and once native, the four taking every frame in turn: machine noise
 hits both paths alike, so the ratios hold on a loaded machine. Prints the mean and median
-whole-frame and decoder-stage ms after five warm-up frames, the STTF+ANC frames of low motion
+whole-frame and decoder-stage ms (``stages``: memory and fusion stages) after five warm-up
+frames, the STTF+ANC frames of low motion
 apart (the bench's ``walltime_reduction_low_motion`` frames), and on how many frames the two
 paths' captions differ.
 """
@@ -23,7 +27,7 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--kernel", choices=("convs", "decoder"), default="convs")
+    ap.add_argument("--kernel", choices=("convs", "decoder", "stages"), default="convs")
     ap.add_argument("--recordings", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -33,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge_vlm.bench.recordings import sim_frames, test_recordings
     from edge_vlm.cores.graph import replay_params
     from edge_vlm.inference import native_convs as nm
-    from edge_vlm.inference import native_decoder, native_vit
+    from edge_vlm.inference import native_decoder, native_stages, native_vit
     torch.set_num_threads(args.threads)
     lib = nm.load() if args.kernel == "convs" else native_vit.load()
     if lib is None:
@@ -44,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     def use(native: bool) -> None:
         if args.kernel == "convs":
             nm._State.lib = lib if native else None
-        else:
+        elif args.kernel == "decoder":
             native_decoder.State.enabled = native
+        else:               # read when an engine makes its native views (its first frame)
+            native_stages.State.enabled = native
     params = replay_params(graph=None).captioner
     ck = _anc_model("")
     keys = [(mode, path) for mode in ("STTF", "STTF+ANC") for path in ("torch", "native")]
@@ -63,11 +69,13 @@ def main(argv: list[str] | None = None) -> int:
                 texts[k].append(r.text)
                 if j >= 5:
                     total[k].append(r.latency_ms["total"])
-                    dec[k].append(r.latency_ms["decoder"])
+                    dec[k].append(r.latency_ms["decoder"] if args.kernel != "stages" else
+                                  r.latency_ms["memory"] + r.latency_ms["fusion"])
                     if f.motion in ("low", "static"):
                         low[k].append(r.latency_ms["total"])
     use(True)
-    print(f"| engine | {args.kernel} | frames | mean ms | median ms | decoder stage mean ms | "
+    stage = "memory + fusion stages" if args.kernel == "stages" else "decoder stage"
+    print(f"| engine | {args.kernel} | frames | mean ms | median ms | {stage} mean ms | "
           "low-motion frames | low-motion mean ms | captions differing |")
     print("|---|---|---|---|---|---|---|---|---|")
     for k in keys:

@@ -18,7 +18,7 @@ from edge_vlm.bench.anc import SWEEP, bench_anc
 from edge_vlm.cli import main
 from edge_vlm.io.codecs import Evt3Decoder, make_decoder
 from edge_vlm.events import concat_events, make_events
-from edge_vlm.inference import native_convs, native_decoder, native_vit
+from edge_vlm.inference import native_convs, native_decoder, native_stages, native_vit
 
 
 def _events(n=3000, seed=0, rate_hz=200_000, t0_ns=5_000_000):
@@ -106,6 +106,7 @@ def test_bench_sttf_quick():
                                     else "torch")
     assert r["convs_backend"] == native_convs.backend()     # the small conv nets' path
     assert r["decoder_backend"] == native_decoder.backend()     # the decoder pass's path
+    assert r["stages_backend"] == native_stages.backend()       # memory update and fusion
     best = min(v["dense_ms_steady"] for v in eb.values())
     assert r["dense_backend"] in eb and eb[r["dense_backend"]]["dense_ms_steady"] == best
     assert r["encoder_ms_steady_dense"] == pytest.approx(best)

@@ -52,6 +52,14 @@ typedef struct {
     const uint16_t *wqkv_h, *wproj_h, *w1_h, *w2_h;
 } svit_layer_t;
 
+/* The token memory's patch embedding and gate (svit_embed, below). */
+typedef struct {
+    int64_t d, ch, patch, h, w;                 /* model dim, event channels, patch side, frame */
+    /* fc1 over the event columns only (ch * patch * patch inputs: the RGB columns of an
+     * events-only frame are zeros), fc2, gate (2d inputs: new, old); packed (see gemm) */
+    const float *w1_t, *b1, *w2_t, *b2, *wg_t, *bg;
+} svit_embed_t;
+
 /* The fusion's cross-attention with its per-token key/value cache (svit_fusion, below). */
 typedef struct {
     int64_t d, heads, ntok, nq, hid, nage;      /* hid: MLP channels (a multiple of 16) */
@@ -71,7 +79,7 @@ typedef struct {
     float *z, *kt, *v;
 } svit_fusion_t;
 
-int64_t svit_abi(void) { return (int64_t)(sizeof(svit_layer_t) + sizeof(svit_fusion_t)) | ((int64_t)SVIT_ABI << 16); }
+int64_t svit_abi(void) { return (int64_t)(sizeof(svit_layer_t) + sizeof(svit_fusion_t) + sizeof(svit_embed_t)) | ((int64_t)SVIT_ABI << 16); }
 
 int64_t svit_cpu_ok(void) {
     __builtin_cpu_init();
@@ -853,5 +861,68 @@ int64_t svit_fusion(const svit_fusion_t *F, int64_t n, const int64_t *idx, const
     }
     k->gemm(nq, d, hid, hdn, hid, F->w2_t, 0, out, d, F->b2, 1, 0, 0, &pf);     /* += mlp */
     vision_head(k, F, out, bucket, hdn + nq * hid, logits);
+    return 0;
+}
+
+/* The token memory update of an events-only frame (model/sttf.py PatchEmbed, the engine's
+ * _update_memory): for each of the n tokens idx, its patch of hist (ch, h, w) as log1p counts
+ * (zeros where on[i] is 0: a patch outside the change mask counts as empty), embedded as
+ * fc2(gelu(fc1(.))); where merge[i], gated into the token's row of e (N, d): g = sigmoid(gate(new,
+ * old)), e = g * new + (1 - g) * old; else it replaces the row. Returns 0, -1 when the shapes
+ * are not supported, an index is out of range or no kernels run on this CPU (nothing written;
+ * the caller runs PyTorch), -2 on allocation failure. */
+int64_t svit_embed(const svit_embed_t *E, int64_t n, const int64_t *idx, const uint8_t *on,
+                   const uint8_t *merge, const float *hist, float *e, int64_t ntok) {
+    const int64_t d = E->d, p = E->patch, C = E->ch, K = C * p * p;
+    if (svit_isa() <= 0 || d % 16 || K % 16 || p <= 0 || E->h % p || E->w % p || n < 0
+        || ntok != (E->h / p) * (E->w / p))
+        return -1;
+    for (int64_t i = 0; i < n; i++)
+        if (idx[i] < 0 || idx[i] >= ntok)
+            return -1;
+    if (n == 0)
+        return 0;
+    const svit_ops_t *k = ops();
+    float *buf = workspace((size_t)n * (size_t)(K + 4 * d));
+    if (!buf)
+        return -2;
+    float *x = buf, *hid = x + n * K, *cat = hid + n * d, *g = cat + n * 2 * d;
+    svit_pf_t pf = {0};
+    const int64_t gw = E->w / p;
+    for (int64_t i = 0; i < n; i++) {                /* the patches, as the engine's _content */
+        const int64_t gy = idx[i] / gw, gx = idx[i] % gw;
+        float *r = x + i * K;
+        for (int64_t c = 0; c < C; c++)
+            for (int64_t py = 0; py < p; py++) {
+                const float *src = hist + (c * E->h + gy * p + py) * E->w + gx * p;
+                for (int64_t px = 0; px < p; px++)
+                    *r++ = on[i] ? log1pf(src[px]) : 0.0f;
+            }
+    }
+    k->gemm(n, d, K, x, K, E->w1_t, 0, hid, d, E->b1, 0, 0, 0, &pf);
+    for (int64_t i = 0; i < n * d; i++) {
+        float v = hid[i];
+        hid[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    }
+    for (int64_t i = 0; i < n; i++)                  /* new into the first half of cat */
+        memcpy(cat + i * 2 * d + d, e + idx[i] * d, (size_t)d * sizeof(float));
+    k->gemm(n, d, d, hid, d, E->w2_t, 0, cat, 2 * d, E->b2, 0, 0, 0, &pf);
+    int any = 0;
+    for (int64_t i = 0; i < n; i++)
+        any |= merge[i] != 0;
+    if (any)
+        k->gemm(n, d, 2 * d, cat, 2 * d, E->wg_t, 0, g, d, E->bg, 0, 0, 0, &pf);
+    for (int64_t i = 0; i < n; i++) {
+        float *row = e + idx[i] * d;
+        const float *nw = cat + i * 2 * d, *old = nw + d;
+        if (!merge[i]) {
+            memcpy(row, nw, (size_t)d * sizeof(float));
+            continue;
+        }
+        for (int64_t c = 0; c < d; c++) {
+            const float gg = 1.0f / (1.0f + expf(-g[i * d + c]));
+            row[c] = gg * nw[c] + (1.0f - gg) * old[c];
+        }
+    }
     return 0;
 }

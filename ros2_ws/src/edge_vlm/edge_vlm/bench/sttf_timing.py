@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from edge_vlm.bench.engines import encoder_backend, native_vit_available, sttf_engine
-from edge_vlm.inference import native_convs, native_decoder
+from edge_vlm.inference import native_convs, native_decoder, native_stages
 from edge_vlm.inference.memory import new_memory
 from edge_vlm.inference.vit import backend_choice, dense_infer, sparse_infer
 from edge_vlm.model.sttf import CaptionModel
@@ -175,6 +175,8 @@ def timing_figures(m: TimingMedians, refreshed: np.ndarray, active_frac: np.ndar
         "convs_backend": native_convs.backend(),
         # the caption decoder's teacher-forced pass, both modes (inference/native_decoder.py)
         "decoder_backend": native_decoder.backend(),
+        # the memory update and the fusion stage, both modes (inference/native_stages.py)
+        "stages_backend": native_stages.backend(),
         "speedup_limit": limit,
         # the share of the ideal (total / active tokens) speedup the sparse encoder reaches
         "encoder_efficiency": speedup / limit if speedup and limit else None,

@@ -29,7 +29,6 @@ Per frame:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -39,11 +38,13 @@ from edge_vlm.inference.grounding import (SHAKE_WINDOW_FRAMES, CaptionTrie, Scen
                                           SceneSmoother, calibrated, caption_key, decide,
                                           gesture_captions, scene_text)
 from edge_vlm.inference.frame_tensors import FrameTensors
+from edge_vlm.inference.records import (DecodedCaption, EncoderOutput, FrameResult, Perception,
+                                        StageTimes)
 from edge_vlm.inference.fusion_cache import FusionCache
 from edge_vlm.inference.native_convs import mask_net_logits, motion_trunk
 from edge_vlm.inference.native_decoder import decoder_start
+from edge_vlm.inference.native_stages import NativeEmbed
 from edge_vlm.inference.memory import new_memory
-from edge_vlm.inference.routing import Route
 from edge_vlm.inference.vit import dense_infer, sparse_infer
 from edge_vlm.model.config import ModelConfig, age_bucket_np
 from edge_vlm.model.decoding import decode_beam, decode_greedy
@@ -52,99 +53,6 @@ from edge_vlm.model.motion import MotionState, patch_channel_counts, split_heads
 from edge_vlm.model.sttf import CaptionModel
 from edge_vlm.model.tokenizer import Tokenizer
 from edge_vlm.stream.histogram import patch_counts
-
-
-@dataclass
-class FrameResult:
-    text: str
-    score: float               # mean token log-probability of a decoded text; 0.0 verbalised
-    label: int                 # published gesture 1..11, 0 = no gesture (grounding.decide)
-    gesture_name: str          # "" for no gesture
-    confidence: float          # calibrated, smoothed probability of ``label``
-    active_tokens: int         # tokens re-encoded this frame
-    total_tokens: int
-    change_tokens: int         # tokens in the change mask (subset of active_tokens)
-    refreshed: bool
-    flops: dict[str, float]
-    flops_dense: float
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    frame_index: int = 0
-    caption_fresh: bool = True  # False: text reused (caption_period, caption_reuse_threshold)
-    layer_tokens: list = field(default_factory=list)   # tokens recomputed per encoder layer
-    route: Route | None = None                         # the joint STTF+ANC engine's route
-    scene: SceneReport | None = None                   # what the heads found (grounding)
-
-    @property
-    def flops_executed(self) -> float:
-        return float(sum(self.flops.values()))
-
-
-@dataclass(slots=True)
-class StageTimes:
-    """``time.perf_counter()`` at the stage boundaries of one frame (s)."""
-
-    start: float
-    mask: float             # change mask done
-    memory: float           # token memory updated
-    encoder: float          # encoder done
-    fusion: float           # fusion and gesture head done
-    decoder: float = 0.0    # text decoder done
-
-    def latency_ms(self, router_ms: float | None) -> dict[str, float]:
-        """Per-stage wall time (ms); an ANC router that ran inside the encoder stage is reported
-        as its own stage (the encoder time is the ViT's alone)."""
-        lat = {"mask": (self.mask - self.start) * 1e3, "memory": (self.memory - self.mask) * 1e3}
-        enc = (self.encoder - self.memory) * 1e3
-        if router_ms is not None:
-            lat["router"] = router_ms
-            enc -= router_ms
-        lat.update({"encoder": enc, "fusion": (self.fusion - self.encoder) * 1e3,
-                    "decoder": (self.decoder - self.fusion) * 1e3,
-                    "total": (self.decoder - self.start) * 1e3})
-        return lat
-
-
-@dataclass(slots=True)
-class EncoderOutput:
-    """The encoder stage of a frame (``_encode``)."""
-
-    vis: torch.Tensor                   # vision tokens (N, D)
-    layer_tokens: list[int]             # tokens recomputed per layer (ANC: the dominant branch's)
-    dense: bool                         # a dense pass ran
-    decoder_layers: int | None = None   # ANC: decoder blocks of the dominant level (None: all)
-    decoder_beam: int | None = None     # ANC: its widest beam (None: the engine's beam_size)
-    route: Route | None = None          # ANC
-    branch_tokens: dict[int, list[int]] = field(default_factory=dict)   # ANC: per branch that ran
-    router_ms: float | None = None      # ANC: the routing stage's wall time (in the encoder stage)
-
-
-@dataclass(slots=True)
-class Perception:
-    """Every stage of a frame but the text decoder (:meth:`StreamingCaptioner.perceive`)."""
-
-    change: np.ndarray                  # the change mask (bool, N)
-    changed: np.ndarray                 # tokens whose memory input changed (indices)
-    enc: EncoderOutput
-    resync: bool                        # the whole memory was re-embedded
-    fused: torch.Tensor                 # fused queries (1, Q, D)
-    logits: torch.Tensor                # gesture logits (K,)
-    vision_logits: torch.Tensor         # the vision head's (K,)
-    motion: torch.Tensor | None         # the motion state the motion head read (1, C, g, g)
-    learned_mask: bool                  # the change mask came from the mask net
-    times: StageTimes
-    fusion_tokens: int = 0              # tokens whose fusion keys/values were recomputed
-
-
-@dataclass(slots=True)
-class DecodedCaption:
-    """The last decoded text and what it was decoded from (the reference of the caption gate)."""
-
-    ids: list[int]
-    score: float
-    key: tuple                          # what it says (grounding key: kind, gesture, ...)
-    pathway: tuple                      # (decoder layers, beam width)
-    prefix: torch.Tensor                # the fused queries it was decoded from
-    text: str = ""                      # the published text
 
 
 MASK_MODES = ("learned", "event_count")
@@ -242,6 +150,7 @@ class StreamingCaptioner:
         self.smoother = SceneSmoother()
         self.published = 0                  # the gesture published on the last frame
         self.frame: FrameTensors | None = None  # the frame in progress as tensors (its stages')
+        self._native_embed: NativeEmbed | None | bool = None   # (False: PyTorch's)
 
     def force_refresh(self) -> None:
         """Resynchronise on the next frame (after dropped frames): re-embed every patch, dense
@@ -296,7 +205,10 @@ class StreamingCaptioner:
         c = self.cfg
         if resync:
             idx = np.arange(c.num_tokens)
-            self.e = self.model.embed(self._content(hist, rgb, idx, change))
+            e = torch.empty(c.num_tokens, c.dim)
+            if not self._embed_native(e, hist, rgb, idx, change, np.zeros(c.num_tokens, bool)):
+                e = self.model.embed(self._content(hist, rgb, idx, change))
+            self.e = e
             self.age = np.where(change, 0, c.max_age)
             return idx
         expired = (self.age == c.max_age - 1) & ~change
@@ -305,18 +217,39 @@ class StreamingCaptioner:
         before = self.e
         if len(upd) or len(exp):
             self.e = self.e.clone()
-        if len(upd):
-            ut = torch.from_numpy(upd)
-            new = self.model.embed(self._content(hist, rgb, upd, change))
-            self.e[ut] = self.model.embed.merge(new, self.e[ut])
-        if len(exp):
-            self.e[torch.from_numpy(exp)] = self.model.embed(self._content(hist, rgb, exp, change))
+            rows = np.concatenate([upd, exp])
+            flags = np.arange(len(rows)) < len(upd)     # the changed ones: events on, merged
+            if not self._embed_native(self.e, hist, rgb, rows, flags, flags):
+                self._embed(hist, rgb, change, upd, exp)
         changed = np.union1d(upd, exp)
         if self.drift_bound > 0 and len(changed):
             ct = torch.from_numpy(changed)
             self.drift += float((self.e[ct] - before[ct]).norm(dim=-1).sum()
                                 / before.norm(dim=-1).sum().clamp(min=1e-6))
         return changed
+
+    def _embed(self, hist: np.ndarray, rgb: np.ndarray | None, change: np.ndarray,
+               upd: np.ndarray, exp: np.ndarray) -> None:
+        """Into ``self.e``: the changed patches ``upd`` embedded and gated into their tokens, the
+        expired tokens ``exp`` re-embedded (from empty patches: they are not in ``change``)."""
+        if len(upd):
+            ut = torch.from_numpy(upd)
+            new = self.model.embed(self._content(hist, rgb, upd, change))
+            self.e[ut] = self.model.embed.merge(new, self.e[ut])
+        if len(exp):
+            self.e[torch.from_numpy(exp)] = self.model.embed(self._content(hist, rgb, exp, change))
+
+    def _embed_native(self, e: torch.Tensor, hist: np.ndarray, rgb: np.ndarray | None,
+                      rows: np.ndarray, on: np.ndarray, merge: np.ndarray) -> bool:
+        """Memory tokens ``rows`` of ``e`` from an events-only frame in one native call
+        (:meth:`.native_stages.NativeEmbed.run`); False when it does not apply (nothing
+        written)."""
+        nat = self._native_embed
+        if rgb is not None or nat is False or torch.is_grad_enabled():
+            return False
+        if nat is None or nat.stale():
+            nat = self._native_embed = NativeEmbed.build(self.model.embed, self.cfg) or False
+        return bool(nat) and nat.run(e, hist, rows, on, merge)
 
     def _encode(self, hist: np.ndarray, change: np.ndarray, changed: np.ndarray, resync: bool,
                 refresh: bool) -> EncoderOutput:

@@ -12,14 +12,14 @@ fifth of the full key/value projection, but at this model's size (D = 128, Q = 8
 one CPU thread) they are a dozen small calls whose fixed cost dominates the stage's wall time,
 so the cache saves the FLOPs of the unchanged rows and only part of the stage's time.
 
-Where the encoder's native kernel runs (:mod:`.native_fusion`), the cache lives in the kernel's
+Where the encoder's native kernel runs (:mod:`.native_stages`), the cache lives in the kernel's
 layout and the whole stage (the changed rows, the attention, the MLP, the vision head's logits)
 is one C call.
 
 The output equals the full recompute (:meth:`~edge_vlm.model.sttf.CaptionModel.fuse`) up to
 float rounding of matrix products of different row counts
 (``tests/test_fusion_cache.py``: max abs difference <= 1e-5 over recorded sequences; the native
-kernel: ``tests/test_native_fusion.py``).
+kernel: ``tests/test_native_stages.py``).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from edge_vlm.inference.native_fusion import NativeFusion
+from edge_vlm.inference.native_stages import NativeFusion
 from edge_vlm.model.sttf import CaptionModel
 
 

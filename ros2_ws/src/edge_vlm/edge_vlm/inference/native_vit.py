@@ -63,7 +63,7 @@ class LayerStruct(ctypes.Structure):
 
 
 class FusionStruct(ctypes.Structure):
-    """``svit_fusion_t`` of sparsevit.c (field for field; :mod:`.native_fusion`)."""
+    """``svit_fusion_t`` of sparsevit.c (field for field; :mod:`.native_stages`)."""
 
     WEIGHTS = ("queries", "age", "ln_kv_w", "ln_kv_b", "wkv_t", "bkv", "wq_t", "bq", "wproj_t",
                "bproj", "ln2_w", "ln2_b", "w1_t", "b1", "w2_t", "b2")
@@ -74,6 +74,14 @@ class FusionStruct(ctypes.Structure):
                 + [(n, _PTR) for n in WEIGHTS]
                 + [("ncls", _I64), ("dyn_bucket", _I64), ("eps_g", ctypes.c_double)]
                 + [(n, _PTR) for n in HEAD + CACHE])
+
+
+class EmbedStruct(ctypes.Structure):
+    """``svit_embed_t`` of sparsevit.c (field for field; :mod:`.native_stages`)."""
+
+    WEIGHTS = ("w1_t", "b1", "w2_t", "b2", "wg_t", "bg")
+    _fields_ = ([(n, _I64) for n in ("d", "ch", "patch", "h", "w")]
+                + [(n, _PTR) for n in WEIGHTS])
 
 
 _lib = None
@@ -97,7 +105,7 @@ def load():
             lib.svit_cpu_ok.restype = _I64
             if not lib.svit_cpu_ok():
                 raise OSError("this CPU lacks AVX2/FMA/F16C")
-            sizes = ctypes.sizeof(LayerStruct) + ctypes.sizeof(FusionStruct)
+            sizes = sum(map(ctypes.sizeof, (LayerStruct, FusionStruct, EmbedStruct)))
             if int(lib.svit_abi()) != (sizes | ABI << 16):
                 raise OSError(f"{LIB_PATH} does not match native_vit.py (run scripts/setup.sh)")
             lib.svit_set_prefetch.argtypes = [_I64]
@@ -112,6 +120,8 @@ def load():
             lib.svit_fusion.argtypes = [_PTR, _I64, _PTR, _PTR, _PTR, _PTR, ctypes.c_double,
                                         _PTR, _PTR]
             lib.svit_fusion.restype = _I64
+            lib.svit_embed.argtypes = [_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64]
+            lib.svit_embed.restype = _I64
             lib.svit_isa.restype = _I64
             lib.svit_set_isa.argtypes = [_I64]
             lib.svit_set_isa.restype = _I64
