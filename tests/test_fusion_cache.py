@@ -74,7 +74,7 @@ def test_engine_outputs_are_those_of_the_full_fusion(recorded, monkeypatch):
     cached = sttf_engine(model, params, True, minfo)
     full = sttf_engine(model, params, True, minfo)
 
-    def full_fuse(vis, bucket, change):
+    def full_fuse(vis, bucket, change, every_row=False):
         fused, z = model.fuse(vis[None], bucket[None], change[None])
         return FusedFrame(fused, z, vis.shape[0])
 

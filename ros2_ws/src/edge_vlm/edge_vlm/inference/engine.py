@@ -307,13 +307,10 @@ class StreamingCaptioner:
         t2 = time.perf_counter()
         bucket = age_bucket_np(self.age, c.max_age)
         change_t = torch.from_numpy(change)
-        vision = None
-        if self.sparse:     # keys/values recomputed only where a vision token or age bucket moved
-            ff = self.fusion_cache.fuse(self.memory, bucket, change_t)
-            fused, z, fusion_tokens, vision = ff.fused, ff.z, ff.recomputed, ff.vision
-        else:
-            fused, z = self.model.fuse(self.memory[None], bucket[None], change_t[None])
-            fusion_tokens = c.num_tokens
+        # the sparse engine recomputes keys/values only where a vision token or age bucket
+        # moved; the dense baseline every row, on the same (native or PyTorch) path
+        ff = self.fusion_cache.fuse(self.memory, bucket, change_t, every_row=not self.sparse)
+        fused, z, fusion_tokens, vision = ff.fused, ff.z, ff.recomputed, ff.vision
         motion = None
         if self.model.motion is not None:
             counts = patch_channel_counts(self.frame.hist[0], c.patch)

@@ -78,34 +78,39 @@ class FusionCache:
         moved |= bucket.numpy() != self.bucket.numpy()
         return torch.from_numpy(np.flatnonzero(moved))
 
-    def _native(self, rows: torch.Tensor | None) -> NativeFusion | None:
-        """The native cache for this frame (made anew when ``rows`` is None: every row is then
+    def _native(self, rebuild: bool) -> NativeFusion | None:
+        """The native cache for this frame (made anew when ``rebuild``: every row is then
         recomputed); None: PyTorch."""
         if self.native is False:
             return None
-        if rows is None:
+        if rebuild:
             self.native = NativeFusion.build(self.model, self.model.cfg.num_tokens) or False
         return self.native or None
 
-    def fuse(self, vis: torch.Tensor, bucket: torch.Tensor, change: torch.Tensor) -> FusedFrame:
+    def fuse(self, vis: torch.Tensor, bucket: torch.Tensor, change: torch.Tensor,
+             every_row: bool = False) -> FusedFrame:
         """``vis`` (N, D) vision tokens, ``bucket`` (N,) age buckets, ``change`` (N,) change mask
         -> the frame's fusion, as :meth:`CaptionModel.fuse` computes it. Inference: call it
         without autograd (the engine's ``perceive`` runs under ``torch.no_grad``; with autograd
-        on, the PyTorch path runs)."""
-        rows = self._rows(vis, bucket)
+        on, the PyTorch path runs). ``every_row``: recompute every token's row (the dense
+        baseline: no cache, the same kernels)."""
+        rows = None if every_row else self._rows(vis, bucket)
         native = (self.native is not False and vis.dtype == torch.float32
                   and not torch.is_grad_enabled())
-        if native and (self.native is None or self.native.stale()):
+        rebuild = native and (self.native is None or self.native.stale())
+        if rebuild:
             rows = None             # no native cache yet, or its weights changed: every row
         elif not native and self.native:    # PyTorch this frame: it goes on from the native
             self.z, self.kv = self.native.z.clone(), self.native.keys_values()   # cache, which
             self.native = None      # then misses this frame (made anew by the next native one)
-        if rows is None:
+        if every_row:
+            self.vis = None         # (no cache kept: a later call recomputes every row too)
+        elif rows is None:
             self.vis, self.bucket = vis.detach().clone(), bucket.clone()
         elif rows.numel():
             self.vis.index_copy_(0, rows, vis.index_select(0, rows))
             self.bucket.index_copy_(0, rows, bucket.index_select(0, rows))
-        nat = self._native(rows) if native else None
+        nat = self._native(rebuild) if native else None
         if nat is not None:
             idx = np.arange(vis.shape[0]) if rows is None else rows.numpy()
             out = nat.run(idx, vis, bucket, change.numpy(), float(self.model.mask_strength))
