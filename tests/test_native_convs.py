@@ -1,6 +1,7 @@
 """The change-mask net in one C call (_native/convnets.c via inference/native_convs.py): the same
 logits as the net's PyTorch forward up to float rounding, the same mask decisions, its fallbacks,
-and weight changes seen."""
+and weight changes seen; the motion head's trunk and the ANC estimator likewise; the motion
+state maps the numpy code's to the bit."""
 import os
 import shutil
 
@@ -13,7 +14,8 @@ from edge_vlm.bench import recordings
 from edge_vlm.inference import native_convs
 from edge_vlm.inference.engine import StreamingCaptioner
 from edge_vlm.inference.factory import load_model
-from edge_vlm.inference.native_convs import mask_net_logits
+from edge_vlm.inference.native_convs import LOG1P_TABLE, mask_net_logits, motion_state_maps
+from edge_vlm.model.motion import MotionState, patch_channel_counts
 
 from test_model import moving_blob, tiny_model
 from test_native_vit import _cpu_flags
@@ -201,3 +203,42 @@ def test_engines_agree_with_the_pytorch_path():
         assert (a.text, a.label, a.active_tokens, a.route.branch) == (
             b.text, b.label, b.active_tokens, b.route.branch)
         assert abs(a.confidence - b.confidence) <= 1e-5
+
+
+@needs_lib
+def test_motion_state_maps_are_numpys_to_the_bit():
+    """Simulated frames, random ages: the maps and the ring of the native call equal
+    MotionState.update's on every frame (the ring wraps several times)."""
+    params = replay_params(graph=None).captioner
+    frames = recordings.sim_frames(recordings.test_recordings(quick=True)[0], params)
+    a, b = MotionState(16), MotionState(16)
+    rng = np.random.default_rng(0)
+    age = rng.integers(0, 33, 256)
+    for f in frames:
+        age = np.where(rng.random(256) < 0.1, 0, np.minimum(age + 1, 32))
+        got = motion_state_maps(a, f.hist, age, 8, 32)
+        want = b.update(age, patch_channel_counts(f.hist, 8), 32)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert a.pos == b.pos == len(frames) > 3 * len(a.ring) and np.array_equal(a.ring, b.ring)
+
+
+@needs_lib
+def test_motion_state_maps_where_the_kernel_does_not_apply():
+    """Large and fractional counts (log1pf: the last bit may differ), an age outside the table
+    (numpy's code runs), another grid (numpy's code)."""
+    rng = np.random.default_rng(1)
+    age = rng.integers(0, 33, 256)
+    hist = rng.poisson(2.0, (4, 128, 128)).astype(np.float32)
+    hist[0, :8, :8] = LOG1P_TABLE                           # a patch total past the table
+    hist[1, 8:16, :8] += 0.25                               # not counts
+    a, b = MotionState(16), MotionState(16)
+    got = motion_state_maps(a, hist, age, 8, 32)
+    want = b.update(age, patch_channel_counts(hist, 8), 32)
+    assert np.allclose(got, want, rtol=1e-6, atol=0) and np.array_equal(a.ring, b.ring)
+    old = age.copy()
+    old[5] = 40                                             # past max_age: numpy's code
+    got = motion_state_maps(a, hist, old, 8, 32)
+    assert np.array_equal(got, b.update(old, patch_channel_counts(hist, 8), 32))
+    c, d = MotionState(8), MotionState(8)                   # patch 16: 8 x 8 grid
+    got = motion_state_maps(c, hist, age[:64], 16, 32)
+    assert np.array_equal(got, d.update(age[:64], patch_channel_counts(hist, 16), 32))

@@ -5,7 +5,9 @@
  *      x = pool_q(x) (q = patch / 4); logit = scale * (log1p(count) - offset) + conv1x1(x)
  *    with count the events of each patch (all channels);
  * 2. the motion head's trunk (model/motion.py MotionHead._infer), mhead_forward;
- * 3. the ANC complexity estimator (model/anc.py ComplexityEstimator), mest_forward.
+ * 3. the ANC complexity estimator (model/anc.py ComplexityEstimator), mest_forward;
+ * 4. the motion head's input maps of a frame (model/motion.py MotionState.update with
+ *    patch_channel_counts), mstate_input.
  *
  * Why: each net is a dozen small tensor calls a frame, and PyTorch runs the mask net's first
  * conv (4 -> 8 channels at 64 x 64) on its generic im2col path at batch 1; the mask net alone
@@ -426,6 +428,85 @@ TGT int64_t mest_forward(const mest_t *m, const float *hist, const float *loghis
         float s = m->fc_b[k];
         for (int64_t j = 0; j < 11; j++) s += m->fc_w[k * 11 + j] * feat[j];
         out[k] = s;
+    }
+    return 0;
+}
+
+/* ---- 4. the motion state maps ------------------------------------------------------------- */
+typedef struct {
+    int64_t ch, h, w, patch;    /* event channels, frame size, patch side */
+    int64_t ring, nscale, nhist, max_age, nlut;
+    const int64_t *hist_len;    /* (nhist) frames summed by each history map (<= ring) */
+    const float *age_maps;      /* (nscale + 1, max_age + 1): the age channels of every age */
+    const float *lut;           /* (nlut) log1p of the integers 0 .. nlut - 1 */
+} mstate_t;
+
+int64_t mstate_abi(void) { return (int64_t)sizeof(mstate_t) | (int64_t)MNET_ABI << 16; }
+
+static float log1p_of(const mstate_t *S, float v) {
+    const int64_t i = (int64_t)v;
+    return (v >= 0.0f && (float)i == v && i < S->nlut) ? S->lut[i] : log1pf(v);
+}
+
+/* One frame of the motion state: hist (ch, h, w) event counts summed per patch and channel;
+ * their channel total into ring (ring, g, g) at slot pos % ring; the maps x (nscale + 1 + ch +
+ * nhist, g, g): the age channels of each token's age (age_maps), log1p of the counts, log1p of
+ * each history window (the last hist_len[k] slots up to pos). The sums are of event counts
+ * (integers: exact in any order), the log1p of integers below nlut the caller's own table.
+ * Returns 0; -1 when the shapes are not supported or an age is outside 0 .. max_age (nothing
+ * written: the caller runs its numpy path). */
+TGT int64_t mstate_input(const mstate_t *S, const float *hist, const int64_t *age, float *ring,
+                         int64_t pos, float *x) {
+    const int64_t p = S->patch, C = S->ch;
+    if (p <= 0 || S->h % p || S->w % p || S->ring <= 0 || pos < 0 || S->nlut < 1)
+        return -1;
+    const int64_t gh = S->h / p, gw = S->w / p, gg = gh * gw, na = S->nscale + 1;
+    for (int64_t k = 0; k < S->nhist; k++)
+        if (S->hist_len[k] < 1 || S->hist_len[k] > S->ring)
+            return -1;
+    for (int64_t t = 0; t < gg; t++)
+        if (age[t] < 0 || age[t] > S->max_age)
+            return -1;
+    for (int64_t i = 0; i < na; i++)               /* age channels */
+        for (int64_t t = 0; t < gg; t++)
+            x[i * gg + t] = S->age_maps[i * (S->max_age + 1) + age[t]];
+    float *counts = x + na * gg, *slot = ring + (pos % S->ring) * gg;
+    memset(counts, 0, sizeof(float) * (size_t)(C * gg));
+    for (int64_t c = 0; c < C; c++)                /* per-patch counts */
+        for (int64_t y = 0; y < S->h; y++) {
+            const float *row = hist + (c * S->h + y) * S->w;
+            float *dst = counts + (c * gh + y / p) * gw;
+            for (int64_t gx = 0; gx < gw; gx++) {
+                __m256 acc = _mm256_setzero_ps();
+                int64_t px = 0;
+                for (; px + 8 <= p; px += 8)
+                    acc = _mm256_add_ps(acc, _mm256_loadu_ps(row + gx * p + px));
+                float sum = 0.0f;
+                for (; px < p; px++)
+                    sum += row[gx * p + px];
+                __m128 q = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+                q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+                q = _mm_add_ss(q, _mm_movehdup_ps(q));
+                dst[gx] += _mm_cvtss_f32(q) + sum;
+            }
+        }
+    for (int64_t t = 0; t < gg; t++) {             /* the frame's total into the ring */
+        float v = 0.0f;
+        for (int64_t c = 0; c < C; c++)
+            v += counts[c * gg + t];
+        slot[t] = v;
+    }
+    for (int64_t i = 0; i < C * gg; i++)
+        counts[i] = log1p_of(S, counts[i]);
+    float *hm = counts + C * gg;
+    for (int64_t k = 0; k < S->nhist; k++) {       /* history windows, newest slot first */
+        float *dst = hm + k * gg;
+        for (int64_t t = 0; t < gg; t++) {
+            float v = 0.0f;
+            for (int64_t i = 0; i < S->hist_len[k]; i++)
+                v += ring[((pos - i) % S->ring + S->ring) % S->ring * gg + t];
+            dst[t] = log1p_of(S, v);
+        }
     }
     return 0;
 }

@@ -41,7 +41,7 @@ from edge_vlm.inference.frame_tensors import FrameTensors
 from edge_vlm.inference.records import (DecodedCaption, EncoderOutput, FrameResult, Perception,
                                         StageTimes)
 from edge_vlm.inference.fusion_cache import FusionCache
-from edge_vlm.inference.native_convs import mask_net_logits, motion_trunk
+from edge_vlm.inference.native_convs import mask_net_logits, motion_state_maps, motion_trunk
 from edge_vlm.inference.native_decoder import decoder_start
 from edge_vlm.inference.native_stages import NativeEmbed
 from edge_vlm.inference.memory import new_memory
@@ -49,7 +49,7 @@ from edge_vlm.inference.vit import dense_infer, sparse_infer
 from edge_vlm.model.config import ModelConfig, age_bucket_np
 from edge_vlm.model.decoding import decode_beam, decode_greedy
 from edge_vlm.model.flops import decoder_flops, frame_flops
-from edge_vlm.model.motion import MotionState, patch_channel_counts, split_heads
+from edge_vlm.model.motion import MotionState, split_heads
 from edge_vlm.model.sttf import CaptionModel
 from edge_vlm.model.tokenizer import Tokenizer
 from edge_vlm.stream.histogram import patch_counts
@@ -313,8 +313,9 @@ class StreamingCaptioner:
         fused, z, fusion_tokens, vision = ff.fused, ff.z, ff.recomputed, ff.vision
         motion = None
         if self.model.motion is not None:
-            counts = patch_channel_counts(self.frame.hist[0], c.patch)
-            motion = torch.from_numpy(self.motion_state.update(self.age, counts, c.max_age))[None]
+            maps = motion_state_maps(self.motion_state, self.frame.hist[0].numpy(), self.age,
+                                     c.patch, c.max_age)
+            motion = torch.from_numpy(maps)[None]
         if vision is None:
             vision = self.model.gesture_logits(fused, z, bucket[None])
         logits = (vision if motion is None

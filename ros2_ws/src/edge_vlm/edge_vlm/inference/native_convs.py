@@ -7,7 +7,12 @@ estimator.
 * :func:`motion_trunk`: :meth:`~edge_vlm.model.motion.MotionHead._infer` (the engine passes it to
   the head as ``trunk``);
 * :func:`estimator_logits`: the :class:`~edge_vlm.model.anc.ComplexityEstimator` (the engine and
-  the router core pass it to ``route_logits`` as ``run``).
+  the router core pass it to ``route_logits`` as ``run``);
+* :func:`motion_state_maps`: :meth:`~edge_vlm.model.motion.MotionState.update` of a frame's
+  per-patch counts (the engine's motion head input). The sums are of event counts (integers,
+  exact in any order) and the age channels and the ``log1p`` of counts below
+  :data:`LOG1P_TABLE` come from tables numpy made, so these maps are numpy's to the bit
+  (``log1pf`` for larger counts may differ in the last bit).
 
 Each goes through the library when it applies, else the module's own PyTorch code. The two agree
 to float rounding, not bit for bit (another summation order in the convs, and the polynomial erf
@@ -31,13 +36,19 @@ from __future__ import annotations
 import ctypes
 import os
 import weakref
+from dataclasses import dataclass
+from functools import lru_cache
 
+import numpy as np
 import torch
 
+from edge_vlm.model.motion import (AGE_SCALES, MOTION_HISTORY, MotionState, age_channels,
+                                   patch_channel_counts)
 from edge_vlm.paths import NATIVE_DIR
 from edge_vlm.stream.native_evbin import check_built
 
-__all__ = ["mask_net_logits", "motion_trunk", "estimator_logits", "backend", "why", "load"]
+__all__ = ["mask_net_logits", "motion_trunk", "estimator_logits", "motion_state_maps", "backend",
+           "why", "load"]
 
 LIB_PATH = os.path.join(str(NATIVE_DIR), "libconvnets.so")
 SOURCE_PATH = os.path.join(str(NATIVE_DIR), "convnets.c")
@@ -89,6 +100,11 @@ def load() -> ctypes.CDLL | None:
             lib.mhead_forward.restype = _I64
             lib.mhead_work_size.argtypes = [_PTR]
             lib.mhead_work_size.restype = _I64
+            lib.mstate_abi.restype = _I64
+            if int(lib.mstate_abi()) != (ctypes.sizeof(MStateStruct) | ABI << 16):
+                raise OSError(f"{LIB_PATH} does not match native_convs.py (run scripts/setup.sh)")
+            lib.mstate_input.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _PTR]
+            lib.mstate_input.restype = _I64
             lib.mnet_forward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR]
             lib.mnet_forward.restype = _I64
             lib.mnet_work_size.argtypes = [_PTR]
@@ -258,6 +274,63 @@ def motion_trunk(head: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
                          out.data_ptr()) != 0:
         return head._infer(x)
     return out
+
+
+# ------------------------------------------------------------------------- motion state maps
+#: ``log1p`` of the integers below this come from a numpy-made table (event counts per patch)
+LOG1P_TABLE = 4096
+
+
+class MStateStruct(ctypes.Structure):
+    """``mstate_t`` of convnets.c."""
+    _fields_ = ([(n, _I64) for n in ("ch", "h", "w", "patch", "ring", "nscale", "nhist",
+                                      "max_age", "nlut")]
+                + [(n, _PTR) for n in ("hist_len", "age_maps", "lut")])
+
+
+@dataclass(slots=True)
+class _MStatePack:
+    """The kernel's view of the motion state of one frame size (its tables kept alive)."""
+
+    struct: MStateStruct
+    tables: tuple
+
+
+@lru_cache(maxsize=8)
+def _mstate_pack(ch: int, h: int, w: int, patch: int, ring: int, max_age: int) -> _MStatePack:
+    """The tables of :func:`motion_state_maps`, made by numpy as ``motion_features`` makes the
+    maps: the age channels of every age 0 .. max_age and ``log1p`` of small integers."""
+    age_maps = age_channels(np.arange(max_age + 1), max_age,
+                            np.empty((len(AGE_SCALES) + 1, max_age + 1), dtype=np.float32))
+    lut = np.log1p(np.arange(LOG1P_TABLE, dtype=np.float32))
+    lens = np.array(MOTION_HISTORY, dtype=np.int64)
+    st = MStateStruct(ch, h, w, patch, ring, len(AGE_SCALES), len(lens), max_age, len(lut),
+                      lens.ctypes.data, age_maps.ctypes.data, lut.ctypes.data)
+    return _MStatePack(st, (lens, age_maps, lut))
+
+
+def motion_state_maps(state: MotionState, hist: np.ndarray, age: np.ndarray, patch: int,
+                      max_age: int) -> np.ndarray:
+    """``state.update(age, patch_channel_counts(hist, patch), max_age)`` (the motion head's input
+    maps of the frame ``hist`` (C, H, W) event counts, pushed into ``state``) in one native call
+    when it applies, else that numpy code."""
+    lib = load()
+    h = np.ascontiguousarray(hist, dtype=np.float32)
+    a = np.ascontiguousarray(age, dtype=np.int64)
+    ring = state.ring
+    if (lib is not None and h.ndim == 3 and ring.dtype == np.float32 and ring.flags.c_contiguous
+            and ring.shape[0] >= max(MOTION_HISTORY) and h.shape[1] % patch == 0
+            and h.shape[2] % patch == 0
+            and ring.shape[1:] == (h.shape[1] // patch, h.shape[2] // patch)
+            and a.shape == (ring.shape[1] * ring.shape[2],)):
+        pk = _mstate_pack(*h.shape, patch, ring.shape[0], max_age)
+        maps = len(AGE_SCALES) + 1 + h.shape[0] + len(MOTION_HISTORY)
+        out = np.empty((maps,) + ring.shape[1:], dtype=np.float32)
+        if lib.mstate_input(ctypes.byref(pk.struct), h.ctypes.data, a.ctypes.data,
+                            ring.ctypes.data, state.pos, out.ctypes.data) == 0:
+            state.pos += 1
+            return out
+    return state.update(age, patch_channel_counts(h, patch), max_age)
 
 
 # ------------------------------------------------------------------------------ ANC estimator

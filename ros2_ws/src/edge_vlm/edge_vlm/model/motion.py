@@ -105,6 +105,17 @@ def patch_channel_counts(hist: np.ndarray | torch.Tensor, patch: int) -> np.ndar
     return r.transpose(1, 2).contiguous().numpy()
 
 
+def age_channels(age: np.ndarray, max_age: int, out: np.ndarray) -> np.ndarray:
+    """The age channels of the motion state into ``out`` (len(AGE_SCALES) + 1, *age.shape):
+    ``exp(-age / scale)`` per time constant, then ``age < max_age`` (changed within the
+    horizon)."""
+    a = np.asarray(age, dtype=np.float32)
+    na = len(AGE_SCALES)
+    np.exp(a[None] * _NEG_INV_SCALES.reshape((na,) + (1,) * a.ndim), out=out[:na])
+    np.less(a, max_age, out=out[na])
+    return out
+
+
 def motion_features(age: np.ndarray, counts: np.ndarray, history: list[np.ndarray],
                     max_age: int) -> np.ndarray:
     """The motion state maps (float32, ``(motion_channels, g, g)``).
@@ -113,11 +124,9 @@ def motion_features(age: np.ndarray, counts: np.ndarray, history: list[np.ndarra
     ``counts`` (C, g, g) this frame's events per patch and channel, ``history`` one (g, g) map
     of summed events per entry of :data:`MOTION_HISTORY`."""
     c, g = counts.shape[0], counts.shape[-1]
-    a = np.asarray(age, dtype=np.float32).reshape(g, g)
     na = len(AGE_SCALES)
     out = np.empty((na + 1 + c + len(history), g, g), dtype=np.float32)
-    np.exp(a[None] * _NEG_INV_SCALES, out=out[:na])
-    np.less(a, max_age, out=out[na])
+    age_channels(np.asarray(age).reshape(g, g), max_age, out[:na + 1])
     np.log1p(counts, out=out[na + 1:na + 1 + c])
     for i, h in enumerate(history):
         np.log1p(h, out=out[na + 1 + c + i])
@@ -200,6 +209,6 @@ class MotionHead(nn.Module):
 
 
 __all__ = ["HEADS", "HeadLogits", "MOTION_HISTORY", "MIRROR_LABEL", "MotionHead", "MotionState",
-           "head_outputs", "motion_channels", "split_heads",
+           "age_channels", "head_outputs", "motion_channels", "split_heads",
            "motion_features",
            "patch_channel_counts"]
