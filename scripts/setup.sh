@@ -20,8 +20,8 @@
 #    ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so, rebuilt when evbin.c is newer, and its
 #    per-packet entry point as a CPython extension, _native/evbinext<EXT_SUFFIX>, rebuilt when
 #    evbin.c or evbinext.c is newer, the sparse ViT's fused block kernel _native/libsparsevit.so,
-#    rebuilt when sparsevit.c is newer, and the change-mask net _native/libconvnets.so, rebuilt
-#    when convnets.c is newer)
+#    rebuilt when sparsevit.c or svit_kernels.h is newer, and the change-mask net
+#    _native/libconvnets.so, rebuilt when convnets.c is newer)
 #
 # Idempotent. A stamp file (.setup-stamp) holds a hash of requirements.txt, this
 # script, the fix script, every package.xml / CMakeLists.txt / setup.py /
@@ -64,11 +64,13 @@ cd "$ROOT"
 # build_c_lib SRC LIB FALLBACK CFLAGS [LIBS]: LIB from SRC when missing or older (FALLBACK: what
 # edge_vlm does without it, for the notes)
 build_c_lib() {
-  local src="$1" lib="$2" fallback="$3" cflags="$4" libs="${5:-}"
+  # $6: headers the source includes (rebuilt when one of them is newer too)
+  local src="$1" lib="$2" fallback="$3" cflags="$4" libs="${5:-}" deps="${6:-}" stale="" dep
   [ -f "$src" ] || return 0
-  if [ -f "$lib" ] && [ ! "$src" -nt "$lib" ]; then
-    return 0
-  fi
+  for dep in $src $deps; do
+    if [ ! -f "$lib" ] || [ "$dep" -nt "$lib" ]; then stale=1; fi
+  done
+  [ -n "$stale" ] || return 0
   if ! command -v gcc >/dev/null 2>&1; then
     echo "setup.sh: note: gcc not found; $fallback (same results, slower)"
     return 0
@@ -121,11 +123,12 @@ build_native_ext() {
 # Then the fused encoder-block kernel of the sparse ViT (_native/sparsevit.c -> libsparsevit.so,
 # edge_vlm/model/native_vit.py): -O3, its AVX-512 and AVX2/FMA/F16C kernels compiled per function
 # with target attributes (the library picks the widest set the CPU runs at run time; a CPU with
-# neither is told apart then). Rebuilt when sparsevit.c is newer. Without gcc, or if it fails,
-# the encoder runs its PyTorch path (same results, slower).
+# neither is told apart then). Rebuilt when sparsevit.c or its kernels, svit_kernels.h, are newer.
+# Without gcc, or if it fails, the encoder runs its PyTorch path (same results, slower).
 build_native_vit() {
   local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
-  build_c_lib "$dir/sparsevit.c" "$dir/libsparsevit.so" "the sparse ViT runs its PyTorch path" "-O3 -Wall" "-lm"
+  build_c_lib "$dir/sparsevit.c" "$dir/libsparsevit.so" "the sparse ViT runs its PyTorch path" \
+    "-O3 -Wall" "-lm" "$dir/svit_kernels.h"
 }
 # And the change-mask net in one call (_native/convnets.c -> libconvnets.so,
 # edge_vlm/inference/native_convs.py): -O3, AVX2/FMA by target attributes. Rebuilt when convnets.c

@@ -215,8 +215,16 @@ def test_single_process_graph_keeps_names_params_and_captions(ros_env, sim_bag, 
             if "successful" in out.stdout:
                 break
         assert "successful" in out.stdout, out.stdout + out.stderr
-        budgets = [_route_budget(ros_env) for _ in range(3)]      # float32 in the message
-        assert any(b is not None and abs(b - 0.3) < 1e-6 for b in budgets), budgets
+        budgets = []                    # float32 in the message; "from the next frame"
+        while len(budgets) < 5 and not any(b is not None and abs(b - 0.3) < 1e-6
+                                            for b in budgets):
+            budgets.append(_route_budget(ros_env))
+        # (once seen in CI: [1.0, 1.0, 1.0] after a successful set; not reproduced: say which
+        # nodes answered and whether the graph's anc_router logged the change)
+        applied = _wait_text(log, "compute_budget -> 0.3", timeout=5.0)
+        assert any(b is not None and abs(b - 0.3) < 1e-6 for b in budgets), (
+            budgets, out.stdout, _ros2(ros_env, "node", "list", "--no-daemon").stdout,
+            "compute_budget -> 0.3" in applied, applied[-1500:])
     finally:
         if launcher.poll() is None:
             launcher.send_signal(signal.SIGINT)

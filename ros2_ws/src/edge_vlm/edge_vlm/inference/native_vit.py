@@ -46,6 +46,7 @@ from edge_vlm.stream.native_evbin import check_built
 _DIR = str(NATIVE_DIR)
 LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
 SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
+KERNELS_PATH = os.path.join(_DIR, "svit_kernels.h")        # included by sparsevit.c
 ABI = 10
 _PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
 _WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1",
@@ -99,7 +100,7 @@ def load():
             _why = "EDGE_VLM_NO_NATIVE_VIT is set"
             return None
         try:
-            check_built(LIB_PATH, (SOURCE_PATH,))
+            check_built(LIB_PATH, (SOURCE_PATH, KERNELS_PATH))
             lib = ctypes.CDLL(LIB_PATH)
             lib.svit_abi.restype = _I64
             lib.svit_cpu_ok.restype = _I64
