@@ -44,7 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SVIT_ABI 10
+#define SVIT_ABI 11
 
 typedef struct {
     int64_t d, heads, hid, ntok, act;           /* act: 0 relu, 1 gelu (erf) */
@@ -70,9 +70,9 @@ typedef struct {
     int64_t d, heads, ntok, nq, hid, nage;      /* hid: MLP channels (a multiple of 16) */
     double eps_kv, eps2;
     const float *queries, *age;                 /* (nq, d), (nage, d) */
-    /* linear weights packed (see gemm): keys/values (2d outputs), queries, output projection,
-     * MLP; the MLP's activation is GELU (erf) */
-    const float *ln_kv_w, *ln_kv_b, *wkv_t, *bkv, *wq_t, *bq, *wproj_t, *bproj, *ln2_w, *ln2_b;
+    /* linear weights packed (see gemm): keys/values (2d outputs), output projection, MLP (its
+     * activation GELU, erf); q: the queries' projection (nq, d), constant, made by the caller */
+    const float *ln_kv_w, *ln_kv_b, *wkv_t, *bkv, *q, *wproj_t, *bproj, *ln2_w, *ln2_b;
     const float *w1_t, *b1, *w2_t, *b2;
     /* the vision head (model/sttf.py gesture_logits): layer norm over (mean of the fused
      * queries, mean of the cached z rows of bucket <= dyn_bucket), then (ncls, 2d) row-major */
@@ -363,12 +363,12 @@ int64_t svit_fusion(const svit_fusion_t *F, int64_t n, const int64_t *idx, const
         return -1;
     const svit_ops_t *k = ops();
     const int64_t dh = d / h;
-    const size_t need = (size_t)n * (size_t)(4 * d) + (size_t)nq * (size_t)(4 * d + N + hid)
+    const size_t need = (size_t)n * (size_t)(4 * d) + (size_t)nq * (size_t)(3 * d + N + hid)
                         + (size_t)(4 * d);
     float *buf = workspace(need);
     if (!buf)
         return -2;
-    float *zz = buf, *y = zz + n * d, *kv = y + n * d, *q = kv + n * 2 * d, *s = q + nq * d;
+    float *zz = buf, *y = zz + n * d, *kv = y + n * d, *s = kv + n * 2 * d;
     float *att = s + nq * N, *y2 = att + nq * d, *hdn = y2 + nq * d;
     svit_pf_t pf = {0};
     for (int64_t i = 0; i < n; i++) {                /* z rows, into the cache */
@@ -390,10 +390,9 @@ int64_t svit_fusion(const svit_fusion_t *F, int64_t n, const int64_t *idx, const
             memcpy(F->v + (hh * N + idx[i]) * dh, vq + hh * dh, (size_t)dh * sizeof(float));
         }
     }
-    k->gemm(nq, d, d, F->queries, d, F->wq_t, 0, q, d, F->bq, 0, 0, 0, &pf);
     const float scale = 1.0f / sqrtf((float)dh), str = (float)strength;
     for (int64_t hh = 0; hh < h; hh++) {
-        k->gemm(nq, N, dh, q + hh * dh, d, F->kt + hh * dh * N, N, s, N, NULL, 0, 0, 0, &pf);
+        k->gemm(nq, N, dh, F->q + hh * dh, d, F->kt + hh * dh * N, N, s, N, NULL, 0, 0, 0, &pf);
         for (int64_t i = 0; i < nq; i++)             /* scaled scores plus the mask's bias */
             for (int64_t j = 0; j < N; j++)
                 s[i * N + j] = s[i * N + j] * scale + (change[j] ? str : 0.0f);

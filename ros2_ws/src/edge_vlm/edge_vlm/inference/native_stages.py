@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from edge_vlm.inference import native_vit
 from edge_vlm.inference.native_vit import EmbedStruct, FusionStruct
@@ -115,8 +116,11 @@ class NativeFusion:
         fusion = model.fusion
         src = _sources(model)
         with torch.no_grad():
-            ts = tuple(native_vit.pack(t) if i in (4, 6, 8, 12, 14) else t.detach().contiguous()
+            ts = tuple(native_vit.pack(t) if i in (4, 8, 12, 14) else t.detach().contiguous()
                        for i, t in enumerate(src))
+            # the queries' projection is constant: made once here, not per frame
+            q = F.linear(src[0], src[6], src[7]).contiguous()
+            ts = ts[:6] + (q,) + ts[8:]
         nq, d = fusion.queries.shape
         h = fusion.attn.heads
         z, kt, v = torch.zeros(ntok, d), torch.zeros(h, d // h, ntok), torch.zeros(h, ntok, d // h)

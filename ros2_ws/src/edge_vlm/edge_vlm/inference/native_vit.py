@@ -47,7 +47,7 @@ _DIR = str(NATIVE_DIR)
 LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
 SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
 KERNELS_PATH = os.path.join(_DIR, "svit_kernels.h")        # included by sparsevit.c
-ABI = 10
+ABI = 11
 _PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
 _WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1",
             "w2_t", "b2")
@@ -66,8 +66,8 @@ class LayerStruct(ctypes.Structure):
 class FusionStruct(ctypes.Structure):
     """``svit_fusion_t`` of sparsevit.c (field for field; :mod:`.native_stages`)."""
 
-    WEIGHTS = ("queries", "age", "ln_kv_w", "ln_kv_b", "wkv_t", "bkv", "wq_t", "bq", "wproj_t",
-               "bproj", "ln2_w", "ln2_b", "w1_t", "b1", "w2_t", "b2")
+    WEIGHTS = ("queries", "age", "ln_kv_w", "ln_kv_b", "wkv_t", "bkv", "q", "wproj_t", "bproj",
+               "ln2_w", "ln2_b", "w1_t", "b1", "w2_t", "b2")
     HEAD = ("gln_w", "gln_b", "gfc_w", "gfc_b")
     CACHE = ("z", "kt", "v")
     _fields_ = ([(n, _I64) for n in ("d", "heads", "ntok", "nq", "hid", "nage")]
