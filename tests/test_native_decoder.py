@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from edge_vlm.inference import native_vit
+from edge_vlm.inference import native_decoder, native_vit
 from edge_vlm.inference.factory import engine_from_params, load_model
-from edge_vlm.inference.native_decoder import State, backend, decoder_start
+from edge_vlm.inference.native_decoder import NativeKV, State, backend, decoder_start
 from edge_vlm.model.config import ModelConfig
 from edge_vlm.model.decoding import decode_greedy
 from edge_vlm.model.sttf import CaptionModel, init_weights
@@ -40,16 +40,67 @@ def test_pass_equals_pytorch_on_the_shipped_decoder(layers):
                 want, wc = dec.start(fused, first, layers, all_logits)
                 got, gc = decoder_start(dec, fused, first, layers, all_logits)
                 assert _close(want, got, 1e-4), (t, all_logits, float((want - got).abs().max()))
-                assert len(wc) == len(gc) == (layers or len(dec.blocks))
-                for a, b in zip(wc, gc):
+                assert isinstance(gc, NativeKV) and gc.length == dec.prefix_len + t
+                tc = gc.torch_caches()
+                assert len(wc) == len(tc) == (layers or len(dec.blocks))
+                for a, b in zip(wc, tc):
                     assert _close(a["k"], b["k"], 1e-4) and _close(a["v"], b["v"], 1e-4)
-            if dec.prefix_len + t >= dec.pos.shape[0]:
+            if dec.prefix_len + t + 1 >= dec.pos.shape[0]:
                 continue
-            # the caches continue as PyTorch's: the next single-token step agrees too
-            nxt = torch.tensor([[int(torch.argmax(got[0, -1]))]])
-            s1 = dec.step(nxt, dec.prefix_len + t, wc)
-            s2 = dec.step(nxt, dec.prefix_len + t, gc)
-            assert _close(s1, s2, 1e-4)
+            # the next single-token steps agree: PyTorch's on its caches, PyTorch's on the
+            # native pass's caches, the kernel's on its own memories
+            tc = gc.torch_caches()
+            nxt = int(torch.argmax(got[0, -1]))
+            for k in range(2):
+                pos = dec.prefix_len + t + k
+                s1 = dec.step(torch.tensor([[nxt]]), pos, wc)
+                s2 = dec.step(torch.tensor([[nxt]]), pos, tc)
+                s3 = gc.step(nxt, pos)
+                assert _close(s1, s2, 1e-4) and _close(s1, s3, 1e-4), (t, k)
+                nxt = int(torch.argmax(s1[0]))
+            assert gc.length == dec.prefix_len + t + 2
+
+
+@needs_kernel
+def test_native_cache_trims_refuses_stale_use_and_falls_back(monkeypatch):
+    """A cut cache steps on from the cut; another pass makes an older cache unusable (it would
+    read that pass's keys); a step the kernel refuses continues on PyTorch's caches."""
+    model, _ = load_model("")
+    dec = model.decoder
+    torch.manual_seed(3)
+    fused = torch.randn(1, dec.prefix_len, dec.pos.shape[1])
+    first = torch.randint(0, 50, (1, 8))
+    p = dec.prefix_len
+    with torch.no_grad():
+        want, wc = dec.start(fused, first[:, :4], None, True)
+        w = dec.step(first[:, 4:5], p + 4, wc)
+        _, kv = decoder_start(dec, fused, first, None, True)
+        kv.trim(p + 4)                           # the tokens after the 4th are dropped
+        assert _close(kv.step(int(first[0, 4]), p + 4), w, 1e-4)
+        with pytest.raises(ValueError):
+            kv.step(0, p + 9)                    # not the cache's next position
+        _, kv2 = decoder_start(dec, fused, first[:, :4], None, True)
+        with pytest.raises(RuntimeError):
+            kv.step(0, kv.length)                # another pass rewrote the memories
+        monkeypatch.setattr(native_vit, "run_layer", lambda *a, **k: None)
+        got = kv2.step(int(first[0, 4]), p + 4)  # the kernel refuses: PyTorch's step
+        assert kv2.fallback is not None and _close(got, w, 1e-4)
+        kv2.trim(p + 2)
+        assert all(c["k"].shape[2] == p + 2 for c in kv2.fallback)
+
+
+@needs_kernel
+def test_each_thread_has_its_own_decoder_memories():
+    import threading
+
+    model, _ = load_model("")
+    dec = model.decoder
+    mine = native_decoder._memories(dec)
+    other = []
+    th = threading.Thread(target=lambda: other.append(native_decoder._memories(dec)))
+    th.start()
+    th.join()
+    assert native_decoder._memories(dec) is mine and other[0] is not mine
 
 
 @needs_kernel

@@ -45,6 +45,37 @@ def _mask(lp: torch.Tensor, prefixes: list[list[int]], allowed: Allowed) -> torc
 MAX_PASSES = 3
 
 
+class StepCache:
+    """A decoder KV cache kept elsewhere than PyTorch's per-block ``{"k", "v"}`` dicts (e.g. the
+    native kernel's layer memories, :class:`edge_vlm.inference.native_decoder.NativeKV`): a
+    teacher-forced pass (:data:`Start`) may return one instead of the dicts, and
+    :func:`decode_greedy` then cuts it with :meth:`trim` and continues with :meth:`step`."""
+
+    def trim(self, n: int) -> None:
+        """Keep the first ``n`` positions (prefix included)."""
+        raise NotImplementedError
+
+    def step(self, token: int, position: int) -> torch.Tensor:
+        """:meth:`MicroGPT.step` of one token at absolute ``position`` (the cache's length): the
+        next-token logits (1, V); extends the cache."""
+        raise NotImplementedError
+
+
+def _trim(caches: list[dict] | StepCache, n: int) -> None:
+    if isinstance(caches, StepCache):
+        caches.trim(n)
+        return
+    for c in caches:
+        c["k"], c["v"] = c["k"][:, :, :n], c["v"][:, :, :n]
+
+
+def _step(model: CaptionModel, token: int, position: int,
+          caches: list[dict] | StepCache) -> torch.Tensor:
+    if isinstance(caches, StepCache):
+        return caches.step(token, position)
+    return model.decoder.step(torch.tensor([[token]]), position, caches)
+
+
 class _Spec:
     """The state of a speculative greedy decoding: the tokens so far, their log-prob sum, the
     teacher-forced passes' lengths (BOS included)."""
@@ -62,13 +93,14 @@ class _Spec:
         return self.out, self.logp_sum / max(1, len(self.out) + 1)
 
 
-#: the decoder's teacher-forced pass: MicroGPT.start's signature (decoder first); None: start
-Start = Callable[..., tuple[torch.Tensor, list[dict]]] | None
+#: the decoder's teacher-forced pass: MicroGPT.start's signature (decoder first; the caches it
+#: returns PyTorch's dicts or a :class:`StepCache`); None: start
+Start = Callable[..., tuple[torch.Tensor, "list[dict] | StepCache"]] | None
 
 
 def _verify(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int, max_len: int,
             layers: int | None, guess: list[int], st: _Spec, allowed: Allowed,
-            start: Start = None) -> list[dict]:
+            start: Start = None) -> list[dict] | StepCache:
     """One teacher-forced pass over BOS + the tokens so far + ``guess``: greedy's choice after
     every guessed prefix, kept up to the first disagreement (the disagreeing choice included);
     returns the KV cache of BOS + the kept tokens but the last."""
@@ -90,8 +122,7 @@ def _verify(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int, max_le
             st.done = True
             break
         if i < len(seq) and nxt != seq[i]:      # disagreement: keep the cache up to here
-            for c in caches:
-                c["k"], c["v"] = c["k"][:, :, :p + i + 1], c["v"][:, :, :p + i + 1]
+            _trim(caches, p + i + 1)
             break
     return caches
 
@@ -135,7 +166,7 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
             if not guess:
                 break
             # the cache of the last pass keeps BOS + out[:-1]; a new pass starts from BOS
-        logits = model.decoder.step(torch.tensor([[st.out[-1]]]), p + len(st.out), caches)
+        logits = _step(model, st.out[-1], p + len(st.out), caches)
         pos, steps = p + len(st.out) + 1, 1
     else:
         logits, caches = (start or type(model.decoder).start)(model.decoder, fused,
@@ -152,7 +183,7 @@ def decode_greedy(model: CaptionModel, fused: torch.Tensor, bos: int, eos: int,
         out.append(nxt)
         if len(out) >= max_len:
             break
-        logits = model.decoder.step(torch.tensor([[nxt]]), pos, caches)
+        logits = _step(model, nxt, pos, caches)
         pos += 1
         steps += 1
     return st.result(stats, steps)
