@@ -21,7 +21,7 @@
 #    per-packet entry point as a CPython extension, _native/evbinext<EXT_SUFFIX>, rebuilt when
 #    evbin.c or evbinext.c is newer, the sparse ViT's fused block kernel _native/libsparsevit.so,
 #    rebuilt when sparsevit.c or svit_kernels.h is newer, and the change-mask net
-#    _native/libconvnets.so, rebuilt when convnets.c is newer)
+#    _native/libconvnets.so, rebuilt when convnets.c or convnets_mask.h is newer)
 #
 # Idempotent. A stamp file (.setup-stamp) holds a hash of requirements.txt, this
 # script, the fix script, every package.xml / CMakeLists.txt / setup.py /
@@ -132,11 +132,12 @@ build_native_vit() {
 }
 # And the change-mask net in one call (_native/convnets.c -> libconvnets.so,
 # edge_vlm/inference/native_convs.py): -O3, AVX2/FMA by target attributes. Rebuilt when convnets.c
-# is newer. Without gcc, or if it fails, the mask net runs its PyTorch forward (the same logits up
+# or the mask net's passes it includes, convnets_mask.h, are newer. Without gcc, or if it fails, the mask net runs its PyTorch forward (the same logits up
 # to float rounding, slower).
 build_native_convs() {
   local dir="$ROOT/ros2_ws/src/edge_vlm/edge_vlm/_native"
-  build_c_lib "$dir/convnets.c" "$dir/libconvnets.so" "the change-mask net runs its PyTorch forward" "-O3 -Wall" "-lm"
+  build_c_lib "$dir/convnets.c" "$dir/libconvnets.so" "the change-mask net runs its PyTorch forward" \
+    "-O3 -Wall" "-lm" "$dir/convnets_mask.h"
 }
 build_native
 build_native_ext

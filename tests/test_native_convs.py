@@ -242,3 +242,36 @@ def test_motion_state_maps_where_the_kernel_does_not_apply():
     c, d = MotionState(8), MotionState(8)                   # patch 16: 8 x 8 grid
     got = motion_state_maps(c, hist, age[:64], 16, 32)
     assert np.array_equal(got, d.update(age[:64], patch_channel_counts(hist, 16), 32))
+
+
+@needs_lib
+def test_mask_log1p_table_gives_pytorchs_map_bit_for_bit():
+    """The kernel reads log1p of counts from a table torch.log1p made: the same logits, bit for
+    bit, as from PyTorch's log1p map of the frame; a value the table does not hold (a count past
+    it, a fraction) makes it ask for the map."""
+    m, _ = tiny_model(seed=4)
+    net = m.mask_net
+    lib = native_convs.load()
+    table = native_convs.mask_log1p_table()
+    rng = np.random.default_rng(4)
+    hists = [moving_blob(i) for i in range(3)] + [
+        _random_hist(rng, density=d, high=hi) for d, hi in ((0.02, 3), (0.3, 50), (1.0, 4096))]
+    with torch.no_grad():
+        for hist in hists:
+            h = torch.from_numpy(np.ascontiguousarray(hist, dtype=np.float32))[None]
+            assert torch.equal(torch.log1p(h), table[h.long()])
+            a = mask_net_logits(net, h)                          # the table
+            pk = native_convs._pack(lib, net, 4, 128, 128)
+            lut, pk.struct.lut = pk.struct.lut, None             # the kernel reads the map
+            try:
+                b = mask_net_logits(net, h, torch.log1p(h))
+            finally:
+                pk.struct.lut = lut
+            assert torch.equal(a, b)
+        for value in (float(native_convs.MASK_LOG1P_COUNTS), 2.5):
+            h = torch.from_numpy(np.ascontiguousarray(hists[0], dtype=np.float32))[None].clone()
+            h[0, 1, 5, 7] = value
+            asked = []
+            got = mask_net_logits(net, h, lambda: asked.append(1) or torch.log1p(h))
+            assert asked == [1]
+            assert float((got - net(h, torch.log1p(h))).abs().max()) <= 1e-4

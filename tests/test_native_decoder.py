@@ -165,3 +165,24 @@ def test_greedy_captions_are_the_same_both_ways():
             c = decode_greedy(model, fused, tok.bos, tok.eos, 20, draft=d, start=decoder_start)
             assert c[0] == a[0] and abs(c[1] - a[1]) < 1e-4
     assert np.isfinite(a[1])
+
+
+@needs_kernel
+def test_a_blocks_key_value_only_rows():
+    """kv_only: the first rows get their keys and values into the memory (as a whole pass
+    would) and no output; the other rows' outputs are the whole pass's."""
+    model, _ = load_model("")
+    dec = model.decoder
+    torch.manual_seed(5)
+    s, p = 20, dec.prefix_len
+    h = torch.randn(s, dec.pos.shape[1])
+    idx = torch.arange(s)
+    blk = dec.blocks[-1]
+    with torch.no_grad():
+        lm_all = native_decoder._memories(dec)[-1]
+        full = native_vit.run_layer(blk, lm_all, h, idx, causal_from=p)
+        kt, v = lm_all.kt[:, :, :s].clone(), lm_all.v[:, :s].clone()
+        part = native_vit.run_layer(blk, lm_all, h, idx, causal_from=p, kv_only=p)
+    assert torch.equal(part[:p], h[:p])
+    assert _close(part[p:], full[p:], 1e-6)
+    assert torch.equal(lm_all.kt[:, :, :s], kt) and torch.equal(lm_all.v[:, :s], v)

@@ -44,7 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define SVIT_ABI 11
+#define SVIT_ABI 12
 
 typedef struct {
     int64_t d, heads, hid, ntok, act;           /* act: 0 relu, 1 gelu (erf) */
@@ -197,13 +197,16 @@ static void mask_after(int64_t n, int64_t N, const int64_t *idx, int64_t causal_
 }
 
 /* One encoder layer over the tokens idx with the kernels k (see svit_layer); prefetches what
- * layer `next` (NULL: none) reads; causal_from >= 0: a decoder layer (svit_layer_causal). */
+ * layer `next` (NULL: none) reads; causal_from >= 0: a decoder layer (svit_layer_causal); the
+ * first n_kv rows get their keys and values into the memory only (no attention, no output: x
+ * keeps their input there). */
 static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, const int64_t *idx,
-                         float *x, const svit_layer_t *next, int64_t causal_from) {
+                         float *x, const svit_layer_t *next, int64_t causal_from, int64_t n_kv) {
     const int64_t d = L->d, h = L->heads, N = L->ntok, hid = L->hid;
     if (n <= 0)
         return 0;
-    if (h <= 0 || d % h || d % 16 || (d / h) % 16 || N % 16 || hid % 16 || n > N)
+    if (h <= 0 || d % h || d % 16 || (d / h) % 16 || N % 16 || hid % 16 || n > N || n_kv < 0
+        || n_kv > n)
         return -1;
     for (int64_t i = 0; i < n; i++)
         if (idx[i] < 0 || idx[i] >= N)
@@ -234,6 +237,11 @@ static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, 
             memcpy(L->mem_v + (hh * N + idx[i]) * dh, vq + hh * dh, (size_t)dh * sizeof(float));
         }
     }
+    /* the rows past the first n_kv from here on (all of them unless a decoder pass's last block
+     * needs only the prefix's keys and values) */
+    n -= n_kv, idx += n_kv, x += n_kv * d, qkv += n_kv * 3 * d;
+    if (n == 0)
+        return 0;
     const float scale = 1.0f / sqrtf((float)dh);
     for (int64_t hh = 0; hh < h; hh++) {
         k->gemm(n, N, dh, qkv + hh * dh, 3 * d, L->mem_kt + hh * dh * N, N, s, N, NULL, 0, 0, 0, &pf);
@@ -264,17 +272,19 @@ static int64_t layer_run(const svit_ops_t *k, const svit_layer_t *L, int64_t n, 
  * on this CPU (the caller then runs its PyTorch path, which raises for a bad index), -2 on
  * allocation failure; nothing is written then. */
 int64_t svit_layer(const svit_layer_t *L, int64_t n, const int64_t *idx, float *x) {
-    return svit_isa() > 0 ? layer_run(ops(), L, n, idx, x, NULL, -1) : -1;
+    return svit_isa() > 0 ? layer_run(ops(), L, n, idx, x, NULL, -1, 0) : -1;
 }
 
 /* A decoder layer (MicroGPT's Block with causal_from): as svit_layer, but token idx[i] attends
  * only to the first causal_from tokens (the visible prefix) and to tokens j <= idx[i]. The
- * memory's tokens that no row may see must hold finite values (the caller zeroes them once). */
+ * memory's tokens that no row may see must hold finite values (the caller zeroes them once).
+ * The first n_kv rows get their keys and values only (a pass's last block: the prefix's outputs
+ * are read by no one; x keeps their input). */
 int64_t svit_layer_causal(const svit_layer_t *L, int64_t n, const int64_t *idx, float *x,
-                          int64_t causal_from) {
+                          int64_t causal_from, int64_t n_kv) {
     if (causal_from < 0)
         return -1;
-    return svit_isa() > 0 ? layer_run(ops(), L, n, idx, x, NULL, causal_from) : -1;
+    return svit_isa() > 0 ? layer_run(ops(), L, n, idx, x, NULL, causal_from, n_kv) : -1;
 }
 
 /* A whole inference pass of the ViT over the tokens idx (no per-layer gating): x[i] =
@@ -299,7 +309,7 @@ int64_t svit_encode(const svit_layer_t *const *Ls, int64_t nl, int64_t n, const 
             x[i * d + c] = a[c] + b[c];
     }
     for (int64_t l = 0; l < nl; l++)
-        if (layer_run(k, Ls[l], n, idx, x, l + PF_AHEAD < nl ? Ls[l + PF_AHEAD] : NULL, -1) != 0)
+        if (layer_run(k, Ls[l], n, idx, x, l + PF_AHEAD < nl ? Ls[l + PF_AHEAD] : NULL, -1, 0) != 0)
             return l;
     const float *out = Ls[nl - 1]->mem_out;
     if (!vis)

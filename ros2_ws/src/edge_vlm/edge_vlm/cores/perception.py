@@ -75,7 +75,7 @@ def mask_logits(net: torch.nn.Module, hist: np.ndarray,
             return _LastMask.logits
     with torch.no_grad():
         ft = FrameTensors.of(hist, frame)
-        logits = mask_net_logits(net, ft.hist, ft.log)[0]
+        logits = mask_net_logits(net, ft.hist, lambda: ft.log)[0]
     with _LastMask.lock:
         _LastMask.net, _LastMask.hist, _LastMask.logits = net, np.array(hist, copy=True), logits
     return logits

@@ -164,7 +164,7 @@ class StreamingCaptioner:
         if self.mask_method == "learned":
             ft = FrameTensors.of(hist, self.frame)
             with torch.no_grad():
-                logits = mask_net_logits(self.model.mask_net, ft.hist, ft.log)
+                logits = mask_net_logits(self.model.mask_net, ft.hist, lambda: ft.log)
             return (logits[0] > 0).numpy()
         return patch_counts(hist, c.patch).reshape(-1) >= self.k
 

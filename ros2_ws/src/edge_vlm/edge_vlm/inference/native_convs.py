@@ -3,7 +3,9 @@
 estimator.
 
 * :func:`mask_net_logits`: the checkpoint's :class:`~edge_vlm.model.sttf.ChangeMaskNet` (the
-  streaming engine and the perception cores);
+  streaming engine and the perception cores); the ``log1p`` of counts below
+  :data:`MASK_LOG1P_COUNTS` comes from a table ``torch.log1p`` made (PyTorch's map to the bit),
+  so a frame's map is made only when a value is not such a count;
 * :func:`motion_trunk`: :meth:`~edge_vlm.model.motion.MotionHead._infer` (the engine passes it to
   the head as ``trunk``);
 * :func:`estimator_logits`: the :class:`~edge_vlm.model.anc.ComplexityEstimator` (the engine and
@@ -38,6 +40,7 @@ import os
 import weakref
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 import numpy as np
 import torch
@@ -52,7 +55,8 @@ __all__ = ["mask_net_logits", "motion_trunk", "estimator_logits", "motion_state_
 
 LIB_PATH = os.path.join(str(NATIVE_DIR), "libconvnets.so")
 SOURCE_PATH = os.path.join(str(NATIVE_DIR), "convnets.c")
-ABI = 2
+MASK_PATH = os.path.join(str(NATIVE_DIR), "convnets_mask.h")       # included by convnets.c
+ABI = 3
 _PTR, _I64, _F64 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 
 
@@ -60,7 +64,8 @@ class MaskNetStruct(ctypes.Structure):
     """``mnet_t`` of convnets.c (field for field)."""
     _fields_ = ([(n, _I64) for n in ("c", "h", "w", "patch", "h1", "h2")]
                 + [(n, _PTR) for n in ("w1", "b1", "w2", "b2", "wh")]
-                + [(n, _F64) for n in ("bh", "scale", "offset")])
+                + [(n, _F64) for n in ("bh", "scale", "offset")]
+                + [("lut", _PTR), ("nlut", _I64)])
 
 
 class _State:
@@ -77,7 +82,7 @@ def load() -> ctypes.CDLL | None:
             _State.why = "EDGE_VLM_NO_NATIVE_CONVS is set"
             return None
         try:
-            check_built(LIB_PATH, (SOURCE_PATH,))
+            check_built(LIB_PATH, (SOURCE_PATH, MASK_PATH))
             lib = ctypes.CDLL(LIB_PATH)
             lib.mnet_abi.restype = _I64
             lib.mnet_cpu_ok.restype = _I64
@@ -144,6 +149,20 @@ class _Packed:
                                                                   net.offset)))
         self.grid = (h // int(net.patch), w // int(net.patch))
         self.work = torch.empty(int(lib.mnet_work_size(ctypes.byref(self.struct))))
+        self.struct.lut, self.struct.nlut = mask_log1p_table().data_ptr(), MASK_LOG1P_COUNTS
+
+
+#: event counts whose log1p the mask net reads from a table (:func:`mask_log1p_table`)
+MASK_LOG1P_COUNTS = 4096
+
+
+@lru_cache(maxsize=1)
+def mask_log1p_table() -> torch.Tensor:
+    """``torch.log1p`` of 0 .. MASK_LOG1P_COUNTS - 1 (float32): the values PyTorch's ``log1p``
+    gives those counts in a frame (an elementwise function; ``tests/test_native_convs.py`` checks
+    a frame's map against the table). PyTorch's, not numpy's (:data:`LOG1P_TABLE`): the mask
+    net's map is PyTorch's."""
+    return torch.log1p(torch.arange(MASK_LOG1P_COUNTS, dtype=torch.float32))
 
 
 def _weights_key(net: torch.nn.Module) -> tuple:
@@ -165,32 +184,43 @@ def _pack(lib: ctypes.CDLL, net: torch.nn.Module, c: int, h: int, w: int) -> _Pa
     return p
 
 
-def _native_ok(net: torch.nn.Module, hist: torch.Tensor, log_hist: torch.Tensor) -> bool:
+def _native_ok(net: torch.nn.Module, hist: torch.Tensor) -> bool:
     if torch.is_grad_enabled() or net.training or hist.dim() != 4 or hist.shape[0] != 1:
         return False
     _, _, h, w = hist.shape
     p = int(net.patch)
     return (p % 8 == 0 and h % p == 0 and w % p == 0 and w % 32 == 0 and w <= 128 and h <= 128
-            and hist.dtype == log_hist.dtype == torch.float32
-            and hist.is_contiguous() and log_hist.is_contiguous()
-            and log_hist.shape == hist.shape)
+            and hist.dtype == torch.float32 and hist.is_contiguous())
 
 
 def mask_net_logits(net: torch.nn.Module, hist: torch.Tensor,
-                    log_hist: torch.Tensor) -> torch.Tensor:
-    """``net(hist, log_hist)``: logits (1, N) of ``hist`` (1, C, H, W) event counts with
-    ``log_hist`` = ``log1p(hist)``; through the library when it applies (module doc)."""
+                    log_hist: torch.Tensor | Callable[[], torch.Tensor] | None = None
+                    ) -> torch.Tensor:
+    """``net(hist, log1p(hist))``: logits (1, N) of ``hist`` (1, C, H, W) event counts;
+    ``log_hist``: ``log1p(hist)``, or a function giving it when asked (a frame's shared map),
+    or None (computed here). Through the library when it applies (module doc), which reads the
+    log1p of counts below :data:`MASK_LOG1P_COUNTS` from a table and asks for the map only when
+    a value is not such a count."""
+    def logs() -> torch.Tensor:
+        if log_hist is None:
+            return torch.log1p(hist)
+        return log_hist() if callable(log_hist) else log_hist
+
     lib = load()
-    if lib is None or not _native_ok(net, hist, log_hist):
-        return net(hist, log_hist)
+    if lib is None or not _native_ok(net, hist):
+        return net(hist, logs())
     _, c, h, w = hist.shape
     pk = _pack(lib, net, c, h, w)
     out = torch.empty((1, pk.grid[0] * pk.grid[1]), dtype=torch.float32)
-    rc = lib.mnet_forward(ctypes.byref(pk.struct), hist.data_ptr(), log_hist.data_ptr(),
-                          pk.work.data_ptr(), out.data_ptr())
-    if rc != 0:
-        return net(hist, log_hist)
-    return out
+    rc = lib.mnet_forward(ctypes.byref(pk.struct), hist.data_ptr(), None, pk.work.data_ptr(),
+                          out.data_ptr())
+    if rc == -3:                        # a value outside the table: PyTorch's log1p map
+        lh = logs()
+        if lh.dtype == torch.float32 and lh.is_contiguous() and lh.shape == hist.shape:
+            rc = lib.mnet_forward(ctypes.byref(pk.struct), hist.data_ptr(), lh.data_ptr(),
+                                  pk.work.data_ptr(), out.data_ptr())
+        return out if rc == 0 else net(hist, lh)
+    return out if rc == 0 else net(hist, logs())
 
 
 # ------------------------------------------------------------------------------ motion head

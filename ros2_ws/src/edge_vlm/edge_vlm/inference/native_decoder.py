@@ -148,9 +148,14 @@ def decoder_start(dec: MicroGPT, prefix: torch.Tensor, first: torch.Tensor,
     s = x.shape[1]
     h = (x + dec.pos[:s])[0].contiguous()
     idx = torch.arange(s)
-    mems = _memories(dec)[:len(dec.blocks[:layers])]
-    for blk, lm in zip(dec.blocks[:layers], mems):
-        out = native_vit.run_layer(blk, lm, h, idx, causal_from=dec.prefix_len)
+    blocks = dec.blocks[:layers]
+    mems = _memories(dec)[:len(blocks)]
+    # the last block computes the rows whose logits are read (the positions of ``first``, or
+    # the last one); the rows before them need only their keys and values there
+    kv_only = dec.prefix_len if all_logits else s - 1
+    for i, (blk, lm) in enumerate(zip(blocks, mems)):
+        out = native_vit.run_layer(blk, lm, h, idx, causal_from=dec.prefix_len,
+                                   kv_only=kv_only if i == len(blocks) - 1 else 0)
         if out is None:
             return dec.start(prefix, first, layers, all_logits)
         h = out

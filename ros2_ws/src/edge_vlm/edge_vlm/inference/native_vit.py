@@ -47,7 +47,7 @@ _DIR = str(NATIVE_DIR)
 LIB_PATH = os.path.join(_DIR, "libsparsevit.so")
 SOURCE_PATH = os.path.join(_DIR, "sparsevit.c")
 KERNELS_PATH = os.path.join(_DIR, "svit_kernels.h")        # included by sparsevit.c
-ABI = 11
+ABI = 12
 _PTR, _I64 = ctypes.c_void_p, ctypes.c_int64
 _WEIGHTS = ("ln1_w", "ln1_b", "wqkv_t", "bqkv", "wproj_t", "bproj", "ln2_w", "ln2_b", "w1_t", "b1",
             "w2_t", "b2")
@@ -113,7 +113,7 @@ def load():
             lib.svit_set_prefetch.restype = _I64
             lib.svit_layer.argtypes = [_PTR, _I64, _PTR, _PTR]
             lib.svit_layer.restype = _I64
-            lib.svit_layer_causal.argtypes = [_PTR, _I64, _PTR, _PTR, _I64]
+            lib.svit_layer_causal.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _I64]
             lib.svit_layer_causal.restype = _I64
             lib.svit_encode.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR,
                                         ctypes.c_double, _PTR, _I64]
@@ -282,13 +282,15 @@ def _struct(blk, lm) -> LayerStruct | None:
     return st
 
 
-def run_layer(blk, lm, x: torch.Tensor, idx: torch.Tensor,
-              causal_from: int | None = None) -> torch.Tensor | None:
+def run_layer(blk, lm, x: torch.Tensor, idx: torch.Tensor, causal_from: int | None = None,
+              kv_only: int = 0) -> torch.Tensor | None:
     """Layer ``blk`` over the tokens ``idx`` (x: their (n, D) inputs) through the kernel, updating
     ``lm`` like the PyTorch sparse step (input, keys, values, output of those tokens).
     ``causal_from``: a decoder block (:class:`~edge_vlm.model.layers.Block` with
     ``causal_from``): token ``idx[i]`` sees the first ``causal_from`` tokens and those up to
-    itself only (:mod:`edge_vlm.inference.native_decoder`).
+    itself only (:mod:`edge_vlm.inference.native_decoder`); ``kv_only`` (a decoder block): the
+    first ``kv_only`` tokens of ``idx`` get their keys and values only (their rows of the result
+    are their inputs: a pass's last block, whose prefix outputs no one reads).
     Returns the (n, D) outputs, or None when the kernel does not apply (the caller then runs
     the PyTorch path; nothing was written)."""
     lib = load()
@@ -303,7 +305,7 @@ def run_layer(blk, lm, x: torch.Tensor, idx: torch.Tensor,
         rc = lib.svit_layer(ctypes.byref(st), int(ii.numel()), ii.data_ptr(), out.data_ptr())
     else:
         rc = lib.svit_layer_causal(ctypes.byref(st), int(ii.numel()), ii.data_ptr(),
-                                   out.data_ptr(), int(causal_from))
+                                   out.data_ptr(), int(causal_from), int(kv_only))
     return out if rc == 0 else None
 
 
