@@ -107,6 +107,10 @@ def test_bench_sttf_quick():
     assert r["convs_backend"] == native_convs.backend()     # the small conv nets' path
     assert r["decoder_backend"] == native_decoder.backend()     # the decoder pass's path
     assert r["stages_backend"] == native_stages.backend()       # memory update and fusion
+    # the run's own spread: the two ratios per timing pass (repeats=1 here: one pass)
+    for k in ("encoder_efficiency_passes", "speedup_total_steady_passes"):
+        sp = r[k]
+        assert len(sp["values"]) == 1 and sp["min"] == sp["max"] == sp["values"][0] > 0, k
     best = min(v["dense_ms_steady"] for v in eb.values())
     assert r["dense_backend"] in eb and eb[r["dense_backend"]]["dense_ms_steady"] == best
     assert r["encoder_ms_steady_dense"] == pytest.approx(best)
@@ -349,6 +353,19 @@ def test_stage_medians_per_frame_and_table():
     assert sttf_timing.stage_medians([]) == {}
     lines = report._stage_table({"mask": 2.0, "total": 8.0}, {"mask": 2.0, "total": 32.0})
     assert any(line.startswith("| total | 8") and "| 4" in line for line in lines)
+
+
+def test_pass_ratios_pair_each_pass_and_the_report_prints_the_spread():
+    dense = [[9.0, 10.0, 10.0], [9.0, 12.0, 12.0], [9.0, 8.0, 8.0]]
+    sparse = [[9.0, 2.0, 2.0], [9.0, 2.0, 2.0], [9.0, 4.0, 4.0]]
+    # the first frame (dense in both) is left out; pass r divides by pass r
+    assert sttf_timing.pass_ratios(dense, sparse) == [5.0, 6.0, 2.0]
+    assert sttf_timing.pass_ratios([[1.0]], [[1.0]]) == []      # no steady frame: no ratio
+    st = {"speedup_total_steady_passes": {"values": [5.0, 6.0, 2.0], "min": 2.0, "max": 6.0}}
+    lines = report._sttf_section(st)
+    assert any("`speedup_total_steady_passes`" in line and "2.000 / 6.000" in line
+               and "5.000, 6.000, 2.000" in line for line in lines)
+    assert not any("encoder_efficiency_passes" in line for line in lines)   # absent: no row
 
 
 def test_bench_peers_quick(tmp_path):

@@ -186,6 +186,8 @@ _STTF_KEYS = (
     "memory_encoder_ms_steady_dense", "speedup_memory_encoder_steady", "total_ms_steady_sparse",
     "total_ms_steady_dense", "speedup_total_steady", "flops_ratio", "encoder_flops_ratio",
     "frames_scored")
+#: per-pass spreads ({values, min, max}) printed under the STTF figures
+_STTF_SPREADS = ("encoder_efficiency_passes", "speedup_total_steady_passes")
 #: the rows of the end-to-end table, in order
 _E2E_KEYS = ("frames_processed", "frames_expected_approx", "frames_dropped", "missing_packets",
              "packets_lost", "forced_refreshes", "frame_latency_ms_p50", "frame_latency_ms_p95",
@@ -329,6 +331,12 @@ def _sttf_section(st: dict) -> list[str]:
              f"{st.get('repeats')} passes)", "",
              "| figure | value |", "|---|---|"]
     lines += [f"| `{k}` | {fmt_value(st.get(k))} |" for k in _STTF_KEYS]
+    for k in _STTF_SPREADS:
+        sp = st.get(k)
+        if sp:
+            vals = ", ".join(f"{v:.3f}" for v in sp["values"])
+            lines.append(f"| `{k}` (per timing pass: min / max; all) | {sp['min']:.3f} / "
+                         f"{sp['max']:.3f}; {vals} |")
     if st.get("accuracy_by_clip_phase"):
         lines += _phase_table(st["accuracy_by_clip_phase"])
     if st.get("encoder_backends"):

@@ -19,7 +19,8 @@ from edge_vlm.inference.vit import backend_choice, dense_infer, sparse_infer
 from edge_vlm.model.sttf import CaptionModel
 
 __all__ = ["EncoderTiming", "TimingMedians", "time_encoders", "timing_medians",
-           "stage_medians", "timing_figures", "cost_fit", "vit_speedup_curve", "choice_record"]
+           "stage_medians", "timing_figures", "cost_fit", "vit_speedup_curve", "choice_record",
+           "pass_ratios"]
 
 #: the steady state: every frame after the first (dense in both engines)
 _STEADY = slice(1, None)
@@ -64,6 +65,9 @@ class TimingMedians:
     dense_backend: str
     sparse_backend: str
     choice: dict = field(default_factory=dict)
+    #: per timing pass, dense / sparse steady means: ``"encoder"`` (the backends of enc_d and
+    #: enc_s) and ``"total"`` (:func:`pass_ratios`)
+    passes: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _timed_vit(model: CaptionModel):
@@ -124,6 +128,21 @@ def stage_medians(passes: list[list[dict[str, float]]]) -> dict[str, np.ndarray]
     return {k: _median([[fr[k] for fr in p] for p in passes]) for k in keys}
 
 
+def pass_ratios(dense: list[list[float]], sparse: list[list[float]]) -> list[float]:
+    """Per timing pass r: the steady mean of dense pass r / that of sparse pass r. The passes
+    alternate the engines' order, so pass r's pair ran seconds apart: the spread of these
+    ratios is the run's own noise (the figures of record use per-frame medians over passes)."""
+    return [float(np.mean(d[_STEADY]) / np.mean(sp[_STEADY]))
+            for d, sp in zip(dense, sparse) if len(d) > 1 and np.mean(sp[_STEADY]) > 0]
+
+
+def _spread(values: list[float], scale: float = 1.0) -> dict | None:
+    if not values:
+        return None
+    v = [x * scale for x in values]
+    return {"values": v, "min": min(v), "max": max(v)}
+
+
 def timing_medians(t: EncoderTiming) -> TimingMedians:
     """Per-frame medians and the per-backend table (``encoder_backends``)."""
     per_frame = {("native" if nat else "torch"): (_median(t.encoder[False, nat]),
@@ -136,13 +155,16 @@ def timing_medians(t: EncoderTiming) -> TimingMedians:
                   for k, (d, s) in per_frame.items()}
     dense_backend = min(by_backend, key=lambda k: by_backend[k]["dense_ms_steady"])
     sparse_backend = "native" if t.backends[0] else "torch"      # the per-CPU choice
+    passes = {"encoder": pass_ratios(t.encoder[False, dense_backend == "native"],
+                                     t.encoder[True, t.backends[0]]),
+              "total": pass_ratios(t.total[False], t.total[True])}
     return TimingMedians(
         enc_s=per_frame[sparse_backend][1], enc_d=per_frame[dense_backend][0],
         mem_s=_median(t.memory_encoder[True]), mem_d=_median(t.memory_encoder[False]),
         tot_s=_median(t.total[True]), tot_d=_median(t.total[False]),
         stages={sp: stage_medians(t.stages[sp]) for sp in (True, False)},
         by_backend=by_backend, dense_backend=dense_backend, sparse_backend=sparse_backend,
-        choice=t.choice)
+        choice=t.choice, passes=passes)
 
 
 def timing_figures(m: TimingMedians, refreshed: np.ndarray, active_frac: np.ndarray,
@@ -181,6 +203,10 @@ def timing_figures(m: TimingMedians, refreshed: np.ndarray, active_frac: np.ndar
         # the share of the ideal (total / active tokens) speedup the sparse encoder reaches
         "encoder_efficiency": speedup / limit if speedup and limit else None,
         "speedup_total_steady": float(m.tot_d[st].mean() / m.tot_s[st].mean()),
+        # the same two ratios per timing pass ({values, min, max}): the run's own spread
+        "encoder_efficiency_passes": (_spread(m.passes.get("encoder") or [], 1.0 / limit)
+                                      if limit else None),
+        "speedup_total_steady_passes": _spread(m.passes.get("total") or []),
         # where a frame's time goes: every stage's steady mean of the per-frame medians (the
         # stages of FrameResult.latency_ms: mask, memory, [router], encoder, fusion, decoder,
         # total)
