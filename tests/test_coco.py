@@ -64,6 +64,21 @@ def coco(tmp_path_factory):
     return {"root": root, "images": img, "captions": cap, "base": base}
 
 
+def test_frame_diff_mask_reads_the_one_luma():
+    """The change mask's luma is sim.gestures.luma (the same bits on every CPU), not a matrix
+    product of its own."""
+    from edge_vlm.sim.gestures import luma
+
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    b = a.copy()
+    b[:8, :8] = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    diff = np.abs(luma(b, np.float32) - luma(a, np.float32))
+    per_patch = diff.reshape(4, 8, 4, 8).mean(axis=(1, 3)).reshape(-1)
+    for t in (0.0, float(np.median(per_patch[per_patch > 0])), 50.0):
+        assert np.array_equal(frame_diff_mask(a, b, 8, t), per_patch > t)
+
+
 def test_frame_diff_mask_marks_exactly_the_modified_patches():
     rng = np.random.default_rng(1)
     a = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)

@@ -38,6 +38,7 @@ from PIL import Image
 from edge_vlm.evaluation.metrics import caption_metrics, json_safe, percentiles
 from edge_vlm.inference.factory import engine_from_params, load_model
 from edge_vlm.report import fmt_value as fmt
+from edge_vlm.sim.gestures import luma
 
 __all__ = ["CocoFormatError", "ImageLoadError", "CocoSet", "DOMAIN_NOTE", "DEFAULT_THRESHOLD",
            "load_coco_captions", "load_image", "frame_diff_mask", "run_coco", "markdown_report",
@@ -48,7 +49,6 @@ DEFAULT_THRESHOLD = 8.0
 DOMAIN_NOTE = ("The shipped checkpoint was trained on simulated DVS128-style gesture scenes, so "
                "its captions of COCO photos are out of domain (expect near-zero scores); this "
                "harness is for your own captioning checkpoints and frames.")
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 class CocoFormatError(ValueError):
@@ -159,7 +159,9 @@ def frame_diff_mask(prev_rgb: np.ndarray | None, rgb: np.ndarray, patch: int,
         return np.ones(n, dtype=bool)
     if prev_rgb.shape != rgb.shape:
         raise ValueError(f"frame shapes differ: {prev_rgb.shape} vs {rgb.shape}")
-    diff = np.abs(rgb.astype(np.float32) @ _LUMA - prev_rgb.astype(np.float32) @ _LUMA)
+    # luma of sim.gestures (the one implementation): the same bits on every CPU, where a matrix
+    # product rounds as the CPU's BLAS kernel does
+    diff = np.abs(luma(rgb, np.float32) - luma(prev_rgb, np.float32))
     per_patch = diff.reshape(h // patch, patch, w // patch, patch).mean(axis=(1, 3))
     return (per_patch > threshold).reshape(-1)
 
