@@ -1,8 +1,9 @@
 """One frame's histogram as torch tensors, made once per frame and shared by every stage that
-reads it: the change-mask net, the ANC complexity estimator (both read ``log1p`` of the counts)
-and the motion state's per-patch counts. At batch 1 on CPU each saved call is a visible part of
-a sparse frame; the values are the ones each stage computed on its own (the same operations on
-the same input)."""
+reads it: the change-mask net, the ANC complexity estimator (both read ``log1p`` of the counts;
+the native mask net from a table, asking for the map only for a count the table lacks, so the
+map is made at the first stage that needs it) and the motion state's per-patch counts. At
+batch 1 on CPU each saved call is a visible part of a sparse frame; the values are the ones
+each stage computed on its own (the same operations on the same input)."""
 from __future__ import annotations
 
 import numpy as np

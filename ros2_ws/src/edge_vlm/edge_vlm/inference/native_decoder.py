@@ -15,8 +15,10 @@ the kernel's polynomial exp), as the encoder's kernel: ``tests/test_native_decod
 the logits' difference and checks that engines write the same captions both ways. PyTorch runs
 instead whenever the encoder's kernel would not (:func:`~edge_vlm.inference.native_vit.load`,
 ``EDGE_VLM_NO_NATIVE_VIT=1``), under autograd, for a batch other than 1, or when the shapes are
-not the kernel's; the KV caches it returns are PyTorch's layout, so the single-token steps
-after the pass stay PyTorch's.
+not the kernel's. The pass's KV cache stays in those memories (:class:`NativeKV`): the
+single-token steps after a disagreeing draft run on the kernel too, and PyTorch's per-block
+caches are made only when a step cannot; the pass's last block computes only the rows whose
+logits are read (the prefix gets its keys and values only).
 """
 from __future__ import annotations
 
