@@ -20,7 +20,7 @@ import numpy as np
 
 
 def _rows(model, params, meta, sets, level) -> list[tuple]:
-    from edge_vlm.bench.anc_complex import _right
+    from edge_vlm.bench.anc_complex import answer_right
     from edge_vlm.inference.factory import engine_from_params
     rows, stream, seen = [], None, {}
     eng = None
@@ -37,7 +37,7 @@ def _rows(model, params, meta, sets, level) -> list[tuple]:
             eng.perceive = watched
         r = eng.process(f.hist)
         vision = 1 + int(np.argmax(seen["p"].vision_logits.numpy()))     # DVS128 id 1..11
-        rows.append((f.group, f.kind, _right(r, f), f.kind is None and vision == f.label))
+        rows.append((f.group, f.kind, answer_right(r, f), f.kind is None and vision == f.label))
     return rows
 
 
@@ -47,16 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from edge_vlm.bench.anc import _anc_model
-    from edge_vlm.bench.anc_complex import _gesture_frames, _scene_frames
+    from edge_vlm.bench.anc import anc_model
+    from edge_vlm.bench.anc_complex import complex_gesture_frames, complex_scene_frames
     from edge_vlm.bench.recordings import sim_frames, test_recordings
     from edge_vlm.cores.graph import replay_params
     from edge_vlm.model.anc import LEVELS
     torch.set_num_threads(1)
     params = replay_params(graph=None).captioner
-    ck = _anc_model("")
+    ck = anc_model("")
     frames = [sim_frames(r, params) for r in test_recordings(args.quick)]
-    sets = _gesture_frames(frames) + _scene_frames(params, args.quick, len(frames))
+    sets = complex_gesture_frames(frames) + complex_scene_frames(params, args.quick, len(frames))
     print("| branch | gesture frames | published answer right | vision head alone right |")
     print("|---|---|---|---|")
     with torch.no_grad():

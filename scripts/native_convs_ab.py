@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from edge_vlm.bench.anc import _anc_model, _engine
+    from edge_vlm.bench.anc import anc_model, level_engine
     from edge_vlm.bench.recordings import sim_frames, test_recordings
     from edge_vlm.cores.graph import replay_params
     from edge_vlm.inference import native_convs as nm
@@ -53,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         else:               # read when an engine makes its native views (its first frame)
             native_stages.State.enabled = native
     params = replay_params(graph=None).captioner
-    ck = _anc_model("")
+    ck = anc_model("")
     keys = [(mode, path) for mode in ("STTF", "STTF+ANC") for path in ("torch", "native")]
     total: dict = {k: [] for k in keys}
     low: dict = {k: [] for k in keys}
     dec: dict = {k: [] for k in keys}
     texts: dict = {k: [] for k in keys}
     for rec in test_recordings(False)[:max(1, args.recordings)]:
-        engines = {k: _engine(ck.model, params, ck.meta, 2 if k[0] == "STTF" else None, True)
+        engines = {k: level_engine(ck.model, params, ck.meta, 2 if k[0] == "STTF" else None, True)
                    for k in keys}
         for j, f in enumerate(sim_frames(rec, params)):
             for k, eng in engines.items():

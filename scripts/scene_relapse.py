@@ -18,7 +18,7 @@ import sys
 import numpy as np
 
 
-def _recordings(part: str) -> list:
+def part_recordings(part: str) -> list:
     from edge_vlm.bench.streams import SIM_SEED
     from edge_vlm.bench.trust import scene_recordings
     from edge_vlm.sim import simulate_scene_recording, split_subjects
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     model, minfo = load_model("")
     total = frames = 0
     with torch.no_grad():
-        for rec in _recordings(args.part):
+        for rec in part_recordings(args.part):
             rows = _rows(rec, model, minfo, params)
             frames += sum(r["scene"] == "nothing" for r in rows)
             total += _report(rec.name, rows, args.context)

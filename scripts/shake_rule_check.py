@@ -23,13 +23,14 @@ import numpy as np
 def _stream(rec, model, minfo, params, segs, offset, recent):
     from edge_vlm.bench.engines import sttf_engine
     from edge_vlm.bench.recordings import sim_frames
-    from edge_vlm.bench.trust import _row
+    from edge_vlm.bench.trust import trust_row
     from edge_vlm.inference.grounding import SHAKE_WINDOW_FRAMES
     from edge_vlm.stream.frames import period_ns
     eng = sttf_engine(model, params, True, minfo)
     rows = []
     for f in sim_frames(rec, params):
-        rows.append(_row(rec.name, f.t_end, period_ns(params), eng.process(f.hist), segs, offset))
+        rows.append(trust_row(rec.name, f.t_end, period_ns(params), eng.process(f.hist), segs,
+                              offset))
         if rows[-1].gt_scene is not None:
             recent[rows[-1].gt_scene].append(int((eng.age < SHAKE_WINDOW_FRAMES).sum()))
     return rows
@@ -41,9 +42,9 @@ def _figures(part: str, value: int, model, minfo) -> tuple[dict, dict, dict]:
     from edge_vlm.cores.graph import replay_params
     from edge_vlm.evaluation.trust import trust_metrics
     sys.path.insert(0, __file__.rsplit("/", 1)[0])
-    from scene_relapse import _recordings
+    from scene_relapse import part_recordings
     params = dict(replay_params(graph=None).captioner, shake_min_patches=value)
-    recs = _recordings(part) + (test_recordings() if part == "test" else [])
+    recs = part_recordings(part) + (test_recordings() if part == "test" else [])
     rows, segments, recent = [], [], defaultdict(list)
     for rec in recs:
         segs = recording_segments(rec)

@@ -1,7 +1,7 @@
 """The complex/quiet frames of `edge-vlm bench anc` and the budget sweep's monotonicity."""
 import numpy as np
 
-from edge_vlm.bench.anc_complex import (COMPLEX_KINDS, ComplexFrame, _right, budget_monotone,
+from edge_vlm.bench.anc_complex import (COMPLEX_KINDS, ComplexFrame, answer_right, budget_monotone,
                                         complex_figures)
 from edge_vlm.bench.recordings import sim_frames
 from edge_vlm.bench.recordings import test_recordings as bench_recordings
@@ -35,11 +35,11 @@ class _Res:
 
 def test_a_scene_frame_is_right_only_with_no_gesture_and_its_kind():
     f = ComplexFrame(np.zeros(1), "complex", 0, "two_movers", 0)
-    assert _right(_Res(0, "two_movers"), f)
-    assert not _right(_Res(0, "walk"), f)
-    assert not _right(_Res(3, "two_movers"), f)
+    assert answer_right(_Res(0, "two_movers"), f)
+    assert not answer_right(_Res(0, "walk"), f)
+    assert not answer_right(_Res(3, "two_movers"), f)
     g = ComplexFrame(np.zeros(1), "complex", 5, None, 0)
-    assert _right(_Res(5, "gesture"), g) and not _right(_Res(4, "gesture"), g)
+    assert answer_right(_Res(5, "gesture"), g) and not answer_right(_Res(4, "gesture"), g)
 
 
 def test_complex_figures_quick_on_the_shipped_model():

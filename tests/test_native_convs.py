@@ -186,8 +186,8 @@ def test_estimator_agrees_with_pytorch(density, high):
 def test_engines_agree_with_the_pytorch_path():
     """A whole STTF+ANC engine with the kernels and one without (the library unloaded), on a
     simulated recording: the same captions, labels, tokens and routes; confidences to 1e-5."""
-    from edge_vlm.bench.anc import _anc_model, _engine
-    ck = _anc_model("")
+    from edge_vlm.bench.anc import anc_model, level_engine
+    ck = anc_model("")
     params = replay_params(graph=None).captioner
     frames = recordings.sim_frames(recordings.test_recordings(quick=True)[0], params)
     lib = native_convs.load()
@@ -195,7 +195,7 @@ def test_engines_agree_with_the_pytorch_path():
     try:
         for use in (True, False):
             native_convs._State.lib = lib if use else None
-            eng = _engine(ck.model, params, ck.meta, None, True)
+            eng = level_engine(ck.model, params, ck.meta, None, True)
             out[use] = [eng.process(f.hist) for f in frames]
     finally:
         native_convs._State.lib = lib

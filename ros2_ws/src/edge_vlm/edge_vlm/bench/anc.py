@@ -32,7 +32,7 @@ from edge_vlm.model.anc import LEVELS, AncModel, branch_params
 from edge_vlm.model.checkpoint import DEFAULT_CHECKPOINT
 from edge_vlm.model.flops import estimator_flops, vit_flops
 
-__all__ = ["MODES", "SWEEP", "AncRow", "bench_anc", "plot_sweep"]
+__all__ = ["MODES", "SWEEP", "AncRow", "anc_model", "bench_anc", "level_engine", "plot_sweep"]
 
 #: mode -> (forced branch level or None = routed, sparse encoder)
 MODES = {"dense_medium": (2, False), "sttf_only": (2, True), "anc_only": (None, False),
@@ -67,7 +67,7 @@ class AncRow:
     fresh: bool            # the caption was decoded on this frame
 
 
-def _anc_model(checkpoint: str = "") -> AncCheckpoint:
+def anc_model(checkpoint: str = "") -> AncCheckpoint:
     model, meta = load_model(checkpoint)
     if not isinstance(model, AncModel):
         raise ValueError(f"{checkpoint or DEFAULT_CHECKPOINT} is an STTF-only checkpoint; the ANC "
@@ -75,7 +75,7 @@ def _anc_model(checkpoint: str = "") -> AncCheckpoint:
     return AncCheckpoint(model, meta)
 
 
-def _engine(model: AncModel, params: dict, meta: dict, level: int | None, sparse: bool,
+def level_engine(model: AncModel, params: dict, meta: dict, level: int | None, sparse: bool,
             budget: float = 1.0) -> StreamingCaptioner:
     eng = engine_from_params(model, {**params, "compute_budget": budget}, meta, sparse=sparse)
     eng.force_level = level
@@ -87,7 +87,7 @@ def _lock_step(model: AncModel, params: dict, meta: dict,
     """The four modes frame by frame (fresh engines per recording)."""
     rows: dict[str, list[AncRow]] = {m: [] for m in MODES}
     for fr in frames:
-        engines = {m: _engine(model, params, meta, lv, sp) for m, (lv, sp) in MODES.items()}
+        engines = {m: level_engine(model, params, meta, lv, sp) for m, (lv, sp) in MODES.items()}
         for j, f in enumerate(fr):
             for m, eng in engines.items():
                 r = eng.process(f.hist)
@@ -106,7 +106,7 @@ def _texts_decoding_every_frame(model: AncModel, params: dict, meta: dict,
     frame, on the same frames."""
     always = []
     for fr in frames:
-        eng = _engine(model, {**params, "caption_reuse_threshold": 0.0}, meta, None, True)
+        eng = level_engine(model, {**params, "caption_reuse_threshold": 0.0}, meta, None, True)
         always += [eng.process(f.hist).text for f in fr]
     return always
 
@@ -118,7 +118,7 @@ def _budget_sweep(model: AncModel, params: dict, meta: dict,
     for b in SWEEP:
         rs = []
         for fr in frames:
-            eng = _engine(model, params, meta, None, True, budget=b)
+            eng = level_engine(model, params, meta, None, True, budget=b)
             rs += [(eng.process(f.hist), f) for f in fr]
         sc = [(r, f) for r, f in rs if f.gt is not None]
         sweep.append({"budget": b,
@@ -199,14 +199,14 @@ def bench_anc(checkpoint: str = "", threads: int = 1, quick: bool = False,
     recordings (one per test subject, lightings rotated; ``quick``: one short recording)."""
     set_threads(threads)
     params = replay_params(graph=None).captioner
-    ck = _anc_model(checkpoint)
+    ck = anc_model(checkpoint)
     model, meta = ck
     recs = test_recordings(quick)
     if not quick:   # one recording per test subject, lightings rotated (4 engines in lock step)
         recs = [recs[3 * i + i % 3] for i in range(len(recs) // 3)]
     frames = [sim_frames(r, params) for r in recs]
     with torch.no_grad():
-        warm = _engine(model, params, meta, None, True)
+        warm = level_engine(model, params, meta, None, True)
         for f in frames[0][:10]:
             warm.process(f.hist)
         rows = _lock_step(model, params, meta, frames)

@@ -19,7 +19,8 @@ from edge_vlm.bench.trust import recording_segments, scene_recordings
 from edge_vlm.inference.factory import engine_from_params
 from edge_vlm.model.anc import LEVELS
 
-__all__ = ["COMPLEX_KINDS", "QUIET_KINDS", "ComplexFrame", "complex_figures", "budget_monotone"]
+__all__ = ["COMPLEX_KINDS", "QUIET_KINDS", "ComplexFrame", "answer_right", "budget_monotone",
+           "complex_figures", "complex_gesture_frames", "complex_scene_frames"]
 
 #: scene kinds counted as complex (several movers, ego-motion) and as quiet
 COMPLEX_KINDS = ("two_movers", "camera_shake")
@@ -39,7 +40,7 @@ class ComplexFrame:
     stream: int                    # which recording (engines are fresh per recording)
 
 
-def _gesture_frames(frames: list[list[SimFrame]]) -> list[ComplexFrame]:
+def complex_gesture_frames(frames: list[list[SimFrame]]) -> list[ComplexFrame]:
     out = []
     for i, fr in enumerate(frames):
         for f in fr:
@@ -49,7 +50,7 @@ def _gesture_frames(frames: list[list[SimFrame]]) -> list[ComplexFrame]:
     return out
 
 
-def _scene_frames(params: dict, quick: bool, first_stream: int) -> list[ComplexFrame]:
+def complex_scene_frames(params: dict, quick: bool, first_stream: int) -> list[ComplexFrame]:
     out = []
     for i, rec in enumerate(scene_recordings(quick)):
         segs = recording_segments(rec)
@@ -64,7 +65,7 @@ def _scene_frames(params: dict, quick: bool, first_stream: int) -> list[ComplexF
     return out
 
 
-def _right(res, f: ComplexFrame) -> bool:
+def answer_right(res, f: ComplexFrame) -> bool:
     if f.kind is None:
         return res.label == f.label
     return res.label == 0 and res.scene is not None and res.scene.kind == f.kind
@@ -79,7 +80,7 @@ def _run(model, params: dict, meta: dict, frames: list[ComplexFrame], level, spa
                                      sparse=sparse)
             eng.force_level, stream = level, f.stream
         r = eng.process(f.hist)
-        rows.append((_right(r, f), r.route.branch if r.route is not None else ""))
+        rows.append((answer_right(r, f), r.route.branch if r.route is not None else ""))
     return rows
 
 
@@ -87,7 +88,7 @@ def complex_figures(model, params: dict, meta: dict, frames: list[list[SimFrame]
                     quick: bool = False) -> dict:
     """Tiny vs Medium accuracy on complex and quiet frames, and the deployed router's branch
     shares on each (``anc_accuracy_gap_complex`` = Medium - Tiny on complex frames)."""
-    sets = _gesture_frames(frames) + _scene_frames(params, quick, len(frames))
+    sets = complex_gesture_frames(frames) + complex_scene_frames(params, quick, len(frames))
     out: dict = {"complex_scene_kinds": list(COMPLEX_KINDS),
                  "quiet_scene_kinds": list(QUIET_KINDS),
                  "frames": {g: sum(f.group == g for f in sets) for g in ("complex", "quiet")}}

@@ -7,7 +7,7 @@ its Medium branch on every frame, the router's estimator still run); ToMe and to
 its encoder stage only (:func:`~edge_vlm.inference.peers.install_peer`), so the change mask,
 token memory, fusion, heads and caption decoder are the same in every row. STTF+ANC is the
 routed engine at budget 1. Accuracy per frame and per clip are
-:mod:`edge_vlm.bench.sttf`'s (``_accuracy``, ``_segment_accuracy``); FLOPs are the analytic
+:mod:`edge_vlm.bench.sttf`'s (``label_accuracy``, ``clip_accuracy``); FLOPs are the analytic
 count of every stage; ``encoder_ms`` / ``frame_ms`` are the engine's ``encoder`` / ``total``
 stage times, mean over the steady frames (all but each recording's first).
 
@@ -29,7 +29,7 @@ import torch
 from edge_vlm.bench.common import set_threads
 from edge_vlm.bench.engines import bench_model, sttf_engine
 from edge_vlm.bench.recordings import SimFrame, sim_frames, test_recordings
-from edge_vlm.bench.sttf import AccuracyPass, _accuracy, _segment_accuracy
+from edge_vlm.bench.sttf import AccuracyPass, label_accuracy, clip_accuracy
 from edge_vlm.cores.graph import replay_params
 from edge_vlm.inference.engine import FrameResult, StreamingCaptioner
 from edge_vlm.inference.factory import engine_from_params
@@ -157,8 +157,8 @@ def peer_rows(ls: LockStep, peers: tuple[Peer, ...]) -> list[dict]:
         rs, err = ls.results[x.label], ls.token_error[x.label]
         st = [rs[i] for i in steady]
         rows.append({
-            "method": x.method, "setting": x.setting, "accuracy": _accuracy(p, rs),
-            "segment_accuracy": _segment_accuracy(p, rs),
+            "method": x.method, "setting": x.setting, "accuracy": label_accuracy(p, rs),
+            "segment_accuracy": clip_accuracy(p, rs),
             "gflops": _mean([r.flops_executed / 1e9 for r in st]),
             "encoder_ms": _mean([r.latency_ms["encoder"] for r in st]),
             "frame_ms": _mean([r.latency_ms["total"] for r in st]),

@@ -27,7 +27,8 @@ from edge_vlm.model.sttf import CaptionModel
 from edge_vlm.sim import Recording
 from edge_vlm.stream.frames import period_ns
 
-__all__ = ["AccuracyPass", "accuracy_pass", "rgb_mode_accuracy", "active_fraction",
+__all__ = ["AccuracyPass", "accuracy_pass", "clip_accuracy", "label_accuracy", "rgb_mode_accuracy",
+           "active_fraction",
            "quality_figures", "bench_sttf"]
 
 #: the node parameters the report lists
@@ -108,7 +109,7 @@ def rgb_mode_accuracy(model: CaptionModel, params: dict, minfo: dict,
     return out
 
 
-def _accuracy(p: AccuracyPass, res: list[FrameResult], idx: list[int] | None = None
+def label_accuracy(p: AccuracyPass, res: list[FrameResult], idx: list[int] | None = None
               ) -> float | None:
     """Per-frame gesture accuracy of ``res`` over the labelled frames (of ``idx``)."""
     gt = p.gt
@@ -117,7 +118,7 @@ def _accuracy(p: AccuracyPass, res: list[FrameResult], idx: list[int] | None = N
     return (sum(res[i].label == gt[i] for i in idx) / len(idx)) if idx else None
 
 
-def _segment_accuracy(p: AccuracyPass, res: list[FrameResult]) -> float | None:
+def clip_accuracy(p: AccuracyPass, res: list[FrameResult]) -> float | None:
     """Per gesture clip: :func:`~edge_vlm.evaluation.trust.segment_vote` of its frames."""
     gt, out, i = p.gt, [], 0
     while i < len(gt):
@@ -175,21 +176,21 @@ def _agreement_figures(p: AccuracyPass) -> dict:
     low = [i for i in range(len(p.motion)) if p.motion[i] == "low"]
     high = [i for i in range(len(p.motion)) if p.motion[i] == "high"]
     phases = {k: [i for i in range(len(p.phase)) if p.phase[i] == k] for k in _PHASES}
-    a_d, a_s = _accuracy(p, res_d), _accuracy(p, res_s)
+    a_d, a_s = label_accuracy(p, res_d), label_accuracy(p, res_s)
     dev = p.deviation
     return {
         "caption_agreement": float(np.mean([x.text == y.text for x, y in zip(res_s, res_d)])),
         "label_agreement": float(np.mean([x.label == y.label for x, y in zip(res_s, res_d)])),
         "accuracy_dense": a_d, "accuracy_sparse": a_s,
         "accuracy_retained": (a_s / a_d) if a_d else None,
-        "accuracy_dense_low_motion": _accuracy(p, res_d, low),
-        "accuracy_sparse_low_motion": _accuracy(p, res_s, low),
-        "accuracy_dense_high_motion": _accuracy(p, res_d, high),
-        "accuracy_sparse_high_motion": _accuracy(p, res_s, high),
-        "segment_accuracy_dense": _segment_accuracy(p, res_d),
-        "segment_accuracy_sparse": _segment_accuracy(p, res_s),
-        "accuracy_by_clip_phase": {k: {"frames": len(idx), "dense": _accuracy(p, res_d, idx),
-                                       "sparse": _accuracy(p, res_s, idx)}
+        "accuracy_dense_low_motion": label_accuracy(p, res_d, low),
+        "accuracy_sparse_low_motion": label_accuracy(p, res_s, low),
+        "accuracy_dense_high_motion": label_accuracy(p, res_d, high),
+        "accuracy_sparse_high_motion": label_accuracy(p, res_s, high),
+        "segment_accuracy_dense": clip_accuracy(p, res_d),
+        "segment_accuracy_sparse": clip_accuracy(p, res_s),
+        "accuracy_by_clip_phase": {k: {"frames": len(idx), "dense": label_accuracy(p, res_d, idx),
+                                       "sparse": label_accuracy(p, res_s, idx)}
                                    for k, idx in phases.items()},
         "token_deviation_max": float(max(dev)) if dev else None,
         "token_deviation_mean": float(np.mean(dev)) if dev else None,

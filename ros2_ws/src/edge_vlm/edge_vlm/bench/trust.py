@@ -16,7 +16,8 @@ from edge_vlm.inference.engine import FrameResult
 from edge_vlm.sim import Recording, simulate_scene_recording, split_subjects
 from edge_vlm.training.config import LIGHTINGS, TrainConfig
 
-__all__ = ["scene_recordings", "recording_segments", "trust_figures", "TRUST_FIGURES"]
+__all__ = ["scene_recordings", "recording_segments", "trust_figures", "trust_row",
+           "TRUST_FIGURES"]
 
 #: the bench JSON keys of this part
 TRUST_FIGURES = ("caption_label_consistency", "caption_class_accuracy",
@@ -48,7 +49,7 @@ def recording_segments(rec: Recording) -> list[dict]:
     return sorted(segs, key=lambda g: g["t_start_ns"])
 
 
-def _row(stream: str, t_end: int, period: int, res: FrameResult, segments: list[dict],
+def trust_row(stream: str, t_end: int, period: int, res: FrameResult, segments: list[dict],
          offset: int) -> TrustRow:
     k = next((i for i, g in enumerate(segments) if g["t_start_ns"] < t_end <= g["t_end_ns"]),
              None)
@@ -71,14 +72,14 @@ def trust_figures(model, params: dict, minfo: dict, gesture_recs: list[Recording
     for rec, results in zip(gesture_recs, gesture_results):
         segs = recording_segments(rec)
         frames = sim_frames(rec, params)
-        rows += [_row(rec.name, f.t_end, period, r, segs, len(segments))
+        rows += [trust_row(rec.name, f.t_end, period, r, segs, len(segments))
                  for f, r in zip(frames, results)]
         segments += segs
     scene_recs = scene_recordings(quick)
     for rec in scene_recs:
         segs = recording_segments(rec)
         eng = sttf_engine(model, params, True, minfo)
-        rows += [_row(rec.name + "_scenes", f.t_end, period, eng.process(f.hist), segs,
+        rows += [trust_row(rec.name + "_scenes", f.t_end, period, eng.process(f.hist), segs,
                       len(segments)) for f in sim_frames(rec, params)]
         segments += segs
     trust = trust_metrics(rows, segments)

@@ -52,8 +52,9 @@ from edge_vlm.training.real_data import labelled_recordings, recordings_frameset
 from edge_vlm.training.schedule import save_fit, seed_run
 from edge_vlm.training.targets import (IGNORE, FrameTargets, concat_targets, frame_targets,
                                        mirror_targets)
-from edge_vlm.training.train_gesture import (MotionFrames, StreamedFrames, _score, accuracy,
-                                             calibrate_head, fit_head, stream_recording)
+from edge_vlm.training.train_gesture import (MotionFrames, StreamedFrames, accuracy,
+                                             calibrate_head, early_stop_score, fit_head,
+                                             stream_recording)
 
 #: CKPT values that name the shipped checkpoint
 SHIPPED = ("", "shipped")
@@ -298,7 +299,7 @@ def finetune(ckpt: str, data_dir: str, out: str, *, val_share: float = 0.25, epo
               "adapted": "motion head (gesture" + (" + scene" if head.cfg.scene_head else "")
                          + " groups) on the frozen encoder",
               **_split_record(pr), "best_epoch": best["epoch"], "before": before, "after": after,
-              "score_before": _score(before), "score_after": _score(after),
+              "score_before": early_stop_score(before), "score_after": early_stop_score(after),
               "improved": (after["accuracy"] or 0.0) > (before["accuracy"] or 0.0),
               "head_changed": any(not torch.equal(v, head.state_dict()[k])
                                   for k, v in original.items()),

@@ -249,7 +249,7 @@ def accuracy(head, data: MotionFrames, batch: int = 512) -> dict:
     return out
 
 
-def _score(acc: dict) -> float:
+def early_stop_score(acc: dict) -> float:
     """The early-stopping score: mean of the gesture and scene-kind accuracies."""
     vals = [v for v in (acc["accuracy"], acc.get("kind_accuracy")) if v is not None]
     return float(np.mean(vals)) if vals else 0.0
@@ -317,7 +317,7 @@ def fit_head(head, train: MotionFrames, val: MotionFrames, tc: GestureFitConfig,
             sched.step()
             tot += float(loss.detach()) * len(j)
         va = accuracy(head, val)
-        rec = {"epoch": epoch, "train_loss": tot / max(1, n), "val_score": _score(va),
+        rec = {"epoch": epoch, "train_loss": tot / max(1, n), "val_score": early_stop_score(va),
                "val_accuracy": va["accuracy"], "val_gesture_accuracy": va["gesture_accuracy"],
                "val_clip_accuracy": va["clip_accuracy"], "val_kind_accuracy":
                va.get("kind_accuracy"), "vision_weight": float(head.vision_weight.detach()),
