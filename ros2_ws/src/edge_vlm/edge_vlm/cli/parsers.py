@@ -100,6 +100,10 @@ def add_train(sub) -> None:
     s.add_argument("--resume", action="store_true", help="continue from <out>.resume")
     s.add_argument("--motion-width", type=int, default=None,
                    help="gesture: channels of the motion head's first convs (default 32)")
+    s.add_argument("--level", choices=("tiny", "small", "medium"), default=None,
+                   help="gesture: fit the head of this ANC level of a joint checkpoint (written "
+                        "next to the shared head, which the other levels keep reading) instead "
+                        "of the shared head")
     s.add_argument("--shift", type=int, default=None,
                    help="gesture: translate the training motion states by up to this many patches "
                         "(default 1)")

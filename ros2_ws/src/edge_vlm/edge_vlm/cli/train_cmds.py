@@ -27,7 +27,8 @@ def _fit_frozen(args) -> dict:
     if args.model == "gesture":
         cls, fit = GestureFitConfig, train_gesture.fit_gesture
         extra = {"batch": args.batch, "motion_width": args.motion_width, "cache": args.cache,
-                 "shift": args.shift, "extra_subjects": args.extra_subjects}
+                 "shift": args.shift, "extra_subjects": args.extra_subjects,
+                 "level": args.level}
     else:
         cls, fit = RouterFitConfig, train_router.fit_router
         extra = {"balance_weight": args.balance_weight}

@@ -162,25 +162,37 @@ class AncStreamingCaptioner(StreamingCaptioner):
                       branches=[LEVELS[b] for b in routing.run], weights=routing.weights,
                       budget=self.budget, kept_channels=list(self.kept[dom]),
                       branch_tokens={LEVELS[b]: t for b, t in tokens.items()},
-                      params_active=self.active_parameters(routing.run, a.decoder_layers[dom]))
+                      params_active=self.active_parameters(routing.run, a.decoder_layers[dom],
+                                                           dom))
         return EncoderOutput(vis, tokens[dom], any_dense, decoder_layers=a.decoder_layers[dom],
                              decoder_beam=int(a.decoder_beams[dom]), route=route,
                              branch_tokens=tokens,
                              # the routing stage: the router and this bookkeeping (not the ViTs)
                              router_ms=(time.perf_counter() - t0) * 1e3 - vit_s * 1e3)
 
-    def active_parameters(self, run: list[int], dec_layers: int) -> int:
-        """Parameters used by a frame that ran the branches ``run`` (at the current budget) and
-        ``dec_layers`` decoder blocks (cached per budget: counting walks every module)."""
-        key = (tuple(run), int(dec_layers))
+    def motion_head(self, enc: EncoderOutput) -> torch.nn.Module | None:
+        """The motion head of the level that ran the frame (the dominant branch's:
+        :meth:`AncModel.motion_for`)."""
+        if enc.route is None:
+            return self.model.motion
+        return self.model.motion_for(LEVELS.index(enc.route.branch))
+
+    def active_parameters(self, run: list[int], dec_layers: int, level: int = 2) -> int:
+        """Parameters used by a frame that ran the branches ``run`` (at the current budget),
+        ``dec_layers`` decoder blocks and the motion head of ``level`` (the dominant branch's;
+        cached per budget: counting walks every module)."""
+        key = (tuple(run), int(dec_layers), int(level))
         n = self._params_cache.get(key)
         if n is None:
             m = self.model
             shared = sum(p.numel() for name, p in m.named_parameters()
-                         if not name.startswith(("branches.", "decoder.blocks.")))
+                         if not name.startswith(("branches.", "decoder.blocks.", "motion.",
+                                                 "level_motion.")))
             dec = sum(p.numel() for blk in m.decoder.blocks[:dec_layers] for p in blk.parameters())
             branches = sum(branch_params(m.branches[b], self.kept[b]) for b in run)
-            n = self._params_cache[key] = int(shared + dec + branches)
+            head = m.motion_for(level)
+            heads = sum(p.numel() for p in head.parameters()) if head is not None else 0
+            n = self._params_cache[key] = int(shared + dec + branches + heads)
         return n
 
     def _flops(self, enc: EncoderOutput, n_embed: int, generated: int, beams: int,
@@ -191,7 +203,9 @@ class AncStreamingCaptioner(StreamingCaptioner):
             enc_fl += vit_flops(replace(c, mlp_ratio=m.acfg.mlp_ratios[b]), toks, self.kept[b])
         flops = {"change_mask": mask_flops(c) if learned_mask else 0.0,
                  "router": estimator_flops(c, m.acfg.est_hidden) if self.route_estimated else 0.0,
-                 "encoder": enc_fl, "fusion": fusion_flops(c, fusion_tokens),
+                 "encoder": enc_fl,
+                 "fusion": fusion_flops(c, fusion_tokens, getattr(self.motion_head(enc), "width",
+                                                                  None)),
                  "decoder": decoder_flops(c, generated, beams, enc.decoder_layers)}
         med = replace(c, mlp_ratio=m.acfg.mlp_ratios[2])
         dense = ((mask_flops(c) if learned_mask else 0.0) + embed_flops(c, n_embed)

@@ -311,26 +311,29 @@ class StreamingCaptioner:
         # moved; the dense baseline every row, on the same (native or PyTorch) path
         ff = self.fusion_cache.fuse(self.memory, bucket, change_t, every_row=not self.sparse)
         fused, z, fusion_tokens, vision = ff.fused, ff.z, ff.recomputed, ff.vision
-        motion = None
-        if self.model.motion is not None:
+        motion, head = None, self.motion_head(enc)
+        if head is not None:
             maps = motion_state_maps(self.motion_state, self.frame.hist[0].numpy(), self.age,
                                      c.patch, c.max_age)
             motion = torch.from_numpy(maps)[None]
         if vision is None:
             vision = self.model.gesture_logits(fused, z, bucket[None])
-        logits = (vision if motion is None
-                  else self.model.motion(motion, vision, trunk=motion_trunk))
+        logits = vision if motion is None else head(motion, vision, trunk=motion_trunk)
         self.last_rgb = has_rgb
         self.frame = None
         return Perception(change, changed, enc, resync, fused, logits[0], vision[0], motion,
                           learned, StageTimes(t0, t1, t1b, t2, time.perf_counter()),
-                          fusion_tokens)
+                          fusion_tokens, head)
+
+    def motion_head(self, enc: EncoderOutput) -> torch.nn.Module | None:
+        """The motion head that answers the frame ``enc`` encoded (None: the vision head alone);
+        an ANC engine's depends on the level that ran."""
+        return self.model.motion
 
     def report(self, p: Perception) -> SceneReport:
         """What the heads found about the perceived frame (:mod:`.grounding`: calibrated,
         smoothed over frames, the publication threshold)."""
-        motion = self.model.motion
-        temp = getattr(motion, "temperature", None) if p.motion is not None else None
+        temp = getattr(p.head, "temperature", None) if p.motion is not None else None
         frame = calibrated(split_heads(self.cfg, p.logits[None]), temp)
         self.smoother.frames = self.smoothing_frames
         # patches changed in the ego-motion rule's window (an age of max_age: never changed)

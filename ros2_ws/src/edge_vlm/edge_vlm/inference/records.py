@@ -93,6 +93,7 @@ class Perception:
     learned_mask: bool                  # the change mask came from the mask net
     times: StageTimes
     fusion_tokens: int = 0              # tokens whose fusion keys/values were recomputed
+    head: torch.nn.Module | None = None  # the motion head that answered (None: the vision head)
 
 
 @dataclass(slots=True)

@@ -34,6 +34,13 @@ Medium use the node's ``beam_size``, 3 as in the paper). At batch 1 on a CPU, be
 decoding is the costliest stage of a Tiny frame (about half its time), so a low-motion
 frame pays for a short greedy caption instead.
 
+``Per-level gesture heads``: the published gesture and scene answer comes from the motion head
+(:mod:`.motion`), which reads the token memory's motion state, not the branch; with one shared
+head the three levels answer alike (docs/design.md, "Why the branches do not differ"). A level
+may carry its own, narrower head (:attr:`AncConfig.motion_widths`, fitted by ``edge-vlm train
+--model gesture --level``); a frame is answered by the head of the level that ran it
+(:meth:`AncModel.motion_for`). Width 0 (the default): the shared head ``motion``.
+
 Sizes are scaled to a 2-core CPU (the paper's Tiny ~2M / Medium ~20M would not run in
 real time here and would not fit a 30 MB checkpoint); the ratio Medium/Tiny FLOPs (~19x)
 keeps the paper's spread. Branches are grown from the trained STTF encoder (function-
@@ -51,6 +58,7 @@ import torch.nn.functional as F
 
 from edge_vlm.model.config import ModelConfig
 from edge_vlm.model.layers import Block
+from edge_vlm.model.motion import MotionHead
 from edge_vlm.model.sttf import CaptionModel, SparseViT
 
 LEVELS = ("tiny", "small", "medium")
@@ -79,6 +87,8 @@ class AncConfig:
     router_threshold: float = 0.5
     gate_temperature: float = 0.05
     est_hidden: int = 8
+    # channels of each level's own motion head (0: the level reads the shared head ``motion``)
+    motion_widths: list = field(default_factory=lambda: [0, 0, 0])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -224,6 +234,24 @@ class AncModel(CaptionModel):
         self.branches = nn.ModuleList([BranchViT(cfg, d, r, acfg.gate_temperature)
                                        for d, r in zip(acfg.depths, acfg.mlp_ratios)])
         del self.vit        # the encoder is the routed branch
+        self.level_motion = nn.ModuleDict()
+        for level, width in enumerate(acfg.motion_widths):
+            if width:
+                self.add_level_head(level, width)
+
+    # -- per-level gesture heads --
+    def add_level_head(self, level: int, width: int) -> MotionHead:
+        """Give ``level`` its own (fresh) motion head of ``width`` channels; returns it."""
+        self.cfg.motion_head = True
+        head = self.level_motion[LEVELS[level]] = MotionHead(self.cfg, width)
+        self.acfg.motion_widths[level] = int(width)
+        return head
+
+    def motion_for(self, level: int) -> MotionHead | None:
+        """The motion head that answers a frame run by ``level``: the level's own, else the
+        shared one."""
+        return self.level_motion[LEVELS[level]] if LEVELS[level] in self.level_motion \
+            else self.motion
 
     # -- construction from a trained STTF model (function-preserving growth) --
     @classmethod

@@ -14,7 +14,7 @@ cross-attention, gesture head with its motion net), ``decoder`` (KV-cached Micro
 from __future__ import annotations
 
 from edge_vlm.model.config import ModelConfig
-from edge_vlm.model.motion import motion_channels
+from edge_vlm.model.motion import head_outputs, motion_channels
 
 
 def linear(n: int, d_in: int, d_out: int) -> float:
@@ -68,27 +68,30 @@ def encoder_flops(cfg: ModelConfig, layer_tokens: list[int], n_embed: int) -> fl
     return embed_flops(cfg, n_embed) + vit_flops(cfg, layer_tokens)
 
 
-def motion_head_flops(cfg: ModelConfig) -> float:
-    """The gesture head's conv net on the motion state (:class:`.motion.MotionHead`); 0 without
+def motion_head_flops(cfg: ModelConfig, width: int | None = None) -> float:
+    """The gesture head's conv net on the motion state (:class:`.motion.MotionHead`, ``width``
+    channels, default ``cfg.motion_width``: an ANC level's own head may be narrower); 0 without
     it."""
     if not cfg.motion_head:
         return 0.0
-    g, w = cfg.grid, cfg.motion_width
+    g, w = cfg.grid, width or cfg.motion_width
     return (conv(g, g, motion_channels(cfg) + 2, w, 3) + conv(g, g, w, w, 3)
             + conv(g // 2, g // 2, w, 2 * w, 3) + conv(g // 4, g // 4, 2 * w, 2 * w, 3)
-            + linear(1, 2 * w * (g // 4) ** 2, cfg.num_classes))
+            + linear(1, 2 * w * (g // 4) ** 2, head_outputs(cfg)))
 
 
-def fusion_flops(cfg: ModelConfig, kv_tokens: int | None = None) -> float:
+def fusion_flops(cfg: ModelConfig, kv_tokens: int | None = None,
+                 motion_width: int | None = None) -> float:
     """Mask-biased cross-attention of the fusion queries over all tokens, MLP, gesture head
-    (with the motion head when the model has one); ``kv_tokens``: the tokens whose keys and
-    values were computed (the streaming cache's recomputed rows; default: all)."""
+    (with the motion head when the model has one, ``motion_width`` channels: see
+    :func:`motion_head_flops`); ``kv_tokens``: the tokens whose keys and values were computed
+    (the streaming cache's recomputed rows; default: all)."""
     d, n, q = cfg.dim, cfg.num_tokens, cfg.fusion_queries
     kv = n if kv_tokens is None else kv_tokens
     cross = linear(q, d, d) + linear(kv, d, 2 * d) + attention(q, n, d) + linear(q, d, d)
     mlp = linear(q, d, 4 * d) + linear(q, 4 * d, d)
     head = linear(1, 2 * d, cfg.num_classes)
-    return cross + mlp + head + motion_head_flops(cfg)
+    return cross + mlp + head + motion_head_flops(cfg, motion_width)
 
 
 def decoder_flops(cfg: ModelConfig, generated: int, beams: int = 1, layers: int | None = None,

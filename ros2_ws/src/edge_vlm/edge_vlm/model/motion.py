@@ -161,10 +161,10 @@ class MotionHead(nn.Module):
     ``temperature`` holds one calibration temperature per group (fitted on validation
     subjects by ``edge-vlm train --model gesture``)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, width: int | None = None):
         super().__init__()
-        w, g = cfg.motion_width, cfg.grid
-        self.cfg = cfg
+        w, g = width or cfg.motion_width, cfg.grid
+        self.cfg, self.width = cfg, w
         self.scene = bool(cfg.scene_head)
         self.net = nn.Sequential(
             nn.Conv2d(motion_channels(cfg) + 2, w, 3, padding=1), nn.ReLU(),

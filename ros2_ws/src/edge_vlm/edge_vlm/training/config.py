@@ -82,6 +82,7 @@ class GestureFitConfig(TrainConfig):
     random_sensor: bool = True          # every other recording on a randomised DVS sensor
     extra_subjects: int = 0             # more training subjects, ids after ``subjects`` (never
     #                                     a validation or test subject)
+    level: str = ""                     # an ANC level ("tiny", ...): fit that level's own head
 
 
 @dataclass

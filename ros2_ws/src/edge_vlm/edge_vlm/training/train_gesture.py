@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from edge_vlm.cores.graph import replay_params
 from edge_vlm.inference.factory import engine_from_params, load_model
+from edge_vlm.model.anc import LEVELS
 from edge_vlm.model.motion import HEADS, HeadLogits, split_heads
 from edge_vlm.sim import simulate_recording, simulate_scene_recording
 from edge_vlm.evaluation.trust import calibration
@@ -343,11 +344,11 @@ def calibrate_head(head, val: MotionFrames) -> list[float]:
 
 def model_id(model) -> str:
     """Hash of the weights that make the collected frames (every parameter and buffer but the
-    motion head's: the head reads the motion state, it does not make it), so refitting the
+    motion heads': a head reads the motion state, it does not make it), so refitting the
     heads of a checkpoint keeps its cache valid."""
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
-        if not name.startswith("motion."):
+        if not name.startswith(("motion.", "level_motion.")):
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -431,10 +432,8 @@ def fit_gesture(tc: GestureFitConfig, progress: bool = True) -> dict:
     frames = _collect_or_load(tc, split, model, progress)
     t_collect = time.time() - t0
 
-    model.cfg.motion_width = tc.motion_width
     model.cfg.scene_head = bool(tc.scenes)
-    model.add_motion_head()              # fresh, seeded head (replaces one the checkpoint had)
-    head = model.motion
+    head = new_head(model, tc)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in head.parameters():
@@ -454,4 +453,20 @@ def fit_gesture(tc: GestureFitConfig, progress: bool = True) -> dict:
            "val_subjects": split.val, "train_subjects": split.train + extra_subject_ids(tc),
            "seconds": round(time.time() - t0, 1), "collect_seconds": round(t_collect, 1),
            "streamed_frames_from_cache": frames.from_cache}
-    return save_fit(tc.out, model, meta, "gesture_fit", fit, history)
+    name = f"gesture_fit_{tc.level}" if tc.level else "gesture_fit"
+    return save_fit(tc.out, model, meta, name, fit, history)
+
+
+def new_head(model, tc: GestureFitConfig):
+    """The fresh, seeded head the fit trains (replacing the one the checkpoint had): the shared
+    head ``motion`` of ``tc.motion_width`` channels, or with ``tc.level`` that level's own head
+    of a joint STTF+ANC checkpoint (:meth:`~edge_vlm.model.anc.AncModel.add_level_head`; the
+    shared head and ``cfg.motion_width`` stay as they are)."""
+    if not tc.level:
+        model.cfg.motion_width = tc.motion_width
+        model.add_motion_head()
+        return model.motion
+    if not hasattr(model, "acfg") or tc.level not in LEVELS:
+        raise ValueError(f"--level {tc.level}: needs a joint STTF+ANC checkpoint and one of "
+                         f"{', '.join(LEVELS)}")
+    return model.add_level_head(LEVELS.index(tc.level), tc.motion_width)
