@@ -95,6 +95,12 @@ def add_train(sub) -> None:
                    help="lambda of the expected active-token ratio in the loss")
     s.add_argument("--patience", type=int, default=None,
                    help="early stopping (epochs without improvement)")
+    s.add_argument("--heads", action="store_true",
+                   help="router: score the levels by the gesture heads that answer for them, on "
+                        "streamed frames (per-level heads: train --model gesture --level)")
+    s.add_argument("--cost-weight", type=float, default=None,
+                   help="router: weight of the levels' relative FLOPs in the routing loss "
+                        "(default 0.3)")
     s.add_argument("--balance-weight", type=float, default=None,
                    help="anc: weight of the routing load-balancing (entropy) term (default 0.1)")
     s.add_argument("--resume", action="store_true", help="continue from <out>.resume")

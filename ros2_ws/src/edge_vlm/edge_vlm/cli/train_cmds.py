@@ -8,7 +8,7 @@ import json
 import sys
 
 from edge_vlm.model.checkpoint import CheckpointError
-from edge_vlm.training import train_gesture, train_router
+from edge_vlm.training import router_heads, train_gesture, train_router
 from edge_vlm.training.config import AncTrainConfig, GestureFitConfig, RouterFitConfig, TrainConfig
 from edge_vlm.training.data import subject_split
 from edge_vlm.training.finetune import finetune
@@ -30,8 +30,10 @@ def _fit_frozen(args) -> dict:
                  "shift": args.shift, "extra_subjects": args.extra_subjects,
                  "level": args.level}
     else:
-        cls, fit = RouterFitConfig, train_router.fit_router
-        extra = {"balance_weight": args.balance_weight}
+        cls = RouterFitConfig
+        fit = router_heads.fit_router_heads if args.heads else train_router.fit_router
+        extra = {"balance_weight": args.balance_weight, "cost_weight": args.cost_weight,
+                 "heads": bool(args.heads)}
     d = cls()
     cfg = cls(out=args.out if args.out != TrainConfig().out else d.out, init=args.init,
               subjects=args.subjects, seed=args.seed, threads=args.threads, workers=args.workers,

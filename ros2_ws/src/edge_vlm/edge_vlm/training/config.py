@@ -99,4 +99,7 @@ class RouterFitConfig(TrainConfig):
     complexity_weight: float = 1.0
     balance_weight: float = 0.1
     loss_clip: float = 1.0
+    heads: bool = False                 # score the levels by their gesture heads on streamed
+    #                                     frames (training/router_heads.py)
+    stream_every: int = 4               # heads: keep every n-th streamed frame
 

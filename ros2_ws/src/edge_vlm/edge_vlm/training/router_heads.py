@@ -1,0 +1,186 @@
+"""`edge-vlm train --model router --heads`: fit the ANC router on streamed frames, scoring each
+level by the gesture head that answers for it.
+
+Why: with per-level gesture heads (:attr:`~edge_vlm.model.anc.AncConfig.motion_widths`) the
+level a frame runs decides its published answer, and the router's own stage
+(:mod:`.train_router`) scores the branches by their vision-head and caption losses, which do
+not see those heads. Here the frames are what the heads read at run time:
+
+1. ``collect``: a gesture and a scene recording per subject (``lightings_per_subject`` 1,
+   events only, as ``edge-vlm train --model gesture`` simulates them) are streamed through the
+   inference engine at Medium (sparse, the node's parameters); every ``stream_every``-th frame
+   keeps the estimator's inputs as the engine computes them
+   (:meth:`~edge_vlm.model.anc.AncModel.estimator_inputs`: the frame's event counts, stored as
+   uint8 like the other router stage's, the changed and recently-changed fractions), the motion
+   state, the vision logits and the frame's targets;
+2. every level's head (:meth:`~edge_vlm.model.anc.AncModel.motion_for`) scores every kept frame:
+   gesture cross-entropy plus scene-kind cross-entropy, the level's task loss;
+3. a fresh estimator (seeded: the result does not depend on the router the checkpoint had) is
+   fitted by :func:`.train_router.fit_estimator` (the router objective:
+   Gumbel-softmax weights x (task-loss gap to the frame's best level + ``cost_weight`` x the
+   level's relative FLOPs, branch and head) + ``complexity_weight`` x cross-entropy against
+   the frame's cheapest good level: the level with the least task loss + ``cost_weight`` x
+   cost).
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from edge_vlm.cores.graph import replay_params
+from edge_vlm.inference.factory import engine_from_params, load_model
+from edge_vlm.model.anc import LEVELS, AncModel, ComplexityEstimator
+from edge_vlm.model.config import age_bucket_np
+from edge_vlm.model.flops import motion_head_flops, vit_flops
+from edge_vlm.model.motion import HEADS, split_heads
+from edge_vlm.sim import simulate_recording, simulate_scene_recording
+from edge_vlm.training.config import LIGHTINGS, RouterFitConfig
+from edge_vlm.training.data import recording_frames, subject_split
+from edge_vlm.training.schedule import save_fit, seed_run
+from edge_vlm.training.targets import IGNORE, frame_targets
+from edge_vlm.training.train_router import RouterFrames, fit_estimator, routing_report
+
+__all__ = ["collect_streamed", "fit_router_heads", "level_costs", "level_losses"]
+
+_MODEL: dict = {}
+
+
+def _init(init: str, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _MODEL["model"], _MODEL["meta"] = load_model(init)
+    _MODEL["params"] = replay_params(graph=None).captioner
+
+
+def _stream(job: tuple) -> dict:
+    """One recording (subject, lighting, seed, scenes, tc) streamed at Medium: the kept frames."""
+    subject, lighting, seed, scenes, tc = job
+    if scenes:
+        rec = simulate_scene_recording(subject, lighting, seed=seed,
+                                       clip_duration_s=tc.clip_s + 0.5, gap_s=tc.gap_s)
+    else:
+        rec = simulate_recording(subject, lighting, seed=seed, clip_duration_s=tc.clip_s,
+                                 gap_s=tc.gap_s, with_frames=False)
+    fs = recording_frames(rec, tc.period_ns, 0)
+    tg = frame_targets(rec, fs.t_end)
+    model = _MODEL["model"]
+    eng = engine_from_params(model, _MODEL["params"], _MODEL["meta"])
+    eng.force_level = len(LEVELS) - 1
+    keep, out = [], {"hist": [], "change": [], "recent": [], "motion": [], "vision": []}
+    with torch.no_grad():
+        for f in range(len(fs.hist)):
+            p = eng.perceive(fs.hist[f])
+            if f % max(1, tc.stream_every):
+                continue
+            hist = torch.from_numpy(np.asarray(fs.hist[f], dtype=np.float32))[None]
+            bucket = age_bucket_np(eng.age, model.cfg.max_age)[None]
+            h, c, r = model.estimator_inputs(hist, torch.from_numpy(p.change)[None], bucket)
+            out["hist"].append(h[0].clamp(max=255).to(torch.uint8))
+            out["change"].append(float(c[0]))
+            out["recent"].append(float(r[0]))
+            out["motion"].append(p.motion[0].half())
+            out["vision"].append(p.vision_logits)
+            keep.append(f)
+    out["targets"] = {k: torch.from_numpy(v[keep]) for k, v in tg.items()}
+    return out
+
+
+def collect_streamed(tc: RouterFitConfig, subjects: list[int], progress: bool) -> dict:
+    """The kept frames of ``subjects`` (module doc, step 1), concatenated."""
+    jobs = []
+    for si, s in enumerate(subjects):
+        lighting = LIGHTINGS[si % len(LIGHTINGS)]
+        for scenes in (False, True):
+            jobs.append((s, lighting, tc.seed * 100003 + s * 7 + (50021 if scenes else 0),
+                         scenes, tc))
+    parts = []
+    with ProcessPoolExecutor(max_workers=max(1, tc.workers), initializer=_init,
+                             initargs=(tc.init, max(1, tc.threads // max(1, tc.workers)))) as pool:
+        it = pool.map(_stream, jobs)
+        if progress:
+            it = tqdm(it, total=len(jobs), desc="router: stream", unit="rec")
+        parts = list(it)
+    return {"hist": torch.stack(sum((p["hist"] for p in parts), [])),
+            "change": torch.tensor(sum((p["change"] for p in parts), [])),
+            "recent": torch.tensor(sum((p["recent"] for p in parts), [])),
+            "motion": torch.stack(sum((p["motion"] for p in parts), [])).float(),
+            "vision": torch.stack(sum((p["vision"] for p in parts), [])),
+            "targets": {k: torch.cat([p["targets"][k] for p in parts])
+                        for k in parts[0]["targets"]}}
+
+
+@torch.no_grad()
+def level_losses(model: AncModel, frames: dict, batch: int = 512) -> torch.Tensor:
+    """(N, levels) task loss of every level's head on every frame: gesture plus scene-kind
+    cross-entropy (a target of IGNORE adds nothing)."""
+    t = frames["targets"]
+    out = []
+    for level in range(len(LEVELS)):
+        head = model.motion_for(level).eval()
+        rows = []
+        for s in range(0, len(t["gesture"]), batch):
+            lg = split_heads(model.cfg, head(frames["motion"][s:s + batch],
+                                             frames["vision"][s:s + batch]))
+            loss = torch.zeros(len(lg.gesture))
+            for name in ("gesture", "kind"):
+                x = getattr(lg, name)
+                if x is not None:
+                    loss += F.cross_entropy(x, t[name][s:s + batch], ignore_index=IGNORE,
+                                            reduction="none")
+            rows.append(loss)
+        out.append(torch.cat(rows))
+    return torch.stack(out, dim=1)
+
+
+def level_costs(model: AncModel) -> torch.Tensor:
+    """Dense FLOPs of each level (its branch and the head that answers for it) relative to
+    Medium's."""
+    c, a = model.cfg, model.acfg
+    fl = [vit_flops(replace(c, mlp_ratio=r), [c.num_tokens] * d)
+          + motion_head_flops(c, getattr(model.motion_for(i), "width", None))
+          for i, (d, r) in enumerate(zip(a.depths, a.mlp_ratios))]
+    return torch.tensor(fl) / fl[-1]
+
+
+def _router_frames(model: AncModel, frames: dict, costs: torch.Tensor,
+                   tc: RouterFitConfig) -> RouterFrames:
+    loss = level_losses(model, frames)
+    g, k = frames["targets"]["gesture"], frames["targets"]["kind"]
+    kinds = HEADS["kind"]
+    what = [("gesture" if int(a) > 0 else kinds[int(b)] if 0 <= int(b) < len(kinds) else "-")
+            for a, b in zip(g, k)]
+    return RouterFrames(hist=frames["hist"], change=frames["change"], recent=frames["recent"],
+                        loss=loss, level=(loss + tc.cost_weight * costs[None]).argmin(dim=1),
+                        motion=what)
+
+
+def fit_router_heads(tc: RouterFitConfig, progress: bool = True) -> dict:
+    """Fit the router of the joint checkpoint ``tc.init`` on streamed frames scored by its
+    levels' heads; write the checkpoint with a ``router_fit`` record and ``router_fit.json``."""
+    rng = seed_run(tc)
+    t0 = time.time()
+    model, meta = load_model(tc.init)
+    if not isinstance(model, AncModel) or model.motion_for(len(LEVELS) - 1) is None:
+        raise ValueError(f"{tc.init or 'the shipped checkpoint'} is not a joint STTF+ANC "
+                         "checkpoint with gesture heads")
+    # a fresh, seeded estimator: the fit does not depend on the router the checkpoint had
+    torch.manual_seed(tc.seed)
+    model.estimator = ComplexityEstimator(model.cfg, model.acfg.est_hidden)
+    split = subject_split(tc)
+    costs = level_costs(model)
+    train = _router_frames(model, collect_streamed(tc, split.train, progress), costs, tc)
+    val = _router_frames(model, collect_streamed(tc, split.val, progress), costs, tc)
+    t_collect = time.time() - t0
+    before = {"train": routing_report(model, train), "val": routing_report(model, val)}
+    history = fit_estimator(model, train, val, costs, tc, rng, progress)
+    after = {"train": routing_report(model, train), "val": routing_report(model, val)}
+    fit = {"config": dict(tc.__dict__), "before": before, "after": after,
+           "costs": costs.tolist(), "val_subjects": split.val,
+           "frames": {"train": len(train["level"]), "val": len(val["level"])},
+           "seconds": round(time.time() - t0, 1), "collect_seconds": round(t_collect, 1)}
+    return save_fit(tc.out, model, meta, "router_fit", fit, history)

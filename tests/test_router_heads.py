@@ -1,0 +1,125 @@
+"""The router stage that scores the ANC levels by their gesture heads (issue 19, part 3;
+``edge-vlm train --model router --heads``)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import edge_vlm.training.router_heads as rh
+from edge_vlm.model.anc import LEVELS
+from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
+from edge_vlm.model.motion import HEADS, motion_channels
+from edge_vlm.sim.captions import SCENE_KINDS
+from edge_vlm.training.config import RouterFitConfig
+from edge_vlm.training.targets import IGNORE
+
+from test_anc import tiny_pair
+
+
+def _answers(head, label: int, kind: str) -> None:
+    """``head`` (with the scene groups) answers gesture ``label`` and scene ``kind``."""
+    with torch.no_grad():
+        last = head.net[-1]
+        last.weight.zero_()
+        last.bias.zero_()
+        last.bias[label] = 20.0
+        last.bias[len(HEADS["gesture"]) + SCENE_KINDS.index(kind)] = 20.0
+
+
+def _model():
+    _, a, _ = tiny_pair()
+    a.cfg.scene_head = True
+    a.add_motion_head()
+    a.add_level_head(0, 8)
+    _answers(a.motion, 3, "gesture")              # Small and Medium: gesture 3
+    _answers(a.level_motion["tiny"], 0, "nothing")  # Tiny: "nothing moves", always
+    return a.eval()
+
+
+def _frames(cfg, n: int, seed: int) -> dict:
+    """Half gesture-3 frames (events in the frame), half empty frames ('nothing')."""
+    gen = torch.Generator().manual_seed(seed)
+    gesture = torch.arange(n) % 2 == 0
+    hist = torch.zeros(n, cfg.event_channels, cfg.image_size, cfg.image_size, dtype=torch.uint8)
+    hist[gesture, :, 40:80, 40:80] = torch.randint(1, 6, (int(gesture.sum()), cfg.event_channels,
+                                                          40, 40), generator=gen,
+                                                   dtype=torch.uint8)
+    kind = torch.where(gesture, SCENE_KINDS.index("gesture"), SCENE_KINDS.index("nothing"))
+    ignore = torch.full((n,), IGNORE)
+    return {"hist": hist, "change": gesture.float() * 0.2, "recent": gesture.float() * 0.3,
+            "motion": torch.rand(n, motion_channels(cfg), cfg.grid, cfg.grid, generator=gen),
+            "vision": torch.zeros(n, cfg.num_classes),
+            "targets": {"gesture": torch.where(gesture, 3, 0), "kind": kind,
+                        "direction": ignore, "speed": ignore, "position": ignore}}
+
+
+def test_level_losses_score_each_level_by_the_head_that_answers_for_it():
+    a = _model()
+    f = _frames(a.cfg, 8, 0)
+    loss = rh.level_losses(a, f, batch=3)
+    assert loss.shape == (8, len(LEVELS))
+    gesture = f["targets"]["gesture"] > 0
+    assert (loss[gesture, 0] > 10).all() and (loss[gesture, 1:] < 0.01).all()
+    assert (loss[~gesture, 0] < 0.01).all() and (loss[~gesture, 1:] > 10).all()
+    torch.testing.assert_close(loss[:, 1], loss[:, 2])          # one shared head
+
+
+def test_level_costs_count_branch_and_head():
+    a = _model()
+    costs = rh.level_costs(a)
+    assert costs[-1] == 1.0 and costs[0] < costs[1] < costs[2]
+    wide = a.add_level_head(0, a.cfg.motion_width)
+    assert wide.width == a.cfg.motion_width and rh.level_costs(a)[0] > costs[0]
+
+
+def test_fit_routes_a_frame_to_the_cheapest_level_whose_head_knows(tmp_path, monkeypatch):
+    """Gesture frames go where the head sees the gesture (not Tiny), empty frames to Tiny."""
+    a = _model()
+    ck = tmp_path / "in.pt"
+    save_checkpoint(str(ck), a)
+    calls = []
+
+    def fake_collect(tc, subjects, progress):
+        calls.append(list(subjects))
+        return _frames(a.cfg, 96, len(calls))
+
+    monkeypatch.setattr(rh, "collect_streamed", fake_collect)
+    tc = RouterFitConfig(init=str(ck), out=str(tmp_path / "r" / "c.pt"), heads=True, epochs=40,
+                         batch=32, lr=1e-2)
+    rh.fit_router_heads(tc, progress=False)
+    assert len(calls) == 2 and set(calls[0]).isdisjoint(calls[1])     # train, then validation
+    m, meta = load_checkpoint(tc.out)
+    after = meta["router_fit"]["after"]["val"]["route_share_by_motion"]
+    assert after["gesture"][0] < 0.1 and after["nothing"][0] > 0.9, after
+    summary = json.load(open(tmp_path / "r" / "router_fit.json"))
+    assert summary["config"]["heads"] and summary["frames"] == {"train": 96, "val": 96}
+    f = _frames(a.cfg, 4, 9)
+    with torch.no_grad():
+        route = m.estimator(f["hist"].float(), f["change"], f["recent"]).argmax(-1)
+    assert route.tolist()[1::2] == [0, 0] and 0 not in route.tolist()[0::2]
+
+
+def test_fit_needs_a_joint_checkpoint_with_heads(tmp_path):
+    m, a, _ = tiny_pair()
+    for model in (m, a):                      # STTF only; joint without a motion head
+        save_checkpoint(str(tmp_path / "c.pt"), model)
+        with pytest.raises(ValueError, match="gesture heads"):
+            rh.fit_router_heads(RouterFitConfig(init=str(tmp_path / "c.pt"), heads=True),
+                                progress=False)
+
+
+def test_cli_passes_heads_and_cost_weight(monkeypatch):
+    from edge_vlm.cli import main
+
+    seen = {}
+
+    def fit(cfg, progress):
+        seen["cfg"] = cfg
+        return {"checkpoint": cfg.out}
+
+    monkeypatch.setattr(rh, "fit_router_heads", fit)
+    assert main(["train", "--model", "router", "--heads", "--cost-weight", "0.1",
+                 "--no-progress"]) == 0
+    assert seen["cfg"].heads and seen["cfg"].cost_weight == 0.1
+    assert np.isclose(RouterFitConfig().cost_weight, 0.3)
