@@ -150,3 +150,28 @@ def test_cli_errors_are_one_line_and_defaults_match_the_function(tmp_path, team_
             not args.no_rehearse, args.threads) == tuple(
         defaults[k] for k in ("epochs", "lr", "val_share", "seed", "mirror", "rehearse",
                               "threads"))
+
+
+def test_an_anc_levels_own_head_is_adapted_too(tmp_path, team_dir):
+    """A joint checkpoint's Tiny head (the head that answers Tiny's frames) is fine-tuned on the
+    same frames as the shared head, with its own record; the shared head is adapted as before."""
+    from test_anc import tiny_pair
+
+    _, a, _ = tiny_pair()
+    a.cfg.scene_head = True
+    a.add_motion_head()
+    a.add_level_head(0, 8)
+    ck = tmp_path / "joint.pt"
+    save_checkpoint(str(ck), a)
+    before, _ = load_checkpoint(str(ck))
+    s = finetune(str(ck), str(team_dir), str(tmp_path / "o.pt"), epochs=1, mirror=False,
+                 threads=1)
+    assert list(s["levels"]) == ["tiny"] and s["levels"]["tiny"]["width"] == 8
+    rec = s["levels"]["tiny"]
+    assert rec["before"]["frames"] == rec["after"]["frames"] == s["val_frames"] > 0
+    assert rec["best_epoch"] == 1 and "gesture" in rec["temperatures"]
+    out, meta = load_checkpoint(str(tmp_path / "o.pt"))
+    assert meta["finetune"]["levels"]["tiny"]["width"] == 8
+    for old, new in ((before.level_motion["tiny"], out.level_motion["tiny"]),
+                     (before.motion, out.motion)):
+        assert any(not torch.equal(v, new.state_dict()[k]) for k, v in old.state_dict().items())

@@ -30,7 +30,9 @@ time, and the captions follow what the heads found (grounded captions), so they 
 5. the checkpoint's head and the fine-tuned head are scored on the same held-out frames
    (``before``, ``after``; ``improved``: the per-frame gesture accuracy, "no gesture" included,
    went up), and the checkpoint is written with a ``finetune`` record (``finetune.json`` next
-   to it).
+   to it). A joint STTF+ANC checkpoint's level heads (:attr:`AncConfig.motion_widths`: the
+   heads that answer for Tiny or Small) are adapted the same way, each on the same frames,
+   with its own record under ``levels``.
 """
 from __future__ import annotations
 
@@ -304,8 +306,28 @@ def finetune(ckpt: str, data_dir: str, out: str, *, val_share: float = 0.25, epo
               "head_changed": any(not torch.equal(v, head.state_dict()[k])
                                   for k, v in original.items()),
               "temperatures": cal.temperatures, "recalibrated": cal.refitted,
+              "levels": {name: adapt_level_head(h, pr, tc, seed, progress)
+                         for name, h in getattr(pr.st.model, "level_motion", {}).items()},
               "seconds": round(time.time() - t0, 1)}
     return save_fit(out, pr.st.model, pr.st.meta, "finetune", record, fit.history)
+
+
+def adapt_level_head(head, pr: Prepared, tc: GestureFitConfig, seed: int,
+                     progress: bool) -> dict:
+    """An ANC level's own head fine-tuned as the shared one (the same frames and fit, its own
+    best epoch and temperatures); its ``before`` / ``after`` scores on the held-out frames."""
+    before = accuracy(head, pr.val)
+    for p in head.parameters():
+        p.requires_grad_(True)
+    fit = fit_head(head, pad_batches(pr.train, tc.batch, seed), pr.val, tc, progress)
+    head.load_state_dict(fit.best_state)
+    head.eval()
+    cal = recalibrate(head, pr.val)
+    after = accuracy(head, pr.val)
+    return {"width": head.width, "before": before, "after": after,
+            "best_epoch": max(fit.history, key=lambda r: r["val_score"])["epoch"],
+            "improved": (after["accuracy"] or 0.0) > (before["accuracy"] or 0.0),
+            "temperatures": cal.temperatures, "recalibrated": cal.refitted}
 
 
 def _split_record(pr: Prepared) -> dict:
@@ -324,6 +346,7 @@ def _described(parts: list[Part], by: str) -> list[str]:
     return [f"{p.name}[{p.start}:{p.stop}]" if by == "time" else p.name for p in parts]
 
 
-__all__ = ["Calibration", "DataSplit", "Part", "Prepared", "SHIPPED", "Streamer", "finetune",
+__all__ = ["Calibration", "DataSplit", "Part", "Prepared", "SHIPPED", "Streamer",
+           "adapt_level_head", "finetune",
            "pad_batches", "prepare", "recalibrate", "rehearsal", "split_data", "stream_parts",
            "team_targets"]
