@@ -94,6 +94,9 @@ def test_fit_routes_a_frame_to_the_cheapest_level_whose_head_knows(tmp_path, mon
     assert after["gesture"][0] < 0.1 and after["nothing"][0] > 0.9, after
     summary = json.load(open(tmp_path / "r" / "router_fit.json"))
     assert summary["config"]["heads"] and summary["frames"] == {"train": 96, "val": 96}
+    assert [s["cost_weight"] for s in summary["sweep"]] == list(tc.cost_weights)
+    assert summary["cost_weight"] == max(tc.cost_weights)      # every weight keeps the answers
+    assert all(s["val_accuracy_medium"] == 0.5 for s in summary["sweep"])
     f = _frames(a.cfg, 4, 9)
     with torch.no_grad():
         route = m.estimator(f["hist"].float(), f["change"], f["recent"]).argmax(-1)
@@ -121,5 +124,16 @@ def test_cli_passes_heads_and_cost_weight(monkeypatch):
     monkeypatch.setattr(rh, "fit_router_heads", fit)
     assert main(["train", "--model", "router", "--heads", "--cost-weight", "0.1",
                  "--no-progress"]) == 0
-    assert seen["cfg"].heads and seen["cfg"].cost_weight == 0.1
+    assert seen["cfg"].heads and seen["cfg"].cost_weights == (0.1,)
+    assert main(["train", "--model", "router", "--heads", "--no-progress"]) == 0
+    assert seen["cfg"].cost_weights == RouterFitConfig().cost_weights
     assert np.isclose(RouterFitConfig().cost_weight, 0.3)
+
+
+def test_the_largest_cost_weight_that_keeps_the_answers_is_chosen():
+    def fit(w, routed, medium=0.9):
+        return {"cost_weight": w, "val_accuracy_routed": routed, "val_accuracy_medium": medium}
+    fits = [fit(0.3, 0.80), fit(0.1, 0.896), fit(0.05, 0.899), fit(0.03, 0.91)]
+    assert rh.choose_weight(fits, 0.005)["cost_weight"] == 0.1
+    assert rh.choose_weight(fits, 0.0)["cost_weight"] == 0.03
+    assert rh.choose_weight([fit(0.3, 0.5), fit(0.1, 0.7)], 0.005)["cost_weight"] == 0.1

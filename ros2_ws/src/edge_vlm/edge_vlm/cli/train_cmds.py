@@ -34,6 +34,8 @@ def _fit_frozen(args) -> dict:
         fit = router_heads.fit_router_heads if args.heads else train_router.fit_router
         extra = {"balance_weight": args.balance_weight, "cost_weight": args.cost_weight,
                  "heads": bool(args.heads)}
+        if args.heads and args.cost_weight is not None:     # one weight, no choice
+            extra["cost_weights"] = (args.cost_weight,)
     d = cls()
     cfg = cls(out=args.out if args.out != TrainConfig().out else d.out, init=args.init,
               subjects=args.subjects, seed=args.seed, threads=args.threads, workers=args.workers,

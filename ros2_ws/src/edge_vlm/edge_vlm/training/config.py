@@ -102,4 +102,7 @@ class RouterFitConfig(TrainConfig):
     heads: bool = False                 # score the levels by their gesture heads on streamed
     #                                     frames (training/router_heads.py)
     stream_every: int = 4               # heads: keep every n-th streamed frame
+    cost_weights: tuple = (0.3, 0.2, 0.1, 0.05, 0.03)   # heads: the cost weights fitted ...
+    accuracy_tolerance: float = 0.005   # ... and the largest kept whose routed validation
+    #                                     accuracy is within this of Medium's
 

@@ -15,18 +15,24 @@ not see those heads. Here the frames are what the heads read at run time:
    state, the vision logits and the frame's targets;
 2. every level's head (:meth:`~edge_vlm.model.anc.AncModel.motion_for`) scores every kept frame:
    gesture cross-entropy plus scene-kind cross-entropy, the level's task loss;
-3. a fresh estimator (seeded: the result does not depend on the router the checkpoint had) is
-   fitted by :func:`.train_router.fit_estimator` (the router objective:
-   Gumbel-softmax weights x (task-loss gap to the frame's best level + ``cost_weight`` x the
-   level's relative FLOPs, branch and head) + ``complexity_weight`` x cross-entropy against
-   the frame's cheapest good level: the level with the least task loss + ``cost_weight`` x
-   cost).
+3. for each of ``cost_weights``, a fresh estimator (seeded: the result depends neither on the
+   router the checkpoint had nor on the order) is fitted by
+   :func:`.train_router.fit_estimator` (the router objective: Gumbel-softmax weights x
+   (task-loss gap to the frame's best level + ``cost_weight`` x the level's relative FLOPs,
+   branch and head) + ``complexity_weight`` x cross-entropy against the frame's cheapest good
+   level: the level with the least task loss + ``cost_weight`` x cost);
+4. :func:`choose_weight` keeps, on the validation subjects, the largest cost weight whose
+   routed per-frame gesture accuracy (each frame answered by the head of the level the router
+   picks) is within ``accuracy_tolerance`` of Medium's: the cheapest routing that keeps the
+   answers. The test subjects take no part (``make bench`` reports them).
 """
 from __future__ import annotations
 
+import copy
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,7 +52,8 @@ from edge_vlm.training.schedule import save_fit, seed_run
 from edge_vlm.training.targets import IGNORE, frame_targets
 from edge_vlm.training.train_router import RouterFrames, fit_estimator, routing_report
 
-__all__ = ["collect_streamed", "fit_router_heads", "level_costs", "level_losses"]
+__all__ = ["Scored", "choose_weight", "collect_streamed", "fit_router_heads", "level_correct",
+           "level_costs", "level_losses"]
 
 _MODEL: dict = {}
 
@@ -147,40 +154,100 @@ def level_costs(model: AncModel) -> torch.Tensor:
     return torch.tensor(fl) / fl[-1]
 
 
-def _router_frames(model: AncModel, frames: dict, costs: torch.Tensor,
-                   tc: RouterFitConfig) -> RouterFrames:
-    loss = level_losses(model, frames)
+@torch.no_grad()
+def level_correct(model: AncModel, frames: dict, batch: int = 512) -> torch.Tensor:
+    """(N, levels) bool: each level's head names the frame's gesture (0: no gesture)."""
+    out = []
+    for level in range(len(LEVELS)):
+        head = model.motion_for(level).eval()
+        out.append(torch.cat([split_heads(model.cfg, head(frames["motion"][s:s + batch],
+                                                          frames["vision"][s:s + batch])
+                                          ).gesture.argmax(-1)
+                              for s in range(0, len(frames["vision"]), batch)]))
+    return torch.stack(out, dim=1) == frames["targets"]["gesture"][:, None]
+
+
+def _router_frames(frames: dict, loss: torch.Tensor, costs: torch.Tensor,
+                   cost_weight: float) -> RouterFrames:
     g, k = frames["targets"]["gesture"], frames["targets"]["kind"]
     kinds = HEADS["kind"]
     what = [("gesture" if int(a) > 0 else kinds[int(b)] if 0 <= int(b) < len(kinds) else "-")
             for a, b in zip(g, k)]
     return RouterFrames(hist=frames["hist"], change=frames["change"], recent=frames["recent"],
-                        loss=loss, level=(loss + tc.cost_weight * costs[None]).argmin(dim=1),
+                        loss=loss, level=(loss + cost_weight * costs[None]).argmin(dim=1),
                         motion=what)
+
+
+class Scored(NamedTuple):
+    """Streamed frames with every level's task loss and right answers."""
+    frames: dict
+    loss: torch.Tensor
+    correct: torch.Tensor
+
+
+def _score(model: AncModel, frames: dict) -> Scored:
+    return Scored(frames, level_losses(model, frames), level_correct(model, frames))
+
+
+def _fit_weight(model: AncModel, train: Scored, val: Scored, costs: torch.Tensor,
+                tc: RouterFitConfig, weight: float, progress: bool) -> dict:
+    """A fresh, seeded estimator fitted at ``cost_weight`` = ``weight``; its record (validation
+    routing, routed vs Medium per-frame gesture accuracy) and its weights."""
+    torch.manual_seed(tc.seed)
+    model.estimator = ComplexityEstimator(model.cfg, model.acfg.est_hidden)
+    t = replace(tc, cost_weight=weight)
+    rf_train = _router_frames(train.frames, train.loss, costs, weight)
+    rf_val = _router_frames(val.frames, val.loss, costs, weight)
+    history = fit_estimator(model, rf_train, rf_val, costs, t, np.random.default_rng(tc.seed),
+                            progress)
+    with torch.no_grad():
+        route = model.estimator(rf_val["hist"].float(), rf_val["change"],
+                                rf_val["recent"]).argmax(dim=-1)
+    routed = float(val.correct.gather(1, route[:, None]).float().mean())
+    return {"cost_weight": weight, "val_accuracy_routed": routed,
+            "val_accuracy_medium": float(val.correct[:, -1].float().mean()),
+            "val_route_share": (np.bincount(route.numpy(), minlength=len(LEVELS))
+                                / max(1, len(route))).tolist(),
+            "history": history, "state": copy.deepcopy(model.estimator.state_dict()),
+            "report": {"train": routing_report(model, rf_train),
+                       "val": routing_report(model, rf_val)}}
+
+
+def choose_weight(fits: list[dict], tolerance: float) -> dict:
+    """The fit with the largest cost weight whose routed validation accuracy is within
+    ``tolerance`` of Medium's (the cheapest routing that keeps the answers); if none is, the
+    most accurate one."""
+    ok = [f for f in fits if f["val_accuracy_routed"] >= f["val_accuracy_medium"] - tolerance]
+    if ok:
+        return max(ok, key=lambda f: f["cost_weight"])
+    return max(fits, key=lambda f: f["val_accuracy_routed"])
 
 
 def fit_router_heads(tc: RouterFitConfig, progress: bool = True) -> dict:
     """Fit the router of the joint checkpoint ``tc.init`` on streamed frames scored by its
-    levels' heads; write the checkpoint with a ``router_fit`` record and ``router_fit.json``."""
-    rng = seed_run(tc)
+    levels' heads, at each of ``tc.cost_weights``, and keep the one :func:`choose_weight` picks
+    on the validation subjects; write the checkpoint with a ``router_fit`` record and
+    ``router_fit.json``."""
+    seed_run(tc)
     t0 = time.time()
     model, meta = load_model(tc.init)
     if not isinstance(model, AncModel) or model.motion_for(len(LEVELS) - 1) is None:
         raise ValueError(f"{tc.init or 'the shipped checkpoint'} is not a joint STTF+ANC "
                          "checkpoint with gesture heads")
-    # a fresh, seeded estimator: the fit does not depend on the router the checkpoint had
-    torch.manual_seed(tc.seed)
-    model.estimator = ComplexityEstimator(model.cfg, model.acfg.est_hidden)
     split = subject_split(tc)
     costs = level_costs(model)
-    train = _router_frames(model, collect_streamed(tc, split.train, progress), costs, tc)
-    val = _router_frames(model, collect_streamed(tc, split.val, progress), costs, tc)
+    train = _score(model, collect_streamed(tc, split.train, progress))
+    val = _score(model, collect_streamed(tc, split.val, progress))
     t_collect = time.time() - t0
-    before = {"train": routing_report(model, train), "val": routing_report(model, val)}
-    history = fit_estimator(model, train, val, costs, tc, rng, progress)
-    after = {"train": routing_report(model, train), "val": routing_report(model, val)}
-    fit = {"config": dict(tc.__dict__), "before": before, "after": after,
-           "costs": costs.tolist(), "val_subjects": split.val,
-           "frames": {"train": len(train["level"]), "val": len(val["level"])},
+    fits = [_fit_weight(model, train, val, costs, tc, w, progress) for w in tc.cost_weights]
+    best = choose_weight(fits, tc.accuracy_tolerance)
+    model.estimator.load_state_dict(best["state"])
+    for p in model.estimator.parameters():
+        p.requires_grad_(False)
+    sweep = [{k: v for k, v in f.items() if k not in ("history", "state", "report")}
+             for f in fits]
+    fit = {"config": dict(tc.__dict__), "cost_weight": best["cost_weight"], "sweep": sweep,
+           "after": best["report"], "costs": costs.tolist(), "val_subjects": split.val,
+           "frames": {"train": len(train.loss), "val": len(val.loss)},
            "seconds": round(time.time() - t0, 1), "collect_seconds": round(t_collect, 1)}
-    return save_fit(tc.out, model, meta, "router_fit", fit, history)
+    return save_fit(tc.out, model, meta, "router_fit", fit, best["history"])
