@@ -14,7 +14,7 @@ from edge_vlm.sim.captions import SCENE_KINDS
 from edge_vlm.training.config import RouterFitConfig
 from edge_vlm.training.targets import IGNORE
 
-from test_anc import tiny_pair
+from test_anc import blob, tiny_pair
 
 
 def _answers(head, label: int, kind: str) -> None:
@@ -85,6 +85,9 @@ def test_fit_routes_a_frame_to_the_cheapest_level_whose_head_knows(tmp_path, mon
         return _frames(a.cfg, 96, len(calls))
 
     monkeypatch.setattr(rh, "collect_streamed", fake_collect)
+    # validation recordings streamed through the engine: a moving blob performing gesture 3
+    monkeypatch.setattr(rh, "val_recordings", lambda tc, subjects: [
+        rh.ValRecording(np.stack([blob(f) for f in range(8)]), np.full(8, 3))])
     tc = RouterFitConfig(init=str(ck), out=str(tmp_path / "r" / "c.pt"), heads=True, epochs=40,
                          batch=32, lr=1e-2)
     rh.fit_router_heads(tc, progress=False)
@@ -95,8 +98,13 @@ def test_fit_routes_a_frame_to_the_cheapest_level_whose_head_knows(tmp_path, mon
     summary = json.load(open(tmp_path / "r" / "router_fit.json"))
     assert summary["config"]["heads"] and summary["frames"] == {"train": 96, "val": 96}
     assert [s["cost_weight"] for s in summary["sweep"]] == list(tc.cost_weights)
-    assert summary["cost_weight"] == max(tc.cost_weights)      # every weight keeps the answers
-    assert all(s["val_accuracy_medium"] == 0.5 for s in summary["sweep"])
+    # the weight kept is choose_weight's over the recorded sweep
+    assert summary["cost_weight"] == rh.choose_weight(summary["sweep"],
+                                                      tc.accuracy_tolerance)["cost_weight"]
+    assert all(s["val_head_accuracy_medium"] == 0.5 for s in summary["sweep"])
+    # the published answers of the streamed validation recording: Medium's head says 3
+    assert all(s["val_accuracy_medium"] == 1.0 for s in summary["sweep"])
+    assert all(0.0 <= s["val_accuracy_routed"] <= 1.0 for s in summary["sweep"])
     f = _frames(a.cfg, 4, 9)
     with torch.no_grad():
         route = m.estimator(f["hist"].float(), f["change"], f["recent"]).argmax(-1)

@@ -22,9 +22,11 @@ not see those heads. Here the frames are what the heads read at run time:
    branch and head) + ``complexity_weight`` x cross-entropy against the frame's cheapest good
    level: the level with the least task loss + ``cost_weight`` x cost);
 4. :func:`choose_weight` keeps, on the validation subjects, the largest cost weight whose
-   routed per-frame gesture accuracy (each frame answered by the head of the level the router
-   picks) is within ``accuracy_tolerance`` of Medium's: the cheapest routing that keeps the
-   answers. The test subjects take no part (``make bench`` reports them).
+   routed accuracy is within ``accuracy_tolerance`` of Medium's: the cheapest routing that
+   keeps the answers. The accuracy is the published gesture's on the gesture frames of the
+   validation gesture recordings streamed through the node's engine (routed at budget 1, and
+   forced to Medium; :func:`published_accuracy`), as ``make bench`` measures it on the test
+   subjects, which take no part here.
 """
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ from edge_vlm.training.schedule import save_fit, seed_run
 from edge_vlm.training.targets import IGNORE, frame_targets
 from edge_vlm.training.train_router import RouterFrames, fit_estimator, routing_report
 
-__all__ = ["Scored", "choose_weight", "collect_streamed", "fit_router_heads", "level_correct",
+__all__ = ["Scored", "ValRecording", "choose_weight", "published_accuracy", "val_recordings",
+            "collect_streamed", "fit_router_heads", "level_correct",
            "level_costs", "level_losses"]
 
 _MODEL: dict = {}
@@ -189,10 +192,45 @@ def _score(model: AncModel, frames: dict) -> Scored:
     return Scored(frames, level_losses(model, frames), level_correct(model, frames))
 
 
+class ValRecording(NamedTuple):
+    """A validation gesture recording cut into frames, with each frame's gesture target."""
+    hist: np.ndarray
+    gesture: np.ndarray
+
+
+def val_recordings(tc: RouterFitConfig, subjects: list[int]) -> list[ValRecording]:
+    """The gesture recordings of ``subjects`` that :func:`collect_streamed` streams."""
+    out = []
+    for si, s in enumerate(subjects):
+        rec = simulate_recording(s, LIGHTINGS[si % len(LIGHTINGS)], seed=tc.seed * 100003 + s * 7,
+                                 clip_duration_s=tc.clip_s, gap_s=tc.gap_s, with_frames=False)
+        fs = recording_frames(rec, tc.period_ns, 0)
+        out.append(ValRecording(fs.hist, frame_targets(rec, fs.t_end)["gesture"]))
+    return out
+
+
+@torch.no_grad()
+def published_accuracy(model: AncModel, meta: dict, recs: list[ValRecording],
+                       level: int | None) -> float:
+    """Per-frame accuracy of the published gesture over the gesture frames of ``recs``,
+    streamed through the node's engine (sparse, budget 1) routed (``level`` None) or forced to
+    ``level``: what ``make bench`` measures on the test subjects."""
+    right = total = 0
+    for r in recs:
+        eng = engine_from_params(model, replay_params(graph=None).captioner, meta)
+        eng.force_level = level
+        for f in range(len(r.hist)):
+            label = eng.process(r.hist[f]).label
+            if r.gesture[f] > 0:
+                right += int(label == r.gesture[f])
+                total += 1
+    return right / max(1, total)
+
+
 def _fit_weight(model: AncModel, train: Scored, val: Scored, costs: torch.Tensor,
                 tc: RouterFitConfig, weight: float, progress: bool) -> dict:
     """A fresh, seeded estimator fitted at ``cost_weight`` = ``weight``; its record (validation
-    routing, routed vs Medium per-frame gesture accuracy) and its weights."""
+    routing, the routed heads' per-frame gesture accuracy against Medium's) and its weights."""
     torch.manual_seed(tc.seed)
     model.estimator = ComplexityEstimator(model.cfg, model.acfg.est_hidden)
     t = replace(tc, cost_weight=weight)
@@ -204,8 +242,8 @@ def _fit_weight(model: AncModel, train: Scored, val: Scored, costs: torch.Tensor
         route = model.estimator(rf_val["hist"].float(), rf_val["change"],
                                 rf_val["recent"]).argmax(dim=-1)
     routed = float(val.correct.gather(1, route[:, None]).float().mean())
-    return {"cost_weight": weight, "val_accuracy_routed": routed,
-            "val_accuracy_medium": float(val.correct[:, -1].float().mean()),
+    return {"cost_weight": weight, "val_head_accuracy_routed": routed,
+            "val_head_accuracy_medium": float(val.correct[:, -1].float().mean()),
             "val_route_share": (np.bincount(route.numpy(), minlength=len(LEVELS))
                                 / max(1, len(route))).tolist(),
             "history": history, "state": copy.deepcopy(model.estimator.state_dict()),
@@ -240,6 +278,12 @@ def fit_router_heads(tc: RouterFitConfig, progress: bool = True) -> dict:
     val = _score(model, collect_streamed(tc, split.val, progress))
     t_collect = time.time() - t0
     fits = [_fit_weight(model, train, val, costs, tc, w, progress) for w in tc.cost_weights]
+    recs = val_recordings(tc, split.val)
+    medium = published_accuracy(model, meta, recs, len(LEVELS) - 1)
+    for f in fits:
+        model.estimator.load_state_dict(f["state"])
+        f["val_accuracy_medium"] = medium
+        f["val_accuracy_routed"] = published_accuracy(model, meta, recs, None)
     best = choose_weight(fits, tc.accuracy_tolerance)
     model.estimator.load_state_dict(best["state"])
     for p in model.estimator.parameters():
