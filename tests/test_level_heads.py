@@ -156,3 +156,20 @@ def test_cli_passes_the_level(monkeypatch):
     assert (seen["cfg"].level, seen["cfg"].motion_width) == ("small", 16)
     assert main(["train", "--model", "gesture", "--init", "a.pt", "--no-progress"]) == 0
     assert seen["cfg"].level == ""
+
+
+def test_loading_level_heads_draws_no_random_numbers(tmp_path):
+    """A fit seeded before it loads its checkpoint makes the same head whether or not the
+    checkpoint has level heads (``make train-heads`` on a checkpoint with them reproduces the
+    shared head)."""
+    _, a, _ = tiny_pair()
+    a.add_motion_head()
+    save_checkpoint(str(tmp_path / "plain.pt"), a)
+    a.add_level_head(0, 8)
+    save_checkpoint(str(tmp_path / "levels.pt"), a)
+    draws = []
+    for name in ("plain.pt", "levels.pt"):
+        torch.manual_seed(0)
+        load_checkpoint(str(tmp_path / name))
+        draws.append(torch.rand(4))
+    torch.testing.assert_close(draws[0], draws[1])

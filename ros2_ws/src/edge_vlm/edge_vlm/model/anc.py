@@ -235,9 +235,12 @@ class AncModel(CaptionModel):
                                        for d, r in zip(acfg.depths, acfg.mlp_ratios)])
         del self.vit        # the encoder is the routed branch
         self.level_motion = nn.ModuleDict()
-        for level, width in enumerate(acfg.motion_widths):
-            if width:
-                self.add_level_head(level, width)
+        # made under a forked RNG: a model with level heads draws the random numbers one
+        # without them draws, so a fit seeded before loading it makes the same head either way
+        with torch.random.fork_rng():
+            for level, width in enumerate(acfg.motion_widths):
+                if width:
+                    self.add_level_head(level, width)
 
     # -- per-level gesture heads --
     def add_level_head(self, level: int, width: int) -> MotionHead:

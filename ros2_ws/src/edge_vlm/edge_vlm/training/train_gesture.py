@@ -469,4 +469,7 @@ def new_head(model, tc: GestureFitConfig):
     if not hasattr(model, "acfg") or tc.level not in LEVELS:
         raise ValueError(f"--level {tc.level}: needs a joint STTF+ANC checkpoint and one of "
                          f"{', '.join(LEVELS)}")
+    # seeded here, not only at the start: loading a checkpoint that already has level heads
+    # draws more random numbers, and a rerun on its own output must make the same head
+    torch.manual_seed(tc.seed)
     return model.add_level_head(LEVELS.index(tc.level), tc.motion_width)
