@@ -10,8 +10,8 @@ help:
 	@echo "make test   - set up (idempotent), then lint (ruff, 99 columns) and run the test suite"
 	@echo "make bench  - benchmarks (writes docs/benchmarks.md)"
 	@echo "make train  - retrain the shipped STTF+ANC checkpoint (CPU, ~105 min)"
-	@echo "make train-heads - refit only the gesture + scene heads of the shipped checkpoint (~75 min)"
-	@echo "make train-levels - fit the ANC levels' own heads and the router on the shipped checkpoint (~25 min)"
+	@echo "make train-heads - refit only the gesture + scene heads of the shipped checkpoint (~50 min)"
+	@echo "make train-levels - the ANC levels' own heads + router on the shipped checkpoint (~25 min; not shipped)"
 	@echo "make setup  - create .venv, install pinned dependencies, build the ROS 2 workspace"
 
 setup:
@@ -33,8 +33,7 @@ bench: setup
 # The exact commands that produced ros2_ws/src/edge_vlm/edge_vlm/checkpoints/captioner.pt (the joint STTF+ANC
 # model): STTF from scratch, its per-layer gate thresholds fitted on the validation subjects, ANC grown
 # from it, the ANC router fitted on the frozen branches, then the gesture head's motion net fitted on the
-# frozen model, then the ANC levels' own heads and the router that picks them (train-levels, below).
-# About 130 min on 2 CPU cores.
+# frozen model. About 105 min on 2 CPU cores.
 CKPT_DIR := ros2_ws/src/edge_vlm/edge_vlm/checkpoints
 train: setup
 	@mkdir -p data/train_sttf data/train_anc data/train_router data/train_gesture && $(RUN) \
@@ -56,27 +55,25 @@ train: setup
 	  cp data/train_anc/train_log.txt $(CKPT_DIR)/train_log_anc.txt && \
 	  cp data/train_sttf/training_curves.png docs/training_curves.png && \
 	  cp data/train_sttf/confusion_test.png docs/confusion_test_sttf.png && \
-	  cp data/train_anc/confusion_test_anc.png docs/confusion_test_anc.png && \
-	  $(MAKE) --no-print-directory train-levels
+	  cp data/train_anc/confusion_test_anc.png docs/confusion_test_anc.png
 
 # The last stage of `make train` alone, on the shipped checkpoint (its frozen encoder, fusion and
 # decoder): the gesture + scene heads (no gesture, scene kind, direction, speed, position) and
 # their calibration temperatures, from simulated gesture and scene recordings. This is the command
-# that produced the shipped checkpoint's shared heads (docs/design.md, "Grounded outputs"); then
-# train-levels, whose heads and router follow them.
+# that produced the shipped checkpoint's heads (docs/design.md, "Grounded outputs").
 train-heads: setup
 	@mkdir -p data/train_heads && $(RUN) \
 	  edge-vlm train --model gesture --init "" --out data/train_heads/captioner.pt \
 	    --extra-subjects 10 --cache data/train_heads/frames.pt --no-progress | tee data/train_heads/train_log.txt && \
 	  cp data/train_heads/captioner.pt $(CKPT_DIR)/captioner.pt && \
-	  cp data/train_heads/gesture_fit.json $(CKPT_DIR)/gesture_fit.json && \
-	  $(MAKE) --no-print-directory train-levels
+	  cp data/train_heads/gesture_fit.json $(CKPT_DIR)/gesture_fit.json
 
-# The last stages of `make train` alone, on the shipped checkpoint: Tiny's and Small's own gesture and
-# scene heads (8 and 16 channels; Medium keeps the shared 32-channel head) on its frozen model, then a
-# fresh ANC router fitted on streamed frames scored by those heads, its cost weight chosen on the
-# validation subjects (docs/design.md, "ANC levels answer with their own heads"). This is the command
-# that produced the shipped checkpoint's level heads and router. About 25 min on 2 CPU cores.
+# ANC levels with their own gesture heads (issue 19, part 3; docs/design.md, "ANC levels with their
+# own heads"), on the shipped checkpoint: Tiny's and Small's own gesture and scene heads (8 and 16
+# channels; Medium keeps the shared 32-channel head) on its frozen model, then a fresh router fitted
+# on streamed frames scored by those heads, its cost weight chosen on the validation subjects.
+# Writes data/train_levels/router/captioner.pt; NOT copied into the shipped checkpoint (what it
+# gives and costs: design.md). About 25 min on 2 CPU cores.
 train-levels: setup
 	@mkdir -p data/train_levels && $(RUN) \
 	  edge-vlm train --model gesture --level tiny --motion-width 8 --init "" \
@@ -86,11 +83,7 @@ train-levels: setup
 	    --out data/train_levels/small/captioner.pt --extra-subjects 10 --cache data/train_levels/frames.pt \
 	    --no-progress | tee data/train_levels/train_log_small.txt && \
 	  edge-vlm train --model router --heads --init data/train_levels/small/captioner.pt \
-	    --out data/train_levels/router/captioner.pt --no-progress | tee data/train_levels/train_log_router.txt && \
-	  cp data/train_levels/router/captioner.pt $(CKPT_DIR)/captioner.pt && \
-	  cp data/train_levels/tiny/gesture_fit_tiny.json $(CKPT_DIR)/gesture_fit_tiny.json && \
-	  cp data/train_levels/small/gesture_fit_small.json $(CKPT_DIR)/gesture_fit_small.json && \
-	  cp data/train_levels/router/router_fit.json $(CKPT_DIR)/router_fit.json
+	    --out data/train_levels/router/captioner.pt --no-progress | tee data/train_levels/train_log_router.txt
 
 clean:
 	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log data out .setup-stamp ros2_ws/src/edge_vlm/edge_vlm/_native/libevbin.so ros2_ws/src/edge_vlm/edge_vlm/_native/libsparsevit.so ros2_ws/src/edge_vlm/edge_vlm/_native/libconvnets.so ros2_ws/src/edge_vlm/edge_vlm/_native/evbinext*.so

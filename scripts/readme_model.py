@@ -51,15 +51,11 @@ def _training(st: dict, an: dict, rf: dict, gf: dict) -> list[str]:
           "  --extra-subjects 10 --cache data/train_gesture/frames.pt   # the gesture + scene "
           "heads (width 32, 20 epochs, inputs shifted by up to 1 patch, 10 more simulated "
           "training subjects), on the frozen model",
-          "make train-levels   # Tiny's and Small's own heads (--level tiny --motion-width 8, "
-          "--level small --motion-width 16), then the router refitted on the heads "
-          "(train --model router --heads)",
           "```", "",
-          "The shipped shared heads (gesture with \"no gesture\", scene kind, direction, speed, "
-          "position, and their calibration temperatures) come from the gesture command run alone "
-          "on the previous shipped checkpoint, `make train-heads`; the level heads and the router "
-          "from `make train-levels` on that; the rest of the model is the previous "
-          "`make train`'s.", ""]
+          "The shipped heads (gesture with \"no gesture\", scene kind, direction, speed, "
+          "position, and their calibration temperatures) come from that last command run alone on "
+          "the previous shipped checkpoint, `make train-heads`; the rest of the model is the "
+          "previous `make train`'s.", ""]
     L.append(f"on 2 CPU cores: STTF {st['total_seconds'] / 60:.0f} min (best epoch "
              f"{st['best_epoch']}, early stopping), ANC {an['total_seconds'] / 60:.0f} min (best "
              f"epoch {an['best_epoch']}), router {rf['seconds'] / 60:.0f} min, gesture head "
@@ -78,29 +74,12 @@ def _training(st: dict, an: dict, rf: dict, gf: dict) -> list[str]:
     return L
 
 
-def _router_rows(rf: dict, levels: dict) -> list[str]:
-    """The level heads' and the router's rows (``make train-levels``)."""
-    rv = rf["after"]["val"]
-    by = rv["route_share_by_motion"]
-    kinds = [k for k in ("gesture", "nothing", "two_movers", "camera_shake") if k in by]
-    shares = " ; ".join(" / ".join(f"{x:.2f}" for x in by[k]) for k in kinds)
-    best = next(s for s in rf["sweep"] if s["cost_weight"] == rf["cost_weight"])
-    tried = ", ".join(str(s["cost_weight"]) for s in rf["sweep"])
-    heads = " / ".join(f"{f3(levels[b]['val']['gesture_accuracy'])} ({levels[b]['width']} ch)"
-                       for b in _BRANCHES)
-    return [f"| gesture head per level, validation gesture frames, per frame: Tiny / Small / "
-            f"Medium | {heads} |",
-            f"| router (fitted on the levels' heads), validation routing share Tiny/Small/Medium: "
-            f"{' ; '.join(k.replace('_', ' ') for k in kinds)} | {shares} |",
-            f"| router cost weight, chosen on validation of {tried}: published gesture "
-            "accuracy of the validation recordings routed / Medium-only | "
-            f"{rf['cost_weight']}: {f3(best['val_accuracy_routed'])} / "
-            f"{f3(best['val_accuracy_medium'])} |"]
-
-
-def _accuracy_table(st: dict, an: dict, rf: dict, gf: dict, levels: dict) -> list[str]:
+def _accuracy_table(st: dict, an: dict, rf: dict, gf: dict) -> list[str]:
     """Gesture accuracy and routing from the training summaries."""
     t, gv = an["test"], gf["val"]
+    rv, rb = rf["after"]["val"], rf["before"]["val"]
+    shares = " ; ".join(" / ".join(f"{x:.2f}" for x in rv["route_share_by_motion"][k])
+                        for k in ("static", "low", "high"))
     return ["", "| per-frame gesture accuracy / routing (from the train summaries, the router fit "
             "and the gesture-head fit) | value |",
             "|---|---|",
@@ -111,7 +90,12 @@ def _accuracy_table(st: dict, an: dict, rf: dict, gf: dict, levels: dict) -> lis
             f"| joint STTF+ANC vision head, test ({t['frames']} sampled frames): Tiny / Small / "
             f"Medium | {f3(t['accuracy_tiny'])} / {f3(t['accuracy_small'])} / "
             f"{f3(t['accuracy_medium'])} |",
-            *_router_rows(rf, levels),
+            "| router, validation routing share Tiny/Small/Medium: static / low / high motion | "
+            + shares + " |",
+            "| router, validation agreement with the complexity level (before -> after the router "
+            f"stage) | {f3(rb['level_agreement'])} -> {f3(rv['level_agreement'])} |",
+            f"| router, validation task loss routed / Medium-only | {f3(rv['task_loss_routed'])} "
+            f"/ {f3(rv['task_loss_medium'])} |",
             "| gesture head (motion + vision), validation, streamed through the engine "
             f"({gv['gesture_frames']} gesture frames, {gv['clips']} clips): per frame / per clip "
             f"| {f3(gv['gesture_accuracy'])} / {f3(gv['clip_accuracy'])} |",
@@ -265,12 +249,8 @@ def block() -> str:
     an = _load(CK / "train_summary_anc.json")
     rf = _load(CK / "router_fit.json")
     gf = _load(CK / "gesture_fit.json")
-    levels = {"medium": {"width": gf["config"]["motion_width"], "val": gf["val"]}}
-    for b in _BRANCHES[:-1]:
-        lf = _load(CK / f"gesture_fit_{b}.json")
-        levels[b] = {"width": lf["config"]["motion_width"], "val": lf["val"]}
     ev_path = data_dir() / "eval" / "eval.json"
-    L = _training(st, an, rf, gf) + _accuracy_table(st, an, rf, gf, levels)
+    L = _training(st, an, rf, gf) + _accuracy_table(st, an, rf, gf)
     L += _sttf_table(b) + _trust_table(b) + _anc_table(b["details"]["anc"]) + _decode_table(b)
     if ev_path.is_file():
         L += _eval_line(_load(ev_path))
