@@ -284,38 +284,46 @@ def finetune(ckpt: str, data_dir: str, out: str, *, val_share: float = 0.25, epo
     t0 = time.time()
     pr = prepare(ckpt, data_dir, tc, val_share, rehearse, progress)
     head = pr.st.model.motion
-    before = accuracy(head, pr.val)
     original = copy.deepcopy(head.state_dict())
-    for p in head.parameters():
-        p.requires_grad_(True)
-    fit = fit_head(head, pad_batches(pr.train, tc.batch, seed), pr.val, tc, progress)
-    head.load_state_dict(fit.best_state)
-    head.eval()
-    cal = recalibrate(head, pr.val)
-    after = accuracy(head, pr.val)
-    best = max(fit.history, key=lambda r: r["val_score"])
+    ad = adapt_head(head, pr, tc, seed, progress)
+    before, after, cal = ad.before, ad.after, ad.calibration
     record = {"config": {"checkpoint": ckpt or "shipped", "data": str(data_dir),
                          "val_share": val_share, "epochs": epochs, "lr": lr, "seed": seed,
                          "mirror": mirror, "rehearse": rehearse, "batch": tc.batch,
                          "period_ns": tc.period_ns},
               "adapted": "motion head (gesture" + (" + scene" if head.cfg.scene_head else "")
                          + " groups) on the frozen encoder",
-              **_split_record(pr), "best_epoch": best["epoch"], "before": before, "after": after,
-              "score_before": early_stop_score(before), "score_after": early_stop_score(after),
-              "improved": (after["accuracy"] or 0.0) > (before["accuracy"] or 0.0),
+              **_split_record(pr), "best_epoch": ad.best_epoch, "before": before,
+              "after": after, "score_before": early_stop_score(before),
+              "score_after": early_stop_score(after), "improved": ad.improved,
               "head_changed": any(not torch.equal(v, head.state_dict()[k])
                                   for k, v in original.items()),
               "temperatures": cal.temperatures, "recalibrated": cal.refitted,
-              "levels": {name: adapt_level_head(h, pr, tc, seed, progress)
+              "levels": {name: _level_record(adapt_head(h, pr, tc, seed, progress), h)
                          for name, h in getattr(pr.st.model, "level_motion", {}).items()},
               "seconds": round(time.time() - t0, 1)}
-    return save_fit(out, pr.st.model, pr.st.meta, "finetune", record, fit.history)
+    return save_fit(out, pr.st.model, pr.st.meta, "finetune", record, ad.history)
 
 
-def adapt_level_head(head, pr: Prepared, tc: GestureFitConfig, seed: int,
-                     progress: bool) -> dict:
-    """An ANC level's own head fine-tuned as the shared one (the same frames and fit, its own
-    best epoch and temperatures); its ``before`` / ``after`` scores on the held-out frames."""
+class Adapted(NamedTuple):
+    """A head fine-tuned by :func:`adapt_head`: its scores on the held-out frames before and
+    after, the fit's history and best epoch, the temperatures."""
+    before: dict
+    after: dict
+    history: list
+    best_epoch: int
+    calibration: Calibration
+
+    @property
+    def improved(self) -> bool:
+        """The per-frame gesture accuracy ("no gesture" included) went up."""
+        return (self.after["accuracy"] or 0.0) > (self.before["accuracy"] or 0.0)
+
+
+def adapt_head(head, pr: Prepared, tc: GestureFitConfig, seed: int,
+               progress: bool) -> Adapted:
+    """Fine-tune one head on the prepared frames (module doc, steps 3-5): the shared head, or
+    an ANC level's own, each the same way (its own best epoch and temperatures)."""
     before = accuracy(head, pr.val)
     for p in head.parameters():
         p.requires_grad_(True)
@@ -323,11 +331,16 @@ def adapt_level_head(head, pr: Prepared, tc: GestureFitConfig, seed: int,
     head.load_state_dict(fit.best_state)
     head.eval()
     cal = recalibrate(head, pr.val)
-    after = accuracy(head, pr.val)
-    return {"width": head.width, "before": before, "after": after,
-            "best_epoch": max(fit.history, key=lambda r: r["val_score"])["epoch"],
-            "improved": (after["accuracy"] or 0.0) > (before["accuracy"] or 0.0),
-            "temperatures": cal.temperatures, "recalibrated": cal.refitted}
+    best = max(fit.history, key=lambda r: r["val_score"])["epoch"]
+    return Adapted(before, accuracy(head, pr.val), fit.history, best, cal)
+
+
+def _level_record(ad: Adapted, head) -> dict:
+    """A level head's part of the ``finetune`` record (``levels``)."""
+    return {"width": head.width, "before": ad.before, "after": ad.after,
+            "best_epoch": ad.best_epoch, "improved": ad.improved,
+            "temperatures": ad.calibration.temperatures,
+            "recalibrated": ad.calibration.refitted}
 
 
 def _split_record(pr: Prepared) -> dict:
@@ -347,6 +360,6 @@ def _described(parts: list[Part], by: str) -> list[str]:
 
 
 __all__ = ["Calibration", "DataSplit", "Part", "Prepared", "SHIPPED", "Streamer",
-           "adapt_level_head", "finetune",
+           "Adapted", "adapt_head", "finetune",
            "pad_batches", "prepare", "recalibrate", "rehearsal", "split_data", "stream_parts",
            "team_targets"]
