@@ -135,6 +135,13 @@ class Harness:
         self.spin_until(ready, timeout, f"a subscriber on {topic}")
         self.spin_for(0.3)   # let the subscriber side match too
 
+    def wait_publishers(self, topic: str, timeout: float = 20.0) -> None:
+        """Until a publisher of ``topic`` is seen (a collector subscribed to a volatile topic
+        gets nothing published before it matched)."""
+        self.spin_until(lambda: self.node.count_publishers(topic) >= 1, timeout,
+                        f"a publisher on {topic}")
+        self.spin_for(0.3)
+
     def send_packet(self, topic: str, *, events=None, time_base: int = 0, encoding: str = "mono",
                     width: int = W, height: int = H, payload: bytes | None = None,
                     seq: int | None = None):
@@ -354,6 +361,7 @@ def test_router_decisions_and_runtime_budget(harness, nodes):
 
     topic = "/t/router/events"
     routes = harness.collect(RouteDecision, "/edge_vlm/route", RELIABLE_10)
+    harness.wait_publishers("/edge_vlm/route")
     harness.send_packet(topic, events=blob_events(0, 0), time_base=(K0 - 10) * P)
     harness.wait_subscribers(topic, nodes["anc_router"])
     harness.send_frames(topic, K0, K0 + 4, n=2000)          # the rigged estimator says "medium"
