@@ -145,3 +145,23 @@ def test_the_largest_cost_weight_that_keeps_the_answers_is_chosen():
     assert rh.choose_weight(fits, 0.005)["cost_weight"] == 0.1
     assert rh.choose_weight(fits, 0.0)["cost_weight"] == 0.03
     assert rh.choose_weight([fit(0.3, 0.5), fit(0.1, 0.7)], 0.005)["cost_weight"] == 0.1
+
+
+def test_a_streamed_recording_keeps_what_the_engine_computed(tmp_path):
+    """``collect_streamed``'s worker on a real simulated recording: every ``stream_every``-th
+    frame, the estimator's inputs as the engine's (uint8 counts, fractions in [0, 1]), the
+    motion state and vision logits, and the frame's targets."""
+    a = _model()
+    ck = tmp_path / "c.pt"
+    save_checkpoint(str(ck), a)
+    rh._init(str(ck), 1)
+    tc = RouterFitConfig(init=str(ck), clip_s=0.6, gap_s=0.2, stream_every=5)
+    out = rh._stream((4, "lab", 7, False, tc))
+    n = len(out["hist"])
+    assert n > 3 and len(out["change"]) == len(out["recent"]) == len(out["motion"]) == n
+    assert out["hist"][0].dtype == torch.uint8
+    assert out["hist"][0].shape == (a.cfg.event_channels, a.cfg.image_size, a.cfg.image_size)
+    assert all(0.0 <= x <= 1.0 for x in out["change"] + out["recent"])
+    assert out["motion"][0].shape == (motion_channels(a.cfg), a.cfg.grid, a.cfg.grid)
+    assert all(len(v) == n for v in out["targets"].values())
+    assert (out["targets"]["gesture"] > 0).any() and (out["targets"]["gesture"] == 0).any()
