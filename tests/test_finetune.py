@@ -20,6 +20,7 @@ from edge_vlm.training.finetune import finetune, pad_batches, split_data, team_t
 from edge_vlm.training.targets import IGNORE
 from edge_vlm.training.train_gesture import MotionFrames
 
+from test_anc import tiny_pair
 from test_model import tiny_model
 
 USERS = (1, 2, 3)
@@ -155,8 +156,6 @@ def test_cli_errors_are_one_line_and_defaults_match_the_function(tmp_path, team_
 def test_an_anc_levels_own_head_is_adapted_too(tmp_path, team_dir):
     """A joint checkpoint's Tiny head (the head that answers Tiny's frames) is fine-tuned on the
     same frames as the shared head, with its own record; the shared head is adapted as before."""
-    from test_anc import tiny_pair
-
     _, a, _ = tiny_pair()
     a.cfg.scene_head = True
     a.add_motion_head()

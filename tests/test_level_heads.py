@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import edge_vlm.training.train_gesture as tg
+from edge_vlm.cli import main
 from edge_vlm.inference.anc_engine import AncStreamingCaptioner
 from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
 from edge_vlm.model.flops import fusion_flops, motion_head_flops
@@ -96,8 +98,6 @@ def test_checkpoint_keeps_the_level_heads(tmp_path):
 
 
 def test_fit_of_one_level_writes_that_head_only_and_reuses_the_cache(tmp_path, monkeypatch):
-    import edge_vlm.training.train_gesture as tg
-
     _, a, _ = tiny_pair()
     a.add_motion_head()
     ck = tmp_path / "in.pt"
@@ -133,17 +133,12 @@ def test_fit_of_one_level_writes_that_head_only_and_reuses_the_cache(tmp_path, m
 
 
 def test_fit_of_a_level_needs_a_joint_checkpoint(tmp_path):
-    import edge_vlm.training.train_gesture as tg
-
     m, _ = tiny_model()
     with pytest.raises(ValueError, match="joint STTF\\+ANC"):
         tg.new_head(m, GestureFitConfig(level="tiny", motion_width=8))
 
 
 def test_cli_passes_the_level(monkeypatch):
-    import edge_vlm.training.train_gesture as tg
-    from edge_vlm.cli import main
-
     seen = {}
 
     def fit(cfg, progress):

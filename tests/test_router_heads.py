@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import edge_vlm.training.router_heads as rh
+from edge_vlm.cli import main
 from edge_vlm.model.anc import LEVELS
 from edge_vlm.model.checkpoint import load_checkpoint, save_checkpoint
 from edge_vlm.model.motion import HEADS, motion_channels
@@ -121,8 +122,6 @@ def test_fit_needs_a_joint_checkpoint_with_heads(tmp_path):
 
 
 def test_cli_passes_heads_and_cost_weight(monkeypatch):
-    from edge_vlm.cli import main
-
     seen = {}
 
     def fit(cfg, progress):
@@ -156,7 +155,7 @@ def test_a_streamed_recording_keeps_what_the_engine_computed(tmp_path):
     save_checkpoint(str(ck), a)
     rh._init(str(ck), 1)
     tc = RouterFitConfig(init=str(ck), clip_s=0.6, gap_s=0.2, stream_every=5)
-    out = rh._stream((4, "lab", 7, False, tc))
+    out = rh._stream(rh.RouterJob(4, "lab", 7, False, tc))
     n = len(out["hist"])
     assert n > 3 and len(out["change"]) == len(out["recent"]) == len(out["motion"]) == n
     assert out["hist"][0].dtype == torch.uint8

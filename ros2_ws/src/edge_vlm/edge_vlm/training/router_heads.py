@@ -31,6 +31,7 @@ not see those heads. Here the frames are what the heads read at run time:
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -46,7 +47,7 @@ from edge_vlm.inference.factory import engine_from_params, load_model
 from edge_vlm.model.anc import LEVELS, AncModel, ComplexityEstimator
 from edge_vlm.model.config import age_bucket_np
 from edge_vlm.model.flops import motion_head_flops, vit_flops
-from edge_vlm.model.motion import HEADS, split_heads
+from edge_vlm.model.motion import HEADS, HeadLogits, split_heads
 from edge_vlm.sim import simulate_recording, simulate_scene_recording
 from edge_vlm.training.config import LIGHTINGS, RouterFitConfig
 from edge_vlm.training.data import recording_frames, subject_split
@@ -54,9 +55,9 @@ from edge_vlm.training.schedule import save_fit, seed_run
 from edge_vlm.training.targets import IGNORE, frame_targets
 from edge_vlm.training.train_router import RouterFrames, fit_estimator, routing_report
 
-__all__ = ["Scored", "ValRecording", "choose_weight", "published_accuracy", "val_recordings",
-            "collect_streamed", "fit_router_heads", "level_correct",
-           "level_costs", "level_losses"]
+__all__ = ["RouterJob", "Scored", "ValRecording", "choose_weight", "collect_streamed",
+           "fit_router_heads", "level_correct", "level_costs", "level_logits", "level_losses",
+           "published_accuracy", "router_jobs", "val_recordings"]
 
 _MODEL: dict = {}
 
@@ -67,15 +68,37 @@ def _init(init: str, threads: int) -> None:
     _MODEL["params"] = replay_params(graph=None).captioner
 
 
-def _stream(job: tuple) -> dict:
-    """One recording (subject, lighting, seed, scenes, tc) streamed at Medium: the kept frames."""
-    subject, lighting, seed, scenes, tc = job
-    if scenes:
-        rec = simulate_scene_recording(subject, lighting, seed=seed,
-                                       clip_duration_s=tc.clip_s + 0.5, gap_s=tc.gap_s)
-    else:
-        rec = simulate_recording(subject, lighting, seed=seed, clip_duration_s=tc.clip_s,
-                                 gap_s=tc.gap_s, with_frames=False)
+class RouterJob(NamedTuple):
+    """One recording to simulate and stream (a worker's task)."""
+    subject: int
+    lighting: str
+    seed: int
+    scenes: bool                # the scene recording instead of the gesture one
+    tc: RouterFitConfig
+
+
+def router_jobs(tc: RouterFitConfig, subjects: list[int], scenes: tuple = (False, True)
+                ) -> list[RouterJob]:
+    """Per subject a gesture and (``scenes``) a scene recording, one lighting each
+    (rotating over the subjects)."""
+    return [RouterJob(s, LIGHTINGS[si % len(LIGHTINGS)],
+                      tc.seed * 100003 + s * 7 + (50021 if sc else 0), sc, tc)
+            for si, s in enumerate(subjects) for sc in scenes]
+
+
+def _simulate(job: RouterJob):
+    tc = job.tc
+    if job.scenes:
+        return simulate_scene_recording(job.subject, job.lighting, seed=job.seed,
+                                        clip_duration_s=tc.clip_s + 0.5, gap_s=tc.gap_s)
+    return simulate_recording(job.subject, job.lighting, seed=job.seed,
+                              clip_duration_s=tc.clip_s, gap_s=tc.gap_s, with_frames=False)
+
+
+def _stream(job: RouterJob) -> dict:
+    """One recording streamed at Medium: the kept frames."""
+    tc = job.tc
+    rec = _simulate(job)
     fs = recording_frames(rec, tc.period_ns, 0)
     tg = frame_targets(rec, fs.t_end)
     model = _MODEL["model"]
@@ -102,48 +125,51 @@ def _stream(job: tuple) -> dict:
 
 def collect_streamed(tc: RouterFitConfig, subjects: list[int], progress: bool) -> dict:
     """The kept frames of ``subjects`` (module doc, step 1), concatenated."""
-    jobs = []
-    for si, s in enumerate(subjects):
-        lighting = LIGHTINGS[si % len(LIGHTINGS)]
-        for scenes in (False, True):
-            jobs.append((s, lighting, tc.seed * 100003 + s * 7 + (50021 if scenes else 0),
-                         scenes, tc))
-    parts = []
+    jobs = router_jobs(tc, subjects)
     with ProcessPoolExecutor(max_workers=max(1, tc.workers), initializer=_init,
                              initargs=(tc.init, max(1, tc.threads // max(1, tc.workers)))) as pool:
         it = pool.map(_stream, jobs)
         if progress:
             it = tqdm(it, total=len(jobs), desc="router: stream", unit="rec")
         parts = list(it)
-    return {"hist": torch.stack(sum((p["hist"] for p in parts), [])),
-            "change": torch.tensor(sum((p["change"] for p in parts), [])),
-            "recent": torch.tensor(sum((p["recent"] for p in parts), [])),
-            "motion": torch.stack(sum((p["motion"] for p in parts), [])).float(),
-            "vision": torch.stack(sum((p["vision"] for p in parts), [])),
+    def every(key: str) -> list:
+        return list(itertools.chain.from_iterable(p[key] for p in parts))
+    return {"hist": torch.stack(every("hist")), "change": torch.tensor(every("change")),
+            "recent": torch.tensor(every("recent")),
+            "motion": torch.stack(every("motion")).float(), "vision": torch.stack(every("vision")),
             "targets": {k: torch.cat([p["targets"][k] for p in parts])
                         for k in parts[0]["targets"]}}
 
 
 @torch.no_grad()
-def level_losses(model: AncModel, frames: dict, batch: int = 512) -> torch.Tensor:
-    """(N, levels) task loss of every level's head on every frame: gesture plus scene-kind
-    cross-entropy (a target of IGNORE adds nothing)."""
-    t = frames["targets"]
+def level_logits(model: AncModel, frames: dict, batch: int = 512) -> list[HeadLogits]:
+    """Every level's head's logits (its own head, or the shared one) over the frames."""
     out = []
     for level in range(len(LEVELS)):
         head = model.motion_for(level).eval()
-        rows = []
-        for s in range(0, len(t["gesture"]), batch):
-            lg = split_heads(model.cfg, head(frames["motion"][s:s + batch],
+        parts = [split_heads(model.cfg, head(frames["motion"][s:s + batch],
                                              frames["vision"][s:s + batch]))
-            loss = torch.zeros(len(lg.gesture))
-            for name in ("gesture", "kind"):
-                x = getattr(lg, name)
-                if x is not None:
-                    loss += F.cross_entropy(x, t[name][s:s + batch], ignore_index=IGNORE,
-                                            reduction="none")
-            rows.append(loss)
-        out.append(torch.cat(rows))
+                 for s in range(0, len(frames["vision"]), batch)]
+        out.append(HeadLogits(*(None if parts[0][i] is None
+                                else torch.cat([q[i] for q in parts])
+                                for i in range(len(parts[0])))))
+    return out
+
+
+def level_losses(model: AncModel, frames: dict, batch: int = 512,
+                 logits: list[HeadLogits] | None = None) -> torch.Tensor:
+    """(N, levels) task loss of every level's head on every frame: gesture plus scene-kind
+    cross-entropy (a target of IGNORE adds nothing); ``logits``: :func:`level_logits`'s, when
+    the caller has them."""
+    t = frames["targets"]
+    out = []
+    for lg in logits or level_logits(model, frames, batch):
+        loss = torch.zeros(len(lg.gesture))
+        for name in ("gesture", "kind"):
+            x = getattr(lg, name)
+            if x is not None:
+                loss += F.cross_entropy(x, t[name], ignore_index=IGNORE, reduction="none")
+        out.append(loss)
     return torch.stack(out, dim=1)
 
 
@@ -157,17 +183,11 @@ def level_costs(model: AncModel) -> torch.Tensor:
     return torch.tensor(fl) / fl[-1]
 
 
-@torch.no_grad()
-def level_correct(model: AncModel, frames: dict, batch: int = 512) -> torch.Tensor:
+def level_correct(model: AncModel, frames: dict, batch: int = 512,
+                  logits: list[HeadLogits] | None = None) -> torch.Tensor:
     """(N, levels) bool: each level's head names the frame's gesture (0: no gesture)."""
-    out = []
-    for level in range(len(LEVELS)):
-        head = model.motion_for(level).eval()
-        out.append(torch.cat([split_heads(model.cfg, head(frames["motion"][s:s + batch],
-                                                          frames["vision"][s:s + batch])
-                                          ).gesture.argmax(-1)
-                              for s in range(0, len(frames["vision"]), batch)]))
-    return torch.stack(out, dim=1) == frames["targets"]["gesture"][:, None]
+    pred = [lg.gesture.argmax(-1) for lg in logits or level_logits(model, frames, batch)]
+    return torch.stack(pred, dim=1) == frames["targets"]["gesture"][:, None]
 
 
 def _router_frames(frames: dict, loss: torch.Tensor, costs: torch.Tensor,
@@ -189,7 +209,9 @@ class Scored(NamedTuple):
 
 
 def _score(model: AncModel, frames: dict) -> Scored:
-    return Scored(frames, level_losses(model, frames), level_correct(model, frames))
+    lg = level_logits(model, frames)             # the heads run once for both
+    return Scored(frames, level_losses(model, frames, logits=lg),
+                  level_correct(model, frames, logits=lg))
 
 
 class ValRecording(NamedTuple):
@@ -201,9 +223,8 @@ class ValRecording(NamedTuple):
 def val_recordings(tc: RouterFitConfig, subjects: list[int]) -> list[ValRecording]:
     """The gesture recordings of ``subjects`` that :func:`collect_streamed` streams."""
     out = []
-    for si, s in enumerate(subjects):
-        rec = simulate_recording(s, LIGHTINGS[si % len(LIGHTINGS)], seed=tc.seed * 100003 + s * 7,
-                                 clip_duration_s=tc.clip_s, gap_s=tc.gap_s, with_frames=False)
+    for job in router_jobs(tc, subjects, scenes=(False,)):
+        rec = _simulate(job)
         fs = recording_frames(rec, tc.period_ns, 0)
         out.append(ValRecording(fs.hist, frame_targets(rec, fs.t_end)["gesture"]))
     return out
