@@ -1,8 +1,8 @@
 """The complex/quiet frames of `edge-vlm bench anc` and the budget sweep's monotonicity."""
 import numpy as np
 
-from edge_vlm.bench.anc_complex import (COMPLEX_KINDS, ComplexFrame, answer_right, budget_monotone,
-                                        complex_figures)
+from edge_vlm.bench.anc_complex import (COMPLEX_KINDS, GROUPS, ComplexFrame, answer_right,
+                                        budget_monotone, complex_figures, in_group)
 from edge_vlm.bench.recordings import sim_frames
 from edge_vlm.bench.recordings import test_recordings as bench_recordings
 from edge_vlm.cores.graph import replay_params
@@ -42,6 +42,13 @@ def test_a_scene_frame_is_right_only_with_no_gesture_and_its_kind():
     assert answer_right(_Res(5, "gesture"), g) and not answer_right(_Res(4, "gesture"), g)
 
 
+def test_groups_split_each_set_into_gesture_clips_and_scene_segments():
+    clip = ComplexFrame(np.zeros(1), "quiet", 3, None, 0)
+    seg = ComplexFrame(np.zeros(1), "quiet", 0, "nothing", 0)
+    assert [g for g in GROUPS if in_group(clip, g)] == ["quiet", "quiet_gesture"]
+    assert [g for g in GROUPS if in_group(seg, g)] == ["quiet", "quiet_scene"]
+
+
 def test_complex_figures_quick_on_the_shipped_model():
     params = replay_params(graph=None).captioner
     model, meta = load_model("")
@@ -54,5 +61,12 @@ def test_complex_figures_quick_on_the_shipped_model():
             assert 0.0 <= out[f"accuracy_{k}_{g}"] <= 1.0
     for g in ("complex", "quiet"):
         assert abs(sum(out[f"branch_share_{g}"].values()) - 1.0) < 1e-9
+        # each set is its gesture clips plus its scene segments, in frames and in accuracy
+        halves = {h: out["frames"][f"{g}_{h}"] for h in ("gesture", "scene")}
+        assert sum(halves.values()) == out["frames"][g]
+        for k in ("tiny", "medium", "routed"):
+            both = sum(n * out[f"accuracy_{k}_{g}_{h}"] for h, n in halves.items() if n)
+            assert abs(both / out["frames"][g] - out[f"accuracy_{k}_{g}"]) < 1e-9
+            assert all(out[f"accuracy_{k}_{g}_{h}"] is None for h, n in halves.items() if not n)
     assert out["anc_accuracy_gap_complex"] == (out["accuracy_medium_complex"]
                                                - out["accuracy_tiny_complex"])

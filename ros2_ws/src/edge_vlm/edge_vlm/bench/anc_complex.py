@@ -19,12 +19,15 @@ from edge_vlm.bench.trust import recording_segments, scene_recordings
 from edge_vlm.inference.factory import engine_from_params
 from edge_vlm.model.anc import LEVELS
 
-__all__ = ["COMPLEX_KINDS", "QUIET_KINDS", "ComplexFrame", "answer_right", "budget_monotone",
-           "complex_figures", "complex_gesture_frames", "complex_scene_frames"]
+__all__ = ["COMPLEX_KINDS", "GROUPS", "QUIET_KINDS", "ComplexFrame", "answer_right",
+           "budget_monotone", "complex_figures", "complex_gesture_frames", "complex_scene_frames",
+           "in_group"]
 
 #: scene kinds counted as complex (several movers, ego-motion) and as quiet
 COMPLEX_KINDS = ("two_movers", "camera_shake")
 QUIET_KINDS = ("nothing",)
+#: the groups figured: both sets, then each split into its gesture clips and scene segments
+GROUPS = ("complex", "complex_gesture", "complex_scene", "quiet", "quiet_gesture", "quiet_scene")
 #: forced branch modes compared (level, sparse)
 _BRANCHES = {"tiny": (0, False), "medium": (2, False), "routed": (None, True)}
 
@@ -65,6 +68,13 @@ def complex_scene_frames(params: dict, quick: bool, first_stream: int) -> list[C
     return out
 
 
+def in_group(f: ComplexFrame, group: str) -> bool:
+    """Whether ``f`` counts in ``group``: "complex" / "quiet", or one of their halves,
+    "<group>_gesture" (the gesture clips) and "<group>_scene" (the scene segments)."""
+    g, _, part = group.partition("_")
+    return f.group == g and (not part or (part == "gesture") == (f.kind is None))
+
+
 def answer_right(res, f: ComplexFrame) -> bool:
     if f.kind is None:
         return res.label == f.label
@@ -91,11 +101,11 @@ def complex_figures(model, params: dict, meta: dict, frames: list[list[SimFrame]
     sets = complex_gesture_frames(frames) + complex_scene_frames(params, quick, len(frames))
     out: dict = {"complex_scene_kinds": list(COMPLEX_KINDS),
                  "quiet_scene_kinds": list(QUIET_KINDS),
-                 "frames": {g: sum(f.group == g for f in sets) for g in ("complex", "quiet")}}
+                 "frames": {g: sum(in_group(f, g) for f in sets) for g in GROUPS}}
     for name, (level, sparse) in _BRANCHES.items():
         rows = _run(model, params, meta, sets, level, sparse)
-        for g in ("complex", "quiet"):
-            sel = [r for r, f in zip(rows, sets) if f.group == g]
+        for g in GROUPS:
+            sel = [r for r, f in zip(rows, sets) if in_group(f, g)]
             out[f"accuracy_{name}_{g}"] = float(np.mean([r[0] for r in sel])) if sel else None
             if name == "routed":
                 out[f"branch_share_{g}"] = {lv: float(np.mean([r[1] == lv for r in sel]))

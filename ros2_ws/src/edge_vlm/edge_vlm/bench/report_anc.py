@@ -2,6 +2,7 @@
 sweep, the caption gate, and the branches on complex and quiet frames."""
 from __future__ import annotations
 
+from edge_vlm.bench.anc_complex import GROUPS
 from edge_vlm.report import fmt_value
 
 __all__ = ["anc_section"]
@@ -76,8 +77,12 @@ def _complex_lines(cx: dict) -> list[str]:
              "| frames | Tiny (dense) | Medium (dense) | STTF+ANC | its branches "
              "tiny/small/medium |",
              "|---|---|---|---|---|"]
-    for g in ("complex", "quiet"):
-        lines.append(f"| {g} | {fmt_value(cx.get(f'accuracy_tiny_{g}'))} | "
+    for g in GROUPS:
+        if g not in cx.get("frames", {}):        # a record from before the split
+            continue
+        part = g.partition("_")[2]
+        name = f"- its {part}s" if part else g
+        lines.append(f"| {name} ({cx['frames'][g]}) | {fmt_value(cx.get(f'accuracy_tiny_{g}'))} | "
                      f"{fmt_value(cx.get(f'accuracy_medium_{g}'))} | "
                      f"{fmt_value(cx.get(f'accuracy_routed_{g}'))} | "
                      f"{_shares(cx.get(f'branch_share_{g}') or {})} |")
