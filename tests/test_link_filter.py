@@ -1,5 +1,7 @@
 """The link mode's rule (edge_vlm.stream.link_filter): the kept events are exactly those in the
 active patches, checked against the binner's own histogram of the raw events."""
+import re
+
 import numpy as np
 import pytest
 
@@ -159,12 +161,15 @@ def test_relay_is_bounded_and_skipped_frames_are_counted():
 
 # ------------------------------------------------------------- the relay in a ROS graph
 def test_graph_link_active_captions_from_the_relayed_events(tmp_path):
-    """``ros2 launch ... nodes:=all link:=active`` (own free domain, localhost), the bag played
-    once the relay's publisher matched the captioner (sttf_perception logs it, as the multihost
-    tool waits for it: a subscription seen in the graph may not be matched by the relay yet, and
-    a short bag then ends before it is): sttf_perception relays one EventPacket per frame, the
-    captioner bins exactly those (its packets = the relay's frames, its events = the kept ones)
-    and captions every frame."""
+    """``ros2 launch ... nodes:=all link:=active source:=bag`` (own free domain, localhost), the
+    user's path: the launch's player waits for the two EventPacket subscribers (anc_router, and
+    sttf_perception, which subscribes only once its relay matched the captioner:
+    ``link_wait_subscribers``), so no relayed frame goes out before the captioner hears it.
+    sttf_perception relays one EventPacket per frame, the captioner bins exactly those (its
+    packets = the relay's frames = every frame of the bag, its events = the kept ones) and
+    captions them. (Before the wait, a slow start lost the first relayed frames: in one CI run
+    sttf_perception matched the player after 488 of 700 packets; in others the captioner matched
+    the relay 3 s after a short bag ended.)"""
     import os
     import signal
     import subprocess
@@ -180,7 +185,6 @@ def test_graph_link_active_captions_from_the_relayed_events(tmp_path):
     from edge_vlm.bench.e2e import shutdown_counters
     from edge_vlm_ros.lifeline import free_domain_id
     from edge_vlm_tools.demo import make_sim_bag
-    from edge_vlm_tools.netns import tool
 
     bag = make_sim_bag(str(tmp_path / "bag"), labels=(2,), seed=1, clip_duration_s=1.0,
                        gap_s=0.2, with_frames=False)
@@ -189,23 +193,15 @@ def test_graph_link_active_captions_from_the_relayed_events(tmp_path):
     logs = tmp_path / "logs"
     ros2 = os.path.join(os.path.dirname(sys.executable), "ros2")
     proc = subprocess.Popen([ros2, "launch", "edge_vlm_bringup", "edge_vlm.launch.py",
-                             "nodes:=all", "link:=active", "source:=none",
-                             f"log_dir:={logs}"], env=env,
+                             "nodes:=all", "link:=active", "source:=bag", f"bag:={bag}",
+                             "wait_timeout:=90", f"log_dir:={logs}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
-        end = time.monotonic() + 120
+        end = time.monotonic() + 180
         while (time.monotonic() < end
-               and "link_events subscribers: 1" not in _text(logs / "sttf_perception.log")):
+               and "edge_vlm_play: published" not in _text(logs / "player.log")):
             time.sleep(0.2)
-        # both EventPacket subscribers of link:=active (sttf_perception and anc_router; the
-        # captioner takes the relay): waiting for one let a CI run play before sttf_perception
-        # matched, and it lost the first 488 of 700 packets
-        with open(tmp_path / "player.log", "w") as out:
-            subprocess.run([tool("edge_vlm_play"), str(bag), "--wait-for",
-                            "event_camera/events=2", "--wait-for", "edge_vlm/link_events=1",
-                            "--wait-timeout", "60"], env=env, stdout=out,
-                           stderr=subprocess.STDOUT, timeout=150)
         time.sleep(4.0)                   # the idle flush (1 s) and the last captions
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -214,9 +210,15 @@ def test_graph_link_active_captions_from_the_relayed_events(tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+    player = _text(logs / "player.log")
+    assert "edge_vlm_play: published" in player and "WARNING" not in player, player[-2000:]
+    assert "link_events: 1 subscribers matched" in _text(logs / "sttf_perception.log")
     per = shutdown_counters(logs / "sttf_perception.log", "sttf_perception")
     cap = shutdown_counters(logs / "vlm_captioner.log", "vlm_captioner")
-    assert per.get("frames", 0) > 20, (per, _text(tmp_path / "player.log")[-2000:])
+    played = re.search(r"^  /event_camera/events: (\d+)$", player, re.M)
+    # every packet of the bag reached sttf_perception, and every frame of it the captioner
+    assert played and per.get("packets") == int(played.group(1)), (per, player[-2000:])
+    assert per.get("frames", 0) > 20, per
     assert cap["packets"] == per["link_frames"] == per["frames"], (per, cap)
     assert cap["events"] == per["link_events_kept"] <= per["events"], (per, cap)
     assert cap["frames"] == per["frames"] and cap["missing_packets"] == 0, (per, cap)

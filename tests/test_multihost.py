@@ -294,6 +294,24 @@ def test_launch_link_active_relays_on_the_drone_and_follows_it_on_the_ground():
     assert not any(_params(a).get("link_relay") or _params(a).get("link_frames") for a in raw)
 
 
+def test_launch_bag_link_active_relay_waits_for_a_captioner():
+    """source:=bag: sttf_perception subscribes to the events once its relay matched a captioner
+    (this launch's, or the ground's with nodes:=drone), for at most wait_timeout; the player
+    waits for that subscription. Without a bag (a camera, or the player started by hand) the
+    relay does not wait."""
+    def relay_params(args: dict) -> dict:
+        per = [a for a in _entities(args) if a.node_executable == "sttf_perception"][0]
+        return _params(per)
+
+    bag = {"source": "bag", "bag": "/tmp/x", "link": "active"}
+    for nodes in ("all", "drone"):
+        p = relay_params({**bag, "nodes": nodes, "wait_timeout": "7"})
+        assert (p["link_wait_subscribers"], p["link_wait_timeout"]) == (1, 7.0), (nodes, p)
+    for args in ({"nodes": "all", "link": "active"}, {**bag, "link": "raw"},
+                 {"nodes": "drone", "source": "camera", "link": "active"}):
+        assert "link_wait_subscribers" not in relay_params(args), args
+
+
 @pytest.mark.parametrize("args", [{"link": "fast"},
                                   {"link": "active", "single_process": "true"}])
 def test_launch_bad_link_argument_is_an_error(args):

@@ -518,6 +518,47 @@ def test_captioner_captions_and_costs(harness, nodes):
     assert "shutdown:" in out and "masks_used=2" in out and "mask_fallbacks=" in out, out[-2000:]
 
 
+def test_relay_subscribes_to_the_events_once_its_subscriber_matched(env, harness, checkpoint,
+                                                                     tmp_path):
+    """link_wait_subscribers (the launch's source:=bag with link:=active): sttf_perception
+    takes no events until its relay matched a subscriber, so a player that waits for its
+    subscription cannot play into a relay nobody hears; with none it subscribes after
+    link_wait_timeout, with a warning."""
+    from event_camera_msgs.msg import EventPacket
+
+    from edge_vlm_ros.qos import SENSOR
+
+    def relay(tag: str, timeout: float) -> NodeProc:
+        return NodeProc("sttf_perception", tmp_path / tag,
+                        {"checkpoint": checkpoint, "link_relay": True,
+                         "link_wait_subscribers": 1, "link_wait_timeout": timeout},
+                        {"event_camera/events": f"/t/{tag}/events",
+                         "edge_vlm/link_events": f"/t/{tag}/link",
+                         "edge_vlm/token_mask": f"/t/{tag}/mask",
+                         "edge_vlm/change_mask": f"/t/{tag}/image"}, env)
+
+    count = harness.node.count_subscribers
+    for tag in ("wait", "late"):
+        (tmp_path / tag).mkdir()
+    waiting, late = relay("wait", 120.0), relay("late", 2.0)
+    try:
+        harness.wait_publishers("/t/wait/link", timeout=60.0)    # the node is up
+        harness.spin_for(1.5)
+        assert count("/t/wait/events") == 0, waiting.output()[-2000:]
+        harness.collect(EventPacket, "/t/wait/link", SENSOR)     # the captioner's side
+        harness.spin_until(lambda: count("/t/wait/events") == 1, 20.0,
+                           "sttf_perception's subscription to the events")
+        assert "link_events: 1 subscribers matched; subscribing to the events" in \
+            waiting.output()
+        # nobody subscribes to the other relay: it takes the events after its timeout
+        harness.spin_until(lambda: count("/t/late/events") == 1, 60.0,
+                           "the subscription after link_wait_timeout")
+        assert "link_events: 0 of 1 subscribers after 2 s" in late.output()
+    finally:
+        waiting.stop()
+        late.stop()
+
+
 def test_captioner_missing_checkpoint_exits_clearly(env, tmp_path):
     from edge_vlm_tools.runner import find_executable
 

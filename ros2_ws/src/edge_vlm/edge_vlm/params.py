@@ -89,6 +89,15 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "EventPacket of the events in the frame's active patches on "
                   "edge_vlm/link_events (libcaer_cmp), for a ground captioner behind a slow "
                   "link.", read_only=True),
+        ParamSpec("link_wait_subscribers", 0,
+                  "With link_relay: subscribe to the events only once the relay's publisher "
+                  "has matched this many subscribers (or after link_wait_timeout), so a bag "
+                  "played once the node subscribed loses no relayed frame; the launch sets 1 "
+                  "for source:=bag with the captioner in it. 0 = subscribe at once.",
+                  read_only=True, min_value=0, max_value=64),
+        ParamSpec("link_wait_timeout", 15.0,
+                  "Seconds link_wait_subscribers waits before the node subscribes anyway "
+                  "(logged as a warning).", read_only=True, min_value=0.0, max_value=3600.0),
     ),
     "anc_router": _COMMON + (
         ParamSpec("router_method", "learned",

@@ -44,7 +44,10 @@ overrides the count). ``single_process:=true`` runs the whole graph: only with `
 frame's active patches (``edge_vlm/link_events``, parameter ``link_relay``), and the ground's
 ``vlm_captioner`` bins those instead of the raw events (its ``event_camera/events`` remapped
 to ``edge_vlm/link_events``, in its namespace; ``link_frames``: it closes each frame with its
-packet). Give it to both hosts.
+packet). Give it to both hosts. With ``source:=bag`` (``nodes:=all`` or ``drone``)
+``sttf_perception`` subscribes to the events only once its relay has matched a captioner, this
+launch's or the ground's (``link_wait_subscribers``; at most ``wait_timeout``): the player waits
+for that subscription, so no relayed frame is published before a captioner can hear it.
 
 ``respawn:=true``: a node process that exits while the launch runs (a crash, a kill) is
 started again at once by launch itself (no new ``ros2 launch``: docs/deploy.md, "crash").
@@ -114,9 +117,17 @@ def _link(arg, specs: list, overrides: dict) -> bool:
         raise ValueError(f"link:={link}: expected one of {', '.join(LINKS)}")
     if link == "raw":
         return False
+    # source:=bag with a captioner on the relay (in this launch, or the ground's behind
+    # nodes:=drone): the relay subscribes to the events once a captioner matched it, so the
+    # player (waiting for that subscription) loses no relayed frame
+    wait = arg("source") == "bag" and (arg("nodes") == "drone"
+                                       or any(s.package == "vlm_captioner" for s in specs))
     for s in specs:
         if s.package == "sttf_perception":
             overrides[f"{s.name}.link_relay"] = True
+            if wait:
+                overrides[f"{s.name}.link_wait_subscribers"] = 1
+                overrides[f"{s.name}.link_wait_timeout"] = float(arg("wait_timeout") or 15.0)
         if s.package == "vlm_captioner":
             s.remappings[TOPICS["events"].name] = LINK_TOPIC
             overrides[f"{s.name}.link_frames"] = True     # one packet = one whole frame

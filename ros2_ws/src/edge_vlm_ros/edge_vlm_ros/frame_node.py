@@ -124,19 +124,29 @@ class FrameNode:
     another node's source instead (single-process graph).
     """
 
-    def setup_frames(self, params: dict, track_inputs: bool = False) -> None:
+    def setup_frames(self, params: dict, track_inputs: bool = False,
+                     subscribe: bool = True) -> None:
+        """The node's frame source, idle timer and diagnostics; its EventPacket subscription
+        too unless ``subscribe`` is False (then :meth:`subscribe_events` makes it later)."""
         self.period = period_ns(params)
         self.source = FrameSource(self.get_logger(), params)
         self._inputs = self.source.track_inputs() if track_inputs else None
         self.frames_out = 0
         self.dropped_frames = 0          # frames dropped by backpressure (vlm_captioner)
         self.processing_errors = 0
-        self._events = subscription(self, EventPacket, "events", self._on_packets)
+        self._events = None
+        if subscribe:
+            self.subscribe_events()
         self._idle_timer = self.create_timer(IDLE_CHECK_S, self._idle_check,
                                              clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.diagnostics = Diagnostics(self, self.counters, self.diagnostic_values,
                                        lambda: self.input.frame_id)
         self.source.sinks.append(self)
+
+    def subscribe_events(self) -> None:
+        """Subscribe to the EventPacket topic (once)."""
+        if self._events is None:
+            self._events = subscription(self, EventPacket, "events", self._on_packets)
 
     # the source's parts, as the nodes use them
     @property

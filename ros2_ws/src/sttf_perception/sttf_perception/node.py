@@ -19,15 +19,20 @@ Foxglove (docs/design.md, "Time stamps" and "Change-mask image").
 is computed, ONE EventPacket of the events in its active patches is published after the
 TokenMask (``seq`` counts these packets; ``time_base`` = its first event, or the frame start
 when empty; ``header.stamp`` = ``time_base`` in the header clock, as a driver stamps). The ground
-captioner subscribes to it instead of the raw events (launch ``link:=active``).
+captioner subscribes to it instead of the raw events (launch ``link:=active``). With
+``link_wait_subscribers`` N > 0 the node subscribes to the events only once the relay has matched
+N subscribers: a player that waits for this node's subscription (the launch's ``source:=bag``)
+then starts after the captioner can hear the relay, and no relayed frame goes to nobody.
 """
 from __future__ import annotations
 
 import array
 import sys
 import time
+from typing import Callable
 
 from event_camera_msgs.msg import EventPacket
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
@@ -98,6 +103,27 @@ class LinkOutput:
         self.pub = publisher(node, EventPacket, "link_events")
         node.create_timer(1.0, self._log_subscribers)
 
+    def await_subscribers(self, n: int, timeout_s: float, ready: Callable[[], None]) -> None:
+        """Call ``ready`` once the relay's publisher has matched ``n`` subscribers, or after
+        ``timeout_s`` (with a warning); polled on the steady clock (under use_sim_time no
+        /clock runs before the bag plays, and the bag waits for this node)."""
+        deadline = time.monotonic() + timeout_s
+
+        def check() -> None:
+            k = self.pub.get_subscription_count()
+            if k < n and time.monotonic() < deadline:
+                return
+            self.node.destroy_timer(timer)
+            log = self.node.get_logger()
+            if k < n:
+                log.warning(f"link_events: {k} of {n} subscribers after {timeout_s:g} s; "
+                            "subscribing to the events anyway")
+            else:
+                log.info(f"link_events: {k} subscribers matched; subscribing to the events")
+            ready()
+
+        timer = self.node.create_timer(0.05, check, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
     def _log_subscribers(self) -> None:
         n = self.pub.get_subscription_count()
         if n != self.subscribers:
@@ -141,8 +167,12 @@ class PerceptionNode(FrameNode, Node):
         add_param_validation(self, NAME, self._on_params)
         self.pub_mask = publisher(self, TokenMask, "token_mask")
         self.pub_image = publisher(self, Image, "change_mask")
-        self.setup_frames(self.params)
+        wait = int(self.params["link_wait_subscribers"]) if self.params["link_relay"] else 0
+        self.setup_frames(self.params, subscribe=wait == 0)
         self.link = LinkOutput(self, self.params) if self.params["link_relay"] else None
+        if wait:
+            self.link.await_subscribers(wait, float(self.params["link_wait_timeout"]),
+                                        self.subscribe_events)
         self.get_logger().info(f"ready: frame period {self.period} ns, patch "
                                f"{self.params['patch_size']}, threshold "
                                f"{self.params['event_count_threshold']}")
