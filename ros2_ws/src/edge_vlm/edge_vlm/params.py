@@ -93,7 +93,8 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "With link_relay: subscribe to the events only once the relay's publisher "
                   "has matched this many subscribers (or after link_wait_timeout), so a bag "
                   "played once the node subscribed loses no relayed frame; the launch sets 1 "
-                  "for source:=bag with the captioner in it. 0 = subscribe at once.",
+                  "with source:=bag and link:=active (nodes:=all or drone). 0 = subscribe at "
+                  "once.",
                   read_only=True, min_value=0, max_value=64),
         ParamSpec("link_wait_timeout", 15.0,
                   "Seconds link_wait_subscribers waits before the node subscribes anyway "
