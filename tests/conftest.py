@@ -4,6 +4,8 @@ import signal
 import sys
 import tempfile
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_REAL = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "real"))
 for pkg in ("edge_vlm", "edge_vlm_ros", "edge_vlm_tools", "edge_vlm_cameras", "sttf_perception",
@@ -33,3 +35,19 @@ _foreground_signals()
 os.environ.setdefault("EDGE_VLM_BACKEND_CACHE",
                       os.path.join(tempfile.mkdtemp(prefix="edge_vlm_test_cache_"),
                                    "backend_choice.json"))
+
+
+@pytest.fixture
+def capture_fit(monkeypatch):
+    """``seen = capture_fit(module, "fit_x")``: the training stage's fit replaced by one that
+    records what the CLI passed it (``seen["cfg"]``, ``seen["progress"]``) and returns at once."""
+    def capture(module, name: str) -> dict:
+        seen: dict = {}
+
+        def fit(cfg, progress):
+            seen["cfg"], seen["progress"] = cfg, progress
+            return {"checkpoint": cfg.out}
+
+        monkeypatch.setattr(module, name, fit)
+        return seen
+    return capture

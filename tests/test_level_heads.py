@@ -138,14 +138,8 @@ def test_fit_of_a_level_needs_a_joint_checkpoint(tmp_path):
         tg.new_head(m, GestureFitConfig(level="tiny", motion_width=8))
 
 
-def test_cli_passes_the_level(monkeypatch):
-    seen = {}
-
-    def fit(cfg, progress):
-        seen["cfg"] = cfg
-        return {"checkpoint": cfg.out}
-
-    monkeypatch.setattr(tg, "fit_gesture", fit)
+def test_cli_passes_the_level(capture_fit):
+    seen = capture_fit(tg, "fit_gesture")
     assert main(["train", "--model", "gesture", "--init", "a.pt", "--level", "small",
                  "--motion-width", "16", "--no-progress"]) == 0
     assert (seen["cfg"].level, seen["cfg"].motion_width) == ("small", 16)

@@ -211,30 +211,21 @@ def test_fit_gesture_writes_the_head_and_reuses_its_cache(tmp_path, monkeypatch)
     assert summary["streamed_frames_from_cache"] and not first["streamed_frames_from_cache"]
 
 
-def test_cli_train_passes_the_fit_stages_their_options(monkeypatch):
+def test_cli_train_passes_the_fit_stages_their_options(capture_fit):
     import edge_vlm.training.train_gesture as tg
     import edge_vlm.training.train_router as tr
     from edge_vlm.cli import main
 
-    seen = {}
-
-    def fake(name):
-        def fit(cfg, progress):
-            seen[name] = (cfg, progress)
-            return {"checkpoint": cfg.out}
-        return fit
-
-    monkeypatch.setattr(tg, "fit_gesture", fake("gesture"))
-    monkeypatch.setattr(tr, "fit_router", fake("router"))
+    seen = {"gesture": capture_fit(tg, "fit_gesture"), "router": capture_fit(tr, "fit_router")}
     assert main(["train", "--model", "gesture", "--init", "a.pt", "--cache", "f.pt",
                  "--motion-width", "16",
                  "--epochs", "3", "--shift", "1", "--no-progress"]) == 0
     assert main(["train", "--model", "router", "--init", "b.pt", "--balance-weight", "0.2"]) == 0
-    g, progress = seen["gesture"]
+    g, progress = seen["gesture"]["cfg"], seen["gesture"]["progress"]
     assert (g.init, g.cache, g.motion_width, g.epochs, g.shift, g.out, progress) == (
         "a.pt", "f.pt", 16, 3, 1, GestureFitConfig().out, False)
     assert g.batch == GestureFitConfig().batch
-    r, progress = seen["router"]
+    r, progress = seen["router"]["cfg"], seen["router"]["progress"]
     assert (r.init, r.balance_weight, r.out, progress) == ("b.pt", 0.2,
                                                            "data/train_router/captioner.pt", True)
     assert r.epochs == type(r)().epochs

@@ -121,14 +121,8 @@ def test_fit_needs_a_joint_checkpoint_with_heads(tmp_path):
                                 progress=False)
 
 
-def test_cli_passes_heads_and_cost_weight(monkeypatch):
-    seen = {}
-
-    def fit(cfg, progress):
-        seen["cfg"] = cfg
-        return {"checkpoint": cfg.out}
-
-    monkeypatch.setattr(rh, "fit_router_heads", fit)
+def test_cli_passes_heads_and_cost_weight(capture_fit):
+    seen = capture_fit(rh, "fit_router_heads")
     assert main(["train", "--model", "router", "--heads", "--cost-weight", "0.1",
                  "--no-progress"]) == 0
     assert seen["cfg"].heads and seen["cfg"].cost_weights == (0.1,)
