@@ -284,6 +284,27 @@ def test_player_waits_per_topic_subscription_counts():
     assert not _wait_for_subscribers(None, pubs, 2, 0.2, True)
 
 
+def test_player_holds_until_its_file_exists(tmp_path, capsys):
+    """--hold-file: the player plays once the harness created the file; without it, after the
+    timeout, with a warning."""
+    import threading
+
+    ros_node()
+    from edge_vlm_tools.player import _hold
+
+    go = tmp_path / "play.go"
+    t0 = time.monotonic()
+    assert not _hold(str(go), 0.3, True, alive=lambda: True)
+    assert time.monotonic() - t0 >= 0.3
+    assert f"{go} not there after 0.3 s; playing anyway" in capsys.readouterr().err
+    threading.Timer(0.5, go.touch).start()
+    t0 = time.monotonic()
+    assert _hold(str(go), 30.0, False, alive=lambda: True)
+    assert 0.5 <= time.monotonic() - t0 < 10.0
+    out = capsys.readouterr().out
+    assert f"holding until {go} exists" in out and "hold released" in out
+
+
 @pytest.mark.timeout(120)
 def test_player_publishes_every_packet(bag):
     node = ros_node()

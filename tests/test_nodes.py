@@ -559,6 +559,37 @@ def test_relay_subscribes_to_the_events_once_its_subscriber_matched(env, harness
         late.stop()
 
 
+def test_node_logs_the_publishers_its_event_subscription_matched(env, harness, checkpoint,
+                                                                tmp_path):
+    """The subscriber's side of a match (FrameNode.subscribe_events): one line when a
+    publisher of the events matched, one when it went; the multi-host harness holds its player
+    until every node said the first (edge_vlm_tools.netns.MATCHED_LINE reads it)."""
+    from event_camera_msgs.msg import EventPacket
+
+    from edge_vlm_ros.qos import SENSOR
+    from edge_vlm_tools.netns import MATCHED_LINE
+
+    node = NodeProc("sttf_perception", tmp_path, {"checkpoint": checkpoint},
+                    {"event_camera/events": "/t/matched/events",
+                     "edge_vlm/token_mask": "/t/matched/mask",
+                     "edge_vlm/change_mask": "/t/matched/image"}, env)
+
+    def matched() -> list[tuple[str, str]]:
+        return MATCHED_LINE.findall(node.output())
+
+    try:
+        harness.wait_publishers("/t/matched/mask", timeout=60.0)       # the node is up
+        assert matched() == []
+        pub = harness.node.create_publisher(EventPacket, "/t/matched/events", SENSOR)
+        harness.spin_until(lambda: len(matched()) == 1, 20.0, "the 'matched' line")
+        assert matched() == [("1", "/t/matched/events")]
+        harness.node.destroy_publisher(pub)
+        harness.spin_until(lambda: len(matched()) == 2, 20.0, "the 'unmatched' line")
+        assert matched()[-1] == ("0", "/t/matched/events")
+    finally:
+        node.stop()
+
+
 def test_captioner_missing_checkpoint_exits_clearly(env, tmp_path):
     from edge_vlm_tools.runner import find_executable
 

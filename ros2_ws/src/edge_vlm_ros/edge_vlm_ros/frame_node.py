@@ -22,6 +22,7 @@ from typing import Any
 
 from event_camera_msgs.msg import EventPacket
 from rclpy.clock import Clock, ClockType
+from rclpy.event_handler import SubscriptionEventCallbacks
 
 from edge_vlm.stream.binner import FrameBinner
 from edge_vlm.stream.clock import HeaderClock
@@ -39,6 +40,9 @@ IDLE_FLUSH_S = 1.0
 #: how often the idle rule is checked (s; on the steady clock: under use_sim_time the idle
 #: flush must fire when the bag player and its /clock have stopped)
 IDLE_CHECK_S = 0.25
+#: the start of the line a node logs when its EventPacket subscription's matched publishers
+#: change (``events: N publisher(s) matched on TOPIC``)
+MATCHED_LOG = "events:"
 
 
 class FrameSource:
@@ -144,9 +148,20 @@ class FrameNode:
         self.source.sinks.append(self)
 
     def subscribe_events(self) -> None:
-        """Subscribe to the EventPacket topic (once)."""
+        """Subscribe to the EventPacket topic (once). Whenever the publishers matched with the
+        subscription change (a camera or a player comes or goes), the node logs
+        ``events: N publisher(s) matched on TOPIC``: the subscriber side of the match, which
+        a harness that plays a bag over a link waits for (``edge_vlm_play --hold-file``),
+        because a best-effort packet sent before it is lost."""
         if self._events is None:
-            self._events = subscription(self, EventPacket, "events", self._on_packets)
+            self._events = subscription(
+                self, EventPacket, "events", self._on_packets,
+                SubscriptionEventCallbacks(matched=self._on_events_matched))
+
+    def _on_events_matched(self, info) -> None:
+        topic = self._events.topic_name if self._events is not None else "events"
+        self.get_logger().info(f"{MATCHED_LOG} {info.current_count} publisher(s) matched on "
+                               f"{topic}")
 
     # the source's parts, as the nodes use them
     @property

@@ -108,7 +108,9 @@ def subscription_qos(key: str) -> QoSProfile:
     return profile(t.subscribe_qos or t.qos)
 
 
-def subscription(node, msg_type: type, key: str, callback: Callable[[Any], None]):
+def subscription(node, msg_type: type, key: str, callback: Callable[[Any], None],
+                 event_callbacks=None):
     """A subscription of ``msg_type`` to topic ``key`` of the table (relative name, the table's
-    subscription QoS)."""
-    return node.create_subscription(msg_type, TOPICS[key].name, callback, subscription_qos(key))
+    subscription QoS; ``event_callbacks``: rclpy's ``SubscriptionEventCallbacks``)."""
+    return node.create_subscription(msg_type, TOPICS[key].name, callback, subscription_qos(key),
+                                    event_callbacks=event_callbacks)

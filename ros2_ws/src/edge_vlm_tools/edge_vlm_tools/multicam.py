@@ -11,7 +11,8 @@ ROS domain for all; the cameras are told apart by ROS namespaces (``/cam1``, ``/
 * camera ``k``'s namespace: ``ros2 launch edge_vlm_bringup edge_vlm.launch.py nodes:=drone
   namespace:=camk events_topic:=/camk/event_camera/events image_topic:=/camk/camera/image_raw``,
   a recorder of ``/camk``'s EventPackets, masks and routes, and the player of its bag with every
-  bag topic moved under ``/camk``;
+  bag topic moved under ``/camk`` (held until the camera's nodes and its ground captioner logged
+  that their subscriptions matched it: ``netns.release_player``);
 * the ground: per camera the same launch file with ``nodes:=ground`` and that camera's
   namespace and input topics (one captioner per camera: a failing one takes no other camera
   down) and a recorder of ``/camk``'s captions; plus a probe recorder of the un-namespaced
@@ -30,9 +31,9 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from edge_vlm.bench.e2e import shutdown_counters
-from edge_vlm_tools.netns import (CAPTION_STREAMS, DRONE_STREAMS, HALVES, READY_TIMEOUT_S,
-                                  SAMPLE_S, Host, Link, StopRequested, drain, ip, link_counters,
-                                  ros2, tool)
+from edge_vlm_tools.netns import (CAPTION_STREAMS, DRONE_STREAMS, HALVES, HOLD_FILE,
+                                  READY_TIMEOUT_S, SAMPLE_S, Host, Link, StopRequested, drain, ip,
+                                  link_counters, release_player, ros2, tool)
 from edge_vlm_tools.proc import graph_memory
 from edge_vlm_tools.runner import launch_file
 
@@ -133,7 +134,9 @@ class NsHost(Host):
                               # the ground recorder's ground-truth subscription matched too
                               # (the segments are published once; an unmatched one is lost)
                               "--wait-for", f"/{c}/edge_vlm/ground_truth=1",
-                              "--wait-timeout", "90"])
+                              "--wait-timeout", "90",
+                              # until its nodes' side of the match (release_player)
+                              "--hold-file", os.path.join(self.dir, HOLD_FILE)])
 
     def missing(self) -> list[str]:
         """What of this half is not ready: node ``ready:`` lines, the recorder."""
@@ -196,8 +199,9 @@ def _play(drones: list[NsHost], grounds: list[NsHost], star: Star, state: CamSta
     state.load_avg_1m["start"] = round(os.getloadavg()[0], 2)
     next_sample = 0.0
     while any(d.procs["player"].poll() is None for d in drones):
-        for d in drones:
-            if d.cam not in state.play_ns and "subscriptions matched" in d.text("player.out"):
+        for d, g in zip(drones, grounds):
+            if d.cam not in state.play_ns and release_player(
+                    d, [(d, d.nodes), (g, g.nodes)], f"/{d.cam}/event_camera/events"):
                 state.play_ns[d.cam] = [time.time_ns(), None]
                 state.link_start[d.cam] = link_counters(star.links[d.cam])
             if d.cam in state.play_ns and state.play_ns[d.cam][1] is None \

@@ -16,7 +16,9 @@ SIGINT and SIGTERM. Per run, in the namespaces:
 * drone: ``ros2 launch edge_vlm_bringup edge_vlm.launch.py nodes:=drone`` (sttf_perception,
   anc_router), a recorder of the EventPackets (arrival times before the link) and the bag
   player (``edge_vlm_play``, once the drone's nodes, its recorder and the ground's captioner
-  subscribed to the events);
+  subscribed to the events; it then holds, ``--hold-file``, until every node's log says that
+  its subscription matched the player too: a best-effort packet that crosses the link before
+  the ground's side of the match is lost);
 * ground: the same launch file with ``nodes:=ground`` (vlm_captioner) and a recorder of the
   captions and compute costs;
 * ``cap``: a ``tbf`` qdisc on both ends of the link (``2mbit``, ...), from the start or
@@ -57,15 +59,17 @@ from dataclasses import asdict, dataclass, field
 
 from edge_vlm.bench.e2e import shutdown_counters
 from edge_vlm_tools.multicam import run_cameras
-from edge_vlm_tools.netns import (CAPTION_STREAMS, DRONE_STREAMS, HALVES, READY_TIMEOUT_S,
-                                  SAMPLE_S, SUBSCRIBERS, Host, Link, StopRequested,
-                                  create_link, destroy_link, drain, link_counters,
-                                  mark_linkstat, namespaces_available, set_cap, set_link_up,
-                                  start_linkstat, tool)
+from edge_vlm_tools.netns import (CAPTION_STREAMS, DRONE_STREAMS, HALVES, HOLD_FILE,
+                                  READY_TIMEOUT_S, SAMPLE_S, SUBSCRIBERS, Host, Link,
+                                  StopRequested, create_link, destroy_link, drain, link_counters,
+                                  mark_linkstat, namespaces_available, release_player, set_cap,
+                                  set_link_up, start_linkstat, tool)
 from edge_vlm_tools.proc import descendants, graph_memory
 from edge_vlm_tools.runner import bringup_file, stop_graph
 
 PROG = "edge_vlm_multihost"
+#: the played EventPacket topic (the drone's nodes, no ROS namespace)
+EVENTS_TOPIC = "event_camera/events"
 LINKSTAT_JSON = "linkstat.json"
 
 def _caption_host(drone: Host, ground: Host) -> Host:
@@ -190,6 +194,14 @@ def _partition(link: Link, state: RunState, due: bool, seconds: float) -> None:
         ev["link_up_ns"] = time.time_ns()
 
 
+def _event_nodes(run: dict, drone: Host, ground: Host) -> list[tuple[Host, tuple[str, ...]]]:
+    """The nodes whose subscription to the played events must have matched the player before
+    it plays: every node of both halves (link 'active': the ground's captioner subscribes to
+    the drone's relay instead)."""
+    active = run.get("link") == "active" and not run.get("local")
+    return [(drone, drone.nodes), (ground, () if active else ground.nodes)]
+
+
 def _timeline(run: dict, link: Link, drone: Host, ground: Host, state: RunState,
               counter=None) -> None:
     """While the player runs: sample memory (every 0.5 s once the bag plays); partition,
@@ -201,7 +213,8 @@ def _timeline(run: dict, link: Link, drone: Host, ground: Host, state: RunState,
     t0, next_sample = None, 0.0
     while player.poll() is None:
         now = time.monotonic()
-        if t0 is None and "subscriptions matched" in drone.text("player.out"):
+        if t0 is None and release_player(drone, _event_nodes(run, drone, ground),
+                                         "/" + EVENTS_TOPIC):
             t0, state.play_start_ns = now, time.time_ns()
             state.load_avg_1m["start"] = round(os.getloadavg()[0], 2)
             mark_linkstat(counter, False)
@@ -273,8 +286,9 @@ def run_one(run: dict, link: Link, out_dir: str, domain: int) -> RunState:
         if active:
             _wait_link(drone)
         player = [tool("edge_vlm_play"), run["bag"], "--rate", str(run.get("rate", 1.0)),
-                  "--wait-for", f"event_camera/events={SUBSCRIBERS - active}",
-                  "--wait-for", "edge_vlm/ground_truth=1", "--wait-timeout", "60"]
+                  "--wait-for", f"{EVENTS_TOPIC}={SUBSCRIBERS - active}",
+                  "--wait-for", "edge_vlm/ground_truth=1", "--wait-timeout", "60",
+                  "--hold-file", os.path.join(drone.dir, HOLD_FILE)]
         drone.start("player", player + (["--loop"] if run.get("loop_s") else []))
         _timeline(run, link, drone, ground, state, counter)
         drain(_caption_host(drone, ground), float(run.get("drain_s", 3.0)))

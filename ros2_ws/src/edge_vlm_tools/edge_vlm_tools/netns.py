@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -199,6 +200,36 @@ class Host:
         for name in list(self.procs):
             codes.update(self.stop(name))
         return codes
+
+
+#: a node's log line when the publishers matched with its EventPacket subscription change
+#: (``edge_vlm_ros.frame_node.FrameNode.subscribe_events``): the count, the topic
+MATCHED_LINE = re.compile(r"\]: events: (\d+) publisher\(s\) matched on (\S+)")
+#: the player's file it holds for (``edge_vlm_play --hold-file``), in the drone's folder
+HOLD_FILE = "play.go"
+
+
+def unmatched(host: Host, nodes: tuple[str, ...], topic: str) -> list[str]:
+    """The ``nodes`` of ``host`` whose log does not (yet) say that their subscription to
+    ``topic`` matched a publisher: the subscriber's side of the match, which the player's own
+    subscription count does not see."""
+    return [f"{host.role} {n}" for n in nodes
+            if not any(int(k) > 0 and t == topic
+                       for k, t in MATCHED_LINE.findall(host.text(f"{n}.log")))]
+
+
+def release_player(drone: Host, waits: list[tuple[Host, tuple[str, ...]]], topic: str) -> bool:
+    """The player of ``drone`` (started with ``--hold-file`` in its folder) may play once each
+    (host, nodes) of ``waits`` logged a match on ``topic``: then create the file. True when the
+    player plays (released now or before, or it stopped holding on its own timeout)."""
+    hold = os.path.join(drone.dir, HOLD_FILE)
+    if os.path.exists(hold) or "not there after" in drone.text("player.out"):
+        return True
+    if [m for h, nodes in waits for m in unmatched(h, nodes, topic)]:
+        return False
+    with open(hold, "w"):
+        pass
+    return True
 
 
 def drain(host: Host, drain_s: float, max_s: float = 60.0) -> None:

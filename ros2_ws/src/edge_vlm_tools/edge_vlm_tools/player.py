@@ -9,7 +9,7 @@ Usage::
 
     edge_vlm_play BAG [--rate R] [--loop] [--topics T ...] [--remap FROM:=TO ...]
                   [--start-offset S] [--wait-for-subscribers N] [--wait-for TOPIC=N ...]
-                  [--wait-timeout S] [--clock [HZ]]
+                  [--wait-timeout S] [--hold-file PATH] [--clock [HZ]]
                   [--qos auto|sensor|reliable] [--ros-args ...]
 
 Timing follows the bag's receive timestamps (deltas divided by ``--rate``).
@@ -22,11 +22,19 @@ like ``ros2 bag play --clock``), for nodes started with ``use_sim_time:=true``: 
 ``header.stamp`` of the played messages that have a header (the EventPackets' and images'
 clock, in which the nodes stamp their outputs), published when it advances, at most HZ times per
 second of wall time (default 40). A ``--loop`` starts the clock again from the bag's first stamp.
+
+``--hold-file PATH``: after the subscription wait (its ``subscriptions matched`` line), hold until
+PATH exists (at most ``--wait-timeout``, then play anyway with a warning). ``--wait-for`` sees
+the publisher's side of a match only; over a link the subscriber's side can come later, and a
+best-effort packet sent in between is lost. A harness that sees the subscribers' side (the
+nodes log ``events: N publisher(s) matched on TOPIC``; ``edge_vlm_multihost`` does this)
+creates PATH once they all matched.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sqlite3
 import struct
 import sys
@@ -128,6 +136,10 @@ def _build_parser() -> argparse.ArgumentParser:
                          "for that topic)")
     ap.add_argument("--wait-timeout", type=float, default=15.0, metavar="SEC",
                     help="longest wait for --wait-for-subscribers (then play anyway; default 15)")
+    ap.add_argument("--hold-file", default=None, metavar="PATH",
+                    help="after the subscription wait, hold until PATH exists (at most "
+                         "--wait-timeout, then play anyway): a harness creates it once the "
+                         "subscribers' side of the match is known")
     ap.add_argument("--qos", choices=["auto", SENSOR, RELIABLE], default="auto",
                     help="auto (design.md: sensor data for events/images, reliable otherwise), "
                          "sensor (best effort for all) or reliable (reliable for all)")
@@ -218,6 +230,23 @@ def _wait_for_subscribers(node, pubs, n, timeout, quiet, per_topic: dict | None 
                           + [f"/{t} {node.count_subscribers('/' + t)} (>= {k})"
                              for t, k in others.items()]),
               flush=True)
+    return True
+
+
+def _hold(path: str, timeout: float, quiet: bool, alive=rclpy.ok) -> bool:
+    """``--hold-file``: until ``path`` exists (True) or ``timeout`` s passed or ``alive()`` is
+    false (a stop signal: False, warned)."""
+    if not quiet:
+        print(f"edge_vlm_play: holding until {path} exists", flush=True)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline or not alive():
+            print(f"edge_vlm_play: WARNING: {path} not there after {timeout:.1f} s; "
+                  "playing anyway", file=sys.stderr, flush=True)
+            return False
+        time.sleep(0.02)
+    if not quiet:
+        print("edge_vlm_play: hold released", flush=True)
     return True
 
 
@@ -409,6 +438,8 @@ def _run(node, args: argparse.Namespace, remaps: dict[str, str], play: Playback)
         if args.wait_for_subscribers > 0 or args.wait_for:
             _wait_for_subscribers(node, play.pubs, args.wait_for_subscribers, args.wait_timeout,
                                   args.quiet, _parse_wait_for(args.wait_for))
+        if args.hold_file:
+            _hold(args.hold_file, args.wait_timeout, args.quiet)
         start_ns = reader.start_time + int(round(args.start_offset * 1e9))
         _play(reader, conns, play, start_ns, args.rate, args.loop)
         if play.clock is not None:
