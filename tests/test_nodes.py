@@ -563,11 +563,11 @@ def test_node_logs_the_publishers_its_event_subscription_matched(env, harness, c
                                                                 tmp_path):
     """The subscriber's side of a match (FrameNode.subscribe_events): one line when a
     publisher of the events matched, one when it went; the multi-host harness holds its player
-    until every node said the first (edge_vlm_tools.netns.MATCHED_LINE reads it)."""
+    until every node said the first (frame_node.MATCHED_LINE, as edge_vlm_tools.netns reads it)."""
     from event_camera_msgs.msg import EventPacket
 
     from edge_vlm_ros.qos import SENSOR
-    from edge_vlm_tools.netns import MATCHED_LINE
+    from edge_vlm_ros.frame_node import MATCHED_LINE
 
     node = NodeProc("sttf_perception", tmp_path, {"checkpoint": checkpoint},
                     {"event_camera/events": "/t/matched/events",

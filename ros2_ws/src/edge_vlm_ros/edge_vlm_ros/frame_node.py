@@ -16,6 +16,7 @@ the shared source's: the values each node would have counted on the same packets
 """
 from __future__ import annotations
 
+import re
 import sys
 import time
 from typing import Any
@@ -40,9 +41,10 @@ IDLE_FLUSH_S = 1.0
 #: how often the idle rule is checked (s; on the steady clock: under use_sim_time the idle
 #: flush must fire when the bag player and its /clock have stopped)
 IDLE_CHECK_S = 0.25
-#: the start of the line a node logs when its EventPacket subscription's matched publishers
-#: change (``events: N publisher(s) matched on TOPIC``)
-MATCHED_LOG = "events:"
+#: the line a node logs when the publishers matched with its EventPacket subscription change
+MATCHED_LOG = "events: {count} publisher(s) matched on {topic}"
+#: ... as a harness reads it from the node's log (``edge_vlm_tools.netns``): the count, the topic
+MATCHED_LINE = re.compile(r"\]: events: (\d+) publisher\(s\) matched on (\S+)")
 
 
 class FrameSource:
@@ -160,8 +162,7 @@ class FrameNode:
 
     def _on_events_matched(self, info) -> None:
         topic = self._events.topic_name if self._events is not None else "events"
-        self.get_logger().info(f"{MATCHED_LOG} {info.current_count} publisher(s) matched on "
-                               f"{topic}")
+        self.get_logger().info(MATCHED_LOG.format(count=info.current_count, topic=topic))
 
     # the source's parts, as the nodes use them
     @property

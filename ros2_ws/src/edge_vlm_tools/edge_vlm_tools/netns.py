@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from edge_vlm_ros.frame_node import MATCHED_LINE
 from edge_vlm_ros.lifeline import exec_prefix
 from edge_vlm_tools.runner import find_executable, launch_file, stop_graph
 
@@ -202,9 +202,6 @@ class Host:
         return codes
 
 
-#: a node's log line when the publishers matched with its EventPacket subscription change
-#: (``edge_vlm_ros.frame_node.FrameNode.subscribe_events``): the count, the topic
-MATCHED_LINE = re.compile(r"\]: events: (\d+) publisher\(s\) matched on (\S+)")
 #: the player's file it holds for (``edge_vlm_play --hold-file``), in the drone's folder
 HOLD_FILE = "play.go"
 
